@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/, one module per concern."""
+
+pytest_plugins = [
+    "tests.fixtures.gcs",
+    "tests.fixtures.dists",
+    "tests.fixtures.nginx",
+]
