@@ -1,0 +1,253 @@
+"""Debootstrap'ed bookworm root filesystems for the vm test, cached outside the repository.
+
+Each cached tree is keyed by its recipe (suite, mirror, package lists, this file's RECIPE_VERSION and the
+stand-in gcsfuse package), so a change of recipe builds a new tree and an unchanged one is reused. Builds
+take an exclusive flock, so two test runs never build the same tree at once; a tree is published by an
+atomic rename only when complete.
+
+Variants:
+- ``base``: systemd, sshd, networkd and the tools a GCE Debian 12 image has; no nginx, fuse3 or gcsfuse.
+  The startup script must install them (the fresh-install path).
+- ``baked``: base plus nginx, fuse3 and the gcsfuse stand-in installed, as a golden image has them (the
+  pre-baked path); apt lists are emptied so any `apt-get install` in the guest would fail.
+- ``debs``: a flat directory of the .deb files the fresh-install path needs beyond ``base`` (nginx,
+  fuse3, rclone and their dependencies), downloaded by apt inside a copy of ``base``; the test serves
+  them to the guest as its Debian mirror.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.vm import standin
+
+RECIPE_VERSION = 1
+CACHE_ROOT = Path(os.environ.get("PYPAPO_VM_CACHE", "/var/cache/pypapo-test"))
+SUITE = "bookworm"
+
+# What a GCE Debian 12 image has that the appliance and the test rely on (sshd for testinfra, curl and
+# gnupg for the startup script's repository set-up, procps/iproute2 for the checks).
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "openssh-server",
+    "iproute2",
+    "procps",
+    "curl",
+    "ca-certificates",
+    "gnupg",
+    "util-linux",
+)
+# What the startup script installs when missing (gcsfuse comes from its own repository).
+APPLIANCE_PACKAGES = ("nginx", "fuse3")
+# The gcsfuse stand-in depends on these; the fresh-install path must find them in the mirror too.
+STANDIN_DEPENDS = ("rclone",)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (debootstrap must reach the same one)."""
+    for path in sorted(Path("/etc/apt").glob("sources.list*")) + sorted(
+        Path("/etc/apt/sources.list.d").glob("*")
+    ):
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if line.startswith("URIs:") and len(words) > 1 and words[1].rstrip("/").endswith("/debian"):
+                return words[1]
+            if words[:1] == ["deb"] and SUITE in words:
+                uri = next((w for w in words[1:] if "://" in w), "")
+                if uri.rstrip("/").endswith("/debian"):
+                    return uri
+    return "http://deb.debian.org/debian"
+
+
+def recipe(part: str) -> dict[str, object]:
+    """What a cached tree is made of; the base tree's recipe leaves out what only later parts use."""
+    doc: dict[str, object] = {
+        "version": RECIPE_VERSION,
+        "suite": SUITE,
+        "mirror": debian_mirror(),
+        "base": BASE_PACKAGES,
+        "arch": subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout,
+    }
+    if part != "base":
+        doc["appliance"] = APPLIANCE_PACKAGES
+        doc["standin_depends"] = STANDIN_DEPENDS
+    if part == "baked":
+        doc["standin"] = hashlib.sha256(standin.GCSFUSE_SCRIPT.encode()).hexdigest()
+    return doc
+
+
+def recipe_key(part: str) -> str:
+    return hashlib.sha256(json.dumps(recipe(part), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(name: str) -> Iterator[None]:
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run(cmd: list[str], log: Path, **kw: object) -> None:
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+    if res.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"{cmd[0]} failed ({res.returncode}); log {log}:\n{tail}")
+
+
+def in_root(root: Path, script: str, log: Path) -> None:
+    """Run a shell script inside ROOT with the host's network (build time only: installing packages)."""
+    _run(
+        [
+            "systemd-nspawn", "-q", "--register=no", "--keep-unit", "--resolv-conf=copy-host",
+            "--timezone=off", "-D", str(root), "--pipe", "/bin/sh", "-euxc", script,
+        ],
+        log,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)], check=True)
+
+
+def _publish(tmp: Path, final: Path, part: str) -> Path:
+    (tmp / ".pypapo-recipe.json").write_text(json.dumps(recipe(part), indent=1, sort_keys=True))
+    os.rename(tmp, final)
+    return final
+
+
+def _tmpdir(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=CACHE_ROOT))
+
+
+def base_rootfs() -> Path:
+    final = CACHE_ROOT / f"rootfs-base-{recipe_key('base')}"
+    with _lock("base"):
+        if final.is_dir():
+            return final
+        tmp = _tmpdir("base")
+        log = CACHE_ROOT / f"build-base-{recipe_key('base')}.log"
+        log.write_text("")
+        try:
+            root = tmp / "root"
+            _run(
+                [
+                    "debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                    SUITE, str(root), debian_mirror(),
+                ],
+                log,
+            )  # fmt: skip
+            _configure_base(root, log)
+            os.rename(root, tmp.with_name(tmp.name + ".root"))
+            shutil.rmtree(tmp)
+            return _publish(tmp.with_name(tmp.name + ".root"), final, "base")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp.with_name(tmp.name + ".root"), ignore_errors=True)
+            raise
+
+
+def _configure_base(root: Path, log: Path) -> None:
+    # Like a cloud image: networkd configures the NIC, sshd accepts keys for root, no machine-id yet
+    # (systemd makes one at first boot), no getty on a console nobody reads.
+    (root / "etc/hostname").write_text("pypapo\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 pypapo\n")
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    (root / "etc/resolv.conf").write_text("")
+    in_root(
+        root,
+        "systemctl enable systemd-networkd.service ssh.service; "
+        "systemctl mask getty@.service console-getty.service serial-getty@.service "
+        "systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service; "
+        "rm -f /etc/ssh/ssh_host_*; ssh-keygen -A; "
+        "apt-get clean; rm -rf /var/lib/apt/lists/*",
+        log,
+    )
+
+
+def debs() -> Path:
+    """Flat directory of the .debs the fresh-install path needs beyond the base tree."""
+    base = base_rootfs()
+    final = CACHE_ROOT / f"debs-{recipe_key('debs')}"
+    with _lock("debs"):
+        if final.is_dir():
+            return final
+        tmp = _tmpdir("debs")
+        log = CACHE_ROOT / f"build-debs-{recipe_key('debs')}.log"
+        log.write_text("")
+        try:
+            work = tmp / "root"
+            copy_tree(base, work)
+            pkgs = " ".join(APPLIANCE_PACKAGES + STANDIN_DEPENDS)
+            in_root(
+                work,
+                "apt-get update -qq; apt-get clean; "
+                f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --download-only {pkgs}",
+                log,
+            )
+            out = tmp / "debs"
+            out.mkdir()
+            for deb in (work / "var/cache/apt/archives").glob("*.deb"):
+                shutil.copy2(deb, out / deb.name)
+            shutil.rmtree(work)
+            os.rename(out, tmp.with_name(tmp.name + ".out"))
+            shutil.rmtree(tmp)
+            return _publish(tmp.with_name(tmp.name + ".out"), final, "debs")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def baked_rootfs() -> Path:
+    """Base plus everything the startup script would install: a golden image."""
+    base = base_rootfs()
+    final = CACHE_ROOT / f"rootfs-baked-{recipe_key('baked')}"
+    with _lock("baked"):
+        if final.is_dir():
+            return final
+        tmp = _tmpdir("baked")
+        log = CACHE_ROOT / f"build-baked-{recipe_key('baked')}.log"
+        log.write_text("")
+        try:
+            root = tmp / "root"
+            copy_tree(base, root)
+            deb = standin.build_gcsfuse_deb(tmp)
+            shutil.copy2(deb, root / "tmp/gcsfuse.deb")
+            pkgs = " ".join(APPLIANCE_PACKAGES)
+            # policy-rc.d keeps maintainer scripts from starting nginx inside the build container.
+            in_root(
+                root,
+                "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; "
+                "apt-get update -qq; "
+                f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkgs} /tmp/gcsfuse.deb; "
+                "rm -f /usr/sbin/policy-rc.d /tmp/gcsfuse.deb; apt-get clean; rm -rf /var/lib/apt/lists/*",
+                log,
+            )
+            os.rename(root, tmp.with_name(tmp.name + ".root"))
+            shutil.rmtree(tmp)
+            return _publish(tmp.with_name(tmp.name + ".root"), final, "baked")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp.with_name(tmp.name + ".root"), ignore_errors=True)
+            raise
