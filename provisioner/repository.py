@@ -1,0 +1,555 @@
+"""The engine: publish, yank, unyank, remove, list and reindex over a Store.
+
+Concurrency model (the same on both backends, see storage.py):
+- distributions and metadata files are created with a create-only precondition; files are immutable.
+- the project JSON is the source of truth; every change is a read-modify-write conditional on the
+  generation read, retried with jittered backoff when another writer got there first.
+- the project HTML is rendered from the JSON and *converges*: after a JSON write, read the HTML's
+  generation, THEN re-read the JSON, render, and write conditional on that HTML generation. Whoever
+  writes last therefore rendered the latest JSON. The root index works the same way.
+- a new project is added to the root index *before* its project page is created, so every project
+  page that exists is listed (a crash in between leaves a listed project without page until the
+  re-run or `reindex`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from provisioner import index, layout
+from provisioner.distfile import DistError, DistFile, parse_dist
+from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
+from provisioner.storage import ObjectInfo, PreconditionFailed, Store, open_store
+
+MAX_ATTEMPTS = 60
+Echo = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _backoff(attempt: int) -> None:
+    # Full jitter, capped: contending writers spread out instead of colliding in lockstep.
+    time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+
+
+def _now() -> str:
+    return index.upload_time(dt.datetime.now(dt.UTC))
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+@dataclass
+class PublishResult:
+    published: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"published {len(self.published)}, already present {len(self.already_present)}, "
+            f"skipped {len(self.skipped)}"
+        )
+
+
+@dataclass
+class ReindexResult:
+    projects: int = 0
+    files: int = 0
+    hashed: int = 0
+    reused: int = 0
+    pages_written: int = 0
+    metadata_written: int = 0
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"reindexed {self.projects} projects, {self.files} files "
+            f"({self.hashed} read and hashed, {self.reused} unchanged by fingerprint); "
+            f"{self.pages_written} pages and {self.metadata_written} metadata files written"
+            + (f"; ignored {len(self.ignored)} invalid objects" if self.ignored else "")
+        )
+
+
+def load_files(paths: Iterable[str | Path]) -> list[DistFile]:
+    """Read and validate every file; the first invalid one raises InvalidDistribution."""
+    dists: list[DistFile] = []
+    seen: dict[str, DistFile] = {}
+    for p in paths:
+        path = Path(p)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidDistribution(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InvalidDistribution(f"{path}: is a directory, not a distribution file") from None
+        except OSError as exc:
+            raise InvalidDistribution(f"{path}: cannot read ({exc.strerror})") from None
+        try:
+            dist = parse_dist(path.name, data)
+        except DistError as exc:
+            raise InvalidDistribution(f"{path.name}: {exc}") from None
+        if dist.filename in seen:
+            if seen[dist.filename].sha256 != dist.sha256:
+                raise InvalidDistribution(f"{dist.filename}: given twice with different contents")
+            continue
+        seen[dist.filename] = dist
+        dists.append(dist)
+    return dists
+
+
+class Repository:
+    """A package repository over a Store (GCS bucket or directory)."""
+
+    def __init__(self, store: Store, *, echo: Echo | None = None) -> None:
+        self.store = store
+        self.echo = echo or _quiet
+
+    @classmethod
+    def open(cls, location: str, *, echo: Echo | None = None) -> Repository:
+        return cls(open_store(location), echo=echo)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _read_project(self, project: str) -> tuple[dict[str, Any], int]:
+        data, gen = self.store.read(layout.project_json(project))
+        try:
+            return index.loads_project(data, project), gen
+        except ValueError:
+            raise PypapoError(
+                f"{layout.project_json(project)} is corrupt: run `provision reindex` to rebuild it"
+            ) from None
+
+    def projects(self) -> list[str]:
+        self.store.check()
+        data, _ = self.store.read(layout.ROOT_JSON)
+        return index.loads_root(data)
+
+    def project(self, name: str) -> dict[str, Any]:
+        """The project state (its JSON); raises if the project does not exist."""
+        self.store.check()
+        project = layout.normalize(name)
+        state, gen = self._read_project(project)
+        if gen == 0:
+            raise PypapoError(f"no project {project} in {self.store.location}: see `provision list`")
+        return state
+
+    # -- page updates -----------------------------------------------------------------------------
+    def _update_project(
+        self, project: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> tuple[dict[str, Any], bool, bool]:
+        """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
+        change). Returns (state, changed, created). An empty resulting state deletes the project."""
+        for attempt in range(MAX_ATTEMPTS):
+            state, gen = self._read_project(project)
+            new = change(state)
+            if new is None:
+                return state, False, False
+            try:
+                if new["files"]:
+                    self.store.write(layout.project_json(project), index.dumps(new), if_generation_match=gen)
+                elif gen:
+                    self.store.delete(layout.project_json(project), if_generation_match=gen)
+                else:
+                    return new, False, False
+            except PreconditionFailed:
+                _backoff(attempt)
+                continue
+            self._converge_project_html(project)
+            return new, True, gen == 0
+        raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
+
+    def _converge_project_html(self, project: str) -> bool:
+        """Make the HTML match the JSON (read HTML generation first, then the JSON). True if written."""
+        name = layout.project_html(project)
+        for attempt in range(MAX_ATTEMPTS):
+            _current, html_gen = self.store.read(name)
+            data, json_gen = self.store.read(layout.project_json(project))
+            try:
+                if json_gen == 0:
+                    if html_gen == 0:
+                        return False
+                    self.store.delete(name, if_generation_match=html_gen)
+                    return True
+                rendered = index.render_project_html(index.loads_project(data, project))
+                self.store.write(name, rendered, if_generation_match=html_gen)
+                return True
+            except PreconditionFailed:
+                _backoff(attempt)
+        raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
+
+    def _update_root(self, change: Callable[[set[str]], set[str] | None]) -> bool:
+        for attempt in range(MAX_ATTEMPTS):
+            data, gen = self.store.read(layout.ROOT_JSON)
+            current = set(index.loads_root(data))
+            new = change(set(current))
+            if new is None or (new == current and gen):
+                return False
+            try:
+                self.store.write(
+                    layout.ROOT_JSON, index.dumps(index.root_state(new)), if_generation_match=gen
+                )
+            except PreconditionFailed:
+                _backoff(attempt)
+                continue
+            self._converge_root_html()
+            return True
+        raise ConflictError(f"gave up updating the root index after {MAX_ATTEMPTS} conflicting writes")
+
+    def _converge_root_html(self) -> None:
+        for attempt in range(MAX_ATTEMPTS):
+            _current, html_gen = self.store.read(layout.ROOT_HTML)
+            data, _ = self.store.read(layout.ROOT_JSON)
+            try:
+                self.store.write(
+                    layout.ROOT_HTML,
+                    index.render_root_html(index.loads_root(data)),
+                    if_generation_match=html_gen,
+                )
+                return
+            except PreconditionFailed:
+                _backoff(attempt)
+        raise ConflictError(f"gave up writing the root page after {MAX_ATTEMPTS} conflicting writes")
+
+    def _ensure_listed(self, project: str) -> None:
+        self._update_root(lambda names: None if project in names else names | {project})
+
+    # -- objects ----------------------------------------------------------------------------------
+    def _create_object(self, name: str, data: bytes) -> bool:
+        """Create-only upload. True if we created it, False if identical bytes were already there."""
+        try:
+            self.store.write(name, data, if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            existing, gen = self.store.read(name)
+            if gen and existing == data:
+                return False  # ours from a retried request, a re-run, or an identical racer
+            raise ConflictError(
+                f"{name.rsplit('/', 1)[-1]} already exists in {self.store.location} with different "
+                "bytes; files are immutable: publish a new version"
+            ) from None
+
+    # -- publish ----------------------------------------------------------------------------------
+    def publish(self, paths: Sequence[str | Path], *, skip_existing: bool = False) -> PublishResult:
+        """Validate every file, then upload and index them. Same bytes again is a no-op; other bytes
+        under an existing filename are refused (or skipped with skip_existing)."""
+        return self.publish_dists(load_files(paths), skip_existing=skip_existing)
+
+    def publish_dists(self, dists: Sequence[DistFile], *, skip_existing: bool = False) -> PublishResult:
+        self.store.check()
+        result = PublishResult()
+        # Decide for the whole batch before writing anything: a refusal leaves the repository as it was.
+        states: dict[str, dict[str, Any]] = {}
+        todo: list[DistFile] = []
+        for dist in dists:
+            if dist.project not in states:
+                states[dist.project] = self._read_project(dist.project)[0]
+            known = {f["filename"]: f for f in states[dist.project]["files"]}
+            entry = known.get(dist.filename)
+            if entry is None:
+                existing, gen = self.store.read(layout.dist_object(dist.project, dist.filename))
+                if gen and existing != dist.data:
+                    entry = {"hashes": {"sha256": "(stored object)"}}
+            if entry is None:
+                todo.append(dist)
+            elif entry["hashes"]["sha256"] == dist.sha256:
+                result.already_present.append(dist.filename)
+            elif skip_existing:
+                result.skipped.append(dist.filename)
+            else:
+                raise ConflictError(
+                    f"{dist.filename} already exists in {self.store.location} with different bytes; "
+                    "files are immutable: publish a new version (or pass --skip-existing)"
+                )
+        for dist in dists:
+            if dist.filename in result.already_present:
+                self.echo(f"{dist.filename} already present (same bytes), nothing to do")
+            elif dist.filename in result.skipped:
+                self.echo(f"{dist.filename} exists with different bytes, skipped (--skip-existing)")
+
+        # Per project: upload its files (create-only), then one index update for the group.
+        groups: dict[str, list[DistFile]] = {}
+        for dist in todo:
+            groups.setdefault(dist.project, []).append(dist)
+        done = 0
+        for project, group in groups.items():
+            for dist in group:
+                self._create_object(layout.dist_object(project, dist.filename), dist.data)
+                if dist.metadata is not None:
+                    self._create_object(layout.metadata_object(project, dist.filename), dist.metadata)
+                done += 1
+                prefix = f"[{done}/{len(todo)}] " if len(todo) > 1 else ""
+                self.echo(f"{prefix}uploaded {dist.filename} ({human_size(dist.size)})")
+            self._index_new_files(project, group)
+            result.published += [d.filename for d in group]
+        return result
+
+    def _index_new_files(self, project: str, dists: Sequence[DistFile]) -> None:
+        _state, gen = self.store.read(layout.project_json(project))
+        if gen == 0:
+            self._ensure_listed(project)  # listed before the page exists (see module docstring)
+        uploaded = _now()
+
+        def add(state: dict[str, Any]) -> dict[str, Any] | None:
+            files = {f["filename"]: f for f in state["files"]}
+            changed = False
+            for d in dists:
+                if d.filename in files:
+                    continue
+                files[d.filename] = index.file_entry(
+                    filename=d.filename,
+                    version=d.version,
+                    sha256=d.sha256,
+                    size=d.size,
+                    requires_python=d.requires_python,
+                    metadata_sha256=d.metadata_sha256,
+                    uploaded=uploaded,
+                    fingerprint=self._fingerprint(project, d.filename),
+                )
+                changed = True
+            return index.project_state(project, files.values()) if changed else None
+
+        _s, _changed, created = self._update_project(project, add)
+        if created:
+            # A concurrent `remove` of the project's last file may have unlisted it meanwhile.
+            self._ensure_listed(project)
+
+    def _fingerprint(self, project: str, filename: str) -> str:
+        info = self.store.stat(layout.dist_object(project, filename))
+        return info.fingerprint if info else ""
+
+    # -- yank / remove ----------------------------------------------------------------------------
+    def _version_matcher(self, state: dict[str, Any], version: str) -> Callable[[dict[str, Any]], bool]:
+        try:
+            wanted = Version(version)
+        except InvalidVersion:
+            raise PypapoError(f"invalid version {version!r}") from None
+
+        def match(f: dict[str, Any]) -> bool:
+            try:
+                return Version(f["_version"]) == wanted
+            except InvalidVersion:
+                return False
+
+        if not any(match(f) for f in state["files"]):
+            versions = ", ".join(state["versions"]) or "none"
+            raise PypapoError(f"{state['name']} has no version {version} (versions: {versions})")
+        return match
+
+    def set_yanked(self, name: str, version: str, reason: str | None, *, yanked: bool = True) -> int:
+        """Yank (or unyank) every file of a version. Returns the number of files changed."""
+        project = layout.normalize(name)
+        state = self.project(name)
+        match = self._version_matcher(state, version)
+        value: bool | str = (reason or True) if yanked else False
+        count = 0
+
+        def change(state: dict[str, Any]) -> dict[str, Any] | None:
+            nonlocal count
+            count = 0
+            files = []
+            for f in state["files"]:
+                if match(f) and f["yanked"] != value:
+                    f = {**f, "yanked": value}
+                    count += 1
+                files.append(f)
+            return index.project_state(project, files) if count else None
+
+        self._update_project(project, change)
+        return count
+
+    def remove(self, name: str, version: str | None = None) -> list[str]:
+        """Remove a version (or the whole project). Returns the removed filenames."""
+        project = layout.normalize(name)
+        state = self.project(name)
+        match = self._version_matcher(state, version) if version else (lambda _f: True)
+        removed: list[str] = []
+
+        def change(state: dict[str, Any]) -> dict[str, Any] | None:
+            removed.clear()
+            keep = []
+            for f in state["files"]:
+                (removed.append(f["filename"]) if match(f) else keep.append(f))
+            return index.project_state(project, keep) if removed else None
+
+        new_state, _changed, _created = self._update_project(project, change)
+        # Pages first, objects after: a page never links a file that is gone.
+        for filename in removed:
+            self.store.delete(layout.metadata_object(project, filename))
+            self.store.delete(layout.dist_object(project, filename))
+        if not new_state["files"]:
+            self._update_root(lambda names: names - {project} if project in names else None)
+            # A publisher may have recreated the project meanwhile: it must stay listed.
+            if self.store.read(layout.project_json(project))[1]:
+                self._ensure_listed(project)
+        return sorted(removed)
+
+    # -- reindex ----------------------------------------------------------------------------------
+    def reindex(self, *, verify: bool = False, workers: int = 8) -> ReindexResult:
+        """Rebuild every page from the stored objects, keeping yanks and upload times.
+
+        Without `verify`, a file whose stored fingerprint (GCS: size + md5/crc32c; directory: size +
+        mtime_ns) matches the one recorded in the project JSON keeps its recorded hash and metadata;
+        everything else is downloaded, validated and hashed. `verify` rehashes every file."""
+        self.store.check()
+        result = ReindexResult()
+        by_project: dict[str, dict[str, ObjectInfo]] = {}
+        for info in self.store.list(layout.SIMPLE + "/"):
+            parts = info.name.split("/")
+            if len(parts) != 3:
+                continue
+            by_project.setdefault(parts[1], {})[parts[2]] = info
+        root_data, _ = self.store.read(layout.ROOT_JSON)
+        candidates = sorted(set(by_project) | set(index.loads_root(root_data)))
+
+        def one(project: str) -> tuple[str, bool, ReindexResult]:
+            return project, *self._reindex_project(project, by_project.get(project, {}), verify)
+
+        live: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for project, alive, partial in pool.map(one, candidates):
+                if alive:
+                    live.append(project)
+                result.files += partial.files
+                result.hashed += partial.hashed
+                result.reused += partial.reused
+                result.pages_written += partial.pages_written
+                result.metadata_written += partial.metadata_written
+                result.ignored += partial.ignored
+        result.projects = len(live)
+
+        live_set = set(live)
+
+        def fix_root(current: set[str]) -> set[str] | None:
+            # Keep projects created after our listing; drop the ones without a page.
+            extra = {p for p in current - live_set if self.store.stat(layout.project_json(p))}
+            return live_set | extra
+
+        if self._update_root(fix_root):
+            result.pages_written += 2
+        elif (self.store.read(layout.ROOT_HTML)[0]) != index.render_root_html(
+            index.loads_root(self.store.read(layout.ROOT_JSON)[0])
+        ):
+            self._converge_root_html()
+            result.pages_written += 1
+        return result
+
+    def _reindex_project(
+        self, project: str, objects: dict[str, ObjectInfo], verify: bool
+    ) -> tuple[bool, ReindexResult]:
+        res = ReindexResult()
+        if project != layout.normalize(project):
+            res.ignored += [f"{layout.SIMPLE}/{project}/{n}" for n in objects]
+            return False, res
+        try:
+            old_state, _ = self._read_project(project)
+        except PypapoError:
+            old_state = index.empty_state(project)  # corrupt JSON: rebuilt from the objects
+        old = {f["filename"]: f for f in old_state["files"]}
+        rebuilt: dict[str, dict[str, Any]] = {}
+        for filename, info in objects.items():
+            if not layout.is_dist_filename(filename) or filename in layout.PAGE_NAMES:
+                continue
+            prev = old.get(filename)
+            have_meta = f"{filename}{layout.METADATA_SUFFIX}" in objects
+            if (
+                not verify
+                and prev is not None
+                and prev.get("_fingerprint") == info.fingerprint
+                and (have_meta or not prev.get("core-metadata"))
+            ):
+                rebuilt[filename] = prev
+                res.reused += 1
+                continue
+            data, gen = self.store.read(layout.dist_object(project, filename))
+            if not gen:
+                continue  # removed since the listing
+            try:
+                dist = parse_dist(filename, data)
+            except DistError as exc:
+                res.ignored.append(f"{layout.dist_object(project, filename)}: {exc}")
+                continue
+            if dist.project != project:
+                res.ignored.append(f"{layout.dist_object(project, filename)}: belongs to {dist.project}")
+                continue
+            res.hashed += 1
+            if dist.metadata is not None:
+                meta_name = layout.metadata_object(project, filename)
+                stored_meta, mgen = self.store.read(meta_name) if have_meta else (b"", 0)
+                if stored_meta != dist.metadata:
+                    try:
+                        self.store.write(meta_name, dist.metadata, if_generation_match=mgen)
+                        res.metadata_written += 1
+                    except PreconditionFailed:
+                        pass  # a publisher wrote it meanwhile: from the same immutable file
+            uploaded = (
+                prev["upload-time"]
+                if prev
+                else index.upload_time(dt.datetime.fromtimestamp(info.updated_ns / 1e9, dt.UTC))
+            )
+            rebuilt[filename] = index.file_entry(
+                filename=filename,
+                version=dist.version,
+                sha256=dist.sha256,
+                size=dist.size,
+                requires_python=dist.requires_python,
+                metadata_sha256=dist.metadata_sha256,
+                uploaded=uploaded,
+                yanked=prev["yanked"] if prev else False,
+                fingerprint=info.fingerprint,
+            )
+
+        def merge(current: dict[str, Any]) -> dict[str, Any] | None:
+            files = dict(rebuilt)
+            for f in current["files"]:
+                name = f["filename"]
+                if name in files:
+                    # Keep yanks and upload times set since we read the old state.
+                    files[name] = {**files[name], "yanked": f["yanked"], "upload-time": f["upload-time"]}
+                elif name not in objects and self.store.stat(layout.dist_object(project, name)):
+                    files[name] = f  # published after our listing
+            new = index.project_state(project, files.values())
+            return None if new == current else new
+
+        state, changed, _created = self._update_project(project, merge)
+        res.files = len(state["files"])
+        if changed:
+            res.pages_written += 2
+        else:
+            html_now, _ = self.store.read(layout.project_html(project))
+            want = index.render_project_html(state) if state["files"] else b""
+            if html_now != want and self._converge_project_html(project):
+                res.pages_written += 1
+        return bool(state["files"]), res
+
+
+def open_repository(location: str, *, echo: Echo | None = None) -> Repository:
+    """The Repository at `gs://BUCKET[/PREFIX]` or a directory."""
+    return Repository.open(location, echo=echo)
+
+
+def publish(
+    location: str,
+    paths: Sequence[str | Path],
+    *,
+    skip_existing: bool = False,
+    echo: Echo | None = None,
+) -> PublishResult:
+    """Publish distribution files into a repository (what `provision publish` does)."""
+    return open_repository(location, echo=echo).publish(paths, skip_existing=skip_existing)

@@ -1,0 +1,366 @@
+"""I/O: where objects live. One interface, two backends with the same compare-and-swap semantics.
+
+- `read(name)` returns `(bytes, generation)`; generation 0 means the object is absent.
+- `write(name, data, if_generation_match=G)` succeeds only if the object's current generation is G
+  (0: create-only) and returns the new generation; otherwise it raises `PreconditionFailed`.
+- `delete(name, if_generation_match=G)` likewise.
+
+GCS uses object generations and request preconditions. The directory backend emulates them: every
+compare-and-swap runs under an fcntl lock on `.pypapo.lock` at the repository root (nginx denies
+dotfiles), data goes to a temporary file that is fsynced and atomically renamed over the object, and
+the generation is the object's mtime in nanoseconds, which each write sets strictly above the previous
+one (so a generation never repeats for a name, unlike inode numbers that get reused).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from provisioner import layout
+from provisioner.errors import PypapoError
+
+LOCK_NAME = ".pypapo.lock"
+TMP_PREFIX = ".pypapo-tmp-"
+
+
+class PreconditionFailed(Exception):
+    """The object's generation was not the expected one: another writer got there first."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str  # relative to the repository location
+    size: int
+    generation: int
+    # A cheap identity of the content: equal fingerprints mean equal bytes for all practical purposes
+    # (GCS: size + md5/crc32c from the object metadata; directory: size + mtime_ns).
+    fingerprint: str
+    updated_ns: int  # when the object was written (for upload-time when nothing better is known)
+
+
+class Store(Protocol):
+    location: str
+
+    def check(self) -> None:
+        """Fail with a clear PypapoError if the repository cannot be reached (missing bucket, no auth)."""
+
+    def read(self, name: str) -> tuple[bytes, int]: ...
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int: ...
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None: ...
+
+    def stat(self, name: str) -> ObjectInfo | None: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Directory backend
+
+
+class DirectoryStore:
+    """Objects as files under a directory (what gcsfuse shows of a bucket)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(path)
+        self.location = str(path)
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise PypapoError(f"repository {self.root} is not a directory: pass --repo a directory or gs://")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PypapoError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PypapoError(f"repository directory {self.root} is not writable: check its permissions")
+
+    def _path(self, name: str) -> Path:
+        # Object names come from layout.py with validated filenames; refuse anything odd anyway.
+        parts = name.split("/")
+        if any(p in ("", ".", "..") or p.startswith(".pypapo") for p in parts):
+            raise ValueError(f"bad object name {name!r}")
+        return self.root.joinpath(*parts)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @staticmethod
+    def _generation(path: Path) -> int:
+        try:
+            return path.stat().st_mtime_ns or 1
+        except FileNotFoundError:
+            return 0
+
+    def read(self, name: str) -> tuple[bytes, int]:
+        path = self._path(name)
+        # Files are replaced atomically, so open+fstat gives bytes and generation of the same version.
+        try:
+            with open(path, "rb") as fh:
+                gen = os.fstat(fh.fileno()).st_mtime_ns or 1
+                return fh.read(), gen
+        except FileNotFoundError:
+            return b"", 0
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write and fsync outside the lock: only the compare and the rename are serialized.
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            with self._locked():
+                current = self._generation(path)
+                if current != if_generation_match:
+                    raise PreconditionFailed(name)
+                new = max(time.time_ns(), current + 1)
+                os.utime(tmp, ns=(new, new))
+                os.replace(tmp, path)
+                tmp = ""
+                _fsync_dir(path.parent)
+            return new
+        finally:
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        path = self._path(name)
+        with self._locked():
+            current = self._generation(path)
+            if current == 0:
+                if if_generation_match not in (None, 0):
+                    raise PreconditionFailed(name)
+                return
+            if if_generation_match is not None and current != if_generation_match:
+                raise PreconditionFailed(name)
+            path.unlink()
+            _fsync_dir(path.parent)
+        # Leave no empty project directory behind (gcsfuse would not show one either).
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+    def _info(self, name: str, st: os.stat_result) -> ObjectInfo:
+        gen = st.st_mtime_ns or 1
+        return ObjectInfo(name, st.st_size, gen, f"dir:{st.st_size}:{gen}", gen)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        try:
+            return self._info(name, self._path(name).stat())
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root / prefix if prefix else self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for fn in sorted(filenames):
+                if fn.startswith("."):
+                    continue
+                name = fn if rel == "." else f"{rel}/{fn}"
+                try:
+                    st = os.stat(os.path.join(dirpath, fn))
+                except FileNotFoundError:
+                    continue
+                yield self._info(name, st)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# GCS backend
+
+# google-cloud-storage sends uploads up to this size as one multipart request, larger ones resumable.
+MULTIPART_LIMIT = 8 * 1024 * 1024
+
+
+def _credentials_error() -> PypapoError:
+    return PypapoError(
+        "no usable Google credentials: run `gcloud auth application-default login` "
+        "(or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key)"
+    )
+
+
+class GCSStore:
+    """Objects in a GCS bucket under an optional prefix, via google-cloud-storage."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, client: object | None = None) -> None:
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self.location = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
+        self._client = client
+        self._bucket = None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _get_bucket(self):
+        if self._bucket is None:
+            from google.cloud import storage
+
+            if self._client is None:
+                if os.environ.get("STORAGE_EMULATOR_HOST"):
+                    self._client = storage.Client(project=None)
+                else:
+                    import google.auth
+                    import google.auth.exceptions
+
+                    try:
+                        creds, _project = google.auth.default(
+                            scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
+                        )
+                    except google.auth.exceptions.DefaultCredentialsError:
+                        raise _credentials_error() from None
+                    # The bucket names the data; object calls need no project.
+                    self._client = storage.Client(project=None, credentials=creds)
+            self._bucket = self._client.bucket(self.bucket_name)  # type: ignore[attr-defined]
+        return self._bucket
+
+    def _full(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _translate(self, exc: Exception) -> Exception:
+        from google.api_core import exceptions as gexc
+        from google.auth import exceptions as aexc
+
+        if isinstance(exc, aexc.RefreshError | aexc.DefaultCredentialsError):
+            return _credentials_error()
+        if isinstance(exc, gexc.Unauthorized):
+            return _credentials_error()
+        if isinstance(exc, gexc.Forbidden):
+            return PypapoError(
+                f"permission denied on gs://{self.bucket_name}: grant your account "
+                "roles/storage.objectAdmin on the bucket (or check you use the right project/account)"
+            )
+        if isinstance(exc, gexc.NotFound):
+            return self._missing_bucket()
+        return exc
+
+    def _missing_bucket(self) -> PypapoError:
+        return PypapoError(
+            f"bucket gs://{self.bucket_name} does not exist (or is in another project): check --repo, "
+            "or create it with `provision create`"
+        )
+
+    # -- interface --------------------------------------------------------------------------------
+    def check(self) -> None:
+        bucket = self._get_bucket()
+        try:
+            # objects.list is what objectViewer/objectAdmin grant (buckets.get is not); 404 = no bucket.
+            list(bucket.client.list_blobs(bucket, prefix=self._full(""), max_results=1))
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    def read(self, name: str) -> tuple[bytes, int]:
+        from google.api_core import exceptions as gexc
+
+        blob = self._get_bucket().blob(self._full(name))
+        try:
+            data = blob.download_as_bytes()
+        except gexc.NotFound:
+            return b"", 0
+        except Exception as exc:
+            raise self._translate(exc) from None
+        # The download response carries x-goog-generation: bytes and generation of the same version.
+        return data, int(blob.generation)
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
+        from google.api_core import exceptions as gexc
+
+        blob = self._get_bucket().blob(self._full(name))
+        blob.cache_control = layout.cache_control(name)
+        # Uploads up to MULTIPART_LIMIT go as a single multipart request (precondition enforced by
+        # GCS and by fake-gcs-server); larger distributions go resumable, where GCS enforces it too.
+        try:
+            blob.upload_from_string(
+                data, content_type=layout.content_type(name), if_generation_match=if_generation_match
+            )
+        except gexc.PreconditionFailed:
+            raise PreconditionFailed(name) from None
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return int(blob.generation)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        from google.api_core import exceptions as gexc
+
+        blob = self._get_bucket().blob(self._full(name))
+        try:
+            blob.delete(if_generation_match=if_generation_match)
+        except gexc.NotFound:
+            if if_generation_match not in (None, 0):
+                raise PreconditionFailed(name) from None
+        except gexc.PreconditionFailed:
+            raise PreconditionFailed(name) from None
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    def _info(self, blob) -> ObjectInfo:
+        digest = blob.md5_hash or blob.crc32c or ""
+        if digest:
+            digest = base64.b64decode(digest).hex()
+        updated = blob.updated or blob.time_created
+        updated_ns = int(updated.timestamp() * 1e9) if updated else time.time_ns()
+        return ObjectInfo(
+            name=self._rel(blob.name),
+            size=int(blob.size or 0),
+            generation=int(blob.generation),
+            fingerprint=f"gcs:{blob.size}:{digest}",
+            updated_ns=updated_ns,
+        )
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        try:
+            blob = self._get_bucket().get_blob(self._full(name))
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return self._info(blob) if blob is not None else None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        bucket = self._get_bucket()
+        fields = "items(name,size,generation,md5Hash,crc32c,updated,timeCreated),nextPageToken"
+        try:
+            for blob in bucket.client.list_blobs(bucket, prefix=self._full(prefix), fields=fields):
+                yield self._info(blob)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+
+def open_store(location: str) -> Store:
+    """A Store for `gs://BUCKET[/PREFIX]` or a directory path."""
+    try:
+        loc = layout.parse_location(location)
+    except ValueError as exc:
+        raise PypapoError(str(exc)) from None
+    if loc.kind == "gcs":
+        return GCSStore(loc.bucket, loc.prefix)
+    return DirectoryStore(loc.path)
