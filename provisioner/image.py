@@ -22,6 +22,7 @@ from google.cloud import compute_v1, scheduler_v1
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 
+from provisioner import plan
 from provisioner.errors import PypapoError
 
 # ---------------------------------------------------------------------------------------------- constants
@@ -47,7 +48,8 @@ GUEST_OS_FEATURES = ("UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC")
 # What the bake-mode startup script (provisioner/render.py) writes as guest attributes, namespace pypapo/.
 GUEST_NAMESPACE = "pypapo"
 ATTR_BAKE = "bake"  # "done" when the bake finished, "failed" otherwise
-ATTR_READY = "ready"  # the serving appliance: "true" once nginx serves the mounted bucket
+ATTR_READY = "ready"  # the serving appliance: present once nginx serves the mounted bucket (plan.py)
+ATTR_ERROR = "error"  # either mode: why it failed
 ATTR_GCSFUSE = "gcsfuse-version"
 ATTR_NGINX = "nginx-version"
 
@@ -77,8 +79,11 @@ class ImageTarget:
     keep: int = DEFAULT_KEEP
     builder_machine_type: str = BUILDER_MACHINE_TYPE
     region: str = ""
+    image_project: str = ""  # where the family lives (default: project)
 
     def __post_init__(self) -> None:
+        if not self.image_project:
+            object.__setattr__(self, "image_project", self.project)
         if not self.region:
             object.__setattr__(self, "region", self.zone.rsplit("-", 1)[0])
         if not _NAME_RE.match(self.family) or len(self.family) > 40:
@@ -197,18 +202,9 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
                 ],
             )
         ],
-        shielded_instance_config=compute_v1.ShieldedInstanceConfig(
-            enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
-        ),
-        metadata=compute_v1.Metadata(
-            items=[
-                compute_v1.Items(key="startup-script", value=startup_script),
-                compute_v1.Items(key="enable-guest-attributes", value="TRUE"),
-                compute_v1.Items(key="enable-oslogin", value="TRUE"),
-                compute_v1.Items(key="block-project-ssh-keys", value="TRUE"),
-                compute_v1.Items(key="serial-port-enable", value="FALSE"),
-            ]
-        ),
+        shielded_instance_config=plan.desired_shielded(),  # secure boot, vTPM, integrity monitoring
+        # the same hardening metadata as the appliance (one place: plan.py), with the bake script
+        metadata=compute_v1.Metadata(items=plan.metadata_items(plan.desired_metadata(startup_script))),
         service_accounts=[],  # no credentials on the builder
         can_ip_forward=False,
         deletion_protection=False,  # it must always be deletable by the clean-up
@@ -304,7 +300,7 @@ def build_steps(target: ImageTarget, now: dt.datetime, startup_script: str) -> t
     """The build pipeline as reviewable steps: (builder name, image name, steps)."""
     builder = builder_name(target.family, now)
     image = image_name(target.family, now)
-    p, z = target.project, target.zone
+    p, z, ip = target.project, target.zone, target.image_project
     preview = golden_image(
         target, image, builder, now, {ATTR_GCSFUSE: "<from bake>", ATTR_NGINX: "<from bake>"}
     )
@@ -332,14 +328,14 @@ def build_steps(target: ImageTarget, now: dt.datetime, startup_script: str) -> t
         Step(
             f"create image {image} in family {target.family} from the builder's disk",
             "compute.images.insert",
-            compute_v1.InsertImageRequest(project=p, image_resource=preview, force_create=False),
+            compute_v1.InsertImageRequest(project=ip, image_resource=preview, force_create=False),
             note="labels pypapo-gcsfuse and pypapo-nginx are filled from the bake's guest attributes",
         ),
         Step(
             f"deprecate older images of {target.family}: newest {target.keep} kept for rollback "
             "(DEPRECATED, replacement = the new image), older ones OBSOLETE",
             "compute.images.deprecate",
-            deprecate_request(p, "<each older image>", "DEPRECATED", f"projects/{p}/global/images/{image}"),
+            deprecate_request(ip, "<each older image>", "DEPRECATED", image_link(ip, image)),
         ),
         Step(
             "always, even after a failure: delete the builder (its boot disk is auto-deleted)",
@@ -389,31 +385,43 @@ def _noop(_: str) -> None:
     return None
 
 
-def wait_for_attribute(
+Judge = Callable[[dict[str, str]], bool]
+
+
+def bake_finished(attrs: dict[str, str]) -> bool:
+    """The bake wrote pypapo/bake=done; `failed` or pypapo/error is a failure with its reason."""
+    if attrs.get(ATTR_ERROR) or attrs.get(ATTR_BAKE) == "failed":
+        raise PypapoError(f"the bake failed on the builder: {attrs.get(ATTR_ERROR) or 'see its serial log'}")
+    return attrs.get(ATTR_BAKE) == "done"
+
+
+def appliance_ready(attrs: dict[str, str]) -> bool:
+    """The appliance writes pypapo/ready once NGINX serves the mounted bucket, pypapo/error otherwise."""
+    if attrs.get(ATTR_ERROR):
+        raise PypapoError(f"the new appliance reported an error: {attrs[ATTR_ERROR]}")
+    return ATTR_READY in attrs
+
+
+def wait_for_guest(
     api: ImageApi,
     request: compute_v1.GetGuestAttributesInstanceRequest,
-    key: str,
-    ok: str,
-    fail: str | None,
+    judge: Judge,
     timeout: float,
     clock: Clock,
     sleep: Sleep,
     what: str,
 ) -> dict[str, str]:
-    """Poll guest attributes until `key` is `ok`; a `fail` value or the deadline is an error."""
+    """Poll the guest attributes until `judge` says done; it raises on a reported failure."""
     deadline = clock() + timeout
     while True:
         try:
             attrs = api.guest_attributes(request)
         except gexc.NotFound:
             attrs = {}  # nothing written yet: the namespace does not exist before the first write
-        value = attrs.get(key, "")
-        if value == ok:
+        if judge(attrs):
             return attrs
-        if fail is not None and value == fail:
-            raise PypapoError(f"{what} reported {key}={value}")
         if clock() >= deadline:
-            raise PypapoError(f"{what} did not report {key}={ok} within {int(timeout // 60)} min")
+            raise PypapoError(f"{what} did not finish within {int(timeout // 60)} min")
         sleep(10)
 
 
@@ -475,8 +483,8 @@ def run_build(
         step = "wait for the bake"
         report("waiting for the bake (apt upgrade, gcsfuse, nginx, units)")
         try:
-            attrs = wait_for_attribute(
-                api, steps[1].request, ATTR_BAKE, "done", "failed", BAKE_TIMEOUT_S, clock, sleep, "the bake"
+            attrs = wait_for_guest(
+                api, steps[1].request, bake_finished, BAKE_TIMEOUT_S, clock, sleep, "the bake"
             )
         except PypapoError as exc:
             path = _keep_serial_log(api, p, z, builder, save_log)
@@ -494,14 +502,14 @@ def run_build(
         )
         api.insert_image(
             compute_v1.InsertImageRequest(
-                project=p,
+                project=target.image_project,
                 image_resource=golden_image(target, image, builder, now, result.versions),
                 force_create=False,
             )
         )
         step = "deprecate older images"
-        family = api.list_images(p, target.family)
-        result.deprecations = plan_deprecations(p, family, image, target.keep, protect)
+        family = api.list_images(target.image_project, target.family)
+        result.deprecations = plan_deprecations(target.image_project, family, image, target.keep, protect)
         for dep in result.deprecations:
             report(f"marking {dep.image} {dep.state}")
             api.deprecate_image(dep.request)
@@ -588,7 +596,7 @@ def rollout_steps(target: ImageTarget, spec: compute_v1.Instance, image: str) ->
             compute_v1.InsertInstanceRequest(project=p, zone=z, instance_resource=with_image(spec, image)),
         ),
         Step(
-            f"wait until the appliance reports {GUEST_NAMESPACE}/{ATTR_READY}=true"
+            f"wait until the appliance reports {GUEST_NAMESPACE}/{ATTR_READY}"
             f" (at most {READY_TIMEOUT_S // 60} min)",
             "compute.instances.getGuestAttributes",
             compute_v1.GetGuestAttributesInstanceRequest(
@@ -647,6 +655,7 @@ def run_rollout(
     clock: Clock | None = None,
     sleep: Sleep | None = None,
     report: Report = _noop,
+    ready_timeout: float = READY_TIMEOUT_S,
 ) -> None:
     """Recreate the appliance from `image` under the same name, keeping its IAP tunnel grants.
 
@@ -681,8 +690,8 @@ def run_rollout(
         step = "wait until ready"
         report("waiting until the appliance is ready and healthy")
         try:
-            wait_for_attribute(
-                api, steps[4].request, ATTR_READY, "true", "false", READY_TIMEOUT_S, clock, sleep, name
+            wait_for_guest(
+                api, steps[4].request, appliance_ready, ready_timeout, clock, sleep, f"{name} ready"
             )
         finally:
             # Re-apply even when the new instance is unhealthy: people need the tunnel to look at it.
