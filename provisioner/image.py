@@ -374,6 +374,8 @@ class ImageApi(Protocol):
     def deprecate_image(self, request: compute_v1.DeprecateImageRequest) -> None: ...
     def get_iap_policy(self, resource: str) -> Any: ...
     def set_iap_policy(self, resource: str, policy: Any) -> None: ...
+    def get_instance_policy(self, project: str, zone: str, name: str) -> compute_v1.Policy | None: ...
+    def set_instance_policy(self, project: str, zone: str, name: str, policy: compute_v1.Policy) -> None: ...
 
 
 Clock = Callable[[], float]
@@ -574,9 +576,16 @@ def rollout_steps(target: ImageTarget, spec: compute_v1.Instance, image: str) ->
     resource = iap_tunnel_resource(p, z, name)
     return [
         Step(
-            f"read the per-instance IAP tunnel policy of {name} (kept and re-applied: grants survive)",
+            f"read the per-instance IAP tunnel policy of {name} (deleting the instance may drop it)",
             "iap.getIamPolicy",
             {"resource": resource},
+        ),
+        Step(
+            "read the instance's own IAM policy (`provision grant --role reader` puts compute.viewer there)",
+            "compute.instances.getIamPolicy",
+            compute_v1.GetIamPolicyInstanceRequest(
+                project=p, zone=z, resource=name, options_requested_policy_version=3
+            ),
         ),
         Step(
             "turn off deletion protection",
@@ -591,22 +600,22 @@ def rollout_steps(target: ImageTarget, spec: compute_v1.Instance, image: str) ->
             compute_v1.DeleteInstanceRequest(project=p, zone=z, instance=name),
         ),
         Step(
-            f"recreate {name} from {image} (same spec, same name, deletion protection on)",
+            f"recreate {name} from {image} (the `provision create` spec, only the image changed;"
+            " deletion protection back on)",
             "compute.instances.insert",
             compute_v1.InsertInstanceRequest(project=p, zone=z, instance_resource=with_image(spec, image)),
         ),
         Step(
-            f"wait until the appliance reports {GUEST_NAMESPACE}/{ATTR_READY}"
-            f" (at most {READY_TIMEOUT_S // 60} min)",
+            "re-apply both policies read before, with the new etags (users' tunnel commands keep working)",
+            "iap.setIamPolicy + compute.instances.setIamPolicy",
+            {"resource": resource, "policy": "<the bindings read in the first two steps>"},
+        ),
+        Step(
+            f"wait until the appliance reports {GUEST_NAMESPACE}/{ATTR_READY}",
             "compute.instances.getGuestAttributes",
             compute_v1.GetGuestAttributesInstanceRequest(
                 project=p, zone=z, instance=name, query_path=f"{GUEST_NAMESPACE}/"
             ),
-        ),
-        Step(
-            "re-apply the IAP tunnel policy read before (users' tunnel commands keep working)",
-            "iap.setIamPolicy",
-            {"resource": resource, "policy": "<the bindings read in step 1>"},
         ),
     ]
 
@@ -671,47 +680,60 @@ def run_rollout(
     p, z, name = target.project, target.zone, spec.name
     resource = iap_tunnel_resource(p, z, name)
     short = image.rsplit("/", 1)[-1]
-    saved = None
+    tunnel_policy = instance_policy = None
+    deleted = restored = False
     step = "read the appliance"
     try:
         if api.get_instance(p, z, name) is not None:
             step = "read the IAP tunnel policy"
-            report(f"reading the IAP tunnel policy of {name}")
-            saved = api.get_iap_policy(resource)
+            report(f"reading the IAP tunnel policy and IAM policy of {name}")
+            tunnel_policy = api.get_iap_policy(resource)
+            instance_policy = api.get_instance_policy(p, z, name)
             step = "turn off deletion protection"
             report("turning off deletion protection")
-            api.set_deletion_protection(steps[1].request)
+            api.set_deletion_protection(steps[2].request)
             step = "delete the old instance"
             report(f"deleting {name}")
-            api.delete_instance(steps[2].request)
+            api.delete_instance(steps[3].request)
+            deleted = True
         step = "create the new instance"
         report(f"creating {name} from {short}")
-        api.insert_instance(steps[3].request)
+        api.insert_instance(steps[4].request)
+        # Re-apply before waiting: even an unhealthy appliance must be reachable to be looked at.
+        step = "re-apply the IAM policies"
+        if _has_bindings(tunnel_policy):
+            report("re-applying the IAP tunnel grants")
+            api.set_iap_policy(resource, tunnel_policy)
+        if _has_bindings(instance_policy):
+            report("re-applying the instance's IAM policy")
+            api.set_instance_policy(p, z, name, instance_policy)
+        restored = True
         step = "wait until ready"
         report("waiting until the appliance is ready and healthy")
-        try:
-            wait_for_guest(
-                api, steps[4].request, appliance_ready, ready_timeout, clock, sleep, f"{name} ready"
-            )
-        finally:
-            # Re-apply even when the new instance is unhealthy: people need the tunnel to look at it.
-            if saved is not None and list(getattr(saved, "bindings", [])):
-                step = "re-apply the IAP tunnel policy"
-                report("re-applying the IAP tunnel grants")
-                api.set_iap_policy(resource, saved)
+        wait_for_guest(api, steps[6].request, appliance_ready, ready_timeout, clock, sleep, f"{name} ready")
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
-        back = (
-            "`provision rollback` returns to the previous image"
-            if step in ("create the new instance", "wait until ready", "re-apply the IAP tunnel policy")
-            else "the appliance was not touched"
-            if step in ("read the appliance", "read the IAP tunnel policy", "turn off deletion protection")
-            else "re-run `provision rollout`"
-        )
+        if not deleted and step != "create the new instance":
+            back = "the appliance was not touched"
+        elif step == "wait until ready":
+            back = "`provision rollback` returns to the previous image"
+        else:
+            back = "re-run `provision rollout` or `provision rollback`"
+        if deleted and not restored and (_has_bindings(tunnel_policy) or _has_bindings(instance_policy)):
+            members = sorted(_members(tunnel_policy) | _members(instance_policy))
+            back += f"; then re-grant with `provision grant MEMBER --role reader` for: {', '.join(members)}"
         raise PypapoError(
             f"rollout of {name} to {short} failed at '{step}': {_one_line(exc)}; {back}"
         ) from exc
+
+
+def _has_bindings(policy: Any) -> bool:
+    return policy is not None and any(list(b.members) for b in policy.bindings)
+
+
+def _members(policy: Any) -> set[str]:
+    return {m for b in policy.bindings for m in b.members} if policy is not None else set()
 
 
 def rollback_deprecations(

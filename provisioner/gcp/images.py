@@ -162,6 +162,37 @@ class ComputeImageApi:
             new.bindings.extend(policy.bindings)
             iap.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=new))
 
+    # -- the instance's own IAM policy (compute.viewer for tunnel users)
+
+    def get_instance_policy(self, project: str, zone: str, name: str) -> compute_v1.Policy | None:
+        with self._errors(f"read the IAM policy of instance {name}"):
+            try:
+                return self.clients.get("instances").get_iam_policy(
+                    request=compute_v1.GetIamPolicyInstanceRequest(
+                        project=project, zone=zone, resource=name, options_requested_policy_version=3
+                    )
+                )
+            except gexc.NotFound:
+                return None
+
+    def set_instance_policy(self, project: str, zone: str, name: str, policy: compute_v1.Policy) -> None:
+        with self._errors(f"re-apply the IAM policy of instance {name}"):
+            instances = self.clients.get("instances")
+            current = instances.get_iam_policy(
+                request=compute_v1.GetIamPolicyInstanceRequest(
+                    project=project, zone=zone, resource=name, options_requested_policy_version=3
+                )
+            )
+            new = compute_v1.Policy(bindings=list(policy.bindings), etag=current.etag, version=3)
+            instances.set_iam_policy(
+                request=compute_v1.SetIamPolicyInstanceRequest(
+                    project=project,
+                    zone=zone,
+                    resource=name,
+                    zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
+                )
+            )
+
 
 _registered: set[str] = set()
 
