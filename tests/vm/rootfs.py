@@ -233,15 +233,15 @@ def baked_rootfs() -> Path:
             root = tmp / "root"
             copy_tree(base, root)
             deb = standin.build_gcsfuse_deb(tmp)
-            shutil.copy2(deb, root / "tmp/gcsfuse.deb")
+            shutil.copy2(deb, root / "var/tmp" / deb.name)
             pkgs = " ".join(APPLIANCE_PACKAGES)
             # policy-rc.d keeps maintainer scripts from starting nginx inside the build container.
             in_root(
                 root,
                 "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; "
                 "apt-get update -qq; "
-                f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkgs} /tmp/gcsfuse.deb; "
-                "rm -f /usr/sbin/policy-rc.d /tmp/gcsfuse.deb; apt-get clean; rm -rf /var/lib/apt/lists/*",
+                f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkgs} /var/tmp/{deb.name}; "
+                f"rm -f /usr/sbin/policy-rc.d /var/tmp/{deb.name}; apt-get clean; rm -rf /var/lib/apt/lists/*",
                 log,
             )
             os.rename(root, tmp.with_name(tmp.name + ".root"))

@@ -1,0 +1,120 @@
+"""What a healthy pypapo appliance looks like, checked over SSH with testinfra.
+
+Run by ``provision verify`` (which supplies the expectations through the ``pypapo_appliance`` plugin) or
+by hand: ``pytest provisioner/checks/test_appliance.py --hosts=ssh://USER@HOST`` with the expectations in
+``PYPAPO_VERIFY_PORT``, ``PYPAPO_VERIFY_MOUNT_PATH``, ``PYPAPO_VERIFY_BUCKET``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+
+import pytest
+
+from provisioner.verify import Expectations, expected_hardening
+
+ROLES = ("gcsfuse", "nginx")
+
+
+@pytest.fixture(scope="module")
+def appliance(request: pytest.FixtureRequest) -> Expectations:
+    plugin = request.config.pluginmanager.get_plugin("pypapo_appliance")
+    return plugin.expectations if plugin is not None else Expectations.from_env()
+
+
+def _unit(appliance: Expectations, role: str) -> str:
+    return appliance.gcsfuse_unit if role == "gcsfuse" else appliance.nginx_unit
+
+
+def _get(host, appliance: Expectations, path: str) -> tuple[int, bytes]:
+    """GET a path from the serving port on the appliance itself: (status, body)."""
+    url = f"http://127.0.0.1:{appliance.port}{path}"
+    out = host.run(f"curl -sS -o /dev/stdout -w '\\n%{{http_code}}' --max-time 10 {shlex.quote(url)}")
+    assert out.rc == 0, f"curl {url} failed: {out.stderr}"
+    body, _, status = out.stdout_bytes.rpartition(b"\n")
+    return int(status), body
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_unit_enabled_and_active(host, appliance: Expectations, role: str) -> None:
+    svc = host.service(_unit(appliance, role))
+    assert svc.is_enabled, f"{svc.name} is not enabled: it would not come back after a reboot"
+    assert svc.is_running, f"{svc.name} is not active"
+
+
+def test_bucket_mounted_read_only(host, appliance: Expectations) -> None:
+    out = host.run(f"findmnt -n -o SOURCE,FSTYPE,OPTIONS --mountpoint {shlex.quote(appliance.mount_path)}")
+    assert out.rc == 0 and out.stdout.strip(), f"nothing is mounted at {appliance.mount_path}"
+    source, fstype, options = out.stdout.split()[:3]
+    assert fstype.startswith("fuse"), f"{appliance.mount_path} is {fstype}, not a FUSE mount"
+    assert "ro" in options.split(","), f"{appliance.mount_path} is mounted read-write: {options}"
+    if appliance.bucket:
+        assert source == appliance.bucket, f"{appliance.mount_path} mounts {source}, not {appliance.bucket}"
+
+
+def test_nginx_listens_on_serving_port(host, appliance: Expectations) -> None:
+    sockets = host.socket.get_listening_sockets()
+    assert any(s.startswith("tcp://") and s.endswith(f":{appliance.port}") for s in sockets), (
+        f"nothing listens on port {appliance.port}: {sockets}"
+    )
+    owner = host.run(f"ss -Htlnp 'sport = :{appliance.port}'").stdout
+    assert "nginx" in owner, f"port {appliance.port} is not nginx's: {owner}"
+
+
+@pytest.mark.parametrize("path", ["/simple/", "/"])
+def test_root_index_served_from_mount(host, appliance: Expectations, path: str) -> None:
+    on_disk = host.file(f"{appliance.mount_path}/simple/index.html")
+    assert on_disk.exists, f"the mount has no simple/index.html: is {appliance.mount_path} the bucket?"
+    status, body = _get(host, appliance, path)
+    assert status == 200, f"GET {path} answered {status}"
+    assert body == on_disk.content, f"GET {path} is not the root index stored in the bucket"
+
+
+def test_healthz(host, appliance: Expectations) -> None:
+    status, body = _get(host, appliance, "/healthz")
+    assert status == 200, f"/healthz answered {status}: {body[:200]!r}"
+
+
+def test_nginx_workers_unprivileged(host, appliance: Expectations) -> None:
+    workers = [
+        line.split(None, 1)
+        for line in host.run("ps -eo user:32=,args=").stdout.splitlines()
+        if "nginx: worker process" in line
+    ]
+    assert workers, "no nginx worker process"
+    privileged = [w for w in workers if w[0] == "root"]
+    assert not privileged, f"nginx workers run as root: {privileged}"
+
+
+def _hardening_cases() -> list[tuple[str, str, str]]:
+    return [(role, prop, value) for role in ROLES for prop, value in expected_hardening(role).items()]
+
+
+@pytest.mark.parametrize(("role", "prop", "value"), _hardening_cases())
+def test_unit_hardening(host, appliance: Expectations, role: str, prop: str, value: str) -> None:
+    unit = _unit(appliance, role)
+    out = host.run(f"systemctl show -p {prop} --value {shlex.quote(unit)}")
+    assert out.rc == 0, out.stderr
+    actual = out.stdout.strip()
+    assert _normalize(actual) == _normalize(value), f"{unit}: {prop}={actual!r}, expected {value!r}"
+
+
+def _normalize(value: str) -> str:
+    low = value.strip().lower()
+    if low in ("yes", "true", "on", "1"):
+        return "yes"
+    if low in ("no", "false", "off", "0"):
+        return "no"
+    return " ".join(sorted(low.split()))
+
+
+def test_only_ssh_and_serving_port_listen(host, appliance: Expectations) -> None:
+    exposed: set[int] = set()
+    for line in host.run("ss -Htln").stdout.splitlines():
+        local = line.split()[3]
+        address, _, port = local.rpartition(":")
+        address = address.strip("[]").split("%")[0]
+        if address in ("*", "0.0.0.0", "::") or not ipaddress.ip_address(address).is_loopback:
+            exposed.add(int(port))
+    assert exposed == {22, appliance.port}, f"listening beyond loopback: {sorted(exposed)}"
