@@ -25,6 +25,7 @@ NONCURRENT_DAYS = 30  # older versions of index pages are kept a month, then del
 DISK_TYPE = "pd-balanced"
 READY_NAMESPACE = "pypapo"
 READY_KEY = "ready"
+READY_VALUE = "true"  # render.READY_VALUE: what the startup script writes once serving
 
 # Roles. The VM only reads; a publisher reads and rewrites pages (generation preconditions on
 # overwrite need storage.objects.delete, which objectCreator lacks); a reader opens the tunnel.
@@ -230,18 +231,21 @@ def guest_attributes_request(s: Settings) -> compute_v1.GetGuestAttributesInstan
     )
 
 
-def readiness(attrs: compute_v1.GuestAttributes | None) -> tuple[bool, str]:
-    """(ready, detail) from the appliance's guest attributes: it writes pypapo/ready when serving."""
+def readiness(attrs: compute_v1.GuestAttributes | None) -> tuple[str, str]:
+    """("ready"|"starting"|"error", detail) from the guest attributes the startup script writes.
+
+    It writes pypapo/ready=true once NGINX serves the mounted bucket, pypapo/error=REASON otherwise.
+    """
     if attrs is None:
-        return False, "no guest attributes yet"
+        return "starting", "no guest attributes yet"
     entries = {f"{e.namespace}/{e.key}": e.value for e in attrs.query_value.items}
     error = entries.get(f"{READY_NAMESPACE}/error")
     if error:
-        return False, f"error: {error}"
+        return "error", error
     value = entries.get(f"{READY_NAMESPACE}/{READY_KEY}")
-    if value is None:
-        return False, "starting"
-    return True, value
+    if value == READY_VALUE:
+        return "ready", value
+    return "starting", f"{READY_NAMESPACE}/{READY_KEY}={value}" if value is not None else "starting"
 
 
 # --- IAM policies (pure edits of the real policy objects) ---------------------------------------------
@@ -850,7 +854,11 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
 def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:
     """The bindings behind `provision grant MEMBER --role reader|publisher`."""
     member = normalize_member(member)
-    targets = {"bucket": s.bucket, "iap_tunnel_instance": tunnel_resource(s), "instance": s.instance}
+    targets = {
+        "bucket": s.bucket,
+        "iap_tunnel_instance": tunnel_resource(s),
+        "instance": f"{s.zone}/{s.instance}",
+    }
     return [IamChange(kind, targets[kind], r, member) for kind, r in ROLES[role]]
 
 

@@ -13,6 +13,7 @@ Everything else in `provisioner.gcp` goes through these three things:
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 import time
@@ -187,7 +188,14 @@ class Clients:
             api, factory = _FACTORIES[name]
             with gcp_errors(f"create the {name} client", project=self.project, api=api):
                 takes_project = len(inspect.signature(factory).parameters) > 1
-                args = (self.credentials, self.project) if takes_project else (self.credentials,)
+                if name == "storage" and os.environ.get("STORAGE_EMULATOR_HOST"):
+                    # fake-gcs-server (tests, local runs) takes no credentials.
+                    from google.auth.credentials import AnonymousCredentials
+
+                    creds: Any = AnonymousCredentials()
+                else:
+                    creds = self.credentials
+                args = (creds, self.project) if takes_project else (creds,)
                 self._built[name] = factory(*args)
         return self._built[name]
 
