@@ -1,0 +1,244 @@
+"""The engine on both backends: layout, immutability, all-or-nothing batches, yank, remove, reindex."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from provisioner import sample
+from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
+from provisioner.repository import Repository
+from provisioner.storage import open_store
+from tests.fixtures.gcs import RepoHandle
+
+MakeDist = Callable[..., Path]
+
+
+def _json(snapshot: dict[str, bytes], name: str) -> dict:
+    return json.loads(snapshot[name])
+
+
+def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist) -> None:
+    wheel = make_wheel("Foo.Bar", "1.0", requires_python=">=3.9")
+    sdist = make_sdist("Foo.Bar", "1.0")
+    result = Repository.open(repo.location).publish([wheel, sdist])
+    assert result.published == [wheel.name, sdist.name]
+    snap = repo.snapshot()
+    assert set(snap) == {
+        "simple/index.html",
+        "simple/index.json",
+        "simple/foo-bar/index.html",
+        "simple/foo-bar/index.json",
+        f"simple/foo-bar/{wheel.name}",
+        f"simple/foo-bar/{wheel.name}.metadata",
+        f"simple/foo-bar/{sdist.name}",
+    }
+    assert snap[f"simple/foo-bar/{wheel.name}"] == wheel.read_bytes()
+    with zipfile.ZipFile(wheel) as zf:
+        assert snap[f"simple/foo-bar/{wheel.name}.metadata"] == zf.read("foo_bar-1.0.dist-info/METADATA")
+    page = _json(snap, "simple/foo-bar/index.json")
+    files = {f["filename"]: f for f in page["files"]}
+    assert page["name"] == "foo-bar" and page["versions"] == ["1.0"]
+    assert files[wheel.name]["hashes"]["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    meta_hash = hashlib.sha256(snap[f"simple/foo-bar/{wheel.name}.metadata"]).hexdigest()
+    assert files[wheel.name]["core-metadata"] == {"sha256": meta_hash}
+    assert files[wheel.name]["requires-python"] == ">=3.9"
+    assert files[sdist.name]["core-metadata"] is False
+    assert files[sdist.name]["size"] == sdist.stat().st_size
+    html = snap["simple/foo-bar/index.html"].decode()
+    assert f'href="{wheel.name}#sha256={files[wheel.name]["hashes"]["sha256"]}"' in html
+    assert f'data-core-metadata="sha256={meta_hash}"' in html
+    assert _json(snap, "simple/index.json")["projects"] == [{"name": "foo-bar"}]
+    assert 'href="foo-bar/"' in snap["simple/index.html"].decode()
+
+
+def test_same_bytes_again_is_a_noop(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    wheel = make_wheel("demo", "1.0")
+    Repository.open(repo.location).publish([wheel])
+    before = repo.snapshot()
+    result = Repository.open(repo.location).publish([wheel])
+    assert (result.published, result.already_present) == ([], [wheel.name])
+    assert repo.snapshot() == before
+
+
+def _other_bytes_wheel(dest: Path, name: str, version: str) -> Path:
+    """A valid wheel with the same filename as sample.build_wheel's, but different contents."""
+    path = dest / sample.wheel_filename(name, version)
+    path.write_bytes(sample.wheel_bytes(name, version, modules={f"{name}/__init__.py": "x = 'other'\n"}))
+    return path
+
+
+def test_other_bytes_under_an_existing_filename_are_refused(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    other = _other_bytes_wheel(tmp_path, "demo", "1.0")
+    fresh = make_wheel("demo", "2.0")
+    with pytest.raises(ConflictError, match=r"already exists .* with different bytes"):
+        Repository.open(repo.location).publish([fresh, other])
+    assert repo.snapshot() == before  # the valid file of the batch was not written either
+
+    result = Repository.open(repo.location).publish([fresh, other], skip_existing=True)
+    assert (result.published, result.skipped) == ([fresh.name], [other.name])
+    after = repo.snapshot()
+    assert after["simple/demo/demo-1.0-py3-none-any.whl"] == before["simple/demo/demo-1.0-py3-none-any.whl"]
+
+
+def test_an_orphan_object_with_other_bytes_is_also_refused(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    # A file stored without a page entry (crash window, manual copy) still counts as existing.
+    wheel = make_wheel("demo", "1.0")
+    open_store(repo.location).write(f"simple/demo/{wheel.name}", b"something else", if_generation_match=0)
+    with pytest.raises(ConflictError):
+        Repository.open(repo.location).publish([wheel])
+
+
+def test_an_orphan_object_with_the_same_bytes_gets_indexed(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    wheel = make_wheel("demo", "1.0")
+    open_store(repo.location).write(f"simple/demo/{wheel.name}", wheel.read_bytes(), if_generation_match=0)
+    result = Repository.open(repo.location).publish([wheel])
+    assert result.published == [wheel.name]
+    assert [f["filename"] for f in _json(repo.snapshot(), "simple/demo/index.json")["files"]] == [wheel.name]
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["not-a-zip", "name-mismatch", "traversal", "missing-file"],
+)
+def test_one_bad_file_leaves_the_repository_byte_for_byte_unchanged(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path, breakage: str
+) -> None:
+    Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    bad = tmp_path / "bad-1.0-py3-none-any.whl"
+    if breakage == "not-a-zip":
+        bad.write_bytes(b"garbage")
+    elif breakage == "name-mismatch":
+        bad.write_bytes(sample.wheel_bytes("bad", "1.0", metadata=sample.core_metadata("good", "1.0")))
+    elif breakage == "traversal":
+        bad.write_bytes(sample.wheel_bytes("bad", "1.0", extra_files={"../../etc/cron.d/x": b"boom"}))
+    batch = [make_wheel("demo", "2.0"), make_wheel("newproj", "1.0"), bad]
+    with pytest.raises(InvalidDistribution, match=r"bad-1\.0-py3-none-any\.whl"):
+        Repository.open(repo.location).publish(batch)
+    assert repo.snapshot() == before
+
+
+def test_yank_and_unyank(repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_sdist("demo", "1.0"), make_wheel("demo", "2.0")])
+    assert r.set_yanked("Demo", "1.0.0", "broken build") == 2  # name and version are normalized
+    snap = repo.snapshot()
+    yanked = {f["filename"]: f["yanked"] for f in _json(snap, "simple/demo/index.json")["files"]}
+    assert yanked == {
+        "demo-1.0-py3-none-any.whl": "broken build",
+        "demo-1.0.tar.gz": "broken build",
+        "demo-2.0-py3-none-any.whl": False,
+    }
+    assert snap["simple/demo/index.html"].decode().count('data-yanked="broken build"') == 2
+    assert r.set_yanked("demo", "1.0", None, yanked=False) == 2
+    snap = repo.snapshot()
+    assert all(f["yanked"] is False for f in _json(snap, "simple/demo/index.json")["files"])
+    assert "data-yanked" not in snap["simple/demo/index.html"].decode()
+    with pytest.raises(PypapoError, match=r"has no version 3\.0"):
+        r.set_yanked("demo", "3.0", None)
+    with pytest.raises(PypapoError, match="no project nope"):
+        r.set_yanked("nope", "1.0", None)
+
+
+def test_remove_a_version_then_the_last_one(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_wheel("demo", "2.0"), make_wheel("keep", "1.0")])
+    assert r.remove("demo", "1.0") == ["demo-1.0-py3-none-any.whl"]
+    snap = repo.snapshot()
+    assert "simple/demo/demo-1.0-py3-none-any.whl" not in snap
+    assert "simple/demo/demo-1.0-py3-none-any.whl.metadata" not in snap
+    assert _json(snap, "simple/demo/index.json")["versions"] == ["2.0"]
+    assert "demo-1.0" not in snap["simple/demo/index.html"].decode()
+    assert r.remove("demo") == ["demo-2.0-py3-none-any.whl"]
+    snap = repo.snapshot()
+    assert not [name for name in snap if name.startswith("simple/demo/")]
+    assert _json(snap, "simple/index.json")["projects"] == [{"name": "keep"}]
+    assert "demo/" not in snap["simple/index.html"].decode()
+    assert r.projects() == ["keep"]
+
+
+def test_reindex_rebuilds_lost_pages_and_keeps_yanks_and_upload_times(
+    repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_sdist("demo", "1.0"), make_wheel("other", "1.0")])
+    r.set_yanked("demo", "1.0", "bad")
+    before = repo.snapshot()
+    store = open_store(repo.location)
+    for name in (
+        "simple/index.html",
+        "simple/index.json",
+        "simple/demo/index.html",
+        "simple/other/index.html",
+    ):
+        store.delete(name)
+    result = r.reindex()
+    assert repo.snapshot() == before
+    assert (result.projects, result.files, result.hashed) == (2, 3, 0)  # nothing rehashed
+    assert r.reindex().pages_written == 0  # a second run finds nothing to do
+
+
+def test_reindex_picks_up_manual_additions_and_deletions(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_wheel("gone", "1.0")])
+    store = open_store(repo.location)
+    # Someone copies a wheel into the bucket by hand (no metadata file, no page entry) ...
+    added = sample.wheel_bytes("demo", "2.0", requires_python=">=3.8")
+    store.write("simple/demo/demo-2.0-py3-none-any.whl", added, if_generation_match=0)
+    manual = sample.wheel_bytes("manual", "1.0")
+    store.write("simple/manual/manual-1.0-py3-none-any.whl", manual, if_generation_match=0)
+    # ... deletes a file by hand, and drops a corrupt one.
+    store.delete("simple/gone/gone-1.0-py3-none-any.whl")
+    store.write("simple/demo/demo-3.0-py3-none-any.whl", b"corrupt", if_generation_match=0)
+    result = r.reindex()
+    assert any("demo-3.0-py3-none-any.whl" in line for line in result.ignored)
+    snap = repo.snapshot()
+    demo = _json(snap, "simple/demo/index.json")
+    assert demo["versions"] == ["1.0", "2.0"]
+    new = next(f for f in demo["files"] if f["filename"] == "demo-2.0-py3-none-any.whl")
+    assert new["hashes"]["sha256"] == hashlib.sha256(added).hexdigest()
+    assert new["requires-python"] == ">=3.8"
+    with zipfile.ZipFile(io.BytesIO(added)) as zf:
+        assert snap["simple/demo/demo-2.0-py3-none-any.whl.metadata"] == zf.read(
+            "demo-2.0.dist-info/METADATA"
+        )
+    assert "simple/gone/index.json" not in snap
+    assert [p["name"] for p in _json(snap, "simple/index.json")["projects"]] == ["demo", "manual"]
+    assert 'href="manual/"' in snap["simple/index.html"].decode()
+
+
+def test_reindex_verify_rehashes_what_the_fingerprint_cannot_see(
+    dir_repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    # A same-size edit that restores the mtime fools the directory fingerprint; --verify does not.
+    r = Repository.open(dir_repo.location)
+    wheel = make_wheel("demo", "1.0")
+    r.publish([wheel])
+    path = Path(dir_repo.location) / "simple/demo" / wheel.name
+    st = path.stat()
+    tampered = sample.wheel_bytes("demo", "1.0", modules={"demo/__init__.py": "x = 'tampered'\n"})
+    tampered = tampered[: st.st_size].ljust(st.st_size, b"\0")
+    path.write_bytes(tampered)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    fast = r.reindex()
+    assert (fast.hashed, fast.reused) == (0, 1)
+    verified = r.reindex(verify=True)
+    assert verified.hashed + len(verified.ignored) == 1
+    page = _json(dir_repo.snapshot(), "simple/demo/index.json")
+    assert all(f["hashes"]["sha256"] != hashlib.sha256(wheel.read_bytes()).hexdigest() for f in page["files"])
