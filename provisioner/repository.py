@@ -277,25 +277,30 @@ class Repository:
                     f"{dist.filename} already exists in {self.store.location} with different bytes; "
                     "files are immutable: publish a new version (or pass --skip-existing)"
                 )
+        total = len(dists)
+        done = 0
+
+        def progress(message: str) -> None:
+            nonlocal done
+            done += 1
+            self.echo(f"[{done}/{total}] {message}" if total > 1 else message)
+
         for dist in dists:
             if dist.filename in result.already_present:
-                self.echo(f"{dist.filename} already present (same bytes), nothing to do")
+                progress(f"{dist.filename} already present (same bytes), nothing to do")
             elif dist.filename in result.skipped:
-                self.echo(f"{dist.filename} exists with different bytes, skipped (--skip-existing)")
+                progress(f"{dist.filename} exists with different bytes, skipped (--skip-existing)")
 
         # Per project: upload its files (create-only), then one index update for the group.
         groups: dict[str, list[DistFile]] = {}
         for dist in todo:
             groups.setdefault(dist.project, []).append(dist)
-        done = 0
         for project, group in groups.items():
             for dist in group:
                 self._create_object(layout.dist_object(project, dist.filename), dist.data)
                 if dist.metadata is not None:
                     self._create_object(layout.metadata_object(project, dist.filename), dist.metadata)
-                done += 1
-                prefix = f"[{done}/{len(todo)}] " if len(todo) > 1 else ""
-                self.echo(f"{prefix}uploaded {dist.filename} ({human_size(dist.size)})")
+                progress(f"uploaded {dist.filename} ({human_size(dist.size)})")
             self._index_new_files(project, group)
             result.published += [d.filename for d in group]
         return result
