@@ -45,11 +45,13 @@ READY_TIMEOUT_S = 10 * 60
 # would *replace* the default db/dbx and could lock out the next signed kernel).
 GUEST_OS_FEATURES = ("UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC")
 
+BAKE_MODE_KEY = "pypapo-mode"  # instance attribute that selects the startup script's bake mode
 # What the bake-mode startup script (provisioner/render.py) writes as guest attributes, namespace pypapo/.
 GUEST_NAMESPACE = "pypapo"
 ATTR_BAKE = "bake"  # "done" when the bake finished, "failed" otherwise
-ATTR_READY = "ready"  # the serving appliance: present once nginx serves the mounted bucket (plan.py)
-ATTR_ERROR = "error"  # either mode: why it failed
+ATTR_READY = "ready"  # the serving appliance: "true" once nginx serves the mounted bucket (render.py)
+ATTR_ERROR = "error"  # the bake wrapper: why the bake failed
+ATTR_STATUS = "status"  # serve mode: "ready" or "not ready: REASON"
 ATTR_GCSFUSE = "gcsfuse-version"
 ATTR_NGINX = "nginx-version"
 
@@ -148,6 +150,47 @@ def parse_timestamp(value: str) -> dt.datetime:
 
 # ----------------------------------------------------------------------------------------- the builder
 
+_BAKE_DELIMITER = "PYPAPO_APPLIANCE_SCRIPT_EOF"
+
+# The appliance script's bake mode reports nothing (render.py: "mount nothing, start nothing, report
+# nothing"), so the builder runs it through this wrapper, which owns the build's signals: guest
+# attributes pypapo/gcsfuse-version and pypapo/nginx-version (read back into the image labels), then
+# pypapo/bake=done, or pypapo/bake=failed with pypapo/error; and a serial-console line either way.
+_BAKE_WRAPPER = """#!/bin/bash
+# pypapo golden-image builder (provision image build): bake the appliance, report to the provisioner.
+set -uo pipefail
+put() {
+  curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 -X PUT --data "$2" \\
+    -H 'Metadata-Flavor: Google' \\
+    "http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/pypapo/$1" >/dev/null ||
+    echo "pypapo-bake: could not write guest attribute $1" >&2
+}
+appliance="$(mktemp -t pypapo-appliance.XXXXXX)"
+cat >"$appliance" <<'@DELIM@'
+@SCRIPT@@DELIM@
+if bash "$appliance" bake; then
+  put gcsfuse-version "$(dpkg-query -W -f='${Version}' gcsfuse 2>/dev/null || echo unknown)"
+  put nginx-version "$(dpkg-query -W -f='${Version}' nginx 2>/dev/null || echo unknown)"
+  rm -f "$appliance"
+  sync
+  put bake "done"
+  echo "pypapo-bake: done"
+else
+  status=$?
+  put error "appliance script exited with status $status in bake mode"
+  put bake "failed"
+  echo "pypapo-bake: failed (status $status)"
+fi
+"""
+
+
+def bake_wrapper(appliance_script: str) -> str:
+    """The builder's startup script: the appliance script verbatim, run with `bake`, then the signals."""
+    if _BAKE_DELIMITER in appliance_script:
+        raise PypapoError(f"the appliance script contains {_BAKE_DELIMITER}; report this bug")
+    body = appliance_script if appliance_script.endswith("\n") else appliance_script + "\n"
+    return _BAKE_WRAPPER.replace("@DELIM@", _BAKE_DELIMITER).replace("@SCRIPT@", body)
+
 
 def _network_link(project: str, network: str) -> str:
     return network if "/" in network else f"projects/{project}/global/networks/{network}"
@@ -204,7 +247,13 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
         ],
         shielded_instance_config=plan.desired_shielded(),  # secure boot, vTPM, integrity monitoring
         # the same hardening metadata as the appliance (one place: plan.py), with the bake script
-        metadata=compute_v1.Metadata(items=plan.metadata_items(plan.desired_metadata(startup_script))),
+        # The script is the bake wrapper around the appliance script; `pypapo-mode=bake` (render.py's
+        # selector) makes even a bare run of the appliance script on this VM bake, never serve.
+        metadata=compute_v1.Metadata(
+            items=plan.metadata_items(
+                {**plan.desired_metadata(bake_wrapper(startup_script)), BAKE_MODE_KEY: "bake"}
+            )
+        ),
         service_accounts=[],  # no credentials on the builder
         can_ip_forward=False,
         deletion_protection=False,  # it must always be deletable by the clean-up
@@ -398,10 +447,12 @@ def bake_finished(attrs: dict[str, str]) -> bool:
 
 
 def appliance_ready(attrs: dict[str, str]) -> bool:
-    """The appliance writes pypapo/ready once NGINX serves the mounted bucket, pypapo/error otherwise."""
-    if attrs.get(ATTR_ERROR):
-        raise PypapoError(f"the new appliance reported an error: {attrs[ATTR_ERROR]}")
-    return ATTR_READY in attrs
+    """render.py's serve mode writes ready=false at start, then status=ready and ready=true once NGINX
+    serves the mounted bucket, or status="not ready: REASON" when it gives up."""
+    status = attrs.get(ATTR_STATUS, "")
+    if status.startswith("not ready") or attrs.get(ATTR_ERROR):
+        raise PypapoError(f"the new appliance reported {status or attrs[ATTR_ERROR]}")
+    return attrs.get(ATTR_READY) == "true"
 
 
 def wait_for_guest(
