@@ -260,21 +260,32 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     Pass them on with `settings_from_click(kwargs)`, which pops them and returns validated `Settings`.
     """
-    for field in reversed(FIELDS):
-        func = click.option(
-            f"--{field.replace('_', '-')}",
-            field,
-            type=int if field in _INT_FIELDS else str,
+    return settings_options_except()(func)
+
+
+def settings_options_except(*excluded: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Like `settings_options` without some fields (a command that gives the flag another meaning)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for field in reversed(FIELDS):
+            if field in excluded:
+                continue
+            func = click.option(
+                f"--{field.replace('_', '-')}",
+                field,
+                type=int if field in _INT_FIELDS else str,
+                default=None,
+                help=_OPTION_HELP.get(field),
+            )(func)
+        return click.option(
+            "--config",
+            "config",
+            type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            help=_OPTION_HELP.get(field),
+            help=f"settings file (default: ./{CONFIG_FILE} if present) [PYPAPO_CONFIG]",
         )(func)
-    return click.option(
-        "--config",
-        "config",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help=f"settings file (default: ./{CONFIG_FILE} if present) [PYPAPO_CONFIG]",
-    )(func)
+
+    return decorate
 
 
 def settings_from_click(kwargs: dict[str, Any]) -> Settings:
