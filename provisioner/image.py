@@ -119,7 +119,14 @@ def request_dict(msg: Any) -> Any:
     """The request as the API sees it: proto-plus messages through their own JSON encoder."""
     if isinstance(msg, dict | list | str | int | float | bool):
         return msg
-    return json.loads(type(msg).to_json(msg, use_integers_for_enums=False, indent=0))
+    return json.loads(_to_json(msg))
+
+
+def _to_json(msg: Any) -> str:
+    # Only what is set: proto3 defaults (empty lists, zero enums) are noise to a reviewer and to the API.
+    return type(msg).to_json(
+        msg, use_integers_for_enums=False, indent=0, always_print_fields_with_no_presence=False
+    )
 
 
 def steps_document(kind: str, steps: Sequence[Step], **extra: Any) -> dict[str, Any]:
@@ -1017,7 +1024,7 @@ def scheduler_job(
     target: ImageTarget, cron: str, time_zone: str, build: cloudbuild_v1.Build
 ) -> scheduler_v1.Job:
     """The Cloud Scheduler job: an authenticated POST of the build to Cloud Build's builds.create."""
-    body = type(build).to_json(build, use_integers_for_enums=False, indent=0).encode()
+    body = _to_json(build).encode()
     return scheduler_v1.Job(
         name=job_name(target.project, target.region),
         description="pypapo: rebuild the golden image and roll the appliance onto it [image schedule]",
