@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
+from provisioner import render
 from provisioner.errors import PypapoError
 
 SSH_ALIAS = "pypapo-appliance"
 DEFAULT_PORT = 3333
 DEFAULT_MOUNT_PATH = "/mnt/pypapo"
-DEFAULT_GCSFUSE_UNIT = "pypapo-gcsfuse.service"
-DEFAULT_NGINX_UNIT = "nginx.service"
+DEFAULT_GCSFUSE_UNIT = render.GCSFUSE_UNIT
+DEFAULT_NGINX_UNIT = render.NGINX_UNIT
 
 # Hardening every appliance must have whatever the templates say: a floor, not the whole list. The
 # gcsfuse unit gets no mount-namespace sandboxing (it would hide the mount from nginx).
@@ -37,7 +40,8 @@ _HARDENING_DIRECTIVES = (
     "ProtectHostname", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
     "ProtectControlGroups", "RestrictSUIDSGID", "RestrictRealtime", "LockPersonality",
     "MemoryDenyWriteExecute", "RestrictNamespaces", "SystemCallArchitectures", "ProtectProc",
-    "ProcSubset", "RemoveIPC", "KeyringMode", "UMask",
+    "ProcSubset", "RemoveIPC", "KeyringMode", "UMask", "DynamicUser", "CapabilityBoundingSet",
+    "RestrictAddressFamilies",
 )  # fmt: skip
 
 
@@ -61,17 +65,10 @@ class Expectations:
         )
 
 
-def unit_files() -> dict[str, str]:
-    """The rendered unit files by role, from the templates this package ships (empty if unavailable)."""
-    try:
-        from provisioner import render
-    except ImportError:
-        return {}
-    units = getattr(render, "render_units", None)
-    if units is None:
-        return {}
-    rendered = units(render.ApplianceConfig(bucket="verify"))
-    return {role: text for role in ("gcsfuse", "nginx") for name, text in rendered.items() if role in name}
+def unit_files(port: int = DEFAULT_PORT) -> dict[str, str]:
+    """The unit files this package ships, rendered, by role."""
+    rendered = render.render_units(render.ApplianceConfig(bucket="verify", port=port))
+    return {"gcsfuse": rendered[render.GCSFUSE_UNIT], "nginx": rendered[render.NGINX_UNIT]}
 
 
 def parse_directives(unit_text: str) -> dict[str, str]:
@@ -87,13 +84,11 @@ def parse_directives(unit_text: str) -> dict[str, str]:
     return out
 
 
-def expected_hardening(role: str) -> dict[str, str]:
+def expected_hardening(role: str, port: int = DEFAULT_PORT) -> dict[str, str]:
     """Effective hardening the ROLE's unit must show: the floor plus every directive our template sets."""
     expected = dict(_FLOOR[role])
-    text = unit_files().get(role)
-    if text:
-        directives = parse_directives(text)
-        expected.update({k: v for k, v in directives.items() if k in _HARDENING_DIRECTIVES})
+    directives = parse_directives(unit_files(port)[role])
+    expected.update({k: v for k, v in directives.items() if k in _HARDENING_DIRECTIVES})
     return expected
 
 
@@ -196,6 +191,14 @@ class Result:
     detail: str = ""
 
 
+EXPECTATIONS = pytest.StashKey["Expectations"]()
+
+
+def expectations_of(config: pytest.Config) -> Expectations:
+    """The expectations `provision verify` handed to this run, else those of the environment."""
+    return config.stash.get(EXPECTATIONS, None) or Expectations.from_env()
+
+
 @dataclass
 class _Plugin:
     """Hands the expectations to the suite and records every check's outcome."""
@@ -203,8 +206,14 @@ class _Plugin:
     expectations: Expectations
     results: list[Result] = field(default_factory=list)
 
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[EXPECTATIONS] = self.expectations
+
     def pytest_runtest_logreport(self, report) -> None:
         name = report.nodeid.split("::", 1)[-1]
+        # testinfra adds the host to every test id; there is one host, so drop it.
+        name = name.replace(f"[ssh://{SSH_ALIAS}]", "").replace(f"-ssh://{SSH_ALIAS}]", "]")
+        name = name.replace(f"[ssh://{SSH_ALIAS}-", "[")
         if report.when == "call" or report.outcome != "passed":
             outcome = report.outcome if report.when == "call" else ("error" if report.failed else "skipped")
             detail = ""
@@ -218,8 +227,6 @@ class _Plugin:
 
 def run_suite(target: Target, expectations: Expectations, extra_args: tuple[str, ...] = ()) -> list[Result]:
     """Run the testinfra suite against TARGET; one Result per check."""
-    import pytest
-
     from provisioner.checks import SUITE
 
     plugin = _Plugin(expectations)

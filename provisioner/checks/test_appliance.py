@@ -12,15 +12,24 @@ import shlex
 
 import pytest
 
-from provisioner.verify import Expectations, expected_hardening
+from provisioner.verify import Expectations, expectations_of, expected_hardening
 
 ROLES = ("gcsfuse", "nginx")
 
 
 @pytest.fixture(scope="module")
 def appliance(request: pytest.FixtureRequest) -> Expectations:
-    plugin = request.config.pluginmanager.get_plugin("pypapo_appliance")
-    return plugin.expectations if plugin is not None else Expectations.from_env()
+    return expectations_of(request.config)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # One check per hardening property of each unit, as our templates render them for this port.
+    if metafunc.function.__name__ == "test_unit_hardening":
+        port = expectations_of(metafunc.config).port
+        cases = [
+            (role, prop, value) for role in ROLES for prop, value in expected_hardening(role, port).items()
+        ]
+        metafunc.parametrize(("role", "prop", "value"), cases, ids=[f"{r}-{p}" for r, p, _ in cases])
 
 
 def _unit(appliance: Expectations, role: str) -> str:
@@ -87,11 +96,6 @@ def test_nginx_workers_unprivileged(host, appliance: Expectations) -> None:
     assert not privileged, f"nginx workers run as root: {privileged}"
 
 
-def _hardening_cases() -> list[tuple[str, str, str]]:
-    return [(role, prop, value) for role in ROLES for prop, value in expected_hardening(role).items()]
-
-
-@pytest.mark.parametrize(("role", "prop", "value"), _hardening_cases())
 def test_unit_hardening(host, appliance: Expectations, role: str, prop: str, value: str) -> None:
     unit = _unit(appliance, role)
     out = host.run(f"systemctl show -p {prop} --value {shlex.quote(unit)}")

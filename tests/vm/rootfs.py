@@ -241,7 +241,8 @@ def baked_rootfs() -> Path:
                 "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; "
                 "apt-get update -qq; "
                 f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkgs} /var/tmp/{deb.name}; "
-                f"rm -f /usr/sbin/policy-rc.d /var/tmp/{deb.name}; apt-get clean; rm -rf /var/lib/apt/lists/*",
+                f"rm -f /usr/sbin/policy-rc.d /var/tmp/{deb.name}; "
+                "apt-get clean; rm -rf /var/lib/apt/lists/*",
                 log,
             )
             os.rename(root, tmp.with_name(tmp.name + ".root"))

@@ -70,14 +70,20 @@ bucket=${positional[0]} mountpoint=${positional[1]}
 
 # The config file is YAML; read the few keys the stand-in honours without a YAML parser. A missing
 # config file is an error, as it is for gcsfuse.
-yaml_get() {  # yaml_get SECTION KEY (SECTION "" for a top-level key)
+yaml_get() {  # yaml_get SECTION KEY: a scalar, or a block list joined with commas (SECTION "" = top level)
   awk -v sec="$1" -v key="$2" '
+    function emit(v) { gsub(/["\047]/, "", v); print v; done = 1; exit }
+    collecting && /^[ ]*- / { v = $0; sub(/^[ ]*- [ ]*/, "", v); list = list (list == "" ? "" : ",") v; next }
+    collecting { emit(list) }
     /^[^ #][^:]*:/ {
       cur = $1; sub(/:.*/, "", cur)
-      if (sec == "" && cur == key) { sub(/^[^:]*:[ ]*/, ""); print; exit }
+      if (sec == "" && cur == key) { v = $0; sub(/^[^:]*:[ ]*/, "", v); if (v != "") emit(v); collecting = 1 }
       next
     }
-    sec != "" && cur == sec && $1 == key":" { sub(/^[^:]*:[ ]*/, ""); print; exit }' "$config" | tr -d "\"'"
+    sec != "" && cur == sec && $1 == key":" {
+      v = $0; sub(/^[^:]*:[ ]*/, "", v); if (v != "") emit(v); collecting = 1
+    }
+    END { if (collecting && !done) { gsub(/["\047]/, "", list); print list } }' "$config"
 }
 if [ -n "$config" ]; then
   [ -r "$config" ] || die "cannot read config file $config"
@@ -87,8 +93,15 @@ if [ -n "$config" ]; then
   v=$(yaml_get file-system file-mode); [ -z "$v" ] || file_mode=$v
   v=$(yaml_get file-system dir-mode); [ -z "$v" ] || dir_mode=$v
   v=$(yaml_get metadata-cache ttl-secs); [ -z "$v" ] || ttl=${v}s
-  case "$(yaml_get file-system fuse-options)" in *allow_other*) allow_other=1 ;; esac
-  case "$(yaml_get file-system ro)" in true) ro=1 ;; esac
+  IFS=, read -ra fuse_opts <<<"$(yaml_get file-system fuse-options)"
+  for o in "${fuse_opts[@]}"; do
+    case "$o" in
+      ro) ro=1 ;;
+      rw) ro=0 ;;
+      allow_other) allow_other=1 ;;
+      *) die "unsupported fuse-options entry: $o" ;;
+    esac
+  done
 fi
 [ -d "$mountpoint" ] || die "mount point $mountpoint is not a directory"
 endpoint=$(cat /etc/pypapo-test/gcs-endpoint) || die "no /etc/pypapo-test/gcs-endpoint (set up by the test)"

@@ -1,0 +1,362 @@
+"""The appliance on a booted Debian 12 system: the rendered startup script, then everything users rely on.
+
+Each variant boots a debootstrap'ed bookworm tree with systemd-nspawn in a network namespace this test
+creates, with fake-gcs-server (holding wheels published by ``provision publish``) on the host end of the
+veth and the gcsfuse stand-in mounting it with rclone. The rendered startup script runs at boot from the
+test's stand-in for the guest agent, exactly as Compute Engine runs it.
+
+- ``fresh``: the image has no nginx, fuse3 or gcsfuse; the script installs them from the guest's Debian
+  mirror and from "packages.cloud.google.com", both served by the test (see tests/vm/aptrepo.py).
+- ``baked``: a golden image with everything installed and no package source reachable at all; the
+  script must not need one (no apt lists appear, dpkg installs nothing).
+
+Then: ``provision verify`` (the shipped testinfra suite over SSH) passes and fails when it should; pip on
+the host installs through the guest's serving port; killing the mount daemon makes nginx answer 503 (pages
+and /healthz, never a partial index) until systemd restarts it; a reboot brings everything back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from provisioner import sample
+from tests.fixtures.gcs import BINARY as FAKE_GCS_BINARY
+from tests.vm import aptrepo, guestagent, rootfs, standin
+from tests.vm.machine import REBOOT_EXIT, Guest, Net, keypair, network, prepare_root
+
+pytestmark = pytest.mark.vm
+
+REQUIRED_TOOLS = (
+    "systemd-nspawn", "debootstrap", "ip", "ssh", "ssh-keygen", "nginx", "dpkg-deb", "dpkg-scanpackages",
+    "apt-ftparchive", "gpg", "openssl",
+)  # fmt: skip
+BUCKET = "pypapo-vm-bucket"
+PREFIX = "team"
+PROVISION = [sys.executable, "-c", "from provisioner.cli import main; main()"]
+
+
+def _missing_prerequisite() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (systemd-nspawn, network namespaces, debootstrap)"
+    for tool in REQUIRED_TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (`bash bootstrap` installs it)"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse on this machine (the guest's gcsfuse needs FUSE)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prerequisites() -> None:
+    reason = _missing_prerequisite()
+    if reason is None:
+        return
+    if os.environ.get("PYPAPO_REQUIRE_VM") == "1":
+        pytest.fail(f"the vm test must run here (PYPAPO_REQUIRE_VM=1) but cannot: {reason}")
+    pytest.skip(f"vm test cannot run here: {reason}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    index: int  # 10.213.INDEX.0/30
+    port: int
+    mount_path: str
+
+
+VARIANTS = [
+    Variant("fresh", 61, 3333, "/mnt/pypapo"),
+    # Non-default port and mount path: the rendered files and the suite must follow the configuration.
+    Variant("baked", 62, 8443, "/srv/pypapo-bucket"),
+]
+
+
+def _render(variant: Variant) -> tuple[str, dict[str, str]]:
+    from provisioner import render
+
+    cfg = render.ApplianceConfig(
+        bucket=BUCKET, prefix=PREFIX, port=variant.port, mount_path=variant.mount_path
+    )
+    return render.render_startup_script(cfg), {}
+
+
+class FakeGCSOnVeth:
+    """fake-gcs-server on the host end of the veth only, with the bucket the appliance serves."""
+
+    def __init__(self, address: str, port: int, log: Path) -> None:
+        self.url = f"http://{address}:{port}"
+        args = [str(FAKE_GCS_BINARY), "-backend", "memory", "-scheme", "http", "-host", address]
+        args += ["-port", str(port), "-external-url", self.url, "-public-host", f"{address}:{port}"]
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"fake-gcs-server did not start on {self.url}") from None
+                time.sleep(0.1)
+        req = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=pypapo-vm",
+            data=json.dumps({"name": BUCKET}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _publish(gcs: FakeGCSOnVeth, dists: Path) -> list[Path]:
+    files = [
+        sample.build_wheel(dists, "vmprobe-core", "1.0"),
+        sample.build_wheel(dists, "vmprobe-app", "1.0", requires_dist=["vmprobe-core>=1.0"]),
+    ]
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url}
+    res = subprocess.run(
+        [*PROVISION, "publish", "--repo", f"gs://{BUCKET}/{PREFIX}", *map(str, files)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, f"provision publish failed:\n{res.stdout}\n{res.stderr}"
+    return files
+
+
+def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _pip_install(guest_url: str, target: Path, requirement: str) -> subprocess.CompletedProcess[str]:
+    """pip on the host, isolated from this machine's pip configuration, through the guest's port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir",
+         "--disable-pip-version-check", "--index-url", guest_url,
+         "--trusted-host", str(urlsplit(guest_url).hostname), "--target", str(target), requirement],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def _wait_startup_script(guest: Guest, timeout: float) -> str:
+    """Wait until the guest agent stand-in has run the startup script; return its journal."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = guest.ssh(
+            f"systemctl show -p ActiveState --value {guestagent.UNIT}", check=False
+        ).stdout.strip()
+        if state in ("active", "failed"):
+            break
+        assert time.monotonic() < deadline, f"startup script still running after {timeout}s"
+        time.sleep(1)
+    journal = guest.ssh(f"journalctl -b -o cat --no-pager -u {guestagent.UNIT}", check=False).stdout
+    assert state == "active", f"the startup script failed at boot:\n{journal[-6000:]}"
+    return journal
+
+
+def _verify(
+    guest: Guest, variant: Variant, known_hosts: Path, port: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PROVISION, "verify", "--host", f"ssh://root@{guest.net.guest_ip}",
+         "--identity-file", str(guest.key), "--known-hosts", str(known_hosts),
+         "--port", str(port or variant.port), "--bucket", BUCKET, "--mount-path", variant.mount_path],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _unit_prop(guest: Guest, unit: str, prop: str) -> str:
+    return guest.ssh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
+
+
+def _gcsfuse_unit() -> str:
+    from provisioner.verify import Expectations
+
+    return Expectations().gcsfuse_unit
+
+
+@contextlib.contextmanager
+def _booted(
+    variant: Variant, tmp_path: Path
+) -> Iterator[tuple[Guest, Net, FakeGCSOnVeth, aptrepo.PackageServer | None]]:
+    """Everything one variant needs, torn down in reverse order whatever happens."""
+    with contextlib.ExitStack() as stack:
+        net = stack.enter_context(network(variant.index))
+        gcs = FakeGCSOnVeth(net.host_ip, 4443, tmp_path / "fake-gcs.log")
+        stack.callback(gcs.stop)
+        _publish(gcs, tmp_path / "dists")
+
+        source = rootfs.base_rootfs() if variant.name == "fresh" else rootfs.baked_rootfs()
+        root = tmp_path / "root"
+        rootfs.copy_tree(source, root)
+        guest = Guest(root=root, net=net, key=keypair(tmp_path), console=tmp_path / "console.log")
+        stack.callback(_remove_root, guest)
+        prepare_root(root, net, Path(f"{guest.key}.pub").read_text())
+        (root / "etc/pypapo-test").mkdir(parents=True, exist_ok=True)
+        (root / "etc/pypapo-test/gcs-endpoint").write_text(gcs.url + "\n")
+        script, _ = _render(variant)
+        guestagent.install(root, script)
+
+        server = None
+        if variant.name == "fresh":
+            server = _package_sources(root, net, tmp_path / "packages")
+            stack.callback(server.stop)
+        stack.callback(guest.stop)
+        try:
+            guest.boot()
+            yield guest, net, gcs, server
+        except BaseException:
+            print(_diagnostics(guest))
+            raise
+
+
+def _remove_root(guest: Guest) -> None:
+    # Only once the container is gone: its mounts live in its own namespace and die with it.
+    if guest.proc is None or guest.proc.poll() is not None:
+        shutil.rmtree(guest.root, ignore_errors=True)
+
+
+def _diagnostics(guest: Guest) -> str:
+    out = ["---- guest console (tail)", guest.console.read_text(errors="replace")[-4000:]]
+    if guest.proc is not None and guest.proc.poll() is None:
+        res = guest.ssh(
+            "journalctl -b --no-pager -n 200; systemctl --failed --no-pager", check=False, timeout=30
+        )
+        out += ["---- guest journal (tail)", res.stdout]
+    return "\n".join(out)
+
+
+def _package_sources(root: Path, net: Net, work: Path) -> aptrepo.PackageServer:
+    """Serve the guest's Debian mirror and Google's gcsfuse repository from the host end of the veth."""
+    work.mkdir()
+    key = aptrepo.SigningKey.create(work / "gnupg")
+    mirror, google = work / "mirror", work / "google"
+    aptrepo.build_repo(mirror, rootfs.SUITE, sorted(rootfs.debs().glob("*.deb")), key)
+    deb = standin.build_gcsfuse_deb(work)
+    aptrepo.build_repo(google / "apt", f"gcsfuse-{rootfs.SUITE}", [deb], key)
+    (google / aptrepo.GOOGLE_KEY_PATH).parent.mkdir(parents=True)
+    (google / aptrepo.GOOGLE_KEY_PATH).write_text(key.armored_public())
+    ca = aptrepo.TestCA.create(work / "tls", aptrepo.GOOGLE_HOST)
+
+    # The guest's view: its Debian mirror is ours, Google's host resolves to the veth, our CA is trusted.
+    (root / "etc/apt/keyrings").mkdir(parents=True, exist_ok=True)
+    (root / "etc/apt/keyrings/pypapo-test-mirror.asc").write_text(key.armored_public())
+    (root / "etc/apt/sources.list").write_text(
+        "# The VM's Debian mirror: in the vm test, a local mirror on the host end of the veth.\n"
+        f"deb [signed-by=/etc/apt/keyrings/pypapo-test-mirror.asc] http://{net.host_ip}/debian"
+        f" {rootfs.SUITE} main\n"
+    )
+    with open(root / "etc/hosts", "a") as hosts:
+        hosts.write(f"{net.host_ip} {aptrepo.GOOGLE_HOST}\n")
+    shutil.copy2(ca.ca_cert, root / "usr/local/share/ca-certificates/pypapo-vm-test-ca.crt")
+    with open(root / "etc/ssl/certs/ca-certificates.crt", "a") as bundle:
+        bundle.write(ca.ca_cert.read_text())
+    return aptrepo.PackageServer(work, net.host_ip, mirror, google, ca)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> None:
+    with _booted(variant, tmp_path) as (guest, net, _gcs, server):
+        guest_url = f"http://{net.guest_ip}:{variant.port}"
+        dpkg_log_before = (guest.root / "var/log/dpkg.log").read_text() if variant.name == "baked" else ""
+
+        # 1. The rendered startup script ran at boot, as the guest agent runs it, and succeeded.
+        journal = _wait_startup_script(guest, timeout=300)
+        print(journal[-3000:])
+
+        # 2. Where the packages came from.
+        if server is not None:
+            fetched = "\n".join(server.requests())
+            assert "/apt/pool/main/gcsfuse_" in fetched, "gcsfuse was not installed from Google's repository"
+            assert "/debian/pool/main/nginx_" in fetched, "nginx was not installed from the Debian mirror"
+            assert "/debian/pool/main/fuse3_" in fetched, "fuse3 was not installed from the Debian mirror"
+            assert guest.ssh("dpkg-query -W -f '${Version}' gcsfuse").stdout == standin.STANDIN_VERSION
+        else:
+            lists = guest.ssh("ls /var/lib/apt/lists").stdout.split()
+            assert not [f for f in lists if f.endswith(("Packages", "InRelease", "Release"))], (
+                f"the pre-baked path ran apt-get update: {lists}"
+            )
+            assert (guest.root / "var/log/dpkg.log").read_text() == dpkg_log_before, (
+                "the pre-baked path installed packages"
+            )
+            assert "default" not in guest.ssh("ip route").stdout, "the baked guest must have no route out"
+
+        # 3. The shipped testinfra suite, through `provision verify`, over SSH.
+        known_hosts = tmp_path / "known_hosts"
+        res = _verify(guest, variant, known_hosts)
+        assert res.returncode == 0, f"provision verify failed:\n{res.stdout}\n{res.stderr}"
+        assert "FAIL" not in res.stdout and "checks passed" in res.stdout, res.stdout
+        print(res.stdout)
+        if variant.name == "baked":
+            # The suite is not a rubber stamp: expecting another port fails the port checks.
+            wrong = _verify(guest, variant, known_hosts, port=variant.port + 1)
+            assert wrong.returncode != 0, wrong.stdout
+            assert "test_nginx_listens_on_serving_port" in wrong.stderr + wrong.stdout
+
+        # 4. pip on the host installs through the guest's serving port (dependency resolved via the index).
+        index_html = _get(f"{guest_url}/simple/")[1]
+        for n, url in enumerate((f"{guest_url}/simple/", f"{guest_url}/")):
+            target = tmp_path / f"site-{n}"
+            pip = _pip_install(url, target, "vmprobe-app==1.0")
+            assert pip.returncode == 0, f"pip install through {url} failed:\n{pip.stdout}\n{pip.stderr}"
+            assert (target / "vmprobe_app-1.0.dist-info").is_dir()
+            assert (target / "vmprobe_core-1.0.dist-info").is_dir()
+
+        # 5. Kill the mount daemon: nginx answers 503 (pages and /healthz) until systemd restarts it.
+        unit = _gcsfuse_unit()
+        restarts = int(_unit_prop(guest, unit, "NRestarts"))
+        main_pid = _unit_prop(guest, unit, "MainPID")
+        assert main_pid not in ("", "0"), f"{unit} has no main process"
+        guest.ssh(f"kill -KILL {main_pid}")
+        seen: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            page, health = _get(f"{guest_url}/simple/"), _get(f"{guest_url}/healthz")
+            seen.append((page[0], health[0]))
+            assert page[0] in (200, 503), f"/simple/ answered {page[0]} while the mount was restarting"
+            if page[0] == 200:
+                assert page[1] == index_html, "a partial or different root index was served"
+            if any(s == (503, 503) for s in seen) and seen[-1] == (200, 200):
+                break
+            time.sleep(0.05)
+        assert (503, 503) in seen, f"nginx never answered 503 with the mount gone: {sorted(set(seen))}"
+        assert seen[-1] == (200, 200), f"serving did not resume: last answers {seen[-5:]}"
+        assert int(_unit_prop(guest, unit, "NRestarts")) > restarts, f"{unit} was not restarted by systemd"
+        assert _unit_prop(guest, unit, "MainPID") != main_pid
+
+        # 6. Restart the machine: the startup script runs again at boot and everything comes back.
+        if server is not None:
+            server.stop()  # the second boot must not need a package source either
+        assert guest.reboot() == REBOOT_EXIT
+        _wait_startup_script(guest, timeout=120)
+        res = _verify(guest, variant, known_hosts)
+        assert res.returncode == 0, f"provision verify failed after the reboot:\n{res.stdout}\n{res.stderr}"
+        target = tmp_path / "site-after-reboot"
+        pip = _pip_install(f"{guest_url}/simple/", target, "vmprobe-app==1.0")
+        assert pip.returncode == 0, f"pip install after the reboot failed:\n{pip.stdout}\n{pip.stderr}"
+        assert (target / "vmprobe_app-1.0.dist-info").is_dir()
