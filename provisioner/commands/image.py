@@ -33,11 +33,14 @@ def _target(
     )
 
 
-def startup_script(settings: Settings, *, bake: bool) -> str:
-    """The appliance's startup script from render.py; bake mode installs/upgrades and enables, no mount."""
+def startup_script(settings: Settings) -> str:
+    """The appliance's startup script (render.py). The same script serves and bakes: the builder selects
+    bake mode with the instance attribute `pypapo-mode=bake` (see `image.builder_instance`)."""
     from provisioner import render
 
-    return render.render_startup_script(render.ApplianceConfig.for_bake(settings))  # type: ignore[attr-defined]
+    return render.render_startup_script(
+        render.ApplianceConfig(bucket=settings.bucket, prefix=settings.prefix, port=settings.port)
+    )
 
 
 def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
@@ -48,8 +51,16 @@ def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
     return plan.desired_instance(
         settings,
         image=plan.family_image(settings.image_project, settings.image_family),
-        startup_script=startup_script(settings, bake=False),
+        startup_script=startup_script(settings),
     )
+
+
+def image_api(settings: Settings, progress: bool = True) -> img.ImageApi:
+    """The thin Compute/IAP layer (tests substitute a double here: Compute Engine has no emulator)."""
+    from provisioner.gcp.base import echo
+    from provisioner.gcp.images import ComputeImageApi
+
+    return ComputeImageApi(_clients(settings), progress=echo if progress else None)
 
 
 def _clients(settings: Settings) -> Any:
@@ -100,16 +111,14 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
     settings = settings_from_click(kwargs)
     target = _target(settings, keep, builder_machine_type)
     now = dt.datetime.now(dt.UTC)
-    script = startup_script(settings, bake=True)
+    script = startup_script(settings)
     if dry_run:
         builder, image, steps = img.build_steps(target, now, script)
         _echo_doc(
             img.steps_document("image build", steps, builder=builder, image=image, family=target.family)
         )
         return
-    from provisioner.gcp.images import ComputeImageApi
-
-    api = ComputeImageApi(_clients(settings))
+    api = image_api(settings)
     current = img.serving_image(api, target)
     result = img.run_build(
         api,
@@ -134,9 +143,7 @@ def list_cmd(output: str, **kwargs: Any) -> None:
     """The images of the family, newest first, with age, state and which one the appliance runs."""
     settings = settings_from_click(kwargs)
     target = _target(settings)
-    from provisioner.gcp.images import ComputeImageApi
-
-    api = ComputeImageApi(_clients(settings), progress=None)
+    api = image_api(settings, progress=False)
     images = api.list_images(target.image_project, target.family)
     serving = img.serving_image(api, target)
     rows = img.image_rows(images, serving, dt.datetime.now(dt.UTC))
@@ -322,9 +329,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
             )
         )
         return
-    from provisioner.gcp.images import ComputeImageApi
-
-    api = ComputeImageApi(_clients(settings))
+    api = image_api(settings)
     images = api.list_images(target.image_project, target.family)
     if image_name:
         chosen = next((i for i in images if i.name == image_name), None)
@@ -367,9 +372,7 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     settings = settings_from_click(kwargs)
     target = _target(settings)
     spec = serving_instance_spec(settings)
-    from provisioner.gcp.images import ComputeImageApi
-
-    api = ComputeImageApi(_clients(settings))
+    api = image_api(settings)
     images = api.list_images(target.image_project, target.family)
     current = img.serving_image(api, target)
     previous = img.rollback_target(images, current)
