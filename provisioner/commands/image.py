@@ -34,13 +34,11 @@ def _target(
 
 
 def startup_script(settings: Settings) -> str:
-    """The appliance's startup script (render.py). The same script serves and bakes: the builder selects
-    bake mode with the instance attribute `pypapo-mode=bake` (see `image.builder_instance`)."""
-    from provisioner import render
+    """The appliance's startup script exactly as `provision create` renders it. The same script serves
+    and bakes: the builder runs it in bake mode (see `image.bake_wrapper`)."""
+    from provisioner.gcp.deploy import startup_script as appliance_script
 
-    return render.render_startup_script(
-        render.ApplianceConfig(bucket=settings.bucket, prefix=settings.prefix, port=settings.port)
-    )
+    return appliance_script(settings)
 
 
 def serving_instance_spec(settings: Settings) -> compute_v1.Instance:

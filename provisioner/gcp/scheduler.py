@@ -14,7 +14,8 @@ from google.cloud import scheduler_v1
 
 from provisioner.errors import PypapoError
 from provisioner.gcp.base import IAM_API, SCHEDULER_API, STORAGE_API, Clients, gcp_errors
-from provisioner.image import RoleGrant
+from provisioner.image import RoleGrant, sa_email
+from provisioner.plan import with_member
 
 
 def _scheduler(credentials: Any) -> Any:
@@ -71,39 +72,44 @@ class ScheduleApi:
                 return False
         return True
 
-    # -- service accounts and roles
+    # -- service accounts and roles (reusing the cloud part's IAM and bucket layers)
 
     def ensure_service_account(self, account_id: str, display_name: str) -> bool:
         """Create the account (no keys, ever). True when created, False when it existed."""
         from google.cloud import iam_admin_v1
 
-        with gcp_errors(f"create service account {account_id}", project=self.project, api=IAM_API):
-            try:
-                self.clients.get("iam_admin").create_service_account(
-                    request=iam_admin_v1.CreateServiceAccountRequest(
-                        name=f"projects/{self.project}",
-                        account_id=account_id,
-                        service_account=iam_admin_v1.ServiceAccount(display_name=display_name),
-                    )
-                )
-            except gexc.AlreadyExists:
-                return False
+        from provisioner.gcp.iam import Iam
+
+        iam = Iam(self.clients)
+        if iam.get_service_account(sa_email(self.project, account_id)) is not None:
+            return False
+        iam.create_service_account(
+            iam_admin_v1.CreateServiceAccountRequest(
+                name=f"projects/{self.project}",
+                account_id=account_id,
+                service_account=iam_admin_v1.ServiceAccount(display_name=display_name),
+            )
+        )
         return True
 
     def add_binding(self, grant: RoleGrant) -> bool:
         """Add `grant.member` to `grant.role` on its resource. True when the policy changed."""
-        with gcp_errors(f"grant {grant.role} on {grant.resource}", project=self.project):
+        if grant.resource.startswith("gs://"):
+            from provisioner.gcp.storage_admin import StorageAdmin
+
+            bucket = grant.resource.removeprefix("gs://")
+            return StorageAdmin(self.clients).set_member(bucket, grant.role, grant.member, present=True)
+        with gcp_errors(f"grant {grant.role} on {grant.resource}", project=self.project, api=IAM_API):
             for attempt in range(_RETRIES):
                 try:
-                    if grant.resource.startswith("gs://"):
-                        return self._bucket_binding(grant)
                     return self._policy_binding(grant)
                 except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition):
                     if attempt == _RETRIES - 1:
                         raise
-        raise PypapoError(f"cannot grant {grant.role} on {grant.resource}: policy kept changing; retry")
+        raise PypapoError(f"cannot grant {grant.role} on {grant.resource}: the policy kept changing; retry")
 
     def _policy_binding(self, grant: RoleGrant) -> bool:
+        """Read-modify-write of a project's or a service account's policy (etag guards the write)."""
         from google.iam.v1 import iam_policy_pb2, options_pb2
 
         if grant.resource.startswith("serviceAccount:"):
@@ -119,30 +125,10 @@ class ScheduleApi:
                 resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)
             )
         )
-        for binding in policy.bindings:
-            if binding.role == grant.role and not binding.HasField("condition"):
-                if grant.member in binding.members:
-                    return False
-                binding.members.append(grant.member)
-                break
-        else:
-            policy.bindings.add(role=grant.role, members=[grant.member])
+        if not with_member(policy, grant.role, grant.member, present=True):
+            return False
         policy.version = 3
         client.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=policy))
-        return True
-
-    def _bucket_binding(self, grant: RoleGrant) -> bool:
-        bucket = self.clients.get("storage").bucket(grant.resource.removeprefix("gs://"))
-        policy = bucket.get_iam_policy(requested_policy_version=3)
-        for binding in policy.bindings:
-            if binding["role"] == grant.role and not binding.get("condition"):
-                if grant.member in binding["members"]:
-                    return False
-                binding["members"].add(grant.member)
-                break
-        else:
-            policy.bindings.append({"role": grant.role, "members": {grant.member}})
-        bucket.set_iam_policy(policy)
         return True
 
     def object_exists(self, bucket: str, name: str) -> bool:
