@@ -84,7 +84,8 @@ def service_account_member(s: Settings) -> str:
 def desired_bucket(s: Settings) -> storage.Bucket:
     """The bucket's properties, as a storage.Bucket built without a client (nothing is sent)."""
     bucket = storage.Bucket(client=None, name=s.bucket)
-    bucket.location = s.region.upper()
+    # Location is an insert-time property; the setter warns, the property patch does not.
+    bucket._patch_property("location", s.region.upper())
     bucket.storage_class = "STANDARD"
     bucket.iam_configuration.uniform_bucket_level_access_enabled = True
     bucket.iam_configuration.public_access_prevention = "enforced"
@@ -264,8 +265,8 @@ def policy_members(policy: Any) -> dict[str, set[str]]:
 
 def with_member(policy: Any, role: str, member: str, *, present: bool = True) -> bool:
     """Add (or remove) `member` in `role` of a protobuf/proto-plus policy in place; True if it changed."""
-    for b in list(policy.bindings):
-        if b.role != role:
+    for index, b in enumerate(list(policy.bindings)):
+        if b.role != role or _has_condition(b):
             continue
         if present:
             if member in b.members:
@@ -275,8 +276,11 @@ def with_member(policy: Any, role: str, member: str, *, present: bool = True) ->
         if member not in b.members:
             return False
         members = [m for m in b.members if m != member]
-        del b.members[:]
-        b.members.extend(members)
+        if members:
+            del b.members[:]
+            b.members.extend(members)
+        else:
+            del policy.bindings[index]  # IAM keeps no empty bindings
         return True
     if not present:
         return False
@@ -288,6 +292,14 @@ def with_member(policy: Any, role: str, member: str, *, present: bool = True) ->
     else:
         policy.bindings.append(binding_type(role=role, members=[member]))
     return True
+
+
+def _has_condition(binding: Any) -> bool:
+    # Conditional bindings are someone else's; ours are unconditional.
+    try:
+        return bool(binding.condition.expression)
+    except AttributeError:
+        return False
 
 
 def normalize_member(member: str) -> str:
@@ -673,7 +685,9 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         steps.append(
             Step(
                 "compute.set_deletion_protection",
-                compute_v1.SetDeletionProtectionInstanceRequest(**base, deletion_protection=True),
+                compute_v1.SetDeletionProtectionInstanceRequest(
+                    project=s.project, zone=s.zone, resource=s.instance, deletion_protection=True
+                ),
             )
         )
     for nic in current.network_interfaces:
@@ -763,7 +777,9 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
             steps.append(
                 Step(
                     "compute.set_deletion_protection",
-                    compute_v1.SetDeletionProtectionInstanceRequest(**base, deletion_protection=False),
+                    compute_v1.SetDeletionProtectionInstanceRequest(
+                        project=s.project, zone=s.zone, resource=s.instance, deletion_protection=False
+                    ),
                     "deletion protection is on: lift it first",
                 )
             )

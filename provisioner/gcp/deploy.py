@@ -102,11 +102,13 @@ def wait_ready(
     progress: Progress,
     timeout: float | None = None,
     poll_interval: float = 10.0,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> str:
     """Poll guest attributes pypapo/ until the appliance reports ready (or an error, or time runs out)."""
     timeout = s.ready_timeout if timeout is None else timeout
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
     request = planlib.guest_attributes_request(s)
     start = clock()
     last = ""
@@ -141,8 +143,8 @@ def create(
     script: str,
     progress: Progress = _echo_progress,
     wait: bool = True,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> planlib.Plan:
     """Make or reconcile everything; a second run sends nothing. Returns the plan it carried out."""
     plan = planlib.plan_create(s, observe(cloud, s), startup_script=script)
