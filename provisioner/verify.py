@@ -233,20 +233,47 @@ def run_suite(target: Target, expectations: Expectations, extra_args: tuple[str,
     with tempfile.TemporaryDirectory(prefix="pypapo-verify-") as tmp:
         config = Path(tmp) / "ssh_config"
         config.write_text(target.ssh_config(Path(tmp)))
-        args = [
-            str(SUITE), f"--hosts=ssh://{SSH_ALIAS}", f"--ssh-config={config}",
-            "-c", os.devnull, "--rootdir", tmp, "-p", "no:cacheprovider", "-q", "--no-header",
-            "-o", "console_output_style=classic", *extra_args,
-        ]  # fmt: skip
         try:
+            _preflight(config, target)
+            args = [
+                str(SUITE), f"--hosts=ssh://{SSH_ALIAS}", f"--ssh-config={config}",
+                "-c", os.devnull, "--rootdir", tmp, "-p", "no:cacheprovider", "-q", "--no-header",
+                "-o", "console_output_style=classic", *extra_args,
+            ]  # fmt: skip
             code = pytest.main(args, plugins=[plugin])
         finally:
+            # Close the shared connection (and with it the IAP tunnel) the suite ran over.
             subprocess.run(
                 ["ssh", "-F", str(config), "-O", "exit", SSH_ALIAS], capture_output=True, check=False
             )
     if not plugin.results:
         raise PypapoError(f"the verification suite did not run (pytest exit {int(code)})")
     return plugin.results
+
+
+def _preflight(config: Path, target: Target) -> None:
+    """One SSH round trip first: an unreachable host is one clear error, not a table of failures."""
+    try:
+        res = subprocess.run(
+            ["ssh", "-F", str(config), SSH_ALIAS, "true"], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        res = subprocess.CompletedProcess([], 255, "", "timed out after 120 s")
+    if res.returncode == 0:
+        return
+    why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+    if target.proxy_command:
+        fix = (
+            "check that the instance runs, that you hold IAP-secured Tunnel User on it "
+            "(`provision grant`), that OS Login knows your key (`gcloud compute os-login ssh-keys add`)"
+        )
+    else:
+        fix = "check the address, the user and --identity-file"
+    raise PypapoError(f"cannot reach {target.user}@{target.host} over SSH ({why}): {fix}")
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_table(results: list[Result]) -> str:

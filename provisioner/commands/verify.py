@@ -60,7 +60,9 @@ def verify_command(
     click.echo(verify.format_table(results))
     failed = [r.name for r in results if r.outcome in ("failed", "error")]
     if failed:
-        raise PypapoError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        raise PypapoError(
+            f"{len(failed)} of {len(results)} checks failed (see the table): the appliance is unhealthy"
+        )
 
 
 COMMANDS: list[click.Command] = [verify_command]
