@@ -24,12 +24,20 @@ from provisioner.gcp.base import (
 
 
 class ComputeImageApi:
-    """`provisioner.image.ImageApi` over the real clients (`Clients` lets a caller inject its own)."""
+    """`provisioner.image.ImageApi` over the real clients (`Clients` lets a caller inject its own).
+
+    Instance calls that `provision create` also makes go through the cloud part's `Compute` layer; this
+    class adds what only the image pipeline needs (images, disks, guest attributes as a dict, serial
+    output, clean-up deletes that keep NotFound apart).
+    """
 
     def __init__(self, clients: Clients, progress: Progress | None = echo) -> None:
+        from provisioner.gcp.compute import Compute
+
         self.clients = clients
         self.project = clients.project
         self.progress = progress
+        self.compute = Compute(clients, progress=progress)
 
     # -- helpers
 
@@ -42,16 +50,10 @@ class ComputeImageApi:
     # -- instances
 
     def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
-        name = request.instance_resource.name
-        with self._errors(f"create instance {name}"):
-            self._wait(self.clients.get("instances").insert(request=request), f"create instance {name}")
+        self.compute.insert_instance(request)
 
     def get_instance(self, project: str, zone: str, name: str) -> compute_v1.Instance | None:
-        with self._errors(f"read instance {name}"):
-            try:
-                return self.clients.get("instances").get(project=project, zone=zone, instance=name)
-            except gexc.NotFound:
-                return None
+        return self.compute.get_instance(zone, name)
 
     def guest_attributes(self, request: compute_v1.GetGuestAttributesInstanceRequest) -> dict[str, str]:
         """`{key: value}` under the queried namespace; {} before the guest wrote anything."""
@@ -64,8 +66,7 @@ class ComputeImageApi:
         return {e.key: e.value for e in attrs.query_value.items if not namespace or e.namespace == namespace}
 
     def stop_instance(self, request: compute_v1.StopInstanceRequest) -> None:
-        with self._errors(f"stop instance {request.instance}"):
-            self._wait(self.clients.get("instances").stop(request=request), f"stop {request.instance}")
+        self.compute.stop_instance(request)
 
     def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
         """Raises NotFound untranslated: for the clean-up and rollout, gone is success."""
@@ -80,11 +81,7 @@ class ComputeImageApi:
             self._wait(op, f"delete {request.instance}")
 
     def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None:
-        with self._errors(f"turn off deletion protection of {request.resource}"):
-            self._wait(
-                self.clients.get("instances").set_deletion_protection(request=request),
-                f"set deletion protection of {request.resource}",
-            )
+        self.compute.set_deletion_protection(request)
 
     def serial_output(self, project: str, zone: str, name: str) -> str:
         out = self.clients.get("instances").get_serial_port_output(
@@ -165,33 +162,20 @@ class ComputeImageApi:
     # -- the instance's own IAM policy (compute.viewer for tunnel users)
 
     def get_instance_policy(self, project: str, zone: str, name: str) -> compute_v1.Policy | None:
-        with self._errors(f"read the IAM policy of instance {name}"):
-            try:
-                return self.clients.get("instances").get_iam_policy(
-                    request=compute_v1.GetIamPolicyInstanceRequest(
-                        project=project, zone=zone, resource=name, options_requested_policy_version=3
-                    )
-                )
-            except gexc.NotFound:
-                return None
+        return self.compute.get_instance_iam_policy(zone, name)
 
     def set_instance_policy(self, project: str, zone: str, name: str, policy: compute_v1.Policy) -> None:
-        with self._errors(f"re-apply the IAM policy of instance {name}"):
-            instances = self.clients.get("instances")
-            current = instances.get_iam_policy(
-                request=compute_v1.GetIamPolicyInstanceRequest(
-                    project=project, zone=zone, resource=name, options_requested_policy_version=3
-                )
+        """Put `policy`'s bindings on the (new) instance, with the etag of its policy now."""
+        current = self.compute.get_instance_iam_policy(zone, name)
+        new = compute_v1.Policy(bindings=list(policy.bindings), etag=current.etag, version=3)
+        self.compute.set_instance_iam_policy(
+            compute_v1.SetIamPolicyInstanceRequest(
+                project=project,
+                zone=zone,
+                resource=name,
+                zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
             )
-            new = compute_v1.Policy(bindings=list(policy.bindings), etag=current.etag, version=3)
-            instances.set_iam_policy(
-                request=compute_v1.SetIamPolicyInstanceRequest(
-                    project=project,
-                    zone=zone,
-                    resource=name,
-                    zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
-                )
-            )
+        )
 
 
 _registered: set[str] = set()
