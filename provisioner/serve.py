@@ -48,6 +48,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail early and clearly: NGINX would retry bind() for seconds, and another server could answer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as NGINX does: TIME_WAIT is fine
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            msg = f"cannot listen on {host}:{port} ({exc.strerror}): pick another with --port"
+            raise PypapoError(msg) from exc
+
+
 def _listen(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -111,7 +123,7 @@ def _wait_until_up(proc: subprocess.Popen[bytes], host: str, port: int, err_path
         if proc.poll() is not None:
             err = err_path.read_text(errors="replace").strip().splitlines()
             last = err[-1] if err else f"exit status {proc.returncode}"
-            if "Address already in use" in last:
+            if "Address already in use" in last or "could not bind" in last:
                 raise PypapoError(f"port {port} on {host} is in use: pick another with --port")
             raise PypapoError(f"nginx failed to start: {last}")
         try:
@@ -144,6 +156,8 @@ def running(
     nginx = find_nginx()
     if port == 0:
         port = free_port(host if ":" not in host else "127.0.0.1")
+    else:
+        check_port_free(host, port)
     with tempfile.TemporaryDirectory(prefix="pypapo-serve-") as tmp:
         runtime = Path(tmp)
         if access_log is not None:
@@ -195,6 +209,7 @@ def running(
 
 def serve_forever(repo: str | Path, *, host: str, port: int, access_log: str | None = None) -> None:
     """`provision serve`: run until Ctrl-C (or SIGTERM), then stop NGINX cleanly."""
+    find_nginx()
     repo_path = Path(repo)
     if repo_path.is_dir() and not (repo_path / SENTINEL).is_file():
         print(
@@ -208,14 +223,13 @@ def serve_forever(repo: str | Path, *, host: str, port: int, access_log: str | N
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        # Ctrl-C may come at any moment, even while NGINX is still starting: `running` stops it anyway.
         with running(repo, host=host, port=port, access_log=access_log) as server:
             print(f"serving {server.repo} at {server.url} (and {server.root_url}/); Ctrl-C stops", flush=True)
-            try:
-                code = server.wait()
-            except KeyboardInterrupt:
-                print("stopping nginx", file=sys.stderr, flush=True)
-            else:
-                err = (server.runtime_dir / "error.log").read_text(errors="replace").strip().splitlines()
-                raise PypapoError(f"nginx exited (status {code}): {err[-1] if err else 'no message'}")
+            code = server.wait()
+            err = (server.runtime_dir / "error.log").read_text(errors="replace").strip().splitlines()
+            raise PypapoError(f"nginx exited (status {code}): {err[-1] if err else 'no message'}")
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr, flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
