@@ -88,10 +88,10 @@ class ImageTarget:
             object.__setattr__(self, "image_project", self.project)
         if not self.region:
             object.__setattr__(self, "region", self.zone.rsplit("-", 1)[0])
-        if not _NAME_RE.match(self.family) or len(self.family) > 40:
+        if not _NAME_RE.match(self.family) or len(self.family) > 39:
             raise PypapoError(
-                f"image family {self.family!r} must be lowercase letters, digits and dashes, at most 40 "
-                "characters (image names add a timestamp); fix --image-family"
+                f"image family {self.family!r} must be lowercase letters, digits and dashes, at most 39 "
+                "characters (builder and image names add a timestamp); fix --image-family"
             )
         if self.keep < 1:
             raise PypapoError("--keep must be at least 1 (the image the appliance runs)")
