@@ -411,11 +411,28 @@ class Plan:
             for n in r.notes:
                 lines.append(f"      note: {n}")
             if r.action in ("create",) and r.spec is not None:
-                spec = json.dumps(to_jsonable(r.spec), indent=2, sort_keys=True)
+                spec = json.dumps(_abbreviate(to_jsonable(r.spec)), indent=2, sort_keys=True)
                 lines.extend("      " + line for line in spec.splitlines())
         counts = ", ".join(f"{n} {a}" for a, n in self.summary().items())
         lines.append(f"  ({counts})" if self.changed else f"  nothing to change ({counts})")
         return "\n".join(lines) + "\n"
+
+
+def _abbreviate(spec: Any) -> Any:
+    """The text plan shows the startup script by size and digest; the JSON plan carries it whole."""
+    import hashlib
+
+    if isinstance(spec, dict):
+        if spec.get("key") == "startup-script" and isinstance(spec.get("value"), str):
+            digest = hashlib.sha256(spec["value"].encode()).hexdigest()[:16]
+            return {
+                **spec,
+                "value": f"<{len(spec['value'])} bytes, sha256 {digest}...; --output json shows it>",
+            }
+        return {k: _abbreviate(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_abbreviate(v) for v in spec]
+    return spec
 
 
 def to_jsonable(obj: Any) -> Any:
