@@ -144,3 +144,30 @@ def test_schedule_steps_create_accounts_grant_roles_then_the_job() -> None:
     sent = doc["steps"][-1]["request"]["job"]
     assert sent["httpTarget"]["oauthToken"]["serviceAccountEmail"] == INVOKER
     assert json.loads(base64.b64decode(sent["httpTarget"]["body"]))["serviceAccount"].endswith(BUILDER_SA)
+
+
+def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_path) -> None:
+    """The unattended build runs `provision image build` and `provision rollout` with this appliance's
+    non-default settings; those exact command lines must parse (checked through --dry-run)."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from provisioner.cli import main
+    from provisioner.commands.image import _cli_args
+    from provisioner.settings import Settings
+
+    monkeypatch.chdir(tmp_path)  # no pypapo.toml: the build has none either
+    settings = Settings(
+        project="proj-123456", zone="europe-west1-b", instance="index", port=8080, machine_type="e2-medium"
+    )
+    build = img.rebuild_build(TARGET, BUCKET, "0.1.0", _cli_args(settings))
+    script = build.steps[1].args[1]
+    lines = [line for line in script.splitlines() if "/bin/provision " in line]
+    assert len(lines) == 2
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        assert {"--instance=index", "--port=8080", "--machine-type=e2-medium"} <= set(argv)
+        result = CliRunner().invoke(main, [*argv, "--dry-run"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["steps"]
