@@ -239,9 +239,7 @@ def test_nothing_outside_the_index(demo_index: LocalIndex, secrets_next_to_repo:
 def test_huge_headers_are_refused(demo_index: LocalIndex) -> None:
     big = demo_index.get("/simple/", {"X-Filler": "a" * 20000})
     assert big.status in (400, 431, 494)
-    many = http_request(
-        demo_index.port, "/simple/", headers={f"X-Filler-{i}": "b" * 4000 for i in range(12)}
-    )
+    many = http_request(demo_index.port, "/simple/", headers={f"X-Filler-{i}": "b" * 4000 for i in range(12)})
     assert many.status in (400, 431, 494)
     long_url = demo_index.get("/simple/" + "a" * 20000 + "/")
     assert long_url.status in (400, 414)
