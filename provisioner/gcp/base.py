@@ -65,6 +65,7 @@ PERMISSION_ROLES: dict[str, str] = {
     "serviceusage.services.enable": "roles/serviceusage.serviceUsageAdmin",
 }
 
+_ENABLE_LINK_RE = re.compile(r"apis/api/([a-z0-9-]+\.googleapis\.com)")
 _API_RE = re.compile(r"\b([a-z0-9-]+\.googleapis\.com)\b")
 _PERMISSION_RES = (
     re.compile(r"Required '([a-zA-Z0-9_.]+)' permission"),
@@ -310,10 +311,13 @@ def translate_error(
     if reasons & {"SERVICE_DISABLED", "ACCESSNOTCONFIGURED", "API_DISABLED"} or (
         "has not been used in project" in text or "it is disabled" in text
     ):
+        # The ErrorInfo names the service; else the "enable it" link in the message; else the caller's
+        # API (the request URL in the message names the endpoint, which may not be the disabled API).
         service = meta.get("service")
         if not service:
+            link = _ENABLE_LINK_RE.search(text)
             found = _API_RE.findall(text)
-            service = found[0] if found else (api or "the required API")
+            service = link.group(1) if link else (api or (found[0] if found else "the required API"))
         proj = project or meta.get("consumer", "").removeprefix("projects/") or "PROJECT"
         return PypapoError(
             f"{where}: the {service} API is not enabled in project {proj}; run"
