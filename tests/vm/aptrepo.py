@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.vm import standin
+
 GOOGLE_HOST = "packages.cloud.google.com"
 GOOGLE_KEY_PATH = "apt/doc/apt-key.gpg"
 
@@ -146,6 +148,23 @@ class TestCA:
         _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
               "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)])  # fmt: skip
         return cls(ca_cert, cert, key)
+
+
+def build_google_tree(top: Path, suite: str, key: SigningKey) -> None:
+    """What the script fetches from packages.cloud.google.com: the key, and gcsfuse (the stand-in)."""
+    deb = standin.build_gcsfuse_deb(top.parent)
+    build_repo(top / "apt", suite, [deb], key)
+    (top / GOOGLE_KEY_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (top / GOOGLE_KEY_PATH).write_text(key.armored_public())
+
+
+def impersonate_google(root: Path, address: str, ca: TestCA) -> None:
+    """Make the system in ROOT reach Google's package host at ADDRESS and trust the test CA's certificate."""
+    with open(root / "etc/hosts", "a") as hosts:
+        hosts.write(f"{address} {GOOGLE_HOST}\n")
+    shutil.copy2(ca.ca_cert, root / "usr/local/share/ca-certificates/pypapo-vm-test-ca.crt")
+    with open(root / "etc/ssl/certs/ca-certificates.crt", "a") as bundle:
+        bundle.write(ca.ca_cert.read_text())
 
 
 class PackageServer:

@@ -8,8 +8,12 @@ atomic rename only when complete.
 Variants:
 - ``base``: systemd, sshd, networkd and the tools a GCE Debian 12 image has; no nginx, fuse3 or gcsfuse.
   The startup script must install them (the fresh-install path).
-- ``baked``: base plus nginx, fuse3 and the gcsfuse stand-in installed, as a golden image has them (the
-  pre-baked path); apt lists are emptied so any `apt-get install` in the guest would fail.
+- ``baked``: a golden image: base plus the rendered startup script run in ``bake`` mode, as
+  ``provision image build`` runs it (packages installed and upgraded, config and units written and
+  enabled). Debian's packages come from the real mirror (build time, like the image builder's egress);
+  gcsfuse from the test's stand-in for Google's repository on a loopback address, whose hosts entry and
+  CA are removed again afterwards. The apt lists are emptied, so the booted guest has nothing to
+  install from: the pre-baked path must not need it.
 - ``debs``: a flat directory of the .deb files the fresh-install path needs beyond ``base`` (nginx,
   fuse3, rclone and their dependencies), downloaded by apt inside a copy of ``base``; the test serves
   them to the guest as its Debian mirror.
@@ -28,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.vm import standin
+from tests.vm import aptrepo, standin
 
 RECIPE_VERSION = 1
 CACHE_ROOT = Path(os.environ.get("PYPAPO_VM_CACHE", "/var/cache/pypapo-test"))
@@ -73,7 +77,7 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def recipe(part: str) -> dict[str, object]:
+def recipe(part: str, startup_script: str = "") -> dict[str, object]:
     """What a cached tree is made of; the base tree's recipe leaves out what only later parts use."""
     doc: dict[str, object] = {
         "version": RECIPE_VERSION,
@@ -87,11 +91,12 @@ def recipe(part: str) -> dict[str, object]:
         doc["standin_depends"] = STANDIN_DEPENDS
     if part == "baked":
         doc["standin"] = hashlib.sha256(standin.GCSFUSE_SCRIPT.encode()).hexdigest()
+        doc["startup_script"] = hashlib.sha256(startup_script.encode()).hexdigest()
     return doc
 
 
-def recipe_key(part: str) -> str:
-    return hashlib.sha256(json.dumps(recipe(part), sort_keys=True).encode()).hexdigest()[:16]
+def recipe_key(part: str, startup_script: str = "") -> str:
+    return hashlib.sha256(json.dumps(recipe(part, startup_script), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -131,9 +136,16 @@ def copy_tree(src: Path, dst: Path) -> None:
     subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)], check=True)
 
 
-def _publish(tmp: Path, final: Path, part: str) -> Path:
-    (tmp / ".pypapo-recipe.json").write_text(json.dumps(recipe(part), indent=1, sort_keys=True))
+def _publish(tmp: Path, final: Path, part: str, startup_script: str = "") -> Path:
+    (tmp / ".pypapo-recipe.json").write_text(
+        json.dumps(recipe(part, startup_script), indent=1, sort_keys=True)
+    )
     os.rename(tmp, final)
+    # Trees of other recipes of this part are stale now (builds of one part are serialized by its lock).
+    prefix = final.name.rsplit("-", 1)[0] + "-"
+    for old in CACHE_ROOT.glob(prefix + "*"):
+        if old != final and old.is_dir() and len(old.name) == len(final.name):
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -219,35 +231,49 @@ def debs() -> Path:
             raise
 
 
-def baked_rootfs() -> Path:
-    """Base plus everything the startup script would install: a golden image."""
+BAKE_ADDRESS = "127.213.0.1"  # loopback: Google's package host during the image build
+
+
+def baked_rootfs(startup_script: str) -> Path:
+    """A golden image: base plus STARTUP_SCRIPT run in bake mode."""
     base = base_rootfs()
-    final = CACHE_ROOT / f"rootfs-baked-{recipe_key('baked')}"
+    key = recipe_key("baked", startup_script)
+    final = CACHE_ROOT / f"rootfs-baked-{key}"
     with _lock("baked"):
         if final.is_dir():
             return final
         tmp = _tmpdir("baked")
-        log = CACHE_ROOT / f"build-baked-{recipe_key('baked')}.log"
+        log = CACHE_ROOT / f"build-baked-{key}.log"
         log.write_text("")
         try:
             root = tmp / "root"
             copy_tree(base, root)
-            deb = standin.build_gcsfuse_deb(tmp)
-            shutil.copy2(deb, root / "var/tmp" / deb.name)
-            pkgs = " ".join(APPLIANCE_PACKAGES)
-            # policy-rc.d keeps maintainer scripts from starting nginx inside the build container.
-            in_root(
-                root,
-                "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; "
-                "apt-get update -qq; "
-                f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkgs} /var/tmp/{deb.name}; "
-                f"rm -f /usr/sbin/policy-rc.d /var/tmp/{deb.name}; "
-                "apt-get clean; rm -rf /var/lib/apt/lists/*",
-                log,
-            )
+            work = tmp / "work"
+            work.mkdir()
+            signing = aptrepo.SigningKey.create(work / "gnupg")
+            aptrepo.build_google_tree(work / "google", f"gcsfuse-{SUITE}", signing)
+            (work / "mirror").mkdir()
+            ca = aptrepo.TestCA.create(work / "tls", aptrepo.GOOGLE_HOST)
+            hosts, bundle = root / "etc/hosts", root / "etc/ssl/certs/ca-certificates.crt"
+            saved = hosts.read_bytes(), bundle.read_bytes()
+            aptrepo.impersonate_google(root, BAKE_ADDRESS, ca)
+            (root / "var/tmp/pypapo-startup-script").write_text(startup_script)
+            server = aptrepo.PackageServer(work, BAKE_ADDRESS, work / "mirror", work / "google", ca)
+            try:
+                in_root(
+                    root, "chmod +x /var/tmp/pypapo-startup-script; /var/tmp/pypapo-startup-script bake", log
+                )
+            finally:
+                server.stop()
+            # The image keeps what bake mode made, not the build's stand-in plumbing.
+            hosts.write_bytes(saved[0])
+            bundle.write_bytes(saved[1])
+            (root / "usr/local/share/ca-certificates/pypapo-vm-test-ca.crt").unlink()
+            (root / "var/tmp/pypapo-startup-script").unlink()
+            in_root(root, "apt-get clean; rm -rf /var/lib/apt/lists/*", log)
             os.rename(root, tmp.with_name(tmp.name + ".root"))
             shutil.rmtree(tmp)
-            return _publish(tmp.with_name(tmp.name + ".root"), final, "baked")
+            return _publish(tmp.with_name(tmp.name + ".root"), final, "baked", startup_script)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(tmp.with_name(tmp.name + ".root"), ignore_errors=True)

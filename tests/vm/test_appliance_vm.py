@@ -85,13 +85,13 @@ VARIANTS = [
 ]
 
 
-def _render(variant: Variant) -> tuple[str, dict[str, str]]:
+def _render(variant: Variant) -> str:
     from provisioner import render
 
     cfg = render.ApplianceConfig(
         bucket=BUCKET, prefix=PREFIX, port=variant.port, mount_path=variant.mount_path
     )
-    return render.render_startup_script(cfg), {}
+    return render.render_startup_script(cfg)
 
 
 class FakeGCSOnVeth:
@@ -211,7 +211,8 @@ def _booted(
         stack.callback(gcs.stop)
         _publish(gcs, tmp_path / "dists")
 
-        source = rootfs.base_rootfs() if variant.name == "fresh" else rootfs.baked_rootfs()
+        script = _render(variant)
+        source = rootfs.base_rootfs() if variant.name == "fresh" else rootfs.baked_rootfs(script)
         root = tmp_path / "root"
         rootfs.copy_tree(source, root)
         guest = Guest(root=root, net=net, key=keypair(tmp_path), console=tmp_path / "console.log")
@@ -219,7 +220,6 @@ def _booted(
         prepare_root(root, net, Path(f"{guest.key}.pub").read_text())
         (root / "etc/pypapo-test").mkdir(parents=True, exist_ok=True)
         (root / "etc/pypapo-test/gcs-endpoint").write_text(gcs.url + "\n")
-        script, _ = _render(variant)
         guestagent.install(root, script)
 
         server = None
@@ -257,10 +257,7 @@ def _package_sources(root: Path, net: Net, work: Path) -> aptrepo.PackageServer:
     key = aptrepo.SigningKey.create(work / "gnupg")
     mirror, google = work / "mirror", work / "google"
     aptrepo.build_repo(mirror, rootfs.SUITE, sorted(rootfs.debs().glob("*.deb")), key)
-    deb = standin.build_gcsfuse_deb(work)
-    aptrepo.build_repo(google / "apt", f"gcsfuse-{rootfs.SUITE}", [deb], key)
-    (google / aptrepo.GOOGLE_KEY_PATH).parent.mkdir(parents=True)
-    (google / aptrepo.GOOGLE_KEY_PATH).write_text(key.armored_public())
+    aptrepo.build_google_tree(google, f"gcsfuse-{rootfs.SUITE}", key)
     ca = aptrepo.TestCA.create(work / "tls", aptrepo.GOOGLE_HOST)
 
     # The guest's view: its Debian mirror is ours, Google's host resolves to the veth, our CA is trusted.
@@ -271,11 +268,7 @@ def _package_sources(root: Path, net: Net, work: Path) -> aptrepo.PackageServer:
         f"deb [signed-by=/etc/apt/keyrings/pypapo-test-mirror.asc] http://{net.host_ip}/debian"
         f" {rootfs.SUITE} main\n"
     )
-    with open(root / "etc/hosts", "a") as hosts:
-        hosts.write(f"{net.host_ip} {aptrepo.GOOGLE_HOST}\n")
-    shutil.copy2(ca.ca_cert, root / "usr/local/share/ca-certificates/pypapo-vm-test-ca.crt")
-    with open(root / "etc/ssl/certs/ca-certificates.crt", "a") as bundle:
-        bundle.write(ca.ca_cert.read_text())
+    aptrepo.impersonate_google(root, net.host_ip, ca)
     return aptrepo.PackageServer(work, net.host_ip, mirror, google, ca)
 
 
