@@ -101,10 +101,10 @@ def _check_metadata(raw_bytes: bytes, where: str, name: str, version: Version) -
     return raw.get("requires_python")
 
 
-def _open_zip(data: bytes) -> zipfile.ZipFile:
+def _open_zip(data: bytes, check_crc: bool = True) -> zipfile.ZipFile:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-        bad = zf.testzip()
+        bad = zf.testzip() if check_crc else None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise DistError(f"not a valid zip archive ({exc})") from None
     if bad is not None:
@@ -116,12 +116,12 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
     return zf
 
 
-def _parse_wheel(filename: str, data: bytes) -> DistFile:
+def _parse_wheel(filename: str, data: bytes, check_crc: bool) -> DistFile:
     try:
         name, version, _build, _tags = parse_wheel_filename(filename)
     except (InvalidWheelFilename, InvalidVersion) as exc:
         raise DistError(f"invalid wheel filename ({exc})") from None
-    zf = _open_zip(data)
+    zf = _open_zip(data, check_crc)
     # The .dist-info directory: exactly one at the top level, named after the project and version.
     dist_infos = {
         n.split("/", 1)[0] for n in zf.namelist() if n.split("/", 1)[0].endswith(".dist-info") and "/" in n
@@ -162,13 +162,13 @@ def _single_root(names: list[str]) -> str:
     return roots.pop()
 
 
-def _parse_sdist(filename: str, data: bytes) -> DistFile:
+def _parse_sdist(filename: str, data: bytes, check_crc: bool) -> DistFile:
     try:
         name, version = parse_sdist_filename(filename)
     except (InvalidSdistFilename, InvalidVersion) as exc:
         raise DistError(f"invalid sdist filename ({exc})") from None
     if filename.endswith(".zip"):
-        zf = _open_zip(data)
+        zf = _open_zip(data, check_crc)
         names = [n.rstrip("/") for n in zf.namelist()]
         root = _single_root(names)
         try:
@@ -208,11 +208,12 @@ def _parse_sdist(filename: str, data: bytes) -> DistFile:
     )
 
 
-def parse_dist(filename: str, data: bytes) -> DistFile:
-    """Validate a distribution. Raises DistError with the reason."""
+def parse_dist(filename: str, data: bytes, *, check_crc: bool = True) -> DistFile:
+    """Validate a distribution. Raises DistError with the reason. `check_crc` decompresses every zip
+    member to check its CRC (done on publish; reindex skips it for files publish already checked)."""
     check_filename(filename)
     if filename.endswith(".whl"):
-        return _parse_wheel(filename, data)
+        return _parse_wheel(filename, data, check_crc)
     if filename.endswith((".tar.gz", ".zip")):
-        return _parse_sdist(filename, data)
+        return _parse_sdist(filename, data, check_crc)
     raise DistError("not a distribution: expected a .whl, .tar.gz or .zip file")

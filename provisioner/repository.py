@@ -15,6 +15,7 @@ Concurrency model (the same on both backends, see storage.py):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +75,7 @@ class ReindexResult:
     projects: int = 0
     files: int = 0
     hashed: int = 0
+    parsed: int = 0
     reused: int = 0
     pages_written: int = 0
     metadata_written: int = 0
@@ -82,7 +84,8 @@ class ReindexResult:
     def summary(self) -> str:
         return (
             f"reindexed {self.projects} projects, {self.files} files "
-            f"({self.hashed} read and hashed, {self.reused} unchanged by fingerprint); "
+            f"({self.reused} unchanged by fingerprint, {self.hashed} read and hashed, "
+            f"{self.parsed} of those validated and parsed anew); "
             f"{self.pages_written} pages and {self.metadata_written} metadata files written"
             + (f"; ignored {len(self.ignored)} invalid objects" if self.ignored else "")
         )
@@ -410,8 +413,9 @@ class Repository:
         """Rebuild every page from the stored objects, keeping yanks and upload times.
 
         Without `verify`, a file whose stored fingerprint (GCS: size + md5/crc32c; directory: size +
-        mtime_ns) matches the one recorded in the project JSON keeps its recorded hash and metadata;
-        everything else is downloaded, validated and hashed. `verify` rehashes every file."""
+        mtime_ns) matches the one recorded in the project JSON keeps its recorded entry; everything
+        else is read and hashed, and parsed anew unless the hash equals the recorded one. `verify`
+        reads and hashes every file and its metadata file, and fully checks the changed ones."""
         self.store.check()
         result = ReindexResult()
         by_project: dict[str, dict[str, ObjectInfo]] = {}
@@ -433,6 +437,7 @@ class Repository:
                     live.append(project)
                 result.files += partial.files
                 result.hashed += partial.hashed
+                result.parsed += partial.parsed
                 result.reused += partial.reused
                 result.pages_written += partial.pages_written
                 result.metadata_written += partial.metadata_written
@@ -485,15 +490,28 @@ class Repository:
             data, gen = self.store.read(layout.dist_object(project, filename))
             if not gen:
                 continue  # removed since the listing
+            res.hashed += 1
+            if prev is not None and prev["hashes"]["sha256"] == hashlib.sha256(data).hexdigest():
+                # Same bytes as recorded: the recorded entry stands (only the fingerprint moved),
+                # provided its metadata file is there and, when verifying, still the recorded one.
+                core = prev.get("core-metadata")
+                meta_ok = not core or (have_meta and not verify)
+                if core and have_meta and verify:
+                    stored_meta, _ = self.store.read(layout.metadata_object(project, filename))
+                    meta_ok = hashlib.sha256(stored_meta).hexdigest() == core["sha256"]
+                if meta_ok:
+                    rebuilt[filename] = {**prev, "_fingerprint": info.fingerprint}
+                    continue
             try:
-                dist = parse_dist(filename, data)
+                # Full CRC check of every member only when verifying: publish already did it.
+                dist = parse_dist(filename, data, check_crc=verify)
             except DistError as exc:
                 res.ignored.append(f"{layout.dist_object(project, filename)}: {exc}")
                 continue
             if dist.project != project:
                 res.ignored.append(f"{layout.dist_object(project, filename)}: belongs to {dist.project}")
                 continue
-            res.hashed += 1
+            res.parsed += 1
             if dist.metadata is not None:
                 meta_name = layout.metadata_object(project, filename)
                 stored_meta, mgen = self.store.read(meta_name) if have_meta else (b"", 0)

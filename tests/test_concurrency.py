@@ -1,7 +1,8 @@
 """Many publishers at once lose nothing, on both backends.
 
 Several OS processes start at the same instant (a barrier) and publish one file per call, so every
-call is a read-modify-write race on the shared project page and, for new projects, on the root index.
+call is a read-modify-write race on the shared project page and, for new projects, on the root index;
+one more process runs `reindex` meanwhile, which must not drop anything either.
 Afterwards every file must be on its project page and every project on the root index, in HTML and
 JSON, and each HTML page must be exactly what its JSON renders to.
 """
@@ -28,6 +29,9 @@ def _worker(location: str, paths: list[str], barrier, errors) -> None:
     try:
         repo = Repository.open(location)
         barrier.wait(timeout=60)
+        if not paths:  # the reindexer: rebuilds everything while the others publish
+            for _ in range(3):
+                repo.reindex()
         for path in paths:
             repo.publish([path])
     except BaseException as exc:
@@ -66,6 +70,7 @@ def test_concurrent_processes_lose_nothing(repo: RepoHandle, tmp_path: Path) -> 
         jobs.append([str(p) for p in paths])
         expected.update({name: {p.name} for name, p in zip(names, paths, strict=True)})
 
+    jobs.append([])  # plus one process running `reindex` meanwhile
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(len(jobs))
     errors = ctx.Queue()

@@ -242,3 +242,21 @@ def test_reindex_verify_rehashes_what_the_fingerprint_cannot_see(
     assert verified.hashed + len(verified.ignored) == 1
     page = _json(dir_repo.snapshot(), "simple/demo/index.json")
     assert all(f["hashes"]["sha256"] != hashlib.sha256(wheel.read_bytes()).hexdigest() for f in page["files"])
+
+
+def test_distributions_above_the_multipart_limit(gcs_repo: RepoHandle, tmp_path: Path) -> None:
+    # > 8 MiB goes through google-cloud-storage's resumable upload. fake-gcs-server does not enforce
+    # the create-only precondition there (GCS does), so the refusal below comes from publish's own
+    # check of the stored object before uploading.
+    big = tmp_path / "big-1.0-py3-none-any.whl"
+    payload = os.urandom(9 * 1024 * 1024)
+    big.write_bytes(sample.wheel_bytes("big", "1.0", extra_files={"big/blob.bin": payload}))
+    r = Repository.open(gcs_repo.location)
+    assert r.publish([big]).published == [big.name]
+    assert gcs_repo.read(f"simple/big/{big.name}") == big.read_bytes()
+    other = tmp_path / "other" / big.name
+    other.parent.mkdir()
+    other.write_bytes(sample.wheel_bytes("big", "1.0", extra_files={"big/blob.bin": payload[::-1]}))
+    with pytest.raises(ConflictError):
+        r.publish([other])
+    assert gcs_repo.read(f"simple/big/{big.name}") == big.read_bytes()

@@ -123,3 +123,15 @@ def test_absent_credentials_name_the_login_command(tmp_path: Path) -> None:
     assert "gcloud auth application-default login" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_configured_project_does_not_matter(
+    gcs_repo: RepoHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bucket names the data; object operations never use a project, so a "wrong" default
+    # project (another team's) cannot send writes elsewhere or break publishing.
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "some-other-project")
+    store = open_store(gcs_repo.location)
+    store.check()
+    store.write("simple/x/index.json", b"{}", if_generation_match=0)
+    assert gcs_repo.read("simple/x/index.json") == b"{}"
