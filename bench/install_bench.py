@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 CORPUS_FILE = BENCH_DIR / "corpus.txt"
 REQUIREMENTS_FILE = BENCH_DIR / "requirements-bench.txt"
-CACHE_DIR = BENCH_DIR / ".cache"
+# Its own cache outside bench/.cache/, which bench_engine.py rebuilds from scratch when its parameters change.
+CACHE_DIR = Path(os.environ.get("PYPAPO_BENCH_CACHE", "/var/tmp/pypapo-install-bench"))
 RESULTS_DIR = BENCH_DIR / "results"
 
 MEASURES = ("uv-install", "pip-install", "pip-unpinned", "uv-compile")
@@ -361,12 +363,17 @@ class Target:
     find_links: Path | None = None
     access_log: Path | None = None
 
-    def pip_args(self) -> list[str]:
+    def uv_args(self) -> list[str]:
         if self.index_url:
             return ["--index-url", self.index_url]
         return ["--no-index", "--find-links", str(self.find_links)]
 
-    uv_args = pip_args
+    def pip_args(self) -> list[str]:
+        if self.index_url:
+            # pip ignores plain-HTTP indexes off localhost (the shaped link's address) unless trusted.
+            host = urllib.parse.urlsplit(self.index_url).hostname or ""
+            return [*self.uv_args(), "--trusted-host", host]
+        return self.uv_args()
 
 
 NGINX_PROXY_CONF = """\
@@ -1103,7 +1110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BenchError("nginx not found: apt-get install nginx (bash bootstrap installs it)")
     started = time.monotonic()
     corpus = parse_corpus(CORPUS_FILE.read_text())
-    CACHE_DIR.mkdir(exist_ok=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     venv = ensure_bench_venv()
     install_dir, older_dir = ensure_corpus(venv, corpus)
     wheel_bytes = sum(f.stat().st_size for f in install_dir.glob("*.whl"))
