@@ -7,8 +7,9 @@ test's stand-in for the guest agent, exactly as Compute Engine runs it.
 
 - ``fresh``: the image has no nginx, fuse3 or gcsfuse; the script installs them from the guest's Debian
   mirror and from "packages.cloud.google.com", both served by the test (see tests/vm/aptrepo.py).
-- ``baked``: a golden image with everything installed and no package source reachable at all; the
-  script must not need one (no apt lists appear, dpkg installs nothing).
+- ``baked``: a golden image made by the script's own bake mode (tests/vm/rootfs.py), booted with no
+  package source reachable at all; the script must not need one (no apt lists appear, dpkg installs
+  nothing, it says it installs nothing).
 
 Then: ``provision verify`` (the shipped testinfra suite over SSH) passes and fails when it should; pip on
 the host installs through the guest's serving port; killing the mount daemon makes nginx answer 503 (pages
@@ -272,15 +273,31 @@ def _package_sources(root: Path, net: Net, work: Path) -> aptrepo.PackageServer:
     return aptrepo.PackageServer(work, net.host_ip, mirror, google, ca)
 
 
+class _Steps:
+    """Prints how long each step took (shown with -s or on failure; never asserted)."""
+
+    def __init__(self, variant: str) -> None:
+        self.variant, self.start, self.last = variant, time.monotonic(), time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        print(f"[vm {self.variant}] {name}: {now - self.last:.1f}s (total {now - self.start:.1f}s)")
+        self.last = now
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> None:
+    step = _Steps(variant.name)
     with _booted(variant, tmp_path) as (guest, net, _gcs, server):
+        step("root filesystem ready, bucket published, guest booted (SSH up)")
         guest_url = f"http://{net.guest_ip}:{variant.port}"
         dpkg_log_before = (guest.root / "var/log/dpkg.log").read_text() if variant.name == "baked" else ""
 
         # 1. The rendered startup script ran at boot, as the guest agent runs it, and succeeded.
         journal = _wait_startup_script(guest, timeout=300)
         print(journal[-3000:])
+        assert "pypapo: ready" in journal, "the startup script did not log its readiness line"
+        step("startup script ran at boot")
 
         # 2. Where the packages came from.
         if server is not None:
@@ -298,6 +315,7 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
                 "the pre-baked path installed packages"
             )
             assert "default" not in guest.ssh("ip route").stdout, "the baked guest must have no route out"
+            assert "pypapo: installing" not in journal, "the pre-baked path installed packages"
 
         # 3. The shipped testinfra suite, through `provision verify`, over SSH.
         known_hosts = tmp_path / "known_hosts"
@@ -310,6 +328,7 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             wrong = _verify(guest, variant, known_hosts, port=variant.port + 1)
             assert wrong.returncode != 0, wrong.stdout
             assert "test_nginx_listens_on_serving_port" in wrong.stderr + wrong.stdout
+        step("provision verify")
 
         # 4. pip on the host installs through the guest's serving port (dependency resolved via the index).
         index_html = _get(f"{guest_url}/simple/")[1]
@@ -319,6 +338,7 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             assert pip.returncode == 0, f"pip install through {url} failed:\n{pip.stdout}\n{pip.stderr}"
             assert (target / "vmprobe_app-1.0.dist-info").is_dir()
             assert (target / "vmprobe_core-1.0.dist-info").is_dir()
+        step("pip install through the guest's port")
 
         # 5. Kill the mount daemon: nginx answers 503 (pages and /healthz) until systemd restarts it.
         unit = _gcsfuse_unit()
@@ -341,15 +361,22 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
         assert seen[-1] == (200, 200), f"serving did not resume: last answers {seen[-5:]}"
         assert int(_unit_prop(guest, unit, "NRestarts")) > restarts, f"{unit} was not restarted by systemd"
         assert _unit_prop(guest, unit, "MainPID") != main_pid
+        outage = sum(1 for s in seen if s != (200, 200))
+        step(f"mount daemon killed: {outage} of {len(seen)} polls answered 503, then serving resumed")
 
         # 6. Restart the machine: the startup script runs again at boot and everything comes back.
         if server is not None:
             server.stop()  # the second boot must not need a package source either
         assert guest.reboot() == REBOOT_EXIT
-        _wait_startup_script(guest, timeout=120)
+        journal = _wait_startup_script(guest, timeout=120)
+        # Idempotent: the second run finds everything in place, installs and rewrites nothing.
+        assert "pypapo: installing" not in journal and "pypapo: wrote" not in journal, journal[-3000:]
+        assert "pypapo: ready" in journal
+        step("rebooted, startup script ran again")
         res = _verify(guest, variant, known_hosts)
         assert res.returncode == 0, f"provision verify failed after the reboot:\n{res.stdout}\n{res.stderr}"
         target = tmp_path / "site-after-reboot"
         pip = _pip_install(f"{guest_url}/simple/", target, "vmprobe-app==1.0")
         assert pip.returncode == 0, f"pip install after the reboot failed:\n{pip.stdout}\n{pip.stderr}"
         assert (target / "vmprobe_app-1.0.dist-info").is_dir()
+        step("verify and pip after the reboot")
