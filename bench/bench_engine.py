@@ -206,15 +206,15 @@ def main() -> int:
         )
         print("           size+mtime fingerprint is unchanged; reads every page, writes none)")
         print(
-            f"  reindex --verify (reads, validates and hashes    {t_verify:8.2f} s   "
+            f"  reindex --verify (reads and hashes every wheel   {t_verify:8.2f} s   "
             f"{t_peer / t_verify:5.1f}x = peer time / ours"
         )
-        print("           every wheel; pages unchanged, none written)")
+        print("           and metadata file; equal hashes keep their entry; none written)")
         print(
             f"  reindex from scratch (no pages at all: hashes    {t_scratch:8.2f} s   "
             f"{t_peer / t_scratch:5.1f}x = peer time / ours"
         )
-        print("           every wheel and writes every page, fsync on)")
+        print("           and parses every wheel, writes every page, fsync on)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

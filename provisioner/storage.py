@@ -78,12 +78,13 @@ class DirectoryStore:
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise PypapoError(f"repository {self.root} is not a directory: pass --repo a directory or gs://")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PypapoError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise PypapoError(f"repository directory {self.root} is not writable: check its permissions")
+        # A new repository directory is created by the first write; its parent must exist (a typo in
+        # --repo should not silently create a tree somewhere).
+        existing = self.root if self.root.exists() else self.root.parent
+        if not existing.is_dir():
+            raise PypapoError(f"{existing} does not exist: create it or fix --repo")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PypapoError(f"repository directory {existing} is not writable: check its permissions")
 
     def _path(self, name: str) -> Path:
         # Object names come from layout.py with validated filenames; refuse anything odd anyway.

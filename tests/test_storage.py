@@ -135,3 +135,9 @@ def test_the_configured_project_does_not_matter(
     store.check()
     store.write("simple/x/index.json", b"{}", if_generation_match=0)
     assert gcs_repo.read("simple/x/index.json") == b"{}"
+
+
+def test_directory_repository_needs_an_existing_parent(tmp_path: Path) -> None:
+    with pytest.raises(PypapoError, match="does not exist: create it or fix --repo"):
+        open_store(str(tmp_path / "typo" / "repo")).check()
+    open_store(str(tmp_path / "repo")).check()  # a new repository under an existing directory is fine
