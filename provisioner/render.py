@@ -84,6 +84,10 @@ class ApplianceConfig:
             value = getattr(self, name)
             if not _PATH_RE.match(value) or ".." in PurePosixPath(value).parts or value == "/":
                 raise PypapoError(f"invalid {name} {value!r}: use an absolute path of [A-Za-z0-9._/-]")
+        hidden = ("/tmp", "/var/tmp", "/home", "/root", "/run/user", "/dev", "/proc", "/sys", "/etc")
+        if any(PurePosixPath(self.mount_path).is_relative_to(h) for h in hidden):
+            # NGINX's sandbox (PrivateTmp, ProtectHome, PrivateDevices, ...) would not see the mount there.
+            raise PypapoError(f"mount_path {self.mount_path} is hidden from the NGINX sandbox: use /mnt/...")
         if PurePosixPath(self.file_cache_dir).is_relative_to(self.mount_path):
             raise PypapoError("file_cache_dir must not be inside mount_path")
         for name in (

@@ -129,6 +129,8 @@ def test_vm_nginx_config_serves_the_mount() -> None:
         {"bucket": "acme", "mount_path": "mnt/pypapo"},
         {"bucket": "acme", "mount_path": "/mnt/py papo"},
         {"bucket": "acme", "mount_path": "/"},
+        {"bucket": "acme", "mount_path": "/tmp/pypapo"},
+        {"bucket": "acme", "mount_path": "/home/me/pypapo"},
         {"bucket": "acme", "file_cache_dir": "/mnt/pypapo/cache"},
         {"bucket": "acme", "metadata_cache_ttl_secs": -5},
     ],
