@@ -264,6 +264,10 @@ class GCSStore:
             )
         if isinstance(exc, gexc.NotFound):
             return self._missing_bucket()
+        if isinstance(exc, gexc.GoogleAPIError | OSError):
+            # Network trouble or a server error that survived the client's retries: one line.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return PypapoError(f"request to gs://{self.bucket_name} failed ({first}); retry")
         return exc
 
     def _missing_bucket(self) -> PypapoError:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from provisioner.errors import PypapoError
@@ -21,6 +25,20 @@ def _open(location: str) -> Repository:
     return Repository.open(location, echo=click.echo)
 
 
+def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
+    """Local file-system failures (permissions, full disk) as one line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise PypapoError(f"{where}{exc.strerror or exc}") from None
+
+    return wrapper
+
+
 @click.command()
 @repo_option
 @click.option(
@@ -30,6 +48,7 @@ def _open(location: str) -> Repository:
     "The same bytes again are always a no-op.",
 )
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_friendly
 def publish(location: str, skip_existing: bool, files: tuple[str, ...]) -> None:
     """Publish wheels and sdists. Every file is validated first; a batch is all or nothing."""
     result = _open(location).publish(files, skip_existing=skip_existing)
@@ -41,6 +60,7 @@ def publish(location: str, skip_existing: bool, files: tuple[str, ...]) -> None:
 @click.option("--reason", default=None, help="Why it is yanked (shown by pip).")
 @click.argument("name")
 @click.argument("version")
+@_friendly
 def yank(location: str, reason: str | None, name: str, version: str) -> None:
     """Yank every file of NAME VERSION (pip skips it unless pinned exactly)."""
     count = _open(location).set_yanked(name, version, reason, yanked=True)
@@ -51,6 +71,7 @@ def yank(location: str, reason: str | None, name: str, version: str) -> None:
 @repo_option
 @click.argument("name")
 @click.argument("version")
+@_friendly
 def unyank(location: str, name: str, version: str) -> None:
     """Undo a yank of NAME VERSION."""
     count = _open(location).set_yanked(name, version, None, yanked=False)
@@ -62,6 +83,7 @@ def unyank(location: str, name: str, version: str) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.argument("name")
 @click.argument("version", required=False)
+@_friendly
 def remove(location: str, yes: bool, name: str, version: str | None) -> None:
     """Remove NAME VERSION, or the whole project NAME. Prefer `yank`: removal breaks pinned installs."""
     repo = _open(location)
@@ -78,6 +100,7 @@ def remove(location: str, yes: bool, name: str, version: str | None) -> None:
 @click.command(name="list")
 @repo_option
 @click.argument("name", required=False)
+@_friendly
 def list_(location: str, name: str | None) -> None:
     """List projects, or the files of project NAME with version, size and yanked state."""
     repo = _open(location)
@@ -100,6 +123,7 @@ def list_(location: str, name: str | None) -> None:
     help="Download and rehash every file, instead of trusting recorded hashes whose stored "
     "fingerprint (GCS size+md5/crc32c, directory size+mtime) is unchanged.",
 )
+@_friendly
 def reindex(location: str, verify: bool) -> None:
     """Rebuild every page from the stored files (after manual edits), keeping yanks and upload times."""
     result = _open(location).reindex(verify=verify)
