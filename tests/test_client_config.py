@@ -104,3 +104,42 @@ def test_cli_prints_config_on_stdout_and_the_safety_note_on_stderr() -> None:
     assert "--extra-index-url is NOT safe" in result.stderr
     result = CliRunner().invoke(main, ["client-config", "--tool", "uv"])
     assert f'{clientconfig.PLACEHOLDER} = {{ index = "pypapo" }}' in result.stdout
+
+
+def _cloud_build_substitute(text: str, values: dict[str, str]) -> str:
+    """Cloud Build's substitution: $$ is a literal $, $NAME and ${NAME} are replaced (unknown: error)."""
+    import re
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(2)
+        assert name in values, f"${name} is not a substitution Cloud Build knows"
+        return values[name]
+
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
+
+
+def test_cloudbuild_example_opens_the_tunnel_and_installs_in_one_step(tmp_path: Path) -> None:
+    doc = yaml.safe_load((Path(__file__).parent.parent / "examples" / "cloudbuild.yaml").read_text())
+    (step,) = doc["steps"]
+    assert step["entrypoint"] == "bash"
+    values = {**doc["substitutions"], "PROJECT_ID": "acme-prod"}
+    script = _cloud_build_substitute(step["args"][-1], values)
+    # the command line bash runs (line continuations joined, quotes removed)
+    joined = " ".join(script.replace("\\\n", " ").replace('"', "").split())
+    assert (
+        "gcloud compute start-iap-tunnel pypapo 3333 --local-host-port=localhost:3333"
+        " --zone=us-central1-a --project=acme-prod" in joined
+    )
+    assert 'pip install --index-url "http://localhost:3333/simple/"' in script
+    assert "extra-index-url" not in script
+    assert _cloud_build_substitute(doc["serviceAccount"], values).endswith(
+        "pypapo-build@acme-prod.iam.gserviceaccount.com"
+    )
+    assert doc["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # required with a user-specified account
+    path = tmp_path / "step.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    check = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
