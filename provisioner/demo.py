@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from provisioner import sample
@@ -65,16 +65,6 @@ def clean_env(home: Path) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def _workdir(workdir: Path | None) -> Iterator[Path]:
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        yield workdir.resolve()
-    else:
-        with tempfile.TemporaryDirectory(prefix="pypapo-demo-") as tmp:
-            yield Path(tmp)
-
-
 def _pick_port(port: int, echo: Echo) -> int:
     if port == 0:
         return 0
@@ -87,13 +77,16 @@ def _pick_port(port: int, echo: Echo) -> int:
     return port
 
 
-def run_demo(*, workdir: Path | None, port: int, keep_serving: bool, echo: Echo = print) -> None:
+def run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo = print) -> None:
+    """Publish into `repo` (kept: `provision serve --repo` serves it again); scratch work in a temp dir."""
     serving.find_nginx()  # fail first, with the install hint, before building anything
-    with _workdir(workdir) as work:
-        repo_dir = work / "repository"
+    repo_dir = repo.resolve()
+    with tempfile.TemporaryDirectory(prefix="pypapo-demo-") as tmp:
+        work = Path(tmp)
         echo(f"==> building example packages ({LIBRARY}, {APP})")
         dists = build_demo_dists(work / "dists")
-        echo(f"==> publishing into {repo_dir} (provision publish --repo {repo_dir} FILE...)")
+        echo(f"==> publishing into {repo_dir} (what `provision publish --repo {repo} FILE...` does)")
+        # Built reproducibly: on a re-run the same bytes are already present, which is a no-op.
         result = Repository.open(str(repo_dir)).publish(dists, skip_existing=True)
         echo(f"    {result.summary()}")
 
@@ -138,6 +131,7 @@ def run_demo(*, workdir: Path | None, port: int, keep_serving: bool, echo: Echo 
                     status = parts[2].split()[0]
                     echo(f"    {parts[1]} -> {status} {parts[3]}")
             echo(usage_text(server.root_url))
+            echo(f"    Serve it again later: provision serve --repo {repo}")
             if keep_serving:
                 echo(f"==> still serving {server.url}; Ctrl-C stops")
                 with contextlib.suppress(KeyboardInterrupt):

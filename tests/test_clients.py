@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -282,3 +285,39 @@ pypapo-yank-me = "*"
     assert_resolved_from_metadata(demo_index, mark)
     lock = json.loads((project / "Pipfile.lock").read_text())
     assert lock["default"]["pypapo-chain-b"]["version"] == "==1.0"
+
+
+# --- the README's main command ------------------------------------------------------------------------
+
+
+def test_provision_demo_publishes_serves_and_pip_installs(nginx_bin: str, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    proc = subprocess.Popen(
+        [str(BIN / "provision"), "demo", "--port", "0", "--keep-serving"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "still serving" in line:
+                break
+        output = "".join(lines)
+        assert "Successfully installed pypapo-demo-app-1.0.0 pypapo-demo-greeting-1.1.0" in output
+        assert "hello pypapo, from a private index (greeting 1.1.0)" in output
+        assert ".whl.metadata HTTP/1.1 -> 200 text/plain; charset=utf-8" in output
+        url = re.search(r"still serving (http://127\.0\.0\.1:\d+/simple/)", output)
+        assert url, output
+        # --keep-serving: the index is still there for other clients.
+        with urllib.request.urlopen(url.group(1) + "pypapo-demo-app/") as resp:
+            assert b"pypapo_demo_app-1.0.0-py3-none-any.whl" in resp.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    assert (tmp_path / "demo-repo" / "simple" / "pypapo-demo-app" / "index.json").is_file()

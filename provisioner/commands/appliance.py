@@ -95,19 +95,19 @@ def serve(repo: Path, host: str, port: int, access_log: str | None) -> None:
 
 @click.command()
 @click.option(
-    "--dir",
-    "workdir",
-    default=None,
+    "--repo",
+    default="demo-repo",
+    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the demo repository here (default: a temporary directory, removed at the end).",
+    help="Directory repository to publish the examples into (kept afterwards).",
 )
 @click.option("--port", default=3333, show_default=True, type=int, help="Port (0 picks a free one).")
 @click.option("--keep-serving", is_flag=True, help="Keep serving after the demo until Ctrl-C.")
-def demo(workdir: Path | None, port: int, keep_serving: bool) -> None:
-    """Publish example packages into a local repository, serve it, and pip-install from it."""
+def demo(repo: Path, port: int, keep_serving: bool) -> None:
+    """Publish example packages into a local repository, serve it with nginx, and pip-install from it."""
     from provisioner.demo import run_demo
 
-    run_demo(workdir=workdir, port=port, keep_serving=keep_serving, echo=click.echo)
+    run_demo(repo=repo, port=port, keep_serving=keep_serving, echo=click.echo)
 
 
 COMMANDS: list[click.Command] = [render, serve, demo]
