@@ -178,11 +178,15 @@ class Repository:
             return new, True, gen == 0
         raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
 
+    def _generation(self, name: str) -> int:
+        info = self.store.stat(name)
+        return info.generation if info else 0
+
     def _converge_project_html(self, project: str) -> bool:
         """Make the HTML match the JSON (read HTML generation first, then the JSON). True if written."""
         name = layout.project_html(project)
         for attempt in range(MAX_ATTEMPTS):
-            _current, html_gen = self.store.read(name)
+            html_gen = self._generation(name)
             data, json_gen = self.store.read(layout.project_json(project))
             try:
                 if json_gen == 0:
@@ -217,7 +221,7 @@ class Repository:
 
     def _converge_root_html(self) -> None:
         for attempt in range(MAX_ATTEMPTS):
-            _current, html_gen = self.store.read(layout.ROOT_HTML)
+            html_gen = self._generation(layout.ROOT_HTML)
             data, _ = self.store.read(layout.ROOT_JSON)
             try:
                 self.store.write(
