@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -649,6 +650,17 @@ def test_cli_create_destroy_confirmation(cloud: deploy.Cloud, monkeypatch: pytes
     assert "pypapo is up" in result.output
     result = runner.invoke(main, ["create", *args])
     assert "nothing to change" in result.output
+    result = runner.invoke(main, ["plan", "--output", "json", *args])
+    doc = json.loads(result.stdout)
+    assert doc["mode"] == "live" and doc["changed"] is False
+    assert {r["action"] for r in doc["resources"]} == {"none"}
+    cloud.compute.instances["pypapo"].deletion_protection = False
+    result = runner.invoke(main, ["status", *args])
+    assert (
+        "appliance ready" in result.stdout and "drift: instance us-central1-a/pypapo: update" in result.stdout
+    )
+    result = runner.invoke(main, ["plan", *args])
+    assert "deletion_protection: false -> true" in result.stdout
     result = runner.invoke(main, ["destroy", *args], input="n\n")
     assert result.exit_code != 0 and "pypapo" in cloud.compute.instances  # declined: nothing deleted
     result = runner.invoke(main, ["destroy", "--yes", *args])

@@ -32,21 +32,21 @@ class Iam:
         self.progress = progress or (lambda _m: None)
 
     def get_project(self) -> Any:
-        """The project, or a PypapoError saying it does not exist or is not visible."""
+        """The project; a clear error if it does not exist. No permission to read it is not fatal:
+        resourcemanager.projects.get is a nicety here, the calls that follow report their own errors."""
+        from google.api_core import exceptions as gexc
+
         from provisioner.errors import PypapoError
 
-        project = get_or_none(
-            lambda: self.clients.get("projects").get_project(name=f"projects/{self.project}"),
-            f"read project {self.project}",
-            project=self.project,
-            api=RESOURCE_MANAGER_API,
-        )
-        if project is None:
-            raise PypapoError(
-                f"project {self.project} does not exist or you cannot see it; check --project"
-                " (`gcloud projects list`)"
-            )
-        return project
+        with gcp_errors(f"read project {self.project}", project=self.project, api=RESOURCE_MANAGER_API):
+            try:
+                return self.clients.get("projects").get_project(name=f"projects/{self.project}")
+            except gexc.NotFound:
+                raise PypapoError(
+                    f"project {self.project} does not exist; check --project (`gcloud projects list`)"
+                ) from None
+            except gexc.PermissionDenied:
+                return None
 
     def get_service_account(self, email: str) -> iam_admin_v1.ServiceAccount | None:
         req = iam_admin_v1.GetServiceAccountRequest(name=f"projects/{self.project}/serviceAccounts/{email}")

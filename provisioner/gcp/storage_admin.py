@@ -28,12 +28,23 @@ class StorageAdmin:
         return self.clients.get("storage")
 
     def get_bucket(self, name: str) -> storage.Bucket | None:
-        return get_or_none(
-            lambda: self.client.get_bucket(name),
-            f"read bucket gs://{name}",
-            project=self.project,
-            api=STORAGE_API,
-        )
+        from provisioner.errors import PypapoError
+
+        try:
+            return get_or_none(
+                lambda: self.client.get_bucket(name),
+                f"read bucket gs://{name}",
+                project=self.project,
+                api=STORAGE_API,
+            )
+        except PypapoError as exc:
+            # Bucket names are global: a 403 on a bucket we did not make is most often someone else's.
+            if "permission denied" in str(exc):
+                raise PypapoError(
+                    f"bucket gs://{name} exists but you cannot read it: it may belong to another project"
+                    " (bucket names are global); choose another --bucket, or get roles/storage.admin on it"
+                ) from exc.__cause__
+            raise
 
     def create_bucket(self, desired: storage.Bucket) -> storage.Bucket:
         """Create the bucket with every property of `desired` in the one insert call."""
