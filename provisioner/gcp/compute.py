@@ -104,7 +104,12 @@ class Compute:
 
     def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None:
         state = "on" if request.deletion_protection else "off"
-        self._send("instances", "set_deletion_protection", request, f"turn deletion protection {state} on {request.resource}")
+        self._send(
+            "instances",
+            "set_deletion_protection",
+            request,
+            f"turn deletion protection {state} on {request.resource}",
+        )
 
     def set_metadata(self, request: compute_v1.SetMetadataInstanceRequest) -> None:
         self._send("instances", "set_metadata", request, f"set metadata of {request.instance}")
