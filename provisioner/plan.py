@@ -762,10 +762,15 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         notes.append(
             "can_ip_forward is on and cannot be changed in place: `provision destroy` then `provision create`"
         )
+    stopped = current.status in ("TERMINATED", "STOPPED", "SUSPENDED")
     if restart:
         notes.append("these changes need a stopped VM: it is stopped, changed and started again")
-        steps.append(Step("compute.stop_instance", compute_v1.StopInstanceRequest(**base)))
+        if not stopped:
+            steps.append(Step("compute.stop_instance", compute_v1.StopInstanceRequest(**base)))
         steps.extend(restart)
+    if stopped:
+        changes.append(_change("status", current.status, "RUNNING"))
+    if restart or stopped:
         steps.append(Step("compute.start_instance", compute_v1.StartInstanceRequest(**base)))
     if not changes:
         return ResourcePlan("instance", f"{s.zone}/{s.instance}", "none", desired, notes=notes)

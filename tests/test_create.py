@@ -666,3 +666,13 @@ def test_cli_create_destroy_confirmation(cloud: deploy.Cloud, monkeypatch: pytes
     result = runner.invoke(main, ["destroy", "--yes", *args])
     assert result.exit_code == 0, result.output
     assert cloud.compute.instances == {}
+
+
+def test_create_starts_a_stopped_appliance(cloud: deploy.Cloud) -> None:
+    s = settings()
+    run_create(cloud, s)
+    cloud.compute.instances["pypapo"].status = "TERMINATED"
+    clear(cloud)
+    run_create(cloud, s)
+    assert sent(cloud) == ["start_instance"]
+    assert cloud.compute.instances["pypapo"].status == "RUNNING"
