@@ -260,3 +260,41 @@ def test_distributions_above_the_multipart_limit(gcs_repo: RepoHandle, tmp_path:
     with pytest.raises(ConflictError):
         r.publish([other])
     assert gcs_repo.read(f"simple/big/{big.name}") == big.read_bytes()
+
+
+class _CountingStore:
+    """Wraps a real store and counts calls (to show what publish touches, not how long it takes)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, attr: str) -> object:
+        value = getattr(self.inner, attr)
+        if not callable(value):
+            return value
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls.append((attr, str(args[0]) if args else ""))
+            return value(*args, **kwargs)
+
+        return call
+
+
+def test_publish_cost_follows_the_project_not_the_repository(
+    dir_repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    def publish_counting(location: str, wheel: Path) -> list[tuple[str, str]]:
+        store = _CountingStore(open_store(location))
+        Repository(store).publish([wheel])  # type: ignore[arg-type]
+        return store.calls
+
+    small = publish_counting(str(tmp_path / "small"), make_wheel("demo", "1.0"))
+    big = Repository.open(dir_repo.location)
+    big.publish([make_wheel(f"filler-{i}", "1.0") for i in range(15)] + [make_wheel("demo", "0.9")])
+    grown = publish_counting(dir_repo.location, make_wheel("demo", "1.0"))
+    assert not [c for c in grown if c[0] == "list"]  # never lists the repository
+    assert not [c for c in grown if c[1].startswith("simple/index.")]  # root untouched: not a new project
+    touched = {name for _op, name in grown if name}
+    assert touched <= {n for n in touched if n.startswith("simple/demo/")}
+    assert len(grown) <= len(small)  # the empty repository also had to create the root index
