@@ -87,7 +87,8 @@ class StorageAdmin:
         from google.api_core import exceptions as gexc
 
         action = f"{'grant' if present else 'revoke'} {role} on gs://{name}"
-        for attempt in range(5):
+        attempts = 8
+        for attempt in range(attempts):
             with gcp_errors(action, project=self.project, api=STORAGE_API, role="roles/storage.admin"):
                 bucket = self.client.bucket(name)
                 policy = bucket.get_iam_policy(requested_policy_version=3)
@@ -107,10 +108,17 @@ class StorageAdmin:
                 policy.version = 3
                 try:
                     bucket.set_iam_policy(policy)
-                except gexc.PreconditionFailed:
-                    if attempt == 4:
+                except (gexc.PreconditionFailed, gexc.Conflict):  # etag: someone else edited the policy
+                    if attempt == attempts - 1:
                         raise
                     time.sleep(0.5 * (attempt + 1))
+                    continue
+                except gexc.BadRequest as exc:
+                    # A service account created seconds ago may not be known to Storage yet.
+                    if "does not exist" not in str(exc) or attempt == attempts - 1:
+                        raise
+                    self.progress(f"  waiting for {member} to propagate to Cloud Storage")
+                    time.sleep(min(2**attempt, 16))
                     continue
             self.progress(f"  {action}: {member}")
             return True
