@@ -6,7 +6,6 @@ Debian's nginx with the VM's own config, and installed by pip into a throwaway v
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -80,6 +79,11 @@ def _pick_port(port: int, echo: Echo) -> int:
 def run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo = print) -> None:
     """Publish into `repo` (kept: `provision serve --repo` serves it again); scratch work in a temp dir."""
     serving.find_nginx()  # fail first, with the install hint, before building anything
+    with serving.sigterm_as_interrupt():
+        _run_demo(repo=repo, port=port, keep_serving=keep_serving, echo=echo)
+
+
+def _run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo) -> None:
     repo_dir = repo.resolve()
     with tempfile.TemporaryDirectory(prefix="pypapo-demo-") as tmp:
         work = Path(tmp)
@@ -133,10 +137,11 @@ def run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo = print) -
             echo(usage_text(server.root_url))
             echo(f"    Serve it again later: provision serve --repo {repo}")
             if keep_serving:
-                echo(f"==> still serving {server.url}; Ctrl-C stops")
-                with contextlib.suppress(KeyboardInterrupt):
+                try:
+                    echo(f"==> still serving {server.url}; Ctrl-C stops")
                     server.wait()
-                echo("stopping nginx")
+                except KeyboardInterrupt:
+                    echo("stopping nginx")
 
 
 def usage_text(root_url: str) -> str:

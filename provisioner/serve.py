@@ -7,6 +7,7 @@ temporary directory: nothing under /etc/nginx or /var/lib/nginx is read or writt
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import shutil
@@ -116,6 +117,27 @@ class Server:
         return self.process.wait()
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # If we are killed outright (SIGKILL), NGINX in its own session would live on: have the kernel send
+    # it SIGTERM when we die. Linux only, which is where Debian's nginx runs.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C inside the block, so NGINX is stopped either way."""
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _wait_until_up(proc: subprocess.Popen[bytes], host: str, port: int, err_path: Path) -> None:
     deadline = time.monotonic() + 15
     url = f"http://{_url_host(host)}:{port}/healthz"
@@ -191,6 +213,7 @@ def running(
                 stderr=err,
                 # Own process group: Ctrl-C reaches only us, and we stop NGINX gracefully.
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         server = Server(
             repo=repo_path,
@@ -218,18 +241,12 @@ def serve_forever(repo: str | Path, *, host: str, port: int, access_log: str | N
             file=sys.stderr,
         )
 
-    def _terminate(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         # Ctrl-C may come at any moment, even while NGINX is still starting: `running` stops it anyway.
-        with running(repo, host=host, port=port, access_log=access_log) as server:
+        with sigterm_as_interrupt(), running(repo, host=host, port=port, access_log=access_log) as server:
             print(f"serving {server.repo} at {server.url} (and {server.root_url}/); Ctrl-C stops", flush=True)
             code = server.wait()
             err = (server.runtime_dir / "error.log").read_text(errors="replace").strip().splitlines()
             raise PypapoError(f"nginx exited (status {code}): {err[-1] if err else 'no message'}")
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr, flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
