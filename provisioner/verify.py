@@ -237,8 +237,8 @@ def run_suite(target: Target, expectations: Expectations, extra_args: tuple[str,
             _preflight(config, target)
             args = [
                 str(SUITE), f"--hosts=ssh://{SSH_ALIAS}", f"--ssh-config={config}",
-                "-c", os.devnull, "--rootdir", tmp, "-p", "no:cacheprovider", "-q", "--no-header",
-                "-o", "console_output_style=classic", *extra_args,
+                "-c", os.devnull, "--rootdir", tmp, "-p", "no:cacheprovider", "-p", "no:terminal",
+                *extra_args,
             ]  # fmt: skip
             code = pytest.main(args, plugins=[plugin])
         finally:
