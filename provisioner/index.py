@@ -108,10 +108,14 @@ def root_state(projects: Iterable[str]) -> dict[str, Any]:
 
 
 def loads_root(data: bytes) -> list[str]:
+    """Project names of a stored root JSON. Raises ValueError (or KeyError/TypeError) if corrupt."""
     if not data:
         return []
     doc = json.loads(data)
-    return [p["name"] for p in doc.get("projects", [])]
+    names = [p["name"] for p in doc["projects"]]
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError("project names must be strings")
+    return names
 
 
 _HEAD = (

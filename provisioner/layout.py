@@ -29,6 +29,14 @@ def normalize(name: str) -> str:
     return _NORMALIZE.sub("-", name).lower()
 
 
+_NORMALIZED = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def is_normalized(name: str) -> bool:
+    """A valid project name in PEP 503 normalized form (what a project directory must be called)."""
+    return bool(_NORMALIZED.match(name)) and "--" not in name
+
+
 def project_html(project: str) -> str:
     return f"{SIMPLE}/{project}/index.html"
 

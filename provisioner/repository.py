@@ -130,19 +130,33 @@ class Repository:
         return cls(open_store(location), echo=echo)
 
     # -- reading ----------------------------------------------------------------------------------
-    def _read_project(self, project: str) -> tuple[dict[str, Any], int]:
+    def _read_project(self, project: str, *, repair: bool = False) -> tuple[dict[str, Any], int]:
+        """The project state and its generation. A corrupt page is an error, or (repair=True, for
+        reindex) an empty state that the rebuild then replaces."""
         data, gen = self.store.read(layout.project_json(project))
         try:
             return index.loads_project(data, project), gen
-        except ValueError:
+        except (ValueError, KeyError, TypeError, AttributeError):
+            if repair:
+                return index.empty_state(project), gen
             raise PypapoError(
                 f"{layout.project_json(project)} is corrupt: run `provision reindex` to rebuild it"
+            ) from None
+
+    def _root_names(self, data: bytes, *, repair: bool = False) -> set[str]:
+        try:
+            return set(index.loads_root(data))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            if repair:
+                return set()
+            raise PypapoError(
+                f"{layout.ROOT_JSON} is corrupt: run `provision reindex` to rebuild it"
             ) from None
 
     def projects(self) -> list[str]:
         self.store.check()
         data, _ = self.store.read(layout.ROOT_JSON)
-        return index.loads_root(data)
+        return sorted(self._root_names(data))
 
     def project(self, name: str) -> dict[str, Any]:
         """The project state (its JSON); raises if the project does not exist."""
@@ -155,12 +169,16 @@ class Repository:
 
     # -- page updates -----------------------------------------------------------------------------
     def _update_project(
-        self, project: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+        self,
+        project: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        repair: bool = False,
     ) -> tuple[dict[str, Any], bool, bool]:
         """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
         change). Returns (state, changed, created). An empty resulting state deletes the project."""
         for attempt in range(MAX_ATTEMPTS):
-            state, gen = self._read_project(project)
+            state, gen = self._read_project(project, repair=repair)
             new = change(state)
             if new is None:
                 return state, False, False
@@ -201,10 +219,10 @@ class Repository:
                 _backoff(attempt)
         raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
 
-    def _update_root(self, change: Callable[[set[str]], set[str] | None]) -> bool:
+    def _update_root(self, change: Callable[[set[str]], set[str] | None], *, repair: bool = False) -> bool:
         for attempt in range(MAX_ATTEMPTS):
             data, gen = self.store.read(layout.ROOT_JSON)
-            current = set(index.loads_root(data))
+            current = self._root_names(data, repair=repair)
             new = change(set(current))
             if new is None or (new == current and gen):
                 return False
@@ -226,7 +244,7 @@ class Repository:
             try:
                 self.store.write(
                     layout.ROOT_HTML,
-                    index.render_root_html(index.loads_root(data)),
+                    index.render_root_html(self._root_names(data, repair=True)),
                     if_generation_match=html_gen,
                 )
                 return
@@ -264,9 +282,11 @@ class Repository:
         # Decide for the whole batch before writing anything: a refusal leaves the repository as it was.
         states: dict[str, dict[str, Any]] = {}
         todo: list[DistFile] = []
+        new_projects = False
         for dist in dists:
             if dist.project not in states:
-                states[dist.project] = self._read_project(dist.project)[0]
+                states[dist.project], gen = self._read_project(dist.project)
+                new_projects = new_projects or gen == 0
             known = {f["filename"]: f for f in states[dist.project]["files"]}
             entry = known.get(dist.filename)
             if entry is None:
@@ -284,6 +304,8 @@ class Repository:
                     f"{dist.filename} already exists in {self.store.location} with different bytes; "
                     "files are immutable: publish a new version (or pass --skip-existing)"
                 )
+        if new_projects and todo:
+            self._root_names(self.store.read(layout.ROOT_JSON)[0])  # a corrupt root fails here, not midway
         total = len(dists)
         done = 0
 
@@ -429,7 +451,8 @@ class Repository:
                 continue
             by_project.setdefault(parts[1], {})[parts[2]] = info
         root_data, _ = self.store.read(layout.ROOT_JSON)
-        candidates = sorted(set(by_project) | set(index.loads_root(root_data)))
+        listed = {p for p in self._root_names(root_data, repair=True) if layout.is_normalized(p)}
+        candidates = sorted(set(by_project) | listed)
 
         def one(project: str) -> tuple[str, bool, ReindexResult]:
             return project, *self._reindex_project(project, by_project.get(project, {}), verify)
@@ -455,10 +478,10 @@ class Repository:
             extra = {p for p in current - live_set if self.store.stat(layout.project_json(p))}
             return live_set | extra
 
-        if self._update_root(fix_root):
+        if self._update_root(fix_root, repair=True):
             result.pages_written += 2
         elif (self.store.read(layout.ROOT_HTML)[0]) != index.render_root_html(
-            index.loads_root(self.store.read(layout.ROOT_JSON)[0])
+            self._root_names(self.store.read(layout.ROOT_JSON)[0], repair=True)
         ):
             self._converge_root_html()
             result.pages_written += 1
@@ -468,13 +491,10 @@ class Repository:
         self, project: str, objects: dict[str, ObjectInfo], verify: bool
     ) -> tuple[bool, ReindexResult]:
         res = ReindexResult()
-        if project != layout.normalize(project):
+        if not layout.is_normalized(project):
             res.ignored += [f"{layout.SIMPLE}/{project}/{n}" for n in objects]
             return False, res
-        try:
-            old_state, _ = self._read_project(project)
-        except PypapoError:
-            old_state = index.empty_state(project)  # corrupt JSON: rebuilt from the objects
+        old_state, _ = self._read_project(project, repair=True)  # corrupt: rebuilt from the objects
         old = {f["filename"]: f for f in old_state["files"]}
         rebuilt: dict[str, dict[str, Any]] = {}
         for filename, info in objects.items():
@@ -554,7 +574,7 @@ class Repository:
             new = index.project_state(project, files.values())
             return None if new == current else new
 
-        state, changed, _created = self._update_project(project, merge)
+        state, changed, _created = self._update_project(project, merge, repair=True)
         res.files = len(state["files"])
         if changed:
             res.pages_written += 2

@@ -298,3 +298,33 @@ def test_publish_cost_follows_the_project_not_the_repository(
     touched = {name for _op, name in grown if name}
     assert touched <= {n for n in touched if n.startswith("simple/demo/")}
     assert len(grown) <= len(small)  # the empty repository also had to create the root index
+
+
+def test_a_corrupt_project_page_is_reported_and_rebuilt_by_reindex(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0")])
+    store = open_store(repo.location)
+    _data, gen = store.read("simple/demo/index.json")
+    store.write("simple/demo/index.json", b"{not json", if_generation_match=gen)
+    with pytest.raises(PypapoError, match=r"index\.json is corrupt: run `provision reindex`"):
+        r.publish([make_wheel("demo", "2.0")])
+    r.reindex()
+    assert _json(repo.snapshot(), "simple/demo/index.json")["versions"] == ["1.0"]
+    assert r.publish([make_wheel("demo", "2.0")]).published == ["demo-2.0-py3-none-any.whl"]
+
+
+def test_a_corrupt_root_index_is_reported_and_rebuilt_by_reindex(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    store = open_store(repo.location)
+    _data, gen = store.read("simple/index.json")
+    store.write("simple/index.json", b'{"projects": [{"nom": 1}]}', if_generation_match=gen)
+    with pytest.raises(PypapoError, match=r"simple/index\.json is corrupt"):
+        r.publish([make_wheel("other", "1.0")])
+    r.reindex()
+    assert repo.snapshot() == before
