@@ -41,6 +41,8 @@ NGINX_RUNTIME_DIR = "/run/pypapo-nginx"
 # Guest attributes the startup script writes (namespace/key). The provisioner waits for ready == "true".
 GUEST_ATTRIBUTE_NAMESPACE = "pypapo"
 READY_VALUE = "true"
+# The VM's access log: the journal, via its syslog socket (journalctl -t pypapo_nginx).
+JOURNAL_ACCESS_LOG = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname,tag=pypapo_nginx"
 # The file whose presence proves the repository (not an empty mountpoint) is what NGINX sees.
 SENTINEL = "simple/index.html"
 
@@ -177,7 +179,7 @@ def render_nginx_conf(
     if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]:|[0-9.]+:|localhost:)?[0-9]{1,5}", listen):
         raise PypapoError(f"invalid listen address {listen!r}")
     if access_log is None:
-        access_log = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname,tag=pypapo_nginx"
+        access_log = JOURNAL_ACCESS_LOG
     for name, value in (("access_log", access_log), ("error_log", error_log)):
         if any(c in value for c in " \t\n;\"'{}$\\"):
             raise PypapoError(f"invalid {name} {value!r}")

@@ -352,3 +352,54 @@ def test_port_in_use_is_one_clear_line(demo_index: LocalIndex, tmp_path: Path) -
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot listen on 127.0.0.1:{demo_index.port}")
     assert "--port" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
+def test_vm_config_serves_as_an_unprivileged_user() -> None:
+    """The VM runs NGINX as a DynamicUser: its config must need no root (no `user`, private paths)."""
+    import tempfile
+
+    from provisioner.render import (
+        JOURNAL_ACCESS_LOG,
+        NGINX_CONFIG_PATH,
+        NGINX_RUNTIME_DIR,
+        ApplianceConfig,
+        render_vm_files,
+    )
+    from provisioner.serve import free_port
+    from tests.fixtures.nginx import _wait_for
+
+    port = free_port()
+    cfg = ApplianceConfig(bucket="b-1", port=port, mount_path="/mnt/pypapo-test")
+    base = Path(tempfile.mkdtemp(prefix="pypapo-unpriv-", dir="/tmp"))
+    proc = None
+    try:
+        base.chmod(0o755)
+        repo, runtime = base / "repo", base / "run"
+        publish_demo_set(repo, base / "dists")
+        runtime.mkdir()
+        shutil.chown(runtime, "nobody")
+        subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+        conf = (
+            render_vm_files(cfg)[NGINX_CONFIG_PATH]
+            .replace(NGINX_RUNTIME_DIR, str(runtime))
+            .replace(cfg.mount_path, str(repo))
+            .replace(JOURNAL_ACCESS_LOG, "/dev/null")
+        )
+        (base / "nginx.conf").write_text(conf)
+        (base / "nginx.conf").chmod(0o644)
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/sbin/nginx",
+             "-e", "stderr", "-c", str(base / "nginx.conf"), "-g", "daemon off;"],
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        _wait_for(port, proc)  # type: ignore[arg-type]
+        r = http_request(port, "/simple/pypapo-chain-c/", headers={"Accept": PIP_ACCEPT})
+        assert r.status == 200
+        assert r.header("content-type") == JSON
+    finally:
+        if proc is not None:
+            proc.terminate()
+            _out, err = proc.communicate(timeout=20)
+            assert b"[emerg]" not in err and b"[warn]" not in err, err
+        shutil.rmtree(base, ignore_errors=True)
