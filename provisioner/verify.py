@@ -84,10 +84,15 @@ def parse_directives(unit_text: str) -> dict[str, str]:
     return out
 
 
+def declared_directives(role: str, port: int = DEFAULT_PORT) -> dict[str, str]:
+    """Every [Service] directive our ROLE unit template sets, rendered for PORT."""
+    return parse_directives(unit_files(port)[role])
+
+
 def expected_hardening(role: str, port: int = DEFAULT_PORT) -> dict[str, str]:
     """Effective hardening the ROLE's unit must show: the floor plus every directive our template sets."""
     expected = dict(_FLOOR[role])
-    directives = parse_directives(unit_files(port)[role])
+    directives = declared_directives(role, port)
     expected.update({k: v for k, v in directives.items() if k in _HARDENING_DIRECTIVES})
     return expected
 
@@ -213,7 +218,7 @@ class _Plugin:
         name = report.nodeid.split("::", 1)[-1]
         # testinfra adds the host to every test id; there is one host, so drop it.
         name = name.replace(f"[ssh://{SSH_ALIAS}]", "").replace(f"-ssh://{SSH_ALIAS}]", "]")
-        name = name.replace(f"[ssh://{SSH_ALIAS}-", "[")
+        name = name.replace(f"[ssh://{SSH_ALIAS}-", "[").removeprefix("test_")
         if report.when == "call" or report.outcome != "passed":
             outcome = report.outcome if report.when == "call" else ("error" if report.failed else "skipped")
             detail = ""

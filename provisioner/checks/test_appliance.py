@@ -12,7 +12,7 @@ import shlex
 
 import pytest
 
-from provisioner.verify import Expectations, expectations_of, expected_hardening
+from provisioner.verify import Expectations, declared_directives, expectations_of, expected_hardening
 
 ROLES = ("gcsfuse", "nginx")
 
@@ -104,6 +104,36 @@ def test_unit_hardening(host, appliance: Expectations, role: str, prop: str, val
     assert out.rc == 0, out.stderr
     actual = out.stdout.strip()
     assert _normalize(actual) == _normalize(value), f"{unit}: {prop}={actual!r}, expected {value!r}"
+
+
+# Capabilities our units may name, by number (linux/capability.h).
+_CAPS = {"CAP_NET_BIND_SERVICE": 10, "CAP_SYS_ADMIN": 21}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_unit_sandbox_in_effect(host, appliance: Expectations, role: str) -> None:
+    """What the kernel enforces on the running main process, not only what systemd has loaded."""
+    unit = _unit(appliance, role)
+    pid = host.run(f"systemctl show -p MainPID --value {shlex.quote(unit)}").stdout.strip()
+    assert pid not in ("", "0"), f"{unit} has no main process"
+    status = dict(
+        line.split(":", 1)
+        for line in host.file(f"/proc/{pid}/status").content_string.splitlines()
+        if ":" in line
+    )
+    declared = declared_directives(role, appliance.port)
+    if declared.get("NoNewPrivileges") == "yes":
+        assert status["NoNewPrivs"].strip() == "1", f"{unit}: no_new_privs is not set on PID {pid}"
+    if "SystemCallFilter" in declared:
+        assert status["Seccomp"].strip() == "2", f"{unit}: no seccomp filter on PID {pid}"
+    names = declared.get("CapabilityBoundingSet")
+    if names is not None and all(n in _CAPS for n in names.split()):
+        mask = sum(1 << _CAPS[n] for n in names.split())
+        assert int(status["CapBnd"], 16) == mask, (
+            f"{unit}: capability bounding set {status['CapBnd'].strip()}"
+        )
+    if declared.get("DynamicUser") == "yes":
+        assert status["Uid"].split()[1] != "0", f"{unit} runs as root"
 
 
 def _normalize(value: str) -> str:

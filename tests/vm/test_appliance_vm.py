@@ -327,7 +327,7 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             # The suite is not a rubber stamp: expecting another port fails the port checks.
             wrong = _verify(guest, variant, known_hosts, port=variant.port + 1)
             assert wrong.returncode != 0, wrong.stdout
-            assert "test_nginx_listens_on_serving_port" in wrong.stderr + wrong.stdout
+            assert "nginx_listens_on_serving_port" in wrong.stderr + wrong.stdout
         step("provision verify")
 
         # 4. pip on the host installs through the guest's serving port (dependency resolved via the index).
