@@ -150,6 +150,10 @@ def _publish(tmp: Path, final: Path, part: str, startup_script: str = "") -> Pat
 
 
 def _tmpdir(name: str) -> Path:
+    # Called under the part's lock: any work directory of that part left now is from a killed build.
+    for stale in CACHE_ROOT.glob(f".{name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=CACHE_ROOT))
 
 
