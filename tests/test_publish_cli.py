@@ -108,20 +108,21 @@ def _clean_env(home: Path) -> dict[str, str]:
 
 @pytest.mark.clients
 def test_pip_reads_the_directory_repository_as_a_file_index(
-    dir_repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+    dir_repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist, tmp_path: Path
 ) -> None:
     loc = dir_repo.location
     run("publish", "--repo", loc, str(make_wheel("demo", "1.0")), str(make_wheel("demo", "1.1")))
+    run("publish", "--repo", loc, str(make_sdist("demo", "1.1")))
     run("publish", "--repo", loc, str(make_wheel("demo", "1.2")))
     run("publish", "--repo", loc, str(make_wheel("demo", "2.0", requires_python="<3")))
     run("yank", "--repo", loc, "demo", "1.2", "--reason", "broken")
     out = tmp_path / "out"
     index_url = Path(loc, "simple").as_uri() + "/"
 
-    def download(spec: str) -> set[str]:
+    def download(spec: str, *how: str) -> set[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--isolated", "--no-deps", "--only-binary", ":all:",
-             "--index-url", index_url, "-d", str(out), spec],
+            [sys.executable, "-m", "pip", "download", "--isolated", "--no-deps",
+             *(how or ["--only-binary", ":all:"]), "--index-url", index_url, "-d", str(out), spec],
             env=_clean_env(tmp_path), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
@@ -131,3 +132,5 @@ def test_pip_reads_the_directory_repository_as_a_file_index(
     assert download("demo") == {"demo-1.1-py3-none-any.whl"}
     # ... and still installs a yanked version pinned exactly (PEP 592).
     assert "demo-1.2-py3-none-any.whl" in download("demo==1.2")
+    # The sdist is found too (pip prepares its metadata with this venv's setuptools, offline).
+    assert "demo-1.1.tar.gz" in download("demo==1.1", "--no-binary", ":all:", "--no-build-isolation")
