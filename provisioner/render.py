@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -281,8 +281,3 @@ def render_startup_script(cfg: ApplianceConfig) -> str:
         guest_ns=GUEST_ATTRIBUTE_NAMESPACE,
         ready_value=READY_VALUE,
     )
-
-
-def config_fields() -> list[str]:
-    """Names of ApplianceConfig fields (for CLI options and docs)."""
-    return [f.name for f in fields(ApplianceConfig)]
