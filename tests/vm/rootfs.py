@@ -146,6 +146,11 @@ def _publish(tmp: Path, final: Path, part: str, startup_script: str = "") -> Pat
     for old in CACHE_ROOT.glob(prefix + "*"):
         if old != final and old.is_dir() and len(old.name) == len(final.name):
             shutil.rmtree(old, ignore_errors=True)
+    part_prefix = prefix.removeprefix("rootfs-")  # build logs are build-base-KEY.log, build-debs-KEY.log
+    keep = f"build-{final.name.removeprefix('rootfs-')}.log"
+    for log in CACHE_ROOT.glob(f"build-{part_prefix}*.log"):
+        if log.name != keep:
+            log.unlink(missing_ok=True)
     return final
 
 
