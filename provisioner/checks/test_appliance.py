@@ -1,6 +1,7 @@
 """What a healthy pypapo appliance looks like, checked over SSH with testinfra.
 
-Run by ``provision verify`` (which hands the expectations over in pytest's config stash) or by hand: ``pytest provisioner/checks/test_appliance.py --hosts=ssh://USER@HOST`` with the expectations in
+Run by ``provision verify`` (which hands the expectations over in pytest's config stash) or by hand:
+``pytest provisioner/checks/test_appliance.py --hosts=ssh://USER@HOST`` with the expectations in
 ``PYPAPO_VERIFY_PORT``, ``PYPAPO_VERIFY_MOUNT_PATH``, ``PYPAPO_VERIFY_BUCKET``.
 """
 
