@@ -113,3 +113,12 @@ def test_iap_mode_needs_a_project(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     res = CliRunner().invoke(main, ["verify"])
     assert res.exit_code != 0
     assert "--project" in res.output
+
+
+def test_iap_mode_without_gcloud_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # No --user: the OS Login user comes from gcloud, which is not on this PATH.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = CliRunner().invoke(main, ["verify", "--project", "my-proj-123", "--zone", "us-central1-a"])
+    assert res.exit_code != 0
+    assert "gcloud is not installed" in res.output and "--user" in res.output
