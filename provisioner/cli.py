@@ -8,16 +8,52 @@ import click
 
 from provisioner import __version__
 
-# One module per concern; each exports COMMANDS, a list of click commands or groups.
-_COMMAND_MODULES = ("repo", "appliance", "cloud", "tunnel", "image", "verify")
+# One module per concern; each exports COMMANDS, a list of click commands or groups. The modules load
+# lazily: the Compute client library alone takes over a second to import, and `provision publish` in a
+# CI job should not pay for it.
+_COMMANDS: dict[str, str] = {
+    "publish": "repo",
+    "yank": "repo",
+    "unyank": "repo",
+    "remove": "repo",
+    "list": "repo",
+    "reindex": "repo",
+    "render": "appliance",
+    "serve": "appliance",
+    "demo": "appliance",
+    "plan": "cloud",
+    "create": "cloud",
+    "status": "cloud",
+    "destroy": "cloud",
+    "grant": "cloud",
+    "revoke": "cloud",
+    "tunnel": "tunnel",
+    "client-config": "tunnel",
+    "image": "image",
+    "rollout": "image",
+    "rollback": "image",
+    "verify": "verify",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _load(module: str) -> dict[str, click.Command]:
+    commands = importlib.import_module(f"provisioner.commands.{module}").COMMANDS
+    return {c.name: c for c in commands if c.name}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMANDS.get(cmd_name)
+        return _load(module).get(cmd_name) if module else None
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="provision")
 def main() -> None:
     """pypapo: a private Python package index in a GCS bucket, served by a hardened VM behind IAP."""
-
-
-for _name in _COMMAND_MODULES:
-    for _command in importlib.import_module(f"provisioner.commands.{_name}").COMMANDS:
-        main.add_command(_command)

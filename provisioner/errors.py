@@ -13,7 +13,7 @@ class PypapoError(click.ClickException):
     def __init__(self, message: str) -> None:
         super().__init__(message)
 
-    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+    def show(self, file=None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
 
 
