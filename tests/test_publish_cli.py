@@ -80,7 +80,9 @@ def test_yank_list_remove_flow(dir_repo: RepoHandle, make_wheel: MakeDist) -> No
     confirmed = run("remove", "--repo", loc, "demo", "1.0", input="y\n")
     assert confirmed.exit_code == 0 and "removed 1 files" in confirmed.stdout
     assert run("remove", "--repo", loc, "--yes", "demo").exit_code == 0
-    assert run("list", "--repo", loc).stdout == ""
+    emptied = run("list", "--repo", loc)
+    assert emptied.stdout == ""
+    assert emptied.stderr.startswith(f"no projects in {loc}")
     missing = run("list", "--repo", loc, "demo")
     assert missing.exit_code == 1 and missing.stderr.startswith("error: no project demo")
 

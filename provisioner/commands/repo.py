@@ -105,8 +105,15 @@ def list_(location: str, name: str | None) -> None:
     """List projects, or the files of project NAME with version, size and yanked state."""
     repo = _open(location)
     if name is None:
-        for project in repo.projects():
+        projects = repo.projects()
+        for project in projects:
             click.echo(project)
+        if not projects:
+            # Say so on stderr: stdout stays a clean list for scripts, and a typo in --repo is visible.
+            click.echo(
+                f"no projects in {location}: publish one with `provision publish --repo {location} FILE`",
+                err=True,
+            )
         return
     state = repo.project(name)
     for f in state["files"]:
