@@ -252,6 +252,15 @@ class Repository:
                 _backoff(attempt)
         raise ConflictError(f"gave up writing the root page after {MAX_ATTEMPTS} conflicting writes")
 
+    def initialize(self) -> bool:
+        """Write an empty root index where there is none; True if written.
+
+        A fresh bucket must serve an empty index (not a 503) before the first publish: the appliance
+        reports ready only once its root page answers through the mount.
+        """
+        self.store.check()
+        return self._update_root(lambda names: names)
+
     def _ensure_listed(self, project: str) -> None:
         self._update_root(lambda names: None if project in names else names | {project})
 

@@ -252,6 +252,7 @@ class FakeStorage:
         self.requests: list[tuple[str, Any]] = []
         self.buckets: dict[str, storage.Bucket] = {}
         self.members: dict[str, dict[str, set[str]]] = {}
+        self.indexed: set[tuple[str, str]] = set()
 
     def _record(self, entry: tuple[str, Any]) -> None:
         self.requests.append(entry)
@@ -281,6 +282,13 @@ class FakeStorage:
 
     def get_members(self, name: str) -> dict[str, set[str]]:
         return copy.deepcopy(self.members[name])
+
+    def initialize_index(self, name: str, prefix: str) -> bool:
+        if (name, prefix) in self.indexed:
+            return False
+        self._record(("initialize_index", (name, prefix)))
+        self.indexed.add((name, prefix))
+        return True
 
     def set_member(self, name: str, role: str, member: str, *, present: bool = True) -> bool:
         members = self.members[name].setdefault(role, set())
@@ -389,6 +397,7 @@ def test_create_from_nothing_sends_every_resource_once_hardened(cloud: deploy.Cl
         "set_private_google_access",
         "insert_firewall",
         "insert_instance",
+        "initialize_index",  # a fresh bucket serves an empty index, not a 503
     ]
     bucket = cloud.storage.requests[0][1]
     assert bucket["iamConfiguration"] == {
@@ -452,7 +461,7 @@ def test_partial_failure_converges_without_recreating(cloud: deploy.Cloud) -> No
     clear(cloud)
     run_create(cloud, s)
     # bucket, account and subnet were done: only what failed and what came after is sent
-    assert sent(cloud) == ["insert_firewall", "insert_instance"]
+    assert sent(cloud) == ["insert_firewall", "insert_instance", "initialize_index"]
     clear(cloud)
     run_create(cloud, s)
     assert sent(cloud) == []

@@ -328,3 +328,19 @@ def test_a_corrupt_root_index_is_reported_and_rebuilt_by_reindex(
         r.publish([make_wheel("other", "1.0")])
     r.reindex()
     assert repo.snapshot() == before
+
+
+def test_initialize_gives_a_new_repository_an_empty_index_once(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    repository = Repository.open(repo.location)
+    assert repository.initialize() is True
+    snap = repo.snapshot()
+    assert set(snap) == {"simple/index.html", "simple/index.json"}
+    assert _json(snap, "simple/index.json")["projects"] == []
+    assert "<a " not in snap["simple/index.html"].decode()
+
+    repository.publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    assert repository.initialize() is False
+    assert repo.snapshot() == before  # an existing index is never touched

@@ -153,6 +153,8 @@ def create(
     else:
         sent = apply(cloud, plan, progress)
         progress(f"applied {sent} change(s)")
+    if cloud.storage.initialize_index(s.bucket, s.prefix):
+        progress(f"wrote an empty index into gs://{s.bucket}: publish with `provision publish`")
     for r in plan.resources:
         for note in r.notes:
             progress(f"note: {r.kind} {r.name}: {note}")

@@ -46,6 +46,13 @@ class StorageAdmin:
                 ) from exc.__cause__
             raise
 
+    def initialize_index(self, name: str, prefix: str) -> bool:
+        """Write the empty root index into a new bucket (through the engine); True if it wrote one."""
+        from provisioner.repository import Repository
+
+        location = f"gs://{name}/{prefix}" if prefix else f"gs://{name}"
+        return Repository.open(location).initialize()
+
     def create_bucket(self, desired: storage.Bucket) -> storage.Bucket:
         """Create the bucket with every property of `desired` in the one insert call."""
         with gcp_errors(
