@@ -1088,6 +1088,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="cold runs per pip measure on the shaped link (1: bytes decide there, and pip is slow)",
     )
     p.add_argument("--no-shaped", action="store_true", help="skip the shaped (~2 MB/s) run")
+    p.add_argument("--no-loopback", action="store_true", help="skip the loopback run")
     p.add_argument(
         "--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}"
     )
@@ -1115,6 +1116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not shutil.which("nginx"):
         raise BenchError("nginx not found: apt-get install nginx (bash bootstrap installs it)")
     started = time.monotonic()
+    # SIGTERM unwinds like Ctrl-C, so servers, the namespace and the work directory are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     corpus = parse_corpus(CORPUS_FILE.read_text())
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     venv = ensure_bench_venv()
@@ -1134,7 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[RunResult] = []
     try:
         stack.prepare(args.servers)
-        plan: list[tuple[str, str, int, int]] = [("loopback", "127.0.0.1", args.runs, args.pip_runs)]
+        plan: list[tuple[str, str, int, int]] = []
+        if not args.no_loopback:
+            plan.append(("loopback", "127.0.0.1", args.runs, args.pip_runs))
         if shaped:
             plan.append(("shaped", HOST_ADDR, args.shaped_runs, args.shaped_pip_runs))
         for phase, host, uv_runs, pip_runs in plan:
