@@ -1076,7 +1076,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5, help="cold runs per uv measure and server on loopback (5)")
     p.add_argument(
-        "--pip-runs", type=int, default=3, help="cold runs per pip measure on loopback (3: pip is slow)"
+        "--pip-runs", type=int, default=2, help="cold runs per pip measure on loopback (2: pip is slow)"
     )
     p.add_argument(
         "--shaped-runs", type=int, default=3, help="cold runs per uv measure on the shaped link (3)"
