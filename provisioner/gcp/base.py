@@ -176,7 +176,7 @@ class Clients:
         if self._credentials is None:
             import google.auth
 
-            with gcp_errors("find Google Cloud credentials", project=self.project):
+            with gcp_errors("authenticate to Google Cloud", project=self.project):
                 self._credentials, _ = google.auth.default(
                     scopes=["https://www.googleapis.com/auth/cloud-platform"]
                 )
