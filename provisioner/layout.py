@@ -89,7 +89,27 @@ class Location:
         return self.path
 
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_BUCKET_PART = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+BUCKET_RULE = (
+    "3-63 characters (222 with dots): lowercase letters, digits, hyphens, underscores, dots; starts and"
+    " ends with a letter or digit; no 'goog' prefix, no 'google'"
+)
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid GCS bucket name, or None. The one copy of Cloud Storage's naming rules."""
+    if not 3 <= len(name) <= 222:
+        return "has the wrong length"
+    parts = name.split(".")
+    if not all(_BUCKET_PART.match(p) for p in parts) or (len(parts) == 1 and len(name) > 63):
+        return "is not valid"
+    if name.startswith("goog"):
+        return "may not start with 'goog'"
+    if "google" in name or "g00gle" in name:
+        return "may not contain 'google'"
+    if all(p.isdigit() for p in parts) and len(parts) == 4:
+        return "may not be an IP address"
+    return None
 
 
 def parse_location(text: str) -> Location:
@@ -101,8 +121,9 @@ def parse_location(text: str) -> Location:
         rest = text[len("gs://") :]
         bucket, _, prefix = rest.partition("/")
         prefix = prefix.strip("/")
-        if not _BUCKET.match(bucket):
-            raise ValueError(f"invalid bucket name in {text!r}: expected gs://BUCKET[/PREFIX]")
+        problem = bucket_name_problem(bucket)
+        if problem:
+            raise ValueError(f"invalid bucket name in {text!r}: {bucket!r} {problem} ({BUCKET_RULE})")
         if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
             raise ValueError(f"invalid prefix in {text!r}: no empty, '.' or '..' path segments")
         return Location(kind="gcs", bucket=bucket, prefix=prefix)

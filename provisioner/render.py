@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from provisioner import layout
 from provisioner.errors import PypapoError
 
 # Where the VM's files live. Public: the checks, the VM tests and the docs refer to them.
@@ -46,7 +47,6 @@ JOURNAL_ACCESS_LOG = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname
 # The file whose presence proves the repository (not an empty mountpoint) is what NGINX sees.
 SENTINEL = "simple/index.html"
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9._~+=@-]+$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 
@@ -71,8 +71,11 @@ class ApplianceConfig:
     gcsfuse_apt_suite: str = "gcsfuse-bookworm"
 
     def __post_init__(self) -> None:
-        if self.bucket.startswith("gs://") or not _BUCKET_RE.match(self.bucket) or ".." in self.bucket:
+        if self.bucket.startswith("gs://"):
             raise PypapoError(f"invalid bucket name {self.bucket!r}: give the bare name, e.g. my-bucket")
+        problem = layout.bucket_name_problem(self.bucket)
+        if problem:
+            raise PypapoError(f"bucket name {self.bucket!r} {problem} ({layout.BUCKET_RULE})")
         if self.prefix:
             parts = self.prefix.split("/")
             if any(p in ("", ".", "..") or not _PREFIX_PART_RE.match(p) for p in parts):

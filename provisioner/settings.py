@@ -7,7 +7,6 @@ a message that names the flag, not minutes later inside an operation.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import tomllib
@@ -18,6 +17,7 @@ from typing import Any
 
 import click
 
+from provisioner import layout
 from provisioner.errors import PypapoError
 
 CONFIG_FILE = "pypapo.toml"
@@ -32,7 +32,6 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
 _SERVICE_ACCOUNT = re.compile(r"^[a-z]([-a-z0-9]{4,28}[a-z0-9])$")
 _MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
-_BUCKET_PART = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -161,23 +160,8 @@ def validate(s: Settings) -> Settings:
 
 
 def validate_bucket(name: str) -> None:
-    rule = (
-        "(3-63 characters: lowercase letters, digits, hyphens, underscores, dots; starts and ends with a"
-        " letter or digit; no 'goog' prefix, no 'google'; pass --bucket)"
-    )
-    _check(3 <= len(name) <= 222, f"bucket name {name!r} has the wrong length {rule}")
-    parts = name.split(".")
-    _check(
-        all(_BUCKET_PART.match(p) for p in parts) and (len(parts) > 1 or len(name) <= 63),
-        f"bucket name {name!r} is not valid {rule}",
-    )
-    _check(not name.startswith("goog"), f"bucket name {name!r} may not start with 'goog' {rule}")
-    _check("google" not in name and "g00gle" not in name, f"bucket name {name!r} may not contain 'google'")
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return
-    raise PypapoError(f"bucket name {name!r} may not be an IP address")
+    problem = layout.bucket_name_problem(name)
+    _check(problem is None, f"bucket name {name!r} {problem} ({layout.BUCKET_RULE}; pass --bucket)")
 
 
 def _coerce(field: str, value: Any, source: str) -> Any:
