@@ -29,7 +29,7 @@ from packaging.version import InvalidVersion, Version
 from provisioner import index, layout
 from provisioner.distfile import DistError, DistFile, parse_dist
 from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
-from provisioner.storage import ObjectInfo, PreconditionFailed, Store, open_store
+from provisioner.storage import ObjectInfo, PreconditionFailed, Store, WriteItem, open_store
 
 MAX_ATTEMPTS = 60
 Echo = Callable[[str], None]
@@ -450,7 +450,12 @@ class Repository:
         Without `verify`, a file whose stored fingerprint (GCS: size + md5/crc32c; directory: size +
         mtime_ns) matches the one recorded in the project JSON keeps its recorded entry; everything
         else is read and hashed, and parsed anew unless the hash equals the recorded one. `verify`
-        reads and hashes every file and its metadata file, and fully checks the changed ones."""
+        reads and hashes every file and its metadata file, and fully checks the changed ones.
+
+        Pages are written in batches (`Store.write_many`): each page is still its own
+        compare-and-swap on the generation read, with the same protocol as a publish (project JSON,
+        then its HTML rendered from a re-read of the JSON); a page that lost its race to a publisher
+        is redone through the one-by-one retry path."""
         self.store.check()
         result = ReindexResult()
         by_project: dict[str, dict[str, ObjectInfo]] = {}
@@ -463,21 +468,26 @@ class Repository:
         listed = {p for p in self._root_names(root_data, repair=True) if layout.is_normalized(p)}
         candidates = sorted(set(by_project) | listed)
 
-        def one(project: str) -> tuple[str, bool, ReindexResult]:
-            return project, *self._reindex_project(project, by_project.get(project, {}), verify)
-
-        live: list[str] = []
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for project, alive, partial in pool.map(one, candidates):
-                if alive:
-                    live.append(project)
-                result.files += partial.files
-                result.hashed += partial.hashed
-                result.parsed += partial.parsed
-                result.reused += partial.reused
-                result.pages_written += partial.pages_written
-                result.metadata_written += partial.metadata_written
-                result.ignored += partial.ignored
+            # 1. What the stored files say, project by project (reads, hashes, parses).
+            rebuilds = list(
+                pool.map(lambda p: self._rebuild_project(p, by_project.get(p, {}), verify), candidates)
+            )
+            for rb in rebuilds:
+                result.hashed += rb.res.hashed
+                result.parsed += rb.res.parsed
+                result.reused += rb.res.reused
+                result.ignored += rb.res.ignored
+            todo = [rb for rb in rebuilds if rb.rebuilt is not None]
+            # Missing metadata files (create-only; a publisher writing the same file meanwhile wins).
+            meta_items = [item for rb in todo for item in rb.metadata]
+            result.metadata_written += sum(1 for g in self.store.write_many(meta_items) if g)
+            # 2. Project JSON pages.
+            states = self._reindex_json_pages(todo, pool, result)
+            # 3. Project HTML pages, from a re-read of the JSON.
+            self._reindex_html_pages(states, pool, result)
+        live = [project for project, state in states.items() if state["files"]]
+        result.files = sum(len(states[p]["files"]) for p in live)
         result.projects = len(live)
 
         live_set = set(live)
@@ -496,16 +506,91 @@ class Repository:
             result.pages_written += 1
         return result
 
-    def _reindex_project(
-        self, project: str, objects: dict[str, ObjectInfo], verify: bool
-    ) -> tuple[bool, ReindexResult]:
+    def _reindex_json_pages(
+        self, todo: list[_Rebuild], pool: ThreadPoolExecutor, result: ReindexResult
+    ) -> dict[str, dict[str, Any]]:
+        """Merge each rebuilt project into its current JSON and write the changed ones in one batch.
+        Returns the final state of every project."""
+
+        def prepare(rb: _Rebuild) -> tuple[_Rebuild, dict[str, Any], dict[str, Any] | None, int]:
+            state, gen = self._read_project(rb.project, repair=True)
+            return rb, state, rb.merge(state), gen
+
+        states: dict[str, dict[str, Any]] = {}
+        batch: list[tuple[_Rebuild, dict[str, Any]]] = []
+        retry: list[_Rebuild] = []
+        items: list[WriteItem] = []
+        for rb, state, new, gen in pool.map(prepare, todo):
+            if new is None or (not new["files"] and not gen):
+                states[rb.project] = state if new is None else new
+            elif not new["files"]:
+                retry.append(rb)  # every file gone: a delete, done one by one
+            else:
+                batch.append((rb, new))
+                items.append((layout.project_json(rb.project), index.dumps(new), gen))
+        for (rb, new), written in zip(batch, self.store.write_many(items), strict=True):
+            if written:
+                states[rb.project] = new
+                result.pages_written += 1
+            else:
+                retry.append(rb)  # a publisher got there first: merge into what it wrote
+
+        def one_by_one(rb: _Rebuild) -> tuple[str, dict[str, Any], bool]:
+            state, changed, _created = self._update_project(rb.project, rb.merge, repair=True)
+            return rb.project, state, changed
+
+        for project, state, changed in pool.map(one_by_one, retry):
+            # A changed JSON had its HTML converged by _update_project; phase 3 finds it matching.
+            states[project] = state
+            result.pages_written += 2 if changed else 0  # JSON and its HTML
+        return states
+
+    def _reindex_html_pages(
+        self, states: dict[str, dict[str, Any]], pool: ThreadPoolExecutor, result: ReindexResult
+    ) -> None:
+        """Make every project's HTML match its JSON: the HTML generation is read before the JSON is
+        re-read (as in _converge_project_html), so a page written here never undoes a newer one."""
+
+        def prepare(project: str) -> tuple[str, WriteItem | None, bool]:
+            name = layout.project_html(project)
+            html_now, html_gen = self.store.read(name)
+            data, json_gen = self.store.read(layout.project_json(project))
+            if json_gen == 0:
+                return project, None, html_gen != 0  # no project (any more): delete its page
+            try:
+                want = index.render_project_html(index.loads_project(data, project))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return project, None, True  # rewritten meanwhile: let the one-by-one path judge
+            if html_gen and html_now == want:
+                return project, None, False
+            return project, (name, want, html_gen), False
+
+        batch: list[str] = []
+        items: list[WriteItem] = []
+        retry: list[str] = []
+        for project, item, slow in pool.map(prepare, sorted(states)):
+            if item is not None:
+                batch.append(project)
+                items.append(item)
+            elif slow:
+                retry.append(project)
+        for project, written in zip(batch, self.store.write_many(items), strict=True):
+            if written:
+                result.pages_written += 1
+            else:
+                retry.append(project)
+        result.pages_written += sum(pool.map(self._converge_project_html, retry))
+
+    def _rebuild_project(self, project: str, objects: dict[str, ObjectInfo], verify: bool) -> _Rebuild:
+        """The file entries the stored objects give (reusing recorded ones where allowed)."""
         res = ReindexResult()
         if not layout.is_normalized(project):
             res.ignored += [f"{layout.SIMPLE}/{project}/{n}" for n in objects]
-            return False, res
+            return _Rebuild(self, project, objects, None, [], res)
         old_state, _ = self._read_project(project, repair=True)  # corrupt: rebuilt from the objects
         old = {f["filename"]: f for f in old_state["files"]}
         rebuilt: dict[str, dict[str, Any]] = {}
+        metadata: list[WriteItem] = []
         for filename, info in objects.items():
             if not layout.is_dist_filename(filename) or filename in layout.PAGE_NAMES:
                 continue
@@ -549,11 +634,7 @@ class Repository:
                 meta_name = layout.metadata_object(project, filename)
                 stored_meta, mgen = self.store.read(meta_name) if have_meta else (b"", 0)
                 if stored_meta != dist.metadata:
-                    try:
-                        self.store.write(meta_name, dist.metadata, if_generation_match=mgen)
-                        res.metadata_written += 1
-                    except PreconditionFailed:
-                        pass  # a publisher wrote it meanwhile: from the same immutable file
+                    metadata.append((meta_name, dist.metadata, mgen))
             uploaded = (
                 prev["upload-time"]
                 if prev
@@ -570,29 +651,32 @@ class Repository:
                 yanked=prev["yanked"] if prev else False,
                 fingerprint=info.fingerprint,
             )
+        return _Rebuild(self, project, objects, rebuilt, metadata, res)
 
-        def merge(current: dict[str, Any]) -> dict[str, Any] | None:
-            files = dict(rebuilt)
-            for f in current["files"]:
-                name = f["filename"]
-                if name in files:
-                    # Keep yanks and upload times set since we read the old state.
-                    files[name] = {**files[name], "yanked": f["yanked"], "upload-time": f["upload-time"]}
-                elif name not in objects and self.store.stat(layout.dist_object(project, name)):
-                    files[name] = f  # published after our listing
-            new = index.project_state(project, files.values())
-            return None if new == current else new
 
-        state, changed, _created = self._update_project(project, merge, repair=True)
-        res.files = len(state["files"])
-        if changed:
-            res.pages_written += 2
-        else:
-            html_now, _ = self.store.read(layout.project_html(project))
-            want = index.render_project_html(state) if state["files"] else b""
-            if html_now != want and self._converge_project_html(project):
-                res.pages_written += 1
-        return bool(state["files"]), res
+@dataclass
+class _Rebuild:
+    """One project's entries as rebuilt from its stored objects (None: not a valid project)."""
+
+    repo: Repository
+    project: str
+    objects: dict[str, ObjectInfo]
+    rebuilt: dict[str, dict[str, Any]] | None
+    metadata: list[WriteItem]  # metadata files to (re)write, with the generation read
+    res: ReindexResult
+
+    def merge(self, current: dict[str, Any]) -> dict[str, Any] | None:
+        """The new project state from the rebuilt entries and the current JSON; None if unchanged."""
+        files = dict(self.rebuilt or {})
+        for f in current["files"]:
+            name = f["filename"]
+            if name in files:
+                # Keep yanks and upload times set since we read the old state.
+                files[name] = {**files[name], "yanked": f["yanked"], "upload-time": f["upload-time"]}
+            elif name not in self.objects and self.repo.store.stat(layout.dist_object(self.project, name)):
+                files[name] = f  # published after our listing
+        new = index.project_state(self.project, files.values())
+        return None if new == current else new
 
 
 def open_repository(location: str, *, echo: Echo | None = None) -> Repository:
