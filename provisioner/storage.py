@@ -24,7 +24,8 @@ import base64
 import contextlib
 import fcntl
 import os
-import tempfile
+import secrets
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,13 +142,8 @@ class DirectoryStore:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write and fsync outside the lock: only the compare and the rename are serialized.
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        tmp = _write_synced_tmp(path.parent, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
             with self._locked():
                 current = self._generation(path)
                 if current != if_generation_match:
@@ -165,31 +161,36 @@ class DirectoryStore:
 
     def write_many(self, items: Sequence[WriteItem]) -> list[int]:
         paths = [self._path(name) for name, _data, _gen in items]
-        tmps: list[str] = []
+        if len(set(paths)) != len(paths):
+            raise ValueError("write_many: an object named twice in one batch")
+        tmps: list[str] = [""] * len(items)
         results = [0] * len(items)
+
+        # Each step runs across a thread pool: creating, syncing and renaming files mostly waits on
+        # the filesystem journal, and concurrent waiters share one commit.
+        def stage(i: int) -> None:
+            path, data = paths[i], items[i][1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps[i] = _write_synced_tmp(path.parent, data)
+
+        def swap(i: int) -> None:
+            current = self._generation(paths[i])
+            if current != items[i][2]:
+                return
+            new = max(time.time_ns(), current + 1)
+            os.utime(tmps[i], ns=(new, new))
+            os.replace(tmps[i], paths[i])
+            tmps[i] = ""
+            results[i] = new
+
         try:
-            for path, (_name, data, _gen) in zip(paths, items, strict=True):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-                tmps.append(tmp)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.chmod(tmp, 0o644)
-            # Every byte is on disk before any rename makes it visible (as in write()).
             with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
-                list(pool.map(_fsync_file, tmps))
+                # Every byte is on disk before any rename makes it visible (as in write()).
+                list(pool.map(stage, range(len(items))))
                 with self._locked():
-                    for i, (path, tmp, (_name, _data, expected)) in enumerate(
-                        zip(paths, tmps, items, strict=True)
-                    ):
-                        current = self._generation(path)
-                        if current != expected:
-                            continue
-                        new = max(time.time_ns(), current + 1)
-                        os.utime(tmp, ns=(new, new))
-                        os.replace(tmp, path)
-                        tmps[i] = ""
-                        results[i] = new
+                    # Names are distinct, so the swaps are independent compare-and-swaps; the lock
+                    # keeps other processes out of all of them.
+                    list(pool.map(swap, range(len(items))))
                     # Renames are durable before the lock is released (as in write()).
                     dirs = {p.parent for p, r in zip(paths, results, strict=True) if r}
                     list(pool.map(_fsync_dir, dirs))
@@ -242,12 +243,28 @@ class DirectoryStore:
                 yield self._info(name, st)
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _write_synced_tmp(directory: Path, data: bytes) -> str:
+    """A new temporary file in `directory` holding `data`, fsynced, mode 0644; returns its path."""
+    while True:
+        tmp = str(directory / f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        try:
+            # Created 0644 directly (mkstemp's 0600 needs a chmod: one more journaled change).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            break
+        except FileExistsError:
+            continue
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if stat.S_IMODE(os.fstat(fh.fileno()).st_mode) != 0o644:  # a umask took bits away
+                os.fchmod(fh.fileno(), 0o644)
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
 
 
 def _fsync_dir(path: Path) -> None:
