@@ -217,3 +217,38 @@ def parse_dist(filename: str, data: bytes, *, check_crc: bool = True) -> DistFil
     if filename.endswith((".tar.gz", ".zip")):
         return _parse_sdist(filename, data, check_crc)
     raise DistError("not a distribution: expected a .whl, .tar.gz or .zip file")
+
+
+@dataclass(frozen=True)
+class DistSummary:
+    """What an index entry needs from a validated distribution, without its bytes (so it crosses a
+    process boundary cheaply)."""
+
+    filename: str
+    project: str
+    version: str
+    sha256: str
+    size: int
+    requires_python: str | None
+    metadata: bytes | None
+
+    @property
+    def metadata_sha256(self) -> str | None:
+        return hashlib.sha256(self.metadata).hexdigest() if self.metadata is not None else None
+
+
+def summarize(filename: str, data: bytes, *, check_crc: bool = True) -> DistSummary:
+    """parse_dist, keeping only what the index needs. Raises DistError like parse_dist."""
+    d = parse_dist(filename, data, check_crc=check_crc)
+    return DistSummary(d.filename, d.project, d.version, d.sha256, d.size, d.requires_python, d.metadata)
+
+
+def summarize_many(items: list[tuple[str, bytes]], check_crc: bool) -> list[DistSummary | str]:
+    """summarize() each file; a DistError becomes its message. The unit of work of a process pool."""
+    out: list[DistSummary | str] = []
+    for filename, data in items:
+        try:
+            out.append(summarize(filename, data, check_crc=check_crc))
+        except DistError as exc:
+            out.append(str(exc))
+    return out

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import multiprocessing
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,9 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from provisioner import index, layout
-from provisioner.distfile import DistError, DistFile, parse_dist
+from provisioner.distfile import DistError, DistFile, parse_dist, summarize
 from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
-from provisioner.storage import ObjectInfo, PreconditionFailed, Store, WriteItem, open_store
+from provisioner.storage import DirectoryStore, ObjectInfo, PreconditionFailed, Store, WriteItem, open_store
 
 MAX_ATTEMPTS = 60
 Echo = Callable[[str], None]
@@ -468,11 +471,8 @@ class Repository:
         listed = {p for p in self._root_names(root_data, repair=True) if layout.is_normalized(p)}
         candidates = sorted(set(by_project) | listed)
 
+        rebuilds = self._rebuild_all(candidates, by_project, verify, workers)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            # 1. What the stored files say, project by project (reads, hashes, parses).
-            rebuilds = list(
-                pool.map(lambda p: self._rebuild_project(p, by_project.get(p, {}), verify), candidates)
-            )
             for rb in rebuilds:
                 result.hashed += rb.res.hashed
                 result.parsed += rb.res.parsed
@@ -505,6 +505,68 @@ class Repository:
             self._converge_root_html()
             result.pages_written += 1
         return result
+
+    def _rebuild_all(
+        self,
+        candidates: list[str],
+        by_project: dict[str, dict[str, ObjectInfo]],
+        verify: bool,
+        workers: int,
+    ) -> list[_Rebuild]:
+        """Phase 1 of reindex: every project's entries from its stored objects."""
+        rebuilds: list[_Rebuild] = []
+        jobs: list[_RebuildJob] = []
+        for project in candidates:
+            objects = by_project.get(project, {})
+            if layout.is_normalized(project):
+                jobs.append((project, objects, {}))
+            else:
+                res = ReindexResult(ignored=[f"{layout.SIMPLE}/{project}/{n}" for n in objects])
+                rebuilds.append(_Rebuild(self, project, objects, None, [], res))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            # A corrupt page reads as empty: the project is rebuilt from its objects.
+            olds = pool.map(lambda job: self._read_project(job[0], repair=True)[0], jobs)
+            jobs = [(project, objects, old) for (project, objects, _), old in zip(jobs, olds, strict=True)]
+            # Files whose recorded entry does not stand by its fingerprint: these get read.
+            recorded = {(project, f["filename"]): f for project, _objects, old in jobs for f in old["files"]}
+            unvouched = sum(
+                1
+                for project, objects, _old in jobs
+                for name, info in objects.items()
+                if layout.is_dist_filename(name)
+                and not _vouched(
+                    recorded.get((project, name)),
+                    info,
+                    f"{name}{layout.METADATA_SUFFIX}" in objects,
+                    verify,
+                )
+            )
+            results = None
+            # Parsing holds the GIL: with many files to read, spread them over processes. The
+            # directory store pickles as its path; a GCS client does not (and waits on the network).
+            if unvouched >= PROCESS_POOL_MIN and _cpus() > 1 and isinstance(self.store, DirectoryStore):
+                results = self._rebuild_in_processes(jobs, verify)
+            if results is None:
+                results = list(pool.map(lambda job: _rebuild_files(self.store, *job, verify), jobs))
+        for (project, objects, _old), (rebuilt, metadata, res) in zip(jobs, results, strict=True):
+            rebuilds.append(_Rebuild(self, project, objects, rebuilt, metadata, res))
+        return rebuilds
+
+    def _rebuild_in_processes(
+        self, jobs: list[_RebuildJob], verify: bool
+    ) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult]] | None:
+        """_rebuild_files across one worker process per CPU; None if workers cannot run here."""
+        chunks = [jobs[i : i + REBUILD_CHUNK] for i in range(0, len(jobs), REBUILD_CHUNK)]
+        try:
+            # forkserver: this process runs threads, and forking a threaded process is unsafe.
+            ctx = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(max_workers=_cpus(), mp_context=ctx) as procs:
+                parts = list(
+                    procs.map(_rebuild_many, [self.store] * len(chunks), chunks, [verify] * len(chunks))
+                )
+        except (BrokenProcessPool, OSError, ValueError):
+            return None  # e.g. no /dev/shm in a sandbox: the caller does it in threads
+        return [r for part in parts for r in part]
 
     def _reindex_json_pages(
         self, todo: list[_Rebuild], pool: ThreadPoolExecutor, result: ReindexResult
@@ -581,78 +643,6 @@ class Repository:
                 retry.append(project)
         result.pages_written += sum(pool.map(self._converge_project_html, retry))
 
-    def _rebuild_project(self, project: str, objects: dict[str, ObjectInfo], verify: bool) -> _Rebuild:
-        """The file entries the stored objects give (reusing recorded ones where allowed)."""
-        res = ReindexResult()
-        if not layout.is_normalized(project):
-            res.ignored += [f"{layout.SIMPLE}/{project}/{n}" for n in objects]
-            return _Rebuild(self, project, objects, None, [], res)
-        old_state, _ = self._read_project(project, repair=True)  # corrupt: rebuilt from the objects
-        old = {f["filename"]: f for f in old_state["files"]}
-        rebuilt: dict[str, dict[str, Any]] = {}
-        metadata: list[WriteItem] = []
-        for filename, info in objects.items():
-            if not layout.is_dist_filename(filename) or filename in layout.PAGE_NAMES:
-                continue
-            prev = old.get(filename)
-            have_meta = f"{filename}{layout.METADATA_SUFFIX}" in objects
-            if (
-                not verify
-                and prev is not None
-                and prev.get("_fingerprint") == info.fingerprint
-                and (have_meta or not prev.get("core-metadata"))
-            ):
-                rebuilt[filename] = prev
-                res.reused += 1
-                continue
-            data, gen = self.store.read(layout.dist_object(project, filename))
-            if not gen:
-                continue  # removed since the listing
-            res.hashed += 1
-            if prev is not None and prev["hashes"]["sha256"] == hashlib.sha256(data).hexdigest():
-                # Same bytes as recorded: the recorded entry stands (only the fingerprint moved),
-                # provided its metadata file is there and, when verifying, still the recorded one.
-                core = prev.get("core-metadata")
-                meta_ok = not core or (have_meta and not verify)
-                if core and have_meta and verify:
-                    stored_meta, _ = self.store.read(layout.metadata_object(project, filename))
-                    meta_ok = hashlib.sha256(stored_meta).hexdigest() == core["sha256"]
-                if meta_ok:
-                    rebuilt[filename] = {**prev, "_fingerprint": info.fingerprint}
-                    continue
-            try:
-                # Full CRC check of every member only when verifying: publish already did it.
-                dist = parse_dist(filename, data, check_crc=verify)
-            except DistError as exc:
-                res.ignored.append(f"{layout.dist_object(project, filename)}: {exc}")
-                continue
-            if dist.project != project:
-                res.ignored.append(f"{layout.dist_object(project, filename)}: belongs to {dist.project}")
-                continue
-            res.parsed += 1
-            if dist.metadata is not None:
-                meta_name = layout.metadata_object(project, filename)
-                stored_meta, mgen = self.store.read(meta_name) if have_meta else (b"", 0)
-                if stored_meta != dist.metadata:
-                    metadata.append((meta_name, dist.metadata, mgen))
-            uploaded = (
-                prev["upload-time"]
-                if prev
-                else index.upload_time(dt.datetime.fromtimestamp(info.updated_ns / 1e9, dt.UTC))
-            )
-            rebuilt[filename] = index.file_entry(
-                filename=filename,
-                version=dist.version,
-                sha256=dist.sha256,
-                size=dist.size,
-                requires_python=dist.requires_python,
-                metadata_sha256=dist.metadata_sha256,
-                uploaded=uploaded,
-                yanked=prev["yanked"] if prev else False,
-                fingerprint=info.fingerprint,
-            )
-        return _Rebuild(self, project, objects, rebuilt, metadata, res)
-
 
 @dataclass
 class _Rebuild:
@@ -677,6 +667,104 @@ class _Rebuild:
                 files[name] = f  # published after our listing
         new = index.project_state(self.project, files.values())
         return None if new == current else new
+
+
+def _vouched(prev: dict[str, Any] | None, info: ObjectInfo, have_meta: bool, verify: bool) -> bool:
+    """The recorded entry stands without reading the file: same fingerprint, metadata file present."""
+    return (
+        not verify
+        and prev is not None
+        and prev.get("_fingerprint") == info.fingerprint
+        and bool(have_meta or not prev.get("core-metadata"))
+    )
+
+
+def _rebuild_files(
+    store: Store, project: str, objects: dict[str, ObjectInfo], old_state: dict[str, Any], verify: bool
+) -> tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult]:
+    """A project's file entries as its stored objects give them (reusing recorded ones where
+    allowed), the metadata files to (re)write, and the counts. Module-level, so that it can run in a
+    worker process (validation and parsing hold the GIL)."""
+    res = ReindexResult()
+    old = {f["filename"]: f for f in old_state["files"]}
+    rebuilt: dict[str, dict[str, Any]] = {}
+    metadata: list[WriteItem] = []
+    for filename, info in objects.items():
+        if not layout.is_dist_filename(filename) or filename in layout.PAGE_NAMES:
+            continue
+        prev = old.get(filename)
+        have_meta = f"{filename}{layout.METADATA_SUFFIX}" in objects
+        if _vouched(prev, info, have_meta, verify):
+            rebuilt[filename] = prev  # type: ignore[assignment]
+            res.reused += 1
+            continue
+        data, gen = store.read(layout.dist_object(project, filename))
+        if not gen:
+            continue  # removed since the listing
+        res.hashed += 1
+        if prev is not None and prev["hashes"]["sha256"] == hashlib.sha256(data).hexdigest():
+            # Same bytes as recorded: the recorded entry stands (only the fingerprint moved),
+            # provided its metadata file is there and, when verifying, still the recorded one.
+            core = prev.get("core-metadata")
+            meta_ok = not core or (have_meta and not verify)
+            if core and have_meta and verify:
+                stored_meta, _ = store.read(layout.metadata_object(project, filename))
+                meta_ok = hashlib.sha256(stored_meta).hexdigest() == core["sha256"]
+            if meta_ok:
+                rebuilt[filename] = {**prev, "_fingerprint": info.fingerprint}
+                continue
+        try:
+            # Full CRC check of every member only when verifying: publish already did it.
+            dist = summarize(filename, data, check_crc=verify)
+        except DistError as exc:
+            res.ignored.append(f"{layout.dist_object(project, filename)}: {exc}")
+            continue
+        if dist.project != project:
+            res.ignored.append(f"{layout.dist_object(project, filename)}: belongs to {dist.project}")
+            continue
+        res.parsed += 1
+        if dist.metadata is not None:
+            meta_name = layout.metadata_object(project, filename)
+            stored_meta, mgen = store.read(meta_name) if have_meta else (b"", 0)
+            if stored_meta != dist.metadata:
+                metadata.append((meta_name, dist.metadata, mgen))
+        uploaded = (
+            prev["upload-time"]
+            if prev
+            else index.upload_time(dt.datetime.fromtimestamp(info.updated_ns / 1e9, dt.UTC))
+        )
+        rebuilt[filename] = index.file_entry(
+            filename=filename,
+            version=dist.version,
+            sha256=dist.sha256,
+            size=dist.size,
+            requires_python=dist.requires_python,
+            metadata_sha256=dist.metadata_sha256,
+            uploaded=uploaded,
+            yanked=prev["yanked"] if prev else False,
+            fingerprint=info.fingerprint,
+        )
+    return rebuilt, metadata, res
+
+
+_RebuildJob = tuple[str, dict[str, ObjectInfo], dict[str, Any]]
+
+
+def _rebuild_many(
+    store: Store, jobs: list[_RebuildJob], verify: bool
+) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult]]:
+    return [_rebuild_files(store, project, objects, old, verify) for project, objects, old in jobs]
+
+
+# Reindex reads, validates and parses in worker processes (one per CPU) once at least this many files
+# need reading; for fewer, starting the workers costs more than it saves. Projects go to the
+# workers in groups of REBUILD_CHUNK.
+PROCESS_POOL_MIN = 1000
+REBUILD_CHUNK = 16
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def open_repository(location: str, *, echo: Echo | None = None) -> Repository:
