@@ -344,3 +344,48 @@ def test_initialize_gives_a_new_repository_an_empty_index_once(
     before = repo.snapshot()
     assert repository.initialize() is False
     assert repo.snapshot() == before  # an existing index is never touched
+
+
+def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
+    tmp_path: Path, make_wheel: MakeDist, make_sdist: MakeDist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many unvouched files on a directory repository go to worker processes; the pages must be the
+    # ones the in-process path writes, invalid files reported the same way.
+    import shutil
+
+    from provisioner import repository
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = Repository.open(str(a))
+    r.publish([make_wheel("demo", "1.0"), make_wheel("demo", "2.0"), make_sdist("demo", "2.0")])
+    r.publish([make_wheel("other", "1.0", requires_python=">=3.9")])
+    store = open_store(str(a))
+    store.write("simple/demo/demo-3.0-py3-none-any.whl", b"corrupt", if_generation_match=0)
+    for page in a.rglob("index.*"):
+        page.unlink()
+    shutil.copytree(a, b)  # copy2 keeps the mtimes the upload times fall back to
+
+    used: list[bool] = []
+    real = Repository._rebuild_in_processes
+
+    def spy(self: Repository, jobs: list, verify: bool) -> object:
+        out = real(self, jobs, verify)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(Repository, "_rebuild_in_processes", spy)
+    monkeypatch.setattr(repository, "_cpus", lambda: 2)
+    monkeypatch.setattr(repository, "PROCESS_POOL_MIN", 1)
+    in_workers = Repository.open(str(a)).reindex()
+    monkeypatch.setattr(repository, "PROCESS_POOL_MIN", 10**9)
+    in_process = Repository.open(str(b)).reindex()
+
+    assert used == [True]
+    assert in_workers.summary() == in_process.summary()
+    assert (in_workers.files, in_workers.parsed, len(in_workers.ignored)) == (4, 4, 1)
+    snap_a, snap_b = (RepoHandle(str(d), "dir").snapshot() for d in (a, b))
+    assert snap_a == snap_b
+    demo = _json(snap_a, "simple/demo/index.json")
+    assert demo["versions"] == ["1.0", "2.0"]
+    other = _json(snap_a, "simple/other/index.json")
+    assert other["files"][0]["requires-python"] == ">=3.9"

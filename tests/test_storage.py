@@ -141,3 +141,34 @@ def test_directory_repository_needs_an_existing_parent(tmp_path: Path) -> None:
     with pytest.raises(PypapoError, match="does not exist: create it or fix --repo"):
         open_store(str(tmp_path / "typo" / "repo")).check()
     open_store(str(tmp_path / "repo")).check()  # a new repository under an existing directory is fine
+
+
+def test_write_many_is_one_compare_and_swap_per_object(repo: RepoHandle) -> None:
+    store = open_store(repo.location)
+    store.check()
+    g_a = store.write("simple/a/index.json", b"a1", if_generation_match=0)
+    g_b = store.write("simple/b/index.json", b"b1", if_generation_match=0)
+    store.write("simple/b/index.json", b"b2", if_generation_match=g_b)  # someone else got there first
+    results = store.write_many(
+        [
+            ("simple/a/index.json", b"a2", g_a),  # current: replaced
+            ("simple/b/index.json", b"b3", g_b),  # stale: refused, left as it was
+            ("simple/c/index.json", b"c1", 0),  # create-only on an absent object
+        ]
+    )
+    assert results[1] == 0 and results[0] and results[2]
+    assert store.read("simple/a/index.json") == (b"a2", results[0])
+    assert store.read("simple/b/index.json")[0] == b"b2"
+    assert store.read("simple/c/index.json") == (b"c1", results[2])
+    assert store.write_many([]) == []
+
+
+def test_directory_write_many_leaves_no_temporary_files(dir_repo: RepoHandle) -> None:
+    store = open_store(dir_repo.location)
+    g = store.write("simple/p/index.json", b"1", if_generation_match=0)
+    store.write_many([("simple/p/index.json", b"2", g + 1), ("simple/p/index.html", b"<html>", 0)])
+    root = Path(dir_repo.location)
+    assert sorted(p.name for p in (root / "simple/p").iterdir()) == ["index.html", "index.json"]
+    assert (root / "simple/p/index.html").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="named twice"):
+        store.write_many([("simple/p/x.json", b"1", 0), ("simple/p/x.json", b"2", 0)])
