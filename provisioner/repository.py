@@ -482,10 +482,8 @@ class Repository:
             # Missing metadata files (create-only; a publisher writing the same file meanwhile wins).
             meta_items = [item for rb in todo for item in rb.metadata]
             result.metadata_written += sum(1 for g in self.store.write_many(meta_items) if g)
-            # 2. Project JSON pages.
-            states = self._reindex_json_pages(todo, pool, result)
-            # 3. Project HTML pages, from a re-read of the JSON.
-            self._reindex_html_pages(states, pool, result)
+            # 2. Project pages: JSON, then HTML.
+            states = self._reindex_pages(todo, pool, result)
         live = [project for project, state in states.items() if state["files"]]
         result.files = sum(len(states[p]["files"]) for p in live)
         result.projects = len(live)
@@ -525,9 +523,9 @@ class Repository:
                 rebuilds.append(_Rebuild(self, project, objects, None, [], res))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # A corrupt page reads as empty: the project is rebuilt from its objects.
-            olds = pool.map(lambda job: self._read_project(job[0], repair=True)[0], jobs)
-            jobs = [(project, objects, old) for (project, objects, _), old in zip(jobs, olds, strict=True)]
-            # Files whose recorded entry does not stand by its fingerprint: these get read.
+            read = list(pool.map(lambda job: self._read_project(job[0], repair=True), jobs))
+            jobs = [(p, objects, old) for (p, objects, _), (old, _gen) in zip(jobs, read, strict=True)]
+            # Files whose recorded entry does not stand by its fingerprint: these get parsed.
             recorded = {(project, f["filename"]): f for project, _objects, old in jobs for f in old["files"]}
             unvouched = sum(
                 1
@@ -538,7 +536,7 @@ class Repository:
                     recorded.get((project, name)),
                     info,
                     f"{name}{layout.METADATA_SUFFIX}" in objects,
-                    verify,
+                    False,  # --verify alone rehashes, which threads do well; parsing is the cost
                 )
             )
             results = None
@@ -548,8 +546,10 @@ class Repository:
                 results = self._rebuild_in_processes(jobs, verify)
             if results is None:
                 results = list(pool.map(lambda job: _rebuild_files(self.store, *job, verify), jobs))
-        for (project, objects, _old), (rebuilt, metadata, res) in zip(jobs, results, strict=True):
-            rebuilds.append(_Rebuild(self, project, objects, rebuilt, metadata, res))
+        for (project, objects, old), (_old, gen), (rebuilt, metadata, res) in zip(
+            jobs, read, results, strict=True
+        ):
+            rebuilds.append(_Rebuild(self, project, objects, rebuilt, metadata, res, old, gen))
         return rebuilds
 
     def _rebuild_in_processes(
@@ -568,80 +568,69 @@ class Repository:
             return None  # e.g. no /dev/shm in a sandbox: the caller does it in threads
         return [r for part in parts for r in part]
 
-    def _reindex_json_pages(
+    def _reindex_pages(
         self, todo: list[_Rebuild], pool: ThreadPoolExecutor, result: ReindexResult
     ) -> dict[str, dict[str, Any]]:
-        """Merge each rebuilt project into its current JSON and write the changed ones in one batch.
-        Returns the final state of every project."""
+        """Write the project pages that changed, in two batches, and return every final state.
 
-        def prepare(rb: _Rebuild) -> tuple[_Rebuild, dict[str, Any], dict[str, Any] | None, int]:
-            state, gen = self._read_project(rb.project, repair=True)
-            return rb, state, rb.merge(state), gen
+        The publish protocol, batched: each project's HTML generation is read *after* its JSON was
+        read (phase 1) and *before* the JSON is written; the JSON is written conditional on the
+        generation read, then the HTML rendered from that very JSON, conditional on the HTML
+        generation read. Whoever writes the HTML last therefore rendered the latest JSON (a
+        publisher writing in between makes our HTML write fail). Anything that lost a race is
+        redone through the one-by-one retry path."""
+
+        def prepare(rb: _Rebuild) -> tuple[_Rebuild, dict[str, Any] | None, bytes, int]:
+            html_now, html_gen = self.store.read(layout.project_html(rb.project))
+            return rb, rb.merge(rb.old_state), html_now, html_gen
 
         states: dict[str, dict[str, Any]] = {}
+        json_items: list[WriteItem] = []
+        html_items: list[WriteItem] = []
         batch: list[tuple[_Rebuild, dict[str, Any]]] = []
-        retry: list[_Rebuild] = []
-        items: list[WriteItem] = []
-        for rb, state, new, gen in pool.map(prepare, todo):
-            if new is None or (not new["files"] and not gen):
-                states[rb.project] = state if new is None else new
+        retry: list[_Rebuild] = []  # JSON (and HTML) the one-by-one way
+        converge: list[str] = []  # HTML the one-by-one way
+        for rb, new, html_now, html_gen in pool.map(prepare, todo):
+            project = rb.project
+            if new is None or (not new["files"] and not rb.old_gen):
+                state = states[project] = rb.old_state if new is None else new
+                want = index.render_project_html(state) if state["files"] else b""
+                if html_now != want:
+                    converge.append(project)
             elif not new["files"]:
                 retry.append(rb)  # every file gone: a delete, done one by one
             else:
                 batch.append((rb, new))
-                items.append((layout.project_json(rb.project), index.dumps(new), gen))
-        for (rb, new), written in zip(batch, self.store.write_many(items), strict=True):
-            if written:
+                json_items.append((layout.project_json(project), index.dumps(new), rb.old_gen))
+                html_items.append((layout.project_html(project), index.render_project_html(new), html_gen))
+        written = self.store.write_many(json_items)
+        html_todo: list[tuple[str, WriteItem]] = []
+        for (rb, new), ok, html_item in zip(batch, written, html_items, strict=True):
+            if ok:
                 states[rb.project] = new
                 result.pages_written += 1
+                html_todo.append((rb.project, html_item))
             else:
                 retry.append(rb)  # a publisher got there first: merge into what it wrote
+        html_written = self.store.write_many([item for _project, item in html_todo])
+        for (project, _item), ok in zip(html_todo, html_written, strict=True):
+            if ok:
+                result.pages_written += 1
+            else:
+                converge.append(project)
 
         def one_by_one(rb: _Rebuild) -> tuple[str, dict[str, Any], bool]:
             state, changed, _created = self._update_project(rb.project, rb.merge, repair=True)
             return rb.project, state, changed
 
         for project, state, changed in pool.map(one_by_one, retry):
-            # A changed JSON had its HTML converged by _update_project; phase 3 finds it matching.
             states[project] = state
-            result.pages_written += 2 if changed else 0  # JSON and its HTML
-        return states
-
-    def _reindex_html_pages(
-        self, states: dict[str, dict[str, Any]], pool: ThreadPoolExecutor, result: ReindexResult
-    ) -> None:
-        """Make every project's HTML match its JSON: the HTML generation is read before the JSON is
-        re-read (as in _converge_project_html), so a page written here never undoes a newer one."""
-
-        def prepare(project: str) -> tuple[str, WriteItem | None, bool]:
-            name = layout.project_html(project)
-            html_now, html_gen = self.store.read(name)
-            data, json_gen = self.store.read(layout.project_json(project))
-            if json_gen == 0:
-                return project, None, html_gen != 0  # no project (any more): delete its page
-            try:
-                want = index.render_project_html(index.loads_project(data, project))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return project, None, True  # rewritten meanwhile: let the one-by-one path judge
-            if html_gen and html_now == want:
-                return project, None, False
-            return project, (name, want, html_gen), False
-
-        batch: list[str] = []
-        items: list[WriteItem] = []
-        retry: list[str] = []
-        for project, item, slow in pool.map(prepare, sorted(states)):
-            if item is not None:
-                batch.append(project)
-                items.append(item)
-            elif slow:
-                retry.append(project)
-        for project, written in zip(batch, self.store.write_many(items), strict=True):
-            if written:
-                result.pages_written += 1
+            if changed:
+                result.pages_written += 2  # JSON, and its HTML converged by _update_project
             else:
-                retry.append(project)
-        result.pages_written += sum(pool.map(self._converge_project_html, retry))
+                converge.append(project)
+        result.pages_written += sum(pool.map(self._converge_project_html, converge))
+        return states
 
 
 @dataclass
@@ -654,6 +643,8 @@ class _Rebuild:
     rebuilt: dict[str, dict[str, Any]] | None
     metadata: list[WriteItem]  # metadata files to (re)write, with the generation read
     res: ReindexResult
+    old_state: dict[str, Any] = field(default_factory=dict)  # the project JSON as read first
+    old_gen: int = 0
 
     def merge(self, current: dict[str, Any]) -> dict[str, Any] | None:
         """The new project state from the rebuilt entries and the current JSON; None if unchanged."""
