@@ -603,21 +603,19 @@ class Repository:
                 batch.append((rb, new))
                 json_items.append((layout.project_json(project), index.dumps(new), rb.old_gen))
                 html_items.append((layout.project_html(project), index.render_project_html(new), html_gen))
-        written = self.store.write_many(json_items)
-        html_todo: list[tuple[str, WriteItem]] = []
-        for (rb, new), ok, html_item in zip(batch, written, html_items, strict=True):
-            if ok:
-                states[rb.project] = new
-                result.pages_written += 1
-                html_todo.append((rb.project, html_item))
-            else:
+        # One batch: every JSON, and each HTML once its JSON is written.
+        n = len(json_items)
+        written = self.store.write_many(json_items + html_items, after=[None] * n + list(range(n)))
+        for k, (rb, new) in enumerate(batch):
+            if not written[k]:
                 retry.append(rb)  # a publisher got there first: merge into what it wrote
-        html_written = self.store.write_many([item for _project, item in html_todo])
-        for (project, _item), ok in zip(html_todo, html_written, strict=True):
-            if ok:
+                continue
+            states[rb.project] = new
+            result.pages_written += 1
+            if written[n + k]:
                 result.pages_written += 1
             else:
-                converge.append(project)
+                converge.append(rb.project)  # a publisher rewrote the HTML meanwhile
 
         def one_by_one(rb: _Rebuild) -> tuple[str, dict[str, Any], bool]:
             state, changed, _created = self._update_project(rb.project, rb.merge, repair=True)

@@ -11,8 +11,9 @@ dotfiles), data goes to a temporary file that is fsynced and atomically renamed 
 the generation is the object's mtime in nanoseconds, which each write sets strictly above the previous
 one (so a generation never repeats for a name, unlike inode numbers that get reused).
 
-`write_many(items)` is the same compare-and-swap for many objects at once (reindex): each item
-succeeds or fails on its own precondition. The directory backend pays the durability cost per batch
+`write_many(items, after=...)` is the same compare-and-swap for many objects at once (reindex):
+each item succeeds or fails on its own precondition, and an item can wait for another (a project's
+HTML is written only once its JSON is). The directory backend pays the durability cost per batch
 instead of per object: temporary files are fsynced concurrently (the journal commits them together),
 then one lock covers every compare + rename, then each touched directory is fsynced. GCS has no
 cheaper bulk path; its objects are written one by one.
@@ -73,9 +74,10 @@ class Store(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def write_many(self, items: Sequence[WriteItem]) -> list[int]:
+    def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
         """Compare-and-swap each `(name, data, if_generation_match)`; per item the new generation,
-        or 0 where its precondition failed (that object is left as it was)."""
+        or 0 where its precondition failed (that object is left as it was). `after[i] = j`: item i
+        is tried only once item j (itself unconditional) is written, else it counts as failed."""
         ...
 
 
@@ -159,10 +161,11 @@ class DirectoryStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
-    def write_many(self, items: Sequence[WriteItem]) -> list[int]:
+    def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
         paths = [self._path(name) for name, _data, _gen in items]
         if len(set(paths)) != len(paths):
             raise ValueError("write_many: an object named twice in one batch")
+        waves = _waves(len(items), after)
         tmps: list[str] = [""] * len(items)
         results = [0] * len(items)
 
@@ -174,6 +177,9 @@ class DirectoryStore:
             tmps[i] = _write_synced_tmp(path.parent, data)
 
         def swap(i: int) -> None:
+            j = after[i] if i < len(after) else None
+            if j is not None and not results[j]:
+                return
             current = self._generation(paths[i])
             if current != items[i][2]:
                 return
@@ -190,7 +196,8 @@ class DirectoryStore:
                 with self._locked():
                     # Names are distinct, so the swaps are independent compare-and-swaps; the lock
                     # keeps other processes out of all of them.
-                    list(pool.map(swap, range(len(items))))
+                    for wave in waves:
+                        list(pool.map(swap, wave))
                     # Renames are durable before the lock is released (as in write()).
                     dirs = {p.parent for p, r in zip(paths, results, strict=True) if r}
                     list(pool.map(_fsync_dir, dirs))
@@ -241,6 +248,17 @@ class DirectoryStore:
                 except FileNotFoundError:
                     continue
                 yield self._info(name, st)
+
+
+def _waves(n: int, after: Sequence[int | None]) -> list[list[int]]:
+    """Items 0..n-1 in two waves: the unconditional ones, then the ones waiting for one of those."""
+    deps = [after[i] if i < len(after) else None for i in range(n)]
+    for j in deps:
+        if j is not None and not (0 <= j < n and deps[j] is None):
+            raise ValueError("write_many: `after` must name an unconditional item of the batch")
+    first = [i for i in range(n) if deps[i] is None]
+    second = [i for i in range(n) if deps[i] is not None]
+    return [w for w in (first, second) if w]
 
 
 def _write_synced_tmp(directory: Path, data: bytes) -> str:
@@ -409,17 +427,22 @@ class GCSStore:
         except Exception as exc:
             raise self._translate(exc) from None
 
-    def write_many(self, items: Sequence[WriteItem]) -> list[int]:
-        def one(item: WriteItem) -> int:
-            name, data, expected = item
-            try:
-                return self.write(name, data, if_generation_match=expected)
-            except PreconditionFailed:
-                return 0
+    def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
+        results = [0] * len(items)
+
+        def one(i: int) -> None:
+            j = after[i] if i < len(after) else None
+            if j is not None and not results[j]:
+                return
+            name, data, expected = items[i]
+            with contextlib.suppress(PreconditionFailed):
+                results[i] = self.write(name, data, if_generation_match=expected)
 
         # Network-bound: requests in flight side by side.
         with ThreadPoolExecutor(max_workers=GCS_THREADS) as pool:
-            return list(pool.map(one, items))
+            for wave in _waves(len(items), after):
+                list(pool.map(one, wave))
+        return results
 
     def _info(self, blob) -> ObjectInfo:
         digest = blob.md5_hash or blob.crc32c or ""
