@@ -172,3 +172,25 @@ def test_directory_write_many_leaves_no_temporary_files(dir_repo: RepoHandle) ->
     assert (root / "simple/p/index.html").stat().st_mode & 0o777 == 0o644
     with pytest.raises(ValueError, match="named twice"):
         store.write_many([("simple/p/x.json", b"1", 0), ("simple/p/x.json", b"2", 0)])
+
+
+def test_write_many_after_writes_an_item_only_once_the_one_it_waits_for_is_written(
+    repo: RepoHandle,
+) -> None:
+    store = open_store(repo.location)
+    store.check()
+    g = store.write("simple/a/index.json", b"a1", if_generation_match=0)
+    results = store.write_many(
+        [
+            ("simple/a/index.json", b"a2", g + 7),  # stale: refused ...
+            ("simple/b/index.json", b"b1", 0),
+            ("simple/a/index.html", b"<a2>", 0),  # ... so this one is not even tried
+            ("simple/b/index.html", b"<b1>", 0),
+        ],
+        after=[None, None, 0, 1],
+    )
+    assert results[0] == 0 and results[2] == 0 and results[1] and results[3]
+    assert store.read("simple/a/index.html") == (b"", 0)
+    assert store.read("simple/b/index.html")[0] == b"<b1>"
+    with pytest.raises(ValueError, match="unconditional"):
+        store.write_many([("simple/c/x", b"", 0), ("simple/c/y", b"", 0)], after=[1, 0])
