@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import stat
 import tarfile
 import zipfile
@@ -78,14 +79,55 @@ def _check_member_name(name: str) -> None:
         raise DistError(f"archive member {name!r} contains a NUL byte")
 
 
+# A header line as the email parser sees one: a name of printable ASCII without ':' and a colon.
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+_FIELDS = {b"name": "name", b"version": "version", b"requires-python": "requires_python"}
+
+
+def _simple_headers(raw_bytes: bytes) -> dict[str, str] | None:
+    """Name, Version and Requires-Python of core metadata whose header block is plain: ASCII, LF
+    line ends, each of the three fields once and on one line. What packaging's parse_email returns
+    for those fields on such input, at a fraction of the cost (reindex parses thousands). None for
+    anything else, which then goes through parse_email."""
+    head = raw_bytes.split(b"\n\n", 1)[0]
+    if b"\r" in head or not head.isascii():
+        return None
+    found: dict[str, str] = {}
+    previous: str | None = "(start)"  # the field the previous line belongs to ("" for others)
+    lines = head.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the header block's own line end
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):  # a continuation of the previous header
+            if previous != "":
+                return None  # continues one of ours (or nothing): leave it to parse_email
+            continue
+        m = _HEADER_LINE.match(line)
+        if m is None:
+            return None
+        key = _FIELDS.get(line[: m.end() - 1].lower())
+        previous = key or ""
+        if key is None:
+            continue
+        if key in found:
+            return None  # repeated: packaging decides what that means
+        # compat32: the value is what follows the colon, leading blanks stripped.
+        found[key] = line[m.end() :].lstrip(b" \t").decode("ascii")
+    if "name" not in found or "version" not in found:
+        return None
+    return found
+
+
 def _check_metadata(raw_bytes: bytes, where: str, name: str, version: Version) -> str | None:
     """Check Name/Version of core metadata against the filename; return Requires-Python."""
     if len(raw_bytes) > MAX_METADATA_BYTES:
         raise DistError(f"{where} is larger than {MAX_METADATA_BYTES} bytes")
-    try:
-        raw, _unparsed = parse_email(raw_bytes)
-    except Exception as exc:  # packaging raises several types on garbage
-        raise DistError(f"{where} cannot be parsed: {exc}") from None
+    raw = _simple_headers(raw_bytes)
+    if raw is None:
+        try:
+            raw, _unparsed = parse_email(raw_bytes)  # type: ignore[assignment]
+        except Exception as exc:  # packaging raises several types on garbage
+            raise DistError(f"{where} cannot be parsed: {exc}") from None
     meta_name = raw.get("name")
     meta_version = raw.get("version")
     if not meta_name or not meta_version:

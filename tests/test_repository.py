@@ -389,3 +389,38 @@ def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
     assert demo["versions"] == ["1.0", "2.0"]
     other = _json(snap_a, "simple/other/index.json")
     assert other["files"][0]["requires-python"] == ">=3.9"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "simple"),
+    [
+        (
+            b"Metadata-Version: 2.1\nName: Foo.Bar\nVersion: 1.0\nRequires-Python: >=3.8 \n\nbody\nName: x\n",
+            True,
+        ),
+        (b"name:foo\nVERSION:\t1.0\nrequires-python:\n", True),
+        (b"Name: foo\nVersion: 1.0\nLicense: MIT\n  continued\nRequires-Python: <4\n", True),
+        (b"Name: foo\nName: bar\nVersion: 1\n", False),  # repeated
+        (b"Name: foo\n  continued\nVersion: 1\n", False),
+        (b" Name: foo\nVersion: 1\n", False),
+        (b"Name: foo\r\nVersion: 1\r\n", False),
+        (b"Name: f\xc3\xb6o\nVersion: 1\n", False),
+        (b"Name: foo\nnot a header\nVersion: 1\n", False),
+        (b"Name: foo\n", False),
+        (b"\nName: foo\nVersion: 1\n", False),  # an empty first line: no headers at all
+    ],
+)
+def test_the_metadata_fields_reindex_reads_are_the_ones_packaging_reads(
+    metadata: bytes, simple: bool
+) -> None:
+    # distfile reads Name/Version/Requires-Python of plain header blocks itself (reindex parses
+    # thousands); whatever it accepts must read exactly as packaging's parse_email reads it.
+    from packaging.metadata import parse_email
+
+    from provisioner.distfile import _simple_headers
+
+    fast = _simple_headers(metadata)
+    raw, _unparsed = parse_email(metadata)
+    ref = {k: raw[k] for k in ("name", "version", "requires_python") if k in raw}  # type: ignore[literal-required]
+    assert (fast is not None) == simple  # anything unusual goes to packaging
+    assert fast is None or fast == ref
