@@ -546,15 +546,17 @@ class Repository:
                 results = self._rebuild_in_processes(jobs, verify)
             if results is None:
                 results = list(pool.map(lambda job: _rebuild_files(self.store, *job, verify), jobs))
-        for (project, objects, old), (_old, gen), (rebuilt, metadata, res) in zip(
+        for (project, objects, old), (_old, gen), (rebuilt, metadata, res, pages) in zip(
             jobs, read, results, strict=True
         ):
-            rebuilds.append(_Rebuild(self, project, objects, rebuilt, metadata, res, old, gen))
+            rb = _Rebuild(self, project, objects, rebuilt, metadata, res, old, gen)
+            rb.new, rb.json, rb.html = pages
+            rebuilds.append(rb)
         return rebuilds
 
     def _rebuild_in_processes(
         self, jobs: list[_RebuildJob], verify: bool
-    ) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult]] | None:
+    ) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult, _Pages]] | None:
         """_rebuild_files across one worker process per CPU; None if workers cannot run here."""
         chunks = [jobs[i : i + REBUILD_CHUNK] for i in range(0, len(jobs), REBUILD_CHUNK)]
         try:
@@ -582,7 +584,7 @@ class Repository:
 
         def prepare(rb: _Rebuild) -> tuple[_Rebuild, dict[str, Any] | None, bytes, int]:
             html_now, html_gen = self.store.read(layout.project_html(rb.project))
-            return rb, rb.merge(rb.old_state), html_now, html_gen
+            return rb, rb.new, html_now, html_gen
 
         states: dict[str, dict[str, Any]] = {}
         json_items: list[WriteItem] = []
@@ -593,16 +595,15 @@ class Repository:
         for rb, new, html_now, html_gen in pool.map(prepare, todo):
             project = rb.project
             if new is None or (not new["files"] and not rb.old_gen):
-                state = states[project] = rb.old_state if new is None else new
-                want = index.render_project_html(state) if state["files"] else b""
-                if html_now != want:
+                states[project] = rb.old_state if new is None else new
+                if html_now != rb.html:
                     converge.append(project)
             elif not new["files"]:
                 retry.append(rb)  # every file gone: a delete, done one by one
             else:
                 batch.append((rb, new))
-                json_items.append((layout.project_json(project), index.dumps(new), rb.old_gen))
-                html_items.append((layout.project_html(project), index.render_project_html(new), html_gen))
+                json_items.append((layout.project_json(project), rb.json, rb.old_gen))
+                html_items.append((layout.project_html(project), rb.html, html_gen))
         # One batch: every JSON, and each HTML once its JSON is written.
         n = len(json_items)
         written = self.store.write_many(json_items + html_items, after=[None] * n + list(range(n)))
@@ -644,18 +645,51 @@ class _Rebuild:
     old_state: dict[str, Any] = field(default_factory=dict)  # the project JSON as read first
     old_gen: int = 0
 
+    # Filled by phase 1: the state merged into the JSON read first, and its pages' bytes.
+    new: dict[str, Any] | None = None
+    json: bytes = b""
+    html: bytes = b""
+
     def merge(self, current: dict[str, Any]) -> dict[str, Any] | None:
         """The new project state from the rebuilt entries and the current JSON; None if unchanged."""
-        files = dict(self.rebuilt or {})
-        for f in current["files"]:
-            name = f["filename"]
-            if name in files:
-                # Keep yanks and upload times set since we read the old state.
-                files[name] = {**files[name], "yanked": f["yanked"], "upload-time": f["upload-time"]}
-            elif name not in self.objects and self.repo.store.stat(layout.dist_object(self.project, name)):
-                files[name] = f  # published after our listing
-        new = index.project_state(self.project, files.values())
-        return None if new == current else new
+        return _merge(self.repo.store, self.project, self.objects, self.rebuilt or {}, current)
+
+
+def _merge(
+    store: Store,
+    project: str,
+    objects: dict[str, ObjectInfo],
+    rebuilt: dict[str, dict[str, Any]],
+    current: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The project state from rebuilt entries and the current JSON; None if that is unchanged."""
+    files = dict(rebuilt)
+    for f in current["files"]:
+        name = f["filename"]
+        if name in files:
+            # Keep yanks and upload times set since we read the old state.
+            files[name] = {**files[name], "yanked": f["yanked"], "upload-time": f["upload-time"]}
+        elif name not in objects and store.stat(layout.dist_object(project, name)):
+            files[name] = f  # published after our listing
+    new = index.project_state(project, files.values())
+    return None if new == current else new
+
+
+_Pages = tuple[dict[str, Any] | None, bytes, bytes]
+
+
+def _pages(
+    store: Store,
+    project: str,
+    objects: dict[str, ObjectInfo],
+    rebuilt: dict[str, dict[str, Any]],
+    old_state: dict[str, Any],
+) -> _Pages:
+    """The merged state (None: unchanged), its JSON bytes, and the HTML the final state renders."""
+    new = _merge(store, project, objects, rebuilt, old_state)
+    final = old_state if new is None else new
+    html = index.render_project_html(final) if final["files"] else b""
+    return new, index.dumps(new) if new is not None else b"", html
 
 
 def _vouched(prev: dict[str, Any] | None, info: ObjectInfo, have_meta: bool, verify: bool) -> bool:
@@ -670,10 +704,10 @@ def _vouched(prev: dict[str, Any] | None, info: ObjectInfo, have_meta: bool, ver
 
 def _rebuild_files(
     store: Store, project: str, objects: dict[str, ObjectInfo], old_state: dict[str, Any], verify: bool
-) -> tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult]:
+) -> tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult, _Pages]:
     """A project's file entries as its stored objects give them (reusing recorded ones where
-    allowed), the metadata files to (re)write, and the counts. Module-level, so that it can run in a
-    worker process (validation and parsing hold the GIL)."""
+    allowed), the metadata files to (re)write, the counts, and its pages merged into `old_state`.
+    Module-level, so that it can run in a worker process (all of this holds the GIL)."""
     res = ReindexResult()
     old = {f["filename"]: f for f in old_state["files"]}
     rebuilt: dict[str, dict[str, Any]] = {}
@@ -733,7 +767,7 @@ def _rebuild_files(
             yanked=prev["yanked"] if prev else False,
             fingerprint=info.fingerprint,
         )
-    return rebuilt, metadata, res
+    return rebuilt, metadata, res, _pages(store, project, objects, rebuilt, old_state)
 
 
 _RebuildJob = tuple[str, dict[str, ObjectInfo], dict[str, Any]]
@@ -741,7 +775,7 @@ _RebuildJob = tuple[str, dict[str, ObjectInfo], dict[str, Any]]
 
 def _rebuild_many(
     store: Store, jobs: list[_RebuildJob], verify: bool
-) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult]]:
+) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult, _Pages]]:
     return [_rebuild_files(store, project, objects, old, verify) for project, objects, old in jobs]
 
 
