@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -471,19 +471,22 @@ class Repository:
         listed = {p for p in self._root_names(root_data, repair=True) if layout.is_normalized(p)}
         candidates = sorted(set(by_project) | listed)
 
-        rebuilds = self._rebuild_all(candidates, by_project, verify, workers)
+        states: dict[str, dict[str, Any]] = {}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for rb in rebuilds:
-                result.hashed += rb.res.hashed
-                result.parsed += rb.res.parsed
-                result.reused += rb.res.reused
-                result.ignored += rb.res.ignored
-            todo = [rb for rb in rebuilds if rb.rebuilt is not None]
-            # Missing metadata files (create-only; a publisher writing the same file meanwhile wins).
-            meta_items = [item for rb in todo for item in rb.metadata]
-            result.metadata_written += sum(1 for g in self.store.write_many(meta_items) if g)
-            # 2. Project pages: JSON, then HTML.
-            states = self._reindex_pages(todo, pool, result)
+            # Groups of projects come out of phase 1 as they are ready; writing a group's pages
+            # overlaps rebuilding the next ones (in worker processes, when they run).
+            for group in self._rebuild_groups(candidates, by_project, verify, workers):
+                for rb in group:
+                    result.hashed += rb.res.hashed
+                    result.parsed += rb.res.parsed
+                    result.reused += rb.res.reused
+                    result.ignored += rb.res.ignored
+                todo = [rb for rb in group if rb.rebuilt is not None]
+                # Missing metadata files (create-only; a publisher writing the same one meanwhile wins).
+                meta_items = [item for rb in todo for item in rb.metadata]
+                result.metadata_written += sum(1 for g in self.store.write_many(meta_items) if g)
+                # 2. Project pages: JSON, then HTML.
+                states.update(self._reindex_pages(todo, pool, result))
         live = [project for project, state in states.items() if state["files"]]
         result.files = sum(len(states[p]["files"]) for p in live)
         result.projects = len(live)
@@ -504,23 +507,25 @@ class Repository:
             result.pages_written += 1
         return result
 
-    def _rebuild_all(
+    def _rebuild_groups(
         self,
         candidates: list[str],
         by_project: dict[str, dict[str, ObjectInfo]],
         verify: bool,
         workers: int,
-    ) -> list[_Rebuild]:
-        """Phase 1 of reindex: every project's entries from its stored objects."""
-        rebuilds: list[_Rebuild] = []
+    ) -> Iterator[list[_Rebuild]]:
+        """Phase 1 of reindex: every project's entries from its stored objects, in groups of
+        WRITE_GROUP projects as they are ready."""
         jobs: list[_RebuildJob] = []
+        ignored: list[_Rebuild] = []
         for project in candidates:
             objects = by_project.get(project, {})
             if layout.is_normalized(project):
                 jobs.append((project, objects, {}))
             else:
                 res = ReindexResult(ignored=[f"{layout.SIMPLE}/{project}/{n}" for n in objects])
-                rebuilds.append(_Rebuild(self, project, objects, None, [], res))
+                ignored.append(_Rebuild(self, project, objects, None, [], res))
+        yield ignored
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # A corrupt page reads as empty: the project is rebuilt from its objects.
             read = list(pool.map(lambda job: self._read_project(job[0], repair=True), jobs))
@@ -539,36 +544,36 @@ class Repository:
                     False,  # --verify alone rehashes, which threads do well; parsing is the cost
                 )
             )
-            results = None
+            group: list[_Rebuild] = []
+            done = 0
+
+            def add(out: _RebuildOut) -> list[_Rebuild] | None:
+                nonlocal group, done
+                (project, objects, old), gen = jobs[done], read[done][1]
+                rebuilt, metadata, res, pages = out
+                rb = _Rebuild(self, project, objects, rebuilt, metadata, res, old, gen)
+                rb.new, rb.json, rb.html = pages
+                group.append(rb)
+                done += 1
+                if len(group) < WRITE_GROUP:
+                    return None
+                full, group = group, []
+                return full
+
             # Parsing holds the GIL: with many files to read, spread them over processes. The
             # directory store pickles as its path; a GCS client does not (and waits on the network).
             if unvouched >= PROCESS_POOL_MIN and _cpus() > 1 and isinstance(self.store, DirectoryStore):
-                results = self._rebuild_in_processes(jobs, verify)
-            if results is None:
-                results = list(pool.map(lambda job: _rebuild_files(self.store, *job, verify), jobs))
-        for (project, objects, old), (_old, gen), (rebuilt, metadata, res, pages) in zip(
-            jobs, read, results, strict=True
-        ):
-            rb = _Rebuild(self, project, objects, rebuilt, metadata, res, old, gen)
-            rb.new, rb.json, rb.html = pages
-            rebuilds.append(rb)
-        return rebuilds
-
-    def _rebuild_in_processes(
-        self, jobs: list[_RebuildJob], verify: bool
-    ) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult, _Pages]] | None:
-        """_rebuild_files across one worker process per CPU; None if workers cannot run here."""
-        chunks = [jobs[i : i + REBUILD_CHUNK] for i in range(0, len(jobs), REBUILD_CHUNK)]
-        try:
-            # forkserver: this process runs threads, and forking a threaded process is unsafe.
-            ctx = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(max_workers=_cpus(), mp_context=ctx) as procs:
-                parts = list(
-                    procs.map(_rebuild_many, [self.store] * len(chunks), chunks, [verify] * len(chunks))
-                )
-        except (BrokenProcessPool, OSError, ValueError):
-            return None  # e.g. no /dev/shm in a sandbox: the caller does it in threads
-        return [r for part in parts for r in part]
+                try:
+                    for out in _rebuild_in_processes(self.store, jobs, verify):
+                        if (full := add(out)) is not None:
+                            yield full
+                except (BrokenProcessPool, OSError, ValueError):
+                    pass  # e.g. no /dev/shm in a sandbox: the rest in threads, from where it stopped
+            rest = jobs[done:]
+            for out in pool.map(lambda job: _rebuild_files(self.store, *job, verify), rest):
+                if (full := add(out)) is not None:
+                    yield full
+            yield group
 
     def _reindex_pages(
         self, todo: list[_Rebuild], pool: ThreadPoolExecutor, result: ReindexResult
@@ -773,10 +778,22 @@ def _rebuild_files(
 _RebuildJob = tuple[str, dict[str, ObjectInfo], dict[str, Any]]
 
 
-def _rebuild_many(
-    store: Store, jobs: list[_RebuildJob], verify: bool
-) -> list[tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult, _Pages]]:
+def _rebuild_many(store: Store, jobs: list[_RebuildJob], verify: bool) -> list[_RebuildOut]:
     return [_rebuild_files(store, project, objects, old, verify) for project, objects, old in jobs]
+
+
+_RebuildOut = tuple[dict[str, dict[str, Any]], list[WriteItem], ReindexResult, _Pages]
+
+
+def _rebuild_in_processes(store: Store, jobs: list[_RebuildJob], verify: bool) -> Iterator[_RebuildOut]:
+    """_rebuild_files across one worker process per CPU, results in order as they come."""
+    chunks = [jobs[i : i + REBUILD_CHUNK] for i in range(0, len(jobs), REBUILD_CHUNK)]
+    # forkserver: this process runs threads, and forking a threaded process is unsafe.
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=_cpus(), mp_context=ctx) as procs:
+        # Every chunk is queued at once: the workers keep going while the caller writes pages.
+        for part in procs.map(_rebuild_many, [store] * len(chunks), chunks, [verify] * len(chunks)):
+            yield from part
 
 
 # Reindex reads, validates and parses in worker processes (one per CPU) once at least this many files
@@ -784,6 +801,8 @@ def _rebuild_many(
 # workers in groups of REBUILD_CHUNK.
 PROCESS_POOL_MIN = 1000
 REBUILD_CHUNK = 16
+# Reindex writes pages for this many projects at a time, while the next ones are being rebuilt.
+WRITE_GROUP = 400
 
 
 def _cpus() -> int:
