@@ -424,3 +424,41 @@ def test_the_metadata_fields_reindex_reads_are_the_ones_packaging_reads(
     ref = {k: raw[k] for k in ("name", "version", "requires_python") if k in raw}  # type: ignore[literal-required]
     assert (fast is not None) == simple  # anything unusual goes to packaging
     assert fast is None or fast == ref
+
+
+def test_reindex_batch_losing_a_race_to_a_publisher_merges_into_what_it_wrote(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    # A publisher lands between reindex's reads and its batched page writes: that project's
+    # compare-and-swap fails, and the retry merges into the publisher's page (nothing lost, HTML
+    # matching the JSON); the other project's page comes from the batch.
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_wheel("other", "1.0")])
+    store = open_store(repo.location)
+    for name in ("simple/demo/index.json", "simple/demo/index.html", "simple/other/index.json"):
+        store.delete(name)
+    late = make_wheel("demo", "2.0")
+    racer = Repository.open(repo.location)
+    real = type(r.store).write_many
+    raced: list[bool] = []
+
+    def write_many(self: object, items: list, *, after: list | tuple = ()) -> list[int]:
+        if any(name == "simple/demo/index.json" for name, _d, _g in items) and not raced:
+            raced.append(True)
+            racer.publish([late])
+        return real(self, items, after=after)
+
+    r.store.write_many = write_many.__get__(r.store)  # type: ignore[method-assign]
+    result = r.reindex()
+    assert raced
+    snap = repo.snapshot()
+    demo = _json(snap, "simple/demo/index.json")
+    assert [f["filename"] for f in demo["files"]] == [
+        "demo-1.0-py3-none-any.whl",
+        "demo-2.0-py3-none-any.whl",
+    ]
+    html = snap["simple/demo/index.html"].decode()
+    assert "demo-1.0-py3-none-any.whl" in html and "demo-2.0-py3-none-any.whl" in html
+    assert "other-1.0-py3-none-any.whl" in snap["simple/other/index.html"].decode()
+    assert result.files == 3
+    assert Repository.open(repo.location).reindex().pages_written == 0
