@@ -236,18 +236,31 @@ class DirectoryStore:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            for fn in sorted(filenames):
-                if fn.startswith("."):
+        rel = base.relative_to(self.root).as_posix()
+        yield from self._scan(str(base), "" if rel == "." else f"{rel}/")
+
+    def _scan(self, path: str, rel: str) -> Iterator[ObjectInfo]:
+        # What os.walk would give (files of a directory, then its subdirectories, both sorted;
+        # symlinked directories not followed), with plain strings: reindex lists every object.
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        subdirs.append(entry)
                     continue
-                name = fn if rel == "." else f"{rel}/{fn}"
-                try:
-                    st = os.stat(os.path.join(dirpath, fn))
-                except FileNotFoundError:
-                    continue
-                yield self._info(name, st)
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            yield self._info(rel + entry.name, st)
+        for entry in subdirs:
+            yield from self._scan(entry.path, f"{rel}{entry.name}/")
 
 
 def _waves(n: int, after: Sequence[int | None]) -> list[list[int]]:
