@@ -455,10 +455,12 @@ class Repository:
         else is read and hashed, and parsed anew unless the hash equals the recorded one. `verify`
         reads and hashes every file and its metadata file, and fully checks the changed ones.
 
-        Pages are written in batches (`Store.write_many`): each page is still its own
-        compare-and-swap on the generation read, with the same protocol as a publish (project JSON,
-        then its HTML rendered from a re-read of the JSON); a page that lost its race to a publisher
-        is redone through the one-by-one retry path."""
+        Pages are written in batches (`Store.write_many`), group by group: each page is still its
+        own compare-and-swap on the generation read, with the publish protocol (project JSON, then
+        its HTML, the HTML generation read before the JSON is written; see _reindex_pages); a page
+        that lost its race to a publisher is redone through the one-by-one retry path. When many
+        files need parsing on a directory repository, that work runs in one worker process per CPU
+        (multiprocessing forkserver: a script calling this needs the usual `__main__` guard)."""
         self.store.check()
         result = ReindexResult()
         by_project: dict[str, dict[str, ObjectInfo]] = {}
