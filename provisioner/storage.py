@@ -370,8 +370,9 @@ class GCSStore:
             return _credentials_error()
         if isinstance(exc, gexc.Forbidden):
             return PypapoError(
-                f"permission denied on gs://{self.bucket_name}: grant your account "
-                "roles/storage.objectAdmin on the bucket (or check you use the right project/account)"
+                f"permission denied on gs://{self.bucket_name}: publishing needs roles/storage.objectUser on"
+                " the bucket (`provision grant MEMBER --role publisher`); reading needs"
+                " roles/storage.objectViewer (or your credentials are another account's)"
             )
         if isinstance(exc, gexc.NotFound):
             return self._missing_bucket()

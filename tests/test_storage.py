@@ -194,3 +194,45 @@ def test_write_many_after_writes_an_item_only_once_the_one_it_waits_for_is_writt
     assert store.read("simple/b/index.html")[0] == b"<b1>"
     with pytest.raises(ValueError, match="unconditional"):
         store.write_many([("simple/c/x", b"", 0), ("simple/c/y", b"", 0)], after=[1, 0])
+
+
+def test_permission_denied_names_the_role_to_grant(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fake-gcs-server never answers 403, so a loopback server answers every request as Cloud Storage
+    # does for an account without object access (same status and error body shape).
+    import http.server
+    import json
+    import threading
+
+    body = json.dumps(
+        {
+            "error": {
+                "code": 403,
+                "message": "caller does not have storage.objects.list access",
+                "errors": [{"reason": "forbidden", "domain": "global"}],
+            }
+        }
+    ).encode()
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(PypapoError) as info:
+            open_store("gs://team-pkgs").check()
+    finally:
+        server.shutdown()
+    message = str(info.value)
+    assert message.startswith("permission denied on gs://team-pkgs")
+    assert "roles/storage.objectUser" in message and "--role publisher" in message
+    assert "\n" not in message
