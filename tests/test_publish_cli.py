@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 
 from provisioner import sample
 from provisioner.cli import main
+from provisioner.demo import clean_env
 from tests.fixtures.gcs import RepoHandle
 
 MakeDist = Callable[..., Path]
@@ -102,12 +102,6 @@ def test_missing_bucket_via_cli(fake_gcs, make_wheel: MakeDist) -> None:
     assert result.stderr.startswith("error: bucket gs://pypapo-missing-bucket does not exist")
 
 
-def _clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env.update(PIP_CONFIG_FILE="/dev/null", HOME=str(home), PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return env
-
-
 @pytest.mark.clients
 def test_pip_reads_the_directory_repository_as_a_file_index(
     dir_repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist, tmp_path: Path
@@ -125,7 +119,7 @@ def test_pip_reads_the_directory_repository_as_a_file_index(
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--isolated", "--no-deps",
              *(how or ["--only-binary", ":all:"]), "--index-url", index_url, "-d", str(out), spec],
-            env=_clean_env(tmp_path), capture_output=True, text=True, timeout=120,
+            env=clean_env(tmp_path), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         return {p.name for p in out.iterdir()}

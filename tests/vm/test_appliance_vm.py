@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from provisioner import sample
+from provisioner.demo import clean_env
 from tests.fixtures.gcs import BINARY as FAKE_GCS_BINARY
 from tests.vm import aptrepo, guestagent, rootfs, standin
 from tests.vm.machine import REBOOT_EXIT, Guest, Net, keypair, network, prepare_root
@@ -159,13 +160,11 @@ def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
 
 def _pip_install(guest_url: str, target: Path, requirement: str) -> subprocess.CompletedProcess[str]:
     """pip on the host, isolated from this machine's pip configuration, through the guest's port."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env["PIP_CONFIG_FILE"] = os.devnull
     return subprocess.run(
         [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir",
          "--disable-pip-version-check", "--index-url", guest_url,
          "--trusted-host", str(urlsplit(guest_url).hostname), "--target", str(target), requirement],
-        env=env, capture_output=True, text=True, timeout=180,
+        env=clean_env(target.parent), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 
 
