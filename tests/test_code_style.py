@@ -16,3 +16,10 @@ RUFF = Path(sys.executable).parent / "ruff"
 def test_ruff(args: list[str]) -> None:
     proc = subprocess.run([str(RUFF), *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_setup_scripts_pass_shellcheck() -> None:
+    proc = subprocess.run(
+        ["shellcheck", "bootstrap", ".ci/run"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
