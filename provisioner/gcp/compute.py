@@ -7,8 +7,12 @@ objects; nothing else talks to Compute Engine.
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from provisioner.gcp.base import (
@@ -21,12 +25,32 @@ from provisioner.gcp.base import (
     wait_for_operation,
 )
 
+# IAM is eventually consistent: a service account created seconds ago can be unknown to Compute Engine
+# for up to a minute or so, and the insert fails with 400/404 naming it. Retry that case only.
+SA_PROPAGATION_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
+_SA_UNKNOWN = re.compile(
+    r"serviceAccounts?/?[^ ]*@[^ ]*\b.*(not (be )?found|does not exist)|service account .* does not exist",
+    re.I,
+)
+
+
+def is_new_service_account_not_visible(exc: BaseException) -> bool:
+    """True for the insert error Compute gives while a just-created service account has not propagated."""
+    return isinstance(exc, gexc.BadRequest | gexc.NotFound) and bool(_SA_UNKNOWN.search(str(exc)))
+
 
 class Compute:
-    def __init__(self, clients: Clients, *, progress: Progress | None = _echo_progress) -> None:
+    def __init__(
+        self,
+        clients: Clients,
+        *,
+        progress: Progress | None = _echo_progress,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.clients = clients
         self.project = clients.project
         self.progress = progress
+        self.sleep = sleep
 
     def _wait(self, op: Any, description: str, timeout: float = 900.0) -> None:
         wait_for_operation(op, description, project=self.project, progress=self.progress, timeout=timeout)
@@ -97,7 +121,21 @@ class Compute:
     # --- writes (each waits for its operation) ---
 
     def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
-        self._send("instances", "insert", request, f"create instance {request.instance_resource.name}")
+        description = f"create instance {request.instance_resource.name}"
+        for delay in (*SA_PROPAGATION_DELAYS, None):
+            with gcp_errors(description, project=self.project, api=COMPUTE_API):
+                try:
+                    op = self.clients.get("instances").insert(request=request)
+                    break
+                except (gexc.BadRequest, gexc.NotFound) as exc:
+                    if delay is None or not is_new_service_account_not_visible(exc):
+                        raise
+                if self.progress:
+                    self.progress(
+                        f"  the new service account is not visible to Compute yet; retry in {delay:.0f}s"
+                    )
+                self.sleep(delay)
+        self._wait(op, description)
 
     def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
         self._send("instances", "delete", request, f"delete instance {request.instance}")
