@@ -92,6 +92,14 @@ def wheel_bytes(
     return buf.getvalue()
 
 
+def _write(dest_dir: Path | str, filename: str, data: bytes) -> Path:
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / filename
+    path.write_bytes(data)
+    return path
+
+
 def wheel_filename(name: str, version: str) -> str:
     return f"{_wheel_name(name)}-{version}-py3-none-any.whl"
 
@@ -106,15 +114,10 @@ def build_wheel(
     modules: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a pip-installable py3-none-any wheel into dest_dir and return its path."""
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / wheel_filename(name, version)
-    path.write_bytes(
-        wheel_bytes(
-            name, version, requires_python=requires_python, requires_dist=requires_dist, modules=modules
-        )
+    data = wheel_bytes(
+        name, version, requires_python=requires_python, requires_dist=requires_dist, modules=modules
     )
-    return path
+    return _write(dest_dir, wheel_filename(name, version), data)
 
 
 def sdist_bytes(
@@ -186,12 +189,7 @@ def build_sdist(
     modules: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a .tar.gz sdist (PKG-INFO + setup.py + modules) into dest_dir and return its path."""
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / sdist_filename(name, version)
-    path.write_bytes(
-        sdist_bytes(
-            name, version, requires_python=requires_python, requires_dist=requires_dist, modules=modules
-        )
+    data = sdist_bytes(
+        name, version, requires_python=requires_python, requires_dist=requires_dist, modules=modules
     )
-    return path
+    return _write(dest_dir, sdist_filename(name, version), data)
