@@ -7,6 +7,7 @@ the pipeline decides what it means (clean-up: already gone; reads: None).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -68,17 +69,25 @@ class ComputeImageApi:
     def stop_instance(self, request: compute_v1.StopInstanceRequest) -> None:
         self.compute.stop_instance(request)
 
-    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
-        """Raises NotFound untranslated: for the clean-up and rollout, gone is success."""
+    def _delete(self, send: Callable[[], Any], action: str, label: str) -> None:
+        """Send a delete and wait. NotFound is raised untranslated: for the clean-up and rollout, gone
+        is success; every other error is translated as for any call."""
         try:
-            op = self.clients.get("instances").delete(request=request)
+            op = send()
         except gexc.NotFound:
             raise
         except gexc.GoogleAPIError as exc:
-            with self._errors(f"delete instance {request.instance}"):
+            with self._errors(action):
                 raise exc from None
-        with self._errors(f"delete instance {request.instance}"):
-            self._wait(op, f"delete {request.instance}")
+        with self._errors(action):
+            self._wait(op, label)
+
+    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
+        self._delete(
+            lambda: self.clients.get("instances").delete(request=request),
+            f"delete instance {request.instance}",
+            f"delete {request.instance}",
+        )
 
     def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None:
         self.compute.set_deletion_protection(request)
@@ -98,15 +107,8 @@ class ComputeImageApi:
         return self.clients.get("disks")
 
     def delete_disk(self, request: compute_v1.DeleteDiskRequest) -> None:
-        try:
-            op = self._disks().delete(request=request)
-        except gexc.NotFound:
-            raise
-        except gexc.GoogleAPIError as exc:
-            with self._errors(f"delete disk {request.disk}"):
-                raise exc from None
-        with self._errors(f"delete disk {request.disk}"):
-            self._wait(op, f"delete disk {request.disk}")
+        what = f"delete disk {request.disk}"
+        self._delete(lambda: self._disks().delete(request=request), what, what)
 
     def get_disk(self, project: str, zone: str, name: str) -> compute_v1.Disk | None:
         with self._errors(f"read disk {name}"):
