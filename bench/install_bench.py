@@ -573,28 +573,18 @@ class Stack:
             if name in want:
                 ports[name] = free_port(host)
                 targets[name] = Target(name, access_log=logs / f"{name}.access.log")
-        if "pypiserver" in want:
-            servers.append(
-                PROXY_SERVER.format(
-                    name="pypiserver",
-                    upstream=self.pypiserver_port,
-                    host=host,
-                    port=ports["pypiserver"],
-                    log=targets["pypiserver"].access_log,
+        # pypiserver and devpi sit behind the same plain counting proxy: (upstream port, index path)
+        proxied = {
+            "pypiserver": (self.pypiserver_port, "/simple/"),
+            "devpi": (self.devpi_port, "/root/bench/+simple/"),
+        }
+        for name, (upstream, path) in proxied.items():
+            if name in want:
+                log = targets[name].access_log
+                servers.append(
+                    PROXY_SERVER.format(name=name, upstream=upstream, host=host, port=ports[name], log=log)
                 )
-            )
-            targets["pypiserver"].index_url = f"http://{host}:{ports['pypiserver']}/simple/"
-        if "devpi" in want:
-            servers.append(
-                PROXY_SERVER.format(
-                    name="devpi",
-                    upstream=self.devpi_port,
-                    host=host,
-                    port=ports["devpi"],
-                    log=targets["devpi"].access_log,
-                )
-            )
-            targets["devpi"].index_url = f"http://{host}:{ports['devpi']}/root/bench/+simple/"
+                targets[name].index_url = f"http://{host}:{ports[name]}{path}"
         if "dumb-pypi" in want:
             servers.append(
                 STATIC_SERVER.format(
