@@ -33,8 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provisioner import layout, sample
-from provisioner.repository import Repository
+from provisioner.appliance import sample
+from provisioner.repo import layout
+from provisioner.repo.engine import Repository
 
 
 def median_time(fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None) -> float:

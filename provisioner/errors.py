@@ -1,20 +1,20 @@
-"""Errors a user sees as one clear line (no traceback) and a non-zero exit."""
+"""Typed failures a user can act on. Plain exceptions: only `provisioner.cli` turns them into an
+`error: ...` line and an exit code, so the engine and the pure modules never depend on click."""
 
 from __future__ import annotations
 
-import click
 
-
-class PypapoError(click.ClickException):
+class PypapoError(Exception):
     """A failure the user can act on. The message is one line and names the fix where there is one."""
 
     exit_code = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+        self.message = message
 
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+    def __str__(self) -> str:
+        return self.message
 
 
 class InvalidDistribution(PypapoError):
@@ -27,3 +27,37 @@ class ConflictError(PypapoError):
     """A write lost against another writer more times than the retry budget allows, or bytes differ."""
 
     exit_code = 3
+
+
+class CloudError(PypapoError):
+    """A Google Cloud call failed; `action` is what we were doing, in words a user recognizes."""
+
+    def __init__(self, message: str, *, action: str = "", project: str | None = None) -> None:
+        super().__init__(message)
+        self.action = action
+        self.project = project
+
+
+class ApiNotEnabled(CloudError):
+    """The project has not enabled an API the call needs (`gcloud services enable API`)."""
+
+    def __init__(self, message: str, *, api: str, action: str = "", project: str | None = None) -> None:
+        super().__init__(message, action=action, project=project)
+        self.api = api
+
+
+class PermissionDenied(CloudError):
+    """The caller lacks a permission; `role` is the smallest predefined role that grants it, if known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permission: str | None = None,
+        role: str | None = None,
+        action: str = "",
+        project: str | None = None,
+    ) -> None:
+        super().__init__(message, action=action, project=project)
+        self.permission = permission
+        self.role = role

@@ -7,14 +7,14 @@ import pkgutil
 
 from click.testing import CliRunner
 
-import provisioner.commands
+import provisioner.cli
 from provisioner.cli import _COMMANDS, main
 
 
 def test_every_defined_command_is_registered_under_its_module() -> None:
     defined = {}
-    for info in pkgutil.iter_modules(provisioner.commands.__path__):
-        for command in importlib.import_module(f"provisioner.commands.{info.name}").COMMANDS:
+    for info in pkgutil.iter_modules(provisioner.cli.__path__):
+        for command in getattr(importlib.import_module(f"provisioner.cli.{info.name}"), "COMMANDS", []):
             defined[command.name] = info.name
     assert defined == _COMMANDS
 

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from provisioner import sample
-from provisioner.demo import clean_env
+from provisioner.appliance import sample
+from provisioner.appliance.demo import clean_env
 from tests.fixtures.gcs import BINARY as FAKE_GCS_BINARY
 from tests.vm import aptrepo, guestagent, rootfs, standin
 from tests.vm.machine import REBOOT_EXIT, Guest, Net, keypair, network, prepare_root
@@ -93,7 +93,7 @@ VARIANTS = [
 
 
 def _render(variant: Variant) -> str:
-    from provisioner import render
+    from provisioner.appliance import render
 
     cfg = render.ApplianceConfig(
         bucket=BUCKET, prefix=PREFIX, port=variant.port, mount_path=variant.mount_path
@@ -200,7 +200,7 @@ def _unit_prop(guest: Guest, unit: str, prop: str) -> str:
 
 
 def _gcsfuse_unit() -> str:
-    from provisioner.verify import Expectations
+    from provisioner.appliance.verify import Expectations
 
     return Expectations().gcsfuse_unit
 

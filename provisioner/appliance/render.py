@@ -1,0 +1,281 @@
+"""Render the appliance's files (startup script, systemd units, NGINX and gcsfuse configs).
+
+Pure: strings in, strings out. The templates are real files: `startup/` and `systemd/` at the top of the
+repository, shipped in the wheel as `provisioner/_templates/{startup,systemd}`.
+
+The VM gets (see `render_vm_files`):
+
+    /etc/pypapo/gcsfuse.yaml                      gcsfuse config (read-only, implicit dirs, caches)
+    /etc/pypapo/nginx.conf                        NGINX config (the same template `provision serve` uses)
+    /etc/systemd/system/pypapo-gcsfuse.service    the mount (Restart=always, stale-mount clean-up)
+    /etc/systemd/system/pypapo-nginx.service      NGINX, sandboxed, unprivileged (DynamicUser)
+    /etc/apt/sources.list.d/pypapo-gcsfuse.list   Google's gcsfuse-bookworm apt repository
+
+The startup script (`render_startup_script`) embeds them all and is selected into a mode at run time:
+first argument `serve`|`bake`, else `$PYPAPO_MODE`, else the instance attribute `pypapo-mode`, else
+`serve`. See the header of `startup/startup.sh.j2`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from provisioner.errors import PypapoError
+from provisioner.repo import location as loc
+
+# Where the VM's files live. Public: the checks, the VM tests and the docs refer to them.
+CONFIG_DIR = "/etc/pypapo"
+GCSFUSE_CONFIG_PATH = f"{CONFIG_DIR}/gcsfuse.yaml"
+NGINX_CONFIG_PATH = f"{CONFIG_DIR}/nginx.conf"
+UNIT_DIR = "/etc/systemd/system"
+GCSFUSE_UNIT = "pypapo-gcsfuse.service"
+NGINX_UNIT = "pypapo-nginx.service"
+APT_SOURCE_PATH = "/etc/apt/sources.list.d/pypapo-gcsfuse.list"
+APT_KEYRING_PATH = "/etc/apt/keyrings/pypapo-gcsfuse.asc"
+NGINX_RUNTIME_DIR = "/run/pypapo-nginx"
+# Guest attributes the startup script writes (namespace/key). The provisioner waits for ready == "true".
+GUEST_ATTRIBUTE_NAMESPACE = "pypapo"
+READY_VALUE = "true"
+# The VM's access log: the journal, via its syslog socket (journalctl -t pypapo_nginx).
+JOURNAL_ACCESS_LOG = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname,tag=pypapo_nginx"
+# The file whose presence proves the repository (not an empty mountpoint) is what NGINX sees.
+SENTINEL = "simple/index.html"
+
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    """Everything the VM's files depend on. Validated on construction (values end up in shell and units)."""
+
+    bucket: str  # GCS bucket name (no gs://)
+    prefix: str = ""  # object prefix inside the bucket, '' or 'team/x'
+    port: int = 3333  # serving port
+    mount_path: str = "/mnt/pypapo"
+    metadata_cache_ttl_secs: int = 60
+    stat_cache_max_size_mb: int = 32
+    file_cache_max_size_mb: int = 1024
+    file_cache_dir: str = "/var/cache/pypapo-gcsfuse"
+    type_cache_max_size_mb: int = 4
+    negative_cache_ttl_secs: int = 5  # how long "not found" is remembered: bounds publish-to-visible delay
+    gcsfuse_bin: str = "/usr/bin/gcsfuse"
+    nginx_bin: str = "/usr/sbin/nginx"
+    ready_timeout_secs: int = 180  # how long the startup script waits for /healthz before reporting failure
+    gcsfuse_apt_suite: str = "gcsfuse-bookworm"
+
+    def __post_init__(self) -> None:
+        if self.bucket.startswith("gs://"):
+            raise PypapoError(f"invalid bucket name {self.bucket!r}: give the bare name, e.g. my-bucket")
+        problem = loc.bucket_name_problem(self.bucket)
+        if problem:
+            raise PypapoError(f"bucket name {self.bucket!r} {problem} ({loc.BUCKET_RULE})")
+        problem = loc.prefix_problem(self.prefix)
+        if problem:
+            raise PypapoError(f"prefix {self.prefix!r} {problem}")
+        if not 1 <= self.port <= 65535:
+            raise PypapoError(f"invalid port {self.port}: use 1-65535")
+        for name in ("mount_path", "file_cache_dir", "gcsfuse_bin", "nginx_bin"):
+            value = getattr(self, name)
+            if not _PATH_RE.match(value) or ".." in PurePosixPath(value).parts or value == "/":
+                raise PypapoError(f"invalid {name} {value!r}: use an absolute path of [A-Za-z0-9._/-]")
+        hidden = ("/tmp", "/var/tmp", "/home", "/root", "/run/user", "/dev", "/proc", "/sys", "/etc")
+        if any(PurePosixPath(self.mount_path).is_relative_to(h) for h in hidden):
+            # NGINX's sandbox (PrivateTmp, ProtectHome, PrivateDevices, ...) would not see the mount there.
+            raise PypapoError(f"mount_path {self.mount_path} is hidden from the NGINX sandbox: use /mnt/...")
+        if PurePosixPath(self.file_cache_dir).is_relative_to(self.mount_path):
+            raise PypapoError("file_cache_dir must not be inside mount_path")
+        for name in (
+            "metadata_cache_ttl_secs",
+            "stat_cache_max_size_mb",
+            "file_cache_max_size_mb",
+            "type_cache_max_size_mb",
+            "negative_cache_ttl_secs",
+        ):
+            if getattr(self, name) < -1:
+                raise PypapoError(f"invalid {name} {getattr(self, name)}: use -1 (unlimited), 0 or more")
+        if self.ready_timeout_secs < 1:
+            raise PypapoError("ready_timeout_secs must be at least 1")
+        if not re.fullmatch(r"gcsfuse-[a-z]+", self.gcsfuse_apt_suite):
+            raise PypapoError(f"invalid gcsfuse apt suite {self.gcsfuse_apt_suite!r}")
+
+    @property
+    def location(self) -> str:
+        return loc.gs_url(self.bucket, self.prefix)
+
+
+def template_dir() -> Path:
+    """The installed package's `_templates`, or the repository's top level in an editable checkout."""
+    installed = Path(__file__).resolve().parent.parent / "_templates"
+    if (installed / "startup").is_dir() and (installed / "systemd").is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2]
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        # Bash uses `{#` (${#array[@]}): Jinja comments are `{## ... ##}` in these templates.
+        comment_start_string="{##",
+        comment_end_string="##}",
+    )
+
+
+def _render(name: str, **context: object) -> str:
+    return _env().get_template(name).render(**context)
+
+
+def _greater_q_patterns() -> list[str]:
+    """Regexes over "JJJJ:HHHH" (two q-values as 4-digit thousandths) that match when JJJJ > HHHH.
+
+    NGINX cannot compare numbers; fixed-width digit strings compare like numbers, and "greater" is the
+    first differing digit being larger: a common prefix (back-reference), then digit d against [0-(d-1)].
+    """
+    patterns = []
+    for pos in range(4):
+        rest = 3 - pos
+        for d in range(1, 10):
+            if pos == 0 and d > 1:  # the first digit is 0 or 1 (q <= 1.000)
+                break
+            prefix = f"(\\d{{{pos}}})" if pos else "()"
+            tail = f"\\d{{{rest}}}" if rest else ""
+            patterns.append(f"~^{prefix}{d}{tail}:\\1[0-{d - 1}]{tail}$")
+    return patterns
+
+
+def render_nginx_conf(
+    cfg: ApplianceConfig,
+    *,
+    root_dir: str,
+    listen: str,
+    runtime_dir: str,
+    access_log: str | None = None,
+    error_log: str = "stderr",
+    user: str | None = None,
+    worker_processes: str = "auto",
+) -> str:
+    """The NGINX config serving the repository at `root_dir` (the mount on the VM, a directory locally).
+
+    `listen` is an NGINX listen address (`3333`, `127.0.0.1:3333`); `runtime_dir` holds the pid file and
+    temp paths (must be writable); `access_log` defaults to the journal (VM). `user` is only for a master
+    running as root (`provision serve` as root): the VM's NGINX runs unprivileged and needs none.
+    """
+    for name, value in (("root_dir", root_dir), ("runtime_dir", runtime_dir)):
+        if not value.startswith("/") or any(c in value for c in " \t\n;\"'{}$\\"):
+            raise PypapoError(f"invalid {name} {value!r}: need an absolute path without spaces or quotes")
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]:|[0-9.]+:|localhost:)?[0-9]{1,5}", listen):
+        raise PypapoError(f"invalid listen address {listen!r}")
+    if access_log is None:
+        access_log = JOURNAL_ACCESS_LOG
+    for name, value in (("access_log", access_log), ("error_log", error_log)):
+        if any(c in value for c in " \t\n;\"'{}$\\"):
+            raise PypapoError(f"invalid {name} {value!r}")
+    return _render(
+        "startup/nginx.conf.j2",
+        cfg=cfg,
+        root_dir=root_dir.rstrip("/") or "/",
+        listen=listen,
+        runtime_dir=runtime_dir.rstrip("/"),
+        access_log=access_log,
+        error_log=error_log,
+        user=user,
+        worker_processes=worker_processes,
+        sentinel=SENTINEL,
+        greater_q_patterns=_greater_q_patterns(),
+        # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
+        max_upper=48,
+        max_separator_runs=16,
+    )
+
+
+def render_gcsfuse_config(cfg: ApplianceConfig) -> str:
+    return _render("startup/gcsfuse.yaml.j2", cfg=cfg)
+
+
+def render_units(cfg: ApplianceConfig) -> dict[str, str]:
+    """Unit file name -> content."""
+    ctx = {
+        "cfg": cfg,
+        "gcsfuse_config_path": GCSFUSE_CONFIG_PATH,
+        "nginx_config_path": NGINX_CONFIG_PATH,
+        "runtime_dir": NGINX_RUNTIME_DIR,
+        "gcsfuse_unit": GCSFUSE_UNIT,
+        "nginx_unit": NGINX_UNIT,
+    }
+    return {
+        GCSFUSE_UNIT: _render("systemd/pypapo-gcsfuse.service.j2", **ctx),
+        NGINX_UNIT: _render("systemd/pypapo-nginx.service.j2", **ctx),
+    }
+
+
+def render_vm_files(cfg: ApplianceConfig) -> dict[str, str]:
+    """Absolute VM path -> content: every file the startup script writes."""
+    files = {
+        APT_SOURCE_PATH: (
+            f"# pypapo: Google's gcsfuse repository (written by the pypapo startup script)\n"
+            f"deb [signed-by={APT_KEYRING_PATH}] https://packages.cloud.google.com/apt "
+            f"{cfg.gcsfuse_apt_suite} main\n"
+        ),
+        GCSFUSE_CONFIG_PATH: render_gcsfuse_config(cfg),
+        NGINX_CONFIG_PATH: render_nginx_conf(
+            cfg, root_dir=cfg.mount_path, listen=str(cfg.port), runtime_dir=NGINX_RUNTIME_DIR
+        ),
+    }
+    for name, text in render_units(cfg).items():
+        files[f"{UNIT_DIR}/{name}"] = text
+    return files
+
+
+def config_digest(files: dict[str, str]) -> str:
+    """A short digest of the VM files: the startup script reports it so a waiter knows which config runs."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _heredoc_delimiter(files: dict[str, str]) -> str:
+    base = "PYPAPO_EOF"
+    delim = base
+    n = 0
+    while any(delim in text for text in files.values()):
+        n += 1
+        delim = f"{base}_{n}"
+    return delim
+
+
+def render_startup_script(cfg: ApplianceConfig) -> str:
+    """The bash script for instance metadata `startup-script` (and for baking the golden image).
+
+    Run without arguments it serves (idempotent, every boot); `bake` as first argument, PYPAPO_MODE=bake,
+    or instance attribute `pypapo-mode=bake` installs/upgrades packages and writes and enables the units
+    without mounting or starting anything.
+    """
+    files = render_vm_files(cfg)
+    return _render(
+        "startup/startup.sh.j2",
+        cfg=cfg,
+        files=files,
+        digest=config_digest(files),
+        delimiter=_heredoc_delimiter(files),
+        apt_source_path=APT_SOURCE_PATH,
+        apt_keyring_path=APT_KEYRING_PATH,
+        gcsfuse_config_path=GCSFUSE_CONFIG_PATH,
+        nginx_config_path=NGINX_CONFIG_PATH,
+        unit_dir=UNIT_DIR,
+        gcsfuse_unit=GCSFUSE_UNIT,
+        nginx_unit=NGINX_UNIT,
+        guest_ns=GUEST_ATTRIBUTE_NAMESPACE,
+        ready_value=READY_VALUE,
+    )

@@ -1,0 +1,46 @@
+"""Commands: tunnel (gcloud IAP TCP forwarding to the appliance) and client-config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from provisioner.cli.options import settings_from_click, settings_options_except
+
+
+@click.command("tunnel")
+@settings_options_except("port")
+@click.option(
+    "--port", "local_port", type=int, default=None, help="local port (default: the serving port, 3333)"
+)
+@click.option(
+    "--remote-port", type=int, default=None, help="the appliance's serving port (default: 3333) [PYPAPO_PORT]"
+)
+def tunnel_command(local_port: int | None, remote_port: int | None, **kwargs: Any) -> None:
+    """Open the IAP tunnel to the appliance (gcloud compute start-iap-tunnel) until Ctrl-C."""
+    from provisioner.access import tunnel
+
+    settings = settings_from_click({**kwargs, "port": remote_port})
+    tunnel.run(settings, local_port or settings.port, say=click.echo)
+
+
+@click.command("client-config")
+@click.option("--tool", type=click.Choice(["pip", "uv", "poetry", "pdm", "pipenv", "conda"]), required=True)
+@click.option("--url", default="http://localhost:3333/simple/", show_default=True, help="the index URL")
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    help="a private package to pin to pypapo (repeat; default: a placeholder name)",
+)
+def client_config_command(tool: str, url: str, packages: tuple[str, ...]) -> None:
+    """Print client configuration for the index, safe from dependency confusion where the tool allows."""
+    from provisioner.access import clientconfig
+
+    cfg = clientconfig.render(tool, url, packages)
+    click.echo(cfg.text, nl=False)
+    click.echo(f"# {cfg.file}: {cfg.note}", err=True)
+
+
+COMMANDS: list[click.Command] = [tunnel_command, client_config_command]

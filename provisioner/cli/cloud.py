@@ -1,0 +1,146 @@
+"""Commands: plan, create, status, destroy, grant, revoke (the Google Cloud deployment)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from provisioner.cli.options import settings_from_click, settings_options
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _cloud(settings: Any) -> Any:
+    from provisioner.cloud.apply import Cloud
+
+    return Cloud.connect(settings, progress=_progress)
+
+
+@click.command("plan")
+@settings_options
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--offline", is_flag=True, help="desired state only: no credentials, no network")
+def plan_command(output: str, offline: bool, **kwargs: Any) -> None:
+    """Show every resource `create` would make or change, with its full specification."""
+    from provisioner.cloud import apply as deploy
+    from provisioner.cloud import plan as planlib
+
+    settings = settings_from_click(kwargs)
+    script = deploy.startup_script(settings)
+    if offline:
+        result = planlib.plan_create(settings, None, startup_script=script)
+    else:
+        result = planlib.plan_create(
+            settings, deploy.observe(_cloud(settings), settings), startup_script=script
+        )
+    click.echo(result.to_json() if output == "json" else result.to_text(), nl=False)
+
+
+@click.command("create")
+@settings_options
+@click.option("--no-wait", is_flag=True, help="do not wait for the appliance to report ready")
+def create_command(no_wait: bool, **kwargs: Any) -> None:
+    """Create or reconcile the bucket, service account, firewall, subnet access and VM (idempotent)."""
+    from provisioner.cloud import apply as deploy
+
+    settings = settings_from_click(kwargs)
+    script = deploy.startup_script(settings)
+    cloud = _cloud(settings)
+    cloud.iam.get_project()  # a wrong --project fails here, with a clear message
+    deploy.create(cloud, settings, script=script, progress=_progress, wait=not no_wait)
+    click.echo(
+        f"pypapo is up: {settings.instance} in {settings.zone}, bucket gs://{settings.bucket}."
+        f" Next: `provision grant user:EMAIL --role reader` and `provision tunnel`."
+    )
+
+
+@click.command("status")
+@settings_options
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status_command(output: str, **kwargs: Any) -> None:
+    """What exists, whether it drifted from the plan, and whether the appliance reports ready."""
+    from provisioner.cloud import apply as deploy
+
+    settings = settings_from_click(kwargs)
+    report = deploy.status(_cloud(settings), settings)
+    if output == "json":
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    inst = report["instance"]
+    click.echo(f"project {report['project']}, zone {report['zone']}")
+    if inst:
+        click.echo(
+            f"  instance {inst['name']}: {inst['status']}, {inst['internal_ip']},"
+            f" appliance {inst['appliance']} ({inst['appliance_detail']})"
+        )
+    else:
+        click.echo(f"  instance {settings.instance}: does not exist")
+    click.echo(f"  bucket: {report['bucket'] or 'does not exist'}")
+    click.echo(f"  service account: {report['service_account'] or 'does not exist'}")
+    click.echo(f"  firewall: {report['firewall'] or 'does not exist'}")
+    click.echo(f"  private Google access: {'on' if report['private_google_access'] else 'off'}")
+    if report["in_sync"]:
+        click.echo("  in sync with the plan")
+    for d in report["drift"]:
+        fields = ", ".join(c["field"] for c in d["changes"])
+        click.echo(f"  drift: {d['kind']} {d['name']}: {d['action']}" + (f" ({fields})" if fields else ""))
+
+
+@click.command("destroy")
+@settings_options
+@click.option("--delete-bucket", is_flag=True, help="also delete the bucket and every package in it")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+def destroy_command(delete_bucket: bool, yes: bool, **kwargs: Any) -> None:
+    """Delete the VM, firewall rule and service account; keep the bucket unless --delete-bucket."""
+    from provisioner.cloud import apply as deploy
+
+    settings = settings_from_click(kwargs)
+    what = f"instance {settings.instance} ({settings.zone}), firewall {settings.firewall_name}"
+    what += f", service account {settings.service_account_email}"
+    if delete_bucket:
+        what += f" AND bucket gs://{settings.bucket} with every package in it"
+    else:
+        what += f" (bucket gs://{settings.bucket} is kept)"
+    if not yes:
+        click.confirm(f"Delete {what} in project {settings.project}?", abort=True, err=True)
+    deploy.destroy(_cloud(settings), settings, delete_bucket=delete_bucket, progress=_progress)
+
+
+def _grant_command(present: bool) -> click.Command:
+    verb = "grant" if present else "revoke"
+
+    @click.command(verb)
+    @click.argument("member")
+    @click.option(
+        "--role",
+        type=click.Choice(["reader", "publisher"]),
+        required=True,
+        help="reader: open the IAP tunnel to this instance; publisher: write objects in the bucket",
+    )
+    @settings_options
+    def command(member: str, role: str, **kwargs: Any) -> None:
+        from provisioner.cloud import apply as deploy
+
+        settings = settings_from_click(kwargs)
+        deploy.grant(_cloud(settings), settings, member, role, present=present, progress=_progress)
+
+    command.help = (
+        f"{verb.capitalize()} MEMBER (user:EMAIL, group:EMAIL, serviceAccount:EMAIL) the reader role"
+        " (roles/iap.tunnelResourceAccessor on this instance's tunnel and roles/compute.viewer on the"
+        " instance) or the publisher role (roles/storage.objectUser on the bucket)."
+    )
+    return command
+
+
+COMMANDS: list[click.Command] = [
+    plan_command,
+    create_command,
+    status_command,
+    destroy_command,
+    _grant_command(True),
+    _grant_command(False),
+]

@@ -1,0 +1,397 @@
+"""Commands: the golden image (`image build|list|schedule`, `rollout`, `rollback`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from typing import Any
+
+import click
+from google.cloud import compute_v1
+
+from provisioner import __version__
+from provisioner.cli.options import settings_from_click, settings_options
+from provisioner.cloud import image as img
+from provisioner.cloud.settings import Settings
+from provisioner.errors import PypapoError
+
+
+def _target(
+    settings: Settings, keep: int = img.DEFAULT_KEEP, builder_machine_type: str | None = None
+) -> img.ImageTarget:
+    return img.ImageTarget(
+        project=settings.project,
+        zone=settings.zone,
+        region=settings.region,
+        network=settings.network,
+        subnet=settings.subnet,
+        family=settings.image_family,
+        instance=settings.instance,
+        keep=keep,
+        builder_machine_type=builder_machine_type or img.BUILDER_MACHINE_TYPE,
+        image_project=settings.image_project,
+    )
+
+
+def startup_script(settings: Settings) -> str:
+    """The appliance's startup script exactly as `provision create` renders it. The same script serves
+    and bakes: the builder runs it in bake mode (see `image.bake_wrapper`)."""
+    from provisioner.cloud.apply import startup_script as appliance_script
+
+    return appliance_script(settings)
+
+
+def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
+    """The serving instance exactly as `provision create` builds it (hardening lives in plan.py only);
+    rollout replaces only its boot image."""
+    from provisioner.cloud import plan
+
+    return plan.desired_instance(
+        settings,
+        image=plan.family_image(settings.image_project, settings.image_family),
+        startup_script=startup_script(settings),
+    )
+
+
+def image_api(settings: Settings, progress: bool = True) -> img.ImageApi:
+    """The thin Compute/IAP layer (tests substitute a double here: Compute Engine has no emulator)."""
+    from provisioner.cloud.gcp.base import echo
+    from provisioner.cloud.gcp.images import ComputeImageApi
+
+    return ComputeImageApi(_clients(settings), progress=echo if progress else None)
+
+
+def _clients(settings: Settings) -> Any:
+    from provisioner.cloud.gcp.base import Clients
+
+    return Clients(settings.project)
+
+
+def _echo_doc(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def _progress(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+def _save_serial_log(builder: str, text: str) -> str:
+    fd, path = tempfile.mkstemp(prefix=f"{builder}-", suffix=".log")
+    with open(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ image group
+
+
+@click.group("image")
+def image_group() -> None:
+    """The golden image: build it, list the family, schedule unattended rebuilds."""
+
+
+_keep_option = click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=img.DEFAULT_KEEP,
+    show_default=True,
+    help="images kept usable for rollback (newest ACTIVE, the rest DEPRECATED; older ones OBSOLETE)",
+)
+
+
+@image_group.command("build")
+@settings_options
+@_keep_option
+@click.option("--builder-machine-type", default=img.BUILDER_MACHINE_TYPE, show_default=True)
+@click.option("--dry-run", is_flag=True, help="print the steps and requests; no credentials, no network")
+def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any) -> None:
+    """Bake a new image of the appliance in the image family; deprecate older ones."""
+    settings = settings_from_click(kwargs)
+    target = _target(settings, keep, builder_machine_type)
+    now = dt.datetime.now(dt.UTC)
+    script = startup_script(settings)
+    if dry_run:
+        builder, image, steps = img.build_steps(target, now, script)
+        _echo_doc(
+            img.steps_document("image build", steps, builder=builder, image=image, family=target.family)
+        )
+        return
+    api = image_api(settings)
+    current = img.serving_image(api, target)
+    result = img.run_build(
+        api,
+        target,
+        now,
+        script,
+        protect=[current] if current else [],
+        report=_progress,
+        save_log=_save_serial_log,
+    )
+    click.echo(
+        f"image {result.image} created in family {target.family}"
+        f" (gcsfuse {result.versions.get(img.ATTR_GCSFUSE)}, nginx {result.versions.get(img.ATTR_NGINX)});"
+        " run `provision rollout` to serve from it"
+    )
+
+
+@image_group.command("list")
+@settings_options
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def list_cmd(output: str, **kwargs: Any) -> None:
+    """The images of the family, newest first, with age, state and which one the appliance runs."""
+    settings = settings_from_click(kwargs)
+    target = _target(settings)
+    api = image_api(settings, progress=False)
+    images = api.list_images(target.image_project, target.family)
+    serving = img.serving_image(api, target)
+    rows = img.image_rows(images, serving, dt.datetime.now(dt.UTC))
+    if output == "json":
+        _echo_doc(
+            {
+                "family": target.family,
+                "serving": serving,
+                "images": [
+                    {
+                        "name": r.name,
+                        "created": r.created.isoformat(),
+                        "age_days": r.age_days,
+                        "state": r.state,
+                        "gcsfuse": r.gcsfuse,
+                        "nginx": r.nginx,
+                        "serving": r.serving,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+        return
+    if not rows:
+        click.echo(f"family {target.family} has no images yet: run `provision image build`")
+        return
+    click.echo(f"{'':2}{'IMAGE':32} {'AGE':>6}  {'STATE':10} {'GCSFUSE':10} NGINX")
+    for r in rows:
+        mark = "* " if r.serving else "  "
+        click.echo(f"{mark}{r.name:32} {str(r.age_days) + 'd':>6}  {r.state:10} {r.gcsfuse:10} {r.nginx}")
+    click.echo(
+        f"* = the image {target.instance} runs"
+        if serving
+        else f"{target.instance} does not run an image of this family (or does not exist)"
+    )
+
+
+@image_group.command("schedule")
+@settings_options
+@click.option("--cron", default="0 3 * * 1", show_default=True, help="unix-cron, 5 fields")
+@click.option("--time-zone", "time_zone", default="Etc/UTC", show_default=True, help="IANA time zone")
+@click.option("--disable", is_flag=True, help="pause the job (keeps it and its accounts)")
+@click.option(
+    "--delete", is_flag=True, help="delete the job (the service accounts stay; delete them by hand)"
+)
+@click.option("--run-now", is_flag=True, help="also start one rebuild now, as the job would")
+@click.option(
+    "--pypapo-version",
+    default=__version__,
+    show_default=True,
+    help="pypapo wheel the build installs from the index bucket (publish it there first)",
+)
+@click.option("--dry-run", is_flag=True, help="print the steps and requests; no credentials, no network")
+def schedule_cmd(
+    cron: str,
+    time_zone: str,
+    disable: bool,
+    delete: bool,
+    run_now: bool,
+    pypapo_version: str,
+    dry_run: bool,
+    **kwargs: Any,
+) -> None:
+    """Rebuild the image and roll the appliance onto it on a schedule (Cloud Scheduler -> Cloud Build)."""
+    if disable and delete:
+        raise PypapoError("--disable and --delete exclude each other: pick one")
+    # Validate before anything else: a typo must fail in a millisecond, not after creating accounts.
+    cron = img.validate_cron(cron)
+    time_zone = img.validate_time_zone(time_zone)
+    settings = settings_from_click(kwargs)
+    target = _target(settings)
+    name = img.job_name(target.project, target.region)
+    if disable or delete:
+        if dry_run:
+            call = "cloudscheduler.jobs.delete" if delete else "cloudscheduler.jobs.pause"
+            _echo_doc(
+                img.steps_document(
+                    "image schedule", [img.Step(call.rsplit(".", 1)[1] + " the job", call, {"name": name})]
+                )
+            )
+            return
+        from provisioner.cloud.gcp.scheduler import ScheduleApi
+
+        api = ScheduleApi(_clients(settings))
+        done = api.delete_job(name) if delete else api.pause_job(name)
+        verb = "deleted" if delete else "paused"
+        click.echo(f"scheduler job {name} {verb}" if done else f"no scheduler job {name}: nothing to do")
+        return
+    build = img.rebuild_build(target, settings.bucket, pypapo_version, _cli_args(settings))
+    job = img.scheduler_job(target, cron, time_zone, build)
+    roles = img.schedule_roles(target.project, settings.bucket, settings.service_account_email)
+    steps = img.schedule_steps(target, job, roles, settings.bucket, pypapo_version)
+    if dry_run:
+        _echo_doc(img.steps_document("image schedule", steps, build=img.request_dict(build)))
+        return
+    from provisioner.cloud.gcp.scheduler import ScheduleApi
+
+    api = ScheduleApi(_clients(settings))
+    if not api.object_exists(settings.bucket, img.wheel_object(pypapo_version)):
+        raise PypapoError(
+            f"gs://{settings.bucket}/{img.wheel_object(pypapo_version)} does not exist: publish the pypapo"
+            " wheel into the index first (`provision publish dist/pypapo-*.whl`) or pass --pypapo-version"
+        )
+    for account, title in (
+        (img.INVOKER_SA_ID, "starts the scheduled image rebuild"),
+        (img.BUILD_SA_ID, "runs the image rebuild and rollout"),
+    ):
+        if api.ensure_service_account(account, f"pypapo: {title}"):
+            _progress(f"created service account {img.sa_email(target.project, account)}")
+    for grant in roles:
+        if api.add_binding(grant):
+            _progress(f"granted {grant.role} on {grant.resource} to {grant.member}")
+    what = api.upsert_job(job)
+    click.echo(f"scheduler job {name} {what}: {cron} ({time_zone})")
+    if run_now:
+        from provisioner.cloud.gcp.cloudbuild import start_build
+
+        build_id = start_build(_clients(settings), target.region, build)
+        click.echo(
+            f"rebuild started: build {build_id} (`gcloud builds log {build_id} --region={target.region}`)"
+        )
+
+
+def _cli_args(settings: Settings) -> list[str]:
+    """Flags that make the unattended build act on exactly this appliance (no pypapo.toml there)."""
+    defaults = Settings(project=settings.project, zone=settings.zone)
+    out = []
+    for key in (
+        "region",
+        "network",
+        "subnet",
+        "instance",
+        "bucket",
+        "prefix",
+        "port",
+        "machine_type",
+        "image_family",
+        "image_project",
+        "service_account",
+        "disk_size_gb",
+        "ready_timeout",
+    ):
+        value = getattr(settings, key)
+        if value != getattr(defaults, key):
+            out.append(f"--{key.replace('_', '-')}={value}")
+    return out
+
+
+# -------------------------------------------------------------------------------------- rollout/rollback
+
+
+def _confirm(yes: bool, message: str) -> None:
+    if not yes and not click.confirm(message, default=False, err=True):
+        raise PypapoError("cancelled; pass --yes to run without the question")
+
+
+@click.command("rollout")
+@settings_options
+@click.option(
+    "--image", "image_name", default=None, help="a specific image of the family (default: the newest)"
+)
+@click.option("--yes", is_flag=True, help="do not ask before replacing the appliance")
+@click.option("--dry-run", is_flag=True, help="print the steps and requests; no credentials, no network")
+def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any) -> None:
+    """Recreate the appliance from the newest image of the family, same name, grants kept."""
+    settings = settings_from_click(kwargs)
+    target = _target(settings)
+    spec = serving_instance_spec(settings)
+    if dry_run:
+        ref = (
+            img.image_link(target.image_project, image_name)
+            if image_name
+            else f"projects/{target.image_project}/global/images/family/{target.family}"
+        )
+        steps = img.rollout_steps(target, spec, ref)
+        _echo_doc(
+            img.steps_document(
+                "rollout",
+                steps,
+                image=ref,
+                note="the family is resolved to its newest ACTIVE image at run time;"
+                " the instance gets that exact image",
+            )
+        )
+        return
+    api = image_api(settings)
+    images = api.list_images(target.image_project, target.family)
+    if image_name:
+        chosen = next((i for i in images if i.name == image_name), None)
+        if chosen is None:
+            raise PypapoError(
+                f"image {image_name} is not in family {target.family}; see `provision image list`"
+            )
+    else:
+        chosen = img.newest_usable(images)
+        if chosen is None:
+            raise PypapoError(
+                f"family {target.family} has no usable image: run `provision image build` first"
+            )
+    current = img.serving_image(api, target)
+    if current == chosen.name:
+        click.echo(f"{target.instance} already runs {chosen.name}: nothing to do")
+        return
+    _confirm(
+        yes,
+        f"Replace {target.instance} ({current or 'not a family image'}) with {chosen.name}?"
+        " The index is down for a few minutes.",
+    )
+    img.run_rollout(
+        api,
+        target,
+        spec,
+        img.image_link(target.image_project, chosen.name),
+        report=_progress,
+        ready_timeout=settings.ready_timeout,
+    )
+    click.echo(f"{target.instance} now runs {chosen.name} and is ready")
+
+
+@click.command("rollback")
+@settings_options
+@click.option("--yes", is_flag=True, help="do not ask before replacing the appliance")
+@click.option("--dry-run", is_flag=True, help="print the steps; needs credentials to find the previous image")
+def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
+    """Recreate the appliance from the image before the one it runs (un-deprecating it if needed)."""
+    settings = settings_from_click(kwargs)
+    target = _target(settings)
+    spec = serving_instance_spec(settings)
+    api = image_api(settings)
+    images = api.list_images(target.image_project, target.family)
+    current = img.serving_image(api, target)
+    previous = img.rollback_target(images, current)
+    assert current is not None  # rollback_target raised otherwise
+    changes = img.rollback_deprecations(target.image_project, images, previous.name, current)
+    link = img.image_link(target.image_project, previous.name)
+    if dry_run:
+        steps = [
+            img.Step(f"mark {c.image} {c.deprecation_status_resource.state}", "compute.images.deprecate", c)
+            for c in changes
+        ]
+        steps += img.rollout_steps(target, spec, link)
+        _echo_doc(img.steps_document("rollback", steps, image=link, from_image=current))
+        return
+    _confirm(yes, f"Replace {target.instance} ({current}) with the previous image {previous.name}?")
+    for change in changes:
+        _progress(f"marking {change.image} {change.deprecation_status_resource.state}")
+        api.deprecate_image(change)
+    img.run_rollout(api, target, spec, link, report=_progress, ready_timeout=settings.ready_timeout)
+    click.echo(f"{target.instance} rolled back to {previous.name}; {current} is DEPRECATED")
+
+
+COMMANDS: list[click.Command] = [image_group, rollout_cmd, rollback_cmd]

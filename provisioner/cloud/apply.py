@@ -1,0 +1,231 @@
+"""Orchestration of `provision create/destroy/status/grant/revoke` over the thin layer.
+
+No API call happens here: it reads what exists through `Cloud` (compute, storage, iam), asks
+`provisioner.cloud.plan` what to do, and hands each step's request object to the thin-layer method named by
+the step. Tests build a `Cloud` whose parts are doubles; everything in this module runs for real.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from provisioner.cloud import plan as planlib
+from provisioner.cloud.gcp.base import Clients, Progress, _echo_progress
+from provisioner.cloud.settings import Settings
+from provisioner.errors import PypapoError
+
+
+@dataclass
+class Cloud:
+    """The three thin-layer parts; each method sends one request object."""
+
+    compute: Any
+    storage: Any
+    iam: Any
+
+    @classmethod
+    def connect(cls, settings: Settings, *, progress: Progress | None = _echo_progress) -> Cloud:
+        from provisioner.cloud.gcp.compute import Compute
+        from provisioner.cloud.gcp.iam import Iam
+        from provisioner.cloud.gcp.storage_admin import StorageAdmin
+
+        clients = Clients(settings.project)
+        return cls(
+            Compute(clients, progress=progress),
+            StorageAdmin(clients, progress=progress),
+            Iam(clients, progress=progress),
+        )
+
+    def set_member(self, change: planlib.IamChange, *, present: bool) -> bool:
+        if change.resource_type == "bucket":
+            return self.storage.set_member(change.resource, change.role, change.member, present=present)
+        if change.resource_type == "iap_tunnel_instance":
+            return self.iam.set_tunnel_member(change.resource, change.role, change.member, present=present)
+        if change.resource_type == "instance":
+            zone, name = change.resource.split("/", 1)  # ZONE/NAME
+            return self.compute.set_instance_member(zone, name, change.role, change.member, present=present)
+        raise ValueError(f"unknown IAM resource type {change.resource_type}")
+
+    def send(self, step: planlib.Step) -> None:
+        layer, method = step.method.split(".", 1)
+        if step.method == "iam.add_member":
+            self.set_member(step.request, present=True)
+        elif step.method == "iam.remove_member":
+            self.set_member(step.request, present=False)
+        else:
+            getattr(getattr(self, layer), method)(step.request)
+
+
+def startup_script(s: Settings) -> str:
+    """The appliance's startup script, rendered by the appliance part (provisioner/render.py)."""
+    from provisioner.appliance.render import ApplianceConfig, render_startup_script
+
+    return render_startup_script(ApplianceConfig(bucket=s.bucket, prefix=s.prefix, port=s.port))
+
+
+def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
+    """What exists now, read through the thin layer."""
+    bucket = cloud.storage.get_bucket(s.bucket)
+    account = cloud.iam.get_service_account(s.service_account_email)
+    return planlib.Actual(
+        bucket=bucket,
+        bucket_members=cloud.storage.get_members(s.bucket) if bucket is not None else {},
+        service_account=account,
+        service_account_keys=cloud.iam.list_user_keys(s.service_account_email) if account is not None else [],
+        subnetwork=cloud.compute.get_subnetwork(s.region, s.subnet),
+        firewall=cloud.compute.get_firewall(s.firewall_name),
+        instance=cloud.compute.get_instance(s.zone, s.instance),
+        image_family_exists=cloud.compute.get_image_from_family(s.image_project, s.image_family) is not None,
+    )
+
+
+def apply(cloud: Cloud, plan: planlib.Plan, progress: Progress) -> int:
+    """Send every step in order; returns how many were sent."""
+    count = 0
+    for resource in plan.resources:
+        if not resource.steps:
+            continue
+        progress(f"{resource.action} {resource.kind} {resource.name}")
+        for step in resource.steps:
+            cloud.send(step)
+            count += 1
+    return count
+
+
+def wait_ready(
+    cloud: Cloud,
+    s: Settings,
+    *,
+    progress: Progress,
+    timeout: float | None = None,
+    poll_interval: float = 10.0,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> str:
+    """Poll guest attributes pypapo/ until the appliance reports ready (or an error, or time runs out)."""
+    timeout = s.ready_timeout if timeout is None else timeout
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    request = planlib.guest_attributes_request(s)
+    start = clock()
+    last = ""
+    while True:
+        state, detail = planlib.readiness(cloud.compute.get_guest_attributes(request))
+        elapsed = clock() - start
+        if state == "ready":
+            progress(f"  appliance ready ({elapsed:.0f}s)")
+            return detail
+        if state == "error":
+            raise PypapoError(
+                f"the appliance on {s.instance} reported an error: {detail}; see"
+                f" `gcloud compute instances get-serial-port-output {s.instance} --zone {s.zone}"
+                f" --project {s.project}`"
+            )
+        if detail != last:
+            progress(f"  waiting for the appliance: {detail} ({elapsed:.0f}s)")
+            last = detail
+        if elapsed >= timeout:
+            raise PypapoError(
+                f"the appliance on {s.instance} did not report ready within {timeout:.0f}s; check"
+                f" `gcloud compute instances get-serial-port-output {s.instance} --zone {s.zone}"
+                f" --project {s.project}` and run `provision create` again (it converges)"
+            )
+        sleep(poll_interval)
+
+
+def create(
+    cloud: Cloud,
+    s: Settings,
+    *,
+    script: str,
+    progress: Progress = _echo_progress,
+    wait: bool = True,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> planlib.Plan:
+    """Make or reconcile everything; a second run sends nothing. Returns the plan it carried out."""
+    plan = planlib.plan_create(s, observe(cloud, s), startup_script=script)
+    if not plan.changed:
+        progress(f"nothing to change: pypapo in {s.project} ({s.zone}/{s.instance}) matches the plan")
+    else:
+        sent = apply(cloud, plan, progress)
+        progress(f"applied {sent} change(s)")
+    if cloud.storage.initialize_index(s.bucket, s.prefix):
+        progress(f"wrote an empty index into gs://{s.bucket}: publish with `provision publish`")
+    for r in plan.resources:
+        for note in r.notes:
+            progress(f"note: {r.kind} {r.name}: {note}")
+    if wait:
+        wait_ready(cloud, s, progress=progress, sleep=sleep, clock=clock)
+    return plan
+
+
+def destroy(
+    cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progress = _echo_progress
+) -> planlib.Plan:
+    plan = planlib.plan_destroy(s, observe(cloud, s), delete_bucket=delete_bucket)
+    if not plan.changed:
+        progress(f"nothing to delete: no pypapo resources of {s.instance} in {s.project}")
+        return plan
+    sent = apply(cloud, plan, progress)
+    progress(f"deleted with {sent} call(s)")
+    return plan
+
+
+def grant(cloud: Cloud, s: Settings, member: str, role: str, *, present: bool, progress: Progress) -> int:
+    """Add (or remove) the bindings behind a role; returns how many changed."""
+    changes = planlib.grant_changes(s, member, role)
+    if present and cloud.compute.get_instance(s.zone, s.instance) is None and role == "reader":
+        raise PypapoError(f"instance {s.instance} does not exist in {s.zone}; run `provision create` first")
+    changed = 0
+    for change in changes:
+        if cloud.set_member(change, present=present):
+            changed += 1
+    verb = "granted" if present else "revoked"
+    if changed:
+        progress(f"{verb} {role} for {changes[0].member}: {planlib.role_summary(changes)}")
+    else:
+        progress(
+            f"nothing to change: {changes[0].member} {'already has' if present else 'does not have'} {role}"
+        )
+    return changed
+
+
+def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
+    """What exists, its hardening drift and whether the appliance reports ready."""
+    actual = observe(cloud, s)
+    plan = planlib.plan_create(s, actual, startup_script=startup_script(s))
+    inst = actual.instance
+    ready = (
+        planlib.readiness(cloud.compute.get_guest_attributes(planlib.guest_attributes_request(s)))
+        if inst
+        else None
+    )
+    return {
+        "schema_version": planlib.SCHEMA_VERSION,
+        "project": s.project,
+        "zone": s.zone,
+        "instance": None
+        if inst is None
+        else {
+            "name": inst.name,
+            "status": inst.status,
+            "internal_ip": inst.network_interfaces[0].network_i_p if inst.network_interfaces else None,
+            "boot_image": inst.disks[0].source if inst.disks else None,
+            "appliance": ready[0] if ready else None,
+            "appliance_detail": ready[1] if ready else None,
+        },
+        "bucket": None if actual.bucket is None else f"gs://{s.bucket}",
+        "service_account": None if actual.service_account is None else s.service_account_email,
+        "firewall": None if actual.firewall is None else s.firewall_name,
+        "private_google_access": bool(actual.subnetwork and actual.subnetwork.private_ip_google_access),
+        "in_sync": not plan.changed,
+        "drift": [
+            {"kind": r.kind, "name": r.name, "action": r.action, "changes": r.changes}
+            for r in plan.resources
+            if r.action not in ("none", "keep")
+        ],
+    }

@@ -1,0 +1,235 @@
+"""Thin layer: Compute Engine. Each method sends one request object built elsewhere and waits.
+
+Reads return the real `compute_v1` object or None when it does not exist. Writes wait on the
+operation with progress. Tests replace this class with a double that keeps state in real compute_v1
+objects; nothing else talks to Compute Engine.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import compute_v1
+
+from provisioner.cloud.gcp.base import (
+    COMPUTE_API,
+    Clients,
+    Progress,
+    _echo_progress,
+    gcp_errors,
+    get_or_none,
+    wait_for_operation,
+)
+
+# IAM is eventually consistent: a service account created seconds ago can be unknown to Compute Engine
+# for up to a minute or so, and the insert fails with 400/404 naming it. Retry that case only.
+SA_PROPAGATION_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
+_SA_UNKNOWN = re.compile(
+    r"serviceAccounts?/?[^ ]*@[^ ]*\b.*(not (be )?found|does not exist)|service account .* does not exist",
+    re.I,
+)
+
+
+def is_new_service_account_not_visible(exc: BaseException) -> bool:
+    """True for the insert error Compute gives while a just-created service account has not propagated."""
+    return isinstance(exc, gexc.BadRequest | gexc.NotFound) and bool(_SA_UNKNOWN.search(str(exc)))
+
+
+class Compute:
+    def __init__(
+        self,
+        clients: Clients,
+        *,
+        progress: Progress | None = _echo_progress,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.clients = clients
+        self.project = clients.project
+        self.progress = progress
+        self.sleep = sleep
+
+    def _wait(self, op: Any, description: str, timeout: float = 900.0) -> None:
+        wait_for_operation(op, description, project=self.project, progress=self.progress, timeout=timeout)
+
+    def _send(
+        self, client: str, method: str, request: Any, description: str, *, role: str | None = None
+    ) -> None:
+        with gcp_errors(description, project=self.project, api=COMPUTE_API, role=role):
+            op = getattr(self.clients.get(client), method)(request=request)
+        self._wait(op, description)
+
+    # --- reads ---
+
+    def get_instance(self, zone: str, name: str) -> compute_v1.Instance | None:
+        req = compute_v1.GetInstanceRequest(project=self.project, zone=zone, instance=name)
+        return get_or_none(
+            lambda: self.clients.get("instances").get(request=req),
+            f"read instance {name}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
+    def get_firewall(self, name: str) -> compute_v1.Firewall | None:
+        req = compute_v1.GetFirewallRequest(project=self.project, firewall=name)
+        return get_or_none(
+            lambda: self.clients.get("firewalls").get(request=req),
+            f"read firewall rule {name}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
+    def get_subnetwork(self, region: str, name: str) -> compute_v1.Subnetwork | None:
+        req = compute_v1.GetSubnetworkRequest(project=self.project, region=region, subnetwork=name)
+        return get_or_none(
+            lambda: self.clients.get("subnetworks").get(request=req),
+            f"read subnetwork {name}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
+    def get_image_from_family(self, project: str, family: str) -> compute_v1.Image | None:
+        req = compute_v1.GetFromFamilyImageRequest(project=project, family=family)
+        return get_or_none(
+            lambda: self.clients.get("images").get_from_family(request=req),
+            f"read image family {project}/{family}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
+    def get_guest_attributes(
+        self, request: compute_v1.GetGuestAttributesInstanceRequest
+    ) -> compute_v1.GuestAttributes | None:
+        # 404 until the guest writes the first attribute under the query path.
+        return get_or_none(
+            lambda: self.clients.get("instances").get_guest_attributes(request=request),
+            f"read guest attributes of {request.instance}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
+    def get_instance_iam_policy(self, zone: str, name: str) -> compute_v1.Policy:
+        req = compute_v1.GetIamPolicyInstanceRequest(
+            project=self.project, zone=zone, resource=name, options_requested_policy_version=3
+        )
+        with gcp_errors(f"read the IAM policy of instance {name}", project=self.project, api=COMPUTE_API):
+            return self.clients.get("instances").get_iam_policy(request=req)
+
+    # --- writes (each waits for its operation) ---
+
+    def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
+        description = f"create instance {request.instance_resource.name}"
+        for delay in (*SA_PROPAGATION_DELAYS, None):
+            with gcp_errors(description, project=self.project, api=COMPUTE_API):
+                try:
+                    op = self.clients.get("instances").insert(request=request)
+                    break
+                except (gexc.BadRequest, gexc.NotFound) as exc:
+                    if delay is None or not is_new_service_account_not_visible(exc):
+                        raise
+                if self.progress:
+                    self.progress(
+                        f"  the new service account is not visible to Compute yet; retry in {delay:.0f}s"
+                    )
+                self.sleep(delay)
+        self._wait(op, description)
+
+    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
+        self._send("instances", "delete", request, f"delete instance {request.instance}")
+
+    def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None:
+        state = "on" if request.deletion_protection else "off"
+        self._send(
+            "instances",
+            "set_deletion_protection",
+            request,
+            f"turn deletion protection {state} on {request.resource}",
+        )
+
+    def set_metadata(self, request: compute_v1.SetMetadataInstanceRequest) -> None:
+        self._send("instances", "set_metadata", request, f"set metadata of {request.instance}")
+
+    def set_labels(self, request: compute_v1.SetLabelsInstanceRequest) -> None:
+        self._send("instances", "set_labels", request, f"set labels of {request.instance}")
+
+    def delete_access_config(self, request: compute_v1.DeleteAccessConfigInstanceRequest) -> None:
+        self._send(
+            "instances", "delete_access_config", request, f"remove the external IP of {request.instance}"
+        )
+
+    def update_shielded_instance_config(
+        self, request: compute_v1.UpdateShieldedInstanceConfigInstanceRequest
+    ) -> None:
+        self._send(
+            "instances",
+            "update_shielded_instance_config",
+            request,
+            f"turn on Shielded VM for {request.instance}",
+        )
+
+    def set_service_account(self, request: compute_v1.SetServiceAccountInstanceRequest) -> None:
+        self._send(
+            "instances",
+            "set_service_account",
+            request,
+            f"set the service account of {request.instance}",
+            role="roles/iam.serviceAccountUser",
+        )
+
+    def set_machine_type(self, request: compute_v1.SetMachineTypeInstanceRequest) -> None:
+        self._send("instances", "set_machine_type", request, f"set the machine type of {request.instance}")
+
+    def stop_instance(self, request: compute_v1.StopInstanceRequest) -> None:
+        self._send("instances", "stop", request, f"stop instance {request.instance}")
+
+    def start_instance(self, request: compute_v1.StartInstanceRequest) -> None:
+        self._send("instances", "start", request, f"start instance {request.instance}")
+
+    def set_instance_iam_policy(self, request: compute_v1.SetIamPolicyInstanceRequest) -> None:
+        with gcp_errors(
+            f"set the IAM policy of instance {request.resource}", project=self.project, api=COMPUTE_API
+        ):
+            self.clients.get("instances").set_iam_policy(request=request)
+
+    def insert_firewall(self, request: compute_v1.InsertFirewallRequest) -> None:
+        self._send("firewalls", "insert", request, f"create firewall rule {request.firewall_resource.name}")
+
+    def update_firewall(self, request: compute_v1.UpdateFirewallRequest) -> None:
+        self._send("firewalls", "update", request, f"update firewall rule {request.firewall}")
+
+    def delete_firewall(self, request: compute_v1.DeleteFirewallRequest) -> None:
+        self._send("firewalls", "delete", request, f"delete firewall rule {request.firewall}")
+
+    def set_private_google_access(
+        self, request: compute_v1.SetPrivateIpGoogleAccessSubnetworkRequest
+    ) -> None:
+        self._send(
+            "subnetworks",
+            "set_private_ip_google_access",
+            request,
+            f"turn on Private Google Access on subnet {request.subnetwork}",
+        )
+
+    def set_instance_member(
+        self, zone: str, name: str, role: str, member: str, *, present: bool = True
+    ) -> bool:
+        """Read-modify-write of the instance's own IAM policy (not the project's)."""
+        from provisioner.cloud.plan import with_member
+
+        policy = self.get_instance_iam_policy(zone, name)
+        if not with_member(policy, role, member, present=present):
+            return False
+        policy.bindings = [b for b in policy.bindings if len(b.members)]
+        request = compute_v1.SetIamPolicyInstanceRequest(
+            project=self.project,
+            zone=zone,
+            resource=name,
+            zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=policy),
+        )
+        self.set_instance_iam_policy(request)
+        if self.progress:
+            self.progress(f"  {'granted' if present else 'revoked'} {role} on instance {name}: {member}")
+        return True

@@ -1,0 +1,132 @@
+"""Thin layer: IAM admin (the appliance's service account), IAP tunnel policy, and the project check.
+
+Clients: google-cloud-iam (`iam_admin_v1.IAMClient`) for the service account and its keys,
+google-cloud-iap (`IdentityAwareProxyAdminServiceClient`) for who may open the tunnel to this one
+instance, google-cloud-resource-manager (`ProjectsClient`) to tell a wrong project apart early.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from google.cloud import iam_admin_v1
+
+from provisioner.cloud.gcp.base import (
+    IAM_API,
+    IAP_API,
+    RESOURCE_MANAGER_API,
+    Clients,
+    Progress,
+    _echo_progress,
+    gcp_errors,
+    get_or_none,
+)
+from provisioner.cloud.plan import with_member
+
+
+class Iam:
+    def __init__(self, clients: Clients, *, progress: Progress | None = _echo_progress) -> None:
+        self.clients = clients
+        self.project = clients.project
+        self.progress = progress or (lambda _m: None)
+
+    def get_project(self) -> Any:
+        """The project; a clear error if it does not exist. No permission to read it is not fatal:
+        resourcemanager.projects.get is a nicety here, the calls that follow report their own errors."""
+        from google.api_core import exceptions as gexc
+
+        from provisioner.errors import PypapoError
+
+        with gcp_errors(f"read project {self.project}", project=self.project, api=RESOURCE_MANAGER_API):
+            try:
+                return self.clients.get("projects").get_project(name=f"projects/{self.project}")
+            except gexc.NotFound:
+                raise PypapoError(
+                    f"project {self.project} does not exist; check --project (`gcloud projects list`)"
+                ) from None
+            except gexc.PermissionDenied:
+                return None
+
+    def get_service_account(self, email: str) -> iam_admin_v1.ServiceAccount | None:
+        req = iam_admin_v1.GetServiceAccountRequest(name=f"projects/{self.project}/serviceAccounts/{email}")
+        return get_or_none(
+            lambda: self.clients.get("iam_admin").get_service_account(request=req),
+            f"read service account {email}",
+            project=self.project,
+            api=IAM_API,
+        )
+
+    def list_user_keys(self, email: str) -> list[iam_admin_v1.ServiceAccountKey]:
+        req = iam_admin_v1.ListServiceAccountKeysRequest(
+            name=f"projects/{self.project}/serviceAccounts/{email}",
+            key_types=[iam_admin_v1.ListServiceAccountKeysRequest.KeyType.USER_MANAGED],
+        )
+        with gcp_errors(f"list the keys of {email}", project=self.project, api=IAM_API):
+            return list(self.clients.get("iam_admin").list_service_account_keys(request=req).keys)
+
+    def create_service_account(self, request: iam_admin_v1.CreateServiceAccountRequest) -> None:
+        with gcp_errors(
+            f"create service account {request.account_id}",
+            project=self.project,
+            api=IAM_API,
+            role="roles/iam.serviceAccountAdmin",
+        ):
+            account = self.clients.get("iam_admin").create_service_account(request=request)
+        self.progress(f"  created service account {account.email}")
+        # IAM is eventually consistent: a fresh account can be unknown to other APIs for seconds.
+        for _ in range(10):
+            if self.get_service_account(account.email) is not None:
+                break
+            time.sleep(1)
+
+    def delete_service_account_key(self, request: iam_admin_v1.DeleteServiceAccountKeyRequest) -> None:
+        with gcp_errors("delete a key of the appliance's service account", project=self.project, api=IAM_API):
+            self.clients.get("iam_admin").delete_service_account_key(request=request)
+        self.progress(f"  deleted key {request.name.rsplit('/', 1)[-1]}")
+
+    def delete_service_account(self, request: iam_admin_v1.DeleteServiceAccountRequest) -> None:
+        with gcp_errors(
+            "delete the appliance's service account",
+            project=self.project,
+            api=IAM_API,
+            role="roles/iam.serviceAccountAdmin",
+        ):
+            self.clients.get("iam_admin").delete_service_account(request=request)
+        self.progress(f"  deleted service account {request.name.rsplit('/', 1)[-1]}")
+
+    # --- IAP: who may open a tunnel to this instance ---
+
+    def get_tunnel_members(self, resource: str) -> dict[str, set[str]]:
+        from google.iam.v1 import iam_policy_pb2
+
+        from provisioner.cloud.plan import policy_members
+
+        req = iam_policy_pb2.GetIamPolicyRequest(resource=resource)
+        with gcp_errors(f"read the IAP policy of {resource}", project=self.project, api=IAP_API):
+            return policy_members(self.clients.get("iap").get_iam_policy(request=req))
+
+    def set_tunnel_member(self, resource: str, role: str, member: str, *, present: bool = True) -> bool:
+        """Read-modify-write of the IAP policy on `projects/P/iap_tunnel/zones/Z/instances/NAME`."""
+        from google.api_core import exceptions as gexc
+        from google.iam.v1 import iam_policy_pb2
+
+        action = f"{'grant' if present else 'revoke'} {role} on {resource}"
+        for attempt in range(5):
+            with gcp_errors(action, project=self.project, api=IAP_API, role="roles/iap.admin"):
+                iap = self.clients.get("iap")
+                policy = iap.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource))
+                if not with_member(policy, role, member, present=present):
+                    return False
+                try:
+                    iap.set_iam_policy(
+                        request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=policy)
+                    )
+                except gexc.Aborted:  # etag mismatch: someone else edited the policy
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+            self.progress(f"  {action}: {member}")
+            return True
+        return False

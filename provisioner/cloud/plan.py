@@ -1,0 +1,905 @@
+"""Pure: the desired Google Cloud state of one pypapo deployment and the diff against what exists.
+
+Every resource is a real client-library object (`compute_v1.Instance`, `compute_v1.Firewall`,
+`compute_v1.Set...Request`, `iam_admin_v1.CreateServiceAccountRequest`, a `storage.Bucket` built without
+a client). A `Step` pairs one of them with the thin-layer method that sends it; `provision create` runs
+the steps in order, `provision plan` prints them. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.cloud import compute_v1, iam_admin_v1, storage
+
+from provisioner.cloud.settings import FALLBACK_IMAGE_FAMILY, FALLBACK_IMAGE_PROJECT, Settings
+from provisioner.repo.location import gs_url
+
+SCHEMA_VERSION = 1
+IAP_TCP_RANGE = "35.235.240.0/20"  # where IAP TCP forwarding connects from (Google-documented)
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+SOFT_DELETE_SECONDS = 7 * 24 * 3600  # the GCS default; keeps deleted packages recoverable a week
+NONCURRENT_DAYS = 30  # older versions of index pages are kept a month, then deleted
+DISK_TYPE = "pd-balanced"
+READY_NAMESPACE = "pypapo"
+READY_KEY = "ready"
+READY_VALUE = "true"  # render.READY_VALUE: what the startup script writes once serving
+
+# Roles. The VM only reads; a publisher reads and rewrites pages (generation preconditions on
+# overwrite need storage.objects.delete, which objectCreator lacks); a reader opens the tunnel.
+VM_BUCKET_ROLE = "roles/storage.objectViewer"
+PUBLISHER_ROLE = "roles/storage.objectUser"
+TUNNEL_ROLE = "roles/iap.tunnelResourceAccessor"
+INSTANCE_VIEWER_ROLE = "roles/compute.viewer"  # gcloud start-iap-tunnel reads the instance first
+ROLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "reader": (("iap_tunnel_instance", TUNNEL_ROLE), ("instance", INSTANCE_VIEWER_ROLE)),
+    "publisher": (("bucket", PUBLISHER_ROLE),),
+}
+
+HARDENING_METADATA = {
+    "enable-oslogin": "TRUE",
+    "block-project-ssh-keys": "TRUE",
+    "serial-port-enable": "FALSE",
+    "enable-guest-attributes": "TRUE",  # the appliance reports readiness as a guest attribute
+}
+
+
+# --- names ---------------------------------------------------------------------------------------------
+
+
+def network_url(s: Settings) -> str:
+    return f"projects/{s.project}/global/networks/{s.network}"
+
+
+def subnet_url(s: Settings) -> str:
+    return f"projects/{s.project}/regions/{s.region}/subnetworks/{s.subnet}"
+
+
+def family_image(project: str, family: str) -> str:
+    return f"projects/{project}/global/images/family/{family}"
+
+
+def fallback_image() -> str:
+    return family_image(FALLBACK_IMAGE_PROJECT, FALLBACK_IMAGE_FAMILY)
+
+
+def tunnel_resource(s: Settings) -> str:
+    """The IAP resource for TCP forwarding to this one instance."""
+    return f"projects/{s.project}/iap_tunnel/zones/{s.zone}/instances/{s.instance}"
+
+
+def bucket_url(s: Settings) -> str:
+    return gs_url(s.bucket, s.prefix)
+
+
+def service_account_member(s: Settings) -> str:
+    return f"serviceAccount:{s.service_account_email}"
+
+
+# --- desired state -------------------------------------------------------------------------------------
+
+
+def desired_bucket(s: Settings) -> storage.Bucket:
+    """The bucket's properties, as a storage.Bucket built without a client (nothing is sent)."""
+    bucket = storage.Bucket(client=None, name=s.bucket)
+    # Location is an insert-time property; the setter warns, the property patch does not.
+    bucket._patch_property("location", s.region.upper())
+    bucket.storage_class = "STANDARD"
+    bucket.iam_configuration.uniform_bucket_level_access_enabled = True
+    bucket.iam_configuration.public_access_prevention = "enforced"
+    bucket.versioning_enabled = True
+    bucket.soft_delete_policy.retention_duration_seconds = SOFT_DELETE_SECONDS
+    bucket.labels = dict(s.labels)
+    bucket.lifecycle_rules = [
+        {"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": NONCURRENT_DAYS}}
+    ]
+    return bucket
+
+
+def bucket_properties(bucket: storage.Bucket) -> dict[str, Any]:
+    """The JSON resource the bucket carries (what the Storage API receives and returns)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if x is not None}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(json.loads(json.dumps(bucket._properties, sort_keys=True, default=str)))
+
+
+# The properties `create` owns; anything else on an existing bucket is left alone.
+def _bucket_owned(props: Mapping[str, Any]) -> dict[str, Any]:
+    iam = props.get("iamConfiguration") or {}
+    return {
+        "iamConfiguration.uniformBucketLevelAccess.enabled": bool(
+            (iam.get("uniformBucketLevelAccess") or {}).get("enabled", False)
+        ),
+        "iamConfiguration.publicAccessPrevention": iam.get("publicAccessPrevention", "inherited"),
+        "versioning.enabled": bool((props.get("versioning") or {}).get("enabled", False)),
+        "softDeletePolicy.retentionDurationSeconds": int(
+            (props.get("softDeletePolicy") or {}).get("retentionDurationSeconds", 0) or 0
+        ),
+        "labels": {k: v for k, v in (props.get("labels") or {}).items() if k in ("app", "pypapo-instance")},
+        "lifecycle.rule": (props.get("lifecycle") or {}).get("rule", []),
+    }
+
+
+def service_account_request(s: Settings) -> iam_admin_v1.CreateServiceAccountRequest:
+    return iam_admin_v1.CreateServiceAccountRequest(
+        name=f"projects/{s.project}",
+        account_id=s.service_account,
+        service_account=iam_admin_v1.ServiceAccount(
+            display_name="pypapo appliance",
+            description=f"Runs VM {s.instance}: reads gs://{s.bucket} only. No keys. Managed by pypapo.",
+        ),
+    )
+
+
+def desired_firewall(s: Settings) -> compute_v1.Firewall:
+    return compute_v1.Firewall(
+        name=s.firewall_name,
+        description=f"pypapo: IAP TCP forwarding to {s.instance} (SSH and the index port) only",
+        network=network_url(s),
+        direction="INGRESS",
+        priority=1000,
+        disabled=False,
+        source_ranges=[IAP_TCP_RANGE],
+        allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22", str(s.port)])],
+        target_service_accounts=[s.service_account_email],
+    )
+
+
+def private_google_access_request(s: Settings) -> compute_v1.SetPrivateIpGoogleAccessSubnetworkRequest:
+    return compute_v1.SetPrivateIpGoogleAccessSubnetworkRequest(
+        project=s.project,
+        region=s.region,
+        subnetwork=s.subnet,
+        subnetworks_set_private_ip_google_access_request_resource=(
+            compute_v1.SubnetworksSetPrivateIpGoogleAccessRequest(private_ip_google_access=True)
+        ),
+    )
+
+
+def desired_metadata(startup_script: str) -> dict[str, str]:
+    return {**HARDENING_METADATA, "startup-script": startup_script}
+
+
+def metadata_items(values: Mapping[str, str]) -> list[compute_v1.Items]:
+    return [compute_v1.Items(key=k, value=values[k]) for k in sorted(values)]
+
+
+def desired_shielded() -> compute_v1.ShieldedInstanceConfig:
+    return compute_v1.ShieldedInstanceConfig(
+        enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
+    )
+
+
+def desired_instance(s: Settings, *, image: str, startup_script: str) -> compute_v1.Instance:
+    """The hardened VM. No access_configs: no external IP, reachable only through IAP."""
+    return compute_v1.Instance(
+        name=s.instance,
+        description="pypapo: private Python package index (managed by provision create)",
+        machine_type=f"zones/{s.zone}/machineTypes/{s.machine_type}",
+        labels=dict(s.labels),
+        can_ip_forward=False,
+        deletion_protection=True,
+        shielded_instance_config=desired_shielded(),
+        disks=[
+            compute_v1.AttachedDisk(
+                boot=True,
+                auto_delete=True,
+                type_="PERSISTENT",
+                mode="READ_WRITE",
+                device_name=s.instance,
+                initialize_params=compute_v1.AttachedDiskInitializeParams(
+                    source_image=image,
+                    disk_size_gb=s.disk_size_gb,
+                    disk_type=f"zones/{s.zone}/diskTypes/{DISK_TYPE}",
+                    labels=dict(s.labels),
+                ),
+            )
+        ],
+        network_interfaces=[
+            compute_v1.NetworkInterface(
+                network=network_url(s), subnetwork=subnet_url(s), stack_type="IPV4_ONLY"
+            )
+        ],
+        metadata=compute_v1.Metadata(items=metadata_items(desired_metadata(startup_script))),
+        service_accounts=[
+            # cloud-platform scope: the service account's IAM bindings (bucket read only) do the limiting.
+            compute_v1.ServiceAccount(email=s.service_account_email, scopes=[CLOUD_PLATFORM_SCOPE])
+        ],
+        scheduling=compute_v1.Scheduling(
+            automatic_restart=True,
+            on_host_maintenance="MIGRATE",
+            preemptible=False,
+            provisioning_model="STANDARD",
+        ),
+    )
+
+
+def insert_instance_request(s: Settings, instance: compute_v1.Instance) -> compute_v1.InsertInstanceRequest:
+    return compute_v1.InsertInstanceRequest(project=s.project, zone=s.zone, instance_resource=instance)
+
+
+def guest_attributes_request(s: Settings) -> compute_v1.GetGuestAttributesInstanceRequest:
+    return compute_v1.GetGuestAttributesInstanceRequest(
+        project=s.project, zone=s.zone, instance=s.instance, query_path=f"{READY_NAMESPACE}/"
+    )
+
+
+def readiness(attrs: compute_v1.GuestAttributes | None) -> tuple[str, str]:
+    """("ready"|"starting"|"error", detail) from the guest attributes the startup script writes.
+
+    It writes pypapo/ready=true once NGINX serves the mounted bucket, pypapo/error=REASON otherwise.
+    """
+    if attrs is None:
+        return "starting", "no guest attributes yet"
+    entries = {f"{e.namespace}/{e.key}": e.value for e in attrs.query_value.items}
+    error = entries.get(f"{READY_NAMESPACE}/error")
+    if error:
+        return "error", error
+    value = entries.get(f"{READY_NAMESPACE}/{READY_KEY}")
+    if value == READY_VALUE:
+        return "ready", value
+    return "starting", f"{READY_NAMESPACE}/{READY_KEY}={value}" if value is not None else "starting"
+
+
+# --- IAM policies (pure edits of the real policy objects) ---------------------------------------------
+
+
+def policy_members(policy: Any) -> dict[str, set[str]]:
+    """role -> members of a google.iam.v1 Policy, a compute_v1.Policy or a storage Policy/dict list."""
+    out: dict[str, set[str]] = {}
+    bindings = policy.bindings if hasattr(policy, "bindings") else policy
+    for b in bindings:
+        role = b["role"] if isinstance(b, dict) else b.role
+        members = b["members"] if isinstance(b, dict) else b.members
+        out.setdefault(role, set()).update(members)
+    return out
+
+
+def with_member(policy: Any, role: str, member: str, *, present: bool = True) -> bool:
+    """Add (or remove) `member` in `role` of a protobuf/proto-plus policy in place; True if it changed."""
+    for index, b in enumerate(list(policy.bindings)):
+        if b.role != role or _has_condition(b):
+            continue
+        if present:
+            if member in b.members:
+                return False
+            b.members.append(member)
+            return True
+        if member not in b.members:
+            return False
+        members = [m for m in b.members if m != member]
+        if members:
+            del b.members[:]
+            b.members.extend(members)
+        else:
+            del policy.bindings[index]  # IAM keeps no empty bindings
+        return True
+    if not present:
+        return False
+    binding_type = type(policy.bindings[0]) if len(policy.bindings) else None
+    if binding_type is None:
+        binding_type = compute_v1.Binding if isinstance(policy, compute_v1.Policy) else None
+    if binding_type is None:
+        policy.bindings.add(role=role, members=[member])
+    else:
+        policy.bindings.append(binding_type(role=role, members=[member]))
+    return True
+
+
+def _has_condition(binding: Any) -> bool:
+    # Conditional bindings are someone else's; ours are unconditional.
+    try:
+        return bool(binding.condition.expression)
+    except AttributeError:
+        return False
+
+
+def normalize_member(member: str) -> str:
+    """user:/group:/serviceAccount:/domain:/principal...; a bare email gets user: or serviceAccount:."""
+    from provisioner.errors import PypapoError
+
+    member = member.strip()
+    kinds = ("user:", "group:", "serviceAccount:", "domain:", "principal://", "principalSet://")
+    if member.startswith(kinds):
+        return member
+    if "@" in member and ":" not in member:
+        return ("serviceAccount:" if member.endswith(".gserviceaccount.com") else "user:") + member
+    raise PypapoError(
+        f"member {member!r} is not an IAM principal; use user:EMAIL, group:EMAIL, serviceAccount:EMAIL"
+        " or domain:DOMAIN"
+    )
+
+
+# --- the plan -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IamChange:
+    """A binding to add or remove on one resource. The thin layer reads the policy, edits, writes."""
+
+    resource_type: str  # bucket | iap_tunnel_instance | instance
+    resource: str
+    role: str
+    member: str
+
+
+@dataclass
+class Step:
+    """One call the thin layer makes: `method` on `request` (a real client-library object)."""
+
+    method: str
+    request: Any
+    why: str = ""
+
+
+@dataclass
+class ResourcePlan:
+    kind: str
+    name: str
+    action: str  # create | update | delete | none | keep
+    spec: Any = None  # the desired (or, for delete, current) object
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    mode: str  # offline | live
+    operation: str  # create | destroy
+    resources: list[ResourcePlan]
+
+    @property
+    def steps(self) -> list[Step]:
+        return [step for r in self.resources for step in r.steps]
+
+    @property
+    def changed(self) -> bool:
+        return any(r.action not in ("none", "keep") for r in self.resources)
+
+    def summary(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.resources:
+            out[r.action] = out.get(r.action, 0) + 1
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "pypapo-plan",
+            "operation": self.operation,
+            "mode": self.mode,
+            "settings": self.settings.to_dict(),
+            "changed": self.changed,
+            "summary": self.summary(),
+            "resources": [
+                {
+                    "kind": r.kind,
+                    "name": r.name,
+                    "action": r.action,
+                    "spec": to_jsonable(r.spec),
+                    "changes": r.changes,
+                    "steps": [
+                        {"method": st.method, "why": st.why, "request": to_jsonable(st.request)}
+                        for st in r.steps
+                    ],
+                    "notes": r.notes,
+                }
+                for r in self.resources
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_text(self) -> str:
+        lines = [f"pypapo {self.operation} plan ({self.mode}) for project {self.settings.project}:"]
+        marks = {"create": "+", "update": "~", "delete": "-", "none": "=", "keep": "="}
+        for r in self.resources:
+            lines.append(f"  {marks.get(r.action, '?')} {r.kind} {r.name}: {r.action}")
+            for c in r.changes:
+                lines.append(f"      {c['field']}: {json.dumps(c['current'])} -> {json.dumps(c['desired'])}")
+            for n in r.notes:
+                lines.append(f"      note: {n}")
+            if r.action in ("create",) and r.spec is not None:
+                spec = json.dumps(_abbreviate(to_jsonable(r.spec)), indent=2, sort_keys=True)
+                lines.extend("      " + line for line in spec.splitlines())
+        counts = ", ".join(f"{n} {a}" for a, n in self.summary().items())
+        lines.append(f"  ({counts})" if self.changed else f"  nothing to change ({counts})")
+        return "\n".join(lines) + "\n"
+
+
+def _abbreviate(spec: Any) -> Any:
+    """The text plan shows the startup script by size and digest; the JSON plan carries it whole."""
+    import hashlib
+
+    if isinstance(spec, dict):
+        if spec.get("key") == "startup-script" and isinstance(spec.get("value"), str):
+            digest = hashlib.sha256(spec["value"].encode()).hexdigest()[:16]
+            return {
+                **spec,
+                "value": f"<{len(spec['value'])} bytes, sha256 {digest}...; --output json shows it>",
+            }
+        return {k: _abbreviate(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_abbreviate(v) for v in spec]
+    return spec
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Real request objects as the JSON their API would carry (enum names, snake_case fields)."""
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, storage.Bucket):
+        return {"name": obj.name, **bucket_properties(obj)}
+    if isinstance(obj, IamChange):
+        return {
+            "resource_type": obj.resource_type,
+            "resource": obj.resource,
+            "role": obj.role,
+            "member": obj.member,
+        }
+    to_dict = getattr(type(obj), "to_dict", None)
+    if to_dict is not None and hasattr(type(obj), "meta"):  # proto-plus message
+        return to_dict(
+            obj,
+            use_integers_for_enums=False,
+            preserving_proto_field_name=False,  # the REST JSON names: IPProtocol, sourceRanges, ...
+            always_print_fields_with_no_presence=False,
+        )
+    if hasattr(obj, "DESCRIPTOR"):  # raw protobuf (google.iam.v1)
+        from google.protobuf.json_format import MessageToDict
+
+        return MessageToDict(obj)
+    return str(obj)
+
+
+# --- what exists --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Actual:
+    """What exists now, as the APIs returned it (None: does not exist)."""
+
+    bucket: storage.Bucket | None = None
+    bucket_members: dict[str, set[str]] = field(default_factory=dict)
+    service_account: iam_admin_v1.ServiceAccount | None = None
+    service_account_keys: list[iam_admin_v1.ServiceAccountKey] = field(default_factory=list)
+    subnetwork: compute_v1.Subnetwork | None = None
+    firewall: compute_v1.Firewall | None = None
+    instance: compute_v1.Instance | None = None
+    image_family_exists: bool = False
+
+
+def _change(fieldname: str, current: Any, desired: Any) -> dict[str, Any]:
+    return {"field": fieldname, "current": to_jsonable(current), "desired": to_jsonable(desired)}
+
+
+def choose_image(s: Settings, actual: Actual | None) -> tuple[str, list[str]]:
+    own = family_image(s.image_project, s.image_family)
+    if actual is None:
+        return own, [f"boot image {own} if the family has an image, else {fallback_image()}"]
+    if actual.image_family_exists:
+        return own, []
+    return fallback_image(), [f"image family {own} has no image yet: booting {fallback_image()}"]
+
+
+def _bucket_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
+    desired = desired_bucket(s)
+    name = f"gs://{s.bucket}"
+    current = actual.bucket if actual else None
+    if current is None:
+        return ResourcePlan("bucket", name, "create", desired, steps=[Step("storage.create_bucket", desired)])
+    want = _bucket_owned(bucket_properties(desired))
+    have = _bucket_owned(bucket_properties(current))
+    changes = [_change(k, have[k], want[k]) for k in sorted(want) if have[k] != want[k]]
+    notes = []
+    if (current.location or "").upper() != desired.location:
+        notes.append(f"bucket is in {current.location}, not {desired.location}; location cannot change")
+    if not changes:
+        return ResourcePlan("bucket", name, "none", desired, notes=notes)
+    return ResourcePlan(
+        "bucket", name, "update", desired, changes, [Step("storage.patch_bucket", desired)], notes
+    )
+
+
+def _service_account_plans(s: Settings, actual: Actual | None) -> list[ResourcePlan]:
+    req = service_account_request(s)
+    email = s.service_account_email
+    plans = []
+    if actual is None or actual.service_account is None:
+        plans.append(
+            ResourcePlan(
+                "service_account", email, "create", req, steps=[Step("iam.create_service_account", req)]
+            )
+        )
+    else:
+        plans.append(ResourcePlan("service_account", email, "none", req))
+        if actual.service_account.disabled:
+            plans[-1].notes.append("the service account is disabled; the VM cannot read the bucket")
+        for key in actual.service_account_keys:
+            # Keys would let the account be used off the VM; this account must never have one.
+            plans.append(
+                ResourcePlan(
+                    "service_account_key",
+                    key.name,
+                    "delete",
+                    key,
+                    steps=[
+                        Step(
+                            "iam.delete_service_account_key",
+                            iam_admin_v1.DeleteServiceAccountKeyRequest(name=key.name),
+                        )
+                    ],
+                    notes=["user-managed key on the appliance's account (policy: no keys)"],
+                )
+            )
+    change = IamChange("bucket", s.bucket, VM_BUCKET_ROLE, service_account_member(s))
+    has = actual is not None and change.member in actual.bucket_members.get(change.role, set())
+    plans.append(
+        ResourcePlan(
+            "bucket_iam_binding",
+            f"gs://{s.bucket} {VM_BUCKET_ROLE} {change.member}",
+            "none" if has else "create",
+            change,
+            steps=[] if has else [Step("iam.add_member", change)],
+        )
+    )
+    return plans
+
+
+def _subnet_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
+    req = private_google_access_request(s)
+    name = subnet_url(s)
+    spec = {"private_ip_google_access": True}
+    if actual is None:
+        return ResourcePlan(
+            "subnetwork",
+            name,
+            "update",
+            spec,
+            steps=[Step("compute.set_private_google_access", req)],
+            notes=["Private Google Access lets the VM, which has no external IP, reach Cloud Storage"],
+        )
+    sub = actual.subnetwork
+    if sub is None:
+        from provisioner.errors import PypapoError
+
+        raise PypapoError(
+            f"subnetwork {s.subnet} does not exist in {s.region} of network {s.network}; pass --subnet"
+            f" (`gcloud compute networks subnets list --network {s.network} --project {s.project}`)"
+        )
+    if sub.private_ip_google_access:
+        return ResourcePlan("subnetwork", name, "none", spec)
+    return ResourcePlan(
+        "subnetwork",
+        name,
+        "update",
+        spec,
+        [_change("private_ip_google_access", False, True)],
+        [Step("compute.set_private_google_access", req)],
+    )
+
+
+def _firewall_fields(fw: compute_v1.Firewall) -> dict[str, Any]:
+    return {
+        "network": fw.network.split("/compute/v1/")[-1],
+        "direction": fw.direction,
+        "disabled": bool(fw.disabled),
+        "source_ranges": sorted(fw.source_ranges),
+        "allowed": sorted((a.I_p_protocol, tuple(sorted(a.ports))) for a in fw.allowed),
+        "denied": sorted((a.I_p_protocol, tuple(sorted(a.ports))) for a in fw.denied),
+        "target_service_accounts": sorted(fw.target_service_accounts),
+        "target_tags": sorted(fw.target_tags),
+        "source_tags": sorted(fw.source_tags),
+        "source_service_accounts": sorted(fw.source_service_accounts),
+    }
+
+
+def _firewall_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
+    desired = desired_firewall(s)
+    current = actual.firewall if actual else None
+    if current is None:
+        req = compute_v1.InsertFirewallRequest(project=s.project, firewall_resource=desired)
+        return ResourcePlan(
+            "firewall", s.firewall_name, "create", desired, steps=[Step("compute.insert_firewall", req)]
+        )
+    want, have = _firewall_fields(desired), _firewall_fields(current)
+    changes = [_change(k, have[k], want[k]) for k in sorted(want) if have[k] != want[k]]
+    if not changes:
+        return ResourcePlan("firewall", s.firewall_name, "none", desired)
+    req = compute_v1.UpdateFirewallRequest(
+        project=s.project, firewall=s.firewall_name, firewall_resource=desired
+    )
+    return ResourcePlan(
+        "firewall", s.firewall_name, "update", desired, changes, [Step("compute.update_firewall", req)]
+    )
+
+
+def _metadata_dict(instance: compute_v1.Instance) -> dict[str, str]:
+    return {i.key: i.value for i in instance.metadata.items}
+
+
+def _shown(key: str, value: str | None) -> str | None:
+    # The startup script is long: the diff says that it changed, the spec shows it in full.
+    return f"<{len(value)} bytes>" if key == "startup-script" and value is not None else value
+
+
+def _last(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> ResourcePlan:
+    image, notes = choose_image(s, actual)
+    desired = desired_instance(s, image=image, startup_script=startup_script)
+    current = actual.instance if actual else None
+    if current is None:
+        return ResourcePlan(
+            "instance",
+            f"{s.zone}/{s.instance}",
+            "create",
+            desired,
+            steps=[Step("compute.insert_instance", insert_instance_request(s, desired))],
+            notes=notes,
+        )
+    base = {"project": s.project, "zone": s.zone, "instance": s.instance}
+    changes: list[dict[str, Any]] = []
+    steps: list[Step] = []
+    notes = []
+    restart: list[Step] = []  # changes Compute Engine only accepts on a stopped VM
+
+    want_meta = desired_metadata(startup_script)
+    have_meta = _metadata_dict(current)
+    if have_meta != want_meta:
+        for key in sorted(set(want_meta) | set(have_meta)):
+            if have_meta.get(key) != want_meta.get(key):
+                changes.append(
+                    _change(
+                        f"metadata.{key}", _shown(key, have_meta.get(key)), _shown(key, want_meta.get(key))
+                    )
+                )
+        steps.append(
+            Step(
+                "compute.set_metadata",
+                compute_v1.SetMetadataInstanceRequest(
+                    **base,
+                    metadata_resource=compute_v1.Metadata(
+                        fingerprint=current.metadata.fingerprint, items=metadata_items(want_meta)
+                    ),
+                ),
+                "hardening metadata and startup script (only these keys: others such as ssh-keys go)",
+            )
+        )
+    have_labels = dict(current.labels)
+    if any(have_labels.get(k) != v for k, v in s.labels.items()):
+        changes.append(_change("labels", have_labels, {**have_labels, **s.labels}))
+        steps.append(
+            Step(
+                "compute.set_labels",
+                compute_v1.SetLabelsInstanceRequest(
+                    **base,
+                    instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+                        label_fingerprint=current.label_fingerprint, labels={**have_labels, **s.labels}
+                    ),
+                ),
+            )
+        )
+    if not current.deletion_protection:
+        changes.append(_change("deletion_protection", False, True))
+        steps.append(
+            Step(
+                "compute.set_deletion_protection",
+                compute_v1.SetDeletionProtectionInstanceRequest(
+                    project=s.project, zone=s.zone, resource=s.instance, deletion_protection=True
+                ),
+            )
+        )
+    for nic in current.network_interfaces:
+        for ac in nic.access_configs:
+            changes.append(_change(f"network_interfaces.{nic.name}.access_configs", ac.name, None))
+            steps.append(
+                Step(
+                    "compute.delete_access_config",
+                    compute_v1.DeleteAccessConfigInstanceRequest(
+                        **base, access_config=ac.name, network_interface=nic.name
+                    ),
+                    "no external IP: the VM is reached only through IAP",
+                )
+            )
+    sic = current.shielded_instance_config
+    want_sic = desired_shielded()
+    if (sic.enable_secure_boot, sic.enable_vtpm, sic.enable_integrity_monitoring) != (True, True, True):
+        changes.append(_change("shielded_instance_config", sic, want_sic))
+        restart.append(
+            Step(
+                "compute.update_shielded_instance_config",
+                compute_v1.UpdateShieldedInstanceConfigInstanceRequest(
+                    **base, shielded_instance_config_resource=want_sic
+                ),
+            )
+        )
+    have_sa = [(a.email, sorted(a.scopes)) for a in current.service_accounts]
+    if have_sa != [(s.service_account_email, [CLOUD_PLATFORM_SCOPE])]:
+        changes.append(_change("service_accounts", current.service_accounts, desired.service_accounts))
+        restart.append(
+            Step(
+                "compute.set_service_account",
+                compute_v1.SetServiceAccountInstanceRequest(
+                    **base,
+                    instances_set_service_account_request_resource=compute_v1.InstancesSetServiceAccountRequest(
+                        email=s.service_account_email, scopes=[CLOUD_PLATFORM_SCOPE]
+                    ),
+                ),
+            )
+        )
+    if _last(current.machine_type) != s.machine_type:
+        changes.append(_change("machine_type", _last(current.machine_type), s.machine_type))
+        restart.append(
+            Step(
+                "compute.set_machine_type",
+                compute_v1.SetMachineTypeInstanceRequest(
+                    **base,
+                    instances_set_machine_type_request_resource=compute_v1.InstancesSetMachineTypeRequest(
+                        machine_type=desired.machine_type
+                    ),
+                ),
+            )
+        )
+    if current.can_ip_forward:
+        notes.append(
+            "can_ip_forward is on and cannot be changed in place: `provision destroy` then `provision create`"
+        )
+    stopped = current.status in ("TERMINATED", "STOPPED", "SUSPENDED")
+    if restart:
+        notes.append("these changes need a stopped VM: it is stopped, changed and started again")
+        if not stopped:
+            steps.append(Step("compute.stop_instance", compute_v1.StopInstanceRequest(**base)))
+        steps.extend(restart)
+    if stopped:
+        changes.append(_change("status", current.status, "RUNNING"))
+    if restart or stopped:
+        steps.append(Step("compute.start_instance", compute_v1.StartInstanceRequest(**base)))
+    if not changes:
+        return ResourcePlan("instance", f"{s.zone}/{s.instance}", "none", desired, notes=notes)
+    return ResourcePlan("instance", f"{s.zone}/{s.instance}", "update", desired, changes, steps, notes)
+
+
+def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> Plan:
+    """Every resource `create` makes or reconciles, in dependency order. `actual=None`: offline."""
+    resources = [_bucket_plan(s, actual)]
+    resources += _service_account_plans(s, actual)
+    resources += [
+        _subnet_plan(s, actual),
+        _firewall_plan(s, actual),
+        _instance_plan(s, actual, startup_script),
+    ]
+    return Plan(s, "offline" if actual is None else "live", "create", resources)
+
+
+def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
+    """Instance (after lifting deletion protection), firewall, the account; the bucket only if asked."""
+    base = {"project": s.project, "zone": s.zone, "instance": s.instance}
+    resources: list[ResourcePlan] = []
+    if actual.instance is not None:
+        steps = []
+        if actual.instance.deletion_protection:
+            steps.append(
+                Step(
+                    "compute.set_deletion_protection",
+                    compute_v1.SetDeletionProtectionInstanceRequest(
+                        project=s.project, zone=s.zone, resource=s.instance, deletion_protection=False
+                    ),
+                    "deletion protection is on: lift it first",
+                )
+            )
+        steps.append(Step("compute.delete_instance", compute_v1.DeleteInstanceRequest(**base)))
+        resources.append(
+            ResourcePlan("instance", f"{s.zone}/{s.instance}", "delete", actual.instance, steps=steps)
+        )
+    else:
+        resources.append(ResourcePlan("instance", f"{s.zone}/{s.instance}", "none"))
+    if actual.firewall is not None:
+        req = compute_v1.DeleteFirewallRequest(project=s.project, firewall=s.firewall_name)
+        resources.append(
+            ResourcePlan(
+                "firewall",
+                s.firewall_name,
+                "delete",
+                actual.firewall,
+                steps=[Step("compute.delete_firewall", req)],
+            )
+        )
+    else:
+        resources.append(ResourcePlan("firewall", s.firewall_name, "none"))
+    member = service_account_member(s)
+    if (
+        actual.bucket is not None
+        and not delete_bucket
+        and member in actual.bucket_members.get(VM_BUCKET_ROLE, set())
+    ):
+        change = IamChange("bucket", s.bucket, VM_BUCKET_ROLE, member)
+        resources.append(
+            ResourcePlan(
+                "bucket_iam_binding",
+                f"gs://{s.bucket} {VM_BUCKET_ROLE} {member}",
+                "delete",
+                change,
+                steps=[Step("iam.remove_member", change)],
+            )
+        )
+    if actual.service_account is not None:
+        req = iam_admin_v1.DeleteServiceAccountRequest(
+            name=f"projects/{s.project}/serviceAccounts/{s.service_account_email}"
+        )
+        resources.append(
+            ResourcePlan(
+                "service_account",
+                s.service_account_email,
+                "delete",
+                actual.service_account,
+                steps=[Step("iam.delete_service_account", req)],
+            )
+        )
+    else:
+        resources.append(ResourcePlan("service_account", s.service_account_email, "none"))
+    if actual.bucket is None:
+        resources.append(ResourcePlan("bucket", f"gs://{s.bucket}", "none"))
+    elif delete_bucket:
+        resources.append(
+            ResourcePlan(
+                "bucket",
+                f"gs://{s.bucket}",
+                "delete",
+                actual.bucket,
+                steps=[Step("storage.delete_bucket", s.bucket, "every object and version goes with it")],
+                notes=["soft delete keeps deleted objects restorable for the retention period"],
+            )
+        )
+    else:
+        resources.append(
+            ResourcePlan(
+                "bucket",
+                f"gs://{s.bucket}",
+                "keep",
+                actual.bucket,
+                notes=["kept with its packages; pass --delete-bucket to delete it"],
+            )
+        )
+    resources.append(
+        ResourcePlan(
+            "subnetwork",
+            subnet_url(s),
+            "keep",
+            notes=["Private Google Access stays on: the subnet may serve other VMs"],
+        )
+    )
+    return Plan(s, "live", "destroy", resources)
+
+
+def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:
+    """The bindings behind `provision grant MEMBER --role reader|publisher`."""
+    member = normalize_member(member)
+    targets = {
+        "bucket": s.bucket,
+        "iap_tunnel_instance": tunnel_resource(s),
+        "instance": f"{s.zone}/{s.instance}",
+    }
+    return [IamChange(kind, targets[kind], r, member) for kind, r in ROLES[role]]
+
+
+def role_summary(changes: Iterable[IamChange]) -> str:
+    return ", ".join(f"{c.role} on {c.resource_type} {c.resource}" for c in changes)

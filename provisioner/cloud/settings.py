@@ -1,0 +1,234 @@
+"""Where and how to deploy: flags > `PYPAPO_*` environment > optional `pypapo.toml`, validated up front.
+
+Validation happens before any API call so a typo in a zone or a bucket name fails in a millisecond with
+a message that names the flag, not minutes later inside an operation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import PypapoError
+from provisioner.repo import location as loc
+
+CONFIG_FILE = "pypapo.toml"
+ENV_PREFIX = "PYPAPO_"
+FALLBACK_IMAGE_PROJECT = "debian-cloud"
+FALLBACK_IMAGE_FAMILY = "debian-12"
+
+# GCP naming rules (https://cloud.google.com/compute/docs/naming-resources and friends).
+_RFC1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]{0,61}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+_SERVICE_ACCOUNT = re.compile(r"^[a-z]([-a-z0-9]{4,28}[a-z0-9])$")
+_MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
+_LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `provision create/plan/status/destroy/grant/tunnel` needs to know about the target."""
+
+    project: str
+    zone: str
+    region: str = ""
+    network: str = "default"
+    subnet: str = ""
+    instance: str = "pypapo"
+    bucket: str = ""
+    prefix: str = ""
+    port: int = 3333
+    machine_type: str = "e2-small"
+    image_family: str = "pypapo"
+    image_project: str = ""
+    service_account: str = "pypapo-vm"
+    disk_size_gb: int = 10
+    ready_timeout: int = 600
+
+    def __post_init__(self) -> None:
+        # Derived defaults: region from zone, subnet named like the network (auto-mode networks do
+        # this), bucket PROJECT-pypapo, image project = this project.
+        if not self.region and self.zone:
+            m = _ZONE.match(self.zone)
+            if m:
+                object.__setattr__(self, "region", m.group(1))
+        if not self.subnet:
+            object.__setattr__(self, "subnet", self.network)
+        if not self.bucket and self.project:
+            object.__setattr__(self, "bucket", f"{self.project.split(':')[-1]}-pypapo")
+        if not self.image_project:
+            object.__setattr__(self, "image_project", self.project)
+
+    @property
+    def service_account_email(self) -> str:
+        project = self.project
+        if ":" in project:  # domain-scoped project example.com:proj -> proj.example.com
+            domain, name = project.split(":", 1)
+            return f"{self.service_account}@{name}.{domain}.iam.gserviceaccount.com"
+        return f"{self.service_account}@{project}.iam.gserviceaccount.com"
+
+    @property
+    def firewall_name(self) -> str:
+        return f"{self.instance}-allow-iap"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"app": "pypapo", "pypapo-instance": self.instance}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))
+_INT_FIELDS = {"port", "disk_size_gb", "ready_timeout"}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise PypapoError(message)
+
+
+def validate(s: Settings) -> Settings:
+    """Raise `PypapoError` naming the flag and the rule for the first thing that is wrong."""
+    _check(bool(s.project), "no project: pass --project or set PYPAPO_PROJECT (or project in pypapo.toml)")
+    _check(
+        bool(_PROJECT.match(s.project)),
+        f"--project {s.project!r} is not a valid project ID (6-30 characters: lowercase letters, digits,"
+        " hyphens; starts with a letter; `gcloud projects list` shows yours)",
+    )
+    _check(bool(s.zone), "no zone: pass --zone (for example us-central1-a) or set PYPAPO_ZONE")
+    m = _ZONE.match(s.zone)
+    _check(bool(m), f"--zone {s.zone!r} is not a zone name like us-central1-a (`gcloud compute zones list`)")
+    _check(bool(_REGION.match(s.region)), f"--region {s.region!r} is not a region name like us-central1")
+    _check(
+        m is not None and m.group(1) == s.region,
+        f"--zone {s.zone} is not in --region {s.region}; drop --region or pick a zone {s.region}-X",
+    )
+    for flag, value in (
+        ("--network", s.network),
+        ("--subnet", s.subnet),
+        ("--instance", s.instance),
+        ("--image-family", s.image_family),
+    ):
+        _check(
+            bool(_RFC1035.match(value)),
+            f"{flag} {value!r} is not a valid name (1-63 characters: lowercase letters, digits, hyphens;"
+            " starts with a letter, does not end with a hyphen)",
+        )
+    _check(
+        len(s.instance) <= 63 - len("-allow-iap"),
+        f"--instance {s.instance!r} is too long: firewall rule {s.firewall_name!r} must fit 63 chars",
+    )
+    _check(
+        bool(_PROJECT.match(s.image_project)),
+        f"--image-project {s.image_project!r} is not a valid project ID",
+    )
+    _check(
+        bool(_SERVICE_ACCOUNT.match(s.service_account)),
+        f"--service-account {s.service_account!r} is not a valid service account ID (6-30 characters:"
+        " lowercase letters, digits, hyphens; starts with a letter)",
+    )
+    _check(
+        bool(_MACHINE_TYPE.match(s.machine_type)),
+        f"--machine-type {s.machine_type!r} is not a machine type like e2-small"
+        " (`gcloud compute machine-types list`)",
+    )
+    _check(
+        1024 <= s.port <= 65535,
+        f"--port {s.port} is outside 1024-65535 (22 is SSH; pick an unprivileged port, default 3333)",
+    )
+    _check(10 <= s.disk_size_gb <= 65536, f"--disk-size-gb {s.disk_size_gb} must be at least 10 (Debian 12)")
+    _check(s.ready_timeout > 0, f"--ready-timeout {s.ready_timeout} must be positive")
+    validate_bucket(s.bucket)
+    problem = loc.prefix_problem(s.prefix)
+    _check(problem is None, f"--prefix {s.prefix!r} {problem}")
+    return s
+
+
+def validate_bucket(name: str) -> None:
+    problem = loc.bucket_name_problem(name)
+    _check(problem is None, f"bucket name {name!r} {problem} ({loc.BUCKET_RULE}; pass --bucket)")
+
+
+def _coerce(field: str, value: Any, source: str) -> Any:
+    if field in _INT_FIELDS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise PypapoError(f"{source}: {field} must be a whole number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise PypapoError(f"{source}: {field} must be a string, got {value!r}")
+    return value.strip()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a pypapo.toml: top-level keys (or a [pypapo] table) named like the flags."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PypapoError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PypapoError(f"{path} is not valid TOML: {exc}") from None
+    if isinstance(data.get("pypapo"), dict):
+        data = data["pypapo"]
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        field = key.replace("-", "_")
+        if field not in FIELDS:
+            raise PypapoError(f"{path}: unknown setting {key!r} (known: {', '.join(FIELDS)})")
+        out[field] = _coerce(field, value, str(path))
+    return out
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge flags > PYPAPO_* environment > pypapo.toml (`config`, PYPAPO_CONFIG or ./pypapo.toml)."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    path = config or (Path(env["PYPAPO_CONFIG"]) if env.get("PYPAPO_CONFIG") else None)
+    if path is None:
+        candidate = (cwd or Path.cwd()) / CONFIG_FILE
+        path = candidate if candidate.is_file() else None
+    if path is not None:
+        merged.update(read_config_file(path))
+    for field in FIELDS:
+        value = env.get(ENV_PREFIX + field.upper())
+        if value not in (None, ""):
+            merged[field] = _coerce(field, value, f"{ENV_PREFIX}{field.upper()}")
+    for field, value in (flags or {}).items():
+        if field in FIELDS and value not in (None, ""):
+            merged[field] = _coerce(field, value, f"--{field.replace('_', '-')}")
+    return validate(Settings(project=merged.pop("project", ""), zone=merged.pop("zone", ""), **merged))
+
+
+_OPTION_HELP = {
+    "project": "Google Cloud project ID [PYPAPO_PROJECT]",
+    "zone": "zone of the VM, e.g. us-central1-a [PYPAPO_ZONE]",
+    "region": "region (default: the zone's) [PYPAPO_REGION]",
+    "network": "VPC network (default: default) [PYPAPO_NETWORK]",
+    "subnet": "subnetwork in the region (default: same name as the network) [PYPAPO_SUBNET]",
+    "instance": "VM name (default: pypapo) [PYPAPO_INSTANCE]",
+    "bucket": "bucket holding the index (default: PROJECT-pypapo) [PYPAPO_BUCKET]",
+    "prefix": "object prefix inside the bucket (default: none) [PYPAPO_PREFIX]",
+    "port": "port NGINX serves on (default: 3333) [PYPAPO_PORT]",
+    "machine_type": "machine type (default: e2-small) [PYPAPO_MACHINE_TYPE]",
+    "image_family": "boot image family (default: pypapo, else Debian 12) [PYPAPO_IMAGE_FAMILY]",
+    "image_project": "project holding the image family (default: --project) [PYPAPO_IMAGE_PROJECT]",
+    "service_account": "ID of the VM's own service account (default: pypapo-vm) [PYPAPO_SERVICE_ACCOUNT]",
+    "disk_size_gb": "boot disk size in GB (default: 10) [PYPAPO_DISK_SIZE_GB]",
+    "ready_timeout": "seconds to wait for the appliance to be ready (default: 600) [PYPAPO_READY_TIMEOUT]",
+}

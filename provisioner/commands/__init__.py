@@ -1,1 +1,0 @@
-"""Click commands, one module per concern. The logic they call lives in the modules of `provisioner`."""

@@ -1,0 +1,73 @@
+"""Pure: the repository layout contract (docs/architecture.md): object names, content types, caching."""
+
+from __future__ import annotations
+
+import re
+
+from packaging.utils import canonicalize_name
+
+SIMPLE = "simple"
+ROOT_HTML = f"{SIMPLE}/index.html"
+ROOT_JSON = f"{SIMPLE}/index.json"
+PAGE_NAMES = ("index.html", "index.json")
+METADATA_SUFFIX = ".metadata"
+DIST_SUFFIXES = (".whl", ".tar.gz", ".zip")
+
+HTML_TYPE = "text/html; charset=utf-8"
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+METADATA_TYPE = "text/plain; charset=utf-8"
+# Never a gzip type for .tar.gz: GCS would transcode and clients would get the wrong bytes/hash.
+DIST_TYPE = "application/octet-stream"
+
+PAGE_CACHE = "max-age=0, must-revalidate"
+IMMUTABLE_CACHE = "public, max-age=31536000, immutable"
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalized project name (packaging's own rule, not a copy of it)."""
+    return canonicalize_name(name)
+
+
+_NORMALIZED = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def is_normalized(name: str) -> bool:
+    """A valid project name in PEP 503 normalized form (what a project directory must be called)."""
+    return bool(_NORMALIZED.match(name)) and "--" not in name
+
+
+def project_html(project: str) -> str:
+    return f"{SIMPLE}/{project}/index.html"
+
+
+def project_json(project: str) -> str:
+    return f"{SIMPLE}/{project}/index.json"
+
+
+def dist_object(project: str, filename: str) -> str:
+    return f"{SIMPLE}/{project}/{filename}"
+
+
+def metadata_object(project: str, filename: str) -> str:
+    return f"{SIMPLE}/{project}/{filename}{METADATA_SUFFIX}"
+
+
+def is_dist_filename(filename: str) -> bool:
+    return filename.endswith(DIST_SUFFIXES)
+
+
+def content_type(name: str) -> str:
+    if name.endswith(".html"):
+        return HTML_TYPE
+    if name.endswith(".json"):
+        return JSON_TYPE
+    if name.endswith(METADATA_SUFFIX):
+        return METADATA_TYPE
+    return DIST_TYPE
+
+
+def cache_control(name: str) -> str:
+    """Pages must be revalidated; distributions and their metadata files never change."""
+    if name.endswith((".html", ".json")):
+        return PAGE_CACHE
+    return IMMUTABLE_CACHE

@@ -1,0 +1,145 @@
+"""`provision client-config`: the text parses as its file format and pins private names to pypapo.
+
+End-to-end installs through the index with each client are the appliance part's tests; here the
+configuration is parsed (tomllib, configparser, yaml) and, for poetry, checked by `poetry check`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from provisioner.access import clientconfig
+from provisioner.cli import main
+from provisioner.errors import PypapoError
+
+URL = "http://localhost:4444/simple/"
+PKGS = ("acme-core", "acme-utils")
+
+
+def render(tool: str) -> clientconfig.ClientConfig:
+    return clientconfig.render(tool, URL, PKGS)
+
+
+def test_uv_explicit_index_with_sources_pinned() -> None:
+    doc = tomllib.loads(render("uv").text)
+    (index,) = doc["tool"]["uv"]["index"]
+    assert index == {"name": "pypapo", "url": URL, "explicit": True}
+    assert doc["tool"]["uv"]["sources"] == {name: {"index": "pypapo"} for name in PKGS}
+    assert doc["tool"]["uv"]["index-strategy"] == "first-index"
+
+
+def test_poetry_explicit_source_and_per_package_pin(tmp_path: Path) -> None:
+    cfg = render("poetry")
+    doc = tomllib.loads(cfg.text)
+    assert doc["tool"]["poetry"]["source"] == [{"name": "pypapo", "url": URL, "priority": "explicit"}]
+    assert all(doc["tool"]["poetry"]["dependencies"][n]["source"] == "pypapo" for n in PKGS)
+    # poetry itself accepts it in a project
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["acme-core", "acme-utils"]\n\n'
+        + cfg.text
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "POETRY_"))}
+    poetry = Path(sys.executable).parent / "poetry"
+    result = subprocess.run(
+        [str(poetry), "check"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pdm_routes_private_names_to_pypapo_and_away_from_pypi() -> None:
+    doc = tomllib.loads(render("pdm").text)
+    pypapo, pypi = doc["tool"]["pdm"]["source"]
+    assert (pypapo["url"], pypapo["include_packages"]) == (URL, list(PKGS))
+    assert pypi["url"] == "https://pypi.org/simple" and pypi["exclude_packages"] == list(PKGS)
+    assert doc["tool"]["pdm"]["resolution"]["respect-source-order"] is True
+
+
+def test_pipenv_each_private_package_names_its_index() -> None:
+    doc = tomllib.loads(render("pipenv").text)
+    assert [s["name"] for s in doc["source"]] == ["pypi", "pypapo"]
+    assert doc["source"][1]["url"] == URL and doc["source"][1]["verify_ssl"] is False
+    assert doc["packages"] == {n: {"version": "*", "index": "pypapo"} for n in PKGS}
+
+
+def test_pip_uses_pypapo_as_the_only_index_and_warns_about_extra_index_url() -> None:
+    cfg = render("pip")
+    parser = configparser.ConfigParser()
+    parser.read_string(cfg.text)
+    assert dict(parser["global"]) == {"index-url": URL}
+    assert "--extra-index-url is NOT safe" in cfg.note
+    assert "extra-index-url" not in "".join(
+        line for line in cfg.text.splitlines() if not line.startswith("#")
+    )
+
+
+def test_conda_pip_section_uses_index_url_only() -> None:
+    cfg = render("conda")
+    doc = yaml.safe_load(cfg.text)
+    pip_section = next(d for d in doc["dependencies"] if isinstance(d, dict))["pip"]
+    assert pip_section == [f"--index-url {URL}", *PKGS]
+    assert "NOT safe" in cfg.note
+
+
+def test_url_is_normalized_and_validated() -> None:
+    assert f'url = "{URL}"' in clientconfig.render("uv", URL.rstrip("/")).text
+    with pytest.raises(PypapoError, match="must be an http"):
+        clientconfig.render("uv", "localhost:3333/simple")
+
+
+def test_cli_prints_config_on_stdout_and_the_safety_note_on_stderr() -> None:
+    result = CliRunner().invoke(
+        main, ["client-config", "--tool", "pip", "--url", "http://localhost:5555/simple/"]
+    )
+    assert result.exit_code == 0
+    assert "index-url = http://localhost:5555/simple/" in result.stdout
+    assert "--extra-index-url is NOT safe" in result.stderr
+    result = CliRunner().invoke(main, ["client-config", "--tool", "uv"])
+    assert f'{clientconfig.PLACEHOLDER} = {{ index = "pypapo" }}' in result.stdout
+
+
+def _cloud_build_substitute(text: str, values: dict[str, str]) -> str:
+    """Cloud Build's substitution: $$ is a literal $, $NAME and ${NAME} are replaced (unknown: error)."""
+    import re
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(2)
+        assert name in values, f"${name} is not a substitution Cloud Build knows"
+        return values[name]
+
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
+
+
+def test_cloudbuild_example_opens_the_tunnel_and_installs_in_one_step(tmp_path: Path) -> None:
+    doc = yaml.safe_load((Path(__file__).parents[2] / "examples" / "cloudbuild.yaml").read_text())
+    (step,) = doc["steps"]
+    assert step["entrypoint"] == "bash"
+    values = {**doc["substitutions"], "PROJECT_ID": "acme-prod"}
+    script = _cloud_build_substitute(step["args"][-1], values)
+    # the command line bash runs (line continuations joined, quotes removed)
+    joined = " ".join(script.replace("\\\n", " ").replace('"', "").split())
+    assert (
+        "gcloud compute start-iap-tunnel pypapo 3333 --local-host-port=localhost:3333"
+        " --zone=us-central1-a --project=acme-prod" in joined
+    )
+    assert 'pip install --index-url "http://localhost:3333/simple/"' in script
+    assert "extra-index-url" not in script
+    assert _cloud_build_substitute(doc["serviceAccount"], values).endswith(
+        "pypapo-build@acme-prod.iam.gserviceaccount.com"
+    )
+    assert doc["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # required with a user-specified account
+    path = tmp_path / "step.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    check = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout

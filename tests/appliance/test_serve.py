@@ -1,0 +1,405 @@
+"""The served index over HTTP, through a real `provision serve` (Debian's nginx, the VM's config)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.nginx import LocalIndex, http_request, publish_demo_set
+
+PIP_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
+)
+UV_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+JSON = "application/vnd.pypi.simple.v1+json"
+
+
+def wheel(project: str, version: str) -> str:
+    return f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
+# --- PEP 503 / 691 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (PIP_ACCEPT, JSON),
+        (UV_ACCEPT, JSON),
+        (None, "text/html; charset=utf-8"),
+        ("*/*", "text/html; charset=utf-8"),
+        ("text/html", "text/html; charset=utf-8"),
+        (JSON, JSON),
+        ("application/vnd.pypi.simple.latest+json", JSON),
+        # q-values decide, not the order.
+        ("text/html, application/vnd.pypi.simple.v1+json;q=0.5", "text/html; charset=utf-8"),
+        ("text/html;q=0.4, application/vnd.pypi.simple.v1+json;q=0.5", JSON),
+        ("application/vnd.pypi.simple.v1+json;q=0.25, text/html;q=0.3", "text/html; charset=utf-8"),
+        ("application/vnd.pypi.simple.v1+json; q=0, text/html; q=0.1", "text/html; charset=utf-8"),
+        (
+            "application/vnd.pypi.simple.v1+html, application/vnd.pypi.simple.v1+json;q=0.9",
+            "text/html; charset=utf-8",
+        ),
+        # Equal preference: JSON.
+        ("text/html, application/vnd.pypi.simple.v1+json", JSON),
+        ("application/json", "text/html; charset=utf-8"),
+    ],
+)
+def test_content_negotiation_on_accept(demo_index: LocalIndex, accept: str | None, expected: str) -> None:
+    headers = {"Accept": accept} if accept is not None else {}
+    for path in ("/simple/", "/simple/pypapo-chain-b/"):
+        r = demo_index.get(path, headers)
+        assert r.status == 200
+        assert r.header("content-type") == expected
+        assert "Accept" in (r.header("vary") or "")
+        if expected == JSON:
+            assert json.loads(r.body)["meta"]["api-version"].startswith("1.")
+        else:
+            assert b'<meta name="pypi:repository-version"' in r.body
+
+
+def test_project_json_is_the_engines_and_links_resolve(demo_index: LocalIndex) -> None:
+    page = json.loads(demo_index.get("/simple/pypapo-chain-b/", {"Accept": JSON}).body)
+    assert page["name"] == "pypapo-chain-b"
+    for f in page["files"]:
+        # Relative URLs resolve against the page; the metadata file sits next to the distribution.
+        assert demo_index.get(f"/simple/pypapo-chain-b/{f['url']}").status == 200
+        assert demo_index.get(f"/simple/pypapo-chain-b/{f['url']}.metadata").status == 200
+
+
+def test_index_at_root_as_well(demo_index: LocalIndex) -> None:
+    for accept in (PIP_ACCEPT, "text/html"):
+        at_simple = demo_index.get("/simple/", {"Accept": accept})
+        at_root = demo_index.get("/", {"Accept": accept})
+        assert at_root.status == 200
+        assert at_root.body == at_simple.body
+        assert at_root.header("content-type") == at_simple.header("content-type")
+    project = demo_index.get("/pypapo-chain-c/")
+    assert project.status == 200
+    assert b"pypapo_chain_c-1.0-py3-none-any.whl" in project.body
+    assert demo_index.get("/pypapo-chain-c/pypapo_chain_c-1.0.tar.gz").status == 200
+
+
+def test_redirects_are_relative(demo_index: LocalIndex) -> None:
+    for path, location in [
+        ("/simple", "/simple/"),
+        ("/simple/pypapo-chain-c", "/simple/pypapo-chain-c/"),
+        # Non-normalized names reach the normalized project.
+        ("/simple/Mixed.Case_Name/", "/simple/mixed-case-name/"),
+        ("/simple/PYPAPO_Chain__C/", "/simple/pypapo-chain-c/"),
+        ("/simple/pypapo.chain-.c", "/simple/pypapo-chain-c/"),
+        ("/Mixed_Case.NAME/", "/simple/mixed-case-name/"),
+    ]:
+        r = demo_index.get(path)
+        assert r.status == 301, path
+        assert r.header("location") == location, path
+        assert demo_index.get(location).status == 200
+
+
+def test_non_normalized_name_reaches_project_by_following_redirects(demo_index: LocalIndex) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{demo_index.root_url}/simple/Mixed.Case_Name/") as resp:
+        assert resp.status == 200
+        assert resp.url.endswith("/simple/mixed-case-name/")
+        assert b"mixed_case_name-1.0-py3-none-any.whl" in resp.read()
+
+
+# --- caching, compression, ranges -------------------------------------------------------------------
+
+
+def test_cache_control_and_etag(demo_index: LocalIndex) -> None:
+    page = demo_index.get("/simple/pypapo-chain-c/")
+    assert page.header("cache-control") == "max-age=0, must-revalidate"
+    etag = page.header("etag")
+    assert etag
+    again = demo_index.get("/simple/pypapo-chain-c/", {"If-None-Match": etag})
+    assert again.status == 304
+
+    for name in (wheel("pypapo-chain-c", "1.0"), wheel("pypapo-chain-c", "1.0") + ".metadata"):
+        r = demo_index.get(f"/simple/pypapo-chain-c/{name}")
+        assert r.status == 200
+        assert r.header("cache-control") == "public, max-age=31536000, immutable"
+        assert r.header("etag")
+        assert "Accept" not in (r.header("vary") or "")
+
+
+def test_content_types_of_files(demo_index: LocalIndex) -> None:
+    base = "/simple/pypapo-chain-c/"
+    sdist = demo_index.get(base + "pypapo_chain_c-1.0.tar.gz", {"Accept-Encoding": "gzip"})
+    assert sdist.header("content-type") == "application/octet-stream"
+    assert sdist.header("content-encoding") is None  # never re-encoded: pip would unpack it
+    assert sdist.body == (demo_index.repo / "simple/pypapo-chain-c/pypapo_chain_c-1.0.tar.gz").read_bytes()
+    assert demo_index.get(base + wheel("pypapo-chain-c", "1.0")).header("content-type") == (
+        "application/octet-stream"
+    )
+    meta = demo_index.get(base + wheel("pypapo-chain-c", "1.0") + ".metadata")
+    assert meta.header("content-type") == "text/plain; charset=utf-8"
+    assert meta.body.startswith(b"Metadata-Version:")
+
+
+def test_pages_are_gzipped_when_asked(demo_index: LocalIndex) -> None:
+    plain = demo_index.get("/simple/pypapo-chain-b/", {"Accept": JSON})
+    zipped = demo_index.get("/simple/pypapo-chain-b/", {"Accept": JSON, "Accept-Encoding": "gzip"})
+    assert zipped.header("content-encoding") == "gzip"
+    assert gzip.decompress(zipped.body) == plain.body
+    assert "Accept-Encoding" in (zipped.header("vary") or "")
+
+
+def test_range_requests_on_files(demo_index: LocalIndex) -> None:
+    path = "/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0")
+    full = (demo_index.repo / path.lstrip("/")).read_bytes()
+    r = demo_index.get(path, {"Range": "bytes=10-29"})
+    assert r.status == 206
+    assert r.body == full[10:30]
+    assert r.header("content-range") == f"bytes 10-29/{len(full)}"
+    tail = demo_index.get(path, {"Range": f"bytes=-{22}"})
+    assert tail.status == 206
+    assert tail.body == full[-22:]  # how lazy wheel readers find the zip's central directory
+
+
+# --- hardening --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND"])
+def test_only_get_and_head(demo_index: LocalIndex, method: str) -> None:
+    target = "/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0")
+    before = (demo_index.repo / target.lstrip("/")).read_bytes()
+    r = http_request(demo_index.port, target, method=method, body=b"x" if method in ("POST", "PUT") else b"")
+    assert r.status == 405
+    assert r.header("allow") == "GET, HEAD"
+    assert (demo_index.repo / target.lstrip("/")).read_bytes() == before
+    head = demo_index.get(target, method="HEAD")
+    assert head.status == 200
+    assert head.body == b""
+
+
+def test_no_server_version(demo_index: LocalIndex) -> None:
+    r = demo_index.get("/simple/")
+    assert r.header("server") == "nginx"
+    assert b"nginx/" not in demo_index.get("/no-such-page/").body
+
+
+@pytest.fixture
+def secrets_next_to_repo(demo_index: LocalIndex) -> bytes:
+    """A file outside the repository and dotfiles inside it: none may be served."""
+    marker = b"pypapo-secret-must-not-leak"
+    (demo_index.repo.parent / "secret.txt").write_bytes(marker)
+    (demo_index.repo / ".pypapo.lock").write_bytes(marker)
+    (demo_index.repo / "simple" / ".hidden").write_bytes(marker)
+    (demo_index.repo / "simple" / "pypapo-chain-c" / ".git").mkdir(exist_ok=True)
+    (demo_index.repo / "simple" / "pypapo-chain-c" / ".git" / "config").write_bytes(marker)
+    (demo_index.repo / "outside-simple.txt").write_bytes(marker)
+    return marker
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/.pypapo.lock",
+        "/simple/.pypapo.lock",
+        "/simple/.hidden",
+        "/.hidden",
+        "/simple/pypapo-chain-c/.git/config",
+        "/outside-simple.txt",
+        "/simple/../outside-simple.txt",
+        "/simple/../../secret.txt",
+        "/simple/%2e%2e/outside-simple.txt",
+        "/simple/%2e%2e/%2e%2e/secret.txt",
+        "/simple/%2E%2E%2F%2E%2E%2Fsecret.txt",
+        "/simple/pypapo-chain-c/..%2f..%2f..%2fsecret.txt",
+        "/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/simple/pypapo-chain-c/%2e%2e/%2e%2e/.pypapo.lock",
+        "/simple/%2e/.pypapo.lock",
+        "/simple/pypapo-chain-c/..;/..;/secret.txt",
+        "/simple/..\\..\\secret.txt",
+        "//etc/passwd",
+        "/simple//etc/passwd",
+        "/simple/%00/../.pypapo.lock",
+    ],
+)
+def test_nothing_outside_the_index(demo_index: LocalIndex, secrets_next_to_repo: bytes, path: str) -> None:
+    r = demo_index.get(path)
+    assert r.status in (301, 400, 403, 404), (path, r.status)
+    assert secrets_next_to_repo not in r.body
+    assert b"root:" not in r.body
+    if r.status == 301:  # a normalization redirect stays inside /simple/ and leads nowhere secret
+        location = r.header("location") or ""
+        assert location.startswith("/simple/")
+        assert secrets_next_to_repo not in demo_index.get(location).body
+
+
+def test_huge_headers_are_refused(demo_index: LocalIndex) -> None:
+    big = demo_index.get("/simple/", {"X-Filler": "a" * 20000})
+    assert big.status in (400, 431, 494)
+    many = http_request(demo_index.port, "/simple/", headers={f"X-Filler-{i}": "b" * 4000 for i in range(12)})
+    assert many.status in (400, 431, 494)
+    long_url = demo_index.get("/simple/" + "a" * 20000 + "/")
+    assert long_url.status in (400, 414)
+    # A normal client's headers still pass.
+    ok = demo_index.get("/simple/", {"User-Agent": "pip/25.0 " + '{"ci":null}' * 50, "Accept": PIP_ACCEPT})
+    assert ok.status == 200
+
+
+def test_request_body_is_refused(demo_index: LocalIndex) -> None:
+    r = http_request(demo_index.port, "/simple/", method="GET", body=b"x" * 4096)
+    assert r.status == 413
+
+
+def test_healthz_ok_when_the_index_is_there(demo_index: LocalIndex) -> None:
+    r = demo_index.get("/healthz")
+    assert (r.status, r.body) == (200, b"ok\n")
+    assert r.header("cache-control") == "no-store"
+
+
+# --- mount gone -------------------------------------------------------------------------------------
+
+
+def _assert_unavailable(index: LocalIndex) -> None:
+    for path in ("/simple/", "/", "/simple/pypapo-chain-c/", "/pypapo-chain-c/", "/healthz"):
+        r = index.get(path, {"Accept": PIP_ACCEPT})
+        assert r.status == 503, path
+    r = index.get("/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0"))
+    assert r.status == 503
+    assert b"unavailable" in index.get("/healthz").body
+    assert index.get("/simple/").header("retry-after")
+
+
+def test_empty_mountpoint_is_503_never_an_empty_index(serve_repo, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    index = serve_repo(mountpoint)
+    _assert_unavailable(index)
+
+
+def test_repository_vanishing_while_served_turns_503(serve_repo, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    assert index.get("/simple/pypapo-chain-c/").status == 200
+    # What a dead gcsfuse looks like from NGINX: the tree under the mountpoint is gone.
+    hidden = tmp_path / "hidden"
+    (repo / "simple").rename(hidden)
+    _assert_unavailable(index)
+    hidden.rename(repo / "simple")
+    assert index.get("/simple/pypapo-chain-c/").status == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount")
+def test_real_unmount_turns_503(serve_repo, tmp_path: Path) -> None:
+    """A real mount over the mountpoint, then a lazy unmount (what fusermount3 -uz does)."""
+    source = tmp_path / "bucket"
+    publish_demo_set(source, tmp_path / "dists")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mountpoint)]).returncode != 0:
+        pytest.skip("bind mounts are not permitted here")
+    try:
+        index = serve_repo(mountpoint)
+        assert index.get("/simple/pypapo-chain-c/").status == 200
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+        _assert_unavailable(index)
+        subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mountpoint)], check=True)
+        assert index.get("/simple/pypapo-chain-c/").status == 200
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+def test_serve_without_nginx_says_how_to_install(tmp_path: Path) -> None:
+    from tests.fixtures.nginx import PROVISION
+
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}
+    # Hide the real binary: find_nginx also looks at fixed paths, so run with those paths shadowed.
+    proc = subprocess.run(
+        [
+            os.fspath(Path(PROVISION).with_name("python")),
+            "-c",
+            "import provisioner.appliance.serve as s; s.NGINX_CANDIDATES = (); "
+            "import sys; from provisioner.cli import main; sys.argv=['provision','serve','--repo','.'];"
+            " main()",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "apt-get install nginx" in lines[0]
+
+
+def test_port_in_use_is_one_clear_line(demo_index: LocalIndex, tmp_path: Path) -> None:
+    from tests.fixtures.nginx import PROVISION
+
+    proc = subprocess.run(
+        [PROVISION, "serve", "--repo", str(demo_index.repo), "--port", str(demo_index.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot listen on 127.0.0.1:{demo_index.port}")
+    assert "--port" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
+def test_vm_config_serves_as_an_unprivileged_user() -> None:
+    """The VM runs NGINX as a DynamicUser: its config must need no root (no `user`, private paths)."""
+    import tempfile
+
+    from provisioner.appliance.render import (
+        JOURNAL_ACCESS_LOG,
+        NGINX_CONFIG_PATH,
+        NGINX_RUNTIME_DIR,
+        ApplianceConfig,
+        render_vm_files,
+    )
+    from provisioner.appliance.serve import free_port
+    from tests.fixtures.nginx import _wait_for
+
+    port = free_port()
+    cfg = ApplianceConfig(bucket="b-1", port=port, mount_path="/mnt/pypapo-test")
+    base = Path(tempfile.mkdtemp(prefix="pypapo-unpriv-", dir="/tmp"))
+    proc = None
+    try:
+        base.chmod(0o755)
+        repo, runtime = base / "repo", base / "run"
+        publish_demo_set(repo, base / "dists")
+        runtime.mkdir()
+        shutil.chown(runtime, "nobody")
+        subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+        conf = (
+            render_vm_files(cfg)[NGINX_CONFIG_PATH]
+            .replace(NGINX_RUNTIME_DIR, str(runtime))
+            .replace(cfg.mount_path, str(repo))
+            .replace(JOURNAL_ACCESS_LOG, "/dev/null")
+        )
+        (base / "nginx.conf").write_text(conf)
+        (base / "nginx.conf").chmod(0o644)
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/sbin/nginx",
+             "-e", "stderr", "-c", str(base / "nginx.conf"), "-g", "daemon off;"],
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        _wait_for(port, proc)  # type: ignore[arg-type]
+        r = http_request(port, "/simple/pypapo-chain-c/", headers={"Accept": PIP_ACCEPT})
+        assert r.status == 200
+        assert r.header("content-type") == JSON
+    finally:
+        if proc is not None:
+            proc.terminate()
+            _out, err = proc.communicate(timeout=20)
+            assert b"[emerg]" not in err and b"[warn]" not in err, err
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,152 @@
+"""The three dry runs work with no credentials and no network; failures reach the user as one line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from google.api_core import exceptions as gexc
+
+from provisioner.appliance import render
+from provisioner.cli import image as image_cmd
+from provisioner.cli import main
+from provisioner.cloud import image as img
+from provisioner.cloud import plan
+from provisioner.cloud.settings import Settings
+from tests.cloud.test_image_double import ComputeDouble
+
+ARGS = ["--project", "proj-123456", "--zone", "europe-west1-b"]
+NO_NETWORK = ["unshare", "--net"] if shutil.which("unshare") and os.geteuid() == 0 else []
+
+
+def dry_run(tmp_path: Path, *argv: str) -> dict:
+    """Run the real CLI in a fresh process: credentials point nowhere, and (as root) no network at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "PYPAPO_"))}
+    env.update(
+        GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing.json"), HOME=str(tmp_path), NO_PROXY="*"
+    )
+    entry = "import sys; from provisioner.cli import main; sys.argv[0] = 'provision'; main()"
+    cmd = [*NO_NETWORK, sys.executable, "-c", entry, *argv, *ARGS, "--dry-run"]
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "error" not in result.stderr.lower(), result.stderr
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_build_dry_run_shows_a_complete_safe_pipeline_offline(tmp_path) -> None:
+    doc = dry_run(tmp_path, "image", "build")
+    calls = [s["call"] for s in doc["steps"]]
+    assert calls == [
+        "compute.instances.insert",
+        "compute.instances.getGuestAttributes",
+        "compute.instances.stop",
+        "compute.images.insert",
+        "compute.images.deprecate",
+        "compute.instances.delete",
+        "compute.disks.delete",
+    ]
+    builder = doc["steps"][0]["request"]["instanceResource"]
+    assert not builder.get("serviceAccounts"), "the builder carries no credentials"
+    assert builder["disks"][0]["autoDelete"] is True
+    assert builder["networkInterfaces"][0]["accessConfigs"][0]["type"] == "ONE_TO_ONE_NAT"
+    assert builder["shieldedInstanceConfig"] == {
+        "enableSecureBoot": True,
+        "enableVtpm": True,
+        "enableIntegrityMonitoring": True,
+    }
+    meta = {i["key"]: i["value"] for i in builder["metadata"]["items"]}
+    appliance = render.render_startup_script(render.ApplianceConfig(bucket="proj-123456-pypapo"))
+    assert appliance in meta["startup-script"], "the real rendered appliance script, run in bake mode"
+    image = doc["steps"][3]["request"]["imageResource"]
+    assert image["family"] == "pypapo" and image["name"] == doc["image"]
+    assert {f["type"] for f in image["guestOsFeatures"]} == set(img.GUEST_OS_FEATURES)
+
+
+def test_rollout_dry_run_uses_the_create_spec_offline(tmp_path) -> None:
+    doc = dry_run(tmp_path, "rollout")
+    insert = next(s for s in doc["steps"] if s["call"] == "compute.instances.insert")
+    sent = insert["request"]["instanceResource"]
+    script = render.render_startup_script(render.ApplianceConfig(bucket="proj-123456-pypapo"))
+    expected = plan.desired_instance(
+        Settings(project="proj-123456", zone="europe-west1-b"),
+        image=plan.family_image("proj-123456", "pypapo"),
+        startup_script=script,
+    )
+    assert sent == img.request_dict(expected)
+    assert sent["deletionProtection"] is True and "accessConfigs" not in sent["networkInterfaces"][0]
+    calls = [s["call"] for s in doc["steps"]]
+    assert calls.index("iap.getIamPolicy") < calls.index("compute.instances.delete")
+    assert calls.index("compute.instances.setDeletionProtection") < calls.index("compute.instances.delete")
+
+
+def test_schedule_dry_run_shows_accounts_roles_and_job_offline(tmp_path) -> None:
+    doc = dry_run(tmp_path, "image", "schedule", "--cron", "0 3 * * 1", "--time-zone", "Europe/Berlin")
+    job = doc["steps"][-1]["request"]["job"]
+    assert job["schedule"] == "0 3 * * 1" and job["timeZone"] == "Europe/Berlin"
+    assert doc["build"]["serviceAccount"].endswith("pypapo-image-build@proj-123456.iam.gserviceaccount.com")
+    assert sum(s["call"] == "setIamPolicy (add binding)" for s in doc["steps"]) == 8
+
+
+def test_invalid_cron_fails_before_settings_or_credentials() -> None:
+    result = CliRunner().invoke(main, ["image", "schedule", "--cron", "0 3 * *", "--dry-run"])
+    assert result.exit_code != 0
+    assert result.output.strip().startswith("error: --cron '0 3 * *' has 4 fields")
+
+
+# ------------------------------------------------------------------------- errors reach users as one line
+
+
+@pytest.fixture
+def double(monkeypatch) -> ComputeDouble:
+    api = ComputeDouble()
+    monkeypatch.setattr(image_cmd, "image_api", lambda settings, progress=True: api)
+    return api
+
+
+def test_a_failed_build_is_one_line_and_the_builder_is_gone(double) -> None:
+    double.guest = _DoneForAnyBuilder()
+    double.fail["insert_image"] = gexc.Forbidden("Required 'compute.images.create' permission")
+    result = CliRunner().invoke(main, ["image", "build", *ARGS])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "failed at 'create the image'" in lines[0] and "Traceback" not in result.output
+    assert double.instances == {} and double.disks == {}
+
+
+def test_rollout_says_nothing_to_do_when_already_on_the_newest_image(double) -> None:
+    spec = image_cmd.serving_instance_spec(Settings(project="proj-123456", zone="europe-west1-b"))
+    double.add_image("pypapo-v1", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    double.add_appliance(spec, img.image_link("proj-123456", "pypapo-v1"))
+    result = CliRunner().invoke(main, ["rollout", *ARGS, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "already runs pypapo-v1" in result.output
+    assert "delete_instance" not in double.call_names()
+
+
+def test_image_list_marks_the_serving_image(double) -> None:
+    spec = image_cmd.serving_instance_spec(Settings(project="proj-123456", zone="europe-west1-b"))
+    double.add_image("pypapo-v1", dt.datetime(2026, 11, 18, tzinfo=dt.UTC), "DEPRECATED")
+    double.add_image("pypapo-v2", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    double.add_appliance(spec, img.image_link("proj-123456", "pypapo-v1"))
+    result = CliRunner().invoke(main, ["image", "list", *ARGS, "--output", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["serving"] == "pypapo-v1"
+    assert [(i["name"], i["state"], i["serving"]) for i in doc["images"]] == [
+        ("pypapo-v2", "ACTIVE", False),
+        ("pypapo-v1", "DEPRECATED", True),
+    ]
+
+
+class _DoneForAnyBuilder(dict):
+    """Guest attributes of a builder whose bake is already done at the first poll."""
+
+    def get(self, name, default=None):
+        return lambda: {"bake": "done", "gcsfuse-version": "2.5.1", "nginx-version": "1.22.1"}

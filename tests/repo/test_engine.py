@@ -1,0 +1,464 @@
+"""The engine on both backends: layout, immutability, all-or-nothing batches, yank, remove, reindex."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from provisioner.appliance import sample
+from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
+from provisioner.repo.engine import Repository
+from provisioner.repo.store import open_store
+from tests.fixtures.gcs import RepoHandle
+
+MakeDist = Callable[..., Path]
+
+
+def _json(snapshot: dict[str, bytes], name: str) -> dict:
+    return json.loads(snapshot[name])
+
+
+def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist) -> None:
+    wheel = make_wheel("Foo.Bar", "1.0", requires_python=">=3.9")
+    sdist = make_sdist("Foo.Bar", "1.0")
+    result = Repository.open(repo.location).publish([wheel, sdist])
+    assert result.published == [wheel.name, sdist.name]
+    snap = repo.snapshot()
+    assert set(snap) == {
+        "simple/index.html",
+        "simple/index.json",
+        "simple/foo-bar/index.html",
+        "simple/foo-bar/index.json",
+        f"simple/foo-bar/{wheel.name}",
+        f"simple/foo-bar/{wheel.name}.metadata",
+        f"simple/foo-bar/{sdist.name}",
+    }
+    assert snap[f"simple/foo-bar/{wheel.name}"] == wheel.read_bytes()
+    with zipfile.ZipFile(wheel) as zf:
+        assert snap[f"simple/foo-bar/{wheel.name}.metadata"] == zf.read("foo_bar-1.0.dist-info/METADATA")
+    page = _json(snap, "simple/foo-bar/index.json")
+    files = {f["filename"]: f for f in page["files"]}
+    assert page["name"] == "foo-bar" and page["versions"] == ["1.0"]
+    assert files[wheel.name]["hashes"]["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    meta_hash = hashlib.sha256(snap[f"simple/foo-bar/{wheel.name}.metadata"]).hexdigest()
+    assert files[wheel.name]["core-metadata"] == {"sha256": meta_hash}
+    assert files[wheel.name]["requires-python"] == ">=3.9"
+    assert files[sdist.name]["core-metadata"] is False
+    assert files[sdist.name]["size"] == sdist.stat().st_size
+    html = snap["simple/foo-bar/index.html"].decode()
+    assert f'href="{wheel.name}#sha256={files[wheel.name]["hashes"]["sha256"]}"' in html
+    assert f'data-core-metadata="sha256={meta_hash}"' in html
+    assert _json(snap, "simple/index.json")["projects"] == [{"name": "foo-bar"}]
+    assert 'href="foo-bar/"' in snap["simple/index.html"].decode()
+
+
+def test_same_bytes_again_is_a_noop(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    wheel = make_wheel("demo", "1.0")
+    Repository.open(repo.location).publish([wheel])
+    before = repo.snapshot()
+    result = Repository.open(repo.location).publish([wheel])
+    assert (result.published, result.already_present) == ([], [wheel.name])
+    assert repo.snapshot() == before
+
+
+def _other_bytes_wheel(dest: Path, name: str, version: str) -> Path:
+    """A valid wheel with the same filename as sample.build_wheel's, but different contents."""
+    path = dest / sample.wheel_filename(name, version)
+    path.write_bytes(sample.wheel_bytes(name, version, modules={f"{name}/__init__.py": "x = 'other'\n"}))
+    return path
+
+
+def test_other_bytes_under_an_existing_filename_are_refused(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    other = _other_bytes_wheel(tmp_path, "demo", "1.0")
+    fresh = make_wheel("demo", "2.0")
+    with pytest.raises(ConflictError, match=r"already exists .* with different bytes"):
+        Repository.open(repo.location).publish([fresh, other])
+    assert repo.snapshot() == before  # the valid file of the batch was not written either
+
+    result = Repository.open(repo.location).publish([fresh, other], skip_existing=True)
+    assert (result.published, result.skipped) == ([fresh.name], [other.name])
+    after = repo.snapshot()
+    assert after["simple/demo/demo-1.0-py3-none-any.whl"] == before["simple/demo/demo-1.0-py3-none-any.whl"]
+
+
+def test_an_orphan_object_with_other_bytes_is_also_refused(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    # A file stored without a page entry (crash window, manual copy) still counts as existing.
+    wheel = make_wheel("demo", "1.0")
+    open_store(repo.location).write(f"simple/demo/{wheel.name}", b"something else", if_generation_match=0)
+    with pytest.raises(ConflictError):
+        Repository.open(repo.location).publish([wheel])
+
+
+def test_an_orphan_object_with_the_same_bytes_gets_indexed(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    wheel = make_wheel("demo", "1.0")
+    open_store(repo.location).write(f"simple/demo/{wheel.name}", wheel.read_bytes(), if_generation_match=0)
+    result = Repository.open(repo.location).publish([wheel])
+    assert result.published == [wheel.name]
+    assert [f["filename"] for f in _json(repo.snapshot(), "simple/demo/index.json")["files"]] == [wheel.name]
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["not-a-zip", "name-mismatch", "traversal", "missing-file"],
+)
+def test_one_bad_file_leaves_the_repository_byte_for_byte_unchanged(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path, breakage: str
+) -> None:
+    Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    bad = tmp_path / "bad-1.0-py3-none-any.whl"
+    if breakage == "not-a-zip":
+        bad.write_bytes(b"garbage")
+    elif breakage == "name-mismatch":
+        bad.write_bytes(sample.wheel_bytes("bad", "1.0", metadata=sample.core_metadata("good", "1.0")))
+    elif breakage == "traversal":
+        bad.write_bytes(sample.wheel_bytes("bad", "1.0", extra_files={"../../etc/cron.d/x": b"boom"}))
+    batch = [make_wheel("demo", "2.0"), make_wheel("newproj", "1.0"), bad]
+    with pytest.raises(InvalidDistribution, match=r"bad-1\.0-py3-none-any\.whl"):
+        Repository.open(repo.location).publish(batch)
+    assert repo.snapshot() == before
+
+
+def test_yank_and_unyank(repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_sdist("demo", "1.0"), make_wheel("demo", "2.0")])
+    assert r.set_yanked("Demo", "1.0.0", "broken build") == 2  # name and version are normalized
+    snap = repo.snapshot()
+    yanked = {f["filename"]: f["yanked"] for f in _json(snap, "simple/demo/index.json")["files"]}
+    assert yanked == {
+        "demo-1.0-py3-none-any.whl": "broken build",
+        "demo-1.0.tar.gz": "broken build",
+        "demo-2.0-py3-none-any.whl": False,
+    }
+    assert snap["simple/demo/index.html"].decode().count('data-yanked="broken build"') == 2
+    assert r.set_yanked("demo", "1.0", None, yanked=False) == 2
+    snap = repo.snapshot()
+    assert all(f["yanked"] is False for f in _json(snap, "simple/demo/index.json")["files"])
+    assert "data-yanked" not in snap["simple/demo/index.html"].decode()
+    with pytest.raises(PypapoError, match=r"has no version 3\.0"):
+        r.set_yanked("demo", "3.0", None)
+    with pytest.raises(PypapoError, match="no project nope"):
+        r.set_yanked("nope", "1.0", None)
+
+
+def test_remove_a_version_then_the_last_one(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_wheel("demo", "2.0"), make_wheel("keep", "1.0")])
+    assert r.remove("demo", "1.0") == ["demo-1.0-py3-none-any.whl"]
+    snap = repo.snapshot()
+    assert "simple/demo/demo-1.0-py3-none-any.whl" not in snap
+    assert "simple/demo/demo-1.0-py3-none-any.whl.metadata" not in snap
+    assert _json(snap, "simple/demo/index.json")["versions"] == ["2.0"]
+    assert "demo-1.0" not in snap["simple/demo/index.html"].decode()
+    assert r.remove("demo") == ["demo-2.0-py3-none-any.whl"]
+    snap = repo.snapshot()
+    assert not [name for name in snap if name.startswith("simple/demo/")]
+    assert _json(snap, "simple/index.json")["projects"] == [{"name": "keep"}]
+    assert "demo/" not in snap["simple/index.html"].decode()
+    assert r.projects() == ["keep"]
+
+
+def test_reindex_rebuilds_lost_pages_and_keeps_yanks_and_upload_times(
+    repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_sdist("demo", "1.0"), make_wheel("other", "1.0")])
+    r.set_yanked("demo", "1.0", "bad")
+    before = repo.snapshot()
+    store = open_store(repo.location)
+    for name in (
+        "simple/index.html",
+        "simple/index.json",
+        "simple/demo/index.html",
+        "simple/other/index.html",
+    ):
+        store.delete(name)
+    result = r.reindex()
+    assert repo.snapshot() == before
+    assert (result.projects, result.files, result.hashed) == (2, 3, 0)  # nothing rehashed
+    assert r.reindex().pages_written == 0  # a second run finds nothing to do
+
+
+def test_reindex_picks_up_manual_additions_and_deletions(
+    repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_wheel("gone", "1.0")])
+    store = open_store(repo.location)
+    # Someone copies a wheel into the bucket by hand (no metadata file, no page entry) ...
+    added = sample.wheel_bytes("demo", "2.0", requires_python=">=3.8")
+    store.write("simple/demo/demo-2.0-py3-none-any.whl", added, if_generation_match=0)
+    manual = sample.wheel_bytes("manual", "1.0")
+    store.write("simple/manual/manual-1.0-py3-none-any.whl", manual, if_generation_match=0)
+    # ... deletes a file by hand, and drops a corrupt one.
+    store.delete("simple/gone/gone-1.0-py3-none-any.whl")
+    store.write("simple/demo/demo-3.0-py3-none-any.whl", b"corrupt", if_generation_match=0)
+    result = r.reindex()
+    assert any("demo-3.0-py3-none-any.whl" in line for line in result.ignored)
+    snap = repo.snapshot()
+    demo = _json(snap, "simple/demo/index.json")
+    assert demo["versions"] == ["1.0", "2.0"]
+    new = next(f for f in demo["files"] if f["filename"] == "demo-2.0-py3-none-any.whl")
+    assert new["hashes"]["sha256"] == hashlib.sha256(added).hexdigest()
+    assert new["requires-python"] == ">=3.8"
+    with zipfile.ZipFile(io.BytesIO(added)) as zf:
+        assert snap["simple/demo/demo-2.0-py3-none-any.whl.metadata"] == zf.read(
+            "demo-2.0.dist-info/METADATA"
+        )
+    assert "simple/gone/index.json" not in snap
+    assert [p["name"] for p in _json(snap, "simple/index.json")["projects"]] == ["demo", "manual"]
+    assert 'href="manual/"' in snap["simple/index.html"].decode()
+
+
+def test_reindex_verify_rehashes_what_the_fingerprint_cannot_see(
+    dir_repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    # A same-size edit that restores the mtime fools the directory fingerprint; --verify does not.
+    r = Repository.open(dir_repo.location)
+    wheel = make_wheel("demo", "1.0")
+    r.publish([wheel])
+    path = Path(dir_repo.location) / "simple/demo" / wheel.name
+    st = path.stat()
+    tampered = sample.wheel_bytes("demo", "1.0", modules={"demo/__init__.py": "x = 'tampered'\n"})
+    tampered = tampered[: st.st_size].ljust(st.st_size, b"\0")
+    path.write_bytes(tampered)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    fast = r.reindex()
+    assert (fast.hashed, fast.reused) == (0, 1)
+    verified = r.reindex(verify=True)
+    assert verified.hashed + len(verified.ignored) == 1
+    page = _json(dir_repo.snapshot(), "simple/demo/index.json")
+    assert all(f["hashes"]["sha256"] != hashlib.sha256(wheel.read_bytes()).hexdigest() for f in page["files"])
+
+
+def test_distributions_above_the_multipart_limit(gcs_repo: RepoHandle, tmp_path: Path) -> None:
+    # > 8 MiB goes through google-cloud-storage's resumable upload. fake-gcs-server does not enforce
+    # the create-only precondition there (GCS does), so the refusal below comes from publish's own
+    # check of the stored object before uploading.
+    big = tmp_path / "big-1.0-py3-none-any.whl"
+    payload = os.urandom(9 * 1024 * 1024)
+    big.write_bytes(sample.wheel_bytes("big", "1.0", extra_files={"big/blob.bin": payload}))
+    r = Repository.open(gcs_repo.location)
+    assert r.publish([big]).published == [big.name]
+    assert gcs_repo.read(f"simple/big/{big.name}") == big.read_bytes()
+    other = tmp_path / "other" / big.name
+    other.parent.mkdir()
+    other.write_bytes(sample.wheel_bytes("big", "1.0", extra_files={"big/blob.bin": payload[::-1]}))
+    with pytest.raises(ConflictError):
+        r.publish([other])
+    assert gcs_repo.read(f"simple/big/{big.name}") == big.read_bytes()
+
+
+class _CountingStore:
+    """Wraps a real store and counts calls (to show what publish touches, not how long it takes)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, attr: str) -> object:
+        value = getattr(self.inner, attr)
+        if not callable(value):
+            return value
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls.append((attr, str(args[0]) if args else ""))
+            return value(*args, **kwargs)
+
+        return call
+
+
+def test_publish_cost_follows_the_project_not_the_repository(
+    dir_repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path
+) -> None:
+    def publish_counting(location: str, wheel: Path) -> list[tuple[str, str]]:
+        store = _CountingStore(open_store(location))
+        Repository(store).publish([wheel])  # type: ignore[arg-type]
+        return store.calls
+
+    small = publish_counting(str(tmp_path / "small"), make_wheel("demo", "1.0"))
+    big = Repository.open(dir_repo.location)
+    big.publish([make_wheel(f"filler-{i}", "1.0") for i in range(15)] + [make_wheel("demo", "0.9")])
+    grown = publish_counting(dir_repo.location, make_wheel("demo", "1.0"))
+    assert not [c for c in grown if c[0] == "list"]  # never lists the repository
+    assert not [c for c in grown if c[1].startswith("simple/index.")]  # root untouched: not a new project
+    touched = {name for _op, name in grown if name}
+    assert touched <= {n for n in touched if n.startswith("simple/demo/")}
+    assert len(grown) <= len(small)  # the empty repository also had to create the root index
+
+
+def test_a_corrupt_project_page_is_reported_and_rebuilt_by_reindex(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0")])
+    store = open_store(repo.location)
+    _data, gen = store.read("simple/demo/index.json")
+    store.write("simple/demo/index.json", b"{not json", if_generation_match=gen)
+    with pytest.raises(PypapoError, match=r"index\.json is corrupt: run `provision reindex`"):
+        r.publish([make_wheel("demo", "2.0")])
+    r.reindex()
+    assert _json(repo.snapshot(), "simple/demo/index.json")["versions"] == ["1.0"]
+    assert r.publish([make_wheel("demo", "2.0")]).published == ["demo-2.0-py3-none-any.whl"]
+
+
+def test_a_corrupt_root_index_is_reported_and_rebuilt_by_reindex(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    store = open_store(repo.location)
+    _data, gen = store.read("simple/index.json")
+    store.write("simple/index.json", b'{"projects": [{"nom": 1}]}', if_generation_match=gen)
+    with pytest.raises(PypapoError, match=r"simple/index\.json is corrupt"):
+        r.publish([make_wheel("other", "1.0")])
+    r.reindex()
+    assert repo.snapshot() == before
+
+
+def test_initialize_gives_a_new_repository_an_empty_index_once(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    repository = Repository.open(repo.location)
+    assert repository.initialize() is True
+    snap = repo.snapshot()
+    assert set(snap) == {"simple/index.html", "simple/index.json"}
+    assert _json(snap, "simple/index.json")["projects"] == []
+    assert "<a " not in snap["simple/index.html"].decode()
+
+    repository.publish([make_wheel("demo", "1.0")])
+    before = repo.snapshot()
+    assert repository.initialize() is False
+    assert repo.snapshot() == before  # an existing index is never touched
+
+
+def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
+    tmp_path: Path, make_wheel: MakeDist, make_sdist: MakeDist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many unvouched files on a directory repository go to worker processes; the pages must be the
+    # ones the in-process path writes, invalid files reported the same way.
+    import shutil
+
+    from provisioner.repo import engine as repository
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = Repository.open(str(a))
+    r.publish([make_wheel("demo", "1.0"), make_wheel("demo", "2.0"), make_sdist("demo", "2.0")])
+    r.publish([make_wheel("other", "1.0", requires_python=">=3.9")])
+    store = open_store(str(a))
+    store.write("simple/demo/demo-3.0-py3-none-any.whl", b"corrupt", if_generation_match=0)
+    for page in a.rglob("index.*"):
+        page.unlink()
+    shutil.copytree(a, b)  # copy2 keeps the mtimes the upload times fall back to
+
+    used: list[int] = []
+    real = repository._rebuild_in_processes
+
+    def spy(store: object, jobs: list, verify: bool) -> Iterator[object]:
+        for out in real(store, jobs, verify):  # type: ignore[arg-type]
+            used.append(1)
+            yield out
+
+    monkeypatch.setattr(repository, "_rebuild_in_processes", spy)
+    monkeypatch.setattr(repository, "_cpus", lambda: 2)
+    monkeypatch.setattr(repository, "PROCESS_POOL_MIN", 1)
+    in_workers = Repository.open(str(a)).reindex()
+    monkeypatch.setattr(repository, "PROCESS_POOL_MIN", 10**9)
+    in_process = Repository.open(str(b)).reindex()
+
+    assert len(used) == 2  # both projects were rebuilt by the workers
+    assert in_workers.summary() == in_process.summary()
+    assert (in_workers.files, in_workers.parsed, len(in_workers.ignored)) == (4, 4, 1)
+    snap_a, snap_b = (RepoHandle(str(d), "dir").snapshot() for d in (a, b))
+    assert snap_a == snap_b
+    demo = _json(snap_a, "simple/demo/index.json")
+    assert demo["versions"] == ["1.0", "2.0"]
+    other = _json(snap_a, "simple/other/index.json")
+    assert other["files"][0]["requires-python"] == ">=3.9"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "simple"),
+    [
+        (
+            b"Metadata-Version: 2.1\nName: Foo.Bar\nVersion: 1.0\nRequires-Python: >=3.8 \n\nbody\nName: x\n",
+            True,
+        ),
+        (b"name:foo\nVERSION:\t1.0\nrequires-python:\n", True),
+        (b"Name: foo\nVersion: 1.0\nLicense: MIT\n  continued\nRequires-Python: <4\n", True),
+        (b"Name: foo\nName: bar\nVersion: 1\n", False),  # repeated
+        (b"Name: foo\n  continued\nVersion: 1\n", False),
+        (b" Name: foo\nVersion: 1\n", False),
+        (b"Name: foo\r\nVersion: 1\r\n", False),
+        (b"Name: f\xc3\xb6o\nVersion: 1\n", False),
+        (b"Name: foo\nnot a header\nVersion: 1\n", False),
+        (b"Name: foo\n", False),
+        (b"\nName: foo\nVersion: 1\n", False),  # an empty first line: no headers at all
+    ],
+)
+def test_the_metadata_fields_reindex_reads_are_the_ones_packaging_reads(
+    metadata: bytes, simple: bool
+) -> None:
+    # distfile reads Name/Version/Requires-Python of plain header blocks itself (reindex parses
+    # thousands); whatever it accepts must read exactly as packaging's parse_email reads it.
+    from packaging.metadata import parse_email
+
+    from provisioner.repo.dist import _simple_headers
+
+    fast = _simple_headers(metadata)
+    raw, _unparsed = parse_email(metadata)
+    ref = {k: raw[k] for k in ("name", "version", "requires_python") if k in raw}  # type: ignore[literal-required]
+    assert (fast is not None) == simple  # anything unusual goes to packaging
+    assert fast is None or fast == ref
+
+
+def test_reindex_batch_losing_a_race_to_a_publisher_merges_into_what_it_wrote(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    # A publisher lands between reindex's reads and its batched page writes: that project's
+    # compare-and-swap fails, and the retry merges into the publisher's page (nothing lost, HTML
+    # matching the JSON); the other project's page comes from the batch.
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0"), make_wheel("other", "1.0")])
+    store = open_store(repo.location)
+    for name in ("simple/demo/index.json", "simple/demo/index.html", "simple/other/index.json"):
+        store.delete(name)
+    late = make_wheel("demo", "2.0")
+    racer = Repository.open(repo.location)
+    real = type(r.store).write_many
+    raced: list[bool] = []
+
+    def write_many(self: object, items: list, *, after: list | tuple = ()) -> list[int]:
+        if any(name == "simple/demo/index.json" for name, _d, _g in items) and not raced:
+            raced.append(True)
+            racer.publish([late])
+        return real(self, items, after=after)
+
+    r.store.write_many = write_many.__get__(r.store)  # type: ignore[method-assign]
+    result = r.reindex()
+    assert raced
+    snap = repo.snapshot()
+    demo = _json(snap, "simple/demo/index.json")
+    assert [f["filename"] for f in demo["files"]] == [
+        "demo-1.0-py3-none-any.whl",
+        "demo-2.0-py3-none-any.whl",
+    ]
+    html = snap["simple/demo/index.html"].decode()
+    assert "demo-1.0-py3-none-any.whl" in html and "demo-2.0-py3-none-any.whl" in html
+    assert "other-1.0-py3-none-any.whl" in snap["simple/other/index.html"].decode()
+    assert result.files == 3
+    assert Repository.open(repo.location).reindex().pages_written == 0

@@ -1,0 +1,132 @@
+"""`provision publish/yank/unyank/remove/list/reindex` as a user sees them, and real pip on the result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from provisioner.appliance import sample
+from provisioner.appliance.demo import clean_env
+from provisioner.cli import main
+from tests.fixtures.gcs import RepoHandle
+
+MakeDist = Callable[..., Path]
+
+
+def run(*args: str, input: str | None = None, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), input=input, env=env, catch_exceptions=False)
+
+
+def test_publish_shows_progress_and_a_summary(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    a, b = make_wheel("alpha", "1.0"), make_wheel("beta", "1.0")
+    first = run("publish", "--repo", repo.location, str(a))
+    assert first.exit_code == 0, first.output
+    result = run("publish", "--repo", repo.location, str(a), str(b))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[1/2] alpha-1.0-py3-none-any.whl already present (same bytes), nothing to do"
+    assert lines[1].startswith("[2/2] uploaded beta-1.0-py3-none-any.whl (")
+    assert lines[-1] == "published 1, already present 1, skipped 0"
+
+
+def test_repo_comes_from_the_environment(dir_repo: RepoHandle, make_wheel: MakeDist) -> None:
+    result = run("publish", str(make_wheel("alpha", "1.0")), env={"PYPAPO_REPO": dir_repo.location})
+    assert result.exit_code == 0
+    assert run("list", env={"PYPAPO_REPO": dir_repo.location}).stdout == "alpha\n"
+
+
+def test_invalid_file_is_one_line_without_traceback(repo: RepoHandle, tmp_path: Path) -> None:
+    bad = tmp_path / "demo-1.0-py3-none-any.whl"
+    bad.write_bytes(sample.wheel_bytes("demo", "1.0", metadata=sample.core_metadata("demo", "9.9")))
+    result = run("publish", "--repo", repo.location, str(bad))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: demo-1.0-py3-none-any.whl: demo-1.0.dist-info/METADATA says Version: 9.9, "
+        "but the filename says 1.0"
+    ]
+    assert repo.snapshot() == {}
+
+
+def test_conflict_exit_code_and_skip_existing(repo: RepoHandle, make_wheel: MakeDist, tmp_path: Path) -> None:
+    assert run("publish", "--repo", repo.location, str(make_wheel("demo", "1.0"))).exit_code == 0
+    other = tmp_path / "demo-1.0-py3-none-any.whl"
+    other.write_bytes(sample.wheel_bytes("demo", "1.0", modules={"demo.py": "x = 2\n"}))
+    refused = run("publish", "--repo", repo.location, str(other))
+    assert refused.exit_code == 3
+    assert "files are immutable" in refused.stderr
+    skipped = run("publish", "--repo", repo.location, "--skip-existing", str(other))
+    assert skipped.exit_code == 0
+    assert skipped.stdout.splitlines()[-1] == "published 0, already present 0, skipped 1"
+
+
+def test_yank_list_remove_flow(dir_repo: RepoHandle, make_wheel: MakeDist) -> None:
+    loc = dir_repo.location
+    run("publish", "--repo", loc, str(make_wheel("demo", "1.0")), str(make_wheel("demo", "2.0")))
+    assert run("yank", "--repo", loc, "demo", "1.0", "--reason", "CVE").exit_code == 0
+    listing = run("list", "--repo", loc, "demo").stdout.splitlines()
+    assert listing[0].startswith("1.0  demo-1.0-py3-none-any.whl") and listing[0].endswith("yanked: CVE")
+    assert "yanked" not in listing[1]
+    assert run("unyank", "--repo", loc, "demo", "1.0").exit_code == 0
+    assert "yanked" not in run("list", "--repo", loc, "demo").stdout
+
+    declined = run("remove", "--repo", loc, "demo", "1.0", input="n\n")
+    assert declined.exit_code != 0
+    assert "demo-1.0-py3-none-any.whl" in dir_repo.snapshot()["simple/demo/index.html"].decode()
+    confirmed = run("remove", "--repo", loc, "demo", "1.0", input="y\n")
+    assert confirmed.exit_code == 0 and "removed 1 files" in confirmed.stdout
+    assert run("remove", "--repo", loc, "--yes", "demo").exit_code == 0
+    emptied = run("list", "--repo", loc)
+    assert emptied.stdout == ""
+    assert emptied.stderr.startswith(f"no projects in {loc}")
+    missing = run("list", "--repo", loc, "demo")
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: no project demo")
+
+
+def test_reindex_command_prints_what_it_did(repo: RepoHandle, make_wheel: MakeDist) -> None:
+    run("publish", "--repo", repo.location, str(make_wheel("demo", "1.0")))
+    result = run("reindex", "--repo", repo.location, "--verify")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(
+        "reindexed 1 projects, 1 files (0 unchanged by fingerprint, 1 read and hashed"
+    )
+
+
+def test_missing_bucket_via_cli(fake_gcs, make_wheel: MakeDist) -> None:
+    result = run("publish", "--repo", "gs://pypapo-missing-bucket", str(make_wheel("demo", "1.0")))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: bucket gs://pypapo-missing-bucket does not exist")
+
+
+@pytest.mark.clients
+def test_pip_reads_the_directory_repository_as_a_file_index(
+    dir_repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist, tmp_path: Path
+) -> None:
+    loc = dir_repo.location
+    run("publish", "--repo", loc, str(make_wheel("demo", "1.0")), str(make_wheel("demo", "1.1")))
+    run("publish", "--repo", loc, str(make_sdist("demo", "1.1")))
+    run("publish", "--repo", loc, str(make_wheel("demo", "1.2")))
+    run("publish", "--repo", loc, str(make_wheel("demo", "2.0", requires_python="<3")))
+    run("yank", "--repo", loc, "demo", "1.2", "--reason", "broken")
+    out = tmp_path / "out"
+    index_url = Path(loc, "simple").as_uri() + "/"
+
+    def download(spec: str, *how: str) -> set[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--isolated", "--no-deps",
+             *(how or ["--only-binary", ":all:"]), "--index-url", index_url, "-d", str(out), spec],
+            env=clean_env(tmp_path), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return {p.name for p in out.iterdir()}
+
+    # 2.0 needs Python < 3 and 1.2 is yanked: pip picks 1.1 ...
+    assert download("demo") == {"demo-1.1-py3-none-any.whl"}
+    # ... and still installs a yanked version pinned exactly (PEP 592).
+    assert "demo-1.2-py3-none-any.whl" in download("demo==1.2")
+    # The sdist is found too (pip prepares its metadata with this venv's setuptools, offline).
+    assert "demo-1.1.tar.gz" in download("demo==1.1", "--no-binary", ":all:", "--no-build-isolation")

@@ -1,0 +1,238 @@
+"""The Store interface: the same compare-and-swap semantics on a directory and on (fake) GCS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.appliance import sample
+from provisioner.errors import PypapoError
+from provisioner.repo.store import MULTIPART_LIMIT, PreconditionFailed, open_store
+from tests.fixtures.gcs import FakeGCS, RepoHandle
+
+
+def test_cas_semantics(repo: RepoHandle) -> None:
+    store = open_store(repo.location)
+    store.check()
+    assert store.read("simple/a/index.json") == (b"", 0)
+    g1 = store.write("simple/a/index.json", b"one", if_generation_match=0)
+    assert g1 > 0
+    with pytest.raises(PreconditionFailed):
+        store.write("simple/a/index.json", b"two", if_generation_match=0)
+    data, gen = store.read("simple/a/index.json")
+    assert (data, gen) == (b"one", g1)
+    g2 = store.write("simple/a/index.json", b"two", if_generation_match=g1)
+    assert g2 != g1
+    with pytest.raises(PreconditionFailed):  # a stale generation loses
+        store.write("simple/a/index.json", b"three", if_generation_match=g1)
+    if repo.backend == "dir":
+        # fake-gcs-server ignores ifGenerationMatch on DELETE (real GCS honours it), so the stale
+        # delete is only checked on the directory backend.
+        with pytest.raises(PreconditionFailed):
+            store.delete("simple/a/index.json", if_generation_match=g1)
+    assert store.read("simple/a/index.json") == (b"two", g2)
+    store.write("simple/b/x.whl", b"wheel", if_generation_match=0)
+    listed = {i.name: i for i in store.list("simple/")}
+    assert set(listed) == {"simple/a/index.json", "simple/b/x.whl"}
+    assert listed["simple/b/x.whl"].size == 5
+    assert store.stat("simple/b/x.whl").fingerprint == listed["simple/b/x.whl"].fingerprint
+    store.delete("simple/a/index.json", if_generation_match=g2)
+    assert store.read("simple/a/index.json") == (b"", 0)
+    assert repo.snapshot() == {"simple/b/x.whl": b"wheel"}
+
+
+def test_fingerprint_changes_with_content(repo: RepoHandle) -> None:
+    store = open_store(repo.location)
+    g = store.write("simple/p/f.whl", b"aaaa", if_generation_match=0)
+    before = store.stat("simple/p/f.whl").fingerprint
+    store.write("simple/p/f.whl", b"bbbb", if_generation_match=g)
+    assert store.stat("simple/p/f.whl").fingerprint != before
+
+
+def test_gcs_objects_get_content_type_and_cache_control(gcs_repo: RepoHandle, fake_gcs: FakeGCS) -> None:
+    store = open_store(gcs_repo.location)
+    for name in (
+        "simple/p/index.html",
+        "simple/p/index.json",
+        "simple/p/p-1.tar.gz",
+        "simple/p/p.whl.metadata",
+    ):
+        store.write(name, b"x", if_generation_match=0)
+    bucket = fake_gcs.client().bucket(gcs_repo._bucket)
+    blobs = {b.name.split("/", 1)[1]: b for b in bucket.list_blobs()}
+    got = {n: (b.content_type, b.cache_control) for n, b in blobs.items()}
+    page, immutable = "max-age=0, must-revalidate", "public, max-age=31536000, immutable"
+    assert got == {
+        "simple/p/index.html": ("text/html; charset=utf-8", page),
+        "simple/p/index.json": ("application/vnd.pypi.simple.v1+json", page),
+        "simple/p/p-1.tar.gz": ("application/octet-stream", immutable),
+        "simple/p/p.whl.metadata": ("text/plain; charset=utf-8", immutable),
+    }
+
+
+def test_gcs_large_object_goes_resumable_and_round_trips(gcs_repo: RepoHandle) -> None:
+    # Above 8 MiB google-cloud-storage switches to a resumable upload. Real GCS enforces
+    # if_generation_match there; fake-gcs-server does not, so only the round trip is checked here and
+    # publish() re-reads on conflict instead of trusting the precondition alone.
+    store = open_store(gcs_repo.location)
+    data = os.urandom(MULTIPART_LIMIT + 1024)
+    gen = store.write("simple/big/big-1.0.tar.gz", data, if_generation_match=0)
+    assert store.read("simple/big/big-1.0.tar.gz") == (data, gen)
+
+
+def test_directory_generation_never_repeats(dir_repo: RepoHandle) -> None:
+    store = open_store(dir_repo.location)
+    gens = [store.write("simple/p/index.json", b"0", if_generation_match=0)]
+    for i in range(50):
+        gens.append(store.write("simple/p/index.json", str(i).encode(), if_generation_match=gens[-1]))
+    assert len(set(gens)) == len(gens)
+    assert not [p for p in Path(dir_repo.location).rglob(".pypapo-tmp-*")]  # no temp files left
+
+
+def test_missing_bucket_is_one_clear_error(fake_gcs: FakeGCS) -> None:
+    store = open_store("gs://no-such-bucket-pypapo/x")
+    with pytest.raises(PypapoError, match="bucket gs://no-such-bucket-pypapo does not exist"):
+        store.check()
+
+
+def test_bad_locations() -> None:
+    for bad in ("gs://", "gs://UPPER", "s3://bucket", "gs://bucket/../x"):
+        with pytest.raises(PypapoError):
+            open_store(bad)
+
+
+def test_absent_credentials_name_the_login_command(tmp_path: Path) -> None:
+    # No emulator, no ADC file, no key, no metadata server: google.auth finds nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_"))}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="true")
+    env.update(GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9")
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    wheel.write_bytes(sample.wheel_bytes("demo", "1.0"))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "provision"), "publish", "--repo", "gs://some-bucket", str(wheel)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "gcloud auth application-default login" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_configured_project_does_not_matter(
+    gcs_repo: RepoHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bucket names the data; object operations never use a project, so a "wrong" default
+    # project (another team's) cannot send writes elsewhere or break publishing.
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "some-other-project")
+    store = open_store(gcs_repo.location)
+    store.check()
+    store.write("simple/x/index.json", b"{}", if_generation_match=0)
+    assert gcs_repo.read("simple/x/index.json") == b"{}"
+
+
+def test_directory_repository_needs_an_existing_parent(tmp_path: Path) -> None:
+    with pytest.raises(PypapoError, match="does not exist: create it or fix --repo"):
+        open_store(str(tmp_path / "typo" / "repo")).check()
+    open_store(str(tmp_path / "repo")).check()  # a new repository under an existing directory is fine
+
+
+def test_write_many_is_one_compare_and_swap_per_object(repo: RepoHandle) -> None:
+    store = open_store(repo.location)
+    store.check()
+    g_a = store.write("simple/a/index.json", b"a1", if_generation_match=0)
+    g_b = store.write("simple/b/index.json", b"b1", if_generation_match=0)
+    store.write("simple/b/index.json", b"b2", if_generation_match=g_b)  # someone else got there first
+    results = store.write_many(
+        [
+            ("simple/a/index.json", b"a2", g_a),  # current: replaced
+            ("simple/b/index.json", b"b3", g_b),  # stale: refused, left as it was
+            ("simple/c/index.json", b"c1", 0),  # create-only on an absent object
+        ]
+    )
+    assert results[1] == 0 and results[0] and results[2]
+    assert store.read("simple/a/index.json") == (b"a2", results[0])
+    assert store.read("simple/b/index.json")[0] == b"b2"
+    assert store.read("simple/c/index.json") == (b"c1", results[2])
+    assert store.write_many([]) == []
+
+
+def test_directory_write_many_leaves_no_temporary_files(dir_repo: RepoHandle) -> None:
+    store = open_store(dir_repo.location)
+    g = store.write("simple/p/index.json", b"1", if_generation_match=0)
+    store.write_many([("simple/p/index.json", b"2", g + 1), ("simple/p/index.html", b"<html>", 0)])
+    root = Path(dir_repo.location)
+    assert sorted(p.name for p in (root / "simple/p").iterdir()) == ["index.html", "index.json"]
+    assert (root / "simple/p/index.html").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="named twice"):
+        store.write_many([("simple/p/x.json", b"1", 0), ("simple/p/x.json", b"2", 0)])
+
+
+def test_write_many_after_writes_an_item_only_once_the_one_it_waits_for_is_written(
+    repo: RepoHandle,
+) -> None:
+    store = open_store(repo.location)
+    store.check()
+    g = store.write("simple/a/index.json", b"a1", if_generation_match=0)
+    results = store.write_many(
+        [
+            ("simple/a/index.json", b"a2", g + 7),  # stale: refused ...
+            ("simple/b/index.json", b"b1", 0),
+            ("simple/a/index.html", b"<a2>", 0),  # ... so this one is not even tried
+            ("simple/b/index.html", b"<b1>", 0),
+        ],
+        after=[None, None, 0, 1],
+    )
+    assert results[0] == 0 and results[2] == 0 and results[1] and results[3]
+    assert store.read("simple/a/index.html") == (b"", 0)
+    assert store.read("simple/b/index.html")[0] == b"<b1>"
+    with pytest.raises(ValueError, match="unconditional"):
+        store.write_many([("simple/c/x", b"", 0), ("simple/c/y", b"", 0)], after=[1, 0])
+
+
+def test_permission_denied_names_the_role_to_grant(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fake-gcs-server never answers 403, so a loopback server answers every request as Cloud Storage
+    # does for an account without object access (same status and error body shape).
+    import http.server
+    import json
+    import threading
+
+    body = json.dumps(
+        {
+            "error": {
+                "code": 403,
+                "message": "caller does not have storage.objects.list access",
+                "errors": [{"reason": "forbidden", "domain": "global"}],
+            }
+        }
+    ).encode()
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(PypapoError) as info:
+            open_store("gs://team-pkgs").check()
+    finally:
+        server.shutdown()
+    message = str(info.value)
+    assert message.startswith("permission denied on gs://team-pkgs")
+    assert "roles/storage.objectUser" in message and "--role publisher" in message
+    assert "\n" not in message
