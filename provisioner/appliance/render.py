@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from provisioner.appliance import guest
 from provisioner.errors import PypapoError
 from provisioner.repo import location as loc
 
@@ -39,9 +40,6 @@ NGINX_UNIT = "pypapo-nginx.service"
 APT_SOURCE_PATH = "/etc/apt/sources.list.d/pypapo-gcsfuse.list"
 APT_KEYRING_PATH = "/etc/apt/keyrings/pypapo-gcsfuse.asc"
 NGINX_RUNTIME_DIR = "/run/pypapo-nginx"
-# Guest attributes the startup script writes (namespace/key). The provisioner waits for ready == "true".
-GUEST_ATTRIBUTE_NAMESPACE = "pypapo"
-READY_VALUE = "true"
 # The VM's access log: the journal, via its syslog socket (journalctl -t pypapo_nginx).
 JOURNAL_ACCESS_LOG = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname,tag=pypapo_nginx"
 # The file whose presence proves the repository (not an empty mountpoint) is what NGINX sees.
@@ -276,6 +274,17 @@ def render_startup_script(cfg: ApplianceConfig) -> str:
         unit_dir=UNIT_DIR,
         gcsfuse_unit=GCSFUSE_UNIT,
         nginx_unit=NGINX_UNIT,
-        guest_ns=GUEST_ATTRIBUTE_NAMESPACE,
-        ready_value=READY_VALUE,
+        **guest.template_context(),
     )
+
+
+BAKE_DELIMITER = "PYPAPO_APPLIANCE_SCRIPT_EOF"
+
+
+def render_bake_script(appliance_script: str) -> str:
+    """The image builder's startup script: the appliance script verbatim, run with `bake`, then the
+    guest attributes that tell `image build` how the bake went (see `startup/bake.sh.j2`)."""
+    if BAKE_DELIMITER in appliance_script:
+        raise PypapoError(f"the appliance script contains {BAKE_DELIMITER}; report this bug")
+    body = appliance_script if appliance_script.endswith("\n") else appliance_script + "\n"
+    return _render("startup/bake.sh.j2", script=body, delimiter=BAKE_DELIMITER, **guest.template_context())

@@ -11,6 +11,7 @@ import click
 from google.cloud import compute_v1
 
 from provisioner import __version__
+from provisioner.appliance import guest
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cloud import image as img
 from provisioner.cloud.settings import Settings
@@ -36,7 +37,7 @@ def _target(
 
 def startup_script(settings: Settings) -> str:
     """The appliance's startup script exactly as `provision create` renders it. The same script serves
-    and bakes: the builder runs it in bake mode (see `image.bake_wrapper`)."""
+    and bakes: the builder runs it in bake mode (see `render.render_bake_script`)."""
     from provisioner.cloud.apply import startup_script as appliance_script
 
     return appliance_script(settings)
@@ -130,7 +131,8 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
     )
     click.echo(
         f"image {result.image} created in family {target.family}"
-        f" (gcsfuse {result.versions.get(img.ATTR_GCSFUSE)}, nginx {result.versions.get(img.ATTR_NGINX)});"
+        f" (gcsfuse {result.versions.get(guest.Key.GCSFUSE_VERSION)},"
+        f" nginx {result.versions.get(guest.Key.NGINX_VERSION)});"
         " run `provision rollout` to serve from it"
     )
 

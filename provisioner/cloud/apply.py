@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner.appliance import guest
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.base import Clients, Progress, _echo_progress
 from provisioner.cloud.settings import Settings
@@ -113,12 +114,13 @@ def wait_ready(
     start = clock()
     last = ""
     while True:
-        state, detail = planlib.readiness(cloud.compute.get_guest_attributes(request))
+        report = guest.serving(planlib.guest_values(cloud.compute.get_guest_attributes(request)))
+        state, detail = report.state, report.detail
         elapsed = clock() - start
-        if state == "ready":
+        if state is guest.State.READY:
             progress(f"  appliance ready ({elapsed:.0f}s)")
             return detail
-        if state == "error":
+        if state is guest.State.FAILED:
             raise PypapoError(
                 f"the appliance on {s.instance} reported an error: {detail}; see"
                 f" `gcloud compute instances get-serial-port-output {s.instance} --zone {s.zone}"
@@ -200,7 +202,9 @@ def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
     plan = planlib.plan_create(s, actual, startup_script=startup_script(s))
     inst = actual.instance
     ready = (
-        planlib.readiness(cloud.compute.get_guest_attributes(planlib.guest_attributes_request(s)))
+        guest.serving(
+            planlib.guest_values(cloud.compute.get_guest_attributes(planlib.guest_attributes_request(s)))
+        )
         if inst
         else None
     )
@@ -215,8 +219,8 @@ def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
             "status": inst.status,
             "internal_ip": inst.network_interfaces[0].network_i_p if inst.network_interfaces else None,
             "boot_image": inst.disks[0].source if inst.disks else None,
-            "appliance": ready[0] if ready else None,
-            "appliance_detail": ready[1] if ready else None,
+            "appliance": ready.state.value if ready else None,
+            "appliance_detail": ready.detail if ready else None,
         },
         "bucket": None if actual.bucket is None else f"gs://{s.bucket}",
         "service_account": None if actual.service_account is None else s.service_account_email,

@@ -22,6 +22,7 @@ from google.cloud import compute_v1, scheduler_v1
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 
+from provisioner.appliance import guest, render
 from provisioner.cloud import plan
 from provisioner.errors import PypapoError
 
@@ -46,14 +47,6 @@ READY_TIMEOUT_S = 10 * 60
 GUEST_OS_FEATURES = ("UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC")
 
 BAKE_MODE_KEY = "pypapo-mode"  # instance attribute that selects the startup script's bake mode
-# What the bake-mode startup script (provisioner/render.py) writes as guest attributes, namespace pypapo/.
-GUEST_NAMESPACE = "pypapo"
-ATTR_BAKE = "bake"  # "done" when the bake finished, "failed" otherwise
-ATTR_READY = "ready"  # the serving appliance: "true" once nginx serves the mounted bucket (render.py)
-ATTR_ERROR = "error"  # the bake wrapper: why the bake failed
-ATTR_STATUS = "status"  # serve mode: "ready" or "not ready: REASON"
-ATTR_GCSFUSE = "gcsfuse-version"
-ATTR_NGINX = "nginx-version"
 
 SCHEDULER_JOB_ID = "pypapo-image-rebuild"
 INVOKER_SA_ID = "pypapo-image-scheduler"
@@ -157,47 +150,6 @@ def parse_timestamp(value: str) -> dt.datetime:
 
 # ----------------------------------------------------------------------------------------- the builder
 
-_BAKE_DELIMITER = "PYPAPO_APPLIANCE_SCRIPT_EOF"
-
-# The appliance script's bake mode reports nothing (render.py: "mount nothing, start nothing, report
-# nothing"), so the builder runs it through this wrapper, which owns the build's signals: guest
-# attributes pypapo/gcsfuse-version and pypapo/nginx-version (read back into the image labels), then
-# pypapo/bake=done, or pypapo/bake=failed with pypapo/error; and a serial-console line either way.
-_BAKE_WRAPPER = """#!/bin/bash
-# pypapo golden-image builder (provision image build): bake the appliance, report to the provisioner.
-set -uo pipefail
-put() {
-  curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 -X PUT --data "$2" \\
-    -H 'Metadata-Flavor: Google' \\
-    "http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/pypapo/$1" >/dev/null ||
-    echo "pypapo-bake: could not write guest attribute $1" >&2
-}
-appliance="$(mktemp -t pypapo-appliance.XXXXXX)"
-cat >"$appliance" <<'@DELIM@'
-@SCRIPT@@DELIM@
-if bash "$appliance" bake; then
-  put gcsfuse-version "$(dpkg-query -W -f='${Version}' gcsfuse 2>/dev/null || echo unknown)"
-  put nginx-version "$(dpkg-query -W -f='${Version}' nginx 2>/dev/null || echo unknown)"
-  rm -f "$appliance"
-  sync
-  put bake "done"
-  echo "pypapo-bake: done"
-else
-  status=$?
-  put error "appliance script exited with status $status in bake mode"
-  put bake "failed"
-  echo "pypapo-bake: failed (status $status)"
-fi
-"""
-
-
-def bake_wrapper(appliance_script: str) -> str:
-    """The builder's startup script: the appliance script verbatim, run with `bake`, then the signals."""
-    if _BAKE_DELIMITER in appliance_script:
-        raise PypapoError(f"the appliance script contains {_BAKE_DELIMITER}; report this bug")
-    body = appliance_script if appliance_script.endswith("\n") else appliance_script + "\n"
-    return _BAKE_WRAPPER.replace("@DELIM@", _BAKE_DELIMITER).replace("@SCRIPT@", body)
-
 
 def _network_link(project: str, network: str) -> str:
     return network if "/" in network else f"projects/{project}/global/networks/{network}"
@@ -258,7 +210,7 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
         # selector) makes even a bare run of the appliance script on this VM bake, never serve.
         metadata=compute_v1.Metadata(
             items=plan.metadata_items(
-                {**plan.desired_metadata(bake_wrapper(startup_script)), BAKE_MODE_KEY: "bake"}
+                {**plan.desired_metadata(render.render_bake_script(startup_script)), BAKE_MODE_KEY: "bake"}
             )
         ),
         service_accounts=[],  # no credentials on the builder
@@ -271,8 +223,8 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
 def golden_image(
     target: ImageTarget, name: str, disk: str, now: dt.datetime, versions: dict[str, str]
 ) -> compute_v1.Image:
-    gcsfuse = versions.get(ATTR_GCSFUSE, "unknown")
-    nginx = versions.get(ATTR_NGINX, "unknown")
+    gcsfuse = versions.get(guest.Key.GCSFUSE_VERSION, "unknown")
+    nginx = versions.get(guest.Key.NGINX_VERSION, "unknown")
     return compute_v1.Image(
         name=name,
         family=target.family,
@@ -357,9 +309,7 @@ def build_steps(target: ImageTarget, now: dt.datetime, startup_script: str) -> t
     builder = builder_name(target.family, now)
     image = image_name(target.family, now)
     p, z, ip = target.project, target.zone, target.image_project
-    preview = golden_image(
-        target, image, builder, now, {ATTR_GCSFUSE: "<from bake>", ATTR_NGINX: "<from bake>"}
-    )
+    preview = golden_image(target, image, builder, now, {k: "<from bake>" for k in guest.VERSION_KEYS})
     steps = [
         Step(
             "create the builder VM (Debian 12, Shielded VM, ephemeral IP, egress only, no service account)",
@@ -369,11 +319,11 @@ def build_steps(target: ImageTarget, now: dt.datetime, startup_script: str) -> t
             ),
         ),
         Step(
-            f"wait until the bake reports {GUEST_NAMESPACE}/{ATTR_BAKE}=done"
+            f"wait until the bake reports {guest.NAMESPACE}/{guest.Key.BAKE}={guest.BAKE_DONE}"
             f" (at most {BAKE_TIMEOUT_S // 60} min)",
             "compute.instances.getGuestAttributes",
             compute_v1.GetGuestAttributesInstanceRequest(
-                project=p, zone=z, instance=builder, query_path=f"{GUEST_NAMESPACE}/"
+                project=p, zone=z, instance=builder, query_path=guest.QUERY_PATH
             ),
         ),
         Step(
@@ -448,18 +398,18 @@ Judge = Callable[[dict[str, str]], bool]
 
 def bake_finished(attrs: dict[str, str]) -> bool:
     """The bake wrote pypapo/bake=done; `failed` or pypapo/error is a failure with its reason."""
-    if attrs.get(ATTR_ERROR) or attrs.get(ATTR_BAKE) == "failed":
-        raise PypapoError(f"the bake failed on the builder: {attrs.get(ATTR_ERROR) or 'see its serial log'}")
-    return attrs.get(ATTR_BAKE) == "done"
+    report = guest.baking(attrs)
+    if report.state is guest.State.FAILED:
+        raise PypapoError(f"the bake failed on the builder: {report.detail}")
+    return report.state is guest.State.READY
 
 
 def appliance_ready(attrs: dict[str, str]) -> bool:
-    """render.py's serve mode writes ready=false at start, then status=ready and ready=true once NGINX
-    serves the mounted bucket, or status="not ready: REASON" when it gives up."""
-    status = attrs.get(ATTR_STATUS, "")
-    if status.startswith("not ready") or attrs.get(ATTR_ERROR):
-        raise PypapoError(f"the new appliance reported {status or attrs[ATTR_ERROR]}")
-    return attrs.get(ATTR_READY) == "true"
+    """The serving appliance reported ready; a reported failure raises with its reason."""
+    report = guest.serving(attrs)
+    if report.state is guest.State.FAILED:
+        raise PypapoError(f"the new appliance reported not ready: {report.detail}")
+    return report.state is guest.State.READY
 
 
 def wait_for_guest(
@@ -551,14 +501,14 @@ def run_build(
             if path:  # the serial log dies with the builder: keep it for the person
                 raise PypapoError(f"{exc} (serial console log saved to {path})") from exc
             raise
-        result.versions = {k: attrs.get(k, "unknown") for k in (ATTR_GCSFUSE, ATTR_NGINX)}
+        result.versions = guest.versions(attrs)
         step = "stop the builder"
         report(f"stopping builder {builder}")
         api.stop_instance(steps[2].request)
         step = "create the image"
         report(
-            f"creating image {image} (gcsfuse {result.versions[ATTR_GCSFUSE]},"
-            f" nginx {result.versions[ATTR_NGINX]})"
+            f"creating image {image} (gcsfuse {result.versions[guest.Key.GCSFUSE_VERSION]},"
+            f" nginx {result.versions[guest.Key.NGINX_VERSION]})"
         )
         api.insert_image(
             compute_v1.InsertImageRequest(
@@ -669,10 +619,10 @@ def rollout_steps(target: ImageTarget, spec: compute_v1.Instance, image: str) ->
             {"resource": resource, "policy": "<the bindings read in the first two steps>"},
         ),
         Step(
-            f"wait until the appliance reports {GUEST_NAMESPACE}/{ATTR_READY}",
+            f"wait until the appliance reports {guest.NAMESPACE}/{guest.Key.READY}={guest.READY_TRUE}",
             "compute.instances.getGuestAttributes",
             compute_v1.GetGuestAttributesInstanceRequest(
-                project=p, zone=z, instance=name, query_path=f"{GUEST_NAMESPACE}/"
+                project=p, zone=z, instance=name, query_path=guest.QUERY_PATH
             ),
         ),
     ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from google.cloud import compute_v1, iam_admin_v1, storage
 
+from provisioner.appliance import guest
 from provisioner.cloud.settings import FALLBACK_IMAGE_FAMILY, FALLBACK_IMAGE_PROJECT, Settings
 from provisioner.repo.location import gs_url
 
@@ -24,9 +25,6 @@ CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 SOFT_DELETE_SECONDS = 7 * 24 * 3600  # the GCS default; keeps deleted packages recoverable a week
 NONCURRENT_DAYS = 30  # older versions of index pages are kept a month, then deleted
 DISK_TYPE = "pd-balanced"
-READY_NAMESPACE = "pypapo"
-READY_KEY = "ready"
-READY_VALUE = "true"  # render.READY_VALUE: what the startup script writes once serving
 
 # Roles. The VM only reads; a publisher reads and rewrites pages (generation preconditions on
 # overwrite need storage.objects.delete, which objectCreator lacks); a reader opens the tunnel.
@@ -229,25 +227,15 @@ def insert_instance_request(s: Settings, instance: compute_v1.Instance) -> compu
 
 def guest_attributes_request(s: Settings) -> compute_v1.GetGuestAttributesInstanceRequest:
     return compute_v1.GetGuestAttributesInstanceRequest(
-        project=s.project, zone=s.zone, instance=s.instance, query_path=f"{READY_NAMESPACE}/"
+        project=s.project, zone=s.zone, instance=s.instance, query_path=guest.QUERY_PATH
     )
 
 
-def readiness(attrs: compute_v1.GuestAttributes | None) -> tuple[str, str]:
-    """("ready"|"starting"|"error", detail) from the guest attributes the startup script writes.
-
-    It writes pypapo/ready=true once NGINX serves the mounted bucket, pypapo/error=REASON otherwise.
-    """
+def guest_values(attrs: compute_v1.GuestAttributes | None) -> dict[str, str]:
+    """`{key: value}` of the pypapo/ namespace (what `guest.serving` judges); {} before any write."""
     if attrs is None:
-        return "starting", "no guest attributes yet"
-    entries = {f"{e.namespace}/{e.key}": e.value for e in attrs.query_value.items}
-    error = entries.get(f"{READY_NAMESPACE}/error")
-    if error:
-        return "error", error
-    value = entries.get(f"{READY_NAMESPACE}/{READY_KEY}")
-    if value == READY_VALUE:
-        return "ready", value
-    return "starting", f"{READY_NAMESPACE}/{READY_KEY}={value}" if value is not None else "starting"
+        return {}
+    return {e.key: e.value for e in attrs.query_value.items if e.namespace == guest.NAMESPACE}
 
 
 # --- IAM policies (pure edits of the real policy objects) ---------------------------------------------

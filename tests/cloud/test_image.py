@@ -4,7 +4,6 @@ failure, and the deprecation policy."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -275,64 +274,3 @@ def test_bad_family_and_keep_fail_up_front() -> None:
         img.ImageTarget(project="p", zone="europe-west1-b", family="Pypapo_Images")
     with pytest.raises(PypapoError, match="--keep"):
         img.ImageTarget(project="p", zone="europe-west1-b", keep=0)
-
-
-# -------------------------------------------------------------------------------------- the bake wrapper
-
-
-def _run_wrapper(tmp_path, appliance: str) -> tuple[list[str], str]:
-    """Run the builder's startup script with curl and dpkg-query replaced by recorders (no network)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    puts = tmp_path / "puts"
-    (bin_dir / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {puts}\n')
-    (bin_dir / "dpkg-query").write_text(
-        '#!/bin/sh\ncase "$*" in *gcsfuse*) echo 2.5.1;; *) echo 1.22.1-9;; esac\n'
-    )
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    script = tmp_path / "builder.sh"
-    script.write_text(img.bake_wrapper(appliance))
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}
-    out = subprocess.run(
-        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, check=True
-    )
-    return (puts.read_text().splitlines() if puts.exists() else []), out.stdout
-
-
-def _attrs(puts: list[str]) -> dict[str, str]:
-    """{key: value} from the recorded `curl ... -X PUT --data VALUE ... .../guest-attributes/pypapo/KEY`."""
-    out = {}
-    for line in puts:
-        words = line.split()
-        out[words[-1].rsplit("/", 1)[-1]] = words[words.index("--data") + 1]
-    return out
-
-
-def test_bake_wrapper_reports_versions_then_done(tmp_path) -> None:
-    puts, stdout = _run_wrapper(tmp_path, '#!/bin/bash\n[ "$1" = bake ] || exit 9\necho "pypapo: baked"\n')
-    attrs = _attrs(puts)
-    assert attrs == {"gcsfuse-version": "2.5.1", "nginx-version": "1.22.1-9", "bake": "done"}
-    assert _attrs(puts[-1:]) == {"bake": "done"}, "done comes last: versions are there when it is seen"
-    assert "pypapo: baked" in stdout and "pypapo-bake: done" in stdout
-
-
-def test_bake_wrapper_reports_a_failed_bake(tmp_path) -> None:
-    puts, stdout = _run_wrapper(tmp_path, "#!/bin/bash\nexit 3\n")
-    attrs = _attrs(puts)
-    assert attrs["bake"] == "failed" and "gcsfuse-version" not in attrs
-    assert "pypapo-bake: failed (status 3)" in stdout
-    with pytest.raises(PypapoError, match="bake failed"):
-        img.bake_finished({"bake": "failed", "error": "appliance script exited with status 3 in bake mode"})
-
-
-def test_bake_wrapper_around_the_real_appliance_script_passes_shellcheck(tmp_path) -> None:
-    from provisioner.appliance import render
-
-    appliance = render.render_startup_script(render.ApplianceConfig(bucket="proj-123456-pypapo"))
-    script = tmp_path / "builder.sh"
-    script.write_text(img.bake_wrapper(appliance))
-    result = subprocess.run(
-        ["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout

@@ -124,16 +124,14 @@ def test_with_member_edits_real_policies_and_drops_empty_bindings() -> None:
         assert len(policy.bindings) == 0
 
 
-def test_readiness_from_guest_attributes() -> None:
-    def attrs(**kv: str) -> compute_v1.GuestAttributes:
-        items = [compute_v1.GuestAttributesEntry(namespace="pypapo", key=k, value=v) for k, v in kv.items()]
-        return compute_v1.GuestAttributes(query_value=compute_v1.GuestAttributesValue(items=items))
-
-    assert planlib.readiness(None)[0] == "starting"
-    assert planlib.readiness(attrs(ready="true")) == ("ready", "true")
-    assert planlib.readiness(attrs(error="nginx failed"))[0] == "error"
-    assert planlib.readiness(attrs(ready="false"))[0] == "starting"
-    assert planlib.READY_VALUE == render.READY_VALUE  # the provisioner waits for what the VM writes
+def test_guest_attributes_request_and_values() -> None:
+    items = [
+        compute_v1.GuestAttributesEntry(namespace="pypapo", key="ready", value="true"),
+        compute_v1.GuestAttributesEntry(namespace="other", key="ready", value="false"),
+    ]
+    attrs = compute_v1.GuestAttributes(query_value=compute_v1.GuestAttributesValue(items=items))
+    assert planlib.guest_values(attrs) == {"ready": "true"}
+    assert planlib.guest_values(None) == {}
     req = planlib.guest_attributes_request(S)
     assert (req.instance, req.query_path) == ("pypapo", "pypapo/")
 
