@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -86,20 +88,47 @@ def test_index_at_root_as_well(demo_index: LocalIndex) -> None:
     assert demo_index.get("/pypapo-chain-c/pypapo_chain_c-1.0.tar.gz").status == 200
 
 
-def test_redirects_are_relative(demo_index: LocalIndex) -> None:
-    for path, location in [
-        ("/simple", "/simple/"),
-        ("/simple/pypapo-chain-c", "/simple/pypapo-chain-c/"),
+def test_redirects_are_relative_to_the_request(demo_index: LocalIndex) -> None:
+    """Relative Location headers: they resolve against whatever URL the client used (tunnel port,
+    path prefix), so the index never sends a client to a /simple/ that is not its own."""
+    for path, location, lands in [
+        ("/simple", "simple/", "/simple/"),
+        ("/simple?x=1", "simple/?x=1", "/simple/"),
+        ("/simple/pypapo-chain-c", "./pypapo-chain-c/", "/simple/pypapo-chain-c/"),
         # Non-normalized names reach the normalized project.
-        ("/simple/Mixed.Case_Name/", "/simple/mixed-case-name/"),
-        ("/simple/PYPAPO_Chain__C/", "/simple/pypapo-chain-c/"),
-        ("/simple/pypapo.chain-.c", "/simple/pypapo-chain-c/"),
-        ("/Mixed_Case.NAME/", "/simple/mixed-case-name/"),
+        ("/simple/Mixed.Case_Name/", "../mixed-case-name/", "/simple/mixed-case-name/"),
+        ("/simple/Mixed.Case_Name", "./mixed-case-name/", "/simple/mixed-case-name/"),
+        ("/simple/PYPAPO_Chain__C/", "../pypapo-chain-c/", "/simple/pypapo-chain-c/"),
+        ("/simple/pypapo.chain-.c", "./pypapo-chain-c/", "/simple/pypapo-chain-c/"),
+        (
+            "/simple/PyPaPo_Chain_C/pypapo_chain_c-1.0.tar.gz",
+            "../pypapo-chain-c/pypapo_chain_c-1.0.tar.gz",
+            "/simple/pypapo-chain-c/pypapo_chain_c-1.0.tar.gz",
+        ),
+        ("/Mixed_Case.NAME/", "../mixed-case-name/", "/mixed-case-name/"),
+        ("/pypapo-chain-c", "./pypapo-chain-c/", "/pypapo-chain-c/"),
     ]:
         r = demo_index.get(path)
         assert r.status == 301, path
         assert r.header("location") == location, path
-        assert demo_index.get(location).status == 200
+        assert urllib.parse.urljoin(path, location).split("?")[0] == lands, path
+        assert demo_index.get(lands).status == 200, lands
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/simple/Acme%0d%0aSet-Cookie:%20x=1/",  # header injection through the decoded URI
+        "/simple/http:%2f%2fevil.example",  # a scheme would make the relative redirect absolute
+        "/simple/javascript:alert(1)",
+        "/simple/Foo_Bar/a/b",  # nothing is that deep
+        "/simple/_/",
+    ],
+)
+def test_redirects_never_carry_anything_but_a_name(demo_index: LocalIndex, path: str) -> None:
+    r = demo_index.get(path)
+    assert r.status == 404, (path, r.status, r.headers)
+    assert "set-cookie" not in r.headers and "location" not in r.headers
 
 
 def test_non_normalized_name_reaches_project_by_following_redirects(demo_index: LocalIndex) -> None:
@@ -230,9 +259,10 @@ def test_nothing_outside_the_index(demo_index: LocalIndex, secrets_next_to_repo:
     assert r.status in (301, 400, 403, 404), (path, r.status)
     assert secrets_next_to_repo not in r.body
     assert b"root:" not in r.body
-    if r.status == 301:  # a normalization redirect stays inside /simple/ and leads nowhere secret
-        location = r.header("location") or ""
-        assert location.startswith("/simple/")
+    if r.status == 301:  # a normalization redirect stays on this index and leads nowhere secret
+        location = urllib.parse.urljoin(path, r.header("location") or "")
+        # A path on this server (the index at /simple/ or its mirror at /), never another host.
+        assert location.startswith("/") and not location.startswith("//")
         assert secrets_next_to_repo not in demo_index.get(location).body
 
 
@@ -403,3 +433,44 @@ def test_vm_config_serves_as_an_unprivileged_user() -> None:
             _out, err = proc.communicate(timeout=20)
             assert b"[emerg]" not in err and b"[warn]" not in err, err
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- behind a reverse proxy under a path prefix ------------------------------------------------------
+
+
+def test_redirects_work_behind_a_path_prefix(demo_index: LocalIndex, prefix_proxy, tmp_path: Path) -> None:
+    """/pypi/ -> the index: every redirect lands on the index under /pypi/, never on /simple/."""
+    import urllib.request
+
+    proxy = prefix_proxy(demo_index.port, "/pypi/")
+    for path, lands in [
+        ("/pypi/simple", "/pypi/simple/"),
+        ("/pypi/simple/Acme_Lib/", "/pypi/simple/acme-lib/"),  # no such project: still under /pypi/
+        ("/pypi/simple/Mixed.Case_Name/", "/pypi/simple/mixed-case-name/"),
+        ("/pypi/simple/pypapo-chain-c", "/pypi/simple/pypapo-chain-c/"),
+        ("/pypi/Mixed_Case.NAME", "/pypi/mixed-case-name/"),
+    ]:
+        r = proxy.get(path)
+        assert r.status == 301, (path, r.status)
+        assert urllib.parse.urljoin(path, r.header("location") or "") == lands, path
+    for path, lands in [
+        ("/pypi/simple", "/pypi/simple/"),
+        ("/pypi/simple/Mixed.Case_Name/", "/pypi/simple/mixed-case-name/"),
+        ("/pypi/simple/PYPAPO_Chain__C", "/pypi/simple/pypapo-chain-c/"),
+    ]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.port}{path}") as resp:
+            assert resp.status == 200
+            assert urllib.parse.urlsplit(resp.url).path == lands
+    # A real client through the prefix, given the index URL without its trailing slash.
+    target = tmp_path / "target"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "--isolated", "install", "--no-cache-dir", "--no-deps",
+            "--target", str(target), "--index-url", f"http://127.0.0.1:{proxy.port}/pypi/simple",
+            "MIXED_case.Name",
+        ],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (target / "mixed_case_name").is_dir()
