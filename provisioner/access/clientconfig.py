@@ -1,20 +1,38 @@
-"""Pure: client configuration for the index, safe from dependency confusion where the tool allows it.
+"""Pure: client configuration that keeps private names away from the public index, for every tool.
 
-Dependency confusion: a client that looks for a private name on PyPI as well can install an attacker's
-higher version from PyPI. The safe shapes pin private names to pypapo (uv explicit index + sources,
-poetry explicit source, pdm include/exclude_packages, pipenv `index =`) or use pypapo as the only
-index (pip --index-url). pip cannot pin per package: --extra-index-url is never safe.
+Dependency confusion: a client that may look a private name up on a public index can install an
+attacker's higher version from it, and a private package reached only *transitively* (acme-app from
+pypapo depends on acme-lib, also private) is the case most configurations miss:
+
+- uv applies `[tool.uv.sources]` to direct dependencies only. What holds for every dependency is the
+  index order with `index-strategy = "first-index"` (uv's default): uv stops at the first index that
+  knows a name, so with pypapo first a name pypapo carries never reaches the public index.
+- poetry applies `source =` only to dependencies that are declared (and, in poetry 2, declared in
+  `[project]` too). What holds for every dependency is the priorities: the public index as a
+  `supplemental` source is asked only when no primary source (pypapo) has a matching package.
+- pdm filters every lookup by `include_packages`/`exclude_packages`.
+- pipenv searches a package's named index only, and the default (first) source for the rest.
+- pip (and conda's pip section) cannot route a name to an index at all: with `--extra-index-url` the
+  highest version on ANY index wins. The only safe pip is pypapo as its only index, with the public
+  dependencies mirrored into it (`provision mirror`).
+
+With `--public-index none` (pypapo carries everything) every tool gets pypapo alone.
+Every configuration comes with a command that checks the resolved result and exits non-zero when a
+private name would come from anywhere but pypapo.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from provisioner.errors import PypapoError
+from provisioner.repo.layout import normalize
 
 TOOLS = ("pip", "uv", "poetry", "pdm", "pipenv", "conda")
-PYPI = "https://pypi.org/simple"
+PYPI = "https://pypi.org/simple/"
 PLACEHOLDER = "your-private-package"
 
 
@@ -22,163 +40,276 @@ PLACEHOLDER = "your-private-package"
 class ClientConfig:
     tool: str
     file: str  # where the text goes
+    joins: tuple[str, ...]  # the tables/sections of that file the snippet merges into
     text: str  # the configuration itself (comments included, parseable as the file's format)
-    safe: bool  # protected from dependency confusion as written
-    note: str  # one plain sentence on why (or why not)
+    single_index: bool  # pypapo is the only index (the tool cannot be given a second one safely)
+    note: str  # one plain sentence on why it is safe (and what the tool cannot do)
+    verify: str  # a shell command, run where the file is, that fails unless private names come from pypapo
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    url: str  # pypapo's /simple/ URL, with its trailing slash
+    public: str | None  # the public index (None: pypapo carries everything)
+    names: list[str]  # private names, PEP 503 normalized
 
 
 def _toml_list(items: Sequence[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-def render(tool: str, url: str, packages: Sequence[str] = ()) -> ClientConfig:
-    """The configuration for `tool` pointing at `url` (the index's /simple/ URL)."""
+def _http_url(value: str, flag: str) -> str:
+    if not value.startswith(("http://", "https://")) or any(c in value for c in " \"'\n\\"):
+        raise PypapoError(f"{flag} {value!r} must be an http(s) URL like http://localhost:3333/simple/")
+    return value if value.endswith("/") else value + "/"
+
+
+def render(
+    tool: str, url: str, packages: Sequence[str] = (), public_index: str | None = PYPI
+) -> ClientConfig:
+    """The configuration for `tool` pointing at `url` (the index's /simple/ URL); `public_index` is the
+    index for everything else, None when pypapo mirrors everything."""
     if tool not in TOOLS:
         raise PypapoError(f"unknown tool {tool!r}; choose one of {', '.join(TOOLS)}")
-    if not url.startswith(("http://", "https://")):
-        raise PypapoError(f"--url {url!r} must be an http(s) URL like http://localhost:3333/simple/")
-    url = url if url.endswith("/") else url + "/"
-    names = list(packages) or [PLACEHOLDER]
-    return _RENDERERS[tool](url, names)
+    url = _http_url(url, "--url")
+    public = None if public_index in (None, "none") else _http_url(public_index, "--public-index")
+    if public is not None and public.rstrip("/") == url.rstrip("/"):
+        public = None
+    names = [normalize(n) for n in packages] or [PLACEHOLDER]
+    return _RENDERERS[tool](_Ctx(url, public, list(dict.fromkeys(names))))
 
 
-def _pip(url: str, names: list[str]) -> ClientConfig:
+# --- verification commands ------------------------------------------------------------------------------
+# Each reads what the tool resolved and lists, for every private name, where it comes from.
+
+
+def _program(ctx: _Ctx, body: str) -> str:
+    """A python3 -c program (double quotes only, so it sits in single quotes in a shell)."""
+    head = f"import json, sys, tomllib; names = {json.dumps(ctx.names)}; url = {json.dumps(ctx.url)}; "
+    tail = '; sys.exit(f"NOT from pypapo: {bad}" if bad else 0)'
+    return shlex.quote(head + body + tail)
+
+
+def _check(setup: str, load: str, origin: str, ctx: _Ctx, ok: str) -> str:
+    body = (
+        f"{load}; bad = [n for n in names if n in found and not ({ok})]; "
+        f"[print(n, {origin}) for n in names if n in found]"
+    )
+    return f"{setup} && python3 -c {_program(ctx, body)}"
+
+
+def _pip_verify(ctx: _Ctx, pip: str = "python3 -m pip install") -> str:
+    body = (
+        'got = {i["metadata"]["name"].lower().replace("_", "-").replace(".", "-"): '
+        'i["download_info"]["url"] for i in json.load(sys.stdin)["install"]}; '
+        "[print(n, u) for n, u in got.items()]; bad = [n for n, u in got.items() if not u.startswith(url)]"
+    )
+    return (
+        f"{pip} --dry-run --ignore-installed --quiet --report - {' '.join(ctx.names)}"
+        f" | python3 -c {_program(ctx, body)}"
+    )
+
+
+# --- the tools --------------------------------------------------------------------------------------------
+
+
+def _single_index_note(tool: str, ctx: _Ctx) -> str:
+    if ctx.public is None:
+        return (
+            f"safe: pypapo is {tool}'s only index (it must carry the public dependencies: provision mirror)"
+        )
+    return (
+        f"{tool} cannot keep a name away from a second index (with --extra-index-url the highest version"
+        f" on ANY index wins), so this is pypapo as the only index: mirror the public dependencies into"
+        f" it with `provision mirror` (then --public-index none)"
+    )
+
+
+def _pip(ctx: _Ctx) -> ClientConfig:
     text = (
-        "# pip.conf (Linux: ~/.config/pip/pip.conf, or PIP_CONFIG_FILE; Windows: pip.ini)\n"
-        "# pypapo is the ONLY index. pip cannot pin a package to an index: with --extra-index-url pip\n"
-        "# takes the highest version from ANY index, so a public package with a private name wins.\n"
-        "# Never add extra-index-url here; mirror public dependencies into pypapo instead.\n"
+        "# pip.conf (Linux: ~/.config/pip/pip.conf or PIP_CONFIG_FILE; Windows: %APPDATA%\\pip\\pip.ini)\n"
+        "# joins [global]. pypapo is the ONLY index: pip cannot pin a package to an index, and with\n"
+        "# extra-index-url it takes the highest version from ANY index, so a public package with a\n"
+        "# private name would win. Never add extra-index-url; mirror public dependencies into pypapo.\n"
         "[global]\n"
-        f"index-url = {url}\n"
+        f"index-url = {ctx.url}\n"
     )
     return ClientConfig(
-        "pip",
-        "pip.conf",
-        text,
-        True,
-        "safe only as the single index (--index-url); pip with --extra-index-url is NOT safe from"
-        " dependency confusion",
+        "pip", "pip.conf", ("[global]",), text, True, _single_index_note("pip", ctx), _pip_verify(ctx)
     )
 
 
-def _uv(url: str, names: list[str]) -> ClientConfig:
-    sources = "".join(f'{n} = {{ index = "pypapo" }}\n' for n in names)
+def _uv(ctx: _Ctx) -> ClientConfig:
+    if ctx.public is None:
+        indexes = (
+            "# pypapo replaces PyPI (default = true): the only index.\n"
+            f'[[tool.uv.index]]\nname = "pypapo"\nurl = "{ctx.url}"\ndefault = true\n'
+        )
+        note = "safe: pypapo is uv's only index"
+    else:
+        indexes = (
+            "# pypapo FIRST, then the public index as the default (always the last one asked).\n"
+            "# first-index: uv takes a name from the first index that has it, so a name pypapo carries\n"
+            "# (direct or transitive) is never looked up on the public index. Do not use\n"
+            '# "unsafe-best-match" or "unsafe-first-match", nor --extra-index-url on the command line.\n'
+            f'[[tool.uv.index]]\nname = "pypapo"\nurl = "{ctx.url}"\n\n'
+            f'[[tool.uv.index]]\nname = "public"\nurl = "{ctx.public}"\ndefault = true\n\n'
+            f'[tool.uv]\nindex-strategy = "first-index"\n'
+        )
+        note = (
+            "safe: pypapo is asked first and, under first-index, a name it carries is never taken from"
+            " the public index ([tool.uv.sources] alone would pin direct dependencies only)"
+        )
+    joins = ("[[tool.uv.index]]",) if ctx.public is None else ("[[tool.uv.index]]", "[tool.uv]")
     text = (
-        "# pyproject.toml: private packages come from pypapo only (explicit index + sources pin);\n"
-        "# everything else from PyPI. uv's default index-strategy first-index never mixes indexes.\n"
-        "[[tool.uv.index]]\n"
-        'name = "pypapo"\n'
-        f'url = "{url}"\n'
-        "explicit = true\n"
-        "\n"
-        "[tool.uv]\n"
-        'index-strategy = "first-index"\n'
-        "\n"
-        "[tool.uv.sources]\n"
-        f"{sources}"
+        "# pyproject.toml: joins "
+        + " and ".join(joins)
+        + " (these index entries before any other; in uv.toml: [[index]] and the top level)\n"
+        + indexes
+    )
+    verify = _check(
+        "uv lock",
+        'found = {p["name"]: p.get("source", {}) for p in tomllib.load(open("uv.lock", "rb"))["package"]}',
+        "found[n]",
+        ctx,
+        'found[n].get("registry", "").rstrip("/") == url.rstrip("/")',
+    )
+    return ClientConfig("uv", "pyproject.toml", joins, text, False, note, verify)
+
+
+def _poetry(ctx: _Ctx) -> ClientConfig:
+    sources = f'[[tool.poetry.source]]\nname = "pypapo"\nurl = "{ctx.url}"\npriority = "primary"\n'
+    if ctx.public is None:
+        sources = "# pypapo is the only source (a primary source turns the implicit PyPI off).\n" + sources
+        note = "safe: pypapo is poetry's only source"
+    else:
+        public = (
+            '[[tool.poetry.source]]\nname = "PyPI"\npriority = "supplemental"\n'
+            if ctx.public == PYPI
+            else f'[[tool.poetry.source]]\nname = "public"\nurl = "{ctx.public}"\npriority = "supplemental"\n'
+        )
+        sources = (
+            "# pypapo primary, the public index supplemental: poetry asks a supplemental source only\n"
+            "# when no primary source has a package matching the requirement, for direct and transitive\n"
+            "# dependencies alike. (A requirement pypapo cannot satisfy, say acme-lib>=3 while pypapo has\n"
+            "# 2.x, would fall through: keep private requirements satisfiable, or use --public-index none.)\n"
+            + sources
+            + "\n"
+            + public
+        )
+        note = (
+            "safe: pypapo primary and the public index supplemental (a `source =` pin alone covers"
+            " declared dependencies only)"
+        )
+    text = "# pyproject.toml: joins [[tool.poetry.source]] (these entries, in this order)\n" + sources
+    verify = _check(
+        "poetry lock",
+        'found = {p["name"]: p.get("source", {}) '
+        'for p in tomllib.load(open("poetry.lock", "rb"))["package"]}',
+        'found[n].get("url", "PyPI")',
+        ctx,
+        'found[n].get("url", "").rstrip("/") == url.rstrip("/")',
+    )
+    return ClientConfig("poetry", "pyproject.toml", ("[[tool.poetry.source]]",), text, False, note, verify)
+
+
+def _pdm(ctx: _Ctx) -> ClientConfig:
+    if ctx.public is None:
+        body = (
+            '# A source named "pypi" replaces PyPI: pypapo is the only index.\n'
+            f'[[tool.pdm.source]]\nname = "pypi"\nurl = "{ctx.url}"\n'
+        )
+        note = "safe: pypapo is pdm's only index"
+    else:
+        body = (
+            "# Private names only from pypapo (include_packages), and never from the public index\n"
+            '# (exclude_packages; the source named "pypi" replaces the default PyPI).\n'
+            f'[[tool.pdm.source]]\nname = "pypapo"\nurl = "{ctx.url}"\n'
+            f"include_packages = {_toml_list(ctx.names)}\n\n"
+            f'[[tool.pdm.source]]\nname = "pypi"\nurl = "{ctx.public}"\n'
+            f"exclude_packages = {_toml_list(ctx.names)}\n\n"
+            "[tool.pdm.resolution]\nrespect-source-order = true\n"
+        )
+        note = (
+            "safe: include_packages/exclude_packages route each private name to pypapo alone,"
+            " transitive ones too"
+        )
+    joins = (
+        ("[[tool.pdm.source]]",) if ctx.public is None else ("[[tool.pdm.source]]", "[tool.pdm.resolution]")
+    )
+    text = "# pyproject.toml: joins " + " and ".join(joins) + "\n" + body
+    verify = _check(
+        "pdm lock -S static_urls",
+        'found = {p["name"]: [f["url"] for f in p.get("files", [])] '
+        'for p in tomllib.load(open("pdm.lock", "rb"))["package"]}',
+        "found[n]",
+        ctx,
+        "found[n] and all(u.startswith(url) for u in found[n])",
+    )
+    return ClientConfig("pdm", "pyproject.toml", joins, text, False, note, verify)
+
+
+def _pipenv(ctx: _Ctx) -> ClientConfig:
+    verify_ssl = "true" if ctx.url.startswith("https") else "false"
+    if ctx.public is None:
+        sources = f'[[source]]\nname = "pypapo"\nurl = "{ctx.url}"\nverify_ssl = {verify_ssl}\n'
+        packages = "".join(f'{n} = "*"\n' for n in ctx.names)
+        note = "safe: pypapo is pipenv's only source"
+        ok = "True"
+    else:
+        public_name = "pypi" if ctx.public == PYPI else "public"
+        sources = (
+            "# The public index FIRST (the default source: packages without `index =` come from it\n"
+            '# only); every private name, direct or transitive, is listed with index = "pypapo" and\n'
+            "# searched there only. Keep PIPENV_INSTALL_SEARCH_ALL_SOURCES unset.\n"
+            f'[[source]]\nname = "{public_name}"\nurl = "{ctx.public}"\n'
+            f"verify_ssl = {'true' if ctx.public.startswith('https') else 'false'}\n\n"
+            f'[[source]]\nname = "pypapo"\nurl = "{ctx.url}"\nverify_ssl = {verify_ssl}\n'
+        )
+        packages = "".join(f'{n} = {{ version = "*", index = "pypapo" }}\n' for n in ctx.names)
+        note = "safe: each private name is listed with its index, and pipenv searches only that one for it"
+        ok = "found[n].get('index') == 'pypapo'"
+    text = (
+        "# Pipfile: joins [[source]] (these entries, in this order) and [packages]\n"
+        + sources
+        + ("\n[packages]\n" + packages)
+    )
+    verify = _check(
+        "pipenv lock",
+        'found = json.load(open("Pipfile.lock"))["default"]',
+        'found[n].get("index", "(default source)")',
+        ctx,
+        ok,
     )
     return ClientConfig(
-        "uv",
-        "pyproject.toml",
-        text,
-        True,
-        "safe: an explicit index is used only for the packages pinned to it in [tool.uv.sources]",
+        "pipenv", "Pipfile", ("[[source]]", "[packages]"), text, ctx.public is None, note, verify
     )
 
 
-def _poetry(url: str, names: list[str]) -> ClientConfig:
-    deps = "".join(f'{n} = {{ version = "*", source = "pypapo" }}\n' for n in names)
+def _conda(ctx: _Ctx) -> ClientConfig:
+    pkgs = "".join(f"      - {n}\n" for n in ctx.names)
     text = (
-        "# pyproject.toml: an explicit source is searched only for dependencies that name it.\n"
-        "[[tool.poetry.source]]\n"
-        'name = "pypapo"\n'
-        f'url = "{url}"\n'
-        'priority = "explicit"\n'
-        "\n"
-        "[tool.poetry.dependencies]\n"
-        f"{deps}"
-    )
-    return ClientConfig(
-        "poetry",
-        "pyproject.toml",
-        text,
-        True,
-        'safe: priority = "explicit" keeps pypapo for the pinned packages, PyPI never serves them',
-    )
-
-
-def _pdm(url: str, names: list[str]) -> ClientConfig:
-    text = (
-        "# pyproject.toml: private names only from pypapo, and never from PyPI.\n"
-        "[[tool.pdm.source]]\n"
-        'name = "pypapo"\n'
-        f'url = "{url}"\n'
-        f"include_packages = {_toml_list(names)}\n"
-        "\n"
-        "[[tool.pdm.source]]\n"
-        'name = "pypi"\n'
-        f'url = "{PYPI}"\n'
-        f"exclude_packages = {_toml_list(names)}\n"
-        "\n"
-        "[tool.pdm.resolution]\n"
-        "respect-source-order = true\n"
-    )
-    return ClientConfig(
-        "pdm",
-        "pyproject.toml",
-        text,
-        True,
-        "safe: include_packages/exclude_packages route each private name to pypapo alone",
-    )
-
-
-def _pipenv(url: str, names: list[str]) -> ClientConfig:
-    packages = "".join(f'{n} = {{ version = "*", index = "pypapo" }}\n' for n in names)
-    text = (
-        "# Pipfile: packages without `index =` come from the first source (PyPI) only;\n"
-        "# private ones name pypapo. Keep PIPENV_INSTALL_SEARCH_ALL_SOURCES unset.\n"
-        "[[source]]\n"
-        'name = "pypi"\n'
-        f'url = "{PYPI}"\n'
-        "verify_ssl = true\n"
-        "\n"
-        "[[source]]\n"
-        'name = "pypapo"\n'
-        f'url = "{url}"\n'
-        f"verify_ssl = {'true' if url.startswith('https') else 'false'}\n"
-        "\n"
-        "[packages]\n"
-        f"{packages}"
-    )
-    return ClientConfig(
-        "pipenv",
-        "Pipfile",
-        text,
-        True,
-        "safe: each private package names its index, and pipenv searches only that one for it",
-    )
-
-
-def _conda(url: str, names: list[str]) -> ClientConfig:
-    pkgs = "".join(f"      - {n}\n" for n in names)
-    text = (
-        "# environment.yml: conda itself cannot read a Python simple index; its pip section can.\n"
-        "# pip rules apply: pypapo as the only pip index (--index-url), never --extra-index-url.\n"
+        "# environment.yml: joins the `- pip:` list under dependencies. conda itself cannot read a\n"
+        "# Python simple index; its pip section is pip, with pip's rules: pypapo as the only pip index\n"
+        "# (--index-url), never --extra-index-url.\n"
         "name: myenv\n"
         "dependencies:\n"
         "  - python=3.11\n"
         "  - pip\n"
         "  - pip:\n"
-        f"      - --index-url {url}\n"
+        f"      - --index-url {ctx.url}\n"
         f"{pkgs}"
     )
     return ClientConfig(
         "conda",
         "environment.yml",
+        ("dependencies: - pip:",),
         text,
         True,
-        "safe only as written, with pypapo as the single pip index (--index-url): conda has no"
-        " per-package index pinning for pip packages, and --extra-index-url is NOT safe",
+        _single_index_note("conda's pip section", ctx),
+        _pip_verify(ctx).replace(
+            "python3 -m pip install", f"python3 -m pip install --index-url {ctx.url}", 1
+        ),
     )
 
 

@@ -27,20 +27,32 @@ def tunnel_command(local_port: int | None, remote_port: int | None, **kwargs: An
 
 @click.command("client-config")
 @click.option("--tool", type=click.Choice(["pip", "uv", "poetry", "pdm", "pipenv", "conda"]), required=True)
-@click.option("--url", default="http://localhost:3333/simple/", show_default=True, help="the index URL")
+@click.option("--url", default="http://localhost:3333/simple/", show_default=True, help="pypapo's index URL")
 @click.option(
     "--package",
     "packages",
     multiple=True,
-    help="a private package to pin to pypapo (repeat; default: a placeholder name)",
+    metavar="NAME",
+    help="a private package (repeat; every private name, transitive ones included; default: a placeholder)",
 )
-def client_config_command(tool: str, url: str, packages: tuple[str, ...]) -> None:
-    """Print client configuration for the index, safe from dependency confusion where the tool allows."""
+@click.option(
+    "--public-index",
+    default="https://pypi.org/simple/",
+    show_default=True,
+    metavar="URL|none",
+    help="the index for everything else (a company proxy), or `none` when pypapo mirrors everything "
+    "(`provision mirror`)",
+)
+def client_config_command(tool: str, url: str, packages: tuple[str, ...], public_index: str) -> None:
+    """Print client configuration that keeps private names, direct or transitive, away from the public
+    index (stdout), and on stderr what it joins, why it is safe, and the command that checks it."""
     from provisioner.access import clientconfig
 
-    cfg = clientconfig.render(tool, url, packages)
+    cfg = clientconfig.render(tool, url, packages, public_index)
     click.echo(cfg.text, nl=False)
     click.echo(f"# {cfg.file}: {cfg.note}", err=True)
+    click.echo(f"# merge into {cfg.file}: {', '.join(cfg.joins)}", err=True)
+    click.echo(f"# check it (where {cfg.file} is): {cfg.verify}", err=True)
 
 
 COMMANDS: list[click.Command] = [tunnel_command, client_config_command]

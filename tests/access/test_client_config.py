@@ -29,19 +29,45 @@ def render(tool: str) -> clientconfig.ClientConfig:
     return clientconfig.render(tool, URL, PKGS)
 
 
-def test_uv_explicit_index_with_sources_pinned() -> None:
+def test_uv_pypapo_first_then_the_public_index_as_default() -> None:
     doc = tomllib.loads(render("uv").text)
-    (index,) = doc["tool"]["uv"]["index"]
-    assert index == {"name": "pypapo", "url": URL, "explicit": True}
-    assert doc["tool"]["uv"]["sources"] == {name: {"index": "pypapo"} for name in PKGS}
+    assert doc["tool"]["uv"]["index"] == [
+        {"name": "pypapo", "url": URL},
+        {"name": "public", "url": clientconfig.PYPI, "default": True},
+    ]
     assert doc["tool"]["uv"]["index-strategy"] == "first-index"
+    # Sources pin direct dependencies only; the safety must not depend on them.
+    assert "sources" not in doc["tool"]["uv"]
 
 
-def test_poetry_explicit_source_and_per_package_pin(tmp_path: Path) -> None:
+def test_every_tool_gets_pypapo_alone_without_a_public_index() -> None:
+    uv = tomllib.loads(clientconfig.render("uv", URL, PKGS, "none").text)
+    assert uv["tool"]["uv"]["index"] == [{"name": "pypapo", "url": URL, "default": True}]
+    poetry = tomllib.loads(clientconfig.render("poetry", URL, PKGS, "none").text)
+    assert poetry["tool"]["poetry"]["source"] == [{"name": "pypapo", "url": URL, "priority": "primary"}]
+    pdm = tomllib.loads(clientconfig.render("pdm", URL, PKGS, "none").text)
+    assert pdm["tool"]["pdm"]["source"] == [{"name": "pypi", "url": URL}]
+    pipenv = tomllib.loads(clientconfig.render("pipenv", URL, PKGS, "none").text)
+    assert [s["url"] for s in pipenv["source"]] == [URL]
+    for tool in clientconfig.TOOLS:
+        cfg = clientconfig.render(tool, URL, PKGS, "none")
+        assert "pypi.org" not in cfg.text, tool
+        assert "only" in cfg.note, tool
+
+
+def test_poetry_pypapo_primary_public_supplemental(tmp_path: Path) -> None:
     cfg = render("poetry")
     doc = tomllib.loads(cfg.text)
-    assert doc["tool"]["poetry"]["source"] == [{"name": "pypapo", "url": URL, "priority": "explicit"}]
-    assert all(doc["tool"]["poetry"]["dependencies"][n]["source"] == "pypapo" for n in PKGS)
+    assert doc["tool"]["poetry"]["source"] == [
+        {"name": "pypapo", "url": URL, "priority": "primary"},
+        {"name": "PyPI", "priority": "supplemental"},
+    ]
+    company = tomllib.loads(clientconfig.render("poetry", URL, PKGS, "https://proxy.example/simple").text)
+    assert company["tool"]["poetry"]["source"][1] == {
+        "name": "public",
+        "url": "https://proxy.example/simple/",
+        "priority": "supplemental",
+    }
     # poetry itself accepts it in a project
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["acme-core", "acme-utils"]\n\n'
@@ -59,7 +85,7 @@ def test_pdm_routes_private_names_to_pypapo_and_away_from_pypi() -> None:
     doc = tomllib.loads(render("pdm").text)
     pypapo, pypi = doc["tool"]["pdm"]["source"]
     assert (pypapo["url"], pypapo["include_packages"]) == (URL, list(PKGS))
-    assert pypi["url"] == "https://pypi.org/simple" and pypi["exclude_packages"] == list(PKGS)
+    assert pypi["url"] == clientconfig.PYPI and pypi["exclude_packages"] == list(PKGS)
     assert doc["tool"]["pdm"]["resolution"]["respect-source-order"] is True
 
 
@@ -70,12 +96,19 @@ def test_pipenv_each_private_package_names_its_index() -> None:
     assert doc["packages"] == {n: {"version": "*", "index": "pypapo"} for n in PKGS}
 
 
-def test_pip_uses_pypapo_as_the_only_index_and_warns_about_extra_index_url() -> None:
+def test_names_are_normalized() -> None:
+    cfg = clientconfig.render("pdm", URL, ["Acme_Core", "acme.utils"])
+    assert tomllib.loads(cfg.text)["tool"]["pdm"]["source"][0]["include_packages"] == list(PKGS)
+
+
+def test_pip_is_pypapo_alone_even_when_a_public_index_is_given() -> None:
     cfg = render("pip")
     parser = configparser.ConfigParser()
     parser.read_string(cfg.text)
     assert dict(parser["global"]) == {"index-url": URL}
-    assert "--extra-index-url is NOT safe" in cfg.note
+    assert cfg.single_index
+    assert "cannot keep a name away from a second index" in cfg.note
+    assert "provision mirror" in cfg.note
     assert "extra-index-url" not in "".join(
         line for line in cfg.text.splitlines() if not line.startswith("#")
     )
@@ -86,24 +119,28 @@ def test_conda_pip_section_uses_index_url_only() -> None:
     doc = yaml.safe_load(cfg.text)
     pip_section = next(d for d in doc["dependencies"] if isinstance(d, dict))["pip"]
     assert pip_section == [f"--index-url {URL}", *PKGS]
-    assert "NOT safe" in cfg.note
+    assert cfg.single_index and "cannot keep a name away" in cfg.note
 
 
-def test_url_is_normalized_and_validated() -> None:
+def test_urls_are_normalized_and_validated() -> None:
     assert f'url = "{URL}"' in clientconfig.render("uv", URL.rstrip("/")).text
-    with pytest.raises(PypapoError, match="must be an http"):
+    with pytest.raises(PypapoError, match=r"--url .* must be an http"):
         clientconfig.render("uv", "localhost:3333/simple")
+    with pytest.raises(PypapoError, match=r"--public-index .* must be an http"):
+        clientconfig.render("uv", URL, PKGS, "pypi.org")
 
 
-def test_cli_prints_config_on_stdout_and_the_safety_note_on_stderr() -> None:
+def test_cli_prints_config_on_stdout_and_what_it_joins_and_the_check_on_stderr() -> None:
     result = CliRunner().invoke(
         main, ["client-config", "--tool", "pip", "--url", "http://localhost:5555/simple/"]
     )
     assert result.exit_code == 0
     assert "index-url = http://localhost:5555/simple/" in result.stdout
-    assert "--extra-index-url is NOT safe" in result.stderr
-    result = CliRunner().invoke(main, ["client-config", "--tool", "uv"])
-    assert f'{clientconfig.PLACEHOLDER} = {{ index = "pypapo" }}' in result.stdout
+    assert "cannot keep a name away" in result.stderr
+    result = CliRunner().invoke(main, ["client-config", "--tool", "uv", "--package", "acme-core"])
+    assert "# merge into pyproject.toml: [[tool.uv.index]], [tool.uv]" in result.stderr
+    assert "# check it (where pyproject.toml is): uv lock && python3 -c " in result.stderr
+    assert "sources" not in result.stdout
 
 
 def _cloud_build_substitute(text: str, values: dict[str, str]) -> str:
