@@ -14,8 +14,10 @@ from provisioner import __version__
 from provisioner.appliance import guest
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cloud import image as img
+from provisioner.cloud import names
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
+from provisioner.repo.location import gs_url
 
 
 def _target(
@@ -46,11 +48,11 @@ def startup_script(settings: Settings) -> str:
 def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
     """The serving instance exactly as `provision create` builds it (hardening lives in plan.py only);
     rollout replaces only its boot image."""
-    from provisioner.cloud import plan
+    from provisioner.cloud import names, plan
 
     return plan.desired_instance(
         settings,
-        image=plan.family_image(settings.image_project, settings.image_family),
+        image=names.family_image(settings.image_project, settings.image_family),
         startup_script=startup_script(settings),
     )
 
@@ -233,19 +235,20 @@ def schedule_cmd(
         verb = "deleted" if delete else "paused"
         click.echo(f"scheduler job {name} {verb}" if done else f"no scheduler job {name}: nothing to do")
         return
-    build = img.rebuild_build(target, settings.bucket, pypapo_version, _cli_args(settings))
+    build = img.rebuild_build(target, settings.bucket, settings.prefix, pypapo_version, _cli_args(settings))
     job = img.scheduler_job(target, cron, time_zone, build)
     roles = img.schedule_roles(target.project, settings.bucket, settings.service_account_email)
-    steps = img.schedule_steps(target, job, roles, settings.bucket, pypapo_version)
+    steps = img.schedule_steps(target, job, roles, settings.bucket, settings.prefix, pypapo_version)
     if dry_run:
         _echo_doc(img.steps_document("image schedule", steps, build=img.request_dict(build)))
         return
     from provisioner.cloud.gcp.scheduler import ScheduleApi
 
     api = ScheduleApi(_clients(settings))
-    if not api.object_exists(settings.bucket, img.wheel_object(pypapo_version)):
+    wheel = img.wheel_object(settings.prefix, pypapo_version)
+    if not api.object_exists(settings.bucket, wheel):
         raise PypapoError(
-            f"gs://{settings.bucket}/{img.wheel_object(pypapo_version)} does not exist: publish the pypapo"
+            f"{gs_url(settings.bucket, name=wheel)} does not exist: publish the pypapo"
             " wheel into the index first (`provision publish dist/pypapo-*.whl`) or pass --pypapo-version"
         )
     for account, title in (
@@ -253,7 +256,7 @@ def schedule_cmd(
         (img.BUILD_SA_ID, "runs the image rebuild and rollout"),
     ):
         if api.ensure_service_account(account, f"pypapo: {title}"):
-            _progress(f"created service account {img.sa_email(target.project, account)}")
+            _progress(f"created service account {names.service_account_email(target.project, account)}")
     for grant in roles:
         if api.add_binding(grant):
             _progress(f"granted {grant.role} on {grant.resource} to {grant.member}")
@@ -315,9 +318,9 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
     spec = serving_instance_spec(settings)
     if dry_run:
         ref = (
-            img.image_link(target.image_project, image_name)
+            names.image_link(target.image_project, image_name)
             if image_name
-            else f"projects/{target.image_project}/global/images/family/{target.family}"
+            else names.family_image(target.image_project, target.family)
         )
         steps = img.rollout_steps(target, spec, ref)
         _echo_doc(
@@ -357,7 +360,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
         api,
         target,
         spec,
-        img.image_link(target.image_project, chosen.name),
+        names.image_link(target.image_project, chosen.name),
         report=_progress,
         ready_timeout=settings.ready_timeout,
     )
@@ -379,7 +382,7 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     previous = img.rollback_target(images, current)
     assert current is not None  # rollback_target raised otherwise
     changes = img.rollback_deprecations(target.image_project, images, previous.name, current)
-    link = img.image_link(target.image_project, previous.name)
+    link = names.image_link(target.image_project, previous.name)
     if dry_run:
         steps = [
             img.Step(f"mark {c.image} {c.deprecation_status_resource.state}", "compute.images.deprecate", c)

@@ -8,11 +8,12 @@ the step. Tests build a `Cloud` whose parts are doubles; everything in this modu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from provisioner.appliance import guest
+from provisioner.cloud import names
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.base import Clients, Progress, _echo_progress
 from provisioner.cloud.settings import Settings
@@ -96,46 +97,83 @@ def apply(cloud: Cloud, plan: planlib.Plan, progress: Progress) -> int:
     return count
 
 
+class GuestFailed(PypapoError):
+    """The guest reported a failure (`pypapo/error`): `detail` is its reason."""
+
+    def __init__(self, message: str, *, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:.0f}s"
+
+
+def wait_for_guest(
+    read: Callable[[], Mapping[str, str]],
+    judge: Callable[[Mapping[str, str]], guest.Report],
+    *,
+    what: str,
+    console: str,
+    timeout: float,
+    progress: Progress,
+    goal: str = "report ready",
+    hint: str = "",
+    poll_interval: float = 5.0,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Mapping[str, str]:
+    """The one guest-attribute waiter (create, rollout, image build): poll `read()` until `judge` says
+    ready; a reported failure stops it at the next poll (seconds, not the timeout) with the guest's
+    reason and `console`, the command that shows the serial console. Returns the attributes read."""
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    start = clock()
+    last = ""
+    while True:
+        attrs = read()
+        report = judge(attrs)
+        elapsed = clock() - start
+        if report.state is guest.State.READY:
+            progress(f"  {what} is ready ({elapsed:.0f}s)")
+            return attrs
+        if report.state is guest.State.FAILED:
+            see = f"; see `{console}`" if console else ""
+            raise GuestFailed(f"{what} reported an error: {report.detail}{see}", detail=report.detail)
+        if report.detail != last:
+            progress(f"  waiting for {what}: {report.detail} ({elapsed:.0f}s)")
+            last = report.detail
+        if elapsed >= timeout:
+            check = f"; check `{console}`" if console else ""
+            raise PypapoError(f"{what} did not {goal} within {_duration(timeout)}{check}{hint}")
+        sleep(poll_interval)
+
+
 def wait_ready(
     cloud: Cloud,
     s: Settings,
     *,
     progress: Progress,
     timeout: float | None = None,
-    poll_interval: float = 10.0,
+    poll_interval: float = 5.0,
     sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> str:
     """Poll guest attributes pypapo/ until the appliance reports ready (or an error, or time runs out)."""
-    timeout = s.ready_timeout if timeout is None else timeout
-    sleep = sleep or time.sleep
-    clock = clock or time.monotonic
     request = planlib.guest_attributes_request(s)
-    start = clock()
-    last = ""
-    while True:
-        report = guest.serving(planlib.guest_values(cloud.compute.get_guest_attributes(request)))
-        state, detail = report.state, report.detail
-        elapsed = clock() - start
-        if state is guest.State.READY:
-            progress(f"  appliance ready ({elapsed:.0f}s)")
-            return detail
-        if state is guest.State.FAILED:
-            raise PypapoError(
-                f"the appliance on {s.instance} reported an error: {detail}; see"
-                f" `gcloud compute instances get-serial-port-output {s.instance} --zone {s.zone}"
-                f" --project {s.project}`"
-            )
-        if detail != last:
-            progress(f"  waiting for the appliance: {detail} ({elapsed:.0f}s)")
-            last = detail
-        if elapsed >= timeout:
-            raise PypapoError(
-                f"the appliance on {s.instance} did not report ready within {timeout:.0f}s; check"
-                f" `gcloud compute instances get-serial-port-output {s.instance} --zone {s.zone}"
-                f" --project {s.project}` and run `provision create` again (it converges)"
-            )
-        sleep(poll_interval)
+    attrs = wait_for_guest(
+        lambda: planlib.guest_values(cloud.compute.get_guest_attributes(request)),
+        guest.serving,
+        what=f"the appliance on {s.instance}",
+        console=names.serial_console_command(s.project, s.zone, s.instance),
+        timeout=s.ready_timeout if timeout is None else timeout,
+        progress=progress,
+        hint=" and run `provision create` again (it converges)",
+        poll_interval=poll_interval,
+        sleep=sleep,
+        clock=clock,
+    )
+    return guest.serving(attrs).detail
 
 
 def create(

@@ -23,12 +23,13 @@ from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 
 from provisioner.appliance import guest, render
-from provisioner.cloud import plan
+from provisioner.cloud import names, plan
+from provisioner.cloud.apply import wait_for_guest
 from provisioner.errors import PypapoError
+from provisioner.repo import layout, location
 
 # ---------------------------------------------------------------------------------------------- constants
 
-DEBIAN_12 = "projects/debian-cloud/global/images/family/debian-12"
 DEFAULT_FAMILY = "pypapo"
 DEFAULT_KEEP = 3
 BUILDER_MACHINE_TYPE = "e2-standard-2"  # apt upgrade + gcsfuse/nginx install: 2 vCPU keeps the bake short
@@ -51,7 +52,6 @@ BAKE_MODE_KEY = "pypapo-mode"  # instance attribute that selects the startup scr
 SCHEDULER_JOB_ID = "pypapo-image-rebuild"
 INVOKER_SA_ID = "pypapo-image-scheduler"
 BUILD_SA_ID = "pypapo-image-build"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 CLI_IMAGE = "gcr.io/google.com/cloudsdktool/google-cloud-cli:slim"
 PYTHON_IMAGE = "python:3.12-slim"
 
@@ -151,14 +151,6 @@ def parse_timestamp(value: str) -> dt.datetime:
 # ----------------------------------------------------------------------------------------- the builder
 
 
-def _network_link(project: str, network: str) -> str:
-    return network if "/" in network else f"projects/{project}/global/networks/{network}"
-
-
-def _subnet_link(project: str, region: str, subnet: str) -> str:
-    return subnet if "/" in subnet else f"projects/{project}/regions/{region}/subnetworks/{subnet}"
-
-
 def builder_instance(target: ImageTarget, name: str, startup_script: str) -> compute_v1.Instance:
     """The temporary builder VM.
 
@@ -186,7 +178,7 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
                 device_name="boot",
                 initialize_params=compute_v1.AttachedDiskInitializeParams(
                     disk_name=name,
-                    source_image=DEBIAN_12,
+                    source_image=names.fallback_image(),  # the bake starts from plain Debian 12
                     disk_size_gb=BUILDER_DISK_GB,
                     disk_type=f"zones/{z}/diskTypes/pd-balanced",
                 ),
@@ -194,8 +186,8 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
         ],
         network_interfaces=[
             compute_v1.NetworkInterface(
-                network=_network_link(target.project, target.network),
-                subnetwork=_subnet_link(target.project, target.region, target.subnet),
+                network=names.network_url(target.project, target.network),
+                subnetwork=names.subnet_url(target.project, target.region, target.subnet),
                 # ephemeral external IP for egress only; see the docstring for why not Cloud NAT
                 access_configs=[
                     compute_v1.AccessConfig(
@@ -229,7 +221,7 @@ def golden_image(
         name=name,
         family=target.family,
         description=f"pypapo appliance, Debian 12, gcsfuse {gcsfuse}, nginx {nginx}, built {now:%Y-%m-%d}",
-        source_disk=f"projects/{target.project}/zones/{target.zone}/disks/{disk}",
+        source_disk=names.disk_link(target.project, target.zone, disk),
         storage_locations=[target.region],  # next to the appliance; images are global resources
         labels={
             "pypapo-build-date": now.astimezone(dt.UTC).strftime("%Y-%m-%d"),
@@ -277,10 +269,10 @@ def plan_deprecations(
     never made OBSOLETE, so a rollback target always exists. Only changes are requested.
     """
     ordered = newest_first(images)
-    names = [i.name for i in ordered]
-    if new_image not in names:
+    family_names = [i.name for i in ordered]
+    if new_image not in family_names:
         raise PypapoError(f"image {new_image} is not in the family listing; re-run `provision image build`")
-    replacement = f"projects/{project}/global/images/{new_image}"
+    replacement = names.image_link(project, new_image)
     protected = set(protect)
     out: list[Deprecation] = []
     others = [i for i in ordered if i.name != new_image]
@@ -341,7 +333,7 @@ def build_steps(target: ImageTarget, now: dt.datetime, startup_script: str) -> t
             f"deprecate older images of {target.family}: newest {target.keep} kept for rollback "
             "(DEPRECATED, replacement = the new image), older ones OBSOLETE",
             "compute.images.deprecate",
-            deprecate_request(ip, "<each older image>", "DEPRECATED", image_link(ip, image)),
+            deprecate_request(ip, "<each older image>", "DEPRECATED", names.image_link(ip, image)),
         ),
         Step(
             "always, even after a failure: delete the builder (its boot disk is auto-deleted)",
@@ -393,46 +385,11 @@ def _noop(_: str) -> None:
     return None
 
 
-Judge = Callable[[dict[str, str]], bool]
-
-
-def bake_finished(attrs: dict[str, str]) -> bool:
-    """The bake wrote pypapo/bake=done; `failed` or pypapo/error is a failure with its reason."""
-    report = guest.baking(attrs)
-    if report.state is guest.State.FAILED:
-        raise PypapoError(f"the bake failed on the builder: {report.detail}")
-    return report.state is guest.State.READY
-
-
-def appliance_ready(attrs: dict[str, str]) -> bool:
-    """The serving appliance reported ready; a reported failure raises with its reason."""
-    report = guest.serving(attrs)
-    if report.state is guest.State.FAILED:
-        raise PypapoError(f"the new appliance reported not ready: {report.detail}")
-    return report.state is guest.State.READY
-
-
-def wait_for_guest(
-    api: ImageApi,
-    request: compute_v1.GetGuestAttributesInstanceRequest,
-    judge: Judge,
-    timeout: float,
-    clock: Clock,
-    sleep: Sleep,
-    what: str,
-) -> dict[str, str]:
-    """Poll the guest attributes until `judge` says done; it raises on a reported failure."""
-    deadline = clock() + timeout
-    while True:
-        try:
-            attrs = api.guest_attributes(request)
-        except gexc.NotFound:
-            attrs = {}  # nothing written yet: the namespace does not exist before the first write
-        if judge(attrs):
-            return attrs
-        if clock() >= deadline:
-            raise PypapoError(f"{what} did not finish within {int(timeout // 60)} min")
-        sleep(10)
+def read_guest(api: ImageApi, request: compute_v1.GetGuestAttributesInstanceRequest) -> dict[str, str]:
+    try:
+        return api.guest_attributes(request)
+    except gexc.NotFound:
+        return {}  # nothing written yet: the namespace does not exist before the first write
 
 
 def cleanup_builder(api: ImageApi, project: str, zone: str, builder: str) -> list[str]:
@@ -494,7 +451,16 @@ def run_build(
         report("waiting for the bake (apt upgrade, gcsfuse, nginx, units)")
         try:
             attrs = wait_for_guest(
-                api, steps[1].request, bake_finished, BAKE_TIMEOUT_S, clock, sleep, "the bake"
+                lambda: read_guest(api, steps[1].request),
+                guest.baking,
+                what=f"the bake on builder {builder}",
+                console="",  # the builder is deleted next: its serial log is saved instead
+                timeout=BAKE_TIMEOUT_S,
+                progress=report,
+                goal="finish",
+                poll_interval=10.0,
+                sleep=sleep,
+                clock=clock,
             )
         except PypapoError as exc:
             path = _keep_serial_log(api, p, z, builder, save_log)
@@ -560,15 +526,6 @@ def _keep_serial_log(
 # ------------------------------------------------------------------------------- rollout and rollback
 
 
-def iap_tunnel_resource(project: str, zone: str, instance: str) -> str:
-    """The IAP resource that per-instance tunnel grants live on (`provision grant --role reader`)."""
-    return f"projects/{project}/iap_tunnel/zones/{zone}/instances/{instance}"
-
-
-def image_link(project: str, image: str) -> str:
-    return f"projects/{project}/global/images/{image}"
-
-
 def with_image(spec: compute_v1.Instance, image: str) -> compute_v1.Instance:
     """The cloud helper's serving-instance spec with only the boot image changed (hardening stays there)."""
     new = compute_v1.Instance(compute_v1.Instance.to_dict(spec))  # a deep copy, the spec stays untouched
@@ -581,7 +538,7 @@ def with_image(spec: compute_v1.Instance, image: str) -> compute_v1.Instance:
 
 def rollout_steps(target: ImageTarget, spec: compute_v1.Instance, image: str) -> list[Step]:
     p, z, name = target.project, target.zone, spec.name
-    resource = iap_tunnel_resource(p, z, name)
+    resource = names.tunnel_resource(p, z, name)
     return [
         Step(
             f"read the per-instance IAP tunnel policy of {name} (deleting the instance may drop it)",
@@ -652,13 +609,13 @@ def newest_usable(images: Sequence[compute_v1.Image]) -> compute_v1.Image | None
 def rollback_target(images: Sequence[compute_v1.Image], current: str | None) -> compute_v1.Image:
     """The image just older than the one the appliance runs (by creation time)."""
     ordered = [i for i in newest_first(images) if i.status in ("READY", "")]
-    names = [i.name for i in ordered]
-    if current is None or current not in names:
+    family_names = [i.name for i in ordered]
+    if current is None or current not in family_names:
         raise PypapoError(
             "cannot tell which image of the family the appliance runs; use `provision image list` and "
             "`provision rollout` once to put it on a family image"
         )
-    idx = names.index(current)
+    idx = family_names.index(current)
     if idx + 1 >= len(ordered):
         raise PypapoError(f"{current} is the oldest image in the family: there is nothing to roll back to")
     return ordered[idx + 1]
@@ -686,7 +643,7 @@ def run_rollout(
     sleep = sleep or time.sleep
     steps = rollout_steps(target, spec, image)
     p, z, name = target.project, target.zone, spec.name
-    resource = iap_tunnel_resource(p, z, name)
+    resource = names.tunnel_resource(p, z, name)
     short = image.rsplit("/", 1)[-1]
     tunnel_policy = instance_policy = None
     deleted = restored = False
@@ -718,7 +675,16 @@ def run_rollout(
         restored = True
         step = "wait until ready"
         report("waiting until the appliance is ready and healthy")
-        wait_for_guest(api, steps[6].request, appliance_ready, ready_timeout, clock, sleep, f"{name} ready")
+        wait_for_guest(
+            lambda: read_guest(api, steps[6].request),
+            guest.serving,
+            what=f"the appliance on {name}",
+            console=names.serial_console_command(p, z, name),
+            timeout=ready_timeout,
+            progress=report,
+            sleep=sleep,
+            clock=clock,
+        )
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
@@ -754,7 +720,7 @@ def rollback_deprecations(
     if states.get(target_image) != "ACTIVE":
         out.append(deprecate_request(project, target_image, "ACTIVE"))
     if states.get(bad) != "DEPRECATED":
-        out.append(deprecate_request(project, bad, "DEPRECATED", image_link(project, target_image)))
+        out.append(deprecate_request(project, bad, "DEPRECATED", names.image_link(project, target_image)))
     return out
 
 
@@ -816,7 +782,7 @@ def validate_cron(expr: str) -> str:
             f"--cron {expr!r} has {len(fields)} fields; Cloud Scheduler takes 5 "
             '(minute hour day-of-month month day-of-week), e.g. "0 3 * * 1"'
         )
-    for text, (lo, hi), names, what in zip(fields, _CRON_RANGES, _CRON_NAMES, _CRON_FIELDS, strict=True):
+    for text, (lo, hi), aliases, what in zip(fields, _CRON_RANGES, _CRON_NAMES, _CRON_FIELDS, strict=True):
         for part in text.split(","):
             base, _, step = part.partition("/")
             if step and (not step.isdigit() or int(step) == 0):
@@ -828,7 +794,7 @@ def validate_cron(expr: str) -> str:
                 raise PypapoError(f"--cron {expr!r}: cannot read {part!r} in the {what} field")
             values = []
             for b in bounds:
-                v = names.get(b.lower()) if not b.isdigit() else int(b)
+                v = aliases.get(b.lower()) if not b.isdigit() else int(b)
                 if v is None or not lo <= v <= hi:
                     raise PypapoError(
                         f"--cron {expr!r}: {b!r} is out of range {lo}-{hi} for the {what} field"
@@ -849,10 +815,6 @@ def validate_time_zone(tz: str) -> str:
     return tz
 
 
-def sa_email(project: str, account_id: str) -> str:
-    return f"{account_id}@{project}.iam.gserviceaccount.com"
-
-
 @dataclass(frozen=True)
 class RoleGrant:
     member: str
@@ -863,8 +825,8 @@ class RoleGrant:
 
 def schedule_roles(project: str, bucket: str, appliance_sa: str) -> list[RoleGrant]:
     """Every role the unattended rebuild needs, on the narrowest resource that works."""
-    invoker = f"serviceAccount:{sa_email(project, INVOKER_SA_ID)}"
-    build = f"serviceAccount:{sa_email(project, BUILD_SA_ID)}"
+    invoker = f"serviceAccount:{names.service_account_email(project, INVOKER_SA_ID)}"
+    build = f"serviceAccount:{names.service_account_email(project, BUILD_SA_ID)}"
     return [
         RoleGrant(
             invoker,
@@ -875,7 +837,7 @@ def schedule_roles(project: str, bucket: str, appliance_sa: str) -> list[RoleGra
         RoleGrant(
             invoker,
             "roles/iam.serviceAccountUser",
-            f"serviceAccount:{sa_email(project, BUILD_SA_ID)}",
+            f"serviceAccount:{names.service_account_email(project, BUILD_SA_ID)}",
             "start a build that runs as the build service account (actAs on that account only)",
         ),
         RoleGrant(
@@ -917,13 +879,13 @@ def schedule_roles(project: str, bucket: str, appliance_sa: str) -> list[RoleGra
     ]
 
 
-def wheel_object(version: str) -> str:
-    """The pypapo wheel the unattended build installs, as published in the index itself."""
-    return f"simple/pypapo/pypapo-{version}-py3-none-any.whl"
+def wheel_object(prefix: str, version: str) -> str:
+    """The pypapo wheel the unattended build installs: its object in the index bucket, below the prefix."""
+    return location.object_name(prefix, layout.dist_object("pypapo", f"pypapo-{version}-py3-none-any.whl"))
 
 
 def rebuild_build(
-    target: ImageTarget, bucket: str, version: str, cli_args: Sequence[str] = ()
+    target: ImageTarget, bucket: str, prefix: str, version: str, cli_args: Sequence[str] = ()
 ) -> cloudbuild_v1.Build:
     """The Cloud Build build that rebuilds the image and rolls the appliance onto it.
 
@@ -932,7 +894,7 @@ def rebuild_build(
     own that name: dependency confusion), and not through the IAP tunnel (that would need the very
     appliance this build replaces to be healthy, and gcloud plus a tunnel inside the step).
     """
-    wheel = wheel_object(version)
+    wheel = wheel_object(prefix, version)
     local = "/workspace/" + wheel.rsplit("/", 1)[-1]
     common = [f"--project={target.project}", f"--zone={target.zone}", *cli_args]
     flags = " ".join(shlex.quote(a) for a in common)
@@ -949,14 +911,16 @@ def rebuild_build(
                 id="fetch-pypapo",
                 name=CLI_IMAGE,
                 entrypoint="gcloud",
-                args=["storage", "cp", f"gs://{bucket}/{wheel}", "/workspace/"],
+                args=["storage", "cp", location.gs_url(bucket, name=wheel), "/workspace/"],
             ),
             cloudbuild_v1.BuildStep(
                 id="rebuild-and-rollout", name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]
             ),
         ],
         timeout=duration_pb2.Duration(seconds=(BAKE_TIMEOUT_S + READY_TIMEOUT_S) + 30 * 60),
-        service_account=f"projects/{target.project}/serviceAccounts/{sa_email(target.project, BUILD_SA_ID)}",
+        service_account=names.service_account_path(
+            target.project, names.service_account_email(target.project, BUILD_SA_ID)
+        ),
         options=cloudbuild_v1.BuildOptions(logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY),
         tags=["pypapo", "golden-image"],
     )
@@ -986,7 +950,8 @@ def scheduler_job(
             headers={"Content-Type": "application/json"},
             body=body,
             oauth_token=scheduler_v1.OAuthToken(
-                service_account_email=sa_email(target.project, INVOKER_SA_ID), scope=CLOUD_PLATFORM_SCOPE
+                service_account_email=names.service_account_email(target.project, INVOKER_SA_ID),
+                scope=names.CLOUD_PLATFORM_SCOPE,
             ),
         ),
         # builds.create returns at once (a long-running operation); never start a second rebuild
@@ -996,12 +961,17 @@ def scheduler_job(
 
 
 def schedule_steps(
-    target: ImageTarget, job: scheduler_v1.Job, roles: Sequence[RoleGrant], bucket: str, version: str
+    target: ImageTarget,
+    job: scheduler_v1.Job,
+    roles: Sequence[RoleGrant],
+    bucket: str,
+    prefix: str,
+    version: str,
 ) -> list[Step]:
     p = target.project
     steps = [
         Step(
-            f"create service account {sa_email(p, sa)} (no keys)",
+            f"create service account {names.service_account_email(p, sa)} (no keys)",
             "iam.serviceAccounts.create",
             {"name": f"projects/{p}", "accountId": sa, "serviceAccount": {"displayName": title}},
         )
@@ -1021,9 +991,10 @@ def schedule_steps(
     ]
     steps.append(
         Step(
-            f"check that gs://{bucket}/{wheel_object(version)} exists (publish pypapo into the index first)",
+            f"check that {location.gs_url(bucket, name=wheel_object(prefix, version))} exists"
+            " (publish pypapo into the index first)",
             "storage.objects.get",
-            {"bucket": bucket, "object": wheel_object(version)},
+            {"bucket": bucket, "object": wheel_object(prefix, version)},
         )
     )
     steps.append(

@@ -16,12 +16,12 @@ from typing import Any
 from google.cloud import compute_v1, iam_admin_v1, storage
 
 from provisioner.appliance import guest
-from provisioner.cloud.settings import FALLBACK_IMAGE_FAMILY, FALLBACK_IMAGE_PROJECT, Settings
+from provisioner.cloud import names
+from provisioner.cloud.names import CLOUD_PLATFORM_SCOPE, IAP_TCP_RANGE
+from provisioner.cloud.settings import Settings
 from provisioner.repo.location import gs_url
 
 SCHEMA_VERSION = 1
-IAP_TCP_RANGE = "35.235.240.0/20"  # where IAP TCP forwarding connects from (Google-documented)
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 SOFT_DELETE_SECONDS = 7 * 24 * 3600  # the GCS default; keeps deleted packages recoverable a week
 NONCURRENT_DAYS = 30  # older versions of index pages are kept a month, then deleted
 DISK_TYPE = "pd-balanced"
@@ -46,27 +46,6 @@ HARDENING_METADATA = {
 
 
 # --- names ---------------------------------------------------------------------------------------------
-
-
-def network_url(s: Settings) -> str:
-    return f"projects/{s.project}/global/networks/{s.network}"
-
-
-def subnet_url(s: Settings) -> str:
-    return f"projects/{s.project}/regions/{s.region}/subnetworks/{s.subnet}"
-
-
-def family_image(project: str, family: str) -> str:
-    return f"projects/{project}/global/images/family/{family}"
-
-
-def fallback_image() -> str:
-    return family_image(FALLBACK_IMAGE_PROJECT, FALLBACK_IMAGE_FAMILY)
-
-
-def tunnel_resource(s: Settings) -> str:
-    """The IAP resource for TCP forwarding to this one instance."""
-    return f"projects/{s.project}/iap_tunnel/zones/{s.zone}/instances/{s.instance}"
 
 
 def bucket_url(s: Settings) -> str:
@@ -142,7 +121,7 @@ def desired_firewall(s: Settings) -> compute_v1.Firewall:
     return compute_v1.Firewall(
         name=s.firewall_name,
         description=f"pypapo: IAP TCP forwarding to {s.instance} (SSH and the index port) only",
-        network=network_url(s),
+        network=names.network_url(s.project, s.network),
         direction="INGRESS",
         priority=1000,
         disabled=False,
@@ -204,7 +183,9 @@ def desired_instance(s: Settings, *, image: str, startup_script: str) -> compute
         ],
         network_interfaces=[
             compute_v1.NetworkInterface(
-                network=network_url(s), subnetwork=subnet_url(s), stack_type="IPV4_ONLY"
+                network=names.network_url(s.project, s.network),
+                subnetwork=names.subnet_url(s.project, s.region, s.subnet),
+                stack_type="IPV4_ONLY",
             )
         ],
         metadata=compute_v1.Metadata(items=metadata_items(desired_metadata(startup_script))),
@@ -478,12 +459,12 @@ def _change(fieldname: str, current: Any, desired: Any) -> dict[str, Any]:
 
 
 def choose_image(s: Settings, actual: Actual | None) -> tuple[str, list[str]]:
-    own = family_image(s.image_project, s.image_family)
+    own = names.family_image(s.image_project, s.image_family)
     if actual is None:
-        return own, [f"boot image {own} if the family has an image, else {fallback_image()}"]
+        return own, [f"boot image {own} if the family has an image, else {names.fallback_image()}"]
     if actual.image_family_exists:
         return own, []
-    return fallback_image(), [f"image family {own} has no image yet: booting {fallback_image()}"]
+    return names.fallback_image(), [f"image family {own} has no image yet: booting {names.fallback_image()}"]
 
 
 def _bucket_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
@@ -552,7 +533,7 @@ def _service_account_plans(s: Settings, actual: Actual | None) -> list[ResourceP
 
 def _subnet_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
     req = private_google_access_request(s)
-    name = subnet_url(s)
+    name = names.subnet_url(s.project, s.region, s.subnet)
     spec = {"private_ip_google_access": True}
     if actual is None:
         return ResourcePlan(
@@ -831,7 +812,7 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
         )
     if actual.service_account is not None:
         req = iam_admin_v1.DeleteServiceAccountRequest(
-            name=f"projects/{s.project}/serviceAccounts/{s.service_account_email}"
+            name=names.service_account_path(s.project, s.service_account_email)
         )
         resources.append(
             ResourcePlan(
@@ -870,7 +851,7 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
     resources.append(
         ResourcePlan(
             "subnetwork",
-            subnet_url(s),
+            names.subnet_url(s.project, s.region, s.subnet),
             "keep",
             notes=["Private Google Access stays on: the subnet may serve other VMs"],
         )
@@ -883,7 +864,7 @@ def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:
     member = normalize_member(member)
     targets = {
         "bucket": s.bucket,
-        "iap_tunnel_instance": tunnel_resource(s),
+        "iap_tunnel_instance": names.tunnel_resource(s.project, s.zone, s.instance),
         "instance": f"{s.zone}/{s.instance}",
     }
     return [IamChange(kind, targets[kind], r, member) for kind, r in ROLES[role]]

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner.cloud import names
 from provisioner.errors import PypapoError
 from provisioner.repo import location as loc
 
 CONFIG_FILE = "pypapo.toml"
 ENV_PREFIX = "PYPAPO_"
-FALLBACK_IMAGE_PROJECT = "debian-cloud"
-FALLBACK_IMAGE_FAMILY = "debian-12"
 
 # GCP naming rules (https://cloud.google.com/compute/docs/naming-resources and friends).
 _RFC1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -70,11 +69,7 @@ class Settings:
 
     @property
     def service_account_email(self) -> str:
-        project = self.project
-        if ":" in project:  # domain-scoped project example.com:proj -> proj.example.com
-            domain, name = project.split(":", 1)
-            return f"{self.service_account}@{name}.{domain}.iam.gserviceaccount.com"
-        return f"{self.service_account}@{project}.iam.gserviceaccount.com"
+        return names.service_account_email(self.project, self.service_account)
 
     @property
     def firewall_name(self) -> str:

@@ -423,7 +423,7 @@ def test_create_from_nothing_sends_every_resource_once_hardened(cloud: deploy.Cl
     assert (
         inst.disks[0].initialize_params.source_image == "projects/debian-cloud/global/images/family/debian-12"
     )
-    assert any("appliance ready" in m for m in messages)
+    assert any("the appliance on pypapo is ready" in m for m in messages)
     assert cloud.compute.polls > cloud.compute.ready_after  # it waited for pypapo/ready
 
 
@@ -535,6 +535,28 @@ def test_appliance_error_stops_create_with_the_reason(cloud: deploy.Cloud) -> No
     cloud.compute.get_guest_attributes = broken
     with pytest.raises(PypapoError, match=r"gcsfuse mount failed.*get-serial-port-output"):
         run_create(cloud, s)
+
+
+def test_a_final_not_ready_status_alone_stops_create_within_seconds(cloud: deploy.Cloud) -> None:
+    """The script writes status="not ready: REASON" and error=REASON; a rate-limited metadata server may
+    drop the second write. The status alone must end the wait at the next poll, not at the timeout."""
+    s = settings(ready_timeout=600)
+    now = [0.0]
+
+    def failing(request: Any) -> compute_v1.GuestAttributes:
+        items = [
+            compute_v1.GuestAttributesEntry(namespace="pypapo", key=k, value=v)
+            for k, v in (("ready", "false"), ("status", "not ready: /mnt/pypapo is not mounted"))
+        ]
+        return compute_v1.GuestAttributes(query_value=compute_v1.GuestAttributesValue(items=items))
+
+    cloud.compute.get_guest_attributes = failing
+    with pytest.raises(PypapoError) as err:
+        deploy.create(
+            cloud, s, script=SCRIPT, progress=lambda _m: None, sleep=lambda t: None, clock=lambda: now[0]
+        )
+    assert "reported an error: /mnt/pypapo is not mounted" in str(err.value)
+    assert "gcloud compute instances get-serial-port-output pypapo --zone us-central1-a" in str(err.value)
 
 
 def test_create_gives_up_waiting_after_the_timeout(cloud: deploy.Cloud) -> None:

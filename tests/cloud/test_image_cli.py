@@ -18,7 +18,7 @@ from provisioner.appliance import render
 from provisioner.cli import image as image_cmd
 from provisioner.cli import main
 from provisioner.cloud import image as img
-from provisioner.cloud import plan
+from provisioner.cloud import names, plan
 from provisioner.cloud.settings import Settings
 from tests.cloud.test_image_double import ComputeDouble
 
@@ -76,7 +76,7 @@ def test_rollout_dry_run_uses_the_create_spec_offline(tmp_path) -> None:
     script = render.render_startup_script(render.ApplianceConfig(bucket="proj-123456-pypapo"))
     expected = plan.desired_instance(
         Settings(project="proj-123456", zone="europe-west1-b"),
-        image=plan.family_image("proj-123456", "pypapo"),
+        image=names.family_image("proj-123456", "pypapo"),
         startup_script=script,
     )
     assert sent == img.request_dict(expected)
@@ -92,6 +92,18 @@ def test_schedule_dry_run_shows_accounts_roles_and_job_offline(tmp_path) -> None
     assert job["schedule"] == "0 3 * * 1" and job["timeZone"] == "Europe/Berlin"
     assert doc["build"]["serviceAccount"].endswith("pypapo-image-build@proj-123456.iam.gserviceaccount.com")
     assert sum(s["call"] == "setIamPolicy (add binding)" for s in doc["steps"]) == 8
+
+
+def test_schedule_with_a_prefix_copies_the_wheel_from_under_the_prefix(tmp_path) -> None:
+    """The rebuild fetches the pypapo wheel where `provision publish --prefix` put it (issue 11, item 7)."""
+    doc = dry_run(tmp_path, "image", "schedule", "--prefix", "team/py", "--pypapo-version", "1.2.3")
+    wheel = "team/py/simple/pypapo/pypapo-1.2.3-py3-none-any.whl"
+    fetch = doc["build"]["steps"][0]
+    assert fetch["args"][:3] == ["storage", "cp", f"gs://proj-123456-pypapo/{wheel}"]
+    check = next(s for s in doc["steps"] if s["call"] == "storage.objects.get")
+    assert check["request"] == {"bucket": "proj-123456-pypapo", "object": wheel}
+    # and the build itself runs against the same prefix
+    assert "--prefix=team/py" in doc["build"]["steps"][1]["args"][1]
 
 
 def test_invalid_cron_fails_before_settings_or_credentials() -> None:
@@ -123,7 +135,7 @@ def test_a_failed_build_is_one_line_and_the_builder_is_gone(double) -> None:
 def test_rollout_says_nothing_to_do_when_already_on_the_newest_image(double) -> None:
     spec = image_cmd.serving_instance_spec(Settings(project="proj-123456", zone="europe-west1-b"))
     double.add_image("pypapo-v1", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
-    double.add_appliance(spec, img.image_link("proj-123456", "pypapo-v1"))
+    double.add_appliance(spec, names.image_link("proj-123456", "pypapo-v1"))
     result = CliRunner().invoke(main, ["rollout", *ARGS, "--yes"])
     assert result.exit_code == 0, result.output
     assert "already runs pypapo-v1" in result.output
@@ -134,7 +146,7 @@ def test_image_list_marks_the_serving_image(double) -> None:
     spec = image_cmd.serving_instance_spec(Settings(project="proj-123456", zone="europe-west1-b"))
     double.add_image("pypapo-v1", dt.datetime(2026, 11, 18, tzinfo=dt.UTC), "DEPRECATED")
     double.add_image("pypapo-v2", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
-    double.add_appliance(spec, img.image_link("proj-123456", "pypapo-v1"))
+    double.add_appliance(spec, names.image_link("proj-123456", "pypapo-v1"))
     result = CliRunner().invoke(main, ["image", "list", *ARGS, "--output", "json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

@@ -17,6 +17,7 @@ from google.cloud import compute_v1
 from google.iam.v1 import policy_pb2
 
 from provisioner.cloud import image as img
+from provisioner.cloud import names
 
 
 class ComputeDouble:
@@ -120,7 +121,7 @@ class ComputeDouble:
             if d.auto_delete:
                 self.disks.pop(d.source.rsplit("/", 1)[-1], None)
         # the per-instance policies go with the instance
-        self.iap.pop(img.iap_tunnel_resource(self.project, self.zone, request.instance), None)
+        self.iap.pop(names.tunnel_resource(self.project, self.zone, request.instance), None)
         self.instance_policies.pop(request.instance, None)
 
     def delete_disk(self, request: compute_v1.DeleteDiskRequest) -> None:

@@ -10,6 +10,7 @@ from google.iam.v1 import policy_pb2
 
 from provisioner.appliance import render
 from provisioner.cli import main
+from provisioner.cloud import names
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.settings import Settings
 
@@ -18,7 +19,7 @@ SCRIPT = "#!/bin/bash\necho serve\n"
 
 
 def _instance() -> compute_v1.Instance:
-    return planlib.desired_instance(S, image=planlib.fallback_image(), startup_script=SCRIPT)
+    return planlib.desired_instance(S, image=names.fallback_image(), startup_script=SCRIPT)
 
 
 def test_instance_is_shielded_private_and_locked_down() -> None:

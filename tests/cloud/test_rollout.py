@@ -11,7 +11,7 @@ from google.cloud import compute_v1
 from google.iam.v1 import policy_pb2
 
 from provisioner.cloud import image as img
-from provisioner.cloud import plan
+from provisioner.cloud import names, plan
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 from tests.cloud.test_image_double import ComputeDouble, FakeClock
@@ -19,14 +19,14 @@ from tests.cloud.test_image_double import ComputeDouble, FakeClock
 SETTINGS = Settings(project="proj-123456", zone="europe-west1-b")
 TARGET = img.ImageTarget(project="proj-123456", zone="europe-west1-b")
 SPEC = plan.desired_instance(
-    SETTINGS, image=plan.family_image("proj-123456", "pypapo"), startup_script="#!/bin/bash\n# serve\n"
+    SETTINGS, image=names.family_image("proj-123456", "pypapo"), startup_script="#!/bin/bash\n# serve\n"
 )
-RESOURCE = img.iap_tunnel_resource("proj-123456", "europe-west1-b", "pypapo")
+RESOURCE = names.tunnel_resource("proj-123456", "europe-west1-b", "pypapo")
 OLD, NEW = "pypapo-v20261118-030000", "pypapo-v20261125-030000"
 
 
 def link(name: str) -> str:
-    return img.image_link("proj-123456", name)
+    return names.image_link("proj-123456", name)
 
 
 def ready() -> dict[str, str]:
@@ -57,10 +57,6 @@ def api() -> ComputeDouble:
 def run(api: ComputeDouble, image: str) -> None:
     clock = FakeClock()
     img.run_rollout(api, TARGET, SPEC, link(image), clock=clock, sleep=clock.sleep)
-
-
-def test_the_tunnel_resource_is_the_one_provision_grant_writes() -> None:
-    assert plan.tunnel_resource(SETTINGS) == RESOURCE
 
 
 def test_rollout_recreates_the_same_instance_with_only_the_image_changed(api) -> None:
@@ -113,9 +109,21 @@ def test_rollout_waits_for_ready_and_reports_an_unhealthy_appliance(api) -> None
 def test_rollout_times_out_when_ready_never_comes(api) -> None:
     api.guest["pypapo"] = lambda: {"ready": "false"}
     clock = FakeClock()
-    with pytest.raises(PypapoError, match="did not finish within 10 min"):
+    with pytest.raises(PypapoError, match=r"did not report ready within 10 min.*get-serial-port-output"):
         img.run_rollout(api, TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600)
     assert clock.now >= 600
+
+
+def test_rollout_stops_within_seconds_of_a_reported_error(api) -> None:
+    polls = iter([{"ready": "false", "status": "starting"}] * 2)
+    api.guest["pypapo"] = lambda: next(polls, {"ready": "false", "error": "install: apt-get exited 100"})
+    clock = FakeClock()
+    with pytest.raises(PypapoError) as err:
+        img.run_rollout(api, TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600)
+    message = str(err.value)
+    assert "install: apt-get exited 100" in message
+    assert "gcloud compute instances get-serial-port-output pypapo --zone europe-west1-b" in message
+    assert clock.now < 30, "a reported error must not wait for the timeout"
 
 
 def test_a_failed_insert_names_the_members_to_re_grant(api) -> None:

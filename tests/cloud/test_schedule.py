@@ -23,7 +23,7 @@ APPLIANCE_SA = "pypapo-vm@proj-123456.iam.gserviceaccount.com"
 def make_job(
     cron: str = "0 3 * * 1", tz: str = "Europe/Berlin"
 ) -> tuple[scheduler_v1.Job, cloudbuild_v1.Build]:
-    build = img.rebuild_build(TARGET, BUCKET, "0.1.0", ["--instance=index"])
+    build = img.rebuild_build(TARGET, BUCKET, "", "0.1.0", ["--instance=index"])
     return img.scheduler_job(TARGET, cron, tz, build), build
 
 
@@ -135,7 +135,7 @@ def test_time_zone_must_be_an_iana_name() -> None:
 def test_schedule_steps_create_accounts_grant_roles_then_the_job() -> None:
     job, _ = make_job()
     roles = img.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)
-    steps = img.schedule_steps(TARGET, job, roles, BUCKET, "0.1.0")
+    steps = img.schedule_steps(TARGET, job, roles, BUCKET, "", "0.1.0")
     calls = [s.call for s in steps]
     assert calls[:2] == ["iam.serviceAccounts.create"] * 2
     assert calls.count("setIamPolicy (add binding)") == len(roles)
@@ -161,7 +161,7 @@ def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_pa
     settings = Settings(
         project="proj-123456", zone="europe-west1-b", instance="index", port=8080, machine_type="e2-medium"
     )
-    build = img.rebuild_build(TARGET, BUCKET, "0.1.0", _cli_args(settings))
+    build = img.rebuild_build(TARGET, BUCKET, "", "0.1.0", _cli_args(settings))
     script = build.steps[1].args[1]
     lines = [line for line in script.splitlines() if "/bin/provision " in line]
     assert len(lines) == 2

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from provisioner.cloud.names import CLOUD_PLATFORM_SCOPE
 from provisioner.errors import ApiNotEnabled, PermissionDenied, PypapoError
 
 Progress = Callable[[str], None]
@@ -175,9 +176,7 @@ class Clients:
             import google.auth
 
             with gcp_errors("authenticate to Google Cloud", project=self.project):
-                self._credentials, _ = google.auth.default(
-                    scopes=["https://www.googleapis.com/auth/cloud-platform"]
-                )
+                self._credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
         return self._credentials
 
     def get(self, name: str) -> Any:

@@ -12,8 +12,9 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import scheduler_v1
 
+from provisioner.cloud import names
 from provisioner.cloud.gcp.base import IAM_API, SCHEDULER_API, STORAGE_API, Clients, gcp_errors
-from provisioner.cloud.image import RoleGrant, sa_email
+from provisioner.cloud.image import RoleGrant
 from provisioner.cloud.plan import with_member
 from provisioner.errors import PypapoError
 
@@ -81,7 +82,7 @@ class ScheduleApi:
         from provisioner.cloud.gcp.iam import Iam
 
         iam = Iam(self.clients)
-        if iam.get_service_account(sa_email(self.project, account_id)) is not None:
+        if iam.get_service_account(names.service_account_email(self.project, account_id)) is not None:
             return False
         iam.create_service_account(
             iam_admin_v1.CreateServiceAccountRequest(
