@@ -88,7 +88,7 @@ def remove(location: str, yes: bool, name: str, version: str | None) -> None:
     """Remove NAME VERSION, or the whole project NAME. Prefer `yank`: removal breaks pinned installs."""
     repo = _open(location)
     state = repo.project(name)
-    what = f"{state['name']} {version}" if version else f"all {len(state['files'])} files of {state['name']}"
+    what = f"{state.name} {version}" if version else f"all {len(state.files)} files of {state.name}"
     if not yes and not click.confirm(f"remove {what} from {repo.store.location}?", default=False):
         raise PypapoError("nothing removed (pass --yes to skip this question)")
     removed = repo.remove(name, version)
@@ -116,10 +116,10 @@ def list_(location: str, name: str | None) -> None:
             )
         return
     state = repo.project(name)
-    for f in state["files"]:
-        yanked = f["yanked"]
+    for f in state.files:
+        yanked = f.yanked
         mark = "" if yanked is False else (f"  yanked: {yanked}" if isinstance(yanked, str) else "  yanked")
-        click.echo(f"{f['_version']}  {f['filename']}  {human_size(f['size'])}  {f['upload-time']}{mark}")
+        click.echo(f"{f.version}  {f.filename}  {human_size(f.size)}  {f.upload_time}{mark}")
 
 
 @click.command()

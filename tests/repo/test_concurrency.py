@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 from provisioner.appliance import sample
-from provisioner.repo import pages as index
 from provisioner.repo.engine import Repository
+from provisioner.repo.model import ProjectState, RootState
+from provisioner.repo.pages import render_project_html, render_root_html
 from tests.fixtures.gcs import RepoHandle
 
 WRITERS = 3  # processes adding versions to one project
@@ -45,12 +46,12 @@ def _assert_complete(repo: RepoHandle, expected: dict[str, set[str]]) -> None:
     root = json.loads(snap["simple/index.json"])
     assert {p["name"] for p in root["projects"]} == set(expected)
     root_html = snap["simple/index.html"].decode()
-    assert snap["simple/index.html"] == index.render_root_html(expected)
+    assert snap["simple/index.html"] == render_root_html(RootState.of(expected))
     for project, filenames in expected.items():
         page = json.loads(snap[f"simple/{project}/index.json"])
         assert {f["filename"] for f in page["files"]} == filenames
-        state = index.loads_project(snap[f"simple/{project}/index.json"], project)
-        assert snap[f"simple/{project}/index.html"] == index.render_project_html(state)
+        state = ProjectState.from_json(snap[f"simple/{project}/index.json"], project)
+        assert snap[f"simple/{project}/index.html"] == render_project_html(state)
         html = snap[f"simple/{project}/index.html"].decode()
         assert all(f'href="{name}#sha256=' in html for name in filenames)
         assert f'href="{project}/"' in root_html

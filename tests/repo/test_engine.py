@@ -353,7 +353,7 @@ def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
     # ones the in-process path writes, invalid files reported the same way.
     import shutil
 
-    from provisioner.repo import engine as repository
+    from provisioner.repo import reindex as repository
 
     a, b = tmp_path / "a", tmp_path / "b"
     r = Repository.open(str(a))
@@ -368,8 +368,8 @@ def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
     used: list[int] = []
     real = repository._rebuild_in_processes
 
-    def spy(store: object, jobs: list, verify: bool) -> Iterator[object]:
-        for out in real(store, jobs, verify):  # type: ignore[arg-type]
+    def spy(store: object, outputs: object, jobs: list, verify: bool) -> Iterator[object]:
+        for out in real(store, outputs, jobs, verify):  # type: ignore[arg-type]
             used.append(1)
             yield out
 

@@ -11,7 +11,8 @@ import pytest
 
 from provisioner.appliance import sample
 from provisioner.errors import PypapoError
-from provisioner.repo.store import MULTIPART_LIMIT, PreconditionFailed, open_store
+from provisioner.repo.store import PreconditionFailed, open_store
+from provisioner.repo.store.gcs import MULTIPART_LIMIT
 from tests.fixtures.gcs import FakeGCS, RepoHandle
 
 

@@ -1,0 +1,169 @@
+"""Publish: validate every file, decide for the whole batch, upload create-only, then index per project."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner.errors import ConflictError, InvalidDistribution
+from provisioner.repo import layout
+from provisioner.repo.dist import DistError, DistFile, parse_dist
+from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
+from provisioner.repo.writer import IndexWriter
+
+Echo = Callable[[str], None]
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+@dataclass
+class PublishResult:
+    published: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"published {len(self.published)}, already present {len(self.already_present)}, "
+            f"skipped {len(self.skipped)}"
+        )
+
+
+def load_files(paths: Iterable[str | Path]) -> list[DistFile]:
+    """Read and validate every file; the first invalid one raises InvalidDistribution."""
+    dists: list[DistFile] = []
+    seen: dict[str, DistFile] = {}
+    for p in paths:
+        path = Path(p)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidDistribution(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InvalidDistribution(f"{path}: is a directory, not a distribution file") from None
+        except OSError as exc:
+            raise InvalidDistribution(f"{path}: cannot read ({exc.strerror})") from None
+        try:
+            dist = parse_dist(path.name, data)
+        except DistError as exc:
+            raise InvalidDistribution(f"{path.name}: {exc}") from None
+        if dist.filename in seen:
+            if seen[dist.filename].sha256 != dist.sha256:
+                raise InvalidDistribution(f"{dist.filename}: given twice with different contents")
+            continue
+        seen[dist.filename] = dist
+        dists.append(dist)
+    return dists
+
+
+def publish_dists(
+    writer: IndexWriter, dists: Sequence[DistFile], *, skip_existing: bool, echo: Echo
+) -> PublishResult:
+    """Same bytes again is a no-op; other bytes under an existing filename are refused (or skipped
+    with skip_existing). Every decision is taken before anything is written: a refusal leaves the
+    repository as it was."""
+    store = writer.store
+    store.check()
+    result = PublishResult()
+    states: dict[str, ProjectState] = {}
+    todo: list[DistFile] = []
+    new_projects = False
+    for dist in dists:
+        if dist.project not in states:
+            states[dist.project], gen = writer.read_project(dist.project)
+            new_projects = new_projects or gen == 0
+        entry = states[dist.project].by_filename().get(dist.filename)
+        if entry is not None:
+            recorded = entry.sha256
+        else:
+            existing, gen = store.read(layout.dist_object(dist.project, dist.filename))
+            recorded = "(stored object)" if gen and existing != dist.data else None
+        if recorded is None:
+            todo.append(dist)
+        elif recorded == dist.sha256:
+            result.already_present.append(dist.filename)
+        elif skip_existing:
+            result.skipped.append(dist.filename)
+        else:
+            raise ConflictError(
+                f"{dist.filename} already exists in {store.location} with different bytes; "
+                "files are immutable: publish a new version (or pass --skip-existing)"
+            )
+    if new_projects and todo:
+        writer.read_root()  # a corrupt root fails here, not midway
+    total = len(dists)
+    done = 0
+
+    def progress(message: str) -> None:
+        nonlocal done
+        done += 1
+        echo(f"[{done}/{total}] {message}" if total > 1 else message)
+
+    for dist in dists:
+        if dist.filename in result.already_present:
+            progress(f"{dist.filename} already present (same bytes), nothing to do")
+        elif dist.filename in result.skipped:
+            progress(f"{dist.filename} exists with different bytes, skipped (--skip-existing)")
+
+    # Per project: upload its files (create-only), then one index update for the group.
+    groups: dict[str, list[DistFile]] = {}
+    for dist in todo:
+        groups.setdefault(dist.project, []).append(dist)
+    for project, group in groups.items():
+        for dist in group:
+            writer.create_object(layout.dist_object(project, dist.filename), dist.data)
+            if dist.metadata is not None:
+                writer.create_object(layout.metadata_object(project, dist.filename), dist.metadata)
+            progress(f"uploaded {dist.filename} ({human_size(dist.size)})")
+        _index_new_files(writer, project, group)
+        result.published += [d.filename for d in group]
+    return result
+
+
+def ensure_listed(writer: IndexWriter, project: str) -> None:
+    writer.update_root(
+        lambda root: None if project in root.projects else RootState.of((*root.projects, project))
+    )
+
+
+def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile]) -> None:
+    _data, gen = writer.store.read(layout.project_json(project))
+    if gen == 0:
+        ensure_listed(writer, project)  # listed before the page exists (see engine.py)
+    uploaded = upload_time(dt.datetime.now(dt.UTC))
+
+    def add(state: ProjectState) -> ProjectState | None:
+        files = state.by_filename()
+        new = [
+            FileEntry(
+                filename=d.filename,
+                version=d.version,
+                sha256=d.sha256,
+                size=d.size,
+                requires_python=d.requires_python,
+                metadata_sha256=d.metadata_sha256,
+                upload_time=uploaded,
+                fingerprint=_fingerprint(writer, project, d.filename),
+            )
+            for d in dists
+            if d.filename not in files
+        ]
+        return state.with_files([*state.files, *new]) if new else None
+
+    if writer.update_project(project, add).created:
+        # A concurrent `remove` of the project's last file may have unlisted it meanwhile.
+        ensure_listed(writer, project)
+
+
+def _fingerprint(writer: IndexWriter, project: str, filename: str) -> str:
+    info = writer.store.stat(layout.dist_object(project, filename))
+    return info.fingerprint if info else ""

@@ -1,0 +1,394 @@
+"""Reindex: rebuild every page from the stored objects, keeping yanks, upload times and private keys.
+
+Phase 1 (`rebuild`, pure over store reads, so it can run in worker processes): each project's file
+entries from its objects, merged into the project JSON read first, and the bytes of its JSON and
+derived outputs. Phase 2 (`_write_pages`): those pages in batches (`Store.write_many`), each still its
+own compare-and-swap with the publish protocol; anything that lost a race to a publisher is redone
+the one-by-one way (`IndexWriter.update_project` / `converge_project`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+
+from provisioner.repo import layout
+from provisioner.repo.dist import DistError, summarize
+from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
+from provisioner.repo.outputs import Outputs
+from provisioner.repo.store import ObjectInfo, Store, WriteItem
+from provisioner.repo.store.directory import DirectoryStore
+from provisioner.repo.writer import IndexWriter
+
+# Reindex reads, validates and parses in worker processes (one per CPU) once at least this many files
+# need reading; for fewer, starting the workers costs more than it saves. Projects go to the
+# workers in groups of REBUILD_CHUNK.
+PROCESS_POOL_MIN = 1000
+REBUILD_CHUNK = 16
+# Reindex writes pages for this many projects at a time, while the next ones are being rebuilt.
+WRITE_GROUP = 400
+
+
+@dataclass
+class ReindexResult:
+    projects: int = 0
+    files: int = 0
+    hashed: int = 0
+    parsed: int = 0
+    reused: int = 0
+    pages_written: int = 0
+    metadata_written: int = 0
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"reindexed {self.projects} projects, {self.files} files "
+            f"({self.reused} unchanged by fingerprint, {self.hashed} read and hashed, "
+            f"{self.parsed} of those validated and parsed anew); "
+            f"{self.pages_written} pages and {self.metadata_written} metadata files written"
+            + (f"; ignored {len(self.ignored)} invalid objects" if self.ignored else "")
+        )
+
+
+@dataclass(frozen=True)
+class RebuildJob:
+    """One project to rebuild: its stored objects, and its JSON as read first (with generation)."""
+
+    project: str
+    objects: dict[str, ObjectInfo]
+    old: ProjectState
+    old_gen: int
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """Phase 1's answer for one project."""
+
+    job: RebuildJob
+    files: dict[str, FileEntry]  # the entries its objects give
+    metadata: list[WriteItem]  # metadata files to (re)write, with the generation read
+    counts: ReindexResult  # hashed, parsed, reused, ignored
+    new: ProjectState | None  # merged into `job.old`; None: unchanged
+    json: bytes  # new.to_json() (b"" when unchanged)
+    outputs: tuple[bytes, ...]  # each project output as the final state renders it (() if no files)
+    valid: bool = True  # False: a directory that is no project name (its objects are ignored)
+
+    @property
+    def final(self) -> ProjectState:
+        return self.job.old if self.new is None else self.new
+
+
+def merge(
+    store: Store, job: RebuildJob, files: dict[str, FileEntry], current: ProjectState
+) -> ProjectState | None:
+    """The project state from rebuilt entries and the current JSON; None if that is unchanged."""
+    merged = dict(files)
+    for f in current.files:
+        if f.filename in merged:
+            # Keep what is not in the distribution, as set since our first read: yank, upload time,
+            # private keys (a mirror's origin).
+            merged[f.filename] = replace(
+                merged[f.filename], yanked=f.yanked, upload_time=f.upload_time, extra=f.extra
+            )
+        elif f.filename not in job.objects and store.stat(layout.dist_object(job.project, f.filename)):
+            merged[f.filename] = f  # published after our listing
+    new = current.with_files(merged.values())
+    return None if new == current else new
+
+
+def _vouched(prev: FileEntry | None, info: ObjectInfo, have_meta: bool, verify: bool) -> bool:
+    """The recorded entry stands without reading the file: same fingerprint, metadata file present."""
+    return (
+        not verify
+        and prev is not None
+        and prev.fingerprint == info.fingerprint
+        and bool(have_meta or not prev.metadata_sha256)
+    )
+
+
+def rebuild(store: Store, outputs: Outputs, job: RebuildJob, verify: bool) -> Rebuilt:
+    """A project's file entries as its stored objects give them (reusing recorded ones where
+    allowed), the metadata files to (re)write, the counts, and its pages merged into `job.old`.
+    Module-level, so that it can run in a worker process (all of this holds the GIL)."""
+    project, objects = job.project, job.objects
+    res = ReindexResult()
+    old = job.old.by_filename()
+    rebuilt: dict[str, FileEntry] = {}
+    metadata: list[WriteItem] = []
+    for filename, info in objects.items():
+        if not layout.is_dist_filename(filename) or filename in layout.PAGE_NAMES:
+            continue
+        prev = old.get(filename)
+        have_meta = f"{filename}{layout.METADATA_SUFFIX}" in objects
+        if prev is not None and _vouched(prev, info, have_meta, verify):
+            rebuilt[filename] = prev
+            res.reused += 1
+            continue
+        data, gen = store.read(layout.dist_object(project, filename))
+        if not gen:
+            continue  # removed since the listing
+        res.hashed += 1
+        if prev is not None and prev.sha256 == hashlib.sha256(data).hexdigest():
+            # Same bytes as recorded: the recorded entry stands (only the fingerprint moved),
+            # provided its metadata file is there and, when verifying, still the recorded one.
+            core = prev.metadata_sha256
+            meta_ok = not core or (have_meta and not verify)
+            if core and have_meta and verify:
+                stored_meta, _ = store.read(layout.metadata_object(project, filename))
+                meta_ok = hashlib.sha256(stored_meta).hexdigest() == core
+            if meta_ok:
+                rebuilt[filename] = replace(prev, fingerprint=info.fingerprint)
+                continue
+        try:
+            # Full CRC check of every member only when verifying: publish already did it.
+            dist = summarize(filename, data, check_crc=verify)
+        except DistError as exc:
+            res.ignored.append(f"{layout.dist_object(project, filename)}: {exc}")
+            continue
+        if dist.project != project:
+            res.ignored.append(f"{layout.dist_object(project, filename)}: belongs to {dist.project}")
+            continue
+        res.parsed += 1
+        if dist.metadata is not None:
+            meta_name = layout.metadata_object(project, filename)
+            stored_meta, mgen = store.read(meta_name) if have_meta else (b"", 0)
+            if stored_meta != dist.metadata:
+                metadata.append(WriteItem(meta_name, dist.metadata, mgen))
+        rebuilt[filename] = FileEntry(
+            filename=filename,
+            version=dist.version,
+            sha256=dist.sha256,
+            size=dist.size,
+            requires_python=dist.requires_python,
+            metadata_sha256=dist.metadata_sha256,
+            upload_time=(
+                prev.upload_time
+                if prev
+                else upload_time(dt.datetime.fromtimestamp(info.updated_ns / 1e9, dt.UTC))
+            ),
+            yanked=prev.yanked if prev else False,
+            fingerprint=info.fingerprint,
+        )  # private keys of `prev`: carried by merge()
+    new = merge(store, job, rebuilt, job.old)
+    final = job.old if new is None else new
+    rendered = outputs.render_project(final) if final.files else ()
+    return Rebuilt(job, rebuilt, metadata, res, new, new.to_json() if new is not None else b"", rendered)
+
+
+def _rebuild_many(store: Store, outputs: Outputs, jobs: list[RebuildJob], verify: bool) -> list[Rebuilt]:
+    return [rebuild(store, outputs, job, verify) for job in jobs]
+
+
+def _rebuild_in_processes(
+    store: Store, outputs: Outputs, jobs: list[RebuildJob], verify: bool
+) -> Iterator[Rebuilt]:
+    """`rebuild` across one worker process per CPU, results in order as they come."""
+    chunks = [jobs[i : i + REBUILD_CHUNK] for i in range(0, len(jobs), REBUILD_CHUNK)]
+    # forkserver: this process runs threads, and forking a threaded process is unsafe.
+    ctx = multiprocessing.get_context("forkserver")
+    n = len(chunks)
+    with ProcessPoolExecutor(max_workers=_cpus(), mp_context=ctx) as procs:
+        # Every chunk is queued at once: the workers keep going while the caller writes pages.
+        for part in procs.map(_rebuild_many, [store] * n, [outputs] * n, chunks, [verify] * n):
+            yield from part
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult:
+    """See Repository.reindex."""
+    store = writer.store
+    store.check()
+    result = ReindexResult()
+    by_project: dict[str, dict[str, ObjectInfo]] = {}
+    for info in store.list(layout.SIMPLE + "/"):
+        parts = info.name.split("/")
+        if len(parts) != 3:
+            continue
+        by_project.setdefault(parts[1], {})[parts[2]] = info
+    root, _gen = writer.read_root(repair=True)
+    listed = {p for p in root.projects if layout.is_normalized(p)}
+    candidates = sorted(set(by_project) | listed)
+
+    states: dict[str, ProjectState] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # Groups of projects come out of phase 1 as they are ready; writing a group's pages
+        # overlaps rebuilding the next ones (in worker processes, when they run).
+        for group in _rebuild_groups(writer, candidates, by_project, verify, workers):
+            for rb in group:
+                result.hashed += rb.counts.hashed
+                result.parsed += rb.counts.parsed
+                result.reused += rb.counts.reused
+                result.ignored += rb.counts.ignored
+            todo = [rb for rb in group if rb.valid]
+            # Missing metadata files (create-only; a publisher writing the same one meanwhile wins).
+            meta_items = [item for rb in todo for item in rb.metadata]
+            result.metadata_written += sum(1 for g in store.write_many(meta_items) if g)
+            # 2. Project pages: JSON, then its derived outputs.
+            states.update(_write_pages(writer, todo, pool, result))
+    live = [project for project, state in states.items() if state.files]
+    result.files = sum(len(states[p].files) for p in live)
+    result.projects = len(live)
+
+    live_set = set(live)
+
+    def fix_root(current: RootState) -> RootState:
+        # Keep projects created after our listing; drop the ones without a page.
+        extra = {p for p in current.projects if p not in live_set and store.stat(layout.project_json(p))}
+        return RootState.of(live_set | extra)
+
+    if writer.update_root(fix_root, repair=True):
+        result.pages_written += 1 + len(writer.outputs.root)
+    else:
+        now, _gen = writer.read_root(repair=True)
+        if any(store.read(out.object_name)[0] != out.render(now) for out in writer.outputs.root):
+            result.pages_written += writer.converge_root()
+    return result
+
+
+def _rebuild_groups(
+    writer: IndexWriter,
+    candidates: list[str],
+    by_project: dict[str, dict[str, ObjectInfo]],
+    verify: bool,
+    workers: int,
+) -> Iterator[list[Rebuilt]]:
+    """Phase 1 of reindex: every project's entries from its stored objects, in groups of
+    WRITE_GROUP projects as they are ready."""
+    store, outputs = writer.store, writer.outputs
+    valid: list[str] = []
+    ignored: list[Rebuilt] = []
+    for project in candidates:
+        objects = by_project.get(project, {})
+        if layout.is_normalized(project):
+            valid.append(project)
+        else:
+            res = ReindexResult(ignored=[f"{layout.SIMPLE}/{project}/{n}" for n in objects])
+            job = RebuildJob(project, objects, ProjectState(project), 0)
+            ignored.append(Rebuilt(job, {}, [], res, None, b"", (), valid=False))
+    yield ignored
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # A corrupt page reads as empty: the project is rebuilt from its objects.
+        read = pool.map(lambda p: writer.read_project(p, repair=True), valid)
+        jobs = [
+            RebuildJob(p, by_project.get(p, {}), old, gen) for p, (old, gen) in zip(valid, read, strict=True)
+        ]
+        # Files whose recorded entry does not stand by its fingerprint: these get parsed.
+        unvouched = 0
+        for job in jobs:
+            recorded = job.old.by_filename()
+            unvouched += sum(
+                1
+                for name, info in job.objects.items()
+                if layout.is_dist_filename(name)
+                and not _vouched(
+                    recorded.get(name),
+                    info,
+                    f"{name}{layout.METADATA_SUFFIX}" in job.objects,
+                    False,  # --verify alone rehashes, which threads do well; parsing is the cost
+                )
+            )
+        group: list[Rebuilt] = []
+        done = 0
+
+        def add(out: Rebuilt) -> list[Rebuilt] | None:
+            nonlocal group, done
+            group.append(out)
+            done += 1
+            if len(group) < WRITE_GROUP:
+                return None
+            full, group = group, []
+            return full
+
+        # Parsing holds the GIL: with many files to read, spread them over processes. The
+        # directory store pickles as its path; a GCS client does not (and waits on the network).
+        if unvouched >= PROCESS_POOL_MIN and _cpus() > 1 and isinstance(store, DirectoryStore):
+            try:
+                for out in _rebuild_in_processes(store, outputs, jobs, verify):
+                    if (full := add(out)) is not None:
+                        yield full
+            except (BrokenProcessPool, OSError, ValueError):
+                pass  # e.g. no /dev/shm in a sandbox: the rest in threads, from where it stopped
+        rest = jobs[done:]
+        for out in pool.map(lambda job: rebuild(store, outputs, job, verify), rest):
+            if (full := add(out)) is not None:
+                yield full
+        yield group
+
+
+def _write_pages(
+    writer: IndexWriter, todo: list[Rebuilt], pool: ThreadPoolExecutor, result: ReindexResult
+) -> dict[str, ProjectState]:
+    """Write the project pages that changed, in two batches, and return every final state.
+
+    The publish protocol, batched: each output's generation is read *after* the project JSON was
+    read (phase 1) and *before* the JSON is written; the JSON is written conditional on the
+    generation read, then each output rendered from that very JSON, conditional on the output
+    generation read. Whoever writes an output last therefore rendered the latest JSON (a publisher
+    writing in between makes our write fail). Anything that lost a race is redone through the
+    one-by-one retry path."""
+    store = writer.store
+
+    def prepare(rb: Rebuilt) -> tuple[Rebuilt, list[tuple[bytes, int]]]:
+        return rb, [store.read(name) for name in writer.outputs.project_names(rb.job.project)]
+
+    states: dict[str, ProjectState] = {}
+    json_items: list[WriteItem] = []
+    output_items: list[WriteItem] = []
+    output_after: list[int] = []
+    batch: list[tuple[Rebuilt, ProjectState, list[int]]] = []  # with the indexes of its outputs
+    retry: list[Rebuilt] = []  # JSON (and outputs) the one-by-one way
+    converge: list[str] = []  # outputs the one-by-one way
+    for rb, now in pool.map(prepare, todo):
+        project, new = rb.job.project, rb.new
+        if new is None or (not new.files and not rb.job.old_gen):
+            states[project] = rb.final
+            expected = rb.outputs or (b"",) * len(now)
+            if any(data != want for (data, _gen), want in zip(now, expected, strict=True)):
+                converge.append(project)
+        elif not new.files:
+            retry.append(rb)  # every file gone: a delete, done one by one
+        else:
+            names = writer.outputs.project_names(project)
+            mine = []
+            for name, data, (_old, gen) in zip(names, rb.outputs, now, strict=True):
+                mine.append(len(output_items))
+                output_items.append(WriteItem(name, data, gen))
+                output_after.append(len(json_items))
+            batch.append((rb, new, mine))
+            json_items.append(WriteItem(layout.project_json(project), rb.json, rb.job.old_gen))
+    # One batch: every JSON, and each output once its JSON is written.
+    n = len(json_items)
+    written = store.write_many(json_items + output_items, after=[None] * n + output_after)
+    for k, (rb, new, mine) in enumerate(batch):
+        if not written[k]:
+            retry.append(rb)  # a publisher got there first: merge into what it wrote
+            continue
+        states[rb.job.project] = new
+        wrote = sum(1 for i in mine if written[n + i])
+        result.pages_written += 1 + wrote
+        if wrote < len(mine):
+            converge.append(rb.job.project)  # a publisher rewrote an output meanwhile
+
+    def one_by_one(rb: Rebuilt) -> tuple[str, ProjectState, int]:
+        update = writer.update_project(
+            rb.job.project, lambda current: merge(store, rb.job, rb.files, current), repair=True
+        )
+        return rb.job.project, update.state, update.written
+
+    for project, state, count in pool.map(one_by_one, retry):
+        states[project] = state
+        if count:
+            result.pages_written += count  # the JSON, and its outputs converged by update_project
+        else:
+            converge.append(project)
+    result.pages_written += sum(pool.map(writer.converge_project, converge))
+    return states

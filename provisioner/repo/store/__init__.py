@@ -1,0 +1,99 @@
+"""I/O: where objects live. One interface, two backends with the same compare-and-swap semantics.
+
+- `read(name)` returns `(bytes, generation)`; generation 0 means the object is absent.
+- `write(name, data, if_generation_match=G)` succeeds only if the object's current generation is G
+  (0: create-only) and returns the new generation; otherwise it raises `PreconditionFailed`.
+- `delete(name, if_generation_match=G)` likewise.
+
+GCS uses object generations and request preconditions (store/gcs.py); the directory backend
+emulates them under a lock, with mtimes as generations that never repeat for a name (store/directory.py).
+
+`write_many(items, after=...)` is the same compare-and-swap for many objects at once (reindex):
+each item succeeds or fails on its own precondition, and an item can wait for another (a project's
+HTML is written only once its JSON is). The directory backend pays the durability cost per batch
+instead of per object; GCS has no cheaper bulk path, its objects are written one by one.
+
+Backends: `directory.DirectoryStore` (a directory: what gcsfuse shows of a bucket; also the tests' and
+`provision serve`'s) and `gcs.GCSStore` (a bucket under an optional prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from provisioner.errors import PypapoError
+from provisioner.repo.location import parse_location as location_of
+
+
+class PreconditionFailed(Exception):
+    """The object's generation was not the expected one: another writer got there first."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str  # relative to the repository location
+    size: int
+    generation: int
+    # A cheap identity of the content: equal fingerprints mean equal bytes for all practical purposes
+    # (GCS: size + md5/crc32c from the object metadata; directory: size + mtime_ns).
+    fingerprint: str
+    updated_ns: int  # when the object was written (for upload-time when nothing better is known)
+
+
+class WriteItem(NamedTuple):
+    """One compare-and-swap of `write_many`."""
+
+    name: str
+    data: bytes
+    if_generation_match: int
+
+
+class Store(Protocol):
+    location: str
+
+    def check(self) -> None:
+        """Fail with a clear PypapoError if the repository cannot be reached (missing bucket, no auth)."""
+
+    def read(self, name: str) -> tuple[bytes, int]: ...
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int: ...
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None: ...
+
+    def stat(self, name: str) -> ObjectInfo | None: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
+        """Compare-and-swap each `(name, data, if_generation_match)`; per item the new generation,
+        or 0 where its precondition failed (that object is left as it was). `after[i] = j`: item i
+        is tried only once item j (itself unconditional) is written, else it counts as failed."""
+        ...
+
+
+def waves(n: int, after: Sequence[int | None]) -> list[list[int]]:
+    """Items 0..n-1 in two waves: the unconditional ones, then the ones waiting for one of those."""
+    deps = [after[i] if i < len(after) else None for i in range(n)]
+    for j in deps:
+        if j is not None and not (0 <= j < n and deps[j] is None):
+            raise ValueError("write_many: `after` must name an unconditional item of the batch")
+    first = [i for i in range(n) if deps[i] is None]
+    second = [i for i in range(n) if deps[i] is not None]
+    return [w for w in (first, second) if w]
+
+
+def open_store(location: str) -> Store:
+    """A Store for `gs://BUCKET[/PREFIX]` or a directory path."""
+    try:
+        loc = location_of(location)
+    except ValueError as exc:
+        raise PypapoError(str(exc)) from None
+    if loc.kind == "gcs":
+        from provisioner.repo.store.gcs import GCSStore
+
+        return GCSStore(loc.bucket, loc.prefix)
+    from provisioner.repo.store.directory import DirectoryStore
+
+    return DirectoryStore(loc.path)

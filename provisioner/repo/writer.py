@@ -1,0 +1,199 @@
+"""I/O: the one writer of state and derived outputs, by compare-and-swap (the protocol of engine.py).
+
+Every change of a project or of the root goes through `update_project` / `update_root`: a
+read-modify-write of the JSON conditional on the generation read, retried with jittered backoff, then
+`converge_*` of every derived output (`outputs.Outputs`). Publish, yank, remove and reindex share it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from provisioner.errors import ConflictError, PypapoError
+from provisioner.repo import layout
+from provisioner.repo.model import CORRUPT, ProjectState, RootState
+from provisioner.repo.outputs import DEFAULT, Outputs
+from provisioner.repo.store import PreconditionFailed, Store
+
+MAX_ATTEMPTS = 60
+
+
+def backoff(attempt: int) -> None:
+    # Full jitter, capped: contending writers spread out instead of colliding in lockstep.
+    time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+
+
+@dataclass(frozen=True)
+class ProjectUpdate:
+    state: ProjectState  # the state now stored (or the unchanged one)
+    changed: bool
+    created: bool  # the project JSON did not exist before
+    written: int = 0  # objects written or deleted: the JSON and its derived outputs
+
+
+class IndexWriter:
+    """Reads and writes the state of one repository, and keeps its derived outputs converged."""
+
+    def __init__(self, store: Store, outputs: Outputs = DEFAULT) -> None:
+        self.store = store
+        self.outputs = outputs
+
+    # -- reading ----------------------------------------------------------------------------------
+    def parse_project(self, data: bytes, project: str, *, repair: bool = False) -> ProjectState:
+        """A corrupt page is an error, or (repair=True, for reindex) an empty state that the rebuild
+        then replaces."""
+        try:
+            return ProjectState.from_json(data, project)
+        except CORRUPT:
+            if repair:
+                return ProjectState(project)
+            raise PypapoError(
+                f"{layout.project_json(project)} is corrupt: run `provision reindex` to rebuild it"
+            ) from None
+
+    def read_project(self, project: str, *, repair: bool = False) -> tuple[ProjectState, int]:
+        """The project state and its generation (0: no such project)."""
+        data, gen = self.store.read(layout.project_json(project))
+        return self.parse_project(data, project, repair=repair), gen
+
+    def parse_root(self, data: bytes, *, repair: bool = False) -> RootState:
+        try:
+            return RootState.from_json(data)
+        except CORRUPT:
+            if repair:
+                return RootState()
+            raise PypapoError(
+                f"{layout.ROOT_JSON} is corrupt: run `provision reindex` to rebuild it"
+            ) from None
+
+    def read_root(self, *, repair: bool = False) -> tuple[RootState, int]:
+        data, gen = self.store.read(layout.ROOT_JSON)
+        return self.parse_root(data, repair=repair), gen
+
+    def generation(self, name: str) -> int:
+        info = self.store.stat(name)
+        return info.generation if info else 0
+
+    # -- state ------------------------------------------------------------------------------------
+    def update_project(
+        self,
+        project: str,
+        change: Callable[[ProjectState], ProjectState | None],
+        *,
+        repair: bool = False,
+    ) -> ProjectUpdate:
+        """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
+        change). A state without files deletes the project."""
+        for attempt in range(MAX_ATTEMPTS):
+            state, gen = self.read_project(project, repair=repair)
+            new = change(state)
+            if new is None:
+                return ProjectUpdate(state, changed=False, created=False)
+            try:
+                if new.files:
+                    self.store.write(layout.project_json(project), new.to_json(), if_generation_match=gen)
+                elif gen:
+                    self.store.delete(layout.project_json(project), if_generation_match=gen)
+                else:
+                    return ProjectUpdate(new, changed=False, created=False)
+            except PreconditionFailed:
+                backoff(attempt)
+                continue
+            written = 1 + self.converge_project(project)
+            return ProjectUpdate(new, changed=True, created=gen == 0, written=written)
+        raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
+
+    def update_root(self, change: Callable[[RootState], RootState | None], *, repair: bool = False) -> bool:
+        """Apply `change` to the root JSON under CAS (None: no change); True if written."""
+        for attempt in range(MAX_ATTEMPTS):
+            data, gen = self.store.read(layout.ROOT_JSON)
+            current = self.parse_root(data, repair=repair)
+            new = change(current)
+            if new is None or (new == current and gen):
+                return False
+            try:
+                self.store.write(layout.ROOT_JSON, new.to_json(), if_generation_match=gen)
+            except PreconditionFailed:
+                backoff(attempt)
+                continue
+            self.converge_root()
+            return True
+        raise ConflictError(f"gave up updating the root index after {MAX_ATTEMPTS} conflicting writes")
+
+    # -- derived outputs --------------------------------------------------------------------------
+    def _converge(
+        self,
+        names: list[str],
+        render: Callable[[], tuple[bytes, ...] | None],
+        gave_up: Callable[[str], str],
+    ) -> int:
+        """Make every output in `names` match the state: read the outputs' generations FIRST, then
+        the state (`render`, None: no state, delete them), write each conditional on its generation.
+        Whoever writes an output last therefore rendered the latest state. Returns how many objects
+        were written or deleted."""
+        pending = list(range(len(names)))
+        written = 0
+        for attempt in range(MAX_ATTEMPTS):
+            gens = [self.generation(names[i]) for i in pending]
+            rendered = render()
+            lost = []
+            for i, gen in zip(pending, gens, strict=True):
+                try:
+                    if rendered is not None:
+                        self.store.write(names[i], rendered[i], if_generation_match=gen)
+                    elif gen:
+                        self.store.delete(names[i], if_generation_match=gen)
+                    else:
+                        continue
+                    written += 1
+                except PreconditionFailed:
+                    lost.append(i)
+            if not lost:
+                return written
+            pending = lost
+            backoff(attempt)
+        raise ConflictError(gave_up(names[pending[0]]))
+
+    def converge_project(self, project: str) -> int:
+        """Make the project's derived outputs match its JSON (deleted with it)."""
+
+        def render() -> tuple[bytes, ...] | None:
+            data, gen = self.store.read(layout.project_json(project))
+            return self.outputs.render_project(self.parse_project(data, project)) if gen else None
+
+        return self._converge(
+            self.outputs.project_names(project),
+            render,
+            lambda name: f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry",
+        )
+
+    def converge_root(self) -> int:
+        """Make the root's derived outputs match the root JSON."""
+
+        def render() -> tuple[bytes, ...]:
+            root, _gen = self.read_root(repair=True)
+            return tuple(out.render(root) for out in self.outputs.root)
+
+        return self._converge(
+            [out.object_name for out in self.outputs.root],
+            render,
+            lambda _name: f"gave up writing the root page after {MAX_ATTEMPTS} conflicting writes",
+        )
+
+    # -- objects ----------------------------------------------------------------------------------
+    def create_object(self, name: str, data: bytes) -> bool:
+        """Create-only upload. True if we created it, False if identical bytes were already there."""
+        try:
+            self.store.write(name, data, if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            existing, gen = self.store.read(name)
+            if gen and existing == data:
+                return False  # ours from a retried request, a re-run, or an identical racer
+            raise ConflictError(
+                f"{name.rsplit('/', 1)[-1]} already exists in {self.store.location} with different "
+                "bytes; files are immutable: publish a new version"
+            ) from None
