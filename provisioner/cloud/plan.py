@@ -222,56 +222,6 @@ def guest_values(attrs: compute_v1.GuestAttributes | None) -> dict[str, str]:
 # --- IAM policies (pure edits of the real policy objects) ---------------------------------------------
 
 
-def policy_members(policy: Any) -> dict[str, set[str]]:
-    """role -> members of a google.iam.v1 Policy, a compute_v1.Policy or a storage Policy/dict list."""
-    out: dict[str, set[str]] = {}
-    bindings = policy.bindings if hasattr(policy, "bindings") else policy
-    for b in bindings:
-        role = b["role"] if isinstance(b, dict) else b.role
-        members = b["members"] if isinstance(b, dict) else b.members
-        out.setdefault(role, set()).update(members)
-    return out
-
-
-def with_member(policy: Any, role: str, member: str, *, present: bool = True) -> bool:
-    """Add (or remove) `member` in `role` of a protobuf/proto-plus policy in place; True if it changed."""
-    for index, b in enumerate(list(policy.bindings)):
-        if b.role != role or _has_condition(b):
-            continue
-        if present:
-            if member in b.members:
-                return False
-            b.members.append(member)
-            return True
-        if member not in b.members:
-            return False
-        members = [m for m in b.members if m != member]
-        if members:
-            del b.members[:]
-            b.members.extend(members)
-        else:
-            del policy.bindings[index]  # IAM keeps no empty bindings
-        return True
-    if not present:
-        return False
-    binding_type = type(policy.bindings[0]) if len(policy.bindings) else None
-    if binding_type is None:
-        binding_type = compute_v1.Binding if isinstance(policy, compute_v1.Policy) else None
-    if binding_type is None:
-        policy.bindings.add(role=role, members=[member])
-    else:
-        policy.bindings.append(binding_type(role=role, members=[member]))
-    return True
-
-
-def _has_condition(binding: Any) -> bool:
-    # Conditional bindings are someone else's; ours are unconditional.
-    try:
-        return bool(binding.condition.expression)
-    except AttributeError:
-        return False
-
-
 def normalize_member(member: str) -> str:
     """user:/group:/serviceAccount:/domain:/principal...; a bare email gets user: or serviceAccount:."""
     from provisioner.errors import PypapoError

@@ -22,6 +22,7 @@ from google.iam.v1 import policy_pb2
 from provisioner.cli import main
 from provisioner.cloud import apply as deploy
 from provisioner.cloud import plan as planlib
+from provisioner.cloud.gcp import policy as iam_policy
 from provisioner.cloud.gcp.base import translate_error
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
@@ -206,7 +207,7 @@ class FakeCompute:
         self, zone: str, name: str, role: str, member: str, *, present: bool = True
     ) -> bool:
         policy = self.get_instance_iam_policy(zone, name)
-        if not planlib.with_member(policy, role, member, present=present):
+        if not iam_policy.with_member(policy, role, member, present=present):
             return False
         request = compute_v1.SetIamPolicyInstanceRequest(
             project=self.project,
@@ -346,12 +347,12 @@ class FakeIam:
         del self.accounts[request.name.rsplit("/", 1)[-1]]
 
     def get_tunnel_members(self, resource: str) -> dict[str, set[str]]:
-        return planlib.policy_members(self.tunnel_policies.get(resource, policy_pb2.Policy()))
+        return iam_policy.members(self.tunnel_policies.get(resource, policy_pb2.Policy()))
 
     def set_tunnel_member(self, resource: str, role: str, member: str, *, present: bool = True) -> bool:
         policy = policy_pb2.Policy()
         policy.CopyFrom(self.tunnel_policies.get(resource, policy_pb2.Policy()))
-        if not planlib.with_member(policy, role, member, present=present):
+        if not iam_policy.with_member(policy, role, member, present=present):
             return False
         self._record(("set_tunnel_iam_policy", (resource, policy)))
         self.tunnel_policies[resource] = policy
@@ -618,7 +619,7 @@ def test_grant_reader_is_tunnel_access_on_this_instance_only(cloud: deploy.Cloud
     assert cloud.iam.get_tunnel_members(resource) == {
         "roles/iap.tunnelResourceAccessor": {"user:alice@example.com"}
     }
-    assert planlib.policy_members(cloud.compute.policies["pypapo"]) == {
+    assert iam_policy.members(cloud.compute.policies["pypapo"]) == {
         "roles/compute.viewer": {"user:alice@example.com"}
     }
     # nothing on the bucket: readers go through the VM

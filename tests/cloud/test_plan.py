@@ -6,7 +6,6 @@ import json
 
 from click.testing import CliRunner
 from google.cloud import compute_v1, storage
-from google.iam.v1 import policy_pb2
 
 from provisioner.appliance import render
 from provisioner.cli import main
@@ -112,17 +111,6 @@ def test_grant_roles_and_resources() -> None:
         "roles/storage.objectUser",
         "serviceAccount:ci@p.iam.gserviceaccount.com",
     )
-
-
-def test_with_member_edits_real_policies_and_drops_empty_bindings() -> None:
-    for policy in (policy_pb2.Policy(etag=b"x"), compute_v1.Policy(etag="x")):
-        assert planlib.with_member(policy, "roles/r", "user:a") is True
-        assert planlib.with_member(policy, "roles/r", "user:a") is False
-        assert planlib.with_member(policy, "roles/r", "user:b") is True
-        assert planlib.policy_members(policy) == {"roles/r": {"user:a", "user:b"}}
-        planlib.with_member(policy, "roles/r", "user:a", present=False)
-        planlib.with_member(policy, "roles/r", "user:b", present=False)
-        assert len(policy.bindings) == 0
 
 
 def test_guest_attributes_request_and_values() -> None:

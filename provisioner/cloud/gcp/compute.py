@@ -15,6 +15,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
+from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import (
     COMPUTE_API,
     Clients,
@@ -188,6 +189,18 @@ class Compute:
     def start_instance(self, request: compute_v1.StartInstanceRequest) -> None:
         self._send("instances", "start", request, f"start instance {request.instance}")
 
+    def put_instance_iam_policy(self, zone: str, name: str, new: compute_v1.Policy) -> None:
+        """Write `new` (its etag guards against a concurrent edit) as version 3."""
+        new.version = policy.POLICY_VERSION
+        self.set_instance_iam_policy(
+            compute_v1.SetIamPolicyInstanceRequest(
+                project=self.project,
+                zone=zone,
+                resource=name,
+                zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
+            )
+        )
+
     def set_instance_iam_policy(self, request: compute_v1.SetIamPolicyInstanceRequest) -> None:
         with gcp_errors(
             f"set the IAM policy of instance {request.resource}", project=self.project, api=COMPUTE_API
@@ -217,19 +230,13 @@ class Compute:
         self, zone: str, name: str, role: str, member: str, *, present: bool = True
     ) -> bool:
         """Read-modify-write of the instance's own IAM policy (not the project's)."""
-        from provisioner.cloud.plan import with_member
-
-        policy = self.get_instance_iam_policy(zone, name)
-        if not with_member(policy, role, member, present=present):
-            return False
-        policy.bindings = [b for b in policy.bindings if len(b.members)]
-        request = compute_v1.SetIamPolicyInstanceRequest(
-            project=self.project,
-            zone=zone,
-            resource=name,
-            zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=policy),
+        changed = policy.read_modify_write(
+            lambda: self.get_instance_iam_policy(zone, name),
+            policy.member_editor(role, member, present),
+            lambda p: self.put_instance_iam_policy(zone, name, p),
         )
-        self.set_instance_iam_policy(request)
+        if not changed:
+            return False
         if self.progress:
             self.progress(f"  {'granted' if present else 'revoked'} {role} on instance {name}: {member}")
         return True

@@ -12,6 +12,7 @@ from typing import Any
 
 from google.cloud import iam_admin_v1
 
+from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import (
     IAM_API,
     IAP_API,
@@ -22,7 +23,6 @@ from provisioner.cloud.gcp.base import (
     gcp_errors,
     get_or_none,
 )
-from provisioner.cloud.plan import with_member
 
 
 class Iam:
@@ -97,36 +97,50 @@ class Iam:
 
     # --- IAP: who may open a tunnel to this instance ---
 
+    def get_tunnel_policy(self, resource: str) -> Any:
+        """The IAP policy of a tunnel resource (version 3), or None when the resource has none."""
+        from google.api_core import exceptions as gexc
+
+        with gcp_errors(f"read the IAP tunnel policy of {resource}", project=self.project, api=IAP_API):
+            try:
+                return self._read_iap(resource)
+            except gexc.NotFound:
+                return None
+
     def get_tunnel_members(self, resource: str) -> dict[str, set[str]]:
+        with gcp_errors(f"read the IAP policy of {resource}", project=self.project, api=IAP_API):
+            return policy.members(self._read_iap(resource))
+
+    def _read_iap(self, resource: str) -> Any:
+        from google.iam.v1 import iam_policy_pb2, options_pb2
+
+        options = options_pb2.GetPolicyOptions(requested_policy_version=policy.POLICY_VERSION)
+        return self.clients.get("iap").get_iam_policy(
+            request=iam_policy_pb2.GetIamPolicyRequest(resource=resource, options=options)
+        )
+
+    def _write_iap(self, resource: str, new: Any) -> None:
         from google.iam.v1 import iam_policy_pb2
 
-        from provisioner.cloud.plan import policy_members
-
-        req = iam_policy_pb2.GetIamPolicyRequest(resource=resource)
-        with gcp_errors(f"read the IAP policy of {resource}", project=self.project, api=IAP_API):
-            return policy_members(self.clients.get("iap").get_iam_policy(request=req))
+        new.version = policy.POLICY_VERSION
+        self.clients.get("iap").set_iam_policy(
+            request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=new)
+        )
 
     def set_tunnel_member(self, resource: str, role: str, member: str, *, present: bool = True) -> bool:
         """Read-modify-write of the IAP policy on `projects/P/iap_tunnel/zones/Z/instances/NAME`."""
-        from google.api_core import exceptions as gexc
-        from google.iam.v1 import iam_policy_pb2
-
         action = f"{'grant' if present else 'revoke'} {role} on {resource}"
-        for attempt in range(5):
-            with gcp_errors(action, project=self.project, api=IAP_API, role="roles/iap.admin"):
-                iap = self.clients.get("iap")
-                policy = iap.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource))
-                if not with_member(policy, role, member, present=present):
-                    return False
-                try:
-                    iap.set_iam_policy(
-                        request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=policy)
-                    )
-                except gexc.Aborted:  # etag mismatch: someone else edited the policy
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
+        with gcp_errors(action, project=self.project, api=IAP_API, role="roles/iap.admin"):
+            changed = policy.read_modify_write(
+                lambda: self._read_iap(resource),
+                policy.member_editor(role, member, present),
+                lambda p: self._write_iap(resource, p),
+            )
+        if changed:
             self.progress(f"  {action}: {member}")
-            return True
-        return False
+        return changed
+
+    def put_tunnel_policy(self, resource: str, bindings_from: Any) -> None:
+        """Put `bindings_from`'s bindings (conditions included) on `resource`, with its etag now."""
+        with gcp_errors(f"re-apply the IAP tunnel policy of {resource}", project=self.project, api=IAP_API):
+            self._write_iap(resource, policy.carry_over(self._read_iap(resource), bindings_from))

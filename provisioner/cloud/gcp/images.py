@@ -15,13 +15,13 @@ from google.cloud import compute_v1
 
 from provisioner.cloud.gcp.base import (
     COMPUTE_API,
-    IAP_API,
     Clients,
     Progress,
     echo,
     gcp_errors,
     wait_for_operation,
 )
+from provisioner.cloud.gcp.policy import carry_over
 
 
 class ComputeImageApi:
@@ -34,11 +34,13 @@ class ComputeImageApi:
 
     def __init__(self, clients: Clients, progress: Progress | None = echo) -> None:
         from provisioner.cloud.gcp.compute import Compute
+        from provisioner.cloud.gcp.iam import Iam
 
         self.clients = clients
         self.project = clients.project
         self.progress = progress
         self.compute = Compute(clients, progress=progress)
+        self.iam = Iam(clients, progress=progress)
 
     # -- helpers
 
@@ -140,26 +142,11 @@ class ComputeImageApi:
     # -- IAP tunnel policy of one instance
 
     def get_iap_policy(self, resource: str) -> Any:
-        from google.iam.v1 import iam_policy_pb2
-
-        with self._errors(f"read the IAP tunnel policy of {resource}", IAP_API):
-            try:
-                return self.clients.get("iap").get_iam_policy(
-                    request=iam_policy_pb2.GetIamPolicyRequest(resource=resource)
-                )
-            except gexc.NotFound:
-                return None
+        return self.iam.get_tunnel_policy(resource)
 
     def set_iap_policy(self, resource: str, policy: Any) -> None:
         """Put `policy`'s bindings on `resource`, with the etag of the policy there now."""
-        from google.iam.v1 import iam_policy_pb2, policy_pb2
-
-        with self._errors(f"re-apply the IAP tunnel policy of {resource}", IAP_API):
-            iap = self.clients.get("iap")
-            current = iap.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource))
-            new = policy_pb2.Policy(version=policy.version, etag=current.etag)
-            new.bindings.extend(policy.bindings)
-            iap.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=new))
+        self.iam.put_tunnel_policy(resource, policy)
 
     # -- the instance's own IAM policy (compute.viewer for tunnel users)
 
@@ -169,15 +156,7 @@ class ComputeImageApi:
     def set_instance_policy(self, project: str, zone: str, name: str, policy: compute_v1.Policy) -> None:
         """Put `policy`'s bindings on the (new) instance, with the etag of its policy now."""
         current = self.compute.get_instance_iam_policy(zone, name)
-        new = compute_v1.Policy(bindings=list(policy.bindings), etag=current.etag, version=3)
-        self.compute.set_instance_iam_policy(
-            compute_v1.SetIamPolicyInstanceRequest(
-                project=project,
-                zone=zone,
-                resource=name,
-                zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
-            )
-        )
+        self.compute.put_instance_iam_policy(zone, name, carry_over(current, policy))
 
 
 _registered: set[str] = set()

@@ -13,10 +13,9 @@ from google.api_core import exceptions as gexc
 from google.cloud import scheduler_v1
 
 from provisioner.cloud import names
+from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import IAM_API, SCHEDULER_API, STORAGE_API, Clients, gcp_errors
 from provisioner.cloud.image import RoleGrant
-from provisioner.cloud.plan import with_member
-from provisioner.errors import PypapoError
 
 
 def _scheduler(credentials: Any) -> Any:
@@ -100,17 +99,6 @@ class ScheduleApi:
 
             bucket = grant.resource.removeprefix("gs://")
             return StorageAdmin(self.clients).set_member(bucket, grant.role, grant.member, present=True)
-        with gcp_errors(f"grant {grant.role} on {grant.resource}", project=self.project, api=IAM_API):
-            for attempt in range(_RETRIES):
-                try:
-                    return self._policy_binding(grant)
-                except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition):
-                    if attempt == _RETRIES - 1:
-                        raise
-        raise PypapoError(f"cannot grant {grant.role} on {grant.resource}: the policy kept changing; retry")
-
-    def _policy_binding(self, grant: RoleGrant) -> bool:
-        """Read-modify-write of a project's or a service account's policy (etag guards the write)."""
         from google.iam.v1 import iam_policy_pb2, options_pb2
 
         if grant.resource.startswith("serviceAccount:"):
@@ -121,16 +109,17 @@ class ScheduleApi:
             )
         else:
             resource, client = grant.resource, self.clients.get("projects")
-        policy = client.get_iam_policy(
-            request=iam_policy_pb2.GetIamPolicyRequest(
-                resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)
+        options = options_pb2.GetPolicyOptions(requested_policy_version=policy.POLICY_VERSION)
+        with gcp_errors(f"grant {grant.role} on {grant.resource}", project=self.project, api=IAM_API):
+            return policy.read_modify_write(
+                lambda: client.get_iam_policy(
+                    request=iam_policy_pb2.GetIamPolicyRequest(resource=resource, options=options)
+                ),
+                policy.member_editor(grant.role, grant.member, True),
+                lambda p: client.set_iam_policy(
+                    request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=p)
+                ),
             )
-        )
-        if not with_member(policy, grant.role, grant.member, present=True):
-            return False
-        policy.version = 3
-        client.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=policy))
-        return True
 
     def object_exists(self, bucket: str, name: str) -> bool:
         with gcp_errors(f"read gs://{bucket}/{name}", project=self.project, api=STORAGE_API):

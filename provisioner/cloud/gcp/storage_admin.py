@@ -6,11 +6,11 @@ administers the bucket. It runs unchanged against fake-gcs-server via STORAGE_EM
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from google.cloud import storage
 
+from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import STORAGE_API, Clients, Progress, _echo_progress, gcp_errors, get_or_none
 from provisioner.repo.location import gs_url
 
@@ -86,50 +86,35 @@ class StorageAdmin:
 
     def get_members(self, name: str) -> dict[str, set[str]]:
         with gcp_errors(f"read the IAM policy of gs://{name}", project=self.project, api=STORAGE_API):
-            policy = self.client.bucket(name).get_iam_policy(requested_policy_version=3)
-        return {b["role"]: set(b["members"]) for b in policy.bindings}
+            return policy.members(
+                self.client.bucket(name).get_iam_policy(requested_policy_version=policy.POLICY_VERSION)
+            )
 
     def set_member(self, name: str, role: str, member: str, *, present: bool = True) -> bool:
         """Add (or remove) one binding by read-modify-write; the etag makes a concurrent edit retry."""
         from google.api_core import exceptions as gexc
 
         action = f"{'grant' if present else 'revoke'} {role} on gs://{name}"
-        attempts = 8
-        for attempt in range(attempts):
-            with gcp_errors(action, project=self.project, api=STORAGE_API, role="roles/storage.admin"):
-                bucket = self.client.bucket(name)
-                policy = bucket.get_iam_policy(requested_policy_version=3)
-                bindings = [dict(b, members=set(b["members"])) for b in policy.bindings]
-                target = next((b for b in bindings if b["role"] == role and "condition" not in b), None)
-                if present and target is not None and member in target["members"]:
-                    return False
-                if not present and (target is None or member not in target["members"]):
-                    return False
-                if present and target is None:
-                    bindings.append({"role": role, "members": {member}})
-                elif present:
-                    target["members"].add(member)
-                else:
-                    target["members"].discard(member)
-                policy.bindings = [b for b in bindings if b["members"]]
-                policy.version = 3
-                try:
-                    bucket.set_iam_policy(policy)
-                except (gexc.PreconditionFailed, gexc.Conflict):  # etag: someone else edited the policy
-                    if attempt == attempts - 1:
-                        raise
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
-                except gexc.BadRequest as exc:
-                    # A service account created seconds ago may not be known to Storage yet.
-                    if "does not exist" not in str(exc) or attempt == attempts - 1:
-                        raise
-                    self.progress(f"  waiting for {member} to propagate to Cloud Storage")
-                    time.sleep(min(2**attempt, 16))
-                    continue
+        bucket = self.client.bucket(name)
+
+        def not_propagated(exc: Exception) -> bool:
+            # A service account created seconds ago may not be known to Storage yet.
+            if isinstance(exc, gexc.BadRequest) and "does not exist" in str(exc):
+                self.progress(f"  waiting for {member} to propagate to Cloud Storage")
+                return True
+            return False
+
+        with gcp_errors(action, project=self.project, api=STORAGE_API, role="roles/storage.admin"):
+            changed = policy.read_modify_write(
+                lambda: bucket.get_iam_policy(requested_policy_version=policy.POLICY_VERSION),
+                policy.member_editor(role, member, present),
+                bucket.set_iam_policy,
+                attempts=8,
+                retry_also=not_propagated,
+            )
+        if changed:
             self.progress(f"  {action}: {member}")
-            return True
-        return False
+        return changed
 
     def delete_bucket(self, name: str) -> None:
         """Delete every object version, then the bucket (soft delete may still keep a copy)."""
