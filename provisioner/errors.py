@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class PypapoError(Exception):
     """A failure the user can act on. The message is one line and names the fix where there is one."""
@@ -61,3 +63,22 @@ class PermissionDenied(CloudError):
         super().__init__(message, action=action, project=project)
         self.permission = permission
         self.role = role
+
+
+# What input may show as is inside a message: names, versions, paths, URLs. Anything else (spaces,
+# quotes, control or non-ASCII characters) is shown quoted with escapes.
+_PLAIN = re.compile(r"[\w.+~=@%,:/-]+", re.ASCII)
+
+
+def quoted(value: str) -> str:
+    """`value`, which came from input (a filename, a member name, a metadata field), as a message
+    shows it: as is when plain, else quoted and escaped, so that it can never end the line and
+    start a forged one (`error: ...`) nor hide behind look-alike or terminal control characters."""
+    return value if _PLAIN.fullmatch(value) else ascii(value)
+
+
+def one_line(message: str) -> str:
+    """A message with every non-printable character escaped: what gets printed is exactly one line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)

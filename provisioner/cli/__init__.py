@@ -8,11 +8,17 @@ and its exit code.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import sys
 
 import click
 
 from provisioner import __version__
-from provisioner.errors import PypapoError
+from provisioner.errors import PypapoError, one_line
+
+# The exit status of a process killed by SIGPIPE, as a shell reports it (128 + 13).
+SIGPIPE_EXIT = 128 + signal.SIGPIPE
 
 # One module per concern; each exports COMMANDS, a list of click commands or groups. The modules load
 # lazily: the Compute client library alone takes over a second to import, and `provision publish` in a
@@ -50,7 +56,8 @@ class _UserError(click.ClickException):
         self.exit_code = error.exit_code
 
     def show(self, file: object = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        # One line, whatever the message quotes (filenames, metadata, object names from a bucket).
+        click.echo(f"error: {one_line(self.format_message())}", err=True)
 
 
 def _load(module: str) -> dict[str, click.Command]:
@@ -71,6 +78,12 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except PypapoError as exc:
             raise _UserError(exc) from None
+        except BrokenPipeError:
+            # The reader went away (`provision list | head`): stop quietly, as a tool killed by SIGPIPE
+            # does, and keep Python from complaining when it flushes stdout on the way out.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(SIGPIPE_EXIT)
 
 
 @click.group(

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from provisioner.errors import PypapoError
+from provisioner.errors import PypapoError, one_line
 from provisioner.repo.engine import Repository, human_size
 
 repo_option = click.option(
@@ -32,6 +32,8 @@ def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader of our output went away: not a failure to report (see provisioner.cli)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise PypapoError(f"{where}{exc.strerror or exc}") from None
@@ -93,7 +95,7 @@ def remove(location: str, yes: bool, name: str, version: str | None) -> None:
         raise PypapoError("nothing removed (pass --yes to skip this question)")
     removed = repo.remove(name, version)
     for filename in removed:
-        click.echo(f"removed {filename}")
+        click.echo(f"removed {one_line(filename)}")
     click.echo(f"removed {len(removed)} files")
 
 
@@ -107,7 +109,7 @@ def list_(location: str, name: str | None) -> None:
     if name is None:
         projects = repo.projects()
         for project in projects:
-            click.echo(project)
+            click.echo(one_line(project))
         if not projects:
             # Say so on stderr: stdout stays a clean list for scripts, and a typo in --repo is visible.
             click.echo(
@@ -135,7 +137,7 @@ def reindex(location: str, verify: bool) -> None:
     """Rebuild every page from the stored files (after manual edits), keeping yanks and upload times."""
     result = _open(location).reindex(verify=verify)
     for line in result.ignored:
-        click.echo(f"warning: ignored {line}", err=True)
+        click.echo(f"warning: ignored {one_line(line)}", err=True)
     click.echo(result.summary())
 
 

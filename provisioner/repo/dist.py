@@ -1,23 +1,34 @@
 """Pure: parse and validate a distribution file (wheel or sdist) from its name and bytes.
 
 Everything a publisher could get wrong is caught here, before anything is written: a filename that
-does not parse or carries path separators, an archive that does not open, member names that try to
-escape (absolute, `..`, backslashes, drive letters), links in sdists, missing core metadata, and a
-Name/Version in the metadata that does not match the filename.
+does not parse or carries path separators, a name that is not a valid (or is a reserved) project name,
+an archive that does not open or names a member twice, member names that try to escape (absolute,
+`..`, backslashes, drive letters), links in sdists, missing core metadata or RECORD, metadata that is
+not UTF-8, a Name/Version in the metadata that does not match the filename, an invalid Requires-Python.
+
+Memory stays bounded whatever the archive inflates to: core metadata is read through a bounded reader,
+CRCs are checked in streamed chunks, and a .tar.gz's headers are scanned (streamed) before tarfile may
+read an oversized extension header or millions of member headers into memory.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import re
 import stat
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 from packaging.metadata import parse_email
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import (
+    InvalidName,
     InvalidSdistFilename,
     InvalidWheelFilename,
     canonicalize_name,
@@ -26,8 +37,15 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from provisioner.errors import quoted
+from provisioner.repo import layout
+
 # Core metadata larger than this is not plausible and would be served as a page-sized text file.
 MAX_METADATA_BYTES = 4 * 1024 * 1024
+# Members of one archive: far above any real distribution, and what bounds the memory of listing them.
+MAX_MEMBERS = 100_000
+# A tar extension header (pax, GNU long name/link) is read whole by tarfile: no real one is this big.
+MAX_TAR_HEADER_BYTES = 1024 * 1024
 
 
 class DistError(ValueError):
@@ -60,12 +78,34 @@ class DistFile:
 
 
 def check_filename(filename: str) -> None:
+    """A plain file name (the CLI says which file before the reason, quoted when it is not plain)."""
     if not filename or filename != filename.strip():
         raise DistError("empty filename or surrounding whitespace")
     if any(c in filename for c in "/\\\0") or filename.startswith(".") or filename in (".", ".."):
         raise DistError("filename must be a plain name (no path separators, no leading dot)")
     if any(ord(c) < 32 for c in filename):
         raise DistError("filename contains control characters")
+
+
+def check_project_name(name: str, where: str) -> str:
+    """`name` (from the filename or the metadata) as a PEP 503 normalized project name. Refused
+    unless packaging accepts it as a distribution name (ASCII letters and digits, `-_.` inside: no
+    look-alike Cyrillic or fullwidth letters, no spaces, markup or escapes) and it is not reserved."""
+    try:
+        project = canonicalize_name(name, validate=True)
+    except InvalidName:
+        project = ""
+    if not project or not name.isascii():  # isascii: older packaging's check was not ASCII-only
+        raise DistError(
+            f"{where} {quoted(name)} is not a valid project name "
+            "(ASCII letters, digits and -_. only, starting and ending with a letter or digit)"
+        )
+    if layout.is_reserved(project):
+        names = ", ".join(sorted(layout.RESERVED_PROJECTS))
+        raise DistError(
+            f"project name {project} is reserved: it collides with the index's own paths ({names})"
+        )
+    return project
 
 
 def _check_member_name(name: str) -> None:
@@ -77,6 +117,27 @@ def _check_member_name(name: str) -> None:
         raise DistError(f"archive member {name!r} contains '..'")
     if "\0" in name:
         raise DistError(f"archive member {name!r} contains a NUL byte")
+
+
+def _check_unique(names: Iterable[str]) -> None:
+    """Each member once: with two copies, the index (which reads one) and an installer (which may read
+    the other) would see different files. PyPI refuses these too."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DistError(f"archive member {name!r} appears more than once")
+        seen.add(name)
+
+
+def _read_bounded(fh: IO[bytes], where: str) -> bytes:
+    """A member's bytes, reading at most one byte past the limit (what the archive claims is no bound)."""
+    try:
+        data = fh.read(MAX_METADATA_BYTES + 1)
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, OSError, EOFError) as exc:
+        raise DistError(f"{where} cannot be read ({exc})") from None
+    if len(data) > MAX_METADATA_BYTES:
+        raise DistError(f"{where} is larger than {MAX_METADATA_BYTES} bytes")
+    return data
 
 
 # A header line as the email parser sees one: a name of printable ASCII without ':' and a colon.
@@ -118,44 +179,99 @@ def _simple_headers(raw_bytes: bytes) -> dict[str, str] | None:
     return found
 
 
+_FIELD_NAMES = {"name": "Name", "version": "Version", "requires-python": "Requires-Python"}
+
+
 def _check_metadata(raw_bytes: bytes, where: str, name: str, version: Version) -> str | None:
     """Check Name/Version of core metadata against the filename; return Requires-Python."""
     if len(raw_bytes) > MAX_METADATA_BYTES:
         raise DistError(f"{where} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        # Core metadata is UTF-8. Anything else is refused whole: packaging would quietly drop the
+        # field it cannot decode (a Requires-Python lost means a wheel that claims every Python).
+        raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DistError(
+            f"{where} is not valid UTF-8 (byte {raw_bytes[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     raw = _simple_headers(raw_bytes)
     if raw is None:
         try:
-            raw, _unparsed = parse_email(raw_bytes)  # type: ignore[assignment]
+            raw, unparsed = parse_email(raw_bytes)  # type: ignore[assignment]
         except Exception as exc:  # packaging raises several types on garbage
             raise DistError(f"{where} cannot be parsed: {exc}") from None
+        for key, field in _FIELD_NAMES.items():
+            if key in unparsed:
+                raise DistError(f"{where} gives {field} more than once")
     meta_name = raw.get("name")
     meta_version = raw.get("version")
     if not meta_name or not meta_version:
         raise DistError(f"{where} has no Name or no Version")
-    if canonicalize_name(meta_name) != canonicalize_name(name):
-        raise DistError(f"{where} says Name: {meta_name}, but the filename says {name}")
+    if check_project_name(meta_name, f"{where} Name") != canonicalize_name(name):
+        raise DistError(f"{where} says Name: {quoted(meta_name)}, but the filename says {name}")
     try:
         parsed = Version(meta_version)
     except InvalidVersion:
-        raise DistError(f"{where} has an invalid Version: {meta_version}") from None
-    if parsed != version:
-        raise DistError(f"{where} says Version: {meta_version}, but the filename says {version}")
-    return raw.get("requires_python")
+        raise DistError(f"{where} has an invalid Version: {quoted(meta_version)}") from None
+    # The same version spelled alike once normalized: `1.0.0` is not `1.0` (equal as versions, but
+    # another release to PyPI, another filename, and no way to replace an immutable one).
+    if str(parsed) != str(version):
+        raise DistError(f"{where} says Version: {quoted(meta_version)}, but the filename says {version}")
+    requires_python = raw.get("requires_python")
+    if requires_python is not None:
+        try:
+            SpecifierSet(requires_python)
+        except InvalidSpecifier:
+            raise DistError(
+                f"{where} has an invalid Requires-Python: {quoted(requires_python)} "
+                "(a version specifier such as >=3.9 is expected)"
+            ) from None
+    return requires_python
 
 
-def _open_zip(data: bytes, check_crc: bool = True) -> zipfile.ZipFile:
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError)
+
+
+def _open_zip(data: bytes) -> zipfile.ZipFile:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-        bad = zf.testzip() if check_crc else None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+    except _ZIP_ERRORS as exc:
         raise DistError(f"not a valid zip archive ({exc})") from None
-    if bad is not None:
-        raise DistError(f"archive member {bad!r} is corrupt (CRC mismatch)")
-    for info in zf.infolist():
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise DistError(f"the archive has {len(infos)} members, more than {MAX_MEMBERS}")
+    for info in infos:
         _check_member_name(info.filename)
         if stat.S_ISLNK(info.external_attr >> 16):
             raise DistError(f"archive member {info.filename!r} is a symbolic link")
+    _check_unique(info.filename for info in infos)
     return zf
+
+
+def _check_crcs(zf: zipfile.ZipFile) -> None:
+    """Decompress every member (in chunks: memory does not grow with what they inflate to)."""
+    try:
+        bad = zf.testzip()
+    except _ZIP_ERRORS as exc:
+        raise DistError(f"not a valid zip archive ({exc})") from None
+    if bad is not None:
+        raise DistError(f"archive member {bad!r} is corrupt (CRC mismatch)")
+
+
+def _read_zip_member(zf: zipfile.ZipFile, name: str) -> bytes | None:
+    """A member's bytes (bounded), None if there is no such member."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        return None
+    if info.file_size > MAX_METADATA_BYTES:
+        raise DistError(f"{name} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        fh = zf.open(info)
+    except _ZIP_ERRORS as exc:
+        raise DistError(f"{name} cannot be read ({exc})") from None
+    with fh:
+        return _read_bounded(fh, name)
 
 
 def _parse_wheel(filename: str, data: bytes, check_crc: bool) -> DistFile:
@@ -163,7 +279,8 @@ def _parse_wheel(filename: str, data: bytes, check_crc: bool) -> DistFile:
         name, version, _build, _tags = parse_wheel_filename(filename)
     except (InvalidWheelFilename, InvalidVersion) as exc:
         raise DistError(f"invalid wheel filename ({exc})") from None
-    zf = _open_zip(data, check_crc)
+    check_project_name(filename.split("-", 1)[0], "the filename's name")
+    zf = _open_zip(data)
     # The .dist-info directory: exactly one at the top level, named after the project and version.
     dist_infos = {
         n.split("/", 1)[0] for n in zf.namelist() if n.split("/", 1)[0].endswith(".dist-info") and "/" in n
@@ -173,18 +290,20 @@ def _parse_wheel(filename: str, data: bytes, check_crc: bool) -> DistFile:
     dist_info = dist_infos.pop()
     di_name, _, di_version = dist_info[: -len(".dist-info")].rpartition("-")
     try:
-        di_ok = canonicalize_name(di_name) == name and Version(di_version) == version
+        di_ok = canonicalize_name(di_name) == name and str(Version(di_version)) == str(version)
     except InvalidVersion:
         di_ok = False
     if not di_ok:
         raise DistError(f"{dist_info} does not match the filename's name and version")
-    try:
-        metadata = zf.read(f"{dist_info}/METADATA")
-    except KeyError:
-        raise DistError(f"{dist_info}/METADATA is missing") from None
-    if f"{dist_info}/WHEEL" not in zf.namelist():
-        raise DistError(f"{dist_info}/WHEEL is missing")
+    metadata = _read_zip_member(zf, f"{dist_info}/METADATA")
+    if metadata is None:
+        raise DistError(f"{dist_info}/METADATA is missing")
+    for required in ("WHEEL", "RECORD"):  # pip refuses to install a wheel without either
+        if f"{dist_info}/{required}" not in zf.NameToInfo:
+            raise DistError(f"{dist_info}/{required} is missing")
     requires_python = _check_metadata(metadata, f"{dist_info}/METADATA", name, version)
+    if check_crc:  # last: a bad METADATA is refused without inflating the whole archive first
+        _check_crcs(zf)
     return DistFile(
         filename=filename,
         project=str(name),
@@ -204,24 +323,80 @@ def _single_root(names: list[str]) -> str:
     return roots.pop()
 
 
+_TAR_EXTENSIONS = (b"x", b"g", b"L", b"K")  # pax (per file, global), GNU long name, long link name
+_TAR_ERRORS = (tarfile.TarError, gzip.BadGzipFile, zlib.error, OSError, EOFError, ValueError)
+
+
+def _tar_size(field: bytes) -> int | None:
+    """The size field of a tar header (octal, or base-256 when its high bit is set)."""
+    if field[:1] and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    try:
+        return int(field.rstrip(b"\0 ").strip() or b"0", 8)
+    except ValueError:
+        return None
+
+
+def _scan_tar(data: bytes) -> None:
+    """Walk a .tar.gz's headers in one streamed pass, refusing what would make tarfile's memory (or
+    our time) grow with the archive's inflated size: an extension header above MAX_TAR_HEADER_BYTES
+    (tarfile reads those whole), more than MAX_MEMBERS members, a top-level PKG-INFO above
+    MAX_METADATA_BYTES. Anything malformed is left to tarfile to report."""
+    members = 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+            while len(block := gz.read(tarfile.BLOCKSIZE)) == tarfile.BLOCKSIZE and any(block):
+                size = _tar_size(block[124:136])
+                if size is None:
+                    return
+                if block[156:157] in _TAR_EXTENSIONS:
+                    if size > MAX_TAR_HEADER_BYTES:
+                        raise DistError(
+                            f"a tar extension header of {size} bytes (more than {MAX_TAR_HEADER_BYTES})"
+                        )
+                else:
+                    members += 1
+                    if members > MAX_MEMBERS:
+                        raise DistError(f"the archive has more than {MAX_MEMBERS} members")
+                    name = block[:100].split(b"\0", 1)[0]
+                    if name.count(b"/") == 1 and name.endswith(b"/PKG-INFO") and size > MAX_METADATA_BYTES:
+                        raise DistError(
+                            f"{name.decode(errors='replace')} is larger than {MAX_METADATA_BYTES} bytes"
+                        )
+                skip = -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                while skip > 0:  # streamed, a megabyte at a time
+                    got = len(gz.read(min(skip, 1 << 20)))
+                    if not got:
+                        return
+                    skip -= got
+    except DistError:
+        raise
+    except _TAR_ERRORS as exc:
+        raise DistError(f"not a valid .tar.gz archive ({exc})") from None
+
+
 def _parse_sdist(filename: str, data: bytes, check_crc: bool) -> DistFile:
     try:
         name, version = parse_sdist_filename(filename)
     except (InvalidSdistFilename, InvalidVersion) as exc:
         raise DistError(f"invalid sdist filename ({exc})") from None
+    stem = filename.removesuffix(".zip").removesuffix(".tar.gz")
+    check_project_name(stem.rpartition("-")[0], "the filename's name")
     if filename.endswith(".zip"):
-        zf = _open_zip(data, check_crc)
+        zf = _open_zip(data)
         names = [n.rstrip("/") for n in zf.namelist()]
         root = _single_root(names)
-        try:
-            pkg_info = zf.read(f"{root}/PKG-INFO")
-        except KeyError:
-            raise DistError(f"{root}/PKG-INFO is missing") from None
+        pkg_info = _read_zip_member(zf, f"{root}/PKG-INFO")
+        if pkg_info is None:
+            raise DistError(f"{root}/PKG-INFO is missing")
+        if check_crc:
+            _check_crcs(zf)
     else:
+        _scan_tar(data)
         try:
             tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")  # noqa: SIM115 - in-memory
             members = tf.getmembers()
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        except _TAR_ERRORS as exc:
             raise DistError(f"not a valid .tar.gz archive ({exc})") from None
         for m in members:
             _check_member_name(m.name)
@@ -229,14 +404,18 @@ def _parse_sdist(filename: str, data: bytes, check_crc: bool) -> DistFile:
                 raise DistError(f"archive member {m.name!r} is a link")
             if not (m.isfile() or m.isdir()):
                 raise DistError(f"archive member {m.name!r} is not a regular file or directory")
+        _check_unique(m.name.rstrip("/") for m in members)
         names = [m.name.rstrip("/") for m in members]
         root = _single_root(names)
+        where = f"{root}/PKG-INFO"
         try:
-            member = tf.getmember(f"{root}/PKG-INFO")
-            fh = tf.extractfile(member)
-            pkg_info = fh.read() if fh else b""
-        except (KeyError, tarfile.TarError, OSError, EOFError) as exc:
-            raise DistError(f"{root}/PKG-INFO is missing or unreadable ({exc})") from None
+            member = tf.getmember(where)
+        except KeyError:
+            raise DistError(f"{where} is missing") from None
+        if not member.isfile():
+            raise DistError(f"{where} is not a file")
+        fh = tf.extractfile(member)
+        pkg_info = _read_bounded(fh, where) if fh else b""
     requires_python = _check_metadata(pkg_info, f"{root}/PKG-INFO", name, version)
     return DistFile(
         filename=filename,

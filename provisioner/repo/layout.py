@@ -36,6 +36,28 @@ def is_normalized(name: str) -> bool:
     return bool(_NORMALIZED.match(name)) and "--" not in name
 
 
+# Project names that collide with the served layout: the index is also served at `/`, where a project
+# `simple` would be linked as `simple/` (the root index itself), `healthz` is the health check, and the
+# other top-level paths belong to what the appliance serves or will serve (the browsable site, the
+# conda channel, their assets). One list; publish refuses these (normalized) names.
+RESERVED_PROJECTS = frozenset({"simple", "healthz", "ui", "site", "conda", "static", "api", "pypi"})
+
+
+def is_reserved(project: str) -> bool:
+    return project in RESERVED_PROJECTS
+
+
+# PyPI's "too similar" rule (warehouse's ultranormalize_name): names equal once separators are dropped,
+# `i`/`l` are read as `1` and `o` as `0` are one name to a reader. Applied to names already valid
+# (ASCII letters, digits, `-_.`), which leaves these as the confusable characters.
+_CONFUSABLE = str.maketrans({"-": None, "_": None, ".": None, "l": "1", "i": "1", "o": "0"})
+
+
+def confusable_key(project: str) -> str:
+    """What a project name looks like to a reader: two projects with the same key cannot coexist."""
+    return project.lower().translate(_CONFUSABLE)
+
+
 def project_html(project: str) -> str:
     return f"{SIMPLE}/{project}/index.html"
 

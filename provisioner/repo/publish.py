@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner.errors import ConflictError, InvalidDistribution
+from provisioner.errors import ConflictError, InvalidDistribution, quoted
 from provisioner.repo import layout
 from provisioner.repo.dist import DistError, DistFile, parse_dist
 from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
@@ -44,18 +44,19 @@ def load_files(paths: Iterable[str | Path]) -> list[DistFile]:
     seen: dict[str, DistFile] = {}
     for p in paths:
         path = Path(p)
+        shown = quoted(str(path))  # input: quoted, so that no filename can forge a line
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise InvalidDistribution(f"{path}: no such file") from None
+            raise InvalidDistribution(f"{shown}: no such file") from None
         except IsADirectoryError:
-            raise InvalidDistribution(f"{path}: is a directory, not a distribution file") from None
+            raise InvalidDistribution(f"{shown}: is a directory, not a distribution file") from None
         except OSError as exc:
-            raise InvalidDistribution(f"{path}: cannot read ({exc.strerror})") from None
+            raise InvalidDistribution(f"{shown}: cannot read ({exc.strerror})") from None
         try:
             dist = parse_dist(path.name, data)
         except DistError as exc:
-            raise InvalidDistribution(f"{path.name}: {exc}") from None
+            raise InvalidDistribution(f"{quoted(path.name)}: {exc}") from None
         if dist.filename in seen:
             if seen[dist.filename].sha256 != dist.sha256:
                 raise InvalidDistribution(f"{dist.filename}: given twice with different contents")
