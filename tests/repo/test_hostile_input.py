@@ -19,8 +19,9 @@ from provisioner.appliance import sample
 from provisioner.cli import SIGPIPE_EXIT, main
 from provisioner.errors import quoted
 from provisioner.repo import layout
-from provisioner.repo import pages as index
 from provisioner.repo.dist import DistError, parse_dist
+from provisioner.repo.model import RootState
+from provisioner.repo.pages import render_root_html
 from tests.fixtures import hostile
 from tests.fixtures.gcs import RepoHandle
 
@@ -284,8 +285,9 @@ def test_list_into_a_closed_pipe_exits_quietly(dir_repo: RepoHandle) -> None:
     # Enough projects that `list` writes more than a pipe holds; the reader is gone before it starts.
     root = Path(dir_repo.location, layout.SIMPLE)
     root.mkdir(parents=True)
-    (root / "index.json").write_bytes(index.dumps(index.root_state(f"project-{i}" for i in range(20000))))
-    (root / "index.html").write_bytes(index.render_root_html([]))
+    listed = RootState.of(f"project-{i}" for i in range(20000))
+    (root / "index.json").write_bytes(listed.to_json())
+    (root / "index.html").write_bytes(render_root_html(listed))
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("provision")), "list", "--repo", dir_repo.location],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
