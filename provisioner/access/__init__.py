@@ -1,4 +1,5 @@
-"""Reaching the index: the IAP tunnel and the client configuration of pip, uv, poetry, pdm, pipenv, conda.
+"""Reaching the index: the IAP tunnel. (Client configuration is pure text that the site's install
+snippets share: it lives in `provisioner.repo.clientconfig`.)
 
 May import `repo` and `cloud` (settings, names); nothing of `appliance` or `cli`.
 """

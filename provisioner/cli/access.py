@@ -46,7 +46,7 @@ def tunnel_command(local_port: int | None, remote_port: int | None, **kwargs: An
 def client_config_command(tool: str, url: str, packages: tuple[str, ...], public_index: str) -> None:
     """Print client configuration that keeps private names, direct or transitive, away from the public
     index (stdout), and on stderr what it joins, why it is safe, and the command that checks it."""
-    from provisioner.access import clientconfig
+    from provisioner.repo import clientconfig
 
     cfg = clientconfig.render(tool, url, packages, public_index)
     click.echo(cfg.text, nl=False)

@@ -32,6 +32,7 @@ from provisioner.repo.model import FileEntry, ProjectState, RootState, Yanked
 from provisioner.repo.outputs import DEFAULT, Outputs
 from provisioner.repo.publish import Echo, PublishResult, ensure_listed, human_size, load_files, publish_dists
 from provisioner.repo.reindex import ReindexResult
+from provisioner.repo.site.writer import Site
 from provisioner.repo.store import Store, open_store
 from provisioner.repo.writer import IndexWriter
 
@@ -48,7 +49,8 @@ class Repository:
     def __init__(self, store: Store, *, echo: Echo | None = None, outputs: Outputs = DEFAULT) -> None:
         self.store = store
         self.echo = echo or _quiet
-        self.writer = IndexWriter(store, outputs)
+        self.site = Site(store)
+        self.writer = IndexWriter(store, outputs, after_change=lambda p, known: self.site.update([p], known))
 
     @classmethod
     def open(cls, location: str, *, echo: Echo | None = None) -> Repository:
@@ -77,7 +79,9 @@ class Repository:
         reports ready only once its root page answers through the mount.
         """
         self.store.check()
-        return self.writer.update_root(lambda root: root)
+        written = self.writer.update_root(lambda root: root)
+        self.site.rebuild()  # the (empty) list, so that /ui/ answers too
+        return written
 
     # -- publish ----------------------------------------------------------------------------------
     def publish(self, paths: Sequence[str | Path], *, skip_existing: bool = False) -> PublishResult:
@@ -176,4 +180,6 @@ class Repository:
         path. When many files need parsing on a directory repository, that work runs in one worker
         process per CPU (multiprocessing forkserver: a script calling this needs the usual
         `__main__` guard)."""
-        return reindexing.reindex(self.writer, verify=verify, workers=workers)
+        result = reindexing.reindex(self.writer, verify=verify, workers=workers)
+        result.pages_written += self.site.rebuild(workers=workers)
+        return result

@@ -13,6 +13,12 @@ PAGE_NAMES = ("index.html", "index.json")
 METADATA_SUFFIX = ".metadata"
 DIST_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
+# The browsable site (provisioner/repo/site): derived pages, never read back to compute state.
+UI = "ui"
+UI_LIST = f"{UI}/index.html"
+UI_DATA = f"{UI}/projects.json"  # the list's data and the search index
+UI_ASSETS = ("site.css", "site.js")
+
 HTML_TYPE = "text/html; charset=utf-8"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 METADATA_TYPE = "text/plain; charset=utf-8"
@@ -74,11 +80,29 @@ def metadata_object(project: str, filename: str) -> str:
     return f"{SIMPLE}/{project}/{filename}{METADATA_SUFFIX}"
 
 
+def ui_project(project: str) -> str:
+    return f"{UI}/{project}/index.html"
+
+
+def ui_asset(name: str) -> str:
+    return f"{UI}/{name}"
+
+
 def is_dist_filename(filename: str) -> bool:
     return filename.endswith(DIST_SUFFIXES)
 
 
+_UI_TYPES = {
+    ".html": HTML_TYPE,
+    ".json": "application/json",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+}
+
+
 def content_type(name: str) -> str:
+    if name.startswith(f"{UI}/"):
+        return next((t for ext, t in _UI_TYPES.items() if name.endswith(ext)), DIST_TYPE)
     if name.endswith(".html"):
         return HTML_TYPE
     if name.endswith(".json"):
@@ -90,6 +114,6 @@ def content_type(name: str) -> str:
 
 def cache_control(name: str) -> str:
     """Pages must be revalidated; distributions and their metadata files never change."""
-    if name.endswith((".html", ".json")):
+    if name.endswith((".html", ".json")) or name.startswith(f"{UI}/"):
         return PAGE_CACHE
     return IMMUTABLE_CACHE

@@ -160,7 +160,8 @@ def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile
         ]
         return state.with_files([*state.files, *new]) if new else None
 
-    if writer.update_project(project, add).created:
+    known = {d.filename: d.metadata for d in dists if d.metadata is not None}
+    if writer.update_project(project, add, known=known).created:
         # A concurrent `remove` of the project's last file may have unlisted it meanwhile.
         ensure_listed(writer, project)
 

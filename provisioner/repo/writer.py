@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from provisioner.errors import ConflictError, PypapoError
@@ -37,9 +37,19 @@ class ProjectUpdate:
 class IndexWriter:
     """Reads and writes the state of one repository, and keeps its derived outputs converged."""
 
-    def __init__(self, store: Store, outputs: Outputs = DEFAULT) -> None:
+    def __init__(
+        self,
+        store: Store,
+        outputs: Outputs = DEFAULT,
+        *,
+        after_change: Callable[[str, Mapping[str, bytes]], None] | None = None,
+    ) -> None:
         self.store = store
         self.outputs = outputs
+        # Outputs that span projects (the site: its list and aggregate, pages that read a release's
+        # core metadata), updated after a project's own outputs converged. Reindex rebuilds them once
+        # at its end instead (repair=True).
+        self.after_change = after_change
 
     # -- reading ----------------------------------------------------------------------------------
     def parse_project(self, data: bytes, project: str, *, repair: bool = False) -> ProjectState:
@@ -84,9 +94,11 @@ class IndexWriter:
         change: Callable[[ProjectState], ProjectState | None],
         *,
         repair: bool = False,
+        known: Mapping[str, bytes] | None = None,
     ) -> ProjectUpdate:
         """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
-        change). A state without files deletes the project."""
+        change). A state without files deletes the project. `known`: core metadata in memory (a
+        publish), by filename, for `after_change`."""
         for attempt in range(MAX_ATTEMPTS):
             state, gen = self.read_project(project, repair=repair)
             new = change(state)
@@ -103,6 +115,8 @@ class IndexWriter:
                 backoff(attempt)
                 continue
             written = 1 + self.converge_project(project)
+            if self.after_change is not None and not repair:
+                self.after_change(project, known or {})
             return ProjectUpdate(new, changed=True, created=gen == 0, written=written)
         raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
 

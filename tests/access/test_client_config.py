@@ -17,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from provisioner.access import clientconfig
+from provisioner.repo import clientconfig
 from provisioner.cli import main
 from provisioner.errors import PypapoError
 

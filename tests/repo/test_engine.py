@@ -39,6 +39,12 @@ def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, 
         f"simple/foo-bar/{wheel.name}",
         f"simple/foo-bar/{wheel.name}.metadata",
         f"simple/foo-bar/{sdist.name}",
+        # The browsable site (tests/repo/test_site.py)
+        "ui/index.html",
+        "ui/projects.json",
+        "ui/site.css",
+        "ui/site.js",
+        "ui/foo-bar/index.html",
     }
     assert snap[f"simple/foo-bar/{wheel.name}"] == wheel.read_bytes()
     with zipfile.ZipFile(wheel) as zf:
@@ -275,7 +281,10 @@ class _CountingStore:
             return value
 
         def call(*args: object, **kwargs: object) -> object:
-            self.calls.append((attr, str(args[0]) if args else ""))
+            if attr == "write_many":
+                self.calls += [(attr, item[0]) for item in args[0]]  # type: ignore[attr-defined]
+            else:
+                self.calls.append((attr, str(args[0]) if args else ""))
             return value(*args, **kwargs)
 
         return call
@@ -296,7 +305,8 @@ def test_publish_cost_follows_the_project_not_the_repository(
     assert not [c for c in grown if c[0] == "list"]  # never lists the repository
     assert not [c for c in grown if c[1].startswith("simple/index.")]  # root untouched: not a new project
     touched = {name for _op, name in grown if name}
-    assert touched <= {n for n in touched if n.startswith("simple/demo/")}
+    site = {"ui/demo/index.html", "ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js"}
+    assert touched - site <= {n for n in touched if n.startswith("simple/demo/")}
     assert len(grown) <= len(small)  # the empty repository also had to create the root index
 
 
@@ -336,8 +346,10 @@ def test_initialize_gives_a_new_repository_an_empty_index_once(
     repository = Repository.open(repo.location)
     assert repository.initialize() is True
     snap = repo.snapshot()
-    assert set(snap) == {"simple/index.html", "simple/index.json"}
+    site = {"ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js"}
+    assert set(snap) == {"simple/index.html", "simple/index.json"} | site  # /ui/ answers too
     assert _json(snap, "simple/index.json")["projects"] == []
+    assert "Nothing published yet" in snap["ui/index.html"].decode()
     assert "<a " not in snap["simple/index.html"].decode()
 
     repository.publish([make_wheel("demo", "1.0")])

@@ -19,6 +19,9 @@ pypapo depends on acme-lib, also private) is the case most configurations miss:
 With `--public-index none` (pypapo carries everything) every tool gets pypapo alone.
 Every configuration comes with a command that checks the resolved result and exits non-zero when a
 private name would come from anywhere but pypapo.
+
+In `repo/` because two places print it: `provision client-config` and the install snippets of the
+site's project pages (written by the engine, which imports nothing outside `repo/`).
 """
 
 from __future__ import annotations

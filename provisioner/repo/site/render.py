@@ -1,0 +1,431 @@
+"""Pure: the site's pages from a project's state (its JSON) and the core metadata of one release.
+
+- `release_info(metadata)`: what a page shows of a release's core metadata (summary, README, URLs...).
+- `list_entry(state, info)`: one project's line of the list, kept in the aggregate `ui/projects.json`
+  (which is also the search index the list page's script loads).
+- `render_project(...)`, `render_list(...)`: the two kinds of HTML page.
+
+Every link is relative (`../`, `../../simple/...`), so the site works through a tunnel on any port and
+behind any path prefix. Pages carry no inline script or style: the Content-Security-Policy forbids both.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote
+
+from packaging.metadata import parse_email
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from provisioner.repo import clientconfig
+from provisioner.repo.model import FileEntry, ProjectState
+from provisioner.repo.site import readme
+
+# The index URL printed in snippets when the page is read without JavaScript; the script replaces it
+# with the URL the page was actually reached at (tunnel port, path prefix).
+DEFAULT_INDEX_URL = "http://localhost:3333/simple/"
+SNIPPET_TOOLS = ("pip", "uv", "poetry", "pdm")
+AGGREGATE_VERSION = 1
+# A license field longer than this is the license text itself: the page links the metadata instead.
+LICENSE_MAX = 80
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """What a project page shows from one release's core metadata."""
+
+    summary: str = ""
+    readme_html: str = ""
+    requires_python: str = ""
+    license: str = ""
+    project_urls: tuple[tuple[str, str], ...] = ()
+    requires_dist: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    author: str = ""
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One project on the list page and in the search index."""
+
+    name: str
+    summary: str
+    version: str  # the latest non-yanked version ('' when every version is yanked)
+    uploaded: str  # the newest upload-time of its files (PEP 700 format): the list's order
+    releases: int
+    keywords: tuple[str, ...] = ()
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+
+
+def _license(raw: Mapping[str, Any]) -> str:
+    if raw.get("license_expression"):
+        return str(raw["license_expression"])
+    classifiers = [
+        c.rsplit("::", 1)[-1].strip() for c in raw.get("classifiers", []) if c.startswith("License ::")
+    ]
+    text = _first_line(raw.get("license"))
+    if text and len(text) <= LICENSE_MAX and "\n" not in str(raw.get("license", "")).strip():
+        return text
+    return ", ".join(classifiers) or ("see the core metadata" if text else "")
+
+
+def _urls(raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    urls: list[tuple[str, str]] = []
+    if raw.get("home_page"):
+        urls.append(("Homepage", raw["home_page"]))
+    for label, url in (raw.get("project_urls") or {}).items():
+        urls.append((label, url))
+    if raw.get("download_url"):
+        urls.append(("Download", raw["download_url"]))
+    # Only web links: a URL of another scheme (javascript:, data:, file:) is not shown at all.
+    return tuple(
+        (label, url) for label, url in urls if url.strip().lower().startswith(("https://", "http://"))
+    )
+
+
+def release_info(metadata: bytes | None, *, remote_images: bool = False) -> ReleaseInfo:
+    """The page's view of a release's core metadata (a wheel's METADATA / an sdist's PKG-INFO)."""
+    if not metadata:
+        return ReleaseInfo()
+    raw, _unparsed = parse_email(metadata)
+    return ReleaseInfo(
+        summary=_first_line(raw.get("summary")),
+        readme_html=readme.render(
+            raw.get("description"), raw.get("description_content_type"), remote_images=remote_images
+        ),
+        requires_python=raw.get("requires_python", "") or "",
+        license=_license(raw),
+        project_urls=_urls(raw),
+        requires_dist=tuple(raw.get("requires_dist", [])),
+        keywords=tuple(k.strip() for k in raw.get("keywords", []) if k.strip()),
+        author=_first_line(raw.get("author") or raw.get("author_email") or raw.get("maintainer")),
+    )
+
+
+# --- what a state says ---------------------------------------------------------------------------
+
+
+def _yanked(f: FileEntry) -> bool:
+    return f.yanked is not False
+
+
+def releases(state: ProjectState) -> list[tuple[str, list[FileEntry]]]:
+    """(version, files) newest first."""
+    by_version: dict[str, list[FileEntry]] = {}
+    for f in state.files:
+        by_version.setdefault(f.version, []).append(f)
+    return [(v, by_version[v]) for v in reversed(state.versions) if v in by_version]
+
+
+def latest(state: ProjectState) -> tuple[str, list[FileEntry]] | None:
+    """The newest release with a file that is not yanked (what an unpinned install gets), else None."""
+    for version, files in releases(state):
+        if any(not _yanked(f) for f in files):
+            return version, files
+    return None
+
+
+def metadata_source(state: ProjectState) -> str | None:
+    """The file whose `.metadata` the page shows: the latest non-yanked release's first wheel with one
+    (any release's when every version is yanked)."""
+    chosen = latest(state) or next(iter(releases(state)), None)
+    if chosen is None:
+        return None
+    for f in chosen[1]:
+        if f.metadata_sha256:
+            return f.filename
+    return None
+
+
+def list_entry(state: ProjectState, info: ReleaseInfo) -> ListEntry:
+    newest = max((f.upload_time for f in state.files), default="")
+    chosen = latest(state)
+    return ListEntry(
+        name=state.name,
+        summary=info.summary,
+        version=chosen[0] if chosen else "",
+        uploaded=newest,
+        releases=len(state.versions),
+        keywords=info.keywords,
+    )
+
+
+# --- the aggregate (ui/projects.json): the list's data and the search index -----------------------
+
+
+def dumps_aggregate(entries: Mapping[str, ListEntry]) -> bytes:
+    doc = {
+        "version": AGGREGATE_VERSION,
+        "projects": [_entry_json(entries[name]) for name in sorted(entries)],
+    }
+    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _entry_json(e: ListEntry) -> dict[str, Any]:
+    doc = asdict(e)
+    doc["keywords"] = list(e.keywords)
+    return doc
+
+
+def loads_aggregate(data: bytes) -> dict[str, ListEntry]:
+    """The aggregate's entries; raises ValueError (KeyError, TypeError) when it is not one."""
+    if not data:
+        return {}
+    doc = json.loads(data)
+    if doc.get("version") != AGGREGATE_VERSION:
+        raise ValueError("unknown aggregate version")
+    out: dict[str, ListEntry] = {}
+    for p in doc["projects"]:
+        out[p["name"]] = ListEntry(
+            name=str(p["name"]),
+            summary=str(p["summary"]),
+            version=str(p["version"]),
+            uploaded=str(p["uploaded"]),
+            releases=int(p["releases"]),
+            keywords=tuple(str(k) for k in p.get("keywords", [])),
+        )
+    return out
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _page(title: str, base: str, body: str, *, description: str = "") -> bytes:
+    """A whole page. `base` is the relative path to ui/ ('' or '../')."""
+    meta = f'<meta name="description" content="{_e(description)}">\n' if description else ""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="color-scheme" content="light dark">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        f"{meta}<title>{_e(title)}</title>\n"
+        f'<link rel="stylesheet" href="{base}site.css">\n'
+        f'<script src="{base}site.js" defer></script>\n'
+        "</head>\n<body>\n"
+        '<a class="pp-skip" href="#main">Skip to content</a>\n'
+        f'<header class="pp-top"><a class="pp-brand" href="{base or "./"}">pypapo</a>'
+        f'<span class="pp-sub">private Python packages</span></header>\n'
+        f'<main id="main" tabindex="-1">\n{body}</main>\n'
+        '<footer class="pp-foot">Served by pypapo. Pip, uv, poetry and pdm install from the '
+        f'<a href="{base}../simple/">simple index</a>.</footer>\n'
+        "</body>\n</html>\n"
+    ).encode()
+
+
+def _time(ts: str) -> str:
+    """An upload-time as a <time> element: the date shown, the full time in the attribute/title."""
+    if not ts:
+        return ""
+    day = ts[:10]
+    shown = ts[:16].replace("T", " ") + " UTC"
+    return f'<time datetime="{_e(ts)}" title="{_e(shown)}">{_e(day)}</time>'
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def _tags(filename: str) -> str:
+    """Python, ABI and platform tags of a wheel ('source' for an sdist)."""
+    try:
+        if filename.endswith(".whl"):
+            _n, _v, _b, tags = parse_wheel_filename(filename)
+            pythons = sorted({t.interpreter for t in tags})
+            abis = sorted({t.abi for t in tags})
+            platforms = sorted({t.platform for t in tags})
+            return " · ".join([".".join(pythons), ".".join(abis), ".".join(platforms)])
+        parse_sdist_filename(filename)
+        return "source"
+    except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
+        return ""
+
+
+def _yank_reason(f: FileEntry) -> str:
+    y = f.yanked
+    return y if isinstance(y, str) else ""
+
+
+def _dependency(req_text: str, held: set[str], base: str) -> str:
+    try:
+        req = Requirement(req_text)
+    except InvalidRequirement:
+        return f"<li><code>{_e(req_text)}</code></li>"
+    name = canonicalize_name(req.name)
+    rest = _e(str(req)[len(req.name) :])
+    label = _e(req.name)
+    if name in held:
+        label = f'<a href="{base}{quote(name)}/">{label}</a>'
+    return f"<li><code>{label}{rest}</code></li>"
+
+
+def _snippets(project: str, index_url: str) -> str:
+    out = []
+    for tool in SNIPPET_TOOLS:
+        if tool == "pip":
+            text = f"pip install --index-url {index_url} {project}\n"
+            where = "shell"
+        else:
+            cfg = clientconfig.render(tool, index_url, [project])
+            text, where = cfg.text, cfg.file
+            if tool == "uv":
+                text = f"# uv add {project}   (with this in pyproject.toml)\n" + text
+            elif tool == "poetry":
+                text = f"# poetry add --source pypapo {project}   (with this in pyproject.toml)\n" + text
+            elif tool == "pdm":
+                text = f"# pdm add {project}   (with this in pyproject.toml)\n" + text
+        opened = " open" if tool == "pip" else ""
+        out.append(
+            f'<details class="pp-snippet"{opened}><summary>{tool} <span class="pp-muted">({_e(where)})'
+            f"</span></summary>\n<pre><code data-index-url>{_e(text)}</code></pre></details>\n"
+        )
+    return "".join(out)
+
+
+def render_project(
+    state: ProjectState,
+    info: ReleaseInfo,
+    held: Iterable[str],
+    *,
+    origin: str = "",
+    index_url: str = DEFAULT_INDEX_URL,
+) -> bytes:
+    """`ui/<project>/index.html`: README, metadata, install snippets, every release and its files."""
+    project = state.name
+    held_set = set(held)
+    base = "../"
+    files_url = f"../../simple/{quote(project)}/"
+    chosen = latest(state)
+    all_releases = releases(state)
+    version = chosen[0] if chosen else ""
+    parts: list[str] = []
+    heading = f'{_e(project)} <span class="pp-version">{_e(version)}</span>' if version else _e(project)
+    parts.append(f'<nav class="pp-crumbs" aria-label="Breadcrumb"><a href="{base}">All projects</a></nav>\n')
+    parts.append(f"<h1>{heading}</h1>\n")
+    if info.summary:
+        parts.append(f'<p class="pp-summary">{_e(info.summary)}</p>\n')
+    if not chosen:
+        parts.append('<p class="pp-warn" role="note">Every version of this project is yanked.</p>\n')
+    if origin:
+        parts.append(f'<p class="pp-note" role="note">Mirrored from <code>{_e(origin)}</code>.</p>\n')
+
+    parts.append('<div class="pp-cols">\n<div class="pp-main">\n')
+    parts.append('<section aria-labelledby="install"><h2 id="install">Install</h2>\n')
+    parts.append(_snippets(project, index_url))
+    parts.append("</section>\n")
+    parts.append('<section aria-labelledby="readme-heading"><h2 id="readme-heading">Description</h2>\n')
+    if info.readme_html:
+        parts.append(f'<article class="pp-readme">\n{info.readme_html}\n</article>\n')
+    else:
+        parts.append('<p class="pp-muted">This release has no description.</p>\n')
+    parts.append("</section>\n")
+
+    parts.append('<section aria-labelledby="releases"><h2 id="releases">Releases</h2>\n')
+    for n, (v, files) in enumerate(all_releases):
+        yanked = all(_yanked(f) for f in files)
+        reason = next((_yank_reason(f) for f in files if _yank_reason(f)), "")
+        when = max(f.upload_time for f in files)
+        badge = ""
+        if yanked:
+            badge = ' <span class="pp-yanked">yanked</span>'
+        opened = " open" if n == 0 or v == version else ""
+        parts.append(
+            f'<details class="pp-release" id="v-{_e(v)}"{opened}><summary><span class="pp-rv">{_e(v)}</span>'
+            f"{badge} {_time(when)}</summary>\n"
+        )
+        if yanked:
+            text = f"Yanked: {_e(reason)}" if reason else "Yanked (no reason given)"
+            parts.append(f'<p class="pp-yank-reason">{text}. pip and uv skip it unless pinned with ==.</p>\n')
+        parts.append(
+            '<div class="pp-table"><table>\n<thead><tr><th scope="col">File</th><th scope="col">Tags</th>'
+            '<th scope="col">Size</th><th scope="col">Uploaded</th><th scope="col">SHA-256</th></tr></thead>'
+            "\n<tbody>\n"
+        )
+        for f in files:
+            sha = f.sha256
+            mark = ' <span class="pp-yanked">yanked</span>' if _yanked(f) and not yanked else ""
+            link = f'<a href="{files_url}{_e(quote(f.filename))}#sha256={_e(sha)}">{_e(f.filename)}</a>'
+            parts.append(
+                f"<tr><td>{link}{mark}</td>"
+                f"<td>{_e(_tags(f.filename))}</td><td>{_size(f.size)}</td>"
+                f'<td>{_time(f.upload_time)}</td><td><code class="pp-sha">{_e(sha)}</code></td></tr>\n'
+            )
+        parts.append("</tbody></table></div>\n</details>\n")
+    parts.append("</section>\n</div>\n")
+
+    side = ['<aside class="pp-side" aria-labelledby="about"><h2 id="about">About</h2>\n<dl>\n']
+    if chosen:
+        side.append(f"<dt>Latest version</dt><dd>{_e(version)}</dd>\n")
+    if info.requires_python:
+        side.append(f"<dt>Requires Python</dt><dd><code>{_e(info.requires_python)}</code></dd>\n")
+    if info.license:
+        side.append(f"<dt>License</dt><dd>{_e(info.license)}</dd>\n")
+    if info.author:
+        side.append(f"<dt>Author</dt><dd>{_e(info.author)}</dd>\n")
+    side.append(f'<dt>Index page</dt><dd><a href="{files_url}">simple/{_e(project)}/</a></dd>\n')
+    side.append("</dl>\n")
+    if info.project_urls:
+        side.append('<h3>Project links</h3>\n<ul class="pp-links">\n')
+        side.extend(
+            f'<li><a href="{_e(url)}" rel="nofollow noopener noreferrer">{_e(label)}</a></li>\n'
+            for label, url in info.project_urls
+        )
+        side.append("</ul>\n")
+    if info.requires_dist:
+        side.append('<h3>Dependencies</h3>\n<ul class="pp-deps">\n')
+        side.extend(_dependency(r, held_set, base) + "\n" for r in info.requires_dist)
+        side.append("</ul>\n")
+    if info.keywords:
+        side.append(f"<h3>Keywords</h3>\n<p>{_e(', '.join(info.keywords))}</p>\n")
+    side.append("</aside>\n</div>\n")
+    parts.extend(side)
+    return _page(f"{project} · pypapo", base, "".join(parts), description=info.summary)
+
+
+def render_list(entries: Iterable[ListEntry]) -> bytes:
+    """`ui/index.html`: every project, newest upload first; the search box filters it (site.js)."""
+    ordered = sorted(entries, key=lambda e: (e.uploaded, e.name), reverse=True)
+    rows = []
+    for e in ordered:
+        version = _e(e.version) if e.version else '<span class="pp-yanked">yanked</span>'
+        summary = f'<p class="pp-muted">{_e(e.summary)}</p>' if e.summary else ""
+        rows.append(
+            f'<li id="p-{_e(e.name)}"><a class="pp-name" href="{quote(e.name)}/">{_e(e.name)}</a>'
+            f' <span class="pp-version">{version}</span> {_time(e.uploaded)}{summary}</li>\n'
+        )
+    count = f"{len(rows)} project" + ("" if len(rows) == 1 else "s")
+    body = (
+        "<h1>Projects</h1>\n"
+        '<div class="pp-search" role="search" hidden>\n'
+        '<label for="q">Search projects</label>\n'
+        '<input id="q" type="search" autocomplete="off" spellcheck="false" '
+        'placeholder="name, summary or keyword" aria-describedby="count">\n'
+        "</div>\n"
+        f'<p id="count" class="pp-muted" aria-live="polite">{count}, newest upload first.</p>\n'
+        f'<ul class="pp-list" id="projects">\n{"".join(rows)}</ul>\n'
+        + ('<p class="pp-muted">Nothing published yet.</p>\n' if not rows else "")
+    )
+    return _page("Projects · pypapo", "", body, description="Every project in this pypapo repository")

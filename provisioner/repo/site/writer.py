@@ -1,0 +1,262 @@
+"""I/O: write the site's pages into a Store, with the compare-and-swap of the index pages.
+
+What is written (docs/architecture.md):
+
+    ui/index.html              the list: every project, newest upload first
+    ui/projects.json           the aggregate: one entry per project (the list's data, the search index)
+    ui/<project>/index.html    a project page
+    ui/site.css, ui/site.js    the static assets (shipped in provisioner/repo/site/static)
+
+Nothing here is a source of truth. A project page is rendered from the project JSON and the core
+metadata (`.metadata` file) of its latest release; the aggregate is a cache of one entry per project,
+so that a publish rewrites the list without reading every project. The protocol is the index's: read
+each page's generation, THEN the project JSON it is rendered from, and write conditional on that
+generation; the aggregate is read-modify-written conditional on its generation, and the list page,
+rendered from it, is written after it conditional on its own generation read before. Whoever writes
+last therefore rendered the latest state. `rebuild` (reindex) renders everything from the states given.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+
+from provisioner.errors import ConflictError
+from provisioner.repo import layout
+from provisioner.repo.model import ProjectState, RootState
+from provisioner.repo.site import render
+from provisioner.repo.store import PreconditionFailed, Store, WriteItem
+
+MAX_ATTEMPTS = 60
+State = ProjectState
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+
+
+def asset_bytes(name: str) -> bytes:
+    return resources.files("provisioner.repo.site").joinpath("static").joinpath(name).read_bytes()
+
+
+def origin(state: State) -> str:
+    """Where a mirrored project came from (the private `_origin` key of its JSON), or ''."""
+    value = state.extra.get("_origin")
+    if isinstance(value, Mapping):
+        value = value.get("url") or value.get("index") or ""
+    return value if isinstance(value, str) else ""
+
+
+class Site:
+    """The site of one repository."""
+
+    def __init__(self, store: Store, *, remote_images: bool = False) -> None:
+        self.store = store
+        self.remote_images = remote_images
+        # Core metadata files are immutable: what a filename's metadata says never changes.
+        self._infos: dict[tuple[str, str], render.ReleaseInfo] = {}
+
+    # -- reading ------------------------------------------------------------------------------
+    def _gen(self, name: str) -> int:
+        info = self.store.stat(name)
+        return info.generation if info else 0
+
+    def _state(self, project: str) -> State:
+        data, _gen = self.store.read(layout.project_json(project))
+        try:
+            return ProjectState.from_json(data, project)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return ProjectState(project)  # the engine refuses a corrupt page; reindex repairs it
+
+    def info(self, state: State, known: Mapping[str, bytes] | None = None) -> render.ReleaseInfo:
+        """The release info a project's page shows, from its chosen `.metadata` file (or `known`)."""
+        filename = render.metadata_source(state)
+        if filename is None:
+            return render.ReleaseInfo()
+        key = (state.name, filename)
+        if key not in self._infos:
+            data = (known or {}).get(filename)
+            if data is None:
+                data, _ = self.store.read(layout.metadata_object(state.name, filename))
+            self._infos[key] = render.release_info(data, remote_images=self.remote_images)
+        return self._infos[key]
+
+    def _entries(self) -> tuple[dict[str, render.ListEntry], int, bool]:
+        data, gen = self.store.read(layout.UI_DATA)
+        try:
+            return render.loads_aggregate(data), gen, True
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return {}, gen, False
+
+    # -- the static assets ----------------------------------------------------------------------
+    def ensure_assets(self) -> int:
+        """Write site.css and site.js where they differ from this version's; the number written."""
+        written = 0
+        for name in layout.UI_ASSETS:
+            want = asset_bytes(name)
+            for attempt in range(MAX_ATTEMPTS):
+                have, gen = self.store.read(layout.ui_asset(name))
+                if have == want:
+                    break
+                try:
+                    self.store.write(layout.ui_asset(name), want, if_generation_match=gen)
+                    written += 1
+                    break
+                except PreconditionFailed:
+                    _backoff(attempt)
+        return written
+
+    # -- after a change -------------------------------------------------------------------------
+    def update(self, projects: Iterable[str], known: Mapping[str, bytes] | None = None) -> None:
+        """The pages of `projects` (whose JSON just changed), the aggregate and the list.
+
+        `known`: core metadata already in memory (a publish), by filename, to save reading it back."""
+        projects = sorted(set(projects))
+        if not projects:
+            return
+        if self._gen(layout.UI_LIST) == 0 or not self._entries()[2]:
+            # No list yet (a repository from before the site) or a broken aggregate: one full build.
+            self.rebuild()
+            return
+        self.ensure_assets()
+        for attempt in range(MAX_ATTEMPTS):
+            list_gen = self._gen(layout.UI_LIST)
+            page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
+            entries, agg_gen, ok = self._entries()
+            if not ok:
+                self.rebuild()
+                return
+            states = {p: self._state(p) for p in projects}
+            infos = {p: self.info(s, known) for p, s in states.items() if s.files}
+            for p, s in states.items():
+                if s.files:
+                    entries[p] = render.list_entry(s, infos[p])
+                else:
+                    entries.pop(p, None)
+            held = set(entries)
+            items: list[WriteItem] = [
+                (layout.UI_DATA, render.dumps_aggregate(entries), agg_gen),
+                (layout.UI_LIST, render.render_list(entries.values()), list_gen),
+            ]
+            after: list[int | None] = [None, 0]
+            for p, s in states.items():
+                if s.files:
+                    page = render.render_project(s, infos[p], held, origin=origin(s))
+                    items.append((layout.ui_project(p), page, page_gens[p]))
+                    after.append(None)
+            written = self.store.write_many(items, after=after)
+            if not written[0]:
+                _backoff(attempt)  # another writer changed the aggregate: redo from its version
+                continue
+            if not written[1]:
+                self._converge_list()
+            pending = [
+                p for p in projects if not states[p].files or not written[2 + self._position(states, p)]
+            ]
+            for p in pending:
+                self._converge_page(p, known)
+            return
+        raise ConflictError(f"gave up updating {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
+
+    @staticmethod
+    def _position(states: Mapping[str, State], project: str) -> int:
+        """Index of a project's page among the written pages (those with files, in order)."""
+        return [p for p, s in states.items() if s.files].index(project)
+
+    def _converge_list(self) -> None:
+        for attempt in range(MAX_ATTEMPTS):
+            gen = self._gen(layout.UI_LIST)
+            entries, _agg_gen, _ok = self._entries()
+            try:
+                page = render.render_list(entries.values())
+                self.store.write(layout.UI_LIST, page, if_generation_match=gen)
+                return
+            except PreconditionFailed:
+                _backoff(attempt)
+        raise ConflictError(f"gave up writing {layout.UI_LIST} after {MAX_ATTEMPTS} conflicting writes")
+
+    def _converge_page(self, project: str, known: Mapping[str, bytes] | None = None) -> None:
+        name = layout.ui_project(project)
+        for attempt in range(MAX_ATTEMPTS):
+            gen = self._gen(name)
+            state = self._state(project)
+            try:
+                if not state.files:
+                    if gen:
+                        self.store.delete(name, if_generation_match=gen)
+                    return
+                held = set(self._entries()[0])
+                page = render.render_project(state, self.info(state, known), held, origin=origin(state))
+                self.store.write(name, page, if_generation_match=gen)
+                return
+            except PreconditionFailed:
+                _backoff(attempt)
+        raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
+
+    # -- everything (reindex) -------------------------------------------------------------------
+    def rebuild(self, *, workers: int = 8) -> int:
+        """Every page from every project's current JSON, pages that are gone deleted, unchanged
+        pages left alone. Same protocol: every generation is read before the JSON it is rendered
+        from. Returns the number of objects written or deleted."""
+        written = self.ensure_assets()
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
+            existing = sorted(
+                info.name.split("/")[1]
+                for info in self.store.list(f"{layout.UI}/")
+                if info.name.count("/") == 2 and info.name.endswith("/index.html")
+            )
+            read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
+            pages = dict(zip(existing, read, strict=True))
+            list_now, list_gen = self.store.read(layout.UI_LIST)
+            agg_now, agg_gen = self.store.read(layout.UI_DATA)
+            # 2. The states, then what the pages show.
+            states = self._read_states(pool)
+            infos = dict(zip(states, pool.map(self.info, states.values()), strict=True))
+            entries = {p: render.list_entry(s, infos[p]) for p, s in states.items()}
+            held = set(entries)
+
+            def page(p: str) -> WriteItem | None:
+                body = render.render_project(states[p], infos[p], held, origin=origin(states[p]))
+                have, gen = pages.get(p, (b"", 0))
+                return None if have == body else (layout.ui_project(p), body, gen)
+
+            items = [item for item in pool.map(page, sorted(states)) if item is not None]
+            results = self.store.write_many(items)
+            written += sum(1 for r in results if r)
+            # Lost to a publisher (it rewrote the page meanwhile), or a project that is gone.
+            redo = [name.split("/")[1] for (name, _b, _g), ok in zip(items, results, strict=True) if not ok]
+            redo += [p for p in existing if p not in states]
+            written += len(redo)
+            list(pool.map(self._converge_page, redo))
+            # 3. The aggregate and the list, conditional on the generations read in step 1.
+            for attempt in range(MAX_ATTEMPTS):
+                agg, listing = render.dumps_aggregate(entries), render.render_list(entries.values())
+                if agg == agg_now and listing == list_now:
+                    return written
+                out = self.store.write_many(
+                    [(layout.UI_DATA, agg, agg_gen), (layout.UI_LIST, listing, list_gen)], after=[None, 0]
+                )
+                if out[0]:
+                    written += 1 + (1 if out[1] else 0)
+                    if not out[1]:
+                        self._converge_list()
+                    return written
+                _backoff(attempt)  # a publisher updated the aggregate: read everything again
+                list_now, list_gen = self.store.read(layout.UI_LIST)
+                agg_now, agg_gen = self.store.read(layout.UI_DATA)
+                states = self._read_states(pool)
+                entries = {p: render.list_entry(s, self.info(s)) for p, s in states.items()}
+        raise ConflictError(f"gave up writing {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
+
+    def _read_states(self, pool: ThreadPoolExecutor) -> dict[str, State]:
+        """Every listed project with files, from its JSON."""
+        data, _ = self.store.read(layout.ROOT_JSON)
+        try:
+            names = sorted(set(RootState.from_json(data).projects))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            names = []
+        return {p: s for p, s in zip(names, pool.map(self._state, names), strict=True) if s.files}
