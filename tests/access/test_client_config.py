@@ -17,9 +17,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from provisioner.repo import clientconfig
 from provisioner.cli import main
 from provisioner.errors import PypapoError
+from provisioner.repo import clientconfig
 
 URL = "http://localhost:4444/simple/"
 PKGS = ("acme-core", "acme-utils")
