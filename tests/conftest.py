@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.dists",
     "tests.fixtures.nginx",
+    "tests.fixtures.browser",
 ]

@@ -29,6 +29,7 @@ import jinja2
 from provisioner.appliance import guest
 from provisioner.errors import PypapoError
 from provisioner.repo import location as loc
+from provisioner.repo.site import render as site_render
 
 # Where the VM's files live. Public: the checks, the VM tests and the docs refer to them.
 CONFIG_DIR = "/etc/pypapo"
@@ -190,6 +191,7 @@ def render_nginx_conf(
         user=user,
         worker_processes=worker_processes,
         sentinel=SENTINEL,
+        site_csp=site_render.content_security_policy(),
         greater_q_patterns=_greater_q_patterns(),
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
         max_upper=48,

@@ -17,7 +17,7 @@ DIST_SUFFIXES = (".whl", ".tar.gz", ".zip")
 UI = "ui"
 UI_LIST = f"{UI}/index.html"
 UI_DATA = f"{UI}/projects.json"  # the list's data and the search index
-UI_ASSETS = ("site.css", "site.js")
+UI_ASSETS = ("site.css", "site.js", "favicon.svg")
 
 HTML_TYPE = "text/html; charset=utf-8"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -97,6 +97,7 @@ _UI_TYPES = {
     ".json": "application/json",
     ".css": "text/css; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 
 

@@ -44,6 +44,7 @@ def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, 
         "ui/projects.json",
         "ui/site.css",
         "ui/site.js",
+        "ui/favicon.svg",
         "ui/foo-bar/index.html",
     }
     assert snap[f"simple/foo-bar/{wheel.name}"] == wheel.read_bytes()
@@ -305,7 +306,7 @@ def test_publish_cost_follows_the_project_not_the_repository(
     assert not [c for c in grown if c[0] == "list"]  # never lists the repository
     assert not [c for c in grown if c[1].startswith("simple/index.")]  # root untouched: not a new project
     touched = {name for _op, name in grown if name}
-    site = {"ui/demo/index.html", "ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js"}
+    site = {"ui/demo/index.html", "ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
     assert touched - site <= {n for n in touched if n.startswith("simple/demo/")}
     assert len(grown) <= len(small)  # the empty repository also had to create the root index
 
@@ -346,7 +347,7 @@ def test_initialize_gives_a_new_repository_an_empty_index_once(
     repository = Repository.open(repo.location)
     assert repository.initialize() is True
     snap = repo.snapshot()
-    site = {"ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js"}
+    site = {"ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
     assert set(snap) == {"simple/index.html", "simple/index.json"} | site  # /ui/ answers too
     assert _json(snap, "simple/index.json")["projects"] == []
     assert "Nothing published yet" in snap["ui/index.html"].decode()

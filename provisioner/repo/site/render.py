@@ -41,6 +41,17 @@ AGGREGATE_VERSION = 1
 LICENSE_MAX = 80
 
 
+def content_security_policy(*, remote_images: bool = False) -> str:
+    """The policy the appliance sends with every /ui/ response: the site's own script and styles,
+    nothing inline, no frames, no forms, no requests elsewhere (https images only if opted in)."""
+    images = "'self' https:" if remote_images else "'self'"
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"img-src {images}; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
 @dataclass(frozen=True)
 class ReleaseInfo:
     """What a project page shows from one release's core metadata."""
@@ -219,6 +230,7 @@ def _page(title: str, base: str, body: str, *, description: str = "") -> bytes:
         '<meta name="referrer" content="no-referrer">\n'
         f"{meta}<title>{_e(title)}</title>\n"
         f'<link rel="stylesheet" href="{base}site.css">\n'
+        f'<link rel="icon" href="{base}favicon.svg" type="image/svg+xml">\n'
         f'<script src="{base}site.js" defer></script>\n'
         "</head>\n<body>\n"
         '<a class="pp-skip" href="#main">Skip to content</a>\n'
