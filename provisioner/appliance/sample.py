@@ -38,14 +38,21 @@ def core_metadata(
     requires_dist: Iterable[str] = (),
     summary: str | None = None,
     metadata_version: str = "2.1",
+    description: str = "",
+    description_content_type: str | None = None,
+    headers: Iterable[str] = (),
 ) -> str:
-    """Core metadata text (METADATA / PKG-INFO)."""
+    """Core metadata text (METADATA / PKG-INFO); `description` is the body (the README), `headers`
+    more header lines as they are (`Project-URL: Source, https://...`)."""
     lines = [f"Metadata-Version: {metadata_version}", f"Name: {name}", f"Version: {version}"]
     lines.append(f"Summary: {summary or f'Sample distribution {name}'}")
     if requires_python:
         lines.append(f"Requires-Python: {requires_python}")
     lines.extend(f"Requires-Dist: {req}" for req in requires_dist)
-    return "\n".join(lines) + "\n\n"
+    lines.extend(headers)
+    if description_content_type:
+        lines.append(f"Description-Content-Type: {description_content_type}")
+    return "\n".join(lines) + "\n\n" + description
 
 
 def _record_hash(data: bytes) -> str:

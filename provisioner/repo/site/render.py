@@ -294,24 +294,23 @@ def _dependency(req_text: str, held: set[str], base: str) -> str:
     return f"<li><code>{label}{rest}</code></li>"
 
 
+# The command each snippet starts with; the configuration itself is `provision client-config`'s.
+_INSTALL = {
+    "pip": "# pip install --index-url {url} {project}   (or with this configuration: pip install {project})",
+    "uv": "# uv add {project}   (with this configuration)",
+    "poetry": "# poetry add {project}   (with this configuration)",
+    "pdm": "# pdm add {project}   (with this configuration)",
+}
+
+
 def _snippets(project: str, index_url: str) -> str:
     out = []
     for tool in SNIPPET_TOOLS:
-        if tool == "pip":
-            text = f"pip install --index-url {index_url} {project}\n"
-            where = "shell"
-        else:
-            cfg = clientconfig.render(tool, index_url, [project])
-            text, where = cfg.text, cfg.file
-            if tool == "uv":
-                text = f"# uv add {project}   (with this in pyproject.toml)\n" + text
-            elif tool == "poetry":
-                text = f"# poetry add --source pypapo {project}   (with this in pyproject.toml)\n" + text
-            elif tool == "pdm":
-                text = f"# pdm add {project}   (with this in pyproject.toml)\n" + text
+        cfg = clientconfig.render(tool, index_url, [project])
+        text = _INSTALL[tool].format(url=index_url, project=project) + "\n" + cfg.text
         opened = " open" if tool == "pip" else ""
         out.append(
-            f'<details class="pp-snippet"{opened}><summary>{tool} <span class="pp-muted">({_e(where)})'
+            f'<details class="pp-snippet"{opened}><summary>{tool} <span class="pp-muted">({_e(cfg.file)})'
             f"</span></summary>\n<pre><code data-index-url>{_e(text)}</code></pre></details>\n"
         )
     return "".join(out)

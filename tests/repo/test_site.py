@@ -1,0 +1,216 @@
+"""The site under ui/: READMEs rendered as PyPI renders them and made inert, pages that follow every
+change of the engine, and a reindex that rebuilds them (tests/appliance/test_site_browser.py opens them
+in a real browser)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from provisioner.appliance import sample
+from provisioner.repo.engine import Repository
+from provisioner.repo.site import readme
+from provisioner.repo.site.render import loads_aggregate, render_list
+from tests.fixtures.gcs import RepoHandle
+
+# Everything a README can try; none of it may survive as markup that runs, loads or submits.
+HOSTILE_MARKDOWN = """# Totally normal
+
+<script>window.__pwned = 1; alert(1)</script>
+<img src="x" onerror="window.__pwned = 2">
+<img src="https://tracker.invalid/pixel.png" alt="pixel">
+<svg onload="window.__pwned = 3"><script>alert(3)</script></svg>
+<iframe src="javascript:alert(4)"></iframe>
+<iframe srcdoc="<script>parent.__pwned = 5</script>"></iframe>
+<form action="https://evil.invalid/"><input name="password">
+<button formaction="javascript:alert(6)">go</button></form>
+<a href="javascript:alert(7)">click</a> <a href="JaVaScRiPt:alert(8)">CLICK</a>
+<a href="jav&#x09;ascript:alert(9)">tab</a> <a href="data:text/html,<script>alert(10)</script>">data</a>
+<a href="vbscript:msgbox(11)">vb</a>
+<object data="https://evil.invalid/x.swf"></object><embed src="https://evil.invalid/x.swf">
+<style>body { background: url(https://evil.invalid/bg.png) }</style>
+<link rel="stylesheet" href="https://evil.invalid/x.css">
+<meta http-equiv="refresh" content="0; url=https://evil.invalid/">
+<base href="https://evil.invalid/">
+<p style="background:url(https://evil.invalid/s.png)" onclick="alert(12)" onmouseover="alert(13)">hover</p>
+<math><mi xlink:href="javascript:alert(14)">x</mi></math>
+<details open ontoggle="window.__pwned = 15"><summary>s</summary></details>
+<input autofocus onfocus="window.__pwned = 16">
+<video><source onerror="window.__pwned = 17"></video>
+<noscript><p title="</noscript><img src=x onerror=alert(18)>"></p></noscript>
+<template><script>alert(19)</script></template>
+<p class="pp-yanked pp-warn">a fake warning styled like the page</p>
+<div id="q">an id that would clobber the search box</div>
+
+[markdown js](javascript:alert(20)) ![remote](https://tracker.invalid/md.png)
+[ref js][r]
+
+[r]: javascript:alert(21)
+"""
+
+HOSTILE_RST = """Title
+=====
+
+.. raw:: html
+
+   <script>alert(1)</script>
+
+`js <javascript:alert(2)>`_
+
+.. image:: https://tracker.invalid/rst.png
+"""
+
+
+class _Markup(HTMLParser):
+    """Every element and attribute of a fragment (text, escaped markup included, is just text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+
+ALLOWED_TAGS = set(readme._TAGS)
+ALLOWED_ATTRS = {"id", "href", "title", "rel", "alt", "width", "height", "align", "class", "colspan",
+                 "rowspan", "start", "src", "open"}  # fmt: skip
+
+
+def inert_problems(fragment: str) -> list[str]:
+    parser = _Markup()
+    parser.feed(fragment)
+    problems = []
+    for tag, attrs in parser.tags:
+        if tag not in ALLOWED_TAGS:
+            problems.append(f"<{tag}>")
+        for name, value in attrs.items():
+            if name not in ALLOWED_ATTRS:
+                problems.append(f"<{tag} {name}>")
+            if name in ("href", "src") and not value.startswith(("https://example.com", "#", "mailto:")):
+                problems.append(f"<{tag} {name}={value!r}>")
+            if name == "id" and not value.startswith(readme.ID_PREFIX):
+                problems.append(f"<{tag} id={value!r}>")
+            if name == "class" and "pp-" in value:
+                problems.append(f"<{tag} class={value!r}>")
+    return problems
+
+
+@pytest.mark.parametrize(("text", "kind"), [(HOSTILE_MARKDOWN, "text/markdown"), (HOSTILE_RST, "text/x-rst")])
+def test_a_hostile_readme_renders_inert(text: str, kind: str) -> None:
+    out = readme.render(text, kind)
+    assert inert_problems(out) == []
+    assert "Title" in out or "Totally normal" in out  # the text itself is still there
+    assert inert_problems('<a href="javascript:x" onclick="y">') != []  # the check itself can fail
+
+
+def _wheel(dest: Path, name: str, version: str, **meta: object) -> Path:
+    text = sample.core_metadata(name, version, **meta)  # type: ignore[arg-type]
+    path = dest / sample.wheel_filename(name, version)
+    dest.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(sample.wheel_bytes(name, version, metadata=text))
+    return path
+
+
+def _site(repo: RepoHandle) -> dict[str, bytes]:
+    return {k: v for k, v in repo.snapshot().items() if k.startswith("ui/")}
+
+
+def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_path: Path) -> None:
+    r = Repository.open(repo.location)
+    core = _wheel(tmp_path, "acme-core", "1.0", summary="The core", description="Core\n====\n")
+    tools = [
+        _wheel(
+            tmp_path,
+            "acme-tools",
+            f"1.{i}",
+            summary=f"Tools {i}",
+            requires_python=">=3.9",
+            requires_dist=["acme-core>=1", "requests"],
+            description=f"# Tools {i}\n\n## Usage\n",
+            description_content_type="text/markdown",
+            headers=["License-Expression: MIT", "Project-URL: Source, https://example.com/src",
+                     "Project-URL: Bad, javascript:alert(1)", "Keywords: acme,cli"],
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    r.publish([core, *tools])
+    site = _site(repo)
+    page = site["ui/acme-tools/index.html"].decode()
+    assert '<h1 id="readme-user-content-tools-2">Tools 2</h1>' in page  # the latest release's README
+    assert "<dd><code>&gt;=3.9</code></dd>" in page and "<dd>MIT</dd>" in page
+    assert 'href="https://example.com/src"' in page and "javascript:" not in page
+    assert '<a href="../acme-core/">acme-core</a>&gt;=1' in page  # a dependency pypapo holds: linked
+    assert "<code>requests</code>" in page  # one it does not hold: not linked
+    assert 'href="../../simple/acme-tools/acme_tools-1.0-py3-none-any.whl#sha256=' in page
+    agg = loads_aggregate(site["ui/projects.json"])
+    assert (agg["acme-tools"].version, agg["acme-tools"].summary) == ("1.2", "Tools 2")
+    assert agg["acme-tools"].keywords == ("acme", "cli")
+    assert site["ui/index.html"] == render_list(agg.values())
+
+    r.set_yanked("acme-tools", "1.2", "broke the CLI")
+    site = _site(repo)
+    page = site["ui/acme-tools/index.html"].decode()
+    assert "Yanked: broke the CLI" in page
+    assert '<h1 id="readme-user-content-tools-1">Tools 1</h1>' in page  # now the latest non-yanked
+    assert loads_aggregate(site["ui/projects.json"])["acme-tools"].version == "1.1"
+
+    r.set_yanked("acme-tools", "1.2", None, yanked=False)
+    assert loads_aggregate(_site(repo)["ui/projects.json"])["acme-tools"].version == "1.2"
+
+    r.remove("acme-core")
+    site = _site(repo)
+    assert "ui/acme-core/index.html" not in site
+    assert set(loads_aggregate(site["ui/projects.json"])) == {"acme-tools"}
+    assert "acme-core" not in site["ui/index.html"].decode()
+
+
+def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHandle, tmp_path: Path) -> None:
+    r = Repository.open(repo.location)
+    r.publish([_wheel(tmp_path, f"proj-{i}", "1.0", description=f"# P{i}\n") for i in range(3)])
+    r.set_yanked("proj-1", "1.0", "nope")
+    before = _site(repo)
+    assert r.reindex().pages_written == 0  # nothing changed: nothing written
+    from provisioner.repo.store import open_store
+
+    store = open_store(repo.location)
+    for name in ("ui/index.html", "ui/projects.json", "ui/proj-0/index.html", "ui/site.js"):
+        store.delete(name)
+    _data, gen = store.read("ui/proj-2/index.html")
+    store.write("ui/proj-2/index.html", b"<p>stale</p>", if_generation_match=gen)
+    store.write("ui/gone/index.html", b"<p>a project that no longer exists</p>", if_generation_match=0)
+    r.reindex()
+    assert _site(repo) == before
+
+
+def test_a_site_from_before_the_site_existed_is_built_by_the_next_publish(
+    dir_repo: RepoHandle, tmp_path: Path
+) -> None:
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "old", "1.0")])
+    for page in Path(dir_repo.location, "ui").rglob("*"):
+        if page.is_file():
+            page.unlink()
+    r.publish([_wheel(tmp_path, "new", "1.0")])
+    assert set(loads_aggregate(_site(dir_repo)["ui/projects.json"])) == {"old", "new"}
+
+
+def test_concurrent_publishers_leave_every_project_on_the_list(dir_repo: RepoHandle, tmp_path: Path) -> None:
+    wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "1.0") for i in range(8)]
+    Repository.open(dir_repo.location).initialize()
+    threads = [
+        threading.Thread(target=lambda w=w: Repository.open(dir_repo.location).publish([w])) for w in wheels
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    site = _site(dir_repo)
+    names = {p["name"] for p in json.loads(site["ui/projects.json"])["projects"]}
+    assert names == {f"racer-{i}" for i in range(8)}
+    assert site["ui/index.html"] == render_list(loads_aggregate(site["ui/projects.json"]).values())
+    assert all(f"ui/racer-{i}/index.html" in site for i in range(8))
