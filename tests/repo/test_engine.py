@@ -306,7 +306,14 @@ def test_publish_cost_follows_the_project_not_the_repository(
     assert not [c for c in grown if c[0] == "list"]  # never lists the repository
     assert not [c for c in grown if c[1].startswith("simple/index.")]  # root untouched: not a new project
     touched = {name for _op, name in grown if name}
-    site = {"ui/demo/index.html", "ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
+    site = {
+        "ui/demo/index.html",
+        "ui/index.html",
+        "ui/projects.json",
+        "ui/site.css",
+        "ui/site.js",
+        "ui/favicon.svg",
+    }
     assert touched - site <= {n for n in touched if n.startswith("simple/demo/")}
     assert len(grown) <= len(small)  # the empty repository also had to create the root index
 

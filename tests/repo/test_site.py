@@ -78,7 +78,7 @@ class _Markup(HTMLParser):
 
 ALLOWED_TAGS = set(readme._TAGS)
 ALLOWED_ATTRS = {"id", "href", "title", "rel", "alt", "width", "height", "align", "class", "colspan",
-                 "rowspan", "start", "src", "open"}  # fmt: skip
+                 "rowspan", "start", "src", "open", "tabindex"}  # fmt: skip
 
 
 def inert_problems(fragment: str) -> list[str]:

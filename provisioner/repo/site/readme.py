@@ -14,7 +14,8 @@ second, stricter allowlist of our own:
 - no images unless `remote_images` (then https ones): a remote image is a request to a third party
   each time someone opens the page, and a relative one points at a file of the project's source
   tree that the repository does not hold (a broken image and a 404). The alt text stays;
-- self-links without text (the heading anchors) are dropped: a link needs a name for a screen reader.
+- self-links without text (the heading anchors) are dropped: a link needs a name for a screen reader;
+  code blocks get `tabindex="0"` so that one that scrolls sideways can be scrolled from the keyboard.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ _ATTRIBUTES = {
 _DROP_WITH_CONTENT = {"script", "style", "template", "iframe", "object", "embed", "noscript", "svg", "math"}
 _SCHEMES = {"http", "https", "mailto"}
 _EMPTY_LINK = re.compile(r"<a [^>]*></a>")
+_PRE = re.compile(r"<pre(?=[\s>])")
 
 _RENDERERS = {
     "": readme_renderer.rst,
@@ -98,7 +100,8 @@ def sanitize(html: str, *, remote_images: bool = False) -> str:
         url_schemes=_SCHEMES,
         strip_comments=True,
     )
-    return _EMPTY_LINK.sub("", cleaned)
+    # A code block that scrolls sideways must be reachable from the keyboard.
+    return _PRE.sub('<pre tabindex="0"', _EMPTY_LINK.sub("", cleaned))
 
 
 def _content_type(value: str | None) -> tuple[str, dict[str, str]]:

@@ -311,7 +311,7 @@ def _snippets(project: str, index_url: str) -> str:
         opened = " open" if tool == "pip" else ""
         out.append(
             f'<details class="pp-snippet"{opened}><summary>{tool} <span class="pp-muted">({_e(cfg.file)})'
-            f"</span></summary>\n<pre><code data-index-url>{_e(text)}</code></pre></details>\n"
+            f'</span></summary>\n<pre tabindex="0"><code data-index-url>{_e(text)}</code></pre></details>\n'
         )
     return "".join(out)
 

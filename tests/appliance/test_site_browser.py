@@ -1,0 +1,277 @@
+"""The site in a real browser: Debian's headless Chromium against `provision serve` (Debian's nginx with
+the appliance's config) over a repository the engine wrote.
+
+The list shows the projects and search filters them as you type; a project page shows the README's
+headings and the yanked version with its reason; every link resolves; a hostile README runs nothing
+and makes no request outside the server (the browser's own network log, a canary server the README
+points at, and nginx's access log all say so); the pages pass axe-core (from the npm registry,
+installed by bootstrap) and our own checks of labels, headings and contrast. Screenshots of the list
+and a project page, light and dark, land in tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from provisioner.appliance import sample
+from provisioner.repo.engine import Repository
+from tests.fixtures.nginx import http_request
+from tests.repo.test_site import HOSTILE_MARKDOWN
+
+pytestmark = pytest.mark.timeout(300)
+
+AXE = Path(__file__).resolve().parents[2] / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
+
+README = """# Acme tools
+
+Command-line tools for acme.
+
+## Installation
+
+Use the snippets on this page.
+
+## Usage
+
+```python
+import acme_tools
+acme_tools.run()
+```
+"""
+
+
+class _Canary(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []  # noqa: RUF012 - shared by the server's handler instances
+
+    def do_GET(self) -> None:
+        _Canary.hits.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def canary() -> Iterator[tuple[str, list[str]]]:
+    """A loopback server standing in for "anywhere outside pypapo": it must never be asked for anything."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Canary)
+    _Canary.hits = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Canary.hits
+    server.shutdown()
+
+
+def _wheel(dest: Path, name: str, version: str, **meta: object) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / sample.wheel_filename(name, version)
+    path.write_bytes(sample.wheel_bytes(name, version, metadata=sample.core_metadata(name, version, **meta)))  # type: ignore[arg-type]
+    return path
+
+
+@pytest.fixture
+def site_repo(tmp_path: Path, canary: tuple[str, list[str]]) -> Path:
+    outside, _hits = canary
+    repo, dists = tmp_path / "repo", tmp_path / "dists"
+    hostile = HOSTILE_MARKDOWN.replace("https://tracker.invalid", outside).replace(
+        "https://evil.invalid", outside
+    )
+    files = [
+        _wheel(dists, "acme-core", "1.0", summary="The acme core library", description="Core\n====\n"),
+        *[
+            _wheel(
+                dists,
+                "acme-tools",
+                f"1.{i}",
+                summary="Command-line tools for acme",
+                requires_python=">=3.9",
+                requires_dist=["acme-core>=1", "requests>=2"],
+                description=README,
+                description_content_type="text/markdown",
+                headers=["License-Expression: MIT", "Project-URL: Source, https://example.com/acme",
+                         "Keywords: cli,automation"],
+            )
+            for i in range(3)
+        ],
+        _wheel(dists, "hostile", "1.0", summary="Nothing to see", description=hostile,
+               description_content_type="text/markdown",
+               headers=[f"Project-URL: Tracker, {outside}/link", "Project-URL: Js, javascript:alert(1)"]),
+        sample.build_sdist(dists, "acme-core", "1.0"),
+    ]  # fmt: skip
+    r = Repository.open(str(repo))
+    r.publish(files)
+    r.set_yanked("acme-tools", "1.2", "broke the --json output")
+    return repo
+
+
+def _visible_projects(b: object) -> list[str]:
+    return [
+        li.get_attribute("id")[2:]
+        for li in b.find_elements("css selector", "#projects > li")  # type: ignore[attr-defined]
+        if li.is_displayed()
+    ]
+
+
+def _no_trouble(b: object, root: str) -> None:
+    """No dialog, no console error, no request for anything but the server's own URLs."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    with pytest.raises(NoAlertPresentException):
+        _ = b.switch_to.alert.text  # type: ignore[attr-defined]
+    assert b.execute_script("return window.__pwned === undefined")  # type: ignore[attr-defined]
+    errors = [m for m in b.console() if m["level"] in ("SEVERE", "WARNING")]  # type: ignore[attr-defined]
+    assert errors == []
+    # Network requests only (not chrome:// nor data: URLs, which the browser answers itself).
+    network = [u for u in b.requested_urls() if u.startswith(("http", "ws", "ftp"))]  # type: ignore[attr-defined]
+    outside = [u for u in network if not u.startswith(root + "/")]
+    assert outside == []
+
+
+def test_the_list_and_search(site_repo: Path, serve_repo, browser) -> None:
+    index = serve_repo(site_repo)
+    b = browser()
+    b.get(f"{index.root_url}/ui/")
+    assert b.title == "Projects · pypapo"
+    # Newest upload first: the last published project is on top.
+    assert _visible_projects(b) == ["hostile", "acme-tools", "acme-core"]
+    assert "acme-tools 1.1" in b.find_element("id", "p-acme-tools").text  # 1.2 is yanked
+    search = b.find_element("id", "q")
+    search.send_keys("acme")
+    assert _visible_projects(b) == ["acme-tools", "acme-core"]
+    assert b.find_element("id", "count").text == "2 of 3 projects match"
+    search.send_keys(" core")
+    assert _visible_projects(b) == ["acme-core"]
+    search.clear()
+    search.send_keys("automation")  # a keyword, from the search index (not on the page)
+    assert _visible_projects(b) == ["acme-tools"]
+    from selenium.webdriver.common.keys import Keys
+
+    search.send_keys(Keys.ENTER)  # Enter opens the first match
+    assert urlsplit(b.current_url).path == "/ui/acme-tools/"
+    b.back()
+    b.find_element("tag name", "body").send_keys("/")  # "/" focuses the search box
+    assert b.switch_to.active_element.get_attribute("id") == "q"
+    _no_trouble(b, index.root_url)
+
+
+def test_a_project_page(site_repo: Path, serve_repo, browser) -> None:
+    index = serve_repo(site_repo)
+    b = browser()
+    b.get(f"{index.root_url}/ui/acme-tools/")
+    assert b.find_element("tag name", "h1").text == "acme-tools 1.1"
+    headings = [h.text for h in b.find_elements("css selector", ".pp-readme h1, .pp-readme h2")]
+    assert headings == ["Acme tools", "Installation", "Usage"]
+    yanked = b.find_element("id", "v-1.2")
+    assert "yanked" in yanked.text and "Yanked: broke the --json output" in yanked.text
+    # The install snippet names the URL the page was reached at (the script fills it in).
+    assert f"--index-url {index.url} acme-tools" in b.find_element("css selector", ".pp-snippet code").text
+    _no_trouble(b, index.root_url)
+
+
+def test_every_link_resolves(site_repo: Path, serve_repo, browser) -> None:
+    index = serve_repo(site_repo)
+    b = browser()
+    seen: set[str] = set()
+    for page in ("/ui/", "/ui/acme-tools/", "/ui/acme-core/", "/ui/hostile/"):
+        b.get(index.root_url + page)
+        for a in b.find_elements("tag name", "a"):
+            href = a.get_attribute("href")  # resolved by the browser, as a click would
+            if href and href.startswith(index.root_url):  # (sanitized links have no href)
+                seen.add(href.split("#")[0])
+    assert f"{index.root_url}/ui/acme-core/" in seen  # dependency link
+    assert any(u.endswith(".whl") for u in seen) and any(u.endswith(".tar.gz") for u in seen)
+    for url in sorted(seen):
+        status = http_request(index.port, urlsplit(url).path).status
+        assert status == 200, url
+
+
+def test_a_hostile_readme_runs_nothing_and_asks_nobody(
+    site_repo: Path,
+    serve_repo,
+    browser,
+    canary: tuple[str, list[str]],
+) -> None:
+    index = serve_repo(site_repo)
+    mark = index.log_mark()
+    b = browser()
+    b.get(f"{index.root_url}/ui/hostile/")
+    assert b.find_element("css selector", ".pp-readme h1").text == "Totally normal"
+    for el in b.find_elements("css selector", ".pp-readme p, .pp-readme a, .pp-readme details"):
+        b.execute_script("arguments[0].scrollIntoView()", el)
+        if el.is_displayed():
+            el.click()  # a click on every link and summary: nothing may run or navigate away
+            if urlsplit(b.current_url).path != "/ui/hostile/":
+                b.back()
+    _no_trouble(b, index.root_url)
+    _outside, hits = canary
+    assert hits == []
+    paths = {path for _method, path, _status in index.requests(since=mark)}
+    assert paths <= {"/ui/hostile/", "/ui/site.css", "/ui/site.js", "/ui/favicon.svg"}, paths
+
+
+def _contrast(fg: str, bg: str) -> float:
+    def lum(css: str) -> float:
+        r, g, b = (int(x) / 255 for x in re.findall(r"[\d.]+", css)[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((lum(fg), lum(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_accessible_in_light_and_dark(site_repo: Path, serve_repo, browser, dark: bool) -> None:
+    index = serve_repo(site_repo)
+    b = browser()
+    b.set_dark(dark)
+    scheme = "dark" if dark else "light"
+    for page, shot in (("/ui/", "list"), ("/ui/acme-tools/", "project")):
+        b.get(index.root_url + page)
+        assert b.execute_script("return matchMedia('(prefers-color-scheme: dark)').matches") is dark
+        # Our own checks: one h1, no skipped heading level, every input labelled, text contrast >= 4.5.
+        levels = [int(h.tag_name[1]) for h in b.find_elements("css selector", "h1, h2, h3, h4, h5, h6")]
+        assert levels.count(1) >= 1 and levels[0] == 1
+        assert all(b2 - a2 <= 1 for a2, b2 in itertools.pairwise(levels)), levels
+        for field in b.find_elements("css selector", "input"):
+            fid = field.get_attribute("id")
+            assert b.find_elements("css selector", f"label[for='{fid}']") or field.get_attribute("aria-label")
+        bg = b.execute_script("return getComputedStyle(document.body).backgroundColor")
+        for selector in ("body", "a", ".pp-muted", ".pp-version", "time", ".pp-yanked"):
+            for el in b.find_elements("css selector", selector)[:3]:
+                fg = el.value_of_css_property("color")
+                own = el.value_of_css_property("background-color")
+                back = own if not own.endswith(", 0)") and own != "transparent" else bg
+                assert _contrast(fg, back) >= 4.5, (page, scheme, selector, fg, back)
+        if AXE.exists():
+            b.execute_script(AXE.read_text())
+            result = b.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations));"
+            )
+            assert [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in result] == []
+        b.screenshot(f"site-{shot}-{scheme}")
+    b.set_window_size(390, 844)
+    b.get(index.root_url + "/ui/acme-tools/")
+    assert b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    b.screenshot(f"site-project-phone-{scheme}", full_page=False)
+    if not AXE.exists():
+        pytest.skip(f"axe-core is not installed ({AXE}); `bash bootstrap` installs it from npm")
+
+
+def test_readable_without_javascript(site_repo: Path, serve_repo, browser) -> None:
+    index = serve_repo(site_repo)
+    b = browser()
+    b.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    b.get(f"{index.root_url}/ui/")
+    assert _visible_projects(b) == ["hostile", "acme-tools", "acme-core"]
+    assert not b.find_element("css selector", ".pp-search").is_displayed()  # no dead search box
+    b.get(f"{index.root_url}/ui/acme-tools/")
+    assert "Yanked: broke the --json output" in b.find_element("id", "v-1.2").text
