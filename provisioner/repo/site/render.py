@@ -296,7 +296,7 @@ def _dependency(req_text: str, held: set[str], base: str) -> str:
 
 # The command each snippet starts with; the configuration itself is `provision client-config`'s.
 _INSTALL = {
-    "pip": "# pip install --index-url {url} {project}   (or with this configuration: pip install {project})",
+    "pip": "# pip install --index-url {url} {project}\n# or, with this configuration: pip install {project}",
     "uv": "# uv add {project}   (with this configuration)",
     "poetry": "# poetry add {project}   (with this configuration)",
     "pdm": "# pdm add {project}   (with this configuration)",
