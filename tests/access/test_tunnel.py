@@ -1,5 +1,6 @@
 """`provision tunnel` with a stand-in for gcloud: a script named `gcloud` first on PATH that records its
-argv and, like gcloud's IAP tunnel, listens on the --local-host-port (here on 127.0.0.1)."""
+argv and pid and, like gcloud's IAP tunnel, listens on the --local-host-port, answering HTTP as the
+appliance behind the tunnel would. `provision tunnel` owns the user's port and relays to gcloud's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,29 +25,47 @@ from provisioner.cli import main
 PROVISION = Path(sys.executable).parent / "provision"
 
 STAND_IN = f"""#!{sys.executable}
-# Stand-in for `gcloud compute start-iap-tunnel`: records argv, listens where gcloud would.
-import json, os, signal, socket, sys
+# Stand-in for `gcloud compute start-iap-tunnel`: records argv and pid (one JSON line per run), listens
+# where gcloud would and answers HTTP as the appliance behind it would: /healthz "ok", 503 while the
+# file down-INSTANCE exists in the control directory; it exits when exit-INSTANCE exists.
+import http.server, json, os, signal, sys, threading, time
 record = os.environ["GCLOUD_STAND_IN_RECORD"]
-with open(record, "w") as f:
-    json.dump({{"argv": sys.argv[1:]}}, f)
+control = os.environ.get("GCLOUD_STAND_IN_CONTROL", "/nonexistent")
+instance = sys.argv[3]
+def log(**kw):
+    with open(record, "a") as f:
+        f.write(json.dumps({{"argv": sys.argv[1:], "pid": os.getpid(), **kw}}) + "\\n")
+log(event="start")
 if os.environ.get("GCLOUD_STAND_IN_FAIL"):
     print("ERROR: (gcloud.compute.start-iap-tunnel) Error while connecting [4033: 'not authorized'].",
           file=sys.stderr)
     sys.exit(1)
-def stop(signum, frame):
-    with open(record, "w") as f:
-        json.dump({{"argv": sys.argv[1:], "signal": signum}}, f)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-port = int([a for a in sys.argv if a.startswith("--local-host-port=")][0].rsplit(":", 1)[1])
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", port))
-server.listen()
+if os.environ.get("GCLOUD_STAND_IN_IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, lambda *a: log(event="signal", signal=signal.SIGTERM))
+else:
+    def stop(signum, frame):
+        log(event="signal", signal=signum)
+        os._exit(0)
+    signal.signal(signal.SIGTERM, stop)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        down = os.path.exists(os.path.join(control, "down-" + instance))
+        code = 503 if down and self.path == "/healthz" else 200
+        body = f"{{instance}} {{self.path}}".encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+host, port = [a for a in sys.argv if a.startswith("--local-host-port=")][0].split("=", 1)[1].rsplit(":", 1)
+server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
 print(f"Listening on port [{{port}}].", file=sys.stderr, flush=True)
-while True:
-    conn, _ = server.accept()
-    conn.close()
+while not os.path.exists(os.path.join(control, "exit-" + instance)):
+    time.sleep(0.05)
+log(event="exit")
+os._exit(0)
 """
 
 
@@ -69,25 +93,65 @@ def _env(bin_dir: Path, record: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_tunnel_runs_the_exact_gcloud_command_and_stops_on_ctrl_c(gcloud_dir: Path, tmp_path: Path) -> None:
-    record = tmp_path / "record.json"
-    local = free_port()
-    proc = subprocess.Popen(
+def _records(record: Path) -> list[dict]:
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose (its parent has not reaped it yet).
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+
+
+def _get(port: int, path: str = "/simple/") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://localhost:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _start_cli(gcloud_dir: Path, record: Path, local: int, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [str(PROVISION), "tunnel", "--project", "acme-prod", "--zone", "us-central1-a", "--port", str(local)],
-        env=_env(gcloud_dir, record),
+        env=_env(gcloud_dir, record, **extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _read_until_ready(proc: subprocess.Popen[str]) -> list[str]:
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("Ctrl-C"):
+            return lines
+    raise AssertionError(
+        f"the tunnel never said it was ready: {lines}\n{proc.stderr.read() if proc.stderr else ''}"
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
+    gcloud_dir: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    record = tmp_path / "record.jsonl"
+    local = free_port()
+    proc = _start_cli(gcloud_dir, record, local)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("Ctrl-C"):
-                break
+        lines = _read_until_ready(proc)
         assert f"index: http://localhost:{local}/simple/" in lines
         assert any(f"pip install --index-url http://localhost:{local}/simple/" in line for line in lines)
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        # The user's port answers with what the appliance behind gcloud serves.
+        assert _get(local) == (200, "pypapo /simple/")
+        gcloud_pid = _records(record)[0]["pid"]
+        assert _alive(gcloud_pid)
+        proc.send_signal(sig)  # Ctrl-C, or a script's `kill`, a CI step ending, systemctl stop
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
@@ -95,17 +159,125 @@ def test_tunnel_runs_the_exact_gcloud_command_and_stops_on_ctrl_c(gcloud_dir: Pa
             proc.wait()
     assert proc.returncode == 0, err
     assert "tunnel closed" in out
-    recorded = json.loads(record.read_text())
-    assert recorded["argv"] == [
+    start, *rest = _records(record)
+    argv = start["argv"]
+    private = argv[4].removeprefix("--local-host-port=127.0.0.1:")
+    assert argv == [
         "compute",
         "start-iap-tunnel",
         "pypapo",
         "3333",
-        f"--local-host-port=localhost:{local}",
+        f"--local-host-port=127.0.0.1:{private}",
         "--zone=us-central1-a",
         "--project=acme-prod",
     ]
-    assert recorded["signal"] == signal.SIGTERM  # the child was terminated, not left behind
+    assert int(private) != local  # gcloud listens privately; the user's port is the relay's
+    # gcloud was told to stop (SIGTERM), waited for, and is gone; nothing listens on either port.
+    assert [r.get("signal") for r in rest] == [signal.SIGTERM]
+    assert not _alive(gcloud_pid)
+    for port in (local, int(private)):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    # ... so the next tunnel can take the same local port at once.
+    again = _start_cli(gcloud_dir, record, local)
+    try:
+        _read_until_ready(again)
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=20)
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.wait()
+    assert again.returncode == 0
+
+
+def test_gcloud_ignoring_sigterm_is_killed_and_reaped(gcloud_dir: Path, tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    local = free_port()
+    proc = _start_cli(gcloud_dir, record, local, GCLOUD_STAND_IN_IGNORE_TERM="1")
+    try:
+        _read_until_ready(proc)
+        gcloud_pid = _records(record)[0]["pid"]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert [r.get("signal") for r in _records(record)[1:]] == [signal.SIGTERM]  # asked first
+    assert not _alive(gcloud_pid)  # then killed
+
+
+def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instance a stops answering /healthz, then b's gcloud exits: the user's port keeps serving."""
+    from provisioner.access import tunnel
+    from provisioner.cloud.settings import Settings
+
+    record, control = tmp_path / "record.jsonl", tmp_path / "control"
+    control.mkdir()
+    for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_CONTROL=str(control)).items():
+        monkeypatch.setenv(key, value)
+    targets = [
+        tunnel.Target("pypapo-a1b2", "us-central1-a"),
+        tunnel.Target("pypapo-c3d4", "us-central1-b"),
+    ]
+    local = free_port()
+    seen: list[tuple[int, str]] = []
+    said: list[str] = []
+    problems: list[BaseException] = []
+
+    def until(predicate: Callable[[], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out; said: {said}"
+            time.sleep(0.05)
+
+    def drive() -> None:
+        try:
+            until(lambda: any(line.startswith("Ctrl-C") for line in said))
+            seen.append(_get(local))
+            (control / "down-pypapo-a1b2").touch()  # a's mount is gone: 503 on /healthz
+            until(lambda: any("reconnected to pypapo-c3d4" in line for line in said))
+            seen.append(_get(local))
+            (control / "down-pypapo-a1b2").unlink()  # a is back, then b's tunnel drops
+            (control / "exit-pypapo-c3d4").touch()
+            until(lambda: any("reconnected to pypapo-a1b2" in line for line in said))
+            seen.append(_get(local))
+        except BaseException as exc:  # reported by the assertions below
+            problems.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # what ends the tunnel in every case
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=20)
+    code = tunnel.run(
+        Settings(project="acme-prod", zone="us-central1-a"),
+        local,
+        say=said.append,
+        targets=lambda: targets,
+        timing=fast,
+    )
+    driver.join()
+    assert not problems, problems
+    assert code == 0
+    assert seen == [
+        (200, "pypapo-a1b2 /simple/"),
+        (200, "pypapo-c3d4 /simple/"),
+        (200, "pypapo-a1b2 /simple/"),
+    ]
+    assert "pypapo-a1b2 stopped answering /healthz through the tunnel" in said
+    assert any("tunnel to pypapo-c3d4 exited with code 0" in line for line in said)
+    started = [r for r in _records(record) if r["event"] == "start"]
+    assert [(r["argv"][2], r["argv"][5]) for r in started] == [
+        ("pypapo-a1b2", "--zone=us-central1-a"),
+        ("pypapo-c3d4", "--zone=us-central1-b"),
+        ("pypapo-a1b2", "--zone=us-central1-a"),
+    ]
+    assert not any(_alive(r["pid"]) for r in started)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", local), timeout=1).close()
 
@@ -113,7 +285,7 @@ def test_tunnel_runs_the_exact_gcloud_command_and_stops_on_ctrl_c(gcloud_dir: Pa
 def test_gcloud_failing_to_connect_is_a_clear_error(
     gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = tmp_path / "record.json"
+    record = tmp_path / "record.jsonl"
     for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_FAIL="1", PYPAPO_PORT="4040").items():
         monkeypatch.setenv(key, value)
     local = free_port()
@@ -134,16 +306,12 @@ def test_gcloud_failing_to_connect_is_a_clear_error(
     assert result.exit_code == 1
     assert "error: gcloud exited with code 1 before the tunnel opened" in result.output
     assert "roles/iap.tunnelResourceAccessor" in result.output
-    # the serving port comes from the settings (PYPAPO_PORT), the local one from --port
-    assert json.loads(record.read_text())["argv"] == [
-        "compute",
-        "start-iap-tunnel",
-        "wheels",
-        "4040",
-        f"--local-host-port=localhost:{local}",
-        "--zone=europe-west1-b",
-        "--project=acme-prod",
-    ]
+    # the serving port comes from the settings (PYPAPO_PORT); gcloud's local one is private
+    argv = _records(record)[0]["argv"]
+    assert argv[:4] == ["compute", "start-iap-tunnel", "wheels", "4040"]
+    assert argv[5:] == ["--zone=europe-west1-b", "--project=acme-prod"]
+    with pytest.raises(OSError):  # the relay's port did not stay open after the failure
+        socket.create_connection(("127.0.0.1", local), timeout=1).close()
 
 
 def test_missing_gcloud_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,7 +324,7 @@ def test_missing_gcloud_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
 def test_busy_local_port_is_refused_before_starting_gcloud(
     gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = tmp_path / "record.json"
+    record = tmp_path / "record.jsonl"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
