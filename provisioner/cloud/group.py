@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from google.cloud import compute_v1
 
-from provisioner.cloud import plan
+from provisioner.cloud import names, plan
 from provisioner.cloud.settings import Settings
 
 # Where Google's health checkers connect from (https://cloud.google.com/load-balancing/docs/health-checks
@@ -122,7 +122,7 @@ class GroupNames:
 LONGEST_SUFFIX = max(len("-allow-ilb"), len("-deny-port"), len("-allow-iap"), 1 + TEMPLATE_DIGEST_CHARS)
 
 
-def names(s: Settings) -> GroupNames:
+def group_names(s: Settings) -> GroupNames:
     return GroupNames(s.instance)
 
 
@@ -136,7 +136,7 @@ def _regional(s: Settings, kind: str, name: str) -> str:
 
 def instance_group_url(s: Settings) -> str:
     """The regional group's instance group (what the backend service balances over)."""
-    return _regional(s, "instanceGroups", names(s).group)
+    return _regional(s, "instanceGroups", group_names(s).group)
 
 
 # --- instance template ---------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def template_digest(properties: compute_v1.InstanceProperties) -> str:
 def instance_template(s: Settings, *, image: str, startup_script: str) -> compute_v1.InstanceTemplate:
     properties = template_properties(s, image=image, startup_script=startup_script)
     return compute_v1.InstanceTemplate(
-        name=names(s).template(template_digest(properties)),
+        name=group_names(s).template(template_digest(properties)),
         description=f"pypapo appliance from {image} (managed by provision; templates are immutable)",
         properties=properties,
     )
@@ -210,7 +210,7 @@ def _http_check(
 def lb_health_check(s: Settings) -> compute_v1.HealthCheck:
     return _http_check(
         s,
-        names(s).lb_health_check,
+        group_names(s).lb_health_check,
         "pypapo: the load balancer sends connections only to instances whose /healthz answers 200",
         LB_CHECK_INTERVAL,
         LB_CHECK_THRESHOLD,
@@ -220,7 +220,7 @@ def lb_health_check(s: Settings) -> compute_v1.HealthCheck:
 def autoheal_health_check(s: Settings) -> compute_v1.HealthCheck:
     return _http_check(
         s,
-        names(s).autoheal_health_check,
+        group_names(s).autoheal_health_check,
         "pypapo: the group recreates an instance whose /healthz has failed for a minute",
         AUTOHEAL_CHECK_INTERVAL,
         AUTOHEAL_UNHEALTHY,
@@ -254,9 +254,9 @@ def instance_group_manager(
     s: Settings, *, template_name: str, replicas: int, zones: Sequence[str]
 ) -> compute_v1.InstanceGroupManager:
     return compute_v1.InstanceGroupManager(
-        name=names(s).group,
+        name=group_names(s).group,
         description=f"pypapo: {replicas} appliance replica(s) over {', '.join(zones)}",
-        base_instance_name=names(s).base_instance_name,
+        base_instance_name=group_names(s).base_instance_name,
         instance_template=template_url(s, template_name),
         versions=[
             compute_v1.InstanceGroupManagerVersion(
@@ -270,7 +270,7 @@ def instance_group_manager(
         ),
         auto_healing_policies=[
             compute_v1.InstanceGroupManagerAutoHealingPolicy(
-                health_check=_global(s, "healthChecks", names(s).autoheal_health_check),
+                health_check=_global(s, "healthChecks", group_names(s).autoheal_health_check),
                 initial_delay_sec=AUTOHEAL_INITIAL_DELAY,
             )
         ],
@@ -297,7 +297,7 @@ def rolling_update_request(
     return compute_v1.PatchRegionInstanceGroupManagerRequest(
         project=s.project,
         region=s.region,
-        instance_group_manager=names(s).group,
+        instance_group_manager=group_names(s).group,
         instance_group_manager_resource=compute_v1.InstanceGroupManager(
             instance_template=template_url(s, template_name),
             versions=[
@@ -312,7 +312,7 @@ def rolling_update_request(
 
 def resize_request(s: Settings, replicas: int) -> compute_v1.ResizeRegionInstanceGroupManagerRequest:
     return compute_v1.ResizeRegionInstanceGroupManagerRequest(
-        project=s.project, region=s.region, instance_group_manager=names(s).group, size=replicas
+        project=s.project, region=s.region, instance_group_manager=group_names(s).group, size=replicas
     )
 
 
@@ -321,12 +321,12 @@ def resize_request(s: Settings, replicas: int) -> compute_v1.ResizeRegionInstanc
 
 def backend_service(s: Settings) -> compute_v1.BackendService:
     return compute_v1.BackendService(
-        name=names(s).backend_service,
+        name=group_names(s).backend_service,
         description="pypapo: internal passthrough load balancing over the appliance group",
         load_balancing_scheme="INTERNAL",
         protocol="TCP",
-        network=plan.network_url(s),
-        health_checks=[_global(s, "healthChecks", names(s).lb_health_check)],
+        network=names.network_url(s.project, s.network),
+        health_checks=[_global(s, "healthChecks", group_names(s).lb_health_check)],
         backends=[compute_v1.Backend(group=instance_group_url(s), balancing_mode="CONNECTION")],
         session_affinity="NONE",
         connection_draining=compute_v1.ConnectionDraining(draining_timeout_sec=DRAINING_SECONDS),
@@ -349,11 +349,11 @@ def insert_backend_service_request(
 def internal_address(s: Settings, ip: str = "") -> compute_v1.Address:
     """A reserved internal address in the subnet: the LB keeps its IP across re-creation of the rule."""
     address = compute_v1.Address(
-        name=names(s).address,
+        name=group_names(s).address,
         description="pypapo: the internal load balancer's address",
         address_type="INTERNAL",
         purpose="GCE_ENDPOINT",
-        subnetwork=plan.subnet_url(s),
+        subnetwork=names.subnet_url(s.project, s.region, s.subnet),
     )
     if ip:
         address.address = ip
@@ -366,15 +366,15 @@ def insert_address_request(s: Settings, address: compute_v1.Address) -> compute_
 
 def forwarding_rule(s: Settings) -> compute_v1.ForwardingRule:
     return compute_v1.ForwardingRule(
-        name=names(s).forwarding_rule,
+        name=group_names(s).forwarding_rule,
         description="pypapo: the index for clients inside the VPC (no IAP on this path)",
         load_balancing_scheme="INTERNAL",
         I_p_protocol="TCP",
         ports=[str(s.port)],
-        I_p_address=_regional(s, "addresses", names(s).address),
-        backend_service=_regional(s, "backendServices", names(s).backend_service),
-        network=plan.network_url(s),
-        subnetwork=plan.subnet_url(s),
+        I_p_address=_regional(s, "addresses", group_names(s).address),
+        backend_service=_regional(s, "backendServices", group_names(s).backend_service),
+        network=names.network_url(s.project, s.network),
+        subnetwork=names.subnet_url(s.project, s.region, s.subnet),
         allow_global_access=False,  # clients in this region only, like the group
         labels=dict(s.labels),
     )
@@ -399,7 +399,7 @@ def _rule(s: Settings, name: str, description: str, **fields: object) -> compute
     return compute_v1.Firewall(
         name=name,
         description=description,
-        network=plan.network_url(s),
+        network=names.network_url(s.project, s.network),
         direction="INGRESS",
         disabled=False,
         target_service_accounts=[s.service_account_email],
@@ -411,10 +411,10 @@ def allow_iap(s: Settings) -> compute_v1.Firewall:
     """IAP's TCP forwarding range to SSH and the serving port, as for the single VM."""
     return _rule(
         s,
-        names(s).allow_iap,
+        group_names(s).allow_iap,
         f"pypapo: IAP TCP forwarding to {s.instance} (SSH and the index port) only",
         priority=ALLOW_PRIORITY,
-        source_ranges=[plan.IAP_TCP_RANGE],
+        source_ranges=[names.IAP_TCP_RANGE],
         allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22", str(s.port)])],
     )
 
@@ -422,7 +422,7 @@ def allow_iap(s: Settings) -> compute_v1.Firewall:
 def allow_health_checks(s: Settings) -> compute_v1.Firewall:
     return _rule(
         s,
-        names(s).allow_health_checks,
+        group_names(s).allow_health_checks,
         "pypapo: Google's health checkers to the index port only (autohealing and the load balancer)",
         priority=ALLOW_PRIORITY,
         source_ranges=list(HEALTH_CHECK_RANGES),
@@ -435,7 +435,7 @@ def allow_lb_clients(s: Settings, *, clients: Sequence[str], lb_ip: str) -> comp
     forwarding rule's address (a passthrough LB keeps the destination IP, so the rule can tell)."""
     return _rule(
         s,
-        names(s).allow_lb_clients,
+        group_names(s).allow_lb_clients,
         "pypapo: VPC clients of the internal load balancer, to its address and the index port only",
         priority=ALLOW_PRIORITY,
         source_ranges=list(clients),
@@ -448,7 +448,7 @@ def deny_others(s: Settings) -> compute_v1.Firewall:
     """Everyone else: the serving port is closed to the VPC, `default-allow-internal` included."""
     return _rule(
         s,
-        names(s).deny_others,
+        group_names(s).deny_others,
         "pypapo: the index port from anywhere else is denied (IAM, through IAP, is the only gate)",
         priority=DENY_PRIORITY,
         source_ranges=[ANYWHERE],
@@ -502,7 +502,7 @@ def _quoted(value: str) -> str:
 
 def group_instance_condition(s: Settings, zones: Sequence[str]) -> str:
     """True exactly for tunnels to the group's instances (BASE-r-xxxx in the group's zones)."""
-    prefix = names(s).instance_prefix
+    prefix = group_names(s).instance_prefix
     zone_list = ", ".join(_quoted(z) for z in zones)
     return (
         f'resource.name.extract("/zones/{{zone}}/instances/") in [{zone_list}]'
@@ -523,8 +523,8 @@ def reader_tunnel_binding(s: Settings, member: str, zones: Sequence[str]) -> Con
 
 def reader_viewer_binding(s: Settings, member: str) -> ConditionalBinding:
     """gcloud reads the instance before it tunnels; `provision tunnel` lists the group's instances."""
-    prefix = names(s).instance_prefix
-    group = _regional(s, "instanceGroupManagers", names(s).group)
+    prefix = group_names(s).instance_prefix
+    group = _regional(s, "instanceGroupManagers", group_names(s).group)
     expression = (
         f"resource.name == {_quoted(group)}"
         ' || (resource.type == "compute.googleapis.com/Instance"'
