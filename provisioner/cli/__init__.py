@@ -30,6 +30,7 @@ _COMMANDS: dict[str, str] = {
     "remove": "repo",
     "list": "repo",
     "reindex": "repo",
+    "mirror": "mirror",
     "render": "appliance",
     "serve": "appliance",
     "demo": "appliance",

@@ -54,14 +54,18 @@ class _MirrorCommand(click.Command):
     metavar="URL",
     help="the PEP 503/691 index to mirror from (a company proxy works too)",
 )
-@click.option("-r", "--requirement", "requirement_files", multiple=True, metavar="FILE", help="requirements file")
+@click.option(
+    "-r", "--requirement", "requirement_files", multiple=True, metavar="FILE", help="requirements file"
+)
 @click.option(
     "--lock",
     "lock",
     metavar="FILE|gs://BUCKET/OBJECT",
     help="a lock file taken as it is: uv.lock, pylock.toml, poetry.lock, requirements.txt with --hash",
 )
-@click.option("--python-version", "pythons", multiple=True, metavar="3.X", help="keep files for these (repeat)")
+@click.option(
+    "--python-version", "pythons", multiple=True, metavar="3.X", help="keep files for these (repeat)"
+)
 @click.option(
     "--platform",
     "platforms",
@@ -90,10 +94,13 @@ def mirror_command(
     closure, every platform and marker) or --lock FILE (taken as it is). Every byte is checked
     against the upstream's sha256 (and the lock's); a mismatch writes nothing. A re-run downloads only
     what is new. `provision mirror schedule --help`: run it on a schedule in Cloud Build."""
+    import time
+
     from provisioner.repo import mirror, narrow
     from provisioner.repo.engine import Repository
     from provisioner.repo.upstream import Upstream
 
+    started = time.monotonic()
     if lock and (requirements or requirement_files):
         raise PypapoError("give requirements or --lock, not both")
     upstream = Upstream(source)
@@ -113,7 +120,16 @@ def mirror_command(
         pins = mirror.resolve(reqs, upstream, n)
         where = upstream.shown
     result = mirror.mirror(
-        repo, upstream, pins, n, where=where, dry_run=dry_run, echo=click.echo, progress=_progress, workers=jobs
+        repo,
+        upstream,
+        pins,
+        n,
+        where=where,
+        dry_run=dry_run,
+        echo=click.echo,
+        progress=_progress,
+        workers=jobs,
+        started=started,
     )
     click.echo(result.summary())
 

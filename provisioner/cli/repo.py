@@ -49,11 +49,17 @@ def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
     help="Skip files whose name already exists with other bytes (re-run CI jobs) instead of failing. "
     "The same bytes again are always a no-op.",
 )
+@click.option(
+    "--into-mirrored",
+    is_flag=True,
+    help="Publish into a project mirrored from a public index (`provision mirror`), mixing your files "
+    "with the upstream's. Refused without this flag.",
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_friendly
-def publish(location: str, skip_existing: bool, files: tuple[str, ...]) -> None:
+def publish(location: str, skip_existing: bool, into_mirrored: bool, files: tuple[str, ...]) -> None:
     """Publish wheels and sdists. Every file is validated first; a batch is all or nothing."""
-    result = _open(location).publish(files, skip_existing=skip_existing)
+    result = _open(location).publish(files, skip_existing=skip_existing, into_mirrored=into_mirrored)
     click.echo(result.summary())
 
 
@@ -104,12 +110,15 @@ def remove(location: str, yes: bool, name: str, version: str | None) -> None:
 @click.argument("name", required=False)
 @_friendly
 def list_(location: str, name: str | None) -> None:
-    """List projects, or the files of project NAME with version, size and yanked state."""
+    """List projects (mirrored ones say from where), or the files of project NAME with version, size
+    and yanked state."""
     repo = _open(location)
     if name is None:
         projects = repo.projects()
+        origins = repo.mirror_origins(projects)
         for project in projects:
-            click.echo(one_line(project))
+            mark = f"  (mirrored from {one_line(origins[project])})" if project in origins else ""
+            click.echo(one_line(project) + mark)
         if not projects:
             # Say so on stderr: stdout stays a clean list for scripts, and a typo in --repo is visible.
             click.echo(
@@ -118,6 +127,8 @@ def list_(location: str, name: str | None) -> None:
             )
         return
     state = repo.project(name)
+    if state.mirrored_from:
+        click.echo(f"# {state.name} is mirrored from {one_line(state.mirrored_from)}", err=True)
     for f in state.files:
         yanked = f.yanked
         mark = "" if yanked is False else (f"  yanked: {yanked}" if isinstance(yanked, str) else "  yanked")

@@ -19,13 +19,14 @@ Concurrency model (the same on both backends, see store/):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
 from provisioner.errors import PypapoError
-from provisioner.repo import layout
+from provisioner.repo import importing, layout
 from provisioner.repo import reindex as reindexing
 from provisioner.repo.dist import DistFile
 from provisioner.repo.model import FileEntry, ProjectState, RootState, Yanked
@@ -84,13 +85,42 @@ class Repository:
         return written
 
     # -- publish ----------------------------------------------------------------------------------
-    def publish(self, paths: Sequence[str | Path], *, skip_existing: bool = False) -> PublishResult:
+    def publish(
+        self, paths: Sequence[str | Path], *, skip_existing: bool = False, into_mirrored: bool = False
+    ) -> PublishResult:
         """Validate every file, then upload and index them. Same bytes again is a no-op; other bytes
-        under an existing filename are refused (or skipped with skip_existing)."""
-        return self.publish_dists(load_files(paths), skip_existing=skip_existing)
+        under an existing filename are refused (or skipped with skip_existing). A mirrored project
+        takes files only with into_mirrored."""
+        return self.publish_dists(load_files(paths), skip_existing=skip_existing, into_mirrored=into_mirrored)
 
-    def publish_dists(self, dists: Sequence[DistFile], *, skip_existing: bool = False) -> PublishResult:
-        return publish_dists(self.writer, dists, skip_existing=skip_existing, echo=self.echo)
+    def publish_dists(
+        self, dists: Sequence[DistFile], *, skip_existing: bool = False, into_mirrored: bool = False
+    ) -> PublishResult:
+        return publish_dists(
+            self.writer, dists, skip_existing=skip_existing, into_mirrored=into_mirrored, echo=self.echo
+        )
+
+    # -- mirror -----------------------------------------------------------------------------------
+    def mirror_status(self, name: str) -> importing.MirrorStatus:
+        """Where a project came from (None: published here, or not there) and its files' hashes."""
+        return importing.status(self.writer, layout.normalize(name))
+
+    def mirror_origins(self, projects: Sequence[str], workers: int = 16) -> dict[str, str]:
+        """project -> the index it was mirrored from, for the mirrored ones among `projects`."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            states = pool.map(lambda p: self.writer.read_project(p, repair=True)[0], projects)
+            return {s.name: o for s in states if (o := s.mirrored_from) is not None}
+
+    def import_mirrored(
+        self,
+        project: str,
+        files: Sequence[importing.MirroredFile],
+        *,
+        origin: str,
+        yanks: Mapping[str, Yanked],
+    ) -> importing.ImportOutcome:
+        """Index verified upstream files with their upstream state (what `provision mirror` writes)."""
+        return importing.import_files(self.writer, project, files, origin=origin, yanks=yanks)
 
     # -- yank / remove ----------------------------------------------------------------------------
     @staticmethod

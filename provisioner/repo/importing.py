@@ -1,7 +1,7 @@
 """Import verified upstream files into a project (what `provision mirror` writes), under the engine's CAS.
 
 A mirrored project records where it came from in its project JSON (`_mirror`: {"from": INDEX URL},
-a private key, PEP 691 allows them), and its file entries keep the upstream's upload time,
+model.MIRROR_KEY: a private key, PEP 691 allows them), and its file entries keep the upstream's upload time,
 requires-python and yank state. The private-name rule is checked again inside the compare-and-swap:
 a project that somebody published into privately meanwhile is never merged with upstream files.
 """
@@ -18,8 +18,6 @@ from provisioner.repo import layout
 from provisioner.repo.model import FileEntry, ProjectState, Yanked, upload_time
 from provisioner.repo.publish import ensure_listed
 from provisioner.repo.writer import IndexWriter
-
-MIRROR_KEY = "_mirror"
 
 
 @dataclass(frozen=True)
@@ -63,20 +61,13 @@ class ImportOutcome:
     yanks_updated: int = 0
 
 
-def origin_of(state: ProjectState) -> str | None:
-    record = state.extra.get(MIRROR_KEY)
-    if isinstance(record, Mapping) and isinstance(record.get("from"), str):
-        return record["from"]
-    return None
-
-
 def status(writer: IndexWriter, project: str) -> MirrorStatus:
     state, _gen = writer.read_project(project)
-    return MirrorStatus(origin_of(state), {f.filename: f.sha256 for f in state.files})
+    return MirrorStatus(state.mirrored_from, {f.filename: f.sha256 for f in state.files})
 
 
 def _refuse_private(state: ProjectState, location: str) -> None:
-    if state.files and origin_of(state) is None:
+    if state.files and state.mirrored_from is None:
         raise ConflictError(
             f"{state.name} was published privately in {location} meanwhile: refusing to mirror it"
             " (a public package must never shadow a private one); nothing of it was indexed"
@@ -144,10 +135,8 @@ def import_files(
                 )
             )
             outcome.added.append(f.filename)
-        extra = {**state.extra, MIRROR_KEY: {"from": origin}}
-        if not outcome.added and not outcome.yanks_updated and state.extra == extra:
-            return None
-        return ProjectState.of(project, entries, extra)
+        new = state.with_files(entries).mirrored(origin)
+        return None if new == state else new
 
     try:
         update = writer.update_project(project, change)

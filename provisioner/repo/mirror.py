@@ -41,6 +41,7 @@ from provisioner.repo import locks, narrow
 from provisioner.repo.dist import DistError, parse_dist
 from provisioner.repo.engine import Repository, human_size
 from provisioner.repo.importing import MirroredFile
+from provisioner.repo.store import open_store
 from provisioner.repo.upstream import Upstream, UpstreamFile, UpstreamProject
 
 WORKERS = 8
@@ -86,14 +87,17 @@ class MirrorResult:
 
     def summary(self) -> str:
         projects = len({p.project for p in self.plan.new})
-        verb = "would add" if self.dry_run else "added"
-        size = human_size(self.plan.new_bytes if self.dry_run else self.downloaded_bytes)
-        text = (
-            f"{verb} {len(self.plan.new)} files ({size}) of {projects} projects from {self.plan.source};"
-            f" {len(self.plan.present)} already present"
-        )
+        if not self.plan.new:
+            text = f"nothing new from {self.plan.source}: {len(self.plan.present)} files already present"
+        else:
+            verb = "would add" if self.dry_run else "added"
+            size = human_size(self.plan.new_bytes if self.dry_run else self.downloaded_bytes)
+            text = (
+                f"{verb} {len(self.plan.new)} files ({size}) of {projects} projects from"
+                f" {self.plan.source}; {len(self.plan.present)} already present"
+            )
         if self.plan.narrowed_out:
-            text += f", {self.plan.narrowed_out} left out by --python-version/--platform/--no-sdist"
+            text += f"; {self.plan.narrowed_out} left out by --python-version/--platform/--no-sdist"
         if self.yanks_updated:
             text += f"; yank state of {self.yanks_updated} files updated from upstream"
         return text + f" ({len(self.plan.pins)} versions, {self.seconds:.1f} s)"
@@ -189,9 +193,10 @@ def _uv_reason(stderr: str) -> str:
 def read_lock(path: str, source: str) -> list[locks.Pin]:
     """The pins of a lock file (a path, or gs://BUCKET/OBJECT as the scheduled mirror reads it)."""
     if path.startswith("gs://"):
-        from provisioner.repo.store import read_gs_object
-
-        data = read_gs_object(path)
+        bucket, _, name = path[len("gs://") :].partition("/")
+        data, gen = open_store(f"gs://{bucket}").read(name) if name else (b"", 0)
+        if not gen:
+            raise PypapoError(f"{path}: no such object (give --lock gs://BUCKET/PATH/TO/uv.lock)")
     else:
         try:
             data = Path(path).read_bytes()
@@ -358,10 +363,12 @@ def mirror(
     echo: Echo = _quiet,
     progress: Callable[[int], Progress] | None = None,
     workers: int = WORKERS,
+    started: float | None = None,
 ) -> MirrorResult:
     """Mirror `pins` from `upstream` into `repo`. `progress(total_bytes)` returns the per-chunk callback
-    (a progress bar); nothing is written unless every file downloaded and verified."""
-    started = time.monotonic()
+    (a progress bar); nothing is written unless every file downloaded and verified. `started` (a
+    time.monotonic() value) is when the run began, resolution included."""
+    started = time.monotonic() if started is None else started
     repo.store.check()
     the_plan = plan(repo, upstream, pins, n, where or upstream.shown)
     result = MirrorResult(the_plan, dry_run=dry_run)

@@ -23,6 +23,9 @@ from packaging.version import InvalidVersion, Version
 
 API_VERSION = "1.1"
 
+# The private project key that records a mirrored project's upstream: {"from": INDEX URL}.
+MIRROR_KEY = "_mirror"
+
 # PEP 592: False (not yanked), True (yanked without a reason) or the reason.
 Yanked = bool | str
 
@@ -154,6 +157,18 @@ class ProjectState:
     def versions(self) -> list[str]:
         """PEP 700 `versions`: every version with a file, in file order."""
         return list(dict.fromkeys(f.version for f in self.files))
+
+    @property
+    def mirrored_from(self) -> str | None:
+        """The index this project is mirrored from (`provision mirror`); None: published here."""
+        record = self.extra.get(MIRROR_KEY)
+        if isinstance(record, Mapping) and isinstance(record.get("from"), str):
+            return record["from"]
+        return None
+
+    def mirrored(self, origin: str) -> ProjectState:
+        """This state, recorded as mirrored from `origin`."""
+        return replace(self, extra={**self.extra, MIRROR_KEY: {"from": origin}})
 
     def by_filename(self) -> dict[str, FileEntry]:
         return {f.filename: f for f in self.files}

@@ -67,11 +67,17 @@ def load_files(paths: Iterable[str | Path]) -> list[DistFile]:
 
 
 def publish_dists(
-    writer: IndexWriter, dists: Sequence[DistFile], *, skip_existing: bool, echo: Echo
+    writer: IndexWriter,
+    dists: Sequence[DistFile],
+    *,
+    skip_existing: bool,
+    echo: Echo,
+    into_mirrored: bool = False,
 ) -> PublishResult:
     """Same bytes again is a no-op; other bytes under an existing filename are refused (or skipped
-    with skip_existing). Every decision is taken before anything is written: a refusal leaves the
-    repository as it was."""
+    with skip_existing). A project mirrored from a public index takes no files of ours unless
+    into_mirrored (they would mix with the upstream's). Every decision is taken before anything is
+    written: a refusal leaves the repository as it was."""
     store = writer.store
     store.check()
     result = PublishResult()
@@ -82,6 +88,12 @@ def publish_dists(
         if dist.project not in states:
             states[dist.project], gen = writer.read_project(dist.project)
             new_projects = new_projects or gen == 0
+            origin = states[dist.project].mirrored_from
+            if origin and not into_mirrored:
+                raise ConflictError(
+                    f"{dist.project} is mirrored from {origin}: publishing your own {dist.filename} would"
+                    " mix it with the upstream's files; pass --into-mirrored if you mean it"
+                )
         entry = states[dist.project].by_filename().get(dist.filename)
         if entry is not None:
             recorded = entry.sha256
