@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from provisioner.errors import PypapoError
 
 def _progress(total: int) -> Callable[[int], None]:
     """A byte progress bar on stderr (click draws it only on a terminal)."""
-    bar = click.progressbar(length=total, label="downloading", file=click.get_text_stream("stderr"))
+    bar = click.progressbar(length=total, label="downloading", file=sys.stderr)
     bar.__enter__()
     import threading
 

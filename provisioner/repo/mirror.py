@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from provisioner.repo import locks, narrow
 from provisioner.repo.dist import DistError, parse_dist
 from provisioner.repo.engine import Repository, human_size
 from provisioner.repo.importing import MirroredFile
+from provisioner.repo.model import Yanked
 from provisioner.repo.store import open_store
 from provisioner.repo.upstream import Upstream, UpstreamFile, UpstreamProject
 
@@ -70,6 +71,8 @@ class MirrorPlan:
     new: list[Planned] = field(default_factory=list)
     present: list[Planned] = field(default_factory=list)
     narrowed_out: int = 0
+    # The upstream's yank state of every stored file of the projects in this run (filename -> state).
+    upstream_yanks: dict[str, dict[str, Yanked]] = field(default_factory=dict)
 
     @property
     def new_bytes(self) -> int:
@@ -268,6 +271,9 @@ def plan(
                 " (remove it first to change its upstream)"
             )
     result = MirrorPlan(upstream.shown, pins)
+    for project, page in pages.items():
+        stored = states[project].files
+        result.upstream_yanks[project] = {f.filename: f.yanked for f in page.files if f.filename in stored}
     seen: set[str] = set()
     for pin in pins:
         stored = states[pin.project].files
@@ -388,7 +394,7 @@ def mirror(
         groups: dict[str, list[MirroredFile]] = {}
         for f in files:
             groups.setdefault(f.project, []).append(f)
-        upstream_yanks = _yanks(the_plan.present)
+        upstream_yanks = the_plan.upstream_yanks
         for project in sorted(set(groups) | set(upstream_yanks)):
             outcome = repo.import_mirrored(
                 project, groups.get(project, []), origin=upstream.shown, yanks=upstream_yanks.get(project, {})
@@ -399,10 +405,3 @@ def mirror(
                 echo(f"added {name}")
     result.seconds = time.monotonic() - started
     return result
-
-
-def _yanks(present: Iterable[Planned]) -> dict[str, dict[str, bool | str]]:
-    out: dict[str, dict[str, bool | str]] = {}
-    for p in present:
-        out.setdefault(p.project, {})[p.file.filename] = p.file.yanked
-    return out
