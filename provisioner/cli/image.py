@@ -14,7 +14,7 @@ from provisioner import __version__
 from provisioner.appliance import guest
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cloud import image as img
-from provisioner.cloud import names
+from provisioner.cloud import names, plan
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 from provisioner.repo.location import gs_url
@@ -48,7 +48,6 @@ def startup_script(settings: Settings) -> str:
 def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
     """The serving instance exactly as `provision create` builds it (hardening lives in plan.py only);
     rollout replaces only its boot image."""
-    from provisioner.cloud import names, plan
 
     return plan.desired_instance(
         settings,
@@ -224,7 +223,8 @@ def schedule_cmd(
             call = "cloudscheduler.jobs.delete" if delete else "cloudscheduler.jobs.pause"
             _echo_doc(
                 img.steps_document(
-                    "image schedule", [img.Step(call.rsplit(".", 1)[1] + " the job", call, {"name": name})]
+                    "image schedule",
+                    [img.Step(method=call, request={"name": name}, why=call.rsplit(".", 1)[1] + " the job")],
                 )
             )
             return
@@ -240,7 +240,7 @@ def schedule_cmd(
     roles = img.schedule_roles(target.project, settings.bucket, settings.service_account_email)
     steps = img.schedule_steps(target, job, roles, settings.bucket, settings.prefix, pypapo_version)
     if dry_run:
-        _echo_doc(img.steps_document("image schedule", steps, build=img.request_dict(build)))
+        _echo_doc(img.steps_document("image schedule", steps, build=plan.request_dict(build)))
         return
     from provisioner.cloud.gcp.scheduler import ScheduleApi
 
@@ -385,7 +385,11 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     link = names.image_link(target.image_project, previous.name)
     if dry_run:
         steps = [
-            img.Step(f"mark {c.image} {c.deprecation_status_resource.state}", "compute.images.deprecate", c)
+            img.Step(
+                method="compute.images.deprecate",
+                request=c,
+                why=f"mark {c.image} {c.deprecation_status_resource.state}",
+            )
             for c in changes
         ]
         steps += img.rollout_steps(target, spec, link)

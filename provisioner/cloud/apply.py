@@ -42,23 +42,45 @@ class Cloud:
         )
 
     def set_member(self, change: planlib.IamChange, *, present: bool) -> bool:
-        if change.resource_type == "bucket":
-            return self.storage.set_member(change.resource, change.role, change.member, present=present)
-        if change.resource_type == "iap_tunnel_instance":
-            return self.iam.set_tunnel_member(change.resource, change.role, change.member, present=present)
-        if change.resource_type == "instance":
-            zone, name = change.resource.split("/", 1)  # ZONE/NAME
-            return self.compute.set_instance_member(zone, name, change.role, change.member, present=present)
-        raise ValueError(f"unknown IAM resource type {change.resource_type}")
+        kind, res, role, member = change.resource_type, change.resource, change.role, change.member
+        if kind is planlib.IamResource.BUCKET:
+            return self.storage.set_member(res, role, member, present=present)
+        if kind is planlib.IamResource.IAP_TUNNEL_INSTANCE:
+            return self.iam.set_tunnel_member(res, role, member, present=present)
+        zone, name = res.split("/", 1)  # IamResource.INSTANCE: ZONE/NAME
+        return self.compute.set_instance_member(zone, name, role, member, present=present)
+
+    def senders(self) -> dict[planlib.Method, Callable[[Any], object]]:
+        """Each plan method and the bound thin-layer method that sends its request."""
+        M, c, st, iam = planlib.Method, self.compute, self.storage, self.iam
+        return {
+            M.CREATE_BUCKET: st.create_bucket,
+            M.PATCH_BUCKET: st.patch_bucket,
+            M.DELETE_BUCKET: st.delete_bucket,
+            M.ADD_MEMBER: lambda change: self.set_member(change, present=True),
+            M.REMOVE_MEMBER: lambda change: self.set_member(change, present=False),
+            M.CREATE_SERVICE_ACCOUNT: iam.create_service_account,
+            M.DELETE_SERVICE_ACCOUNT: iam.delete_service_account,
+            M.DELETE_SERVICE_ACCOUNT_KEY: iam.delete_service_account_key,
+            M.SET_PRIVATE_GOOGLE_ACCESS: c.set_private_google_access,
+            M.INSERT_FIREWALL: c.insert_firewall,
+            M.UPDATE_FIREWALL: c.update_firewall,
+            M.DELETE_FIREWALL: c.delete_firewall,
+            M.INSERT_INSTANCE: c.insert_instance,
+            M.DELETE_INSTANCE: c.delete_instance,
+            M.SET_METADATA: c.set_metadata,
+            M.SET_LABELS: c.set_labels,
+            M.SET_DELETION_PROTECTION: c.set_deletion_protection,
+            M.DELETE_ACCESS_CONFIG: c.delete_access_config,
+            M.UPDATE_SHIELDED_INSTANCE_CONFIG: c.update_shielded_instance_config,
+            M.SET_SERVICE_ACCOUNT: c.set_service_account,
+            M.SET_MACHINE_TYPE: c.set_machine_type,
+            M.STOP_INSTANCE: c.stop_instance,
+            M.START_INSTANCE: c.start_instance,
+        }
 
     def send(self, step: planlib.Step) -> None:
-        layer, method = step.method.split(".", 1)
-        if step.method == "iam.add_member":
-            self.set_member(step.request, present=True)
-        elif step.method == "iam.remove_member":
-            self.set_member(step.request, present=False)
-        else:
-            getattr(getattr(self, layer), method)(step.request)
+        self.senders()[planlib.Method(step.method)](step.request)
 
 
 def startup_script(s: Settings) -> str:
@@ -268,6 +290,6 @@ def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
         "drift": [
             {"kind": r.kind, "name": r.name, "action": r.action, "changes": r.changes}
             for r in plan.resources
-            if r.action not in ("none", "keep")
+            if r.action not in planlib.UNCHANGED
         ],
     }

@@ -25,6 +25,7 @@ from google.protobuf import duration_pb2
 from provisioner.appliance import guest, render
 from provisioner.cloud import names, plan
 from provisioner.cloud.apply import wait_for_guest
+from provisioner.cloud.plan import Step, request_json
 from provisioner.errors import PypapoError
 from provisioner.repo import layout, location
 
@@ -88,38 +89,6 @@ class ImageTarget:
             )
         if self.keep < 1:
             raise PypapoError("--keep must be at least 1 (the image the appliance runs)")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One API call of a pipeline: what it does (for people) and the exact request (for reviewers)."""
-
-    title: str
-    call: str
-    request: Any = None
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.title, "call": self.call}
-        if self.request is not None:
-            out["request"] = request_dict(self.request)
-        if self.note:
-            out["note"] = self.note
-        return out
-
-
-def request_dict(msg: Any) -> Any:
-    """The request as the API sees it: proto-plus messages through their own JSON encoder."""
-    if isinstance(msg, dict | list | str | int | float | bool):
-        return msg
-    return json.loads(_to_json(msg))
-
-
-def _to_json(msg: Any) -> str:
-    # Only what is set: proto3 defaults (empty lists, zero enums) are noise to a reviewer and to the API.
-    return type(msg).to_json(
-        msg, use_integers_for_enums=False, indent=0, always_print_fields_with_no_presence=False
-    )
 
 
 def steps_document(kind: str, steps: Sequence[Step], **extra: Any) -> dict[str, Any]:
@@ -304,46 +273,47 @@ def build_steps(target: ImageTarget, now: dt.datetime, startup_script: str) -> t
     preview = golden_image(target, image, builder, now, {k: "<from bake>" for k in guest.VERSION_KEYS})
     steps = [
         Step(
-            "create the builder VM (Debian 12, Shielded VM, ephemeral IP, egress only, no service account)",
-            "compute.instances.insert",
-            compute_v1.InsertInstanceRequest(
+            method="compute.instances.insert",
+            request=compute_v1.InsertInstanceRequest(
                 project=p, zone=z, instance_resource=builder_instance(target, builder, startup_script)
             ),
+            why="create the builder VM (Debian 12, Shielded VM, ephemeral IP, egress only,"
+            " no service account)",
         ),
         Step(
-            f"wait until the bake reports {guest.NAMESPACE}/{guest.Key.BAKE}={guest.BAKE_DONE}"
-            f" (at most {BAKE_TIMEOUT_S // 60} min)",
-            "compute.instances.getGuestAttributes",
-            compute_v1.GetGuestAttributesInstanceRequest(
+            method="compute.instances.getGuestAttributes",
+            request=compute_v1.GetGuestAttributesInstanceRequest(
                 project=p, zone=z, instance=builder, query_path=guest.QUERY_PATH
             ),
+            why=f"wait until the bake reports {guest.NAMESPACE}/{guest.Key.BAKE}={guest.BAKE_DONE}"
+            f" (at most {BAKE_TIMEOUT_S // 60} min)",
         ),
         Step(
-            "stop the builder (a consistent disk)",
-            "compute.instances.stop",
-            compute_v1.StopInstanceRequest(project=p, zone=z, instance=builder),
+            method="compute.instances.stop",
+            request=compute_v1.StopInstanceRequest(project=p, zone=z, instance=builder),
+            why="stop the builder (a consistent disk)",
         ),
         Step(
-            f"create image {image} in family {target.family} from the builder's disk",
-            "compute.images.insert",
-            compute_v1.InsertImageRequest(project=ip, image_resource=preview, force_create=False),
+            method="compute.images.insert",
+            request=compute_v1.InsertImageRequest(project=ip, image_resource=preview, force_create=False),
+            why=f"create image {image} in family {target.family} from the builder's disk",
             note="labels pypapo-gcsfuse and pypapo-nginx are filled from the bake's guest attributes",
         ),
         Step(
-            f"deprecate older images of {target.family}: newest {target.keep} kept for rollback "
+            method="compute.images.deprecate",
+            request=deprecate_request(ip, "<each older image>", "DEPRECATED", names.image_link(ip, image)),
+            why=f"deprecate older images of {target.family}: newest {target.keep} kept for rollback "
             "(DEPRECATED, replacement = the new image), older ones OBSOLETE",
-            "compute.images.deprecate",
-            deprecate_request(ip, "<each older image>", "DEPRECATED", names.image_link(ip, image)),
         ),
         Step(
-            "always, even after a failure: delete the builder (its boot disk is auto-deleted)",
-            "compute.instances.delete",
-            compute_v1.DeleteInstanceRequest(project=p, zone=z, instance=builder),
+            method="compute.instances.delete",
+            request=compute_v1.DeleteInstanceRequest(project=p, zone=z, instance=builder),
+            why="always, even after a failure: delete the builder (its boot disk is auto-deleted)",
         ),
         Step(
-            "always: delete the builder's disk if it outlived the instance (NotFound is success)",
-            "compute.disks.delete",
-            compute_v1.DeleteDiskRequest(project=p, zone=z, disk=builder),
+            method="compute.disks.delete",
+            request=compute_v1.DeleteDiskRequest(project=p, zone=z, disk=builder),
+            why="always: delete the builder's disk if it outlived the instance (NotFound is success)",
         ),
     ]
     return builder, image, steps
@@ -541,46 +511,50 @@ def rollout_steps(target: ImageTarget, spec: compute_v1.Instance, image: str) ->
     resource = names.tunnel_resource(p, z, name)
     return [
         Step(
-            f"read the per-instance IAP tunnel policy of {name} (deleting the instance may drop it)",
-            "iap.getIamPolicy",
-            {"resource": resource},
+            method="iap.getIamPolicy",
+            request={"resource": resource},
+            why=f"read the per-instance IAP tunnel policy of {name} (deleting the instance may drop it)",
         ),
         Step(
-            "read the instance's own IAM policy (`provision grant --role reader` puts compute.viewer there)",
-            "compute.instances.getIamPolicy",
-            compute_v1.GetIamPolicyInstanceRequest(
+            method="compute.instances.getIamPolicy",
+            request=compute_v1.GetIamPolicyInstanceRequest(
                 project=p, zone=z, resource=name, options_requested_policy_version=3
             ),
+            why="read the instance's own IAM policy"
+            " (`provision grant --role reader` puts compute.viewer there)",
         ),
         Step(
-            "turn off deletion protection",
-            "compute.instances.setDeletionProtection",
-            compute_v1.SetDeletionProtectionInstanceRequest(
+            method="compute.instances.setDeletionProtection",
+            request=compute_v1.SetDeletionProtectionInstanceRequest(
                 project=p, zone=z, resource=name, deletion_protection=False
             ),
+            why="turn off deletion protection",
         ),
         Step(
-            f"delete {name} (its boot disk goes with it; the bucket and packages are untouched)",
-            "compute.instances.delete",
-            compute_v1.DeleteInstanceRequest(project=p, zone=z, instance=name),
+            method="compute.instances.delete",
+            request=compute_v1.DeleteInstanceRequest(project=p, zone=z, instance=name),
+            why=f"delete {name} (its boot disk goes with it; the bucket and packages are untouched)",
         ),
         Step(
-            f"recreate {name} from {image} (the `provision create` spec, only the image changed;"
+            method="compute.instances.insert",
+            request=compute_v1.InsertInstanceRequest(
+                project=p, zone=z, instance_resource=with_image(spec, image)
+            ),
+            why=f"recreate {name} from {image} (the `provision create` spec, only the image changed;"
             " deletion protection back on)",
-            "compute.instances.insert",
-            compute_v1.InsertInstanceRequest(project=p, zone=z, instance_resource=with_image(spec, image)),
         ),
         Step(
-            "re-apply both policies read before, with the new etags (users' tunnel commands keep working)",
-            "iap.setIamPolicy + compute.instances.setIamPolicy",
-            {"resource": resource, "policy": "<the bindings read in the first two steps>"},
+            method="iap.setIamPolicy + compute.instances.setIamPolicy",
+            request={"resource": resource, "policy": "<the bindings read in the first two steps>"},
+            why="re-apply both policies read before, with the new etags"
+            " (users' tunnel commands keep working)",
         ),
         Step(
-            f"wait until the appliance reports {guest.NAMESPACE}/{guest.Key.READY}={guest.READY_TRUE}",
-            "compute.instances.getGuestAttributes",
-            compute_v1.GetGuestAttributesInstanceRequest(
+            method="compute.instances.getGuestAttributes",
+            request=compute_v1.GetGuestAttributesInstanceRequest(
                 project=p, zone=z, instance=name, query_path=guest.QUERY_PATH
             ),
+            why=f"wait until the appliance reports {guest.NAMESPACE}/{guest.Key.READY}={guest.READY_TRUE}",
         ),
     ]
 
@@ -938,7 +912,7 @@ def scheduler_job(
     target: ImageTarget, cron: str, time_zone: str, build: cloudbuild_v1.Build
 ) -> scheduler_v1.Job:
     """The Cloud Scheduler job: an authenticated POST of the build to Cloud Build's builds.create."""
-    body = _to_json(build).encode()
+    body = request_json(build).encode()
     return scheduler_v1.Job(
         name=job_name(target.project, target.region),
         description="pypapo: rebuild the golden image and roll the appliance onto it [image schedule]",
@@ -971,9 +945,9 @@ def schedule_steps(
     p = target.project
     steps = [
         Step(
-            f"create service account {names.service_account_email(p, sa)} (no keys)",
-            "iam.serviceAccounts.create",
-            {"name": f"projects/{p}", "accountId": sa, "serviceAccount": {"displayName": title}},
+            method="iam.serviceAccounts.create",
+            request={"name": f"projects/{p}", "accountId": sa, "serviceAccount": {"displayName": title}},
+            why=f"create service account {names.service_account_email(p, sa)} (no keys)",
         )
         for sa, title in (
             (INVOKER_SA_ID, "pypapo: starts the scheduled image rebuild"),
@@ -982,26 +956,26 @@ def schedule_steps(
     ]
     steps += [
         Step(
-            f"grant {g.role} on {g.resource}",
-            "setIamPolicy (add binding)",
-            {"resource": g.resource, "member": g.member, "role": g.role},
+            method="setIamPolicy (add binding)",
+            request={"resource": g.resource, "member": g.member, "role": g.role},
+            why=f"grant {g.role} on {g.resource}",
             note=g.why,
         )
         for g in roles
     ]
     steps.append(
         Step(
-            f"check that {location.gs_url(bucket, name=wheel_object(prefix, version))} exists"
+            method="storage.objects.get",
+            request={"bucket": bucket, "object": wheel_object(prefix, version)},
+            why=f"check that {location.gs_url(bucket, name=wheel_object(prefix, version))} exists"
             " (publish pypapo into the index first)",
-            "storage.objects.get",
-            {"bucket": bucket, "object": wheel_object(prefix, version)},
         )
     )
     steps.append(
         Step(
-            "create or update the Cloud Scheduler job",
-            "cloudscheduler.jobs.create|patch",
-            scheduler_v1.CreateJobRequest(parent=f"projects/{p}/locations/{target.region}", job=job),
+            method="cloudscheduler.jobs.create|patch",
+            request=scheduler_v1.CreateJobRequest(parent=f"projects/{p}/locations/{target.region}", job=job),
+            why="create or update the Cloud Scheduler job",
         )
     )
     return steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from google.cloud import compute_v1, iam_admin_v1, storage
@@ -241,30 +242,115 @@ def normalize_member(member: str) -> str:
 # --- the plan -----------------------------------------------------------------------------------------
 
 
+class Kind(StrEnum):
+    BUCKET = "bucket"
+    BUCKET_IAM_BINDING = "bucket_iam_binding"
+    SERVICE_ACCOUNT = "service_account"
+    SERVICE_ACCOUNT_KEY = "service_account_key"
+    SUBNETWORK = "subnetwork"
+    FIREWALL = "firewall"
+    INSTANCE = "instance"
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    NONE = "none"  # exists as wanted
+    KEEP = "keep"  # destroy leaves it (the bucket, the subnet)
+
+
+UNCHANGED = (Action.NONE, Action.KEEP)
+
+
+class Method(StrEnum):
+    """The thin-layer calls a plan step can ask for ("layer.method"); `apply.Cloud` maps each to the
+    bound method that sends it. The value is what plan JSON shows."""
+
+    CREATE_BUCKET = "storage.create_bucket"
+    PATCH_BUCKET = "storage.patch_bucket"
+    DELETE_BUCKET = "storage.delete_bucket"
+    ADD_MEMBER = "iam.add_member"
+    REMOVE_MEMBER = "iam.remove_member"
+    CREATE_SERVICE_ACCOUNT = "iam.create_service_account"
+    DELETE_SERVICE_ACCOUNT = "iam.delete_service_account"
+    DELETE_SERVICE_ACCOUNT_KEY = "iam.delete_service_account_key"
+    SET_PRIVATE_GOOGLE_ACCESS = "compute.set_private_google_access"
+    INSERT_FIREWALL = "compute.insert_firewall"
+    UPDATE_FIREWALL = "compute.update_firewall"
+    DELETE_FIREWALL = "compute.delete_firewall"
+    INSERT_INSTANCE = "compute.insert_instance"
+    DELETE_INSTANCE = "compute.delete_instance"
+    SET_METADATA = "compute.set_metadata"
+    SET_LABELS = "compute.set_labels"
+    SET_DELETION_PROTECTION = "compute.set_deletion_protection"
+    DELETE_ACCESS_CONFIG = "compute.delete_access_config"
+    UPDATE_SHIELDED_INSTANCE_CONFIG = "compute.update_shielded_instance_config"
+    SET_SERVICE_ACCOUNT = "compute.set_service_account"
+    SET_MACHINE_TYPE = "compute.set_machine_type"
+    STOP_INSTANCE = "compute.stop_instance"
+    START_INSTANCE = "compute.start_instance"
+
+
+class IamResource(StrEnum):
+    BUCKET = "bucket"
+    IAP_TUNNEL_INSTANCE = "iap_tunnel_instance"
+    INSTANCE = "instance"  # resource "ZONE/NAME"
+
+
 @dataclass(frozen=True)
 class IamChange:
     """A binding to add or remove on one resource. The thin layer reads the policy, edits, writes."""
 
-    resource_type: str  # bucket | iap_tunnel_instance | instance
+    resource_type: IamResource
     resource: str
     role: str
     member: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Step:
-    """One call the thin layer makes: `method` on `request` (a real client-library object)."""
+    """One API call of a plan or a pipeline: `method` on `request` (a real client-library object).
 
-    method: str
-    request: Any
+    For `create`/`destroy` the method is a `Method` that `apply` sends; for the image pipelines it is
+    the API method a reviewer looks up ("compute.instances.insert"), and the pipeline sends it itself.
+    `why` says what it does for people; `note` is a remark for the reviewer.
+    """
+
+    method: Method | str
+    request: Any = None
     why: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The image pipelines' dry-run form."""
+        out: dict[str, Any] = {"step": self.why, "call": str(self.method)}
+        if self.request is not None:
+            out["request"] = request_dict(self.request)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def request_dict(msg: Any) -> Any:
+    """The request as the API sees it: proto-plus messages through their own JSON encoder, only what
+    is set (proto3 defaults, empty lists and zero enums, are noise to a reviewer and to the API)."""
+    if isinstance(msg, dict | list | str | int | float | bool):
+        return msg
+    return json.loads(request_json(msg))
+
+
+def request_json(msg: Any) -> str:
+    return type(msg).to_json(
+        msg, use_integers_for_enums=False, indent=0, always_print_fields_with_no_presence=False
+    )
 
 
 @dataclass
 class ResourcePlan:
-    kind: str
+    kind: Kind
     name: str
-    action: str  # create | update | delete | none | keep
+    action: Action
     spec: Any = None  # the desired (or, for delete, current) object
     changes: list[dict[str, Any]] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -284,12 +370,12 @@ class Plan:
 
     @property
     def changed(self) -> bool:
-        return any(r.action not in ("none", "keep") for r in self.resources)
+        return any(r.action not in UNCHANGED for r in self.resources)
 
     def summary(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.resources:
-            out[r.action] = out.get(r.action, 0) + 1
+            out[str(r.action)] = out.get(str(r.action), 0) + 1
         return dict(sorted(out.items()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,7 +416,7 @@ class Plan:
                 lines.append(f"      {c['field']}: {json.dumps(c['current'])} -> {json.dumps(c['desired'])}")
             for n in r.notes:
                 lines.append(f"      note: {n}")
-            if r.action in ("create",) and r.spec is not None:
+            if r.action is Action.CREATE and r.spec is not None:
                 spec = json.dumps(_abbreviate(to_jsonable(r.spec)), indent=2, sort_keys=True)
                 lines.extend("      " + line for line in spec.splitlines())
         counts = ", ".join(f"{n} {a}" for a, n in self.summary().items())
@@ -422,7 +508,9 @@ def _bucket_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
     name = f"gs://{s.bucket}"
     current = actual.bucket if actual else None
     if current is None:
-        return ResourcePlan("bucket", name, "create", desired, steps=[Step("storage.create_bucket", desired)])
+        return ResourcePlan(
+            Kind.BUCKET, name, Action.CREATE, desired, steps=[Step(Method.CREATE_BUCKET, desired)]
+        )
     want = _bucket_owned(bucket_properties(desired))
     have = _bucket_owned(bucket_properties(current))
     changes = [_change(k, have[k], want[k]) for k in sorted(want) if have[k] != want[k]]
@@ -430,9 +518,9 @@ def _bucket_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
     if (current.location or "").upper() != desired.location:
         notes.append(f"bucket is in {current.location}, not {desired.location}; location cannot change")
     if not changes:
-        return ResourcePlan("bucket", name, "none", desired, notes=notes)
+        return ResourcePlan(Kind.BUCKET, name, Action.NONE, desired, notes=notes)
     return ResourcePlan(
-        "bucket", name, "update", desired, changes, [Step("storage.patch_bucket", desired)], notes
+        Kind.BUCKET, name, Action.UPDATE, desired, changes, [Step(Method.PATCH_BUCKET, desired)], notes
     )
 
 
@@ -443,39 +531,43 @@ def _service_account_plans(s: Settings, actual: Actual | None) -> list[ResourceP
     if actual is None or actual.service_account is None:
         plans.append(
             ResourcePlan(
-                "service_account", email, "create", req, steps=[Step("iam.create_service_account", req)]
+                Kind.SERVICE_ACCOUNT,
+                email,
+                Action.CREATE,
+                req,
+                steps=[Step(Method.CREATE_SERVICE_ACCOUNT, req)],
             )
         )
     else:
-        plans.append(ResourcePlan("service_account", email, "none", req))
+        plans.append(ResourcePlan(Kind.SERVICE_ACCOUNT, email, Action.NONE, req))
         if actual.service_account.disabled:
             plans[-1].notes.append("the service account is disabled; the VM cannot read the bucket")
         for key in actual.service_account_keys:
             # Keys would let the account be used off the VM; this account must never have one.
             plans.append(
                 ResourcePlan(
-                    "service_account_key",
+                    Kind.SERVICE_ACCOUNT_KEY,
                     key.name,
-                    "delete",
+                    Action.DELETE,
                     key,
                     steps=[
                         Step(
-                            "iam.delete_service_account_key",
+                            Method.DELETE_SERVICE_ACCOUNT_KEY,
                             iam_admin_v1.DeleteServiceAccountKeyRequest(name=key.name),
                         )
                     ],
                     notes=["user-managed key on the appliance's account (policy: no keys)"],
                 )
             )
-    change = IamChange("bucket", s.bucket, VM_BUCKET_ROLE, service_account_member(s))
+    change = IamChange(IamResource.BUCKET, s.bucket, VM_BUCKET_ROLE, service_account_member(s))
     has = actual is not None and change.member in actual.bucket_members.get(change.role, set())
     plans.append(
         ResourcePlan(
-            "bucket_iam_binding",
+            Kind.BUCKET_IAM_BINDING,
             f"gs://{s.bucket} {VM_BUCKET_ROLE} {change.member}",
-            "none" if has else "create",
+            Action.NONE if has else Action.CREATE,
             change,
-            steps=[] if has else [Step("iam.add_member", change)],
+            steps=[] if has else [Step(Method.ADD_MEMBER, change)],
         )
     )
     return plans
@@ -487,11 +579,11 @@ def _subnet_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
     spec = {"private_ip_google_access": True}
     if actual is None:
         return ResourcePlan(
-            "subnetwork",
+            Kind.SUBNETWORK,
             name,
-            "update",
+            Action.UPDATE,
             spec,
-            steps=[Step("compute.set_private_google_access", req)],
+            steps=[Step(Method.SET_PRIVATE_GOOGLE_ACCESS, req)],
             notes=["Private Google Access lets the VM, which has no external IP, reach Cloud Storage"],
         )
     sub = actual.subnetwork
@@ -503,14 +595,14 @@ def _subnet_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
             f" (`gcloud compute networks subnets list --network {s.network} --project {s.project}`)"
         )
     if sub.private_ip_google_access:
-        return ResourcePlan("subnetwork", name, "none", spec)
+        return ResourcePlan(Kind.SUBNETWORK, name, Action.NONE, spec)
     return ResourcePlan(
-        "subnetwork",
+        Kind.SUBNETWORK,
         name,
-        "update",
+        Action.UPDATE,
         spec,
         [_change("private_ip_google_access", False, True)],
-        [Step("compute.set_private_google_access", req)],
+        [Step(Method.SET_PRIVATE_GOOGLE_ACCESS, req)],
     )
 
 
@@ -535,17 +627,17 @@ def _firewall_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
     if current is None:
         req = compute_v1.InsertFirewallRequest(project=s.project, firewall_resource=desired)
         return ResourcePlan(
-            "firewall", s.firewall_name, "create", desired, steps=[Step("compute.insert_firewall", req)]
+            Kind.FIREWALL, s.firewall_name, Action.CREATE, desired, steps=[Step(Method.INSERT_FIREWALL, req)]
         )
     want, have = _firewall_fields(desired), _firewall_fields(current)
     changes = [_change(k, have[k], want[k]) for k in sorted(want) if have[k] != want[k]]
     if not changes:
-        return ResourcePlan("firewall", s.firewall_name, "none", desired)
+        return ResourcePlan(Kind.FIREWALL, s.firewall_name, Action.NONE, desired)
     req = compute_v1.UpdateFirewallRequest(
         project=s.project, firewall=s.firewall_name, firewall_resource=desired
     )
     return ResourcePlan(
-        "firewall", s.firewall_name, "update", desired, changes, [Step("compute.update_firewall", req)]
+        Kind.FIREWALL, s.firewall_name, Action.UPDATE, desired, changes, [Step(Method.UPDATE_FIREWALL, req)]
     )
 
 
@@ -568,11 +660,11 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
     current = actual.instance if actual else None
     if current is None:
         return ResourcePlan(
-            "instance",
+            Kind.INSTANCE,
             f"{s.zone}/{s.instance}",
-            "create",
+            Action.CREATE,
             desired,
-            steps=[Step("compute.insert_instance", insert_instance_request(s, desired))],
+            steps=[Step(Method.INSERT_INSTANCE, insert_instance_request(s, desired))],
             notes=notes,
         )
     base = {"project": s.project, "zone": s.zone, "instance": s.instance}
@@ -593,7 +685,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
                 )
         steps.append(
             Step(
-                "compute.set_metadata",
+                Method.SET_METADATA,
                 compute_v1.SetMetadataInstanceRequest(
                     **base,
                     metadata_resource=compute_v1.Metadata(
@@ -608,7 +700,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         changes.append(_change("labels", have_labels, {**have_labels, **s.labels}))
         steps.append(
             Step(
-                "compute.set_labels",
+                Method.SET_LABELS,
                 compute_v1.SetLabelsInstanceRequest(
                     **base,
                     instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
@@ -621,7 +713,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         changes.append(_change("deletion_protection", False, True))
         steps.append(
             Step(
-                "compute.set_deletion_protection",
+                Method.SET_DELETION_PROTECTION,
                 compute_v1.SetDeletionProtectionInstanceRequest(
                     project=s.project, zone=s.zone, resource=s.instance, deletion_protection=True
                 ),
@@ -632,7 +724,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
             changes.append(_change(f"network_interfaces.{nic.name}.access_configs", ac.name, None))
             steps.append(
                 Step(
-                    "compute.delete_access_config",
+                    Method.DELETE_ACCESS_CONFIG,
                     compute_v1.DeleteAccessConfigInstanceRequest(
                         **base, access_config=ac.name, network_interface=nic.name
                     ),
@@ -645,7 +737,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         changes.append(_change("shielded_instance_config", sic, want_sic))
         restart.append(
             Step(
-                "compute.update_shielded_instance_config",
+                Method.UPDATE_SHIELDED_INSTANCE_CONFIG,
                 compute_v1.UpdateShieldedInstanceConfigInstanceRequest(
                     **base, shielded_instance_config_resource=want_sic
                 ),
@@ -656,7 +748,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         changes.append(_change("service_accounts", current.service_accounts, desired.service_accounts))
         restart.append(
             Step(
-                "compute.set_service_account",
+                Method.SET_SERVICE_ACCOUNT,
                 compute_v1.SetServiceAccountInstanceRequest(
                     **base,
                     instances_set_service_account_request_resource=compute_v1.InstancesSetServiceAccountRequest(
@@ -669,7 +761,7 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
         changes.append(_change("machine_type", _last(current.machine_type), s.machine_type))
         restart.append(
             Step(
-                "compute.set_machine_type",
+                Method.SET_MACHINE_TYPE,
                 compute_v1.SetMachineTypeInstanceRequest(
                     **base,
                     instances_set_machine_type_request_resource=compute_v1.InstancesSetMachineTypeRequest(
@@ -686,15 +778,17 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
     if restart:
         notes.append("these changes need a stopped VM: it is stopped, changed and started again")
         if not stopped:
-            steps.append(Step("compute.stop_instance", compute_v1.StopInstanceRequest(**base)))
+            steps.append(Step(Method.STOP_INSTANCE, compute_v1.StopInstanceRequest(**base)))
         steps.extend(restart)
     if stopped:
         changes.append(_change("status", current.status, "RUNNING"))
     if restart or stopped:
-        steps.append(Step("compute.start_instance", compute_v1.StartInstanceRequest(**base)))
+        steps.append(Step(Method.START_INSTANCE, compute_v1.StartInstanceRequest(**base)))
     if not changes:
-        return ResourcePlan("instance", f"{s.zone}/{s.instance}", "none", desired, notes=notes)
-    return ResourcePlan("instance", f"{s.zone}/{s.instance}", "update", desired, changes, steps, notes)
+        return ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.NONE, desired, notes=notes)
+    return ResourcePlan(
+        Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.UPDATE, desired, changes, steps, notes
+    )
 
 
 def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> Plan:
@@ -718,46 +812,46 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
         if actual.instance.deletion_protection:
             steps.append(
                 Step(
-                    "compute.set_deletion_protection",
+                    Method.SET_DELETION_PROTECTION,
                     compute_v1.SetDeletionProtectionInstanceRequest(
                         project=s.project, zone=s.zone, resource=s.instance, deletion_protection=False
                     ),
                     "deletion protection is on: lift it first",
                 )
             )
-        steps.append(Step("compute.delete_instance", compute_v1.DeleteInstanceRequest(**base)))
+        steps.append(Step(Method.DELETE_INSTANCE, compute_v1.DeleteInstanceRequest(**base)))
         resources.append(
-            ResourcePlan("instance", f"{s.zone}/{s.instance}", "delete", actual.instance, steps=steps)
+            ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.DELETE, actual.instance, steps=steps)
         )
     else:
-        resources.append(ResourcePlan("instance", f"{s.zone}/{s.instance}", "none"))
+        resources.append(ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.NONE))
     if actual.firewall is not None:
         req = compute_v1.DeleteFirewallRequest(project=s.project, firewall=s.firewall_name)
         resources.append(
             ResourcePlan(
-                "firewall",
+                Kind.FIREWALL,
                 s.firewall_name,
-                "delete",
+                Action.DELETE,
                 actual.firewall,
-                steps=[Step("compute.delete_firewall", req)],
+                steps=[Step(Method.DELETE_FIREWALL, req)],
             )
         )
     else:
-        resources.append(ResourcePlan("firewall", s.firewall_name, "none"))
+        resources.append(ResourcePlan(Kind.FIREWALL, s.firewall_name, Action.NONE))
     member = service_account_member(s)
     if (
         actual.bucket is not None
         and not delete_bucket
         and member in actual.bucket_members.get(VM_BUCKET_ROLE, set())
     ):
-        change = IamChange("bucket", s.bucket, VM_BUCKET_ROLE, member)
+        change = IamChange(IamResource.BUCKET, s.bucket, VM_BUCKET_ROLE, member)
         resources.append(
             ResourcePlan(
-                "bucket_iam_binding",
+                Kind.BUCKET_IAM_BINDING,
                 f"gs://{s.bucket} {VM_BUCKET_ROLE} {member}",
-                "delete",
+                Action.DELETE,
                 change,
-                steps=[Step("iam.remove_member", change)],
+                steps=[Step(Method.REMOVE_MEMBER, change)],
             )
         )
     if actual.service_account is not None:
@@ -766,43 +860,43 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
         )
         resources.append(
             ResourcePlan(
-                "service_account",
+                Kind.SERVICE_ACCOUNT,
                 s.service_account_email,
-                "delete",
+                Action.DELETE,
                 actual.service_account,
-                steps=[Step("iam.delete_service_account", req)],
+                steps=[Step(Method.DELETE_SERVICE_ACCOUNT, req)],
             )
         )
     else:
-        resources.append(ResourcePlan("service_account", s.service_account_email, "none"))
+        resources.append(ResourcePlan(Kind.SERVICE_ACCOUNT, s.service_account_email, Action.NONE))
     if actual.bucket is None:
-        resources.append(ResourcePlan("bucket", f"gs://{s.bucket}", "none"))
+        resources.append(ResourcePlan(Kind.BUCKET, f"gs://{s.bucket}", Action.NONE))
     elif delete_bucket:
         resources.append(
             ResourcePlan(
-                "bucket",
+                Kind.BUCKET,
                 f"gs://{s.bucket}",
-                "delete",
+                Action.DELETE,
                 actual.bucket,
-                steps=[Step("storage.delete_bucket", s.bucket, "every object and version goes with it")],
+                steps=[Step(Method.DELETE_BUCKET, s.bucket, "every object and version goes with it")],
                 notes=["soft delete keeps deleted objects restorable for the retention period"],
             )
         )
     else:
         resources.append(
             ResourcePlan(
-                "bucket",
+                Kind.BUCKET,
                 f"gs://{s.bucket}",
-                "keep",
+                Action.KEEP,
                 actual.bucket,
                 notes=["kept with its packages; pass --delete-bucket to delete it"],
             )
         )
     resources.append(
         ResourcePlan(
-            "subnetwork",
+            Kind.SUBNETWORK,
             names.subnet_url(s.project, s.region, s.subnet),
-            "keep",
+            Action.KEEP,
             notes=["Private Google Access stays on: the subnet may serve other VMs"],
         )
     )
@@ -813,11 +907,11 @@ def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:
     """The bindings behind `provision grant MEMBER --role reader|publisher`."""
     member = normalize_member(member)
     targets = {
-        "bucket": s.bucket,
-        "iap_tunnel_instance": names.tunnel_resource(s.project, s.zone, s.instance),
-        "instance": f"{s.zone}/{s.instance}",
+        IamResource.BUCKET: s.bucket,
+        IamResource.IAP_TUNNEL_INSTANCE: names.tunnel_resource(s.project, s.zone, s.instance),
+        IamResource.INSTANCE: f"{s.zone}/{s.instance}",
     }
-    return [IamChange(kind, targets[kind], r, member) for kind, r in ROLES[role]]
+    return [IamChange(IamResource(kind), targets[IamResource(kind)], r, member) for kind, r in ROLES[role]]
 
 
 def role_summary(changes: Iterable[IamChange]) -> str:

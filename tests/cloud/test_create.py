@@ -708,3 +708,12 @@ def test_create_starts_a_stopped_appliance(cloud: deploy.Cloud) -> None:
     run_create(cloud, s)
     assert sent(cloud) == ["start_instance"]
     assert cloud.compute.instances["pypapo"].status == "RUNNING"
+
+
+def test_every_plan_method_is_sent_by_a_bound_thin_layer_method(cloud: deploy.Cloud) -> None:
+    senders = cloud.senders()
+    assert set(senders) == set(planlib.Method)
+    for method, send in senders.items():
+        layer = method.value.split(".", 1)[0]
+        owner = getattr(send, "__self__", cloud)  # lambdas go through Cloud.set_member
+        assert owner in (cloud, getattr(cloud, "iam" if layer == "iam" else layer)), method

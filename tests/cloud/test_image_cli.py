@@ -79,7 +79,7 @@ def test_rollout_dry_run_uses_the_create_spec_offline(tmp_path) -> None:
         image=names.family_image("proj-123456", "pypapo"),
         startup_script=script,
     )
-    assert sent == img.request_dict(expected)
+    assert sent == plan.request_dict(expected)
     assert sent["deletionProtection"] is True and "accessConfigs" not in sent["networkInterfaces"][0]
     calls = [s["call"] for s in doc["steps"]]
     assert calls.index("iap.getIamPolicy") < calls.index("compute.instances.delete")

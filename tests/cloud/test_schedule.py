@@ -136,7 +136,7 @@ def test_schedule_steps_create_accounts_grant_roles_then_the_job() -> None:
     job, _ = make_job()
     roles = img.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)
     steps = img.schedule_steps(TARGET, job, roles, BUCKET, "", "0.1.0")
-    calls = [s.call for s in steps]
+    calls = [s.method for s in steps]
     assert calls[:2] == ["iam.serviceAccounts.create"] * 2
     assert calls.count("setIamPolicy (add binding)") == len(roles)
     assert calls[-1] == "cloudscheduler.jobs.create|patch"
