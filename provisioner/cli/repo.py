@@ -22,7 +22,7 @@ repo_option = click.option(
 
 
 def _open(location: str) -> Repository:
-    return Repository.open(location, echo=click.echo)
+    return Repository.open(location, echo=click.echo, notify=lambda line: click.echo(line, err=True))
 
 
 def _friendly(fn: Callable[..., None]) -> Callable[..., None]:

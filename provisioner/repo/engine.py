@@ -54,9 +54,10 @@ class Repository:
         self.writer = IndexWriter(store, outputs, after_change=lambda p, known: self.site.update([p], known))
 
     @classmethod
-    def open(cls, location: str, *, echo: Echo | None = None) -> Repository:
-        """The Repository at `gs://BUCKET[/PREFIX]` or a directory."""
-        return cls(open_store(location), echo=echo)
+    def open(cls, location: str, *, echo: Echo | None = None, notify: Echo | None = None) -> Repository:
+        """The Repository at `gs://BUCKET[/PREFIX]` or a directory. `notify` hears what a slow
+        request to GCS is waiting for (the CLI prints it on stderr)."""
+        return cls(open_store(location, notify=notify), echo=echo)
 
     # -- reading ----------------------------------------------------------------------------------
     def projects(self) -> list[str]:

@@ -19,7 +19,7 @@ Backends: `directory.DirectoryStore` (a directory: what gcsfuse shows of a bucke
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -84,8 +84,9 @@ def waves(n: int, after: Sequence[int | None]) -> list[list[int]]:
     return [w for w in (first, second) if w]
 
 
-def open_store(location: str) -> Store:
-    """A Store for `gs://BUCKET[/PREFIX]` or a directory path."""
+def open_store(location: str, *, notify: Callable[[str], None] | None = None) -> Store:
+    """A Store for `gs://BUCKET[/PREFIX]` or a directory path. `notify` hears what a slow request
+    to GCS waits for (see store/gcs.py)."""
     try:
         loc = location_of(location)
     except ValueError as exc:
@@ -93,7 +94,7 @@ def open_store(location: str) -> Store:
     if loc.kind == "gcs":
         from provisioner.repo.store.gcs import GCSStore
 
-        return GCSStore(loc.bucket, loc.prefix)
+        return GCSStore(loc.bucket, loc.prefix, notify=notify)
     from provisioner.repo.store.directory import DirectoryStore
 
     return DirectoryStore(loc.path)

@@ -2,16 +2,27 @@
 
 Generations and request preconditions are GCS's own; uploads up to MULTIPART_LIMIT are one multipart
 request, larger ones resumable (GCS enforces the precondition on both).
+
+Every request is bounded: it is retried (the client library's own notion of a transient error, with
+jittered backoff) until PYPAPO_GCS_TIMEOUT seconds (default 60) have passed since it started, and
+each attempt waits at most what is left of that budget. A request that has had no answer for a few
+seconds says what it is waiting for, then how long it has waited, through `notify` (the CLI: stderr).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
+import random
+import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from provisioner.errors import PypapoError
 from provisioner.repo import layout
@@ -21,6 +32,112 @@ from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, wa
 # google-cloud-storage sends uploads up to this size as one multipart request, larger ones resumable.
 MULTIPART_LIMIT = 8 * 1024 * 1024
 GCS_THREADS = 16
+LIST_PAGE = 1000
+
+TIMEOUT_ENV = "PYPAPO_GCS_TIMEOUT"
+DEFAULT_TIMEOUT = 60.0  # seconds one request may take, its retries included
+CONNECT_TIMEOUT = 10.0  # per attempt (a TCP connect that takes longer is not coming)
+READ_TIMEOUT = 30.0  # per attempt: silence on an open connection (not a transfer's total time)
+NOTICE_AFTER = 3.0  # a request waiting longer than this says what it waits for
+PROGRESS_EVERY = 5.0  # ... and then how long it has waited, this often
+
+T = TypeVar("T")
+Notify = Callable[[str], None]
+
+
+def gcs_timeout() -> float:
+    """The request budget from PYPAPO_GCS_TIMEOUT (seconds), or the default."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise PypapoError(f"{TIMEOUT_ENV} must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+@dataclass
+class _Call:
+    action: str
+    started: float
+    last_error: str = ""
+
+
+@dataclass
+class _Watch:
+    """The requests in flight, and one thread that speaks for the slowest of them."""
+
+    notify: Notify
+    location: str
+    endpoint: str
+    timeout: float
+    calls: dict[int, _Call] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    said: float = 0.0  # when we last said something (monotonic); 0: not yet
+    thread: threading.Thread | None = None
+
+    def begin(self, action: str) -> int:
+        call = _Call(action, time.monotonic())
+        with self.lock:
+            self.calls[id(call)] = call
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="pypapo-gcs-watch", daemon=True)
+                self.thread.start()
+        return id(call)
+
+    def failed(self, key: int, exc: Exception) -> None:
+        with self.lock:
+            if key in self.calls:
+                self.calls[key].last_error = _reason(exc)
+
+    def end(self, key: int) -> None:
+        with self.lock:
+            self.calls.pop(key, None)
+            if not self.calls:
+                self.said = 0.0  # the next slow request announces itself again
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self.lock:
+                if not self.calls:
+                    continue
+                oldest = min(self.calls.values(), key=lambda c: c.started)
+                now = time.monotonic()
+                waited = now - oldest.started
+                if waited < NOTICE_AFTER or (self.said and now - self.said < PROGRESS_EVERY):
+                    continue
+                first = not self.said
+                self.said = now
+            why = f": {oldest.last_error}" if oldest.last_error else ": no answer yet"
+            if first:
+                self.notify(
+                    f"waiting for {self.location} ({self.endpoint}) to answer ({oldest.action}){why}; "
+                    f"retrying for up to {self.timeout:g} s ({TIMEOUT_ENV})"
+                )
+            else:
+                self.notify(f"still waiting for {self.location}: {waited:.0f} s of {self.timeout:g} s{why}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong on the wire, short: urllib3 wraps `[Errno 111] Connection refused` in a
+    paragraph naming the pool and the URL."""
+    text = _first_line(exc)
+    if m := _ERRNO.search(text):
+        return m.group(0).strip()
+    if "timed out" in text.lower():
+        return "no answer (timed out)"
+    return text[:200]
 
 
 def _credentials_error() -> PypapoError:
@@ -33,12 +150,58 @@ def _credentials_error() -> PypapoError:
 class GCSStore:
     """Objects in a GCS bucket under an optional prefix, via google-cloud-storage."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: object | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: object | None = None,
+        timeout: float | None = None,
+        notify: Notify | None = None,
+    ) -> None:
         self.bucket_name = bucket
         self.prefix = prefix.strip("/")
         self.location = gs_url(bucket, self.prefix)
         self._client = client
         self._bucket = None
+        self.timeout = gcs_timeout() if timeout is None else timeout
+        self.endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "storage.googleapis.com"
+        self._watch = _Watch(notify, self.location, self.endpoint, self.timeout) if notify else None
+
+    def _call(self, action: str, fn: Callable[[tuple[float, float]], T]) -> T:
+        """fn(timeout) with the library's retries replaced by ours: transient errors are retried with
+        jittered backoff until `self.timeout` has passed since the start, each attempt given at most
+        what is left. Anything else (NotFound, PreconditionFailed, ...) goes straight to the caller."""
+        from google.cloud.storage.retry import _should_retry  # the library's own transient-error test
+
+        start = time.monotonic()
+        deadline = start + self.timeout
+        key = self._watch.begin(action) if self._watch else 0
+        try:
+            for attempt in range(1_000_000):
+                remaining = max(0.1, deadline - time.monotonic())
+                try:
+                    return fn((min(CONNECT_TIMEOUT, remaining), min(READ_TIMEOUT, remaining)))
+                except Exception as exc:
+                    if not _should_retry(exc):
+                        raise
+                    if self._watch:
+                        self._watch.failed(key, exc)
+                    delay = random.uniform(0.1, min(8.0, 0.5 * 2**attempt))
+                    if time.monotonic() + delay >= deadline:
+                        raise self._gave_up(exc) from None
+                    time.sleep(delay)
+            raise AssertionError("unreachable")
+        finally:
+            if self._watch:
+                self._watch.end(key)
+
+    def _gave_up(self, exc: Exception) -> PypapoError:
+        return PypapoError(
+            f"{self.location} did not answer within {self.timeout:g} s ({TIMEOUT_ENV}); last error: "
+            f"{_reason(exc)}. Check the network path to {self.endpoint} (proxy, firewall, DNS, "
+            f"Private Google Access), or give it longer with {TIMEOUT_ENV}=SECONDS"
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _get_bucket(self):
@@ -86,9 +249,8 @@ class GCSStore:
         if isinstance(exc, gexc.NotFound):
             return self._missing_bucket()
         if isinstance(exc, gexc.GoogleAPIError | OSError):
-            # Network trouble or a server error that survived the client's retries: one line.
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return PypapoError(f"request to gs://{self.bucket_name} failed ({first}); retry")
+            # A server error that is not transient: one line.
+            return PypapoError(f"request to gs://{self.bucket_name} failed ({_first_line(exc)}); retry")
         return exc
 
     def _missing_bucket(self) -> PypapoError:
@@ -102,7 +264,16 @@ class GCSStore:
         bucket = self._get_bucket()
         try:
             # objects.list is what objectViewer/objectAdmin grant (buckets.get is not); 404 = no bucket.
-            list(bucket.client.list_blobs(bucket, prefix=self._full(""), max_results=1))
+            self._call(
+                "listing objects",
+                lambda timeout: list(
+                    bucket.client.list_blobs(
+                        bucket, prefix=self._full(""), max_results=1, retry=None, timeout=timeout
+                    )
+                ),
+            )
+        except PypapoError:
+            raise
         except Exception as exc:
             raise self._translate(exc) from None
 
@@ -111,7 +282,11 @@ class GCSStore:
 
         blob = self._get_bucket().blob(self._full(name))
         try:
-            data = blob.download_as_bytes()
+            data = self._call(
+                f"reading {name}", lambda timeout: blob.download_as_bytes(retry=None, timeout=timeout)
+            )
+        except PypapoError:
+            raise
         except gexc.NotFound:
             return b"", 0
         except Exception as exc:
@@ -126,10 +301,21 @@ class GCSStore:
         blob.cache_control = layout.cache_control(name)
         # Uploads up to MULTIPART_LIMIT go as a single multipart request (precondition enforced by
         # GCS and by fake-gcs-server); larger distributions go resumable, where GCS enforces it too.
+        # A retried upload whose first attempt did land fails its precondition: callers re-read, as
+        # they do when another writer got there first.
         try:
-            blob.upload_from_string(
-                data, content_type=layout.content_type(name), if_generation_match=if_generation_match
+            self._call(
+                f"writing {name}",
+                lambda timeout: blob.upload_from_string(
+                    data,
+                    content_type=layout.content_type(name),
+                    if_generation_match=if_generation_match,
+                    retry=None,
+                    timeout=timeout,
+                ),
             )
+        except PypapoError:
+            raise
         except gexc.PreconditionFailed:
             raise PreconditionFailed(name) from None
         except Exception as exc:
@@ -141,7 +327,14 @@ class GCSStore:
 
         blob = self._get_bucket().blob(self._full(name))
         try:
-            blob.delete(if_generation_match=if_generation_match)
+            self._call(
+                f"deleting {name}",
+                lambda timeout: blob.delete(
+                    if_generation_match=if_generation_match, retry=None, timeout=timeout
+                ),
+            )
+        except PypapoError:
+            raise
         except gexc.NotFound:
             if if_generation_match not in (None, 0):
                 raise PreconditionFailed(name) from None
@@ -182,8 +375,14 @@ class GCSStore:
         )
 
     def stat(self, name: str) -> ObjectInfo | None:
+        bucket = self._get_bucket()
         try:
-            blob = self._get_bucket().get_blob(self._full(name))
+            blob = self._call(
+                f"reading {name}",
+                lambda timeout: bucket.get_blob(self._full(name), retry=None, timeout=timeout),
+            )
+        except PypapoError:
+            raise
         except Exception as exc:
             raise self._translate(exc) from None
         return self._info(blob) if blob is not None else None
@@ -191,8 +390,25 @@ class GCSStore:
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         bucket = self._get_bucket()
         fields = "items(name,size,generation,md5Hash,crc32c,updated,timeCreated),nextPageToken"
-        try:
-            for blob in bucket.client.list_blobs(bucket, prefix=self._full(prefix), fields=fields):
+
+        def page(token: str | None, timeout: tuple[float, float]) -> tuple[list, str | None]:
+            listing = bucket.client.list_blobs(
+                bucket, prefix=self._full(prefix), fields=fields, page_token=token,
+                max_results=None, page_size=LIST_PAGE, retry=None, timeout=timeout,
+            )  # fmt: skip
+            blobs = list(next(listing.pages, []))
+            return blobs, listing.next_page_token
+
+        token: str | None = None
+        while True:
+            # Page by page, each its own bounded request (a retry repeats that page, not the listing).
+            try:
+                blobs, token = self._call(f"listing {prefix or 'objects'}", functools.partial(page, token))
+            except PypapoError:
+                raise
+            except Exception as exc:
+                raise self._translate(exc) from None
+            for blob in blobs:
                 yield self._info(blob)
-        except Exception as exc:
-            raise self._translate(exc) from None
+            if not token:
+                return
