@@ -19,6 +19,7 @@ first argument `serve`|`bake`, else `$PYPAPO_MODE`, else the instance attribute 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -67,6 +68,10 @@ class ApplianceConfig:
     nginx_bin: str = "/usr/sbin/nginx"
     ready_timeout_secs: int = 180  # how long the startup script waits for /healthz before reporting failure
     gcsfuse_apt_suite: str = "gcsfuse-bookworm"
+    # NGINX's own wall behind the firewall: only these source networks (and loopback) get an answer on the
+    # serving port; any other connection is closed without one. Empty: every source (`provision serve`,
+    # which listens on loopback). The cloud passes IAP's and the health checkers' ranges.
+    allowed_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.bucket.startswith("gs://"):
@@ -102,6 +107,15 @@ class ApplianceConfig:
             raise PypapoError("ready_timeout_secs must be at least 1")
         if not re.fullmatch(r"gcsfuse-[a-z]+", self.gcsfuse_apt_suite):
             raise PypapoError(f"invalid gcsfuse apt suite {self.gcsfuse_apt_suite!r}")
+        networks = []
+        for source in self.allowed_sources:
+            try:
+                networks.append(str(ipaddress.ip_network(source, strict=True)))
+            except ValueError:
+                raise PypapoError(
+                    f"invalid allowed source {source!r}: use a network like 10.0.0.0/8"
+                ) from None
+        object.__setattr__(self, "allowed_sources", tuple(networks))
 
     @property
     def location(self) -> str:
