@@ -29,6 +29,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from google.cloud import compute_v1
 
@@ -537,4 +538,123 @@ def reader_viewer_binding(s: Settings, member: str) -> ConditionalBinding:
         title=f"pypapo {s.instance} group (read)",
         description=f"read the {s.instance} group and its instances only (managed by pypapo)",
         expression=expression,
+    )
+
+
+# --- what the group's instances are doing: `status` rows and rollout progress --------------------------
+
+HEALTHY = "HEALTHY"
+FAILING_HEALTH = frozenset({"UNHEALTHY", "TIMEOUT"})
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One line of `provision status` for the group."""
+
+    name: str
+    zone: str
+    template: str
+    image: str
+    status: str  # RUNNING, STAGING, ... (instance_status)
+    health: str  # HEALTHY, UNHEALTHY, DRAINING, TIMEOUT, UNKNOWN (autohealing check)
+    action: str  # NONE, CREATING, RECREATING, DELETING, ... (current_action)
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(vars(self))
+
+
+def _last(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _zone_of(instance_url: str) -> str:
+    parts = instance_url.split("/")
+    return parts[parts.index("zones") + 1] if "zones" in parts else ""
+
+
+def _health(mi: compute_v1.ManagedInstance) -> str:
+    states = [h.detailed_health_state for h in mi.instance_health if h.detailed_health_state]
+    return states[0] if states else "UNKNOWN"
+
+
+def instance_rows(
+    instances: Sequence[compute_v1.ManagedInstance], images: dict[str, str]
+) -> list[InstanceRow]:
+    """`images` maps a template name to the image its boot disk was made from."""
+    rows = []
+    for mi in instances:
+        template = _last(mi.version.instance_template) if mi.version.instance_template else ""
+        rows.append(
+            InstanceRow(
+                name=mi.name or _last(mi.instance),
+                zone=_zone_of(mi.instance),
+                template=template,
+                image=_last(images.get(template, "")) or "?",
+                status=mi.instance_status or "?",
+                health=_health(mi),
+                action=mi.current_action or "NONE",
+            )
+        )
+    return sorted(rows, key=lambda r: (r.zone, r.name))
+
+
+def template_image(template: compute_v1.InstanceTemplate) -> str:
+    disks = [d for d in template.properties.disks if d.boot]
+    return disks[0].initialize_params.source_image if disks else ""
+
+
+class RolloutPhase(StrEnum):
+    WAITING = "waiting"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    phase: RolloutPhase
+    on_target: int  # instances already on the new template
+    healthy: int  # ... of which pass the health check
+    wanted: int
+    detail: str
+
+
+def rollout_progress(
+    instances: Sequence[compute_v1.ManagedInstance],
+    *,
+    target_template: str,
+    wanted: int,
+    elapsed: float,
+    grace: float = AUTOHEAL_INITIAL_DELAY,
+) -> RolloutProgress:
+    """Where a rolling update stands, from the group's managed instances.
+
+    Done when exactly `wanted` instances exist, all on `target_template`, healthy, with nothing left to
+    do. Failed when an instance on the new template still fails its health check after `grace` (the
+    startup script's time to install and mount; until then a failing check is a boot in progress).
+    """
+    target = _last(target_template)
+    new = [mi for mi in instances if _last(mi.version.instance_template) == target]
+    healthy = [mi for mi in new if _health(mi) == HEALTHY]
+    failing = [mi for mi in new if _health(mi) in FAILING_HEALTH]
+    if failing and elapsed >= grace:
+        names = ", ".join(sorted(mi.name or _last(mi.instance) for mi in failing))
+        return RolloutProgress(
+            RolloutPhase.FAILED,
+            len(new),
+            len(healthy),
+            wanted,
+            f"{names} on {target} failed the /healthz check for {elapsed:.0f}s",
+        )
+    settled = all((mi.current_action or "NONE") == "NONE" for mi in instances)
+    if len(instances) == wanted and len(healthy) == wanted and settled:
+        return RolloutProgress(
+            RolloutPhase.DONE, len(new), len(healthy), wanted, f"{wanted} of {wanted} healthy"
+        )
+    old = len(instances) - len(new)
+    return RolloutProgress(
+        RolloutPhase.WAITING,
+        len(new),
+        len(healthy),
+        wanted,
+        f"{len(healthy)} of {wanted} healthy on {target}; {old} old instance(s) still serving",
     )

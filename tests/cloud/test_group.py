@@ -318,3 +318,100 @@ def test_binding_document_names_the_condition() -> None:
         ' ["us-central1-a", "us-central1-b"] && resource.name.extract("/instances/{name}")'
         '.startsWith("pypapo-r-")'
     )
+
+
+# --- status rows and rollout progress ------------------------------------------------------------------
+
+OLD_T = "projects/acme-prod/global/instanceTemplates/pypapo-aaaaaaaaaa"
+NEW_T = "projects/acme-prod/global/instanceTemplates/pypapo-bbbbbbbbbb"
+
+
+def _mi(name: str, zone: str, template: str, health: str, action: str = "NONE") -> compute_v1.ManagedInstance:
+    return compute_v1.ManagedInstance(
+        name=name,
+        instance=f"https://www.googleapis.com/compute/v1/projects/acme-prod/zones/{zone}/instances/{name}",
+        instance_status="RUNNING",
+        current_action=action,
+        version=compute_v1.ManagedInstanceVersion(instance_template=template),
+        instance_health=[compute_v1.ManagedInstanceInstanceHealth(detailed_health_state=health)],
+    )
+
+
+def test_status_rows_show_instance_zone_image_and_health() -> None:
+    rows = group.instance_rows(
+        [
+            _mi("pypapo-r-b2", "us-central1-b", NEW_T, "UNHEALTHY", "VERIFYING"),
+            _mi("pypapo-r-a1", "us-central1-a", OLD_T, "HEALTHY"),
+        ],
+        {
+            "pypapo-aaaaaaaaaa": "projects/acme-prod/global/images/pypapo-1",
+            "pypapo-bbbbbbbbbb": "projects/acme-prod/global/images/pypapo-2",
+        },
+    )
+    assert [r.to_dict() for r in rows] == [
+        {
+            "name": "pypapo-r-a1",
+            "zone": "us-central1-a",
+            "template": "pypapo-aaaaaaaaaa",
+            "image": "pypapo-1",
+            "status": "RUNNING",
+            "health": "HEALTHY",
+            "action": "NONE",
+        },
+        {
+            "name": "pypapo-r-b2",
+            "zone": "us-central1-b",
+            "template": "pypapo-bbbbbbbbbb",
+            "image": "pypapo-2",
+            "status": "RUNNING",
+            "health": "UNHEALTHY",
+            "action": "VERIFYING",
+        },
+    ]
+
+
+def test_template_image_is_the_boot_disks_source() -> None:
+    t = group.instance_template(S, image=IMAGE, startup_script=SCRIPT)
+    assert group.template_image(t) == IMAGE
+
+
+def _progress(instances: list[compute_v1.ManagedInstance], elapsed: float = 30) -> group.RolloutProgress:
+    return group.rollout_progress(instances, target_template=NEW_T, wanted=2, elapsed=elapsed)
+
+
+def test_rollout_waits_while_surge_instances_boot_and_old_ones_serve() -> None:
+    p = _progress(
+        [
+            _mi("a", "us-central1-a", OLD_T, "HEALTHY"),
+            _mi("b", "us-central1-b", OLD_T, "HEALTHY"),
+            _mi("c", "us-central1-a", NEW_T, "UNHEALTHY", "VERIFYING"),
+        ]
+    )
+    assert p.phase is group.RolloutPhase.WAITING
+    assert "2 old instance(s) still serving" in p.detail
+
+
+def test_rollout_is_done_only_when_every_instance_is_new_healthy_and_settled() -> None:
+    done = [_mi("c", "us-central1-a", NEW_T, "HEALTHY"), _mi("d", "us-central1-b", NEW_T, "HEALTHY")]
+    assert _progress(done).phase is group.RolloutPhase.DONE
+    # an old instance still being deleted, or a new one still verifying: not yet
+    assert (
+        _progress([*done, _mi("a", "us-central1-a", OLD_T, "HEALTHY", "DELETING")]).phase
+        is group.RolloutPhase.WAITING
+    )
+    assert (
+        _progress([done[0], _mi("d", "us-central1-b", NEW_T, "HEALTHY", "VERIFYING")]).phase
+        is group.RolloutPhase.WAITING
+    )
+
+
+def test_rollout_fails_when_new_instances_stay_unhealthy_past_the_boot_grace() -> None:
+    stuck = [
+        _mi("a", "us-central1-a", OLD_T, "HEALTHY"),
+        _mi("b", "us-central1-b", OLD_T, "HEALTHY"),
+        _mi("c", "us-central1-a", NEW_T, "TIMEOUT", "VERIFYING"),
+    ]
+    assert _progress(stuck, elapsed=60).phase is group.RolloutPhase.WAITING  # still booting
+    failed = _progress(stuck, elapsed=301)
+    assert failed.phase is group.RolloutPhase.FAILED
+    assert failed.detail.startswith("c on pypapo-bbbbbbbbbb failed the /healthz check")
