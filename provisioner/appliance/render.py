@@ -30,6 +30,8 @@ import jinja2
 from provisioner.appliance import guest
 from provisioner.errors import PypapoError
 from provisioner.repo import location as loc
+from provisioner.repo.conda import layout as conda_layout
+from provisioner.repo.conda import repodata as conda_repodata
 from provisioner.repo.site import render as site_render
 
 # Where the VM's files live. Public: the checks, the VM tests and the docs refer to them.
@@ -210,7 +212,16 @@ def render_nginx_conf(
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
         max_upper=48,
         max_separator_runs=16,
+        conda_subdirs="|".join(conda_layout.SUBDIRS),
+        empty_repodata=_nginx_literal(conda_repodata.empty_template("$pypapo_subdir")),
+        empty_channeldata=_nginx_literal(conda_repodata.dump_channeldata({})),
     )
+
+
+def _nginx_literal(body: bytes | str) -> str:
+    """`body` inside a single-quoted NGINX string (which knows \\n and \\' escapes)."""
+    text = body.decode() if isinstance(body, bytes) else body
+    return text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
 
 
 def render_gcsfuse_config(cfg: ApplianceConfig) -> str:

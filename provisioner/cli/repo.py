@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import click
 
 from provisioner.errors import PypapoError, one_line
+from provisioner.repo import channels
+from provisioner.repo.conda.channel import Channel
 from provisioner.repo.engine import Repository, human_size
 
 repo_option = click.option(
@@ -18,6 +21,14 @@ repo_option = click.option(
     required=True,
     metavar="LOCATION",
     help="gs://BUCKET[/PREFIX] or a directory (env PYPAPO_REPO).",
+)
+
+
+channel_option = click.option(
+    "--channel",
+    type=click.Choice(channels.CHANNEL_KINDS),
+    default=None,
+    help="pypi or conda: which channel NAME is in, where the location has it in both.",
 )
 
 
@@ -58,8 +69,11 @@ def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_friendly
 def publish(location: str, skip_existing: bool, into_mirrored: bool, files: tuple[str, ...]) -> None:
-    """Publish wheels and sdists. Every file is validated first; a batch is all or nothing."""
-    result = _open(location).publish(files, skip_existing=skip_existing, into_mirrored=into_mirrored)
+    """Publish wheels, sdists and conda packages (.conda, .tar.bz2). Every file is validated first;
+    a batch is all or nothing."""
+    result = channels.publish(
+        _open(location), files, skip_existing=skip_existing, into_mirrored=into_mirrored
+    )
     click.echo(result.summary())
 
 
@@ -89,12 +103,19 @@ def unyank(location: str, name: str, version: str) -> None:
 @click.command()
 @repo_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@channel_option
 @click.argument("name")
 @click.argument("version", required=False)
 @_friendly
-def remove(location: str, yes: bool, name: str, version: str | None) -> None:
-    """Remove NAME VERSION, or the whole project NAME. Prefer `yank`: removal breaks pinned installs."""
+def remove(
+    location: str, yes: bool, channel: channels.ChannelKind | None, name: str, version: str | None
+) -> None:
+    """Remove NAME VERSION, or the whole project NAME. Prefer `yank`: removal breaks pinned installs.
+    A conda package leaves the index (repodata's `removed` list); its file stays for lock files."""
     repo = _open(location)
+    if channels.which(repo, name, channel) == "conda":
+        _remove_conda(Channel(repo.store), yes, name, version)
+        return
     state = repo.project(name)
     what = f"{state.name} {version}" if version else f"all {len(state.files)} files of {state.name}"
     if not yes and not click.confirm(f"remove {what} from {repo.store.location}?", default=False):
@@ -105,26 +126,47 @@ def remove(location: str, yes: bool, name: str, version: str | None) -> None:
     click.echo(f"removed {len(removed)} files")
 
 
+def _remove_conda(channel: Channel, yes: bool, name: str, version: str | None) -> None:
+    files = channel.files(name)
+    what = f"conda package {name} {version}" if version else f"all {len(files)} conda packages of {name}"
+    if not yes and not click.confirm(f"remove {what} from {channel.store.location}?", default=False):
+        raise PypapoError("nothing removed (pass --yes to skip this question)")
+    removed = channel.remove(name, version)
+    for filename in removed:
+        click.echo(f"removed conda/{filename} from the index (the file stays for lock files)")
+    click.echo(f"removed {len(removed)} conda packages")
+
+
 @click.command(name="list")
 @repo_option
+@channel_option
 @click.argument("name", required=False)
 @_friendly
-def list_(location: str, name: str | None) -> None:
-    """List projects (mirrored ones say from where), or the files of project NAME with version, size
-    and yanked state."""
+def list_(location: str, channel: channels.ChannelKind | None, name: str | None) -> None:
+    """List projects (mirrored ones say from where) and conda packages, or the files of NAME with
+    version, size and state."""
     repo = _open(location)
+    conda = Channel(repo.store)
     if name is None:
-        projects = repo.projects()
+        projects = repo.projects() if channel != "conda" else []
         origins = repo.mirror_origins(projects)
         for project in projects:
             mark = f"  (mirrored from {one_line(origins[project])})" if project in origins else ""
             click.echo(one_line(project) + mark)
-        if not projects:
+        packages = conda.channeldata() if channel != "pypi" else {}
+        for package, entry in sorted(packages.items()):
+            click.echo(f"{package}  (conda: {', '.join(entry['subdirs'])})" if channel is None else package)
+        if not projects and not packages:
             # Say so on stderr: stdout stays a clean list for scripts, and a typo in --repo is visible.
             click.echo(
                 f"no projects in {location}: publish one with `provision publish --repo {location} FILE`",
                 err=True,
             )
+        return
+    if channels.which(repo, name, channel) == "conda":
+        for c in conda.files(name):
+            stamp = dt.datetime.fromtimestamp(c.timestamp_ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            click.echo(f"{c.version}  {c.subdir}/{c.filename}  {human_size(c.size)}  {stamp}")
         return
     state = repo.project(name)
     if state.mirrored_from:
@@ -145,11 +187,16 @@ def list_(location: str, name: str | None) -> None:
 )
 @_friendly
 def reindex(location: str, verify: bool) -> None:
-    """Rebuild every page from the stored files (after manual edits), keeping yanks and upload times."""
-    result = _open(location).reindex(verify=verify)
-    for line in result.ignored:
+    """Rebuild every page from the stored files (after manual edits), keeping yanks and upload times;
+    and the conda channel's repodata, shards and channeldata from its packages, keeping `removed`."""
+    repo = _open(location)
+    result = repo.reindex(verify=verify)
+    conda = Channel(repo.store).reindex(verify=verify)
+    for line in result.ignored + conda.ignored:
         click.echo(f"warning: ignored {one_line(line)}", err=True)
     click.echo(result.summary())
+    if conda.subdirs:
+        click.echo(conda.summary())
 
 
 COMMANDS: list[click.Command] = [publish, yank, unyank, remove, list_, reindex]

@@ -6,6 +6,8 @@ import re
 
 from packaging.utils import canonicalize_name
 
+from provisioner.repo.conda import layout as conda_layout
+
 SIMPLE = "simple"
 ROOT_HTML = f"{SIMPLE}/index.html"
 ROOT_JSON = f"{SIMPLE}/index.json"
@@ -102,6 +104,8 @@ _UI_TYPES = {
 
 
 def content_type(name: str) -> str:
+    if conda_layout.is_channel_object(name):
+        return conda_layout.content_type(name)
     if name.startswith(f"{UI}/"):
         return next((t for ext, t in _UI_TYPES.items() if name.endswith(ext)), DIST_TYPE)
     if name.endswith(".html"):
@@ -115,6 +119,8 @@ def content_type(name: str) -> str:
 
 def cache_control(name: str) -> str:
     """Pages must be revalidated; distributions and their metadata files never change."""
+    if conda_layout.is_channel_object(name):
+        return IMMUTABLE_CACHE if conda_layout.is_immutable(name) else PAGE_CACHE
     if name.endswith((".html", ".json")) or name.startswith(f"{UI}/"):
         return PAGE_CACHE
     return IMMUTABLE_CACHE
