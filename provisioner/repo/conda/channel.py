@@ -132,9 +132,7 @@ class Channel:
         try:
             return rdata.loads(data, subdir)
         except rdata.CorruptRepodata:
-            raise PypapoError(
-                f"{layout.repodata_object(subdir)} is corrupt: run `provision reindex` to rebuild it"
-            ) from None
+            raise _corrupt(subdir) from None
 
     def read_repodata(self, subdir: str) -> tuple[Repodata, int]:
         data, gen = self.store.read(layout.repodata_object(subdir))
@@ -270,25 +268,43 @@ class Channel:
         """Apply `change` to the subdir's repodata under CAS, then converge what derives from it."""
         zst_gen = self._generation(layout.repodata_zst_object(subdir))
         index_data, index_gen = self.store.read(layout.shard_index_object(subdir))
+        rd = self._cas_repodata(subdir, change, first=first)
+        if rd is None:
+            return
+        self._write_zst(subdir, rdata.dumps(rd), zst_gen)
+        self._write_index(subdir, rd, names, index_data, index_gen)
+        self._converge_channeldata(names, {subdir})
+
+    def _cas_repodata(
+        self,
+        subdir: str,
+        change: Callable[[Repodata], bool],
+        *,
+        first: tuple[bytes, int] | None = None,
+        repair: bool = False,
+    ) -> Repodata | None:
+        """Read-modify-write of the subdir's repodata.json, conditional on the generation read, retried
+        while others win. `first`: a read to start from; `repair`: a corrupt file counts as empty
+        (reindex) and an absent one is written even unchanged. The state written, or None."""
         for attempt in range(MAX_ATTEMPTS):
             data, gen = first if first is not None else self.store.read(layout.repodata_object(subdir))
             first = None
-            rd = self._repodata(subdir, data)
-            if not change(rd):
-                return
-            body = rdata.dumps(rd)
             try:
-                self.store.write(layout.repodata_object(subdir), body, if_generation_match=gen)
-                break
+                rd = rdata.loads(data, subdir)
+            except rdata.CorruptRepodata:
+                if not repair:
+                    raise _corrupt(subdir) from None
+                rd = Repodata(subdir)
+            if not change(rd) and (gen or not repair):
+                return None
+            try:
+                self.store.write(layout.repodata_object(subdir), rdata.dumps(rd), if_generation_match=gen)
+                return rd
             except PreconditionFailed:
                 _backoff(attempt)
-        else:
-            raise ConflictError(
-                f"gave up updating {layout.repodata_object(subdir)} after {MAX_ATTEMPTS} conflicts"
-            )
-        self._write_zst(subdir, body, zst_gen)
-        self._write_index(subdir, rd, names, index_data, index_gen)
-        self._converge_channeldata(names, {subdir})
+        raise ConflictError(
+            f"gave up updating {layout.repodata_object(subdir)} after {MAX_ATTEMPTS} conflicts"
+        )
 
     def _generation(self, name: str) -> int:
         info = self.store.stat(name)
@@ -488,23 +504,7 @@ class Channel:
 
     def _update_full(self, subdir: str, change: Callable[[Repodata], bool]) -> None:
         """`_update` for reindex: every name's shard, and the derived objects even when unchanged."""
-        for attempt in range(MAX_ATTEMPTS):
-            data, gen = self.store.read(layout.repodata_object(subdir))
-            try:
-                rd = rdata.loads(data, subdir)
-            except rdata.CorruptRepodata:
-                rd = Repodata(subdir)
-            if not change(rd) and gen:
-                break
-            try:
-                self.store.write(layout.repodata_object(subdir), rdata.dumps(rd), if_generation_match=gen)
-                break
-            except PreconditionFailed:
-                _backoff(attempt)
-        else:
-            raise ConflictError(
-                f"gave up updating {layout.repodata_object(subdir)} after {MAX_ATTEMPTS} conflicts"
-            )
+        self._cas_repodata(subdir, change, repair=True)
         latest, _ = self.read_repodata(subdir)
 
         def fresh_zst() -> bytes:
@@ -527,6 +527,10 @@ class Channel:
         missing = [s for n, s in want.items() if not self.store.stat(layout.shard_object(subdir, s))]
         if current_index != want or missing:
             self._converge(index_name, fresh_index)
+
+
+def _corrupt(subdir: str) -> PypapoError:
+    return PypapoError(f"{layout.repodata_object(subdir)} is corrupt: run `provision reindex` to rebuild it")
 
 
 def _zst(body: bytes) -> bytes:
