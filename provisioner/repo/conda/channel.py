@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,8 +36,8 @@ from provisioner.repo.conda import shards as sh
 from provisioner.repo.conda.package import CondaPackage, PackageError, parse_package
 from provisioner.repo.conda.repodata import Repodata
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store
+from provisioner.repo.writer import MAX_ATTEMPTS, IndexWriter, backoff
 
-MAX_ATTEMPTS = 60
 # repodata.json.zst: level 16 takes seconds for a 10,000-record subdir; 9 is within 10% of its size.
 ZST_LEVEL = 9
 Echo = Callable[[str], None]
@@ -47,11 +45,6 @@ Echo = Callable[[str], None]
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-def _backoff(attempt: int) -> None:
-    # Full jitter, capped: contending writers spread out instead of colliding in lockstep.
-    time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
 
 
 def _now_ms() -> int:
@@ -203,7 +196,7 @@ class Channel:
         done: list[str] = []
         for subdir, group in sorted(groups.items()):
             for pkg in group:
-                self._create(layout.package_object(subdir, pkg.filename), pkg.data)
+                IndexWriter(self.store).create_object(layout.package_object(subdir, pkg.filename), pkg.data)
                 say(f"uploaded {layout.CONDA}/{subdir}/{pkg.filename} ({pkg.size:,} bytes)")
             now = _now_ms()
 
@@ -218,17 +211,6 @@ class Channel:
             self._update(subdir, add, {p.name for p in group}, first=plan.reads.get(subdir))
             done += [p.filename for p in group]
         return done
-
-    def _create(self, name: str, data: bytes) -> None:
-        try:
-            self.store.write(name, data, if_generation_match=0)
-        except PreconditionFailed:
-            existing, gen = self.store.read(name)
-            if not (gen and existing == data):
-                raise ConflictError(
-                    f"{name} already exists in {self.store.location} with different bytes; files are "
-                    "immutable: publish a new build number or version"
-                ) from None
 
     # -- remove -----------------------------------------------------------------------------------
     def remove(self, name: str, version: str | None = None) -> list[str]:
@@ -301,7 +283,7 @@ class Channel:
                 self.store.write(layout.repodata_object(subdir), rdata.dumps(rd), if_generation_match=gen)
                 return rd
             except PreconditionFailed:
-                _backoff(attempt)
+                backoff(attempt)
         raise ConflictError(
             f"gave up updating {layout.repodata_object(subdir)} after {MAX_ATTEMPTS} conflicts"
         )
@@ -325,7 +307,7 @@ class Channel:
                 self.store.write(name, fresh(), if_generation_match=gen)
                 return
             except PreconditionFailed:
-                _backoff(attempt)
+                backoff(attempt)
         raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
 
     def _write_zst(self, subdir: str, body: bytes, gen: int) -> None:
@@ -404,7 +386,7 @@ class Channel:
                 self.store.write(layout.CHANNELDATA, body, if_generation_match=gen)
                 return
             except PreconditionFailed:
-                _backoff(attempt)
+                backoff(attempt)
         raise ConflictError(f"gave up writing {layout.CHANNELDATA} after {MAX_ATTEMPTS} conflicting writes")
 
     # -- reindex ----------------------------------------------------------------------------------
