@@ -249,8 +249,13 @@ def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult
         result.pages_written += 1 + len(writer.outputs.root)
     else:
         now, _gen = writer.read_root(repair=True)
-        if any(store.read(out.object_name)[0] != out.render(now) for out in writer.outputs.root):
-            result.pages_written += writer.converge_root()
+        stale = [
+            out.object_name
+            for out in writer.outputs.root
+            if store.read(out.object_name)[0] != out.render(now)
+        ]
+        if stale:
+            result.pages_written += writer.converge_root(stale)
     return result
 
 
@@ -346,18 +351,19 @@ def _write_pages(
     output_after: list[int] = []
     batch: list[tuple[Rebuilt, ProjectState, list[int]]] = []  # with the indexes of its outputs
     retry: list[Rebuilt] = []  # JSON (and outputs) the one-by-one way
-    converge: list[str] = []  # outputs the one-by-one way
+    converge: list[tuple[str, list[str] | None]] = []  # outputs the one-by-one way (None: all)
     for rb, now in pool.map(prepare, todo):
         project, new = rb.job.project, rb.new
+        names = writer.outputs.project_names(project)
         if new is None or (not new.files and not rb.job.old_gen):
             states[project] = rb.final
             expected = rb.outputs or (b"",) * len(now)
-            if any(data != want for (data, _gen), want in zip(now, expected, strict=True)):
-                converge.append(project)
+            stale = [n for n, (data, _gen), want in zip(names, now, expected, strict=True) if data != want]
+            if stale:
+                converge.append((project, stale))
         elif not new.files:
             retry.append(rb)  # every file gone: a delete, done one by one
         else:
-            names = writer.outputs.project_names(project)
             mine = []
             for name, data, (_old, gen) in zip(names, rb.outputs, now, strict=True):
                 mine.append(len(output_items))
@@ -373,10 +379,10 @@ def _write_pages(
             retry.append(rb)  # a publisher got there first: merge into what it wrote
             continue
         states[rb.job.project] = new
-        wrote = sum(1 for i in mine if written[n + i])
-        result.pages_written += 1 + wrote
-        if wrote < len(mine):
-            converge.append(rb.job.project)  # a publisher rewrote an output meanwhile
+        result.pages_written += 1 + sum(1 for i in mine if written[n + i])
+        lost = [output_items[i].name for i in mine if not written[n + i]]
+        if lost:
+            converge.append((rb.job.project, lost))  # a publisher rewrote an output meanwhile
 
     def one_by_one(rb: Rebuilt) -> tuple[str, ProjectState, int]:
         update = writer.update_project(
@@ -389,6 +395,6 @@ def _write_pages(
         if count:
             result.pages_written += count  # the JSON, and its outputs converged by update_project
         else:
-            converge.append(project)
-    result.pages_written += sum(pool.map(writer.converge_project, converge))
+            converge.append((project, None))
+    result.pages_written += sum(pool.map(lambda job: writer.converge_project(*job), converge))
     return states

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from provisioner.errors import ConflictError, PypapoError
@@ -171,28 +171,34 @@ class IndexWriter:
             backoff(attempt)
         raise ConflictError(gave_up(names[pending[0]]))
 
-    def converge_project(self, project: str) -> int:
-        """Make the project's derived outputs match its JSON (deleted with it)."""
+    def converge_project(self, project: str, only: Collection[str] | None = None) -> int:
+        """Make the project's derived outputs (or those named in `only`) match its JSON (deleted
+        with it)."""
+        chosen = [out for out in self.outputs.project if only is None or out.object_name(project) in only]
 
         def render() -> tuple[bytes, ...] | None:
             data, gen = self.store.read(layout.project_json(project))
-            return self.outputs.render_project(self.parse_project(data, project)) if gen else None
+            if not gen:
+                return None
+            state = self.parse_project(data, project)
+            return tuple(out.render(state) for out in chosen)
 
         return self._converge(
-            self.outputs.project_names(project),
+            [out.object_name(project) for out in chosen],
             render,
             lambda name: f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry",
         )
 
-    def converge_root(self) -> int:
-        """Make the root's derived outputs match the root JSON."""
+    def converge_root(self, only: Collection[str] | None = None) -> int:
+        """Make the root's derived outputs (or those named in `only`) match the root JSON."""
+        chosen = [out for out in self.outputs.root if only is None or out.object_name in only]
 
         def render() -> tuple[bytes, ...]:
             root, _gen = self.read_root(repair=True)
-            return tuple(out.render(root) for out in self.outputs.root)
+            return tuple(out.render(root) for out in chosen)
 
         return self._converge(
-            [out.object_name for out in self.outputs.root],
+            [out.object_name for out in chosen],
             render,
             lambda _name: f"gave up writing the root page after {MAX_ATTEMPTS} conflicting writes",
         )

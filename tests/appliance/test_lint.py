@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from provisioner.appliance.render import (
     render_units,
     render_vm_files,
 )
+from tests.fixtures import tools
+from tests.fixtures.tools import need
 
 CONFIGS = [
     ApplianceConfig(bucket="my-bucket"),
@@ -29,11 +30,22 @@ CONFIGS = [
 IDS = ["default", "prefix", "low-port"]
 
 
-def need(tool: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None)
-    if not path:
-        pytest.skip(f"{tool} is not installed")
-    return path
+@pytest.mark.parametrize(
+    ("env", "outcome"),
+    [({}, pytest.skip.Exception), ({"CI": "true"}, pytest.fail.Exception),
+     ({"PYPAPO_REQUIRE_VM": "1"}, pytest.fail.Exception), ({"CI": "false"}, pytest.skip.Exception)],
+)  # fmt: skip
+def test_a_missing_linter_skips_with_the_fix_but_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], outcome: type[BaseException]
+) -> None:
+    for var in ("CI", "PYPAPO_REQUIRE_VM"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(tools.shutil, "which", lambda _tool: None)
+    monkeypatch.setattr(tools, "Path", lambda _p: tmp_path / "sbin")  # nothing in /usr/sbin either
+    with pytest.raises(outcome, match=r"systemd-analyze is not installed \(apt-get install systemd"):
+        need("systemd-analyze", "systemd")
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
@@ -98,7 +110,7 @@ def _units_with_stub_gcsfuse(cfg: ApplianceConfig, tmp_path: Path) -> list[Path]
 
 def _verify(paths: list[Path]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [need("systemd-analyze"), "verify", *map(str, paths)], capture_output=True, text=True
+        [need("systemd-analyze", "systemd"), "verify", *map(str, paths)], capture_output=True, text=True
     )
 
 
@@ -130,7 +142,7 @@ def test_units_are_sandboxed(unit: str, threshold: float, tmp_path: Path) -> Non
     paths = {p.name: p for p in _units_with_stub_gcsfuse(CONFIGS[0], tmp_path)}
     proc = subprocess.run(
         [
-            need("systemd-analyze"),
+            need("systemd-analyze", "systemd"),
             "security",
             "--offline=yes",
             f"--threshold={int(threshold * 10)}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
+from pypi_simple import DistributionPackage, IndexPage, ProjectPage, RepositoryPage
 
 from tests.fixtures.nginx import LocalIndex, http_request, publish_demo_set
 
@@ -61,9 +64,68 @@ def test_content_negotiation_on_accept(demo_index: LocalIndex, accept: str | Non
         assert r.header("content-type") == expected
         assert "Accept" in (r.header("vary") or "")
         if expected == JSON:
-            assert json.loads(r.body)["meta"]["api-version"].startswith("1.")
+            assert json.loads(r.body)["meta"]["api-version"] == "1.1"
         else:
-            assert b'<meta name="pypi:repository-version"' in r.body
+            assert RepositoryPage.from_html(r.body).repository_version == "1.1"
+
+
+def _fields(p: DistributionPackage) -> tuple:
+    """What a client learns of a file, whichever representation it read (no attribute in HTML and
+    `false` in JSON both mean: no metadata file)."""
+    return (
+        p.filename,
+        p.url,
+        p.version,
+        p.digests,
+        p.requires_python,
+        bool(p.has_metadata),
+        p.metadata_digests,
+        p.is_yanked,
+        p.yanked_reason,
+    )
+
+
+@pytest.mark.parametrize("project", ["pypapo-chain-b", "pypapo-chain-c", "pypapo-yank-me", "mixed-case-name"])
+def test_served_pages_read_by_an_independent_client_library(demo_index: LocalIndex, project: str) -> None:
+    """pypi-simple (not our renderer) reads the served HTML and JSON: both say the same thing, and
+    every hash, metadata hash and yank matches the bytes served next to the page."""
+    path = f"/simple/{project}/"
+    html = demo_index.get(path, {"Accept": "text/html"}).body
+    doc = json.loads(demo_index.get(path, {"Accept": JSON}).body)
+    from_html = ProjectPage.from_html(project, html)
+    from_json = ProjectPage.from_json_data(doc)
+    assert from_html.repository_version == from_json.repository_version == "1.1"
+    assert from_json.project == project
+    assert [_fields(p) for p in from_html.packages] == [_fields(p) for p in from_json.packages]
+    assert from_html.packages, project
+    for p in from_json.packages:
+        served = demo_index.get(path + p.url).body
+        assert p.digests == {"sha256": hashlib.sha256(served).hexdigest()}
+        if p.filename.endswith(".whl"):
+            metadata = demo_index.get(path + p.url + ".metadata").body
+            assert p.metadata_digests == {"sha256": hashlib.sha256(metadata).hexdigest()}
+        else:
+            assert p.has_metadata is False and demo_index.get(path + p.url + ".metadata").status == 404
+        assert p.is_yanked == (p.filename == wheel("pypapo-yank-me", "2.0"))
+        assert p.yanked_reason == ("broken on purpose" if p.is_yanked else None)
+    # PEP 714: the legacy names next to the new ones, in both representations (pypi-simple reads
+    # only the new ones).
+    for f in doc["files"]:
+        assert f["dist-info-metadata"] == f["core-metadata"]
+    for link in RepositoryPage.from_html(html).links:
+        assert link.attrs.get("data-dist-info-metadata") == link.attrs.get("data-core-metadata")
+    assert doc["versions"] == sorted({p.version for p in from_json.packages}, key=Version)
+
+
+def test_served_root_lists_every_project_in_both_representations(demo_index: LocalIndex) -> None:
+    expected = ["mixed-case-name", "pypapo-chain-a", "pypapo-chain-b", "pypapo-chain-c", "pypapo-yank-me"]
+    html = IndexPage.from_html(demo_index.get("/simple/", {"Accept": "text/html"}).body)
+    doc = json.loads(demo_index.get("/simple/", {"Accept": JSON}).body)
+    assert html.projects == expected
+    assert IndexPage.from_json_data(doc).projects == expected
+    assert [link.url for link in RepositoryPage.from_html(demo_index.get("/simple/").body).links] == [
+        f"{name}/" for name in expected
+    ]
 
 
 def test_project_json_is_the_engines_and_links_resolve(demo_index: LocalIndex) -> None:
@@ -82,9 +144,12 @@ def test_index_at_root_as_well(demo_index: LocalIndex) -> None:
         assert at_root.status == 200
         assert at_root.body == at_simple.body
         assert at_root.header("content-type") == at_simple.header("content-type")
-    project = demo_index.get("/pypapo-chain-c/")
+    project = demo_index.get("/pypapo-chain-c/", {"Accept": "text/html"})
     assert project.status == 200
-    assert b"pypapo_chain_c-1.0-py3-none-any.whl" in project.body
+    assert [p.filename for p in ProjectPage.from_html("pypapo-chain-c", project.body).packages] == [
+        "pypapo_chain_c-1.0-py3-none-any.whl",
+        "pypapo_chain_c-1.0.tar.gz",
+    ]
     assert demo_index.get("/pypapo-chain-c/pypapo_chain_c-1.0.tar.gz").status == 200
 
 
@@ -137,7 +202,8 @@ def test_non_normalized_name_reaches_project_by_following_redirects(demo_index: 
     with urllib.request.urlopen(f"{demo_index.root_url}/simple/Mixed.Case_Name/") as resp:
         assert resp.status == 200
         assert resp.url.endswith("/simple/mixed-case-name/")
-        assert b"mixed_case_name-1.0-py3-none-any.whl" in resp.read()
+        packages = ProjectPage.from_html("mixed-case-name", resp.read()).packages
+        assert [p.filename for p in packages] == ["mixed_case_name-1.0-py3-none-any.whl"]
 
 
 # --- caching, compression, ranges -------------------------------------------------------------------

@@ -9,12 +9,15 @@ JSON, and each HTML page must be exactly what its JSON renders to.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from pypi_simple import IndexPage, ProjectPage
 
 from provisioner.appliance import sample
 from provisioner.repo.engine import Repository
@@ -45,18 +48,19 @@ def _assert_complete(repo: RepoHandle, expected: dict[str, set[str]]) -> None:
     snap = repo.snapshot()
     root = json.loads(snap["simple/index.json"])
     assert {p["name"] for p in root["projects"]} == set(expected)
-    root_html = snap["simple/index.html"].decode()
+    assert IndexPage.from_html(snap["simple/index.html"]).projects == sorted(expected)
     assert snap["simple/index.html"] == render_root_html(RootState.of(expected))
     for project, filenames in expected.items():
         page = json.loads(snap[f"simple/{project}/index.json"])
         assert {f["filename"] for f in page["files"]} == filenames
         state = ProjectState.from_json(snap[f"simple/{project}/index.json"], project)
         assert snap[f"simple/{project}/index.html"] == render_project_html(state)
-        html = snap[f"simple/{project}/index.html"].decode()
-        assert all(f'href="{name}#sha256=' in html for name in filenames)
-        assert f'href="{project}/"' in root_html
-        for name in filenames:
-            assert f"simple/{project}/{name}" in snap and f"simple/{project}/{name}.metadata" in snap
+        packages = ProjectPage.from_html(project, snap[f"simple/{project}/index.html"]).packages
+        assert {p.filename for p in packages} == filenames
+        for p in packages:
+            assert p.digests == {"sha256": hashlib.sha256(snap[f"simple/{project}/{p.url}"]).hexdigest()}
+            metadata = snap[f"simple/{project}/{p.url}.metadata"]
+            assert p.metadata_digests == {"sha256": hashlib.sha256(metadata).hexdigest()}
 
 
 def test_concurrent_processes_lose_nothing(repo: RepoHandle, tmp_path: Path) -> None:

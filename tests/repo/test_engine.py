@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pypi_simple import DistributionPackage, IndexPage, ProjectPage, RepositoryPage
 
 from provisioner.appliance import sample
 from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
@@ -23,6 +24,16 @@ MakeDist = Callable[..., Path]
 
 def _json(snapshot: dict[str, bytes], name: str) -> dict:
     return json.loads(snapshot[name])
+
+
+def _html(snapshot: dict[str, bytes], project: str) -> dict[str, DistributionPackage]:
+    """The project's HTML page as pip would read it (pypi-simple, not our renderer)."""
+    page = ProjectPage.from_html(project, snapshot[f"simple/{project}/index.html"])
+    return {p.filename: p for p in page.packages}
+
+
+def _root_html(snapshot: dict[str, bytes]) -> list[str]:
+    return IndexPage.from_html(snapshot["simple/index.html"]).projects
 
 
 def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, make_sdist: MakeDist) -> None:
@@ -57,13 +68,22 @@ def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, 
     meta_hash = hashlib.sha256(snap[f"simple/foo-bar/{wheel.name}.metadata"]).hexdigest()
     assert files[wheel.name]["core-metadata"] == {"sha256": meta_hash}
     assert files[wheel.name]["requires-python"] == ">=3.9"
+    assert files[wheel.name]["dist-info-metadata"] == {"sha256": meta_hash}  # PEP 714 alias
     assert files[sdist.name]["core-metadata"] is False
+    assert files[sdist.name]["dist-info-metadata"] is False
     assert files[sdist.name]["size"] == sdist.stat().st_size
-    html = snap["simple/foo-bar/index.html"].decode()
-    assert f'href="{wheel.name}#sha256={files[wheel.name]["hashes"]["sha256"]}"' in html
-    assert f'data-core-metadata="sha256={meta_hash}"' in html
+    html = _html(snap, "foo-bar")
+    assert html[wheel.name].url == wheel.name
+    assert html[wheel.name].digests == {"sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}
+    assert html[wheel.name].metadata_digests == {"sha256": meta_hash}
+    assert html[wheel.name].requires_python == ">=3.9"
+    assert html[sdist.name].has_metadata is None
+    links = {
+        link.text: link.attrs for link in RepositoryPage.from_html(snap["simple/foo-bar/index.html"]).links
+    }
+    assert links[wheel.name]["data-dist-info-metadata"] == f"sha256={meta_hash}"  # PEP 714 alias
     assert _json(snap, "simple/index.json")["projects"] == [{"name": "foo-bar"}]
-    assert 'href="foo-bar/"' in snap["simple/index.html"].decode()
+    assert _root_html(snap) == ["foo-bar"]
 
 
 def test_same_bytes_again_is_a_noop(repo: RepoHandle, make_wheel: MakeDist) -> None:
@@ -150,11 +170,13 @@ def test_yank_and_unyank(repo: RepoHandle, make_wheel: MakeDist, make_sdist: Mak
         "demo-1.0.tar.gz": "broken build",
         "demo-2.0-py3-none-any.whl": False,
     }
-    assert snap["simple/demo/index.html"].decode().count('data-yanked="broken build"') == 2
+    assert {name: p.yanked_reason for name, p in _html(snap, "demo").items()} == yanked | {
+        "demo-2.0-py3-none-any.whl": None
+    }
     assert r.set_yanked("demo", "1.0", None, yanked=False) == 2
     snap = repo.snapshot()
     assert all(f["yanked"] is False for f in _json(snap, "simple/demo/index.json")["files"])
-    assert "data-yanked" not in snap["simple/demo/index.html"].decode()
+    assert not any(p.is_yanked for p in _html(snap, "demo").values())
     with pytest.raises(PypapoError, match=r"has no version 3\.0"):
         r.set_yanked("demo", "3.0", None)
     with pytest.raises(PypapoError, match="no project nope"):
@@ -169,12 +191,12 @@ def test_remove_a_version_then_the_last_one(repo: RepoHandle, make_wheel: MakeDi
     assert "simple/demo/demo-1.0-py3-none-any.whl" not in snap
     assert "simple/demo/demo-1.0-py3-none-any.whl.metadata" not in snap
     assert _json(snap, "simple/demo/index.json")["versions"] == ["2.0"]
-    assert "demo-1.0" not in snap["simple/demo/index.html"].decode()
+    assert list(_html(snap, "demo")) == ["demo-2.0-py3-none-any.whl"]
     assert r.remove("demo") == ["demo-2.0-py3-none-any.whl"]
     snap = repo.snapshot()
     assert not [name for name in snap if name.startswith("simple/demo/")]
     assert _json(snap, "simple/index.json")["projects"] == [{"name": "keep"}]
-    assert "demo/" not in snap["simple/index.html"].decode()
+    assert _root_html(snap) == ["keep"]
     assert r.projects() == ["keep"]
 
 
@@ -227,7 +249,7 @@ def test_reindex_picks_up_manual_additions_and_deletions(
         )
     assert "simple/gone/index.json" not in snap
     assert [p["name"] for p in _json(snap, "simple/index.json")["projects"]] == ["demo", "manual"]
-    assert 'href="manual/"' in snap["simple/index.html"].decode()
+    assert _root_html(snap) == ["demo", "manual"]
 
 
 def test_reindex_verify_rehashes_what_the_fingerprint_cannot_see(
@@ -358,7 +380,7 @@ def test_initialize_gives_a_new_repository_an_empty_index_once(
     assert set(snap) == {"simple/index.html", "simple/index.json"} | site  # /ui/ answers too
     assert _json(snap, "simple/index.json")["projects"] == []
     assert "Nothing published yet" in snap["ui/index.html"].decode()
-    assert "<a " not in snap["simple/index.html"].decode()
+    assert RepositoryPage.from_html(snap["simple/index.html"]).links == []
 
     repository.publish([make_wheel("demo", "1.0")])
     before = repo.snapshot()
@@ -477,8 +499,7 @@ def test_reindex_batch_losing_a_race_to_a_publisher_merges_into_what_it_wrote(
         "demo-1.0-py3-none-any.whl",
         "demo-2.0-py3-none-any.whl",
     ]
-    html = snap["simple/demo/index.html"].decode()
-    assert "demo-1.0-py3-none-any.whl" in html and "demo-2.0-py3-none-any.whl" in html
-    assert "other-1.0-py3-none-any.whl" in snap["simple/other/index.html"].decode()
+    assert list(_html(snap, "demo")) == ["demo-1.0-py3-none-any.whl", "demo-2.0-py3-none-any.whl"]
+    assert list(_html(snap, "other")) == ["other-1.0-py3-none-any.whl"]
     assert result.files == 3
     assert Repository.open(repo.location).reindex().pages_written == 0

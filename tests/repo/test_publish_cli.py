@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pypi_simple import ProjectPage
 
 from provisioner.appliance import sample
 from provisioner.appliance.demo import clean_env
@@ -76,7 +77,8 @@ def test_yank_list_remove_flow(dir_repo: RepoHandle, make_wheel: MakeDist) -> No
 
     declined = run("remove", "--repo", loc, "demo", "1.0", input="n\n")
     assert declined.exit_code != 0
-    assert "demo-1.0-py3-none-any.whl" in dir_repo.snapshot()["simple/demo/index.html"].decode()
+    page = ProjectPage.from_html("demo", dir_repo.snapshot()["simple/demo/index.html"])
+    assert "demo-1.0-py3-none-any.whl" in [p.filename for p in page.packages]
     confirmed = run("remove", "--repo", loc, "demo", "1.0", input="y\n")
     assert confirmed.exit_code == 0 and "removed 1 files" in confirmed.stdout
     assert run("remove", "--repo", loc, "--yes", "demo").exit_code == 0
