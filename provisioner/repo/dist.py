@@ -23,7 +23,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 from packaging.metadata import parse_email
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -48,6 +48,9 @@ MAX_MEMBERS = 100_000
 MAX_TAR_HEADER_BYTES = 1024 * 1024
 
 
+DistKind = Literal["wheel", "sdist"]
+
+
 class DistError(ValueError):
     """The file is not a valid distribution; the message says why (without the filename)."""
 
@@ -59,7 +62,7 @@ class DistFile:
     filename: str
     project: str  # PEP 503 normalized name
     version: str  # normalized (str of packaging Version)
-    kind: str  # "wheel" or "sdist"
+    kind: DistKind
     data: bytes
     sha256: str
     requires_python: str | None

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from packaging.version import InvalidVersion, Version
@@ -51,6 +51,23 @@ def _str(doc: Mapping[str, Any], key: str) -> str:
     return value
 
 
+class Distribution(Protocol):
+    """What an entry needs of a validated distribution (`dist.DistFile`, `dist.DistSummary`)."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def requires_python(self) -> str | None: ...
+    @property
+    def metadata_sha256(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One distribution file of a project, as its project JSON records it."""
@@ -72,6 +89,23 @@ class FileEntry:
         {"filename", "url", "hashes", "requires-python", "core-metadata", "dist-info-metadata",
          "yanked", "size", "upload-time", "_version", "_fingerprint"}
     )  # fmt: skip
+
+    @classmethod
+    def of(
+        cls, dist: Distribution, *, upload_time: str, fingerprint: str, yanked: Yanked = False
+    ) -> FileEntry:
+        """The entry of a validated distribution, with what the distribution does not say."""
+        return cls(
+            filename=dist.filename,
+            version=dist.version,
+            sha256=dist.sha256,
+            size=dist.size,
+            requires_python=dist.requires_python,
+            metadata_sha256=dist.metadata_sha256,
+            upload_time=upload_time,
+            yanked=yanked,
+            fingerprint=fingerprint,
+        )
 
     def to_json(self) -> dict[str, Any]:
         core: dict[str, str] | bool = {"sha256": self.metadata_sha256} if self.metadata_sha256 else False

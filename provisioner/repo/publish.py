@@ -157,16 +157,7 @@ def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile
     def add(state: ProjectState) -> ProjectState | None:
         files = state.by_filename()
         new = [
-            FileEntry(
-                filename=d.filename,
-                version=d.version,
-                sha256=d.sha256,
-                size=d.size,
-                requires_python=d.requires_python,
-                metadata_sha256=d.metadata_sha256,
-                upload_time=uploaded,
-                fingerprint=_fingerprint(writer, project, d.filename),
-            )
+            FileEntry.of(d, upload_time=uploaded, fingerprint=_fingerprint(writer, project, d.filename))
             for d in dists
             if d.filename not in files
         ]

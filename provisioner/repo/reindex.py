@@ -160,21 +160,13 @@ def rebuild(store: Store, outputs: Outputs, job: RebuildJob, verify: bool) -> Re
             stored_meta, mgen = store.read(meta_name) if have_meta else (b"", 0)
             if stored_meta != dist.metadata:
                 metadata.append(WriteItem(meta_name, dist.metadata, mgen))
-        rebuilt[filename] = FileEntry(
-            filename=filename,
-            version=dist.version,
-            sha256=dist.sha256,
-            size=dist.size,
-            requires_python=dist.requires_python,
-            metadata_sha256=dist.metadata_sha256,
-            upload_time=(
-                prev.upload_time
-                if prev
-                else upload_time(dt.datetime.fromtimestamp(info.updated_ns / 1e9, dt.UTC))
-            ),
-            yanked=prev.yanked if prev else False,
-            fingerprint=info.fingerprint,
-        )  # private keys of `prev`: carried by merge()
+        if prev is None:
+            uploaded, yanked = upload_time(dt.datetime.fromtimestamp(info.updated_ns / 1e9, dt.UTC)), False
+        else:
+            uploaded, yanked = prev.upload_time, prev.yanked  # (merge() then takes the current ones)
+        rebuilt[filename] = FileEntry.of(
+            dist, upload_time=uploaded, fingerprint=info.fingerprint, yanked=yanked
+        )
     new = merge(store, job, rebuilt, job.old)
     final = job.old if new is None else new
     rendered = outputs.render_project(final) if final.files else ()
