@@ -15,7 +15,7 @@ MakeDist = Callable[..., Path]
 
 
 def _site_page(project: str) -> str:
-    return f"ui/{project}/index.html"
+    return f"extra/{project}.txt"
 
 
 def _render_site_page(state: ProjectState) -> bytes:
@@ -29,7 +29,7 @@ def _render_site_list(root: RootState) -> bytes:
 
 SITE = out.Outputs(
     project=(*out.DEFAULT.project, out.ProjectOutput(_site_page, _render_site_page)),
-    root=(*out.DEFAULT.root, out.RootOutput("ui/index.html", _render_site_list)),
+    root=(*out.DEFAULT.root, out.RootOutput("extra/index.txt", _render_site_list)),
 )
 
 
@@ -41,19 +41,19 @@ def test_an_added_output_follows_every_change(repo: RepoHandle, make_wheel: Make
     r = _repo(repo.location)
     r.publish([make_wheel("demo", "1.0"), make_wheel("demo", "2.0"), make_wheel("other", "1.0")])
     snap = repo.snapshot()
-    assert snap["ui/demo/index.html"] == b"demo: 1.0, 2.0 (0 yanked)\n"
-    assert snap["ui/other/index.html"] == b"other: 1.0 (0 yanked)\n"
-    assert snap["ui/index.html"] == b"demo\nother\n"
+    assert snap["extra/demo.txt"] == b"demo: 1.0, 2.0 (0 yanked)\n"
+    assert snap["extra/other.txt"] == b"other: 1.0 (0 yanked)\n"
+    assert snap["extra/index.txt"] == b"demo\nother\n"
 
     r.set_yanked("demo", "1.0", "bad")
-    assert repo.snapshot()["ui/demo/index.html"] == b"demo: 1.0, 2.0 (1 yanked)\n"
+    assert repo.snapshot()["extra/demo.txt"] == b"demo: 1.0, 2.0 (1 yanked)\n"
     r.remove("demo", "2.0")
-    assert repo.snapshot()["ui/demo/index.html"] == b"demo: 1.0 (1 yanked)\n"
+    assert repo.snapshot()["extra/demo.txt"] == b"demo: 1.0 (1 yanked)\n"
 
     r.remove("other")
     snap = repo.snapshot()
-    assert "ui/other/index.html" not in snap  # deleted with its project
-    assert snap["ui/index.html"] == b"demo\n"
+    assert "extra/other.txt" not in snap  # deleted with its project
+    assert snap["extra/index.txt"] == b"demo\n"
 
 
 def test_reindex_restores_a_lost_or_stale_output_and_then_finds_nothing_to_do(
@@ -64,10 +64,10 @@ def test_reindex_restores_a_lost_or_stale_output_and_then_finds_nothing_to_do(
     r.set_yanked("demo", "1.0", None)
     before = repo.snapshot()
     store = open_store(repo.location)
-    store.delete("ui/demo/index.html")
-    store.delete("ui/index.html")
-    _data, gen = store.read("ui/other/index.html")
-    store.write("ui/other/index.html", b"stale", if_generation_match=gen)
+    store.delete("extra/demo.txt")
+    store.delete("extra/index.txt")
+    _data, gen = store.read("extra/other.txt")
+    store.write("extra/other.txt", b"stale", if_generation_match=gen)
     result = r.reindex()
     assert repo.snapshot() == before
     assert result.pages_written == 3
@@ -84,11 +84,6 @@ def test_reindex_from_scratch_writes_every_output(repo: RepoHandle, make_wheel: 
             store.delete(name)
     r.reindex()
     after = repo.snapshot()
-    assert after["ui/demo/index.html"] == b"demo: 1.0 (0 yanked)\n"
-    assert after["ui/index.html"] == b"demo\n"
+    assert after["extra/demo.txt"] == b"demo: 1.0 (0 yanked)\n"
+    assert after["extra/index.txt"] == b"demo\n"
     assert after["simple/demo/index.html"] == before["simple/demo/index.html"]
-
-
-def test_the_default_outputs_are_the_pep503_pages_only(repo: RepoHandle, make_wheel: MakeDist) -> None:
-    Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
-    assert not [name for name in repo.snapshot() if not name.startswith("simple/")]
