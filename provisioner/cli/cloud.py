@@ -99,7 +99,8 @@ def destroy_command(delete_bucket: bool, yes: bool, **kwargs: Any) -> None:
     from provisioner.cloud import apply as deploy
 
     settings = settings_from_click(kwargs)
-    what = f"instance {settings.instance} ({settings.zone}), firewall {settings.firewall_name}"
+    what = f"instance {settings.instance} ({settings.zone}), firewall rules {settings.firewall_name}"
+    what += f" and {settings.deny_firewall_name}"
     what += f", service account {settings.service_account_email}"
     if delete_bucket:
         what += f" AND bucket gs://{settings.bucket} with every package in it"

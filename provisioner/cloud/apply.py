@@ -87,7 +87,11 @@ def startup_script(s: Settings) -> str:
     """The appliance's startup script, rendered by the appliance part (provisioner/render.py)."""
     from provisioner.appliance.render import ApplianceConfig, render_startup_script
 
-    return render_startup_script(ApplianceConfig(bucket=s.bucket, prefix=s.prefix, port=s.port))
+    # NGINX answers only IAP's range (and the machine itself): the second wall behind the firewall.
+    sources = (names.IAP_TCP_RANGE,)
+    return render_startup_script(
+        ApplianceConfig(bucket=s.bucket, prefix=s.prefix, port=s.port, allowed_sources=sources)
+    )
 
 
 def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
@@ -101,6 +105,7 @@ def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
         service_account_keys=cloud.iam.list_user_keys(s.service_account_email) if account is not None else [],
         subnetwork=cloud.compute.get_subnetwork(s.region, s.subnet),
         firewall=cloud.compute.get_firewall(s.firewall_name),
+        deny_firewall=cloud.compute.get_firewall(s.deny_firewall_name),
         instance=cloud.compute.get_instance(s.zone, s.instance),
         image_family_exists=cloud.compute.get_image_from_family(s.image_project, s.image_family) is not None,
     )
@@ -285,6 +290,7 @@ def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
         "bucket": None if actual.bucket is None else f"gs://{s.bucket}",
         "service_account": None if actual.service_account is None else s.service_account_email,
         "firewall": None if actual.firewall is None else s.firewall_name,
+        "deny_firewall": None if actual.deny_firewall is None else s.deny_firewall_name,
         "private_google_access": bool(actual.subnetwork and actual.subnetwork.private_ip_google_access),
         "in_sync": not plan.changed,
         "drift": [

@@ -39,12 +39,6 @@ from provisioner.cloud.settings import Settings
 # Where Google's health checkers connect from (https://cloud.google.com/load-balancing/docs/health-checks
 # #firewall_rules): both ranges, for every load balancer type that checks instance groups.
 HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
-# Firewall priorities: smaller wins; at equal priority a deny wins over an allow. pypapo's allows rank
-# just above its deny, and both above the default 1000 of rules made without a priority and far above
-# `default-allow-internal` (65534), so no broad allow of the network opens the serving port.
-ALLOW_PRIORITY = 900
-DENY_PRIORITY = 910
-ANYWHERE = "0.0.0.0/0"
 
 LB_CHECK_INTERVAL = 5  # Google's defaults: check every 5 s, 2 failures out, 2 successes in
 LB_CHECK_THRESHOLD = 2
@@ -100,10 +94,6 @@ class GroupNames:
         return f"{self.base}-ilb"
 
     @property
-    def allow_iap(self) -> str:
-        return f"{self.base}-allow-iap"
-
-    @property
     def allow_health_checks(self) -> str:
         return f"{self.base}-allow-hc"
 
@@ -111,16 +101,8 @@ class GroupNames:
     def allow_lb_clients(self) -> str:
         return f"{self.base}-allow-ilb"
 
-    @property
-    def deny_others(self) -> str:
-        return f"{self.base}-deny-port"
-
     def template(self, digest: str) -> str:
         return f"{self.base}-{digest[:TEMPLATE_DIGEST_CHARS]}"
-
-
-# The longest suffix any name above adds to the base (settings validation keeps names within 63).
-LONGEST_SUFFIX = max(len("-allow-ilb"), len("-deny-port"), len("-allow-iap"), 1 + TEMPLATE_DIGEST_CHARS)
 
 
 def group_names(s: Settings) -> GroupNames:
@@ -408,24 +390,12 @@ def _rule(s: Settings, name: str, description: str, **fields: object) -> compute
     )
 
 
-def allow_iap(s: Settings) -> compute_v1.Firewall:
-    """IAP's TCP forwarding range to SSH and the serving port, as for the single VM."""
-    return _rule(
-        s,
-        group_names(s).allow_iap,
-        f"pypapo: IAP TCP forwarding to {s.instance} (SSH and the index port) only",
-        priority=ALLOW_PRIORITY,
-        source_ranges=[names.IAP_TCP_RANGE],
-        allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22", str(s.port)])],
-    )
-
-
 def allow_health_checks(s: Settings) -> compute_v1.Firewall:
     return _rule(
         s,
         group_names(s).allow_health_checks,
         "pypapo: Google's health checkers to the index port only (autohealing and the load balancer)",
-        priority=ALLOW_PRIORITY,
+        priority=plan.ALLOW_PRIORITY,
         source_ranges=list(HEALTH_CHECK_RANGES),
         allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(s.port)])],
     )
@@ -438,30 +408,18 @@ def allow_lb_clients(s: Settings, *, clients: Sequence[str], lb_ip: str) -> comp
         s,
         group_names(s).allow_lb_clients,
         "pypapo: VPC clients of the internal load balancer, to its address and the index port only",
-        priority=ALLOW_PRIORITY,
+        priority=plan.ALLOW_PRIORITY,
         source_ranges=list(clients),
         destination_ranges=[f"{lb_ip}/32"],
         allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(s.port)])],
     )
 
 
-def deny_others(s: Settings) -> compute_v1.Firewall:
-    """Everyone else: the serving port is closed to the VPC, `default-allow-internal` included."""
-    return _rule(
-        s,
-        group_names(s).deny_others,
-        "pypapo: the index port from anywhere else is denied (IAM, through IAP, is the only gate)",
-        priority=DENY_PRIORITY,
-        source_ranges=[ANYWHERE],
-        denied=[compute_v1.Denied(I_p_protocol="tcp", ports=[str(s.port)])],
-    )
-
-
 def firewalls(s: Settings, *, clients: Sequence[str] = (), lb_ip: str = "") -> list[compute_v1.Firewall]:
-    rules = [allow_iap(s), allow_health_checks(s)]
+    rules = [plan.desired_firewall(s), allow_health_checks(s)]
     if clients:
         rules.append(allow_lb_clients(s, clients=clients, lb_ip=lb_ip))
-    return [*rules, deny_others(s)]
+    return [*rules, plan.desired_deny_firewall(s)]
 
 
 # --- IAM for readers: conditional bindings on the project's tunnel resource ----------------------------

@@ -118,16 +118,40 @@ def service_account_request(s: Settings) -> iam_admin_v1.CreateServiceAccountReq
     )
 
 
+# Firewall priorities: the smaller number wins; at equal priority a deny wins over an allow. pypapo's
+# allows rank just above its deny, and both above the default 1000 of rules made without a priority and
+# far above `default-allow-internal` (65534), so no broad allow of the network opens the serving port.
+ALLOW_PRIORITY = 900
+DENY_PRIORITY = 910
+ANYWHERE = "0.0.0.0/0"
+
+
 def desired_firewall(s: Settings) -> compute_v1.Firewall:
+    """IAP's TCP forwarding range to SSH and the serving port, for the appliance's account only."""
     return compute_v1.Firewall(
         name=s.firewall_name,
         description=f"pypapo: IAP TCP forwarding to {s.instance} (SSH and the index port) only",
         network=names.network_url(s.project, s.network),
         direction="INGRESS",
-        priority=1000,
+        priority=ALLOW_PRIORITY,
         disabled=False,
         source_ranges=[IAP_TCP_RANGE],
         allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22", str(s.port)])],
+        target_service_accounts=[s.service_account_email],
+    )
+
+
+def desired_deny_firewall(s: Settings) -> compute_v1.Firewall:
+    """Everyone else: the serving port is closed to the VPC, `default-allow-internal` included."""
+    return compute_v1.Firewall(
+        name=s.deny_firewall_name,
+        description="pypapo: the index port is denied from anywhere else (IAM through IAP is the only gate)",
+        network=names.network_url(s.project, s.network),
+        direction="INGRESS",
+        priority=DENY_PRIORITY,
+        disabled=False,
+        source_ranges=[ANYWHERE],
+        denied=[compute_v1.Denied(I_p_protocol="tcp", ports=[str(s.port)])],
         target_service_accounts=[s.service_account_email],
     )
 
@@ -486,6 +510,7 @@ class Actual:
     service_account_keys: list[iam_admin_v1.ServiceAccountKey] = field(default_factory=list)
     subnetwork: compute_v1.Subnetwork | None = None
     firewall: compute_v1.Firewall | None = None
+    deny_firewall: compute_v1.Firewall | None = None
     instance: compute_v1.Instance | None = None
     image_family_exists: bool = False
 
@@ -614,6 +639,8 @@ def _firewall_fields(fw: compute_v1.Firewall) -> dict[str, Any]:
         "source_ranges": sorted(fw.source_ranges),
         "allowed": sorted((a.I_p_protocol, tuple(sorted(a.ports))) for a in fw.allowed),
         "denied": sorted((a.I_p_protocol, tuple(sorted(a.ports))) for a in fw.denied),
+        "priority": fw.priority,
+        "destination_ranges": sorted(fw.destination_ranges),
         "target_service_accounts": sorted(fw.target_service_accounts),
         "target_tags": sorted(fw.target_tags),
         "source_tags": sorted(fw.source_tags),
@@ -621,24 +648,31 @@ def _firewall_fields(fw: compute_v1.Firewall) -> dict[str, Any]:
     }
 
 
-def _firewall_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
-    desired = desired_firewall(s)
-    current = actual.firewall if actual else None
+def _firewall_plan(
+    s: Settings, desired: compute_v1.Firewall, current: compute_v1.Firewall | None
+) -> ResourcePlan:
+    name = desired.name
     if current is None:
         req = compute_v1.InsertFirewallRequest(project=s.project, firewall_resource=desired)
         return ResourcePlan(
-            Kind.FIREWALL, s.firewall_name, Action.CREATE, desired, steps=[Step(Method.INSERT_FIREWALL, req)]
+            Kind.FIREWALL, name, Action.CREATE, desired, steps=[Step(Method.INSERT_FIREWALL, req)]
         )
     want, have = _firewall_fields(desired), _firewall_fields(current)
     changes = [_change(k, have[k], want[k]) for k in sorted(want) if have[k] != want[k]]
     if not changes:
-        return ResourcePlan(Kind.FIREWALL, s.firewall_name, Action.NONE, desired)
-    req = compute_v1.UpdateFirewallRequest(
-        project=s.project, firewall=s.firewall_name, firewall_resource=desired
-    )
+        return ResourcePlan(Kind.FIREWALL, name, Action.NONE, desired)
+    req = compute_v1.UpdateFirewallRequest(project=s.project, firewall=name, firewall_resource=desired)
     return ResourcePlan(
-        Kind.FIREWALL, s.firewall_name, Action.UPDATE, desired, changes, [Step(Method.UPDATE_FIREWALL, req)]
+        Kind.FIREWALL, name, Action.UPDATE, desired, changes, [Step(Method.UPDATE_FIREWALL, req)]
     )
+
+
+def _firewall_plans(s: Settings, actual: Actual | None) -> list[ResourcePlan]:
+    """The IAP allow and the deny for everyone else on the serving port (issue: IAM is the only gate)."""
+    return [
+        _firewall_plan(s, desired_firewall(s), actual.firewall if actual else None),
+        _firewall_plan(s, desired_deny_firewall(s), actual.deny_firewall if actual else None),
+    ]
 
 
 def _metadata_dict(instance: compute_v1.Instance) -> dict[str, str]:
@@ -797,7 +831,7 @@ def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> P
     resources += _service_account_plans(s, actual)
     resources += [
         _subnet_plan(s, actual),
-        _firewall_plan(s, actual),
+        *_firewall_plans(s, actual),
         _instance_plan(s, actual, startup_script),
     ]
     return Plan(s, "offline" if actual is None else "live", "create", resources)
@@ -825,19 +859,16 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
         )
     else:
         resources.append(ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.NONE))
-    if actual.firewall is not None:
-        req = compute_v1.DeleteFirewallRequest(project=s.project, firewall=s.firewall_name)
+    for name, current in ((s.firewall_name, actual.firewall), (s.deny_firewall_name, actual.deny_firewall)):
+        if current is None:
+            resources.append(ResourcePlan(Kind.FIREWALL, name, Action.NONE))
+            continue
+        req = compute_v1.DeleteFirewallRequest(project=s.project, firewall=name)
         resources.append(
             ResourcePlan(
-                Kind.FIREWALL,
-                s.firewall_name,
-                Action.DELETE,
-                actual.firewall,
-                steps=[Step(Method.DELETE_FIREWALL, req)],
+                Kind.FIREWALL, name, Action.DELETE, current, steps=[Step(Method.DELETE_FIREWALL, req)]
             )
         )
-    else:
-        resources.append(ResourcePlan(Kind.FIREWALL, s.firewall_name, Action.NONE))
     member = service_account_member(s)
     if (
         actual.bucket is not None

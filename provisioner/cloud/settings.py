@@ -76,6 +76,10 @@ class Settings:
         return f"{self.instance}-allow-iap"
 
     @property
+    def deny_firewall_name(self) -> str:
+        return f"{self.instance}-deny-port"
+
+    @property
     def labels(self) -> dict[str, str]:
         return {"app": "pypapo", "pypapo-instance": self.instance}
 

@@ -396,10 +396,18 @@ def test_create_from_nothing_sends_every_resource_once_hardened(cloud: deploy.Cl
         "create_service_account",
         "set_member",
         "set_private_google_access",
-        "insert_firewall",
+        "insert_firewall",  # IAP to SSH and the serving port
+        "insert_firewall",  # the serving port denied to everyone else
         "insert_instance",
         "initialize_index",  # a fresh bucket serves an empty index, not a 503
     ]
+    allow, deny = (r.firewall_resource for m, r in cloud.compute.requests if m == "insert_firewall")
+    assert (allow.name, deny.name) == ("pypapo-allow-iap", "pypapo-deny-port")
+    # ranked: IAP's allow, then the deny, then anything of the network's (default-allow-internal: 65534)
+    assert allow.priority < deny.priority < 1000 < 65534
+    assert list(deny.source_ranges) == ["0.0.0.0/0"]
+    assert [(d.I_p_protocol, list(d.ports)) for d in deny.denied] == [("tcp", ["3333"])]
+    assert list(deny.target_service_accounts) == ["pypapo-vm@acme-prod.iam.gserviceaccount.com"]
     bucket = cloud.storage.requests[0][1]
     assert bucket["iamConfiguration"] == {
         "publicAccessPrevention": "enforced",
@@ -462,7 +470,7 @@ def test_partial_failure_converges_without_recreating(cloud: deploy.Cloud) -> No
     clear(cloud)
     run_create(cloud, s)
     # bucket, account and subnet were done: only what failed and what came after is sent
-    assert sent(cloud) == ["insert_firewall", "insert_instance", "initialize_index"]
+    assert sent(cloud) == ["insert_firewall", "insert_firewall", "insert_instance", "initialize_index"]
     clear(cloud)
     run_create(cloud, s)
     assert sent(cloud) == []
@@ -483,6 +491,7 @@ def test_create_reconciles_hardening_drift_in_place(cloud: deploy.Cloud) -> None
     inst.shielded_instance_config.enable_secure_boot = False
     inst.labels = {"team": "infra"}
     cloud.compute.firewalls[s.firewall_name].source_ranges = ["0.0.0.0/0"]
+    cloud.compute.firewalls[s.deny_firewall_name].priority = 65535  # ranked below default-allow-internal
     cloud.compute.subnetworks[("us-central1", "default")].private_ip_google_access = False
     clear(cloud)
 
@@ -491,6 +500,7 @@ def test_create_reconciles_hardening_drift_in_place(cloud: deploy.Cloud) -> None
     assert "insert_instance" not in sent(cloud) and "insert_firewall" not in sent(cloud)
     assert sent(cloud) == [
         "set_private_google_access",
+        "update_firewall",
         "update_firewall",
         "set_metadata",
         "set_labels",
@@ -509,6 +519,7 @@ def test_create_reconciles_hardening_drift_in_place(cloud: deploy.Cloud) -> None
     assert inst.status == "RUNNING"
     assert inst.labels["team"] == "infra" and inst.labels["app"] == "pypapo"  # other labels are kept
     assert list(cloud.compute.firewalls[s.firewall_name].source_ranges) == ["35.235.240.0/20"]
+    assert cloud.compute.firewalls[s.deny_firewall_name].priority == planlib.DENY_PRIORITY
     clear(cloud)
     run_create(cloud, s)
     assert sent(cloud) == []
@@ -580,6 +591,7 @@ def test_destroy_lifts_deletion_protection_keeps_bucket_and_is_idempotent(cloud:
     assert sent(cloud) == [
         "set_deletion_protection",  # protection is lifted first, or the delete fails
         "delete_instance",
+        "delete_firewall",
         "delete_firewall",
         "set_member",  # the VM account's binding leaves the kept bucket
         "delete_service_account",

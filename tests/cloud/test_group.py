@@ -135,7 +135,7 @@ def test_backend_service_and_forwarding_rule() -> None:
 def test_request_objects_serialize_as_the_rest_api_carries_them() -> None:
     doc = plan.to_jsonable(group.forwarding_rule(S))
     assert doc["IPProtocol"] == "TCP" and doc["loadBalancingScheme"] == "INTERNAL"
-    doc = plan.to_jsonable(group.deny_others(S))
+    doc = plan.to_jsonable(plan.desired_deny_firewall(S))
     assert doc["denied"] == [{"IPProtocol": "tcp", "ports": ["3333"]}]
 
 
@@ -239,8 +239,8 @@ def test_without_lb_clients_there_is_no_exception() -> None:
     rules = group.firewalls(S)
     assert [r.name for r in rules] == ["pypapo-allow-iap", "pypapo-allow-hc", "pypapo-deny-port"]
     assert reaches([*rules, *DEFAULT_NETWORK], "10.128.0.9", LB_IP, 3333, ACCOUNT) == "deny: pypapo-deny-port"
-    deny = group.deny_others(S)
-    assert group.ALLOW_PRIORITY < deny.priority < 1000 < 65534
+    deny = plan.desired_deny_firewall(S)
+    assert plan.ALLOW_PRIORITY < deny.priority < 1000 < 65534
 
 
 # --- IAM: reader bindings cover exactly the group's instances and the serving port ----------------------

@@ -62,7 +62,9 @@ def test_build_dry_run_shows_a_complete_safe_pipeline_offline(tmp_path) -> None:
         "enableIntegrityMonitoring": True,
     }
     meta = {i["key"]: i["value"] for i in builder["metadata"]["items"]}
-    appliance = render.render_startup_script(render.ApplianceConfig(bucket="proj-123456-pypapo"))
+    appliance = render.render_startup_script(
+        render.ApplianceConfig(bucket="proj-123456-pypapo", allowed_sources=(names.IAP_TCP_RANGE,))
+    )
     assert appliance in meta["startup-script"], "the real rendered appliance script, run in bake mode"
     image = doc["steps"][3]["request"]["imageResource"]
     assert image["family"] == "pypapo" and image["name"] == doc["image"]
@@ -73,7 +75,9 @@ def test_rollout_dry_run_uses_the_create_spec_offline(tmp_path) -> None:
     doc = dry_run(tmp_path, "rollout")
     insert = next(s for s in doc["steps"] if s["call"] == "compute.instances.insert")
     sent = insert["request"]["instanceResource"]
-    script = render.render_startup_script(render.ApplianceConfig(bucket="proj-123456-pypapo"))
+    script = render.render_startup_script(
+        render.ApplianceConfig(bucket="proj-123456-pypapo", allowed_sources=(names.IAP_TCP_RANGE,))
+    )
     expected = plan.desired_instance(
         Settings(project="proj-123456", zone="europe-west1-b"),
         image=names.family_image("proj-123456", "pypapo"),

@@ -162,8 +162,15 @@ def test_cli_offline_json_plan_shows_every_item() -> None:
         "bucket_iam_binding",
         "subnetwork",
         "firewall",
+        "firewall",
         "instance",
     ]
+    firewalls = {r["name"]: r["spec"] for r in doc["resources"] if r["kind"] == "firewall"}
+    deny = firewalls["pypapo-deny-port"]
+    assert deny["denied"] == [{"IPProtocol": "tcp", "ports": ["3333"]}] and deny["sourceRanges"] == [
+        "0.0.0.0/0"
+    ]
+    assert firewalls["pypapo-allow-iap"]["priority"] < deny["priority"] < 65534
     bucket = by_kind["bucket"]["spec"]
     assert bucket["iamConfiguration"] == {
         "publicAccessPrevention": "enforced",
@@ -178,7 +185,7 @@ def test_cli_offline_json_plan_shows_every_item() -> None:
     assert by_kind["subnetwork"]["steps"][0]["request"][
         "subnetworksSetPrivateIpGoogleAccessRequestResource"
     ] == {"privateIpGoogleAccess": True}
-    fw = by_kind["firewall"]["spec"]
+    fw = firewalls["pypapo-allow-iap"]
     assert fw["sourceRanges"] == ["35.235.240.0/20"]
     assert fw["allowed"] == [{"IPProtocol": "tcp", "ports": ["22", "3333"]}]
     assert fw["targetServiceAccounts"] == ["pypapo-vm@acme-prod.iam.gserviceaccount.com"]
@@ -194,7 +201,7 @@ def test_cli_offline_json_plan_shows_every_item() -> None:
     assert meta["enable-oslogin"] == "TRUE" and meta["block-project-ssh-keys"] == "TRUE"
     assert meta["serial-port-enable"] == "FALSE"
     expected_script = render.render_startup_script(
-        render.ApplianceConfig(bucket="acme-prod-pypapo", port=3333)
+        render.ApplianceConfig(bucket="acme-prod-pypapo", port=3333, allowed_sources=("35.235.240.0/20",))
     )
     assert meta["startup-script"] == expected_script
     assert inst["labels"] == {"app": "pypapo", "pypapo-instance": "pypapo"}
@@ -221,7 +228,7 @@ def test_cli_offline_plan_needs_no_credentials(monkeypatch, tmp_path) -> None:
         main, ["plan", "--offline", "--project", "acme-prod", "--zone", "us-central1-a"]
     )
     assert result.exit_code == 0, result.output
-    assert "35.235.240.0/20" in result.output and "(5 create, 1 update)" in result.output
+    assert "35.235.240.0/20" in result.output and "(6 create, 1 update)" in result.output
 
 
 def test_cli_plan_rejects_bad_settings_before_any_call() -> None:
