@@ -7,17 +7,13 @@ from typing import Any
 
 import click
 
-from provisioner.cli.options import settings_from_click, settings_options
-
-
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
+from provisioner.cli.options import progress, settings_from_click, settings_options
 
 
 def _cloud(settings: Any) -> Any:
     from provisioner.cloud.apply import Cloud
 
-    return Cloud.connect(settings, progress=_progress)
+    return Cloud.connect(settings, progress=progress)
 
 
 @click.command("plan")
@@ -51,7 +47,7 @@ def create_command(no_wait: bool, **kwargs: Any) -> None:
     script = deploy.startup_script(settings)
     cloud = _cloud(settings)
     cloud.iam.get_project()  # a wrong --project fails here, with a clear message
-    deploy.create(cloud, settings, script=script, progress=_progress, wait=not no_wait)
+    deploy.create(cloud, settings, script=script, progress=progress, wait=not no_wait)
     click.echo(
         f"pypapo is up: {settings.instance} in {settings.zone}, bucket gs://{settings.bucket}."
         f" Next: `provision grant user:EMAIL --role reader` and `provision tunnel`."
@@ -108,7 +104,7 @@ def destroy_command(delete_bucket: bool, yes: bool, **kwargs: Any) -> None:
         what += f" (bucket gs://{settings.bucket} is kept)"
     if not yes:
         click.confirm(f"Delete {what} in project {settings.project}?", abort=True, err=True)
-    deploy.destroy(_cloud(settings), settings, delete_bucket=delete_bucket, progress=_progress)
+    deploy.destroy(_cloud(settings), settings, delete_bucket=delete_bucket, progress=progress)
 
 
 def _iam_change_document(operation: str, role: str, changes: list[Any]) -> dict[str, Any]:
@@ -170,7 +166,7 @@ def _grant_command(present: bool) -> click.Command:
             )
             click.echo(text, nl=False)
             return
-        deploy.grant(_cloud(settings), settings, member, role, present=present, progress=_progress)
+        deploy.grant(_cloud(settings), settings, member, role, present=present, progress=progress)
 
     command.help = (
         f"{verb.capitalize()} MEMBER (user:EMAIL, group:EMAIL, serviceAccount:EMAIL) the reader role"

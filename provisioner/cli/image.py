@@ -12,6 +12,7 @@ from google.cloud import compute_v1
 
 from provisioner import __version__
 from provisioner.appliance import guest
+from provisioner.cli import options
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cloud import image as img
 from provisioner.cloud import names, plan
@@ -58,10 +59,9 @@ def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
 
 def image_api(settings: Settings, progress: bool = True) -> img.ImageApi:
     """The thin Compute/IAP layer (tests substitute a double here: Compute Engine has no emulator)."""
-    from provisioner.cloud.gcp.base import echo
     from provisioner.cloud.gcp.images import ComputeImageApi
 
-    return ComputeImageApi(_clients(settings), progress=echo if progress else None)
+    return ComputeImageApi(_clients(settings), progress=options.progress if progress else None)
 
 
 def _clients(settings: Settings) -> Any:
@@ -72,10 +72,6 @@ def _clients(settings: Settings) -> Any:
 
 def _echo_doc(doc: dict[str, Any]) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=False))
-
-
-def _progress(message: str) -> None:
-    click.echo(f"  {message}", err=True)
 
 
 def _save_serial_log(builder: str, text: str) -> str:
@@ -127,7 +123,7 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
         now,
         script,
         protect=[current] if current else [],
-        report=_progress,
+        report=options.progress,
         save_log=_save_serial_log,
     )
     click.echo(
@@ -256,10 +252,12 @@ def schedule_cmd(
         (img.BUILD_SA_ID, "runs the image rebuild and rollout"),
     ):
         if api.ensure_service_account(account, f"pypapo: {title}"):
-            _progress(f"created service account {names.service_account_email(target.project, account)}")
+            options.progress(
+                f"created service account {names.service_account_email(target.project, account)}"
+            )
     for grant in roles:
         if api.add_binding(grant):
-            _progress(f"granted {grant.role} on {grant.resource} to {grant.member}")
+            options.progress(f"granted {grant.role} on {grant.resource} to {grant.member}")
     what = api.upsert_job(job)
     click.echo(f"scheduler job {name} {what}: {cron} ({time_zone})")
     if run_now:
@@ -361,7 +359,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
         target,
         spec,
         names.image_link(target.image_project, chosen.name),
-        report=_progress,
+        report=options.progress,
         ready_timeout=settings.ready_timeout,
     )
     click.echo(f"{target.instance} now runs {chosen.name} and is ready")
@@ -397,9 +395,9 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
         return
     _confirm(yes, f"Replace {target.instance} ({current}) with the previous image {previous.name}?")
     for change in changes:
-        _progress(f"marking {change.image} {change.deprecation_status_resource.state}")
+        options.progress(f"marking {change.image} {change.deprecation_status_resource.state}")
         api.deprecate_image(change)
-    img.run_rollout(api, target, spec, link, report=_progress, ready_timeout=settings.ready_timeout)
+    img.run_rollout(api, target, spec, link, report=options.progress, ready_timeout=settings.ready_timeout)
     click.echo(f"{target.instance} rolled back to {previous.name}; {current} is DEPRECATED")
 
 

@@ -48,3 +48,8 @@ def settings_from_click(kwargs: dict[str, Any]) -> Settings:
     """Pop the settings options out of a command's kwargs and build validated `Settings`."""
     flags = {field: kwargs.pop(field, None) for field in FIELDS}
     return load(flags, config=kwargs.pop("config", None))
+
+
+def progress(message: str) -> None:
+    """The CLI's one progress printer for long cloud operations: stderr, so JSON on stdout stays clean."""
+    click.echo(message, err=True)

@@ -9,27 +9,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.appliance import guest
 from provisioner.cloud import names
 from provisioner.cloud import plan as planlib
-from provisioner.cloud.gcp.base import Clients, Progress, _echo_progress
+from provisioner.cloud.gcp.base import Clients
+from provisioner.cloud.progress import Progress, silent
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
+from provisioner.repo.location import gs_url
 
 
 @dataclass
 class Cloud:
-    """The three thin-layer parts; each method sends one request object."""
+    """The three thin-layer parts (each method sends one request object), and how to open the
+    repository in the bucket (the engine's business: `create` writes its empty index through it)."""
 
     compute: Any
     storage: Any
     iam: Any
+    open_repository: Callable[[str], Any] = field(default=lambda url: _open_repository(url))
 
     @classmethod
-    def connect(cls, settings: Settings, *, progress: Progress | None = _echo_progress) -> Cloud:
+    def connect(cls, settings: Settings, *, progress: Progress | None = None) -> Cloud:
         from provisioner.cloud.gcp.compute import Compute
         from provisioner.cloud.gcp.iam import Iam
         from provisioner.cloud.gcp.storage_admin import StorageAdmin
@@ -81,6 +85,12 @@ class Cloud:
 
     def send(self, step: planlib.Step) -> None:
         self.senders()[planlib.Method(step.method)](step.request)
+
+
+def _open_repository(url: str) -> Any:
+    from provisioner.repo.engine import Repository
+
+    return Repository.open(url)
 
 
 def startup_script(s: Settings) -> str:
@@ -208,7 +218,7 @@ def create(
     s: Settings,
     *,
     script: str,
-    progress: Progress = _echo_progress,
+    progress: Progress = silent,
     wait: bool = True,
     sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] | None = None,
@@ -220,7 +230,7 @@ def create(
     else:
         sent = apply(cloud, plan, progress)
         progress(f"applied {sent} change(s)")
-    if cloud.storage.initialize_index(s.bucket, s.prefix):
+    if cloud.open_repository(gs_url(s.bucket, s.prefix)).initialize():
         progress(f"wrote an empty index into gs://{s.bucket}: publish with `provision publish`")
     for r in plan.resources:
         for note in r.notes:
@@ -230,9 +240,7 @@ def create(
     return plan
 
 
-def destroy(
-    cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progress = _echo_progress
-) -> planlib.Plan:
+def destroy(cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progress = silent) -> planlib.Plan:
     plan = planlib.plan_destroy(s, observe(cloud, s), delete_bucket=delete_bucket)
     if not plan.changed:
         progress(f"nothing to delete: no pypapo resources of {s.instance} in {s.project}")

@@ -253,7 +253,7 @@ class FakeStorage:
         self.requests: list[tuple[str, Any]] = []
         self.buckets: dict[str, storage.Bucket] = {}
         self.members: dict[str, dict[str, set[str]]] = {}
-        self.indexed: set[tuple[str, str]] = set()
+        self.indexed: set[str] = set()
 
     def _record(self, entry: tuple[str, Any]) -> None:
         self.requests.append(entry)
@@ -284,12 +284,19 @@ class FakeStorage:
     def get_members(self, name: str) -> dict[str, set[str]]:
         return copy.deepcopy(self.members[name])
 
-    def initialize_index(self, name: str, prefix: str) -> bool:
-        if (name, prefix) in self.indexed:
-            return False
-        self._record(("initialize_index", (name, prefix)))
-        self.indexed.add((name, prefix))
-        return True
+    def open_repository(self, url: str) -> Any:
+        """The engine's `Repository.open(url)`, as far as `create` uses it: `initialize()`."""
+        storage = self
+
+        class Repository:
+            def initialize(self) -> bool:
+                if url in storage.indexed:
+                    return False
+                storage._record(("initialize_index", url))
+                storage.indexed.add(url)
+                return True
+
+        return Repository()
 
     def set_member(self, name: str, role: str, member: str, *, present: bool = True) -> bool:
         members = self.members[name].setdefault(role, set())
@@ -366,7 +373,10 @@ def settings(**overrides: Any) -> Settings:
 @pytest.fixture
 def cloud() -> deploy.Cloud:
     log: list[tuple[str, Any]] = []
-    c = deploy.Cloud(FakeCompute("acme-prod", log), FakeStorage(log), FakeIam("acme-prod", log))
+    storage = FakeStorage(log)
+    c = deploy.Cloud(
+        FakeCompute("acme-prod", log), storage, FakeIam("acme-prod", log), storage.open_repository
+    )
     c.log = log  # type: ignore[attr-defined]  # every request in the order it was sent
     return c
 

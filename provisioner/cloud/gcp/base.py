@@ -15,16 +15,14 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from provisioner.cloud.names import CLOUD_PLATFORM_SCOPE
+from provisioner.cloud.progress import Progress
 from provisioner.errors import ApiNotEnabled, PermissionDenied, PypapoError
-
-Progress = Callable[[str], None]
 
 # The API each client talks to, for "enable it" messages when the error itself does not say.
 COMPUTE_API = "compute.googleapis.com"
@@ -89,10 +87,6 @@ def role_for_permission(permission: str) -> str | None:
         if permission.startswith(prefix) and len(prefix) > len(best):
             best = prefix
     return PERMISSION_ROLES.get(best) if best else None
-
-
-def _echo_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- clients ------------------------------------------------------------------------------------------
@@ -475,7 +469,7 @@ def wait_for_operation(
     clients: Clients | None = None,
     timeout: float = 900.0,
     poll_interval: float = 2.0,
-    progress: Progress | None = _echo_progress,
+    progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Any:
@@ -574,12 +568,3 @@ def _status_name(op: Any) -> str:
     status = getattr(op, "status", "")
     name = getattr(status, "name", None)
     return str(name if name is not None else status)
-
-
-def echo(message: str) -> None:
-    """Progress and results go to stderr so JSON on stdout stays clean."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -19,12 +19,11 @@ from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import (
     COMPUTE_API,
     Clients,
-    Progress,
-    _echo_progress,
     gcp_errors,
     get_or_none,
     wait_for_operation,
 )
+from provisioner.cloud.progress import Progress
 
 # IAM is eventually consistent: a service account created seconds ago can be unknown to Compute Engine
 # for up to a minute or so, and the insert fails with 400/404 naming it. Retry that case only.
@@ -45,7 +44,7 @@ class Compute:
         self,
         clients: Clients,
         *,
-        progress: Progress | None = _echo_progress,
+        progress: Progress | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.clients = clients

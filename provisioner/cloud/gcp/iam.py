@@ -18,15 +18,14 @@ from provisioner.cloud.gcp.base import (
     IAP_API,
     RESOURCE_MANAGER_API,
     Clients,
-    Progress,
-    _echo_progress,
     gcp_errors,
     get_or_none,
 )
+from provisioner.cloud.progress import Progress
 
 
 class Iam:
-    def __init__(self, clients: Clients, *, progress: Progress | None = _echo_progress) -> None:
+    def __init__(self, clients: Clients, *, progress: Progress | None = None) -> None:
         self.clients = clients
         self.project = clients.project
         self.progress = progress or (lambda _m: None)

@@ -16,12 +16,11 @@ from google.cloud import compute_v1
 from provisioner.cloud.gcp.base import (
     COMPUTE_API,
     Clients,
-    Progress,
-    echo,
     gcp_errors,
     wait_for_operation,
 )
 from provisioner.cloud.gcp.policy import carry_over
+from provisioner.cloud.progress import Progress
 
 
 class ComputeImageApi:
@@ -32,7 +31,7 @@ class ComputeImageApi:
     output, clean-up deletes that keep NotFound apart).
     """
 
-    def __init__(self, clients: Clients, progress: Progress | None = echo) -> None:
+    def __init__(self, clients: Clients, progress: Progress | None = None) -> None:
         from provisioner.cloud.gcp.compute import Compute
         from provisioner.cloud.gcp.iam import Iam
 

@@ -11,15 +11,15 @@ from typing import Any
 from google.cloud import storage
 
 from provisioner.cloud.gcp import policy
-from provisioner.cloud.gcp.base import STORAGE_API, Clients, Progress, _echo_progress, gcp_errors, get_or_none
-from provisioner.repo.location import gs_url
+from provisioner.cloud.gcp.base import STORAGE_API, Clients, gcp_errors, get_or_none
+from provisioner.cloud.progress import Progress
 
 # The bucket properties `provision create` owns (and reconciles); others are left as they are.
 OWNED = ("iamConfiguration", "versioning", "softDeletePolicy", "lifecycle")
 
 
 class StorageAdmin:
-    def __init__(self, clients: Clients, *, progress: Progress | None = _echo_progress) -> None:
+    def __init__(self, clients: Clients, *, progress: Progress | None = None) -> None:
         self.clients = clients
         self.project = clients.project
         self.progress = progress or (lambda _m: None)
@@ -46,12 +46,6 @@ class StorageAdmin:
                     " (bucket names are global); choose another --bucket, or get roles/storage.admin on it"
                 ) from exc.__cause__
             raise
-
-    def initialize_index(self, name: str, prefix: str) -> bool:
-        """Write the empty root index into a new bucket (through the engine); True if it wrote one."""
-        from provisioner.repo.engine import Repository
-
-        return Repository.open(gs_url(name, prefix)).initialize()
 
     def create_bucket(self, desired: storage.Bucket) -> storage.Bucket:
         """Create the bucket with every property of `desired` in the one insert call."""
