@@ -14,17 +14,18 @@ from provisioner import __version__
 from provisioner.appliance import guest
 from provisioner.cli import options
 from provisioner.cli.options import settings_from_click, settings_options
-from provisioner.cloud import image as img
 from provisioner.cloud import names, plan
+from provisioner.cloud.image import plan as image_plan
+from provisioner.cloud.image import run as image_run
+from provisioner.cloud.image import schedule as image_schedule
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
-from provisioner.repo.location import gs_url
 
 
 def _target(
-    settings: Settings, keep: int = img.DEFAULT_KEEP, builder_machine_type: str | None = None
-) -> img.ImageTarget:
-    return img.ImageTarget(
+    settings: Settings, keep: int = image_plan.DEFAULT_KEEP, builder_machine_type: str | None = None
+) -> image_plan.ImageTarget:
+    return image_plan.ImageTarget(
         project=settings.project,
         zone=settings.zone,
         region=settings.region,
@@ -33,7 +34,7 @@ def _target(
         family=settings.image_family,
         instance=settings.instance,
         keep=keep,
-        builder_machine_type=builder_machine_type or img.BUILDER_MACHINE_TYPE,
+        builder_machine_type=builder_machine_type or image_plan.BUILDER_MACHINE_TYPE,
         image_project=settings.image_project,
     )
 
@@ -57,7 +58,7 @@ def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
     )
 
 
-def image_api(settings: Settings, progress: bool = True) -> img.ImageApi:
+def image_api(settings: Settings, progress: bool = True) -> image_run.ImageApi:
     """The thin Compute/IAP layer (tests substitute a double here: Compute Engine has no emulator)."""
     from provisioner.cloud.gcp.images import ComputeImageApi
 
@@ -92,7 +93,7 @@ def image_group() -> None:
 _keep_option = click.option(
     "--keep",
     type=click.IntRange(min=1),
-    default=img.DEFAULT_KEEP,
+    default=image_plan.DEFAULT_KEEP,
     show_default=True,
     help="images kept usable for rollback (newest ACTIVE, the rest DEPRECATED; older ones OBSOLETE)",
 )
@@ -101,7 +102,7 @@ _keep_option = click.option(
 @image_group.command("build")
 @settings_options
 @_keep_option
-@click.option("--builder-machine-type", default=img.BUILDER_MACHINE_TYPE, show_default=True)
+@click.option("--builder-machine-type", default=image_plan.BUILDER_MACHINE_TYPE, show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the steps and requests; no credentials, no network")
 def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any) -> None:
     """Bake a new image of the appliance in the image family; deprecate older ones."""
@@ -110,14 +111,16 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
     now = dt.datetime.now(dt.UTC)
     script = startup_script(settings)
     if dry_run:
-        builder, image, steps = img.build_steps(target, now, script)
+        builder, image, steps = image_plan.build_steps(target, now, script)
         _echo_doc(
-            img.steps_document("image build", steps, builder=builder, image=image, family=target.family)
+            image_plan.steps_document(
+                "image build", steps, builder=builder, image=image, family=target.family
+            )
         )
         return
     api = image_api(settings)
-    current = img.serving_image(api, target)
-    result = img.run_build(
+    current = image_run.serving_image(api, target)
+    result = image_run.run_build(
         api,
         target,
         now,
@@ -143,8 +146,8 @@ def list_cmd(output: str, **kwargs: Any) -> None:
     target = _target(settings)
     api = image_api(settings, progress=False)
     images = api.list_images(target.image_project, target.family)
-    serving = img.serving_image(api, target)
-    rows = img.image_rows(images, serving, dt.datetime.now(dt.UTC))
+    serving = image_run.serving_image(api, target)
+    rows = image_plan.image_rows(images, serving, dt.datetime.now(dt.UTC))
     if output == "json":
         _echo_doc(
             {
@@ -209,18 +212,18 @@ def schedule_cmd(
     if disable and delete:
         raise PypapoError("--disable and --delete exclude each other: pick one")
     # Validate before anything else: a typo must fail in a millisecond, not after creating accounts.
-    cron = img.validate_cron(cron)
-    time_zone = img.validate_time_zone(time_zone)
+    cron = image_schedule.validate_cron(cron)
+    time_zone = image_schedule.validate_time_zone(time_zone)
     settings = settings_from_click(kwargs)
     target = _target(settings)
-    name = img.job_name(target.project, target.region)
+    name = image_schedule.job_name(target.project, target.region)
     if disable or delete:
         if dry_run:
             call = "cloudscheduler.jobs.delete" if delete else "cloudscheduler.jobs.pause"
             _echo_doc(
-                img.steps_document(
+                image_plan.steps_document(
                     "image schedule",
-                    [img.Step(method=call, request={"name": name}, why=call.rsplit(".", 1)[1] + " the job")],
+                    [plan.Step(method=call, request={"name": name}, why=call.rsplit(".", 1)[1] + " the job")],
                 )
             )
             return
@@ -231,34 +234,23 @@ def schedule_cmd(
         verb = "deleted" if delete else "paused"
         click.echo(f"scheduler job {name} {verb}" if done else f"no scheduler job {name}: nothing to do")
         return
-    build = img.rebuild_build(target, settings.bucket, settings.prefix, pypapo_version, _cli_args(settings))
-    job = img.scheduler_job(target, cron, time_zone, build)
-    roles = img.schedule_roles(target.project, settings.bucket, settings.service_account_email)
-    steps = img.schedule_steps(target, job, roles, settings.bucket, settings.prefix, pypapo_version)
+    build = image_schedule.rebuild_build(
+        target, settings.bucket, settings.prefix, pypapo_version, _cli_args(settings)
+    )
+    job = image_schedule.scheduler_job(target, cron, time_zone, build)
+    roles = image_schedule.schedule_roles(target.project, settings.bucket, settings.service_account_email)
+    steps = image_schedule.schedule_steps(
+        target, job, roles, settings.bucket, settings.prefix, pypapo_version
+    )
     if dry_run:
-        _echo_doc(img.steps_document("image schedule", steps, build=plan.request_dict(build)))
+        _echo_doc(image_plan.steps_document("image schedule", steps, build=plan.request_dict(build)))
         return
     from provisioner.cloud.gcp.scheduler import ScheduleApi
 
     api = ScheduleApi(_clients(settings))
-    wheel = img.wheel_object(settings.prefix, pypapo_version)
-    if not api.object_exists(settings.bucket, wheel):
-        raise PypapoError(
-            f"{gs_url(settings.bucket, name=wheel)} does not exist: publish the pypapo"
-            " wheel into the index first (`provision publish dist/pypapo-*.whl`) or pass --pypapo-version"
-        )
-    for account, title in (
-        (img.INVOKER_SA_ID, "starts the scheduled image rebuild"),
-        (img.BUILD_SA_ID, "runs the image rebuild and rollout"),
-    ):
-        if api.ensure_service_account(account, f"pypapo: {title}"):
-            options.progress(
-                f"created service account {names.service_account_email(target.project, account)}"
-            )
-    for grant in roles:
-        if api.add_binding(grant):
-            options.progress(f"granted {grant.role} on {grant.resource} to {grant.member}")
-    what = api.upsert_job(job)
+    what = image_schedule.apply_schedule(
+        api, target, job, roles, settings.bucket, settings.prefix, pypapo_version, options.progress
+    )
     click.echo(f"scheduler job {name} {what}: {cron} ({time_zone})")
     if run_now:
         from provisioner.cloud.gcp.cloudbuild import start_build
@@ -320,9 +312,9 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
             if image_name
             else names.family_image(target.image_project, target.family)
         )
-        steps = img.rollout_steps(target, spec, ref)
+        steps = image_plan.rollout_steps(target, spec, ref)
         _echo_doc(
-            img.steps_document(
+            image_plan.steps_document(
                 "rollout",
                 steps,
                 image=ref,
@@ -340,12 +332,12 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
                 f"image {image_name} is not in family {target.family}; see `provision image list`"
             )
     else:
-        chosen = img.newest_usable(images)
+        chosen = image_plan.newest_usable(images)
         if chosen is None:
             raise PypapoError(
                 f"family {target.family} has no usable image: run `provision image build` first"
             )
-    current = img.serving_image(api, target)
+    current = image_run.serving_image(api, target)
     if current == chosen.name:
         click.echo(f"{target.instance} already runs {chosen.name}: nothing to do")
         return
@@ -354,7 +346,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
         f"Replace {target.instance} ({current or 'not a family image'}) with {chosen.name}?"
         " The index is down for a few minutes.",
     )
-    img.run_rollout(
+    image_run.run_rollout(
         api,
         target,
         spec,
@@ -376,28 +368,30 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     spec = serving_instance_spec(settings)
     api = image_api(settings)
     images = api.list_images(target.image_project, target.family)
-    current = img.serving_image(api, target)
-    previous = img.rollback_target(images, current)
+    current = image_run.serving_image(api, target)
+    previous = image_plan.rollback_target(images, current)
     assert current is not None  # rollback_target raised otherwise
-    changes = img.rollback_deprecations(target.image_project, images, previous.name, current)
+    changes = image_plan.rollback_deprecations(target.image_project, images, previous.name, current)
     link = names.image_link(target.image_project, previous.name)
     if dry_run:
         steps = [
-            img.Step(
+            plan.Step(
                 method="compute.images.deprecate",
                 request=c,
                 why=f"mark {c.image} {c.deprecation_status_resource.state}",
             )
             for c in changes
         ]
-        steps += img.rollout_steps(target, spec, link)
-        _echo_doc(img.steps_document("rollback", steps, image=link, from_image=current))
+        steps += image_plan.rollout_steps(target, spec, link)
+        _echo_doc(image_plan.steps_document("rollback", steps, image=link, from_image=current))
         return
     _confirm(yes, f"Replace {target.instance} ({current}) with the previous image {previous.name}?")
     for change in changes:
         options.progress(f"marking {change.image} {change.deprecation_status_resource.state}")
         api.deprecate_image(change)
-    img.run_rollout(api, target, spec, link, report=options.progress, ready_timeout=settings.ready_timeout)
+    image_run.run_rollout(
+        api, target, spec, link, report=options.progress, ready_timeout=settings.ready_timeout
+    )
     click.echo(f"{target.instance} rolled back to {previous.name}; {current} is DEPRECATED")
 
 

@@ -9,16 +9,17 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from provisioner.cloud import image as img
 from provisioner.cloud import plan
+from provisioner.cloud.image import plan as image_plan
+from provisioner.cloud.image import run as image_run
 from provisioner.errors import PypapoError
 from tests.cloud.test_image_double import ComputeDouble, FakeClock, bake_done
 
 NOW = dt.datetime(2026, 11, 25, 3, 0, 5, tzinfo=dt.UTC)
 SCRIPT = "#!/bin/bash\n# the appliance's startup script\n"
-TARGET = img.ImageTarget(project="proj-123456", zone="europe-west1-b")
-BUILDER = img.builder_name("pypapo", NOW)
-IMAGE = img.image_name("pypapo", NOW)
+TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
+BUILDER = image_plan.builder_name("pypapo", NOW)
+IMAGE = image_plan.image_name("pypapo", NOW)
 
 
 def metadata(instance: compute_v1.Instance) -> dict[str, str]:
@@ -29,7 +30,7 @@ def metadata(instance: compute_v1.Instance) -> dict[str, str]:
 
 
 def test_builder_is_a_hardened_throwaway_vm_with_egress_only_for_the_build() -> None:
-    _, _, steps = img.build_steps(TARGET, NOW, SCRIPT)
+    _, _, steps = image_plan.build_steps(TARGET, NOW, SCRIPT)
     request = steps[0].request
     assert isinstance(request, compute_v1.InsertInstanceRequest)
     assert (request.project, request.zone) == ("proj-123456", "europe-west1-b")
@@ -58,7 +59,7 @@ def test_builder_is_a_hardened_throwaway_vm_with_egress_only_for_the_build() -> 
 
 
 def test_image_request_carries_family_labels_and_guest_os_features() -> None:
-    image = img.golden_image(
+    image = image_plan.golden_image(
         TARGET, IMAGE, BUILDER, NOW, {"gcsfuse-version": "2.5.1", "nginx-version": "1.22.1-9+deb12u1"}
     )
     assert image.family == "pypapo"
@@ -81,7 +82,7 @@ def test_build_creates_the_image_stopped_and_leaves_nothing_behind() -> None:
     api = ComputeDouble()
     api.guest[BUILDER] = bake_done()
     clock = FakeClock()
-    result = img.run_build(api, TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep)
+    result = image_run.run_build(api, TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep)
     assert result.image == IMAGE
     names = api.call_names()
     assert names.index("stop_instance") < names.index("insert_image"), "image from a stopped, consistent disk"
@@ -143,7 +144,7 @@ def test_builder_and_disk_are_deleted_whatever_step_fails(step, inject, tmp_path
         return str(path)
 
     with pytest.raises(PypapoError) as err:
-        img.run_build(api, TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep, save_log=save_log)
+        image_run.run_build(api, TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep, save_log=save_log)
     message = str(err.value)
     assert "\n" not in message
     assert f"failed at '{step}'" in message
@@ -165,7 +166,7 @@ def test_a_disk_left_by_a_failed_insert_is_deleted_too() -> None:
     api.leave_disk_on_failed_insert = True
     api.fail["insert_instance"] = gexc.BadRequest("Invalid value for field 'resource.networkInterfaces[0]'")
     with pytest.raises(PypapoError):
-        img.run_build(api, TARGET, NOW, SCRIPT)
+        image_run.run_build(api, TARGET, NOW, SCRIPT)
     assert api.disks == {}
     assert api.requests("delete_disk")[0].disk == BUILDER
 
@@ -176,7 +177,7 @@ def test_a_failed_clean_up_is_reported_with_the_command_that_finishes_it() -> No
     api.fail["stop_instance"] = gexc.InternalServerError("boom")
     api.fail["delete_instance"] = gexc.Forbidden("compute.instances.delete")
     with pytest.raises(PypapoError) as err:
-        img.run_build(api, TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
+        image_run.run_build(api, TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
     message = str(err.value)
     assert "failed at 'stop the builder'" in message and "boom" in message, "the first failure stays visible"
     assert f"gcloud compute instances delete {BUILDER} --zone=europe-west1-b --project=proj-123456" in message
@@ -190,7 +191,7 @@ def test_interrupting_the_build_still_deletes_the_builder() -> None:
 
     api.guest[BUILDER] = interrupted
     with pytest.raises(KeyboardInterrupt):
-        img.run_build(api, TARGET, NOW, SCRIPT)
+        image_run.run_build(api, TARGET, NOW, SCRIPT)
     assert api.instances == {} and api.disks == {}
 
 
@@ -213,7 +214,7 @@ def test_deprecation_keeps_the_newest_n_by_creation_time_not_by_name() -> None:
         _image("pypapo-b", "2026-11-18T03:00:00.000-08:00"),
         _image("pypapo-c", "2026-11-11T03:00:00.000-08:00", "DEPRECATED"),
     ]
-    changes = {d.image: d for d in img.plan_deprecations("proj-123456", images, "pypapo-a", keep=2)}
+    changes = {d.image: d for d in image_plan.plan_deprecations("proj-123456", images, "pypapo-a", keep=2)}
     assert set(changes) == {"pypapo-z", "pypapo-m", "pypapo-b", "pypapo-c"}
     assert changes["pypapo-z"].state == "DEPRECATED"  # kept for rollback: the second newest instant
     assert changes["pypapo-m"].state == changes["pypapo-b"].state == changes["pypapo-c"].state == "OBSOLETE"
@@ -231,13 +232,13 @@ def test_deprecation_never_obsoletes_the_image_the_appliance_runs_and_is_idempot
         _image("pypapo-3", "2026-11-11T03:00:00Z", "OBSOLETE", new),
         _image("pypapo-4", "2026-11-04T03:00:00Z"),
     ]
-    changes = img.plan_deprecations("proj-123456", images, "pypapo-new", keep=2, protect=["pypapo-4"])
+    changes = image_plan.plan_deprecations("proj-123456", images, "pypapo-new", keep=2, protect=["pypapo-4"])
     assert [(c.image, c.state) for c in changes] == [("pypapo-4", "DEPRECATED")]
 
 
 def test_an_image_missing_from_the_listing_is_an_error_not_a_silent_no_op() -> None:
     with pytest.raises(PypapoError, match="not in the family"):
-        img.plan_deprecations("p", [_image("pypapo-1", "2026-11-25T03:00:00Z")], "pypapo-2", keep=3)
+        image_plan.plan_deprecations("p", [_image("pypapo-1", "2026-11-25T03:00:00Z")], "pypapo-2", keep=3)
 
 
 def test_build_deprecates_through_the_api_and_the_family_resolves_to_the_new_image() -> None:
@@ -245,8 +246,8 @@ def test_build_deprecates_through_the_api_and_the_family_resolves_to_the_new_ima
     for week in range(4):
         api.add_image(f"pypapo-old{week}", dt.datetime(2026, 10, 1 + 7 * week, tzinfo=dt.UTC))
     api.guest[BUILDER] = bake_done()
-    img.run_build(api, TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
-    states = {name: img.image_state(i) for name, i in api.images.items()}
+    image_run.run_build(api, TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
+    states = {name: image_plan.image_state(i) for name, i in api.images.items()}
     assert states == {
         IMAGE: "ACTIVE",
         "pypapo-old3": "DEPRECATED",
@@ -254,7 +255,7 @@ def test_build_deprecates_through_the_api_and_the_family_resolves_to_the_new_ima
         "pypapo-old1": "OBSOLETE",
         "pypapo-old0": "OBSOLETE",
     }
-    assert img.newest_usable(list(api.images.values())).name == IMAGE
+    assert image_plan.newest_usable(list(api.images.values())).name == IMAGE
 
 
 def test_image_list_rows_show_age_state_and_the_serving_image() -> None:
@@ -262,7 +263,7 @@ def test_image_list_rows_show_age_state_and_the_serving_image() -> None:
         _image("pypapo-1", "2026-11-18T03:00:00Z", "DEPRECATED"),
         _image("pypapo-2", "2026-11-25T03:00:00Z"),
     ]
-    rows = img.image_rows(images, "pypapo-1", dt.datetime(2026, 11, 26, 4, tzinfo=dt.UTC))
+    rows = image_plan.image_rows(images, "pypapo-1", dt.datetime(2026, 11, 26, 4, tzinfo=dt.UTC))
     assert [(r.name, r.age_days, r.state, r.serving) for r in rows] == [
         ("pypapo-2", 1, "ACTIVE", False),
         ("pypapo-1", 8, "DEPRECATED", True),
@@ -271,6 +272,6 @@ def test_image_list_rows_show_age_state_and_the_serving_image() -> None:
 
 def test_bad_family_and_keep_fail_up_front() -> None:
     with pytest.raises(PypapoError, match="--image-family"):
-        img.ImageTarget(project="p", zone="europe-west1-b", family="Pypapo_Images")
+        image_plan.ImageTarget(project="p", zone="europe-west1-b", family="Pypapo_Images")
     with pytest.raises(PypapoError, match="--keep"):
-        img.ImageTarget(project="p", zone="europe-west1-b", keep=0)
+        image_plan.ImageTarget(project="p", zone="europe-west1-b", keep=0)

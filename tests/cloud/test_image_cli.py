@@ -17,8 +17,8 @@ from google.api_core import exceptions as gexc
 from provisioner.appliance import render
 from provisioner.cli import image as image_cmd
 from provisioner.cli import main
-from provisioner.cloud import image as img
 from provisioner.cloud import names, plan
+from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.settings import Settings
 from tests.cloud.test_image_double import ComputeDouble
 
@@ -68,7 +68,7 @@ def test_build_dry_run_shows_a_complete_safe_pipeline_offline(tmp_path) -> None:
     assert appliance in meta["startup-script"], "the real rendered appliance script, run in bake mode"
     image = doc["steps"][3]["request"]["imageResource"]
     assert image["family"] == "pypapo" and image["name"] == doc["image"]
-    assert {f["type"] for f in image["guestOsFeatures"]} == set(img.GUEST_OS_FEATURES)
+    assert {f["type"] for f in image["guestOsFeatures"]} == set(image_plan.GUEST_OS_FEATURES)
 
 
 def test_rollout_dry_run_uses_the_create_spec_offline(tmp_path) -> None:

@@ -16,8 +16,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 from google.iam.v1 import policy_pb2
 
-from provisioner.cloud import image as img
 from provisioner.cloud import names
+from provisioner.cloud.image import plan as image_plan
 
 
 class ComputeDouble:
@@ -66,7 +66,7 @@ class ComputeDouble:
     def add_appliance(self, spec: compute_v1.Instance, image: str) -> None:
         self.insert_instance(
             compute_v1.InsertInstanceRequest(
-                project=self.project, zone=self.zone, instance_resource=img.with_image(spec, image)
+                project=self.project, zone=self.zone, instance_resource=image_plan.with_image(spec, image)
             )
         )
         self.calls.clear()
@@ -85,7 +85,7 @@ class ComputeDouble:
         source = boot.initialize_params.source_image
         if "/images/family/" in source:
             family = source.rsplit("/", 1)[-1]
-            usable = img.newest_usable([i for i in self.images.values() if i.family == family])
+            usable = image_plan.newest_usable([i for i in self.images.values() if i.family == family])
             source = usable.self_link if usable else source
         self.disks[disk_name] = compute_v1.Disk(name=disk_name, source_image=source)
         boot.source = f"projects/{self.project}/zones/{self.zone}/disks/{disk_name}"

@@ -10,14 +10,15 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 from google.iam.v1 import policy_pb2
 
-from provisioner.cloud import image as img
 from provisioner.cloud import names, plan
+from provisioner.cloud.image import plan as image_plan
+from provisioner.cloud.image import run as image_run
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 from tests.cloud.test_image_double import ComputeDouble, FakeClock
 
 SETTINGS = Settings(project="proj-123456", zone="europe-west1-b")
-TARGET = img.ImageTarget(project="proj-123456", zone="europe-west1-b")
+TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
 SPEC = plan.desired_instance(
     SETTINGS, image=names.family_image("proj-123456", "pypapo"), startup_script="#!/bin/bash\n# serve\n"
 )
@@ -56,7 +57,7 @@ def api() -> ComputeDouble:
 
 def run(api: ComputeDouble, image: str) -> None:
     clock = FakeClock()
-    img.run_rollout(api, TARGET, SPEC, link(image), clock=clock, sleep=clock.sleep)
+    image_run.run_rollout(api, TARGET, SPEC, link(image), clock=clock, sleep=clock.sleep)
 
 
 def test_rollout_recreates_the_same_instance_with_only_the_image_changed(api) -> None:
@@ -76,7 +77,7 @@ def test_rollout_recreates_the_same_instance_with_only_the_image_changed(api) ->
     spec["disks"][0]["initialize_params"].pop("source_image")
     assert sent == spec, "everything but the image comes from plan.desired_instance"
     assert insert.instance_resource.deletion_protection is True
-    assert img.serving_image(api, TARGET) == NEW
+    assert image_run.serving_image(api, TARGET) == NEW
 
 
 def test_rollout_keeps_the_iap_tunnel_and_instance_grants(api) -> None:
@@ -110,7 +111,7 @@ def test_rollout_times_out_when_ready_never_comes(api) -> None:
     api.guest["pypapo"] = lambda: {"ready": "false"}
     clock = FakeClock()
     with pytest.raises(PypapoError, match=r"did not report ready within 10 min.*get-serial-port-output"):
-        img.run_rollout(api, TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600)
+        image_run.run_rollout(api, TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600)
     assert clock.now >= 600
 
 
@@ -119,7 +120,7 @@ def test_rollout_stops_within_seconds_of_a_reported_error(api) -> None:
     api.guest["pypapo"] = lambda: next(polls, {"ready": "false", "error": "install: apt-get exited 100"})
     clock = FakeClock()
     with pytest.raises(PypapoError) as err:
-        img.run_rollout(api, TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600)
+        image_run.run_rollout(api, TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600)
     message = str(err.value)
     assert "install: apt-get exited 100" in message
     assert "gcloud compute instances get-serial-port-output pypapo --zone europe-west1-b" in message
@@ -139,7 +140,7 @@ def test_a_failure_before_the_delete_leaves_the_appliance_untouched(api) -> None
     api.fail["set_deletion_protection"] = gexc.Forbidden("compute.instances.setDeletionProtection")
     with pytest.raises(PypapoError, match="the appliance was not touched"):
         run(api, NEW)
-    assert "pypapo" in api.instances and img.serving_image(api, TARGET) == OLD
+    assert "pypapo" in api.instances and image_run.serving_image(api, TARGET) == OLD
 
 
 def test_rollout_creates_the_appliance_when_it_does_not_exist() -> None:
@@ -148,16 +149,16 @@ def test_rollout_creates_the_appliance_when_it_does_not_exist() -> None:
     api.guest["pypapo"] = ready
     run(api, NEW)
     assert "delete_instance" not in api.call_names()
-    assert img.serving_image(api, TARGET) == NEW
+    assert image_run.serving_image(api, TARGET) == NEW
 
 
 def test_rollback_goes_to_the_previous_image_and_reactivates_it(api) -> None:
     run(api, NEW)
     images = api.list_images("proj-123456", "pypapo")
-    current = img.serving_image(api, TARGET)
-    previous = img.rollback_target(images, current)
+    current = image_run.serving_image(api, TARGET)
+    previous = image_plan.rollback_target(images, current)
     assert previous.name == OLD
-    changes = img.rollback_deprecations("proj-123456", images, previous.name, current)
+    changes = image_plan.rollback_deprecations("proj-123456", images, previous.name, current)
     assert [(c.image, c.deprecation_status_resource.state) for c in changes] == [
         (OLD, "ACTIVE"),
         (NEW, "DEPRECATED"),
@@ -165,10 +166,10 @@ def test_rollback_goes_to_the_previous_image_and_reactivates_it(api) -> None:
     assert changes[1].deprecation_status_resource.replacement == link(OLD)
     for change in changes:
         api.deprecate_image(change)
-    img.run_rollout(api, TARGET, SPEC, link(previous.name), clock=FakeClock(), sleep=lambda s: None)
-    assert img.serving_image(api, TARGET) == OLD
+    image_run.run_rollout(api, TARGET, SPEC, link(previous.name), clock=FakeClock(), sleep=lambda s: None)
+    assert image_run.serving_image(api, TARGET) == OLD
     # the family, and so the next `provision rollout`, now resolves to the image rolled back to
-    assert img.newest_usable(api.list_images("proj-123456", "pypapo")).name == OLD
+    assert image_plan.newest_usable(api.list_images("proj-123456", "pypapo")).name == OLD
 
 
 def test_rollback_orders_by_creation_time_and_stops_at_the_oldest() -> None:
@@ -177,8 +178,8 @@ def test_rollback_orders_by_creation_time_and_stops_at_the_oldest() -> None:
         compute_v1.Image(name="pypapo-c", status="READY", creation_timestamp="2026-11-18T03:00:00.000-08:00"),
         compute_v1.Image(name="pypapo-a", status="READY", creation_timestamp="2026-11-11T03:00:00.000-08:00"),
     ]
-    assert img.rollback_target(images, "pypapo-b").name == "pypapo-c"
+    assert image_plan.rollback_target(images, "pypapo-b").name == "pypapo-c"
     with pytest.raises(PypapoError, match="oldest image"):
-        img.rollback_target(images, "pypapo-a")
+        image_plan.rollback_target(images, "pypapo-a")
     with pytest.raises(PypapoError, match="cannot tell which image"):
-        img.rollback_target(images, None)
+        image_plan.rollback_target(images, None)

@@ -10,10 +10,11 @@ import pytest
 from google.cloud import scheduler_v1
 from google.cloud.devtools import cloudbuild_v1
 
-from provisioner.cloud import image as img
+from provisioner.cloud.image import plan as image_plan
+from provisioner.cloud.image import schedule as image_schedule
 from provisioner.errors import PypapoError
 
-TARGET = img.ImageTarget(project="proj-123456", zone="europe-west1-b")
+TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
 BUCKET = "proj-123456-pypapo"
 INVOKER = "pypapo-image-scheduler@proj-123456.iam.gserviceaccount.com"
 BUILDER_SA = "pypapo-image-build@proj-123456.iam.gserviceaccount.com"
@@ -23,8 +24,8 @@ APPLIANCE_SA = "pypapo-vm@proj-123456.iam.gserviceaccount.com"
 def make_job(
     cron: str = "0 3 * * 1", tz: str = "Europe/Berlin"
 ) -> tuple[scheduler_v1.Job, cloudbuild_v1.Build]:
-    build = img.rebuild_build(TARGET, BUCKET, "", "0.1.0", ["--instance=index"])
-    return img.scheduler_job(TARGET, cron, tz, build), build
+    build = image_schedule.rebuild_build(TARGET, BUCKET, "", "0.1.0", ["--instance=index"])
+    return image_schedule.scheduler_job(TARGET, cron, tz, build), build
 
 
 def test_job_posts_the_build_to_cloud_build_as_the_invoker_account() -> None:
@@ -72,11 +73,14 @@ def test_build_runs_as_its_own_account_and_installs_pypapo_from_the_index_bucket
             "--project=proj-123456" in line and "--zone=europe-west1-b" in line and "--instance=index" in line
         )
     assert "--yes" in rollout_line, "unattended: no question to answer"
-    assert int(body["timeout"].rstrip("s")) > img.BAKE_TIMEOUT_S + img.READY_TIMEOUT_S
+    assert int(body["timeout"].rstrip("s")) > image_plan.BAKE_TIMEOUT_S + image_plan.READY_TIMEOUT_S
 
 
 def test_roles_are_exactly_the_minimal_list_on_the_narrowest_resources() -> None:
-    grants = {(g.member, g.role, g.resource) for g in img.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)}
+    grants = {
+        (g.member, g.role, g.resource)
+        for g in image_schedule.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)
+    }
     invoker, build = f"serviceAccount:{INVOKER}", f"serviceAccount:{BUILDER_SA}"
     assert grants == {
         (invoker, "roles/cloudbuild.builds.editor", "projects/proj-123456"),
@@ -101,7 +105,7 @@ def test_roles_are_exactly_the_minimal_list_on_the_narrowest_resources() -> None
     "cron", ["0 3 * * 1", "*/15 * * * *", "0 3 1-7 * mon", "30 2 * jan,jul 0-6", "0 0 * * 7"]
 )
 def test_valid_cron_expressions_pass(cron: str) -> None:
-    assert img.validate_cron(cron) == cron
+    assert image_schedule.validate_cron(cron) == cron
 
 
 @pytest.mark.parametrize(
@@ -122,25 +126,25 @@ def test_valid_cron_expressions_pass(cron: str) -> None:
 )
 def test_invalid_cron_is_rejected_with_the_reason(cron: str, why: str) -> None:
     with pytest.raises(PypapoError, match=why):
-        img.validate_cron(cron)
+        image_schedule.validate_cron(cron)
 
 
 def test_time_zone_must_be_an_iana_name() -> None:
-    assert img.validate_time_zone("America/New_York") == "America/New_York"
+    assert image_schedule.validate_time_zone("America/New_York") == "America/New_York"
     for bad in ("CEST", "Mars/Olympus", "../etc/passwd", ""):
         with pytest.raises(PypapoError, match="IANA"):
-            img.validate_time_zone(bad)
+            image_schedule.validate_time_zone(bad)
 
 
 def test_schedule_steps_create_accounts_grant_roles_then_the_job() -> None:
     job, _ = make_job()
-    roles = img.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)
-    steps = img.schedule_steps(TARGET, job, roles, BUCKET, "", "0.1.0")
+    roles = image_schedule.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)
+    steps = image_schedule.schedule_steps(TARGET, job, roles, BUCKET, "", "0.1.0")
     calls = [s.method for s in steps]
     assert calls[:2] == ["iam.serviceAccounts.create"] * 2
     assert calls.count("setIamPolicy (add binding)") == len(roles)
     assert calls[-1] == "cloudscheduler.jobs.create|patch"
-    doc = img.steps_document("image schedule", steps)
+    doc = image_plan.steps_document("image schedule", steps)
     sent = doc["steps"][-1]["request"]["job"]
     assert sent["httpTarget"]["oauthToken"]["serviceAccountEmail"] == INVOKER
     assert json.loads(base64.b64decode(sent["httpTarget"]["body"]))["serviceAccount"].endswith(BUILDER_SA)
@@ -161,7 +165,7 @@ def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_pa
     settings = Settings(
         project="proj-123456", zone="europe-west1-b", instance="index", port=8080, machine_type="e2-medium"
     )
-    build = img.rebuild_build(TARGET, BUCKET, "", "0.1.0", _cli_args(settings))
+    build = image_schedule.rebuild_build(TARGET, BUCKET, "", "0.1.0", _cli_args(settings))
     script = build.steps[1].args[1]
     lines = [line for line in script.splitlines() if "/bin/provision " in line]
     assert len(lines) == 2

@@ -1,6 +1,6 @@
-"""Thin layer: the Compute Engine and IAP calls of the golden-image pipeline (`provisioner.cloud.image`).
+"""Thin layer: the Compute Engine and IAP calls of the golden-image pipelines (`cloud.image.run`).
 
-Each method sends one request object built by `provisioner.cloud.image`, waits for its operation with
+Each method sends one request object built by `provisioner.cloud.image.plan`, waits for its operation with
 progress, and turns API errors into one-line `PypapoError`s naming the fix. NotFound is kept apart where
 the pipeline decides what it means (clean-up: already gone; reads: None).
 """
@@ -24,7 +24,7 @@ from provisioner.cloud.progress import Progress
 
 
 class ComputeImageApi:
-    """`provisioner.cloud.image.ImageApi` over the real clients (`Clients` lets a caller inject its own).
+    """`provisioner.cloud.image.run.ImageApi` over the real clients (`Clients` lets a caller inject its own).
 
     Instance calls that `provision create` also makes go through the cloud part's `Compute` layer; this
     class adds what only the image pipeline needs (images, disks, guest attributes as a dict, serial

@@ -1,8 +1,8 @@
 """Thin layer: Cloud Scheduler job, the two service accounts and their role bindings for the rebuild.
 
-Sends what `provisioner.cloud.image` builds (`scheduler_job`, `schedule_roles`); every error leaves as a
-one-line `PypapoError` naming the fix. Bindings are read-modify-write with the policy's etag (retried
-on a concurrent change) and only ever add a member: nothing anyone else granted is removed.
+Sends what `provisioner.cloud.image.schedule` builds (`scheduler_job`, `schedule_roles`); every error
+leaves as a one-line `PypapoError` naming the fix. Bindings go through `gcp.policy` (version 3, etag,
+retried on a concurrent change) and only ever add a member: nothing anyone else granted is removed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from google.cloud import scheduler_v1
 from provisioner.cloud import names
 from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import IAM_API, SCHEDULER_API, STORAGE_API, Clients, gcp_errors
-from provisioner.cloud.image import RoleGrant
+from provisioner.cloud.image.schedule import RoleGrant
 
 
 def _scheduler(credentials: Any) -> Any:
