@@ -234,23 +234,18 @@ def schedule_cmd(
         verb = "deleted" if delete else "paused"
         click.echo(f"scheduler job {name} {verb}" if done else f"no scheduler job {name}: nothing to do")
         return
-    build = image_schedule.rebuild_build(
-        target, settings.bucket, settings.prefix, pypapo_version, _cli_args(settings)
-    )
+    wheel = image_schedule.Wheel(settings.bucket, settings.prefix, pypapo_version)
+    build = image_schedule.rebuild_build(target, wheel, _cli_args(settings))
     job = image_schedule.scheduler_job(target, cron, time_zone, build)
     roles = image_schedule.schedule_roles(target.project, settings.bucket, settings.service_account_email)
-    steps = image_schedule.schedule_steps(
-        target, job, roles, settings.bucket, settings.prefix, pypapo_version
-    )
+    steps = image_schedule.schedule_steps(target, job, roles, wheel)
     if dry_run:
         _echo_doc(image_plan.steps_document("image schedule", steps, build=plan.request_dict(build)))
         return
     from provisioner.cloud.gcp.scheduler import ScheduleApi
 
     api = ScheduleApi(_clients(settings))
-    what = image_schedule.apply_schedule(
-        api, target, job, roles, settings.bucket, settings.prefix, pypapo_version, options.progress
-    )
+    what = image_schedule.apply_schedule(api, target, job, roles, wheel, options.progress)
     click.echo(f"scheduler job {name} {what}: {cron} ({time_zone})")
     if run_now:
         from provisioner.cloud.gcp.cloudbuild import start_build

@@ -16,6 +16,7 @@ from provisioner.errors import PypapoError
 
 TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
 BUCKET = "proj-123456-pypapo"
+WHEEL = image_schedule.Wheel(BUCKET, "", "0.1.0")
 INVOKER = "pypapo-image-scheduler@proj-123456.iam.gserviceaccount.com"
 BUILDER_SA = "pypapo-image-build@proj-123456.iam.gserviceaccount.com"
 APPLIANCE_SA = "pypapo-vm@proj-123456.iam.gserviceaccount.com"
@@ -24,7 +25,7 @@ APPLIANCE_SA = "pypapo-vm@proj-123456.iam.gserviceaccount.com"
 def make_job(
     cron: str = "0 3 * * 1", tz: str = "Europe/Berlin"
 ) -> tuple[scheduler_v1.Job, cloudbuild_v1.Build]:
-    build = image_schedule.rebuild_build(TARGET, BUCKET, "", "0.1.0", ["--instance=index"])
+    build = image_schedule.rebuild_build(TARGET, WHEEL, ["--instance=index"])
     return image_schedule.scheduler_job(TARGET, cron, tz, build), build
 
 
@@ -139,7 +140,7 @@ def test_time_zone_must_be_an_iana_name() -> None:
 def test_schedule_steps_create_accounts_grant_roles_then_the_job() -> None:
     job, _ = make_job()
     roles = image_schedule.schedule_roles("proj-123456", BUCKET, APPLIANCE_SA)
-    steps = image_schedule.schedule_steps(TARGET, job, roles, BUCKET, "", "0.1.0")
+    steps = image_schedule.schedule_steps(TARGET, job, roles, WHEEL)
     calls = [s.method for s in steps]
     assert calls[:2] == ["iam.serviceAccounts.create"] * 2
     assert calls.count("setIamPolicy (add binding)") == len(roles)
@@ -165,7 +166,7 @@ def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_pa
     settings = Settings(
         project="proj-123456", zone="europe-west1-b", instance="index", port=8080, machine_type="e2-medium"
     )
-    build = image_schedule.rebuild_build(TARGET, BUCKET, "", "0.1.0", _cli_args(settings))
+    build = image_schedule.rebuild_build(TARGET, WHEEL, _cli_args(settings))
     script = build.steps[1].args[1]
     lines = [line for line in script.splitlines() if "/bin/provision " in line]
     assert len(lines) == 2

@@ -15,6 +15,7 @@ from google.cloud import compute_v1
 from provisioner.appliance import guest
 from provisioner.cloud import names
 from provisioner.cloud.apply import wait_for_guest
+from provisioner.cloud.gcp import policy as iam_policy
 from provisioner.cloud.image.plan import (
     BAKE_TIMEOUT_S,
     READY_TIMEOUT_S,
@@ -259,10 +260,10 @@ def run_rollout(
         api.insert_instance(steps[4].request)
         # Re-apply before waiting: even an unhealthy appliance must be reachable to be looked at.
         step = "re-apply the IAM policies"
-        if _has_bindings(tunnel_policy):
+        if iam_policy.has_bindings(tunnel_policy):
             report("re-applying the IAP tunnel grants")
             api.set_iap_policy(resource, tunnel_policy)
-        if _has_bindings(instance_policy):
+        if iam_policy.has_bindings(instance_policy):
             report("re-applying the instance's IAM policy")
             api.set_instance_policy(p, z, name, instance_policy)
         restored = True
@@ -287,17 +288,13 @@ def run_rollout(
             back = "`provision rollback` returns to the previous image"
         else:
             back = "re-run `provision rollout` or `provision rollback`"
-        if deleted and not restored and (_has_bindings(tunnel_policy) or _has_bindings(instance_policy)):
-            members = sorted(_members(tunnel_policy) | _members(instance_policy))
+        members = sorted(_everyone(tunnel_policy) | _everyone(instance_policy))
+        if deleted and not restored and members:
             back += f"; then re-grant with `provision grant MEMBER --role reader` for: {', '.join(members)}"
         raise PypapoError(
             f"rollout of {name} to {short} failed at '{step}': {_one_line(exc)}; {back}"
         ) from exc
 
 
-def _has_bindings(policy: Any) -> bool:
-    return policy is not None and any(list(b.members) for b in policy.bindings)
-
-
-def _members(policy: Any) -> set[str]:
-    return {m for b in policy.bindings for m in b.members} if policy is not None else set()
+def _everyone(policy: Any) -> set[str]:
+    return set().union(*iam_policy.members(policy).values()) if policy is not None else set()

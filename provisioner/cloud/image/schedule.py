@@ -152,14 +152,26 @@ def schedule_roles(project: str, bucket: str, appliance_sa: str) -> list[RoleGra
     ]
 
 
-def wheel_object(prefix: str, version: str) -> str:
-    """The pypapo wheel the unattended build installs: its object in the index bucket, below the prefix."""
-    return location.object_name(prefix, layout.dist_object("pypapo", f"pypapo-{version}-py3-none-any.whl"))
+@dataclass(frozen=True)
+class Wheel:
+    """The pypapo wheel the unattended build installs, where `provision publish` put it: in the index
+    bucket, below the repository's prefix."""
+
+    bucket: str
+    prefix: str
+    version: str
+
+    @property
+    def object(self) -> str:
+        filename = f"pypapo-{self.version}-py3-none-any.whl"
+        return location.object_name(self.prefix, layout.dist_object("pypapo", filename))
+
+    @property
+    def url(self) -> str:
+        return location.gs_url(self.bucket, name=self.object)
 
 
-def rebuild_build(
-    target: ImageTarget, bucket: str, prefix: str, version: str, cli_args: Sequence[str] = ()
-) -> cloudbuild_v1.Build:
+def rebuild_build(target: ImageTarget, wheel: Wheel, cli_args: Sequence[str] = ()) -> cloudbuild_v1.Build:
     """The Cloud Build build that rebuilds the image and rolls the appliance onto it.
 
     Where pypapo comes from: the wheel is copied straight from the index *bucket* (gs://) by object name,
@@ -167,8 +179,7 @@ def rebuild_build(
     own that name: dependency confusion), and not through the IAP tunnel (that would need the very
     appliance this build replaces to be healthy, and gcloud plus a tunnel inside the step).
     """
-    wheel = wheel_object(prefix, version)
-    local = "/workspace/" + wheel.rsplit("/", 1)[-1]
+    local = "/workspace/" + wheel.object.rsplit("/", 1)[-1]
     common = [f"--project={target.project}", f"--zone={target.zone}", *cli_args]
     flags = " ".join(shlex.quote(a) for a in common)
     script = (
@@ -184,7 +195,7 @@ def rebuild_build(
                 id="fetch-pypapo",
                 name=CLI_IMAGE,
                 entrypoint="gcloud",
-                args=["storage", "cp", location.gs_url(bucket, name=wheel), "/workspace/"],
+                args=["storage", "cp", wheel.url, "/workspace/"],
             ),
             cloudbuild_v1.BuildStep(
                 id="rebuild-and-rollout", name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]
@@ -237,9 +248,7 @@ def schedule_steps(
     target: ImageTarget,
     job: scheduler_v1.Job,
     roles: Sequence[RoleGrant],
-    bucket: str,
-    prefix: str,
-    version: str,
+    wheel: Wheel,
 ) -> list[Step]:
     p = target.project
     steps = [
@@ -265,9 +274,8 @@ def schedule_steps(
     steps.append(
         Step(
             method="storage.objects.get",
-            request={"bucket": bucket, "object": wheel_object(prefix, version)},
-            why=f"check that {location.gs_url(bucket, name=wheel_object(prefix, version))} exists"
-            " (publish pypapo into the index first)",
+            request={"bucket": wheel.bucket, "object": wheel.object},
+            why=f"check that {wheel.url} exists (publish pypapo into the index first)",
         )
     )
     steps.append(
@@ -289,18 +297,15 @@ def apply_schedule(
     target: ImageTarget,
     job: scheduler_v1.Job,
     roles: Sequence[RoleGrant],
-    bucket: str,
-    prefix: str,
-    version: str,
+    wheel: Wheel,
     progress: Progress,
 ) -> str:
     """Carry out `schedule_steps` through the thin layer (`cloud.gcp.scheduler.ScheduleApi`): check the
     wheel is in the index, make the two accounts, grant the roles, create or update the job. Returns
     what happened to the job ("created", "updated", "updated and resumed")."""
-    wheel = wheel_object(prefix, version)
-    if not api.object_exists(bucket, wheel):
+    if not api.object_exists(wheel.bucket, wheel.object):
         raise PypapoError(
-            f"{location.gs_url(bucket, name=wheel)} does not exist: publish the pypapo"
+            f"{wheel.url} does not exist: publish the pypapo"
             " wheel into the index first (`provision publish dist/pypapo-*.whl`) or pass --pypapo-version"
         )
     for account, title in (
