@@ -443,6 +443,18 @@ def parse_dist(filename: str, data: bytes, *, check_crc: bool = True) -> DistFil
     raise DistError("not a distribution: expected a .whl, .tar.gz or .zip file")
 
 
+def file_identity(filename: str) -> tuple[object, ...]:
+    """What makes two filenames one file to an installer: the normalized name, the version as
+    versions compare (`1.0` is `1.0.0`), and for a wheel its build tag and tags. Every sdist of a
+    release is one: PyPI takes one sdist per release (`FOO.BAR-1.0.tar.gz` is `foo_bar-1.0.zip`).
+    `filename` must be a valid distribution filename."""
+    if filename.endswith(".whl"):
+        name, version, build, tags = parse_wheel_filename(filename)
+        return ("wheel", name, version, build, frozenset(tags))
+    name, version = parse_sdist_filename(filename)
+    return ("sdist", name, version)
+
+
 @dataclass(frozen=True)
 class DistSummary:
     """What an index entry needs from a validated distribution, without its bytes (so it crosses a

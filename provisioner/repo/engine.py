@@ -35,7 +35,7 @@ from provisioner.repo.publish import Echo, PublishResult, ensure_listed, human_s
 from provisioner.repo.reindex import ReindexResult
 from provisioner.repo.site.writer import Site
 from provisioner.repo.store import Store, open_store
-from provisioner.repo.writer import IndexWriter
+from provisioner.repo.writer import IndexWriter, finish_removals
 
 __all__ = ["PublishResult", "ReindexResult", "Repository", "human_size"]
 
@@ -97,9 +97,11 @@ class Repository:
     def publish_dists(
         self, dists: Sequence[DistFile], *, skip_existing: bool = False, into_mirrored: bool = False
     ) -> PublishResult:
-        return publish_dists(
+        result = publish_dists(
             self.writer, dists, skip_existing=skip_existing, into_mirrored=into_mirrored, echo=self.echo
         )
+        self.writer.repair_root()
+        return result
 
     # -- mirror -----------------------------------------------------------------------------------
     def mirror_status(self, name: str) -> importing.MirrorStatus:
@@ -161,6 +163,7 @@ class Repository:
             return state.with_files(files) if count else None
 
         self.writer.update_project(project, change)
+        self.writer.repair_root()
         return count
 
     def remove(self, name: str, version: str | None = None) -> list[str]:
@@ -175,14 +178,16 @@ class Repository:
             keep = []
             for f in state.files:
                 (removed.append(f.filename) if match(f) else keep.append(f))
-            return state.with_files(keep) if removed else None
+            if not removed:
+                return None
+            # Off the page, and marked as being removed until the objects are gone: a reindex that
+            # listed them before, or a publisher of the same file, cannot put them back meanwhile.
+            return state.with_files(keep).with_removing(state.removing | set(removed))
 
-        update = self.writer.update_project(project, change)
+        self.writer.update_project(project, change)
         # Pages first, objects after: a page never links a file that is gone.
-        for filename in removed:
-            self.store.delete(layout.metadata_object(project, filename))
-            self.store.delete(layout.dist_object(project, filename))
-        if not update.state.files:
+        update = finish_removals(self.writer, project, removed)
+        if not update.state.exists:
             self.writer.update_root(
                 lambda root: (
                     RootState.of(p for p in root.projects if p != project)
@@ -193,6 +198,8 @@ class Repository:
             # A publisher may have recreated the project meanwhile: it must stay listed.
             if self.store.read(layout.project_json(project))[1]:
                 ensure_listed(self.writer, project)
+
+        self.writer.repair_root()
         return sorted(removed)
 
     # -- reindex ----------------------------------------------------------------------------------

@@ -178,14 +178,21 @@ class ProjectState:
     name: str
     files: tuple[FileEntry, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)  # unknown private keys, in order
+    # Files a `remove` has taken off the page and whose objects it is deleting (`_removing`): until
+    # they are gone, nothing (a reindex that listed them, a publisher) may put them back on the page.
+    removing: frozenset[str] = frozenset()
 
-    _KEYS = frozenset({"meta", "name", "versions", "files"})
+    _KEYS = frozenset({"meta", "name", "versions", "files", "_removing"})
 
     @classmethod
     def of(
-        cls, name: str, files: Iterable[FileEntry], extra: Mapping[str, Any] | None = None
+        cls,
+        name: str,
+        files: Iterable[FileEntry],
+        extra: Mapping[str, Any] | None = None,
+        removing: Iterable[str] = (),
     ) -> ProjectState:
-        return cls(name, _sorted(files), extra or {})
+        return cls(name, _sorted(files), extra or {}, frozenset(removing))
 
     @property
     def versions(self) -> list[str]:
@@ -208,7 +215,15 @@ class ProjectState:
         return {f.filename: f for f in self.files}
 
     def with_files(self, files: Iterable[FileEntry]) -> ProjectState:
-        return ProjectState.of(self.name, files, self.extra)
+        return ProjectState.of(self.name, files, self.extra, self.removing)
+
+    def with_removing(self, removing: Iterable[str]) -> ProjectState:
+        return replace(self, removing=frozenset(removing))
+
+    @property
+    def exists(self) -> bool:
+        """Whether the project JSON must exist: files, or removals still under way."""
+        return bool(self.files or self.removing)
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -217,6 +232,8 @@ class ProjectState:
             "versions": self.versions,
             "files": [f.to_json() for f in self.files],
         }
+        if self.removing:
+            doc["_removing"] = sorted(self.removing)
         doc.update(self.extra)
         return dumps(doc)
 
@@ -229,7 +246,11 @@ class ProjectState:
         doc = json.loads(data)
         if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
             raise ValueError("not a project page")
-        return cls.of(name, map(FileEntry.from_json, doc["files"]), _private_extra(doc, cls._KEYS))
+        removing = doc.get("_removing", [])
+        if not isinstance(removing, list) or not all(isinstance(n, str) for n in removing):
+            raise ValueError("_removing must be a list of filenames")
+        files = map(FileEntry.from_json, doc["files"])
+        return cls.of(name, files, _private_extra(doc, cls._KEYS), removing)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 from provisioner.errors import ConflictError, InvalidDistribution, quoted
 from provisioner.repo import layout
-from provisioner.repo.dist import DistError, DistFile, parse_dist
+from provisioner.repo.dist import DistError, DistFile, file_identity, parse_dist
 from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
 from provisioner.repo.writer import IndexWriter
 
@@ -94,7 +96,15 @@ def publish_dists(
                     f"{dist.project} is mirrored from {origin}: publishing your own {dist.filename} would"
                     " mix it with the upstream's files; pass --into-mirrored if you mean it"
                 )
-        entry = states[dist.project].by_filename().get(dist.filename)
+        state = states[dist.project]
+        entry = state.by_filename().get(dist.filename)
+        if entry is None:
+            if dist.filename in state.removing:
+                raise ConflictError(_being_removed(dist.filename))
+            # Against what is stored and what this batch publishes before it.
+            clash = _clash([*state.files, *(_entry(d) for d in todo if d.project == dist.project)], dist)
+            if clash:
+                raise ConflictError(clash)
         if entry is not None:
             recorded = entry.sha256
         else:
@@ -112,7 +122,12 @@ def publish_dists(
                 "files are immutable: publish a new version (or pass --skip-existing)"
             )
     if new_projects and todo:
-        writer.read_root()  # a corrupt root fails here, not midway
+        root, _gen = writer.read_root()  # a corrupt root fails here, not midway
+        created: set[str] = set()
+        for dist in todo:
+            if dist.project not in root.projects and dist.project not in created:
+                _check_not_confusable(dist.project, [*root.projects, *created], dist.filename)
+                created.add(dist.project)
     total = len(dists)
     done = 0
 
@@ -132,6 +147,10 @@ def publish_dists(
     for dist in todo:
         groups.setdefault(dist.project, []).append(dist)
     for project, group in groups.items():
+        if writer.store.stat(layout.project_json(project)) is None:
+            # A new project is listed before anything of it is stored: a confusable name that won a
+            # race to the root index stops this one before it uploads a byte.
+            ensure_listed(writer, project, filename=group[0].filename)
         for dist in group:
             writer.create_object(layout.dist_object(project, dist.filename), dist.data)
             if dist.metadata is not None:
@@ -142,10 +161,68 @@ def publish_dists(
     return result
 
 
-def ensure_listed(writer: IndexWriter, project: str) -> None:
-    writer.update_root(
-        lambda root: None if project in root.projects else RootState.of((*root.projects, project))
+def ensure_listed(writer: IndexWriter, project: str, *, filename: str = "") -> None:
+    """List `project` in the root index. Adding it (for `filename`) is refused if another project
+    there has a name a reader cannot tell from it."""
+
+    def add(root: RootState) -> RootState | None:
+        if project in root.projects:
+            return None
+        if filename:
+            _check_not_confusable(project, root.projects, filename)
+        return RootState.of((*root.projects, project))
+
+    writer.update_root(add)
+
+
+def _check_not_confusable(project: str, others: Iterable[str], filename: str) -> None:
+    key = layout.confusable_key(project)
+    for other in others:
+        if other != project and layout.confusable_key(other) == key:
+            raise InvalidDistribution(
+                f"{filename}: project name {project} is too similar to the existing project {other} "
+                "(they differ only in -_. or in i/l/1, o/0, as PyPI judges it): "
+                "use that project, or another name"
+            )
+
+
+def _being_removed(filename: str) -> str:
+    return (
+        f"{filename} is being removed (by a `provision remove` still running, or one that was "
+        "interrupted: `provision reindex` finishes it); publish it again once it is gone"
     )
+
+
+def _entry(dist: DistFile) -> FileEntry:
+    return FileEntry(dist.filename, dist.version, dist.sha256, dist.size, None, None, "")
+
+
+def _clash(files: Iterable[FileEntry], dist: DistFile) -> str | None:
+    """Why `dist` (not stored under its own filename) may not join these files, or None. Judged as
+    PyPI and installers do, on the normalized name and version: `demo-1.0.0` is release `1.0`
+    under another spelling (pip would install it for `demo==1.0`), `FOO.BAR-1.0.tar.gz` is a second
+    sdist of `foo-bar 1.0`."""
+    identity = file_identity(dist.filename)
+    version = Version(dist.version)
+    for f in files:
+        if f.filename == dist.filename:
+            continue
+        try:
+            same_release = Version(f.version) == version
+        except InvalidVersion:
+            continue
+        if same_release and f.version != dist.version:
+            return (
+                f"{dist.filename}: version {dist.version} is release {f.version} of {dist.project}, "
+                f"already published as {f.version} ({f.filename}); files are immutable: publish a new version"
+            )
+        if same_release and file_identity(f.filename) == identity:
+            what = "sdist" if identity[0] == "sdist" else "wheel for these tags"
+            return (
+                f"{dist.filename} would be a second {what} of {dist.project} {dist.version}, beside "
+                f"{f.filename}; files are immutable: publish a new version"
+            )
+    return None
 
 
 def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile]) -> None:
@@ -156,6 +233,13 @@ def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile
 
     def add(state: ProjectState) -> ProjectState | None:
         files = state.by_filename()
+        for d in dists:
+            if d.filename in files:
+                continue
+            if d.filename in state.removing:
+                raise ConflictError(_being_removed(d.filename))
+            if clash := _clash(state.files, d):  # another publisher got there first
+                raise ConflictError(clash)
         new = [
             FileEntry.of(d, upload_time=uploaded, fingerprint=_fingerprint(writer, project, d.filename))
             for d in dists

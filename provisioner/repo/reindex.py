@@ -24,7 +24,7 @@ from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_ti
 from provisioner.repo.outputs import Outputs
 from provisioner.repo.store import ObjectInfo, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
-from provisioner.repo.writer import IndexWriter
+from provisioner.repo.writer import IndexWriter, finish_removals
 
 # Reindex reads, validates and parses in worker processes (one per CPU) once at least this many files
 # need reading; for fewer, starting the workers costs more than it saves. Projects go to the
@@ -44,6 +44,7 @@ class ReindexResult:
     reused: int = 0
     pages_written: int = 0
     metadata_written: int = 0
+    temporaries_removed: int = 0
     ignored: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -53,6 +54,11 @@ class ReindexResult:
             f"{self.parsed} of those validated and parsed anew); "
             f"{self.pages_written} pages and {self.metadata_written} metadata files written"
             + (f"; ignored {len(self.ignored)} invalid objects" if self.ignored else "")
+            + (
+                f"; removed {self.temporaries_removed} temporary files of killed writers"
+                if self.temporaries_removed
+                else ""
+            )
         )
 
 
@@ -85,10 +91,26 @@ class Rebuilt:
 
 
 def merge(
-    store: Store, job: RebuildJob, files: dict[str, FileEntry], current: ProjectState
+    store: Store,
+    job: RebuildJob,
+    files: dict[str, FileEntry],
+    current: ProjectState,
+    *,
+    recheck: bool = False,
 ) -> ProjectState | None:
-    """The project state from rebuilt entries and the current JSON; None if that is unchanged."""
-    merged = dict(files)
+    """The project state from rebuilt entries and the current JSON; None if that is unchanged.
+
+    A file being removed (`current.removing`) is never put back. With `recheck` (merging into a JSON
+    newer than the one phase 1 read: the retry path), a rebuilt file that the current JSON does not
+    list is added only if its object still exists: a `remove` that finished meanwhile took it off
+    the page and then deleted it, and our listing is older than both."""
+    listed = current.by_filename()
+    merged = {
+        name: f
+        for name, f in files.items()
+        if name not in current.removing
+        and (name in listed or not recheck or store.stat(layout.dist_object(job.project, name)))
+    }
     for f in current.files:
         if f.filename in merged:
             # Keep what is not in the distribution, as set since our first read: yank, upload time,
@@ -199,7 +221,7 @@ def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult
     """See Repository.reindex."""
     store = writer.store
     store.check()
-    result = ReindexResult()
+    result = ReindexResult(temporaries_removed=store.remove_stale_temporaries())
     by_project: dict[str, dict[str, ObjectInfo]] = {}
     for info in store.list(layout.SIMPLE + "/"):
         parts = info.name.split("/")
@@ -274,7 +296,12 @@ def _rebuild_groups(
     yield ignored
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # A corrupt page reads as empty: the project is rebuilt from its objects.
-        read = pool.map(lambda p: writer.read_project(p, repair=True), valid)
+        read = list(pool.map(lambda p: writer.read_project(p, repair=True), valid))
+        # A remove killed before it deleted its files: finish it (then read the page again).
+        for i, (p, (old, _gen)) in enumerate(zip(valid, read, strict=True)):
+            if old.removing:
+                finish_removals(writer, p, old.removing)
+                read[i] = writer.read_project(p, repair=True)
         jobs = [
             RebuildJob(p, by_project.get(p, {}), old, gen) for p, (old, gen) in zip(valid, read, strict=True)
         ]
@@ -378,7 +405,9 @@ def _write_pages(
 
     def one_by_one(rb: Rebuilt) -> tuple[str, ProjectState, int]:
         update = writer.update_project(
-            rb.job.project, lambda current: merge(store, rb.job, rb.files, current), repair=True
+            rb.job.project,
+            lambda current: merge(store, rb.job, rb.files, current, recheck=True),
+            repair=True,
         )
         return rb.job.project, update.state, update.written
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from provisioner.errors import ConflictError, PypapoError
@@ -52,10 +52,14 @@ class IndexWriter:
         self.after_change = after_change
 
     # -- reading ----------------------------------------------------------------------------------
-    def parse_project(self, data: bytes, project: str, *, repair: bool = False) -> ProjectState:
-        """A corrupt page is an error, or (repair=True, for reindex) an empty state that the rebuild
-        then replaces."""
+    def parse_project(self, data: bytes, project: str, *, gen: int, repair: bool = False) -> ProjectState:
+        """The state of a page read at generation `gen` (0: there is none). A corrupt page is an
+        error, or (repair=True, for reindex) an empty state that the rebuild then replaces. A page
+        that exists with no bytes is corrupt too (truncated by hand or by a tool): read as empty,
+        the next write would drop every file of the project, their yanks and upload times."""
         try:
+            if gen and not data:
+                raise ValueError("an empty page")
             return ProjectState.from_json(data, project)
         except CORRUPT:
             if repair:
@@ -67,10 +71,14 @@ class IndexWriter:
     def read_project(self, project: str, *, repair: bool = False) -> tuple[ProjectState, int]:
         """The project state and its generation (0: no such project)."""
         data, gen = self.store.read(layout.project_json(project))
-        return self.parse_project(data, project, repair=repair), gen
+        return self.parse_project(data, project, gen=gen, repair=repair), gen
 
-    def parse_root(self, data: bytes, *, repair: bool = False) -> RootState:
+    def parse_root(self, data: bytes, *, gen: int, repair: bool = False) -> RootState:
+        """Like parse_project: an existing root page with no bytes is corrupt, not an empty root
+        (or the next new project would be the only one listed)."""
         try:
+            if gen and not data:
+                raise ValueError("an empty page")
             return RootState.from_json(data)
         except CORRUPT:
             if repair:
@@ -81,7 +89,7 @@ class IndexWriter:
 
     def read_root(self, *, repair: bool = False) -> tuple[RootState, int]:
         data, gen = self.store.read(layout.ROOT_JSON)
-        return self.parse_root(data, repair=repair), gen
+        return self.parse_root(data, gen=gen, repair=repair), gen
 
     def generation(self, name: str) -> int:
         info = self.store.stat(name)
@@ -97,15 +105,15 @@ class IndexWriter:
         known: Mapping[str, bytes] | None = None,
     ) -> ProjectUpdate:
         """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
-        change). A state without files deletes the project. `known`: core metadata in memory (a
-        publish), by filename, for `after_change`."""
+        change). A state without files (and no removal under way) deletes the project. `known`:
+        core metadata in memory (a publish), by filename, for `after_change`."""
         for attempt in range(MAX_ATTEMPTS):
             state, gen = self.read_project(project, repair=repair)
             new = change(state)
             if new is None:
                 return ProjectUpdate(state, changed=False, created=False)
             try:
-                if new.files:
+                if new.exists:
                     self.store.write(layout.project_json(project), new.to_json(), if_generation_match=gen)
                 elif gen:
                     self.store.delete(layout.project_json(project), if_generation_match=gen)
@@ -124,7 +132,7 @@ class IndexWriter:
         """Apply `change` to the root JSON under CAS (None: no change); True if written."""
         for attempt in range(MAX_ATTEMPTS):
             data, gen = self.store.read(layout.ROOT_JSON)
-            current = self.parse_root(data, repair=repair)
+            current = self.parse_root(data, gen=gen, repair=repair)
             new = change(current)
             if new is None or (new == current and gen):
                 return False
@@ -180,7 +188,7 @@ class IndexWriter:
             data, gen = self.store.read(layout.project_json(project))
             if not gen:
                 return None
-            state = self.parse_project(data, project)
+            state = self.parse_project(data, project, gen=gen)
             return tuple(out.render(state) for out in chosen)
 
         return self._converge(
@@ -203,6 +211,19 @@ class IndexWriter:
             lambda _name: f"gave up writing the root page after {MAX_ATTEMPTS} conflicting writes",
         )
 
+    def repair_root(self) -> int:
+        """Converge the root's outputs if they are out of step with the root JSON: missing (what a
+        writer killed between the root JSON and its HTML leaves: every client gets 503) or older
+        than it. A few stats; every writing command ends with it, so any write repairs them."""
+        state = self.store.stat(layout.ROOT_JSON)
+        if state is None:
+            return 0
+        for out in self.outputs.root:
+            info = self.store.stat(out.object_name)
+            if info is None or info.updated_ns < state.updated_ns:
+                return self.converge_root()
+        return 0
+
     # -- objects ----------------------------------------------------------------------------------
     def create_object(self, name: str, data: bytes) -> bool:
         """Create-only upload. True if we created it, False if identical bytes were already there."""
@@ -217,3 +238,17 @@ class IndexWriter:
                 f"{name.rsplit('/', 1)[-1]} already exists in {self.store.location} with different "
                 "bytes; files are immutable: publish a new version"
             ) from None
+
+
+def finish_removals(writer: IndexWriter, project: str, filenames: Iterable[str]) -> ProjectUpdate:
+    """Delete the objects of files marked as being removed, then clear their marks (and the project
+    JSON, when nothing else is left). `remove` runs it; so does reindex, for a remove that was killed
+    before it finished. Deleting twice is harmless: both may run at once."""
+    names = set(filenames)
+    for filename in sorted(names):
+        writer.store.delete(layout.metadata_object(project, filename))
+        writer.store.delete(layout.dist_object(project, filename))
+    return writer.update_project(
+        project,
+        lambda state: state.with_removing(state.removing - names) if state.removing & names else None,
+    )

@@ -66,6 +66,11 @@ class Store(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete what killed writers left behind (the directory backend's `.pypapo-tmp-*` files
+        older than any live writer's); how many. GCS has none: an upload is atomic."""
+        ...
+
     def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
         """Compare-and-swap each `(name, data, if_generation_match)`; per item the new generation,
         or 0 where its precondition failed (that object is left as it was). `after[i] = j`: item i

@@ -26,6 +26,10 @@ LOCK_NAME = ".pypapo.lock"
 # Concurrent fsyncs in write_many: enough for the journal to batch them into few commits.
 SYNC_THREADS = 32
 TMP_PREFIX = ".pypapo-tmp-"
+# A writer's temporary file lives from its first byte to its rename: the write and fsync, then the
+# wait for the lock (held by others for a compare and a rename, or a reindex batch's renames). One
+# untouched for this long belongs to a writer that was killed.
+STALE_TMP_SECONDS = 3600
 
 
 class DirectoryStore:
@@ -173,6 +177,20 @@ class DirectoryStore:
             return self._info(name, self._path(name).stat())
         except FileNotFoundError:
             return None
+
+    def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        cutoff = time.time() - older_than
+        removed = 0
+        for directory, _dirs, names in os.walk(self.root):
+            for name in names:
+                if not name.startswith(TMP_PREFIX):
+                    continue
+                path = os.path.join(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+        return removed
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root

@@ -343,6 +343,9 @@ class GCSStore:
         except Exception as exc:
             raise self._translate(exc) from None
 
+    def remove_stale_temporaries(self) -> int:
+        return 0  # uploads are atomic: a killed one leaves nothing behind
+
     def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
         results = [0] * len(items)
 
