@@ -43,6 +43,21 @@ GCSFUSE_UNIT = "pypapo-gcsfuse.service"
 NGINX_UNIT = "pypapo-nginx.service"
 APT_SOURCE_PATH = "/etc/apt/sources.list.d/pypapo-gcsfuse.list"
 APT_KEYRING_PATH = "/etc/apt/keyrings/pypapo-gcsfuse.asc"
+APT_PIN_PATH = "/etc/apt/preferences.d/pypapo-gcsfuse.pref"
+GCSFUSE_KEY_URL = "https://packages.cloud.google.com/apt/doc/apt-key.gpg"
+# The primary keys Google signs packages.cloud.google.com with (the keyring Google's own Debian images
+# bootstrap from: GoogleCloudPlatform/compute-image-tools, daisy_workflows/image_build/debian/fai_config/
+# package_config/GCE_SPECIFIC.asc, "Update packages.cloud.google.com apt keyring" #2311, 2024-05-03).
+# The startup script keeps only these of the keys it downloads: a look-alike key is never trusted.
+GOOGLE_APT_KEY_FINGERPRINTS = (
+    "A362B822F6DEDC652817EA46B53DC80D13EDEF05",  # Rapture Automatic Signing Key (2022-03-07)
+    "35BAA0B33E9EB396F59CA838C0BA5CE6DC6315A3",  # Artifact Registry Repository Signer
+)
+# The gcsfuse release the appliance installs (pinned: its config keys and flags are what the unit and
+# config use; tests/vm carries this release's parameter list for the stand-in).
+GCSFUSE_VERSION = "3.11.2"
+# Where a failed run leaves its reason (the bake wrapper reports it; a person reads it over SSH).
+FAILURE_FILE = "/run/pypapo/failure"
 NGINX_RUNTIME_DIR = "/run/pypapo-nginx"
 # The VM's access log: the journal, via its syslog socket (journalctl -t pypapo_nginx).
 JOURNAL_ACCESS_LOG = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname,tag=pypapo_nginx"
@@ -68,12 +83,16 @@ class ApplianceConfig:
     negative_cache_ttl_secs: int = 5  # how long "not found" is remembered: bounds publish-to-visible delay
     gcsfuse_bin: str = "/usr/bin/gcsfuse"
     nginx_bin: str = "/usr/sbin/nginx"
-    ready_timeout_secs: int = 180  # how long the startup script waits for /healthz before reporting failure
+    # How long `provision create` waits for readiness (its --ready-timeout): the script waits for the
+    # mount until shortly before that, counted from the machine's start, then reports why it gave up.
+    ready_timeout_secs: int = 600
     gcsfuse_apt_suite: str = "gcsfuse-bookworm"
     # NGINX's own wall behind the firewall: only these source networks (and loopback) get an answer on the
     # serving port; any other connection is closed without one. Empty: every source (`provision serve`,
     # which listens on loopback). The cloud passes IAP's and the health checkers' ranges.
     allowed_sources: tuple[str, ...] = ()
+    gcsfuse_version: str = GCSFUSE_VERSION
+    gcsfuse_key_fingerprints: tuple[str, ...] = GOOGLE_APT_KEY_FINGERPRINTS
 
     def __post_init__(self) -> None:
         if self.bucket.startswith("gs://"):
@@ -118,6 +137,14 @@ class ApplianceConfig:
                     f"invalid allowed source {source!r}: use a network like 10.0.0.0/8"
                 ) from None
         object.__setattr__(self, "allowed_sources", tuple(networks))
+        if not re.fullmatch(r"[0-9][0-9A-Za-z.+~-]*", self.gcsfuse_version):
+            raise PypapoError(f"invalid gcsfuse version {self.gcsfuse_version!r}")
+        if not self.gcsfuse_key_fingerprints or not all(
+            re.fullmatch(r"[0-9A-F]{40}", f) for f in self.gcsfuse_key_fingerprints
+        ):
+            raise PypapoError(
+                "gcsfuse_key_fingerprints: give one or more 40-digit upper-case hex fingerprints"
+            )
 
     @property
     def location(self) -> str:
@@ -252,6 +279,10 @@ def render_vm_files(cfg: ApplianceConfig) -> dict[str, str]:
             f"deb [signed-by={APT_KEYRING_PATH}] https://packages.cloud.google.com/apt "
             f"{cfg.gcsfuse_apt_suite} main\n"
         ),
+        APT_PIN_PATH: (
+            f"# pypapo: the gcsfuse release the appliance is made for (written by its startup script)\n"
+            f"Package: gcsfuse\nPin: version {cfg.gcsfuse_version}\nPin-Priority: 1001\n"
+        ),
         GCSFUSE_CONFIG_PATH: render_gcsfuse_config(cfg),
         NGINX_CONFIG_PATH: render_nginx_conf(
             cfg, root_dir=cfg.mount_path, listen=str(cfg.port), runtime_dir=NGINX_RUNTIME_DIR
@@ -296,6 +327,9 @@ def render_startup_script(cfg: ApplianceConfig) -> str:
         delimiter=_heredoc_delimiter(files),
         apt_source_path=APT_SOURCE_PATH,
         apt_keyring_path=APT_KEYRING_PATH,
+        apt_pin_path=APT_PIN_PATH,
+        gcsfuse_key_url=GCSFUSE_KEY_URL,
+        failure_file=FAILURE_FILE,
         gcsfuse_config_path=GCSFUSE_CONFIG_PATH,
         nginx_config_path=NGINX_CONFIG_PATH,
         unit_dir=UNIT_DIR,
@@ -314,4 +348,10 @@ def render_bake_script(appliance_script: str) -> str:
     if BAKE_DELIMITER in appliance_script:
         raise PypapoError(f"the appliance script contains {BAKE_DELIMITER}; report this bug")
     body = appliance_script if appliance_script.endswith("\n") else appliance_script + "\n"
-    return _render("startup/bake.sh.j2", script=body, delimiter=BAKE_DELIMITER, **guest.template_context())
+    return _render(
+        "startup/bake.sh.j2",
+        script=body,
+        delimiter=BAKE_DELIMITER,
+        failure_file=FAILURE_FILE,
+        **guest.template_context(),
+    )

@@ -98,10 +98,15 @@ def startup_script(s: Settings) -> str:
     from provisioner.appliance.render import ApplianceConfig, render_startup_script
 
     # NGINX answers only IAP's range (and the machine itself): the second wall behind the firewall.
-    sources = (names.IAP_TCP_RANGE,)
-    return render_startup_script(
-        ApplianceConfig(bucket=s.bucket, prefix=s.prefix, port=s.port, allowed_sources=sources)
+    # The script waits for the mount (IAM propagation) until shortly before `create` stops waiting.
+    cfg = ApplianceConfig(
+        bucket=s.bucket,
+        prefix=s.prefix,
+        port=s.port,
+        allowed_sources=(names.IAP_TCP_RANGE,),
+        ready_timeout_secs=s.ready_timeout,
     )
+    return render_startup_script(cfg)
 
 
 def observe(cloud: Cloud, s: Settings) -> planlib.Actual:

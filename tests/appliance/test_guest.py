@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import time
+from pathlib import Path
+
+import pytest
 
 from provisioner.appliance import guest, render
 from provisioner.appliance.guest import Key, State
+from tests.fixtures import metadata
 
 SERVE = render.ApplianceConfig(bucket="proj-123456-pypapo")
 
@@ -48,13 +55,13 @@ def test_baking() -> None:
 
 
 def _written_keys(script: str) -> set[str]:
-    return set(re.findall(r"^\s*(?:report|unreport|put) ([a-z-]+)\b", script, re.M))
+    return set(re.findall(r"\bga_(?:put|delete|note) ([a-z-]+)\b", script))
 
 
 def test_the_scripts_write_only_contract_keys() -> None:
     serve = render.render_startup_script(SERVE)
     assert _written_keys(serve) == {Key.READY, Key.STATUS, Key.ERROR, Key.DIGEST}
-    assert f"/guest-attributes/{guest.NAMESPACE}/$1" in serve
+    assert f"/guest-attributes/{guest.NAMESPACE}/$2" in serve
     bake = render.render_bake_script(serve)
     assert _written_keys(bake) - _written_keys(serve) == {Key.BAKE, Key.GCSFUSE_VERSION, Key.NGINX_VERSION}
 
@@ -62,54 +69,84 @@ def test_the_scripts_write_only_contract_keys() -> None:
 # -------------------------------------------------------------------------------------- the bake wrapper
 
 
-def _run_wrapper(tmp_path, appliance: str) -> tuple[list[str], str]:
-    """Run the builder's startup script with curl and dpkg-query replaced by recorders (no network)."""
+def _run_wrapper(tmp_path: Path, appliance: str, md: metadata.MetadataServer) -> str:
+    """Run the builder's startup script against the metadata stand-in (on loopback), in a private /run.
+
+    Its curl goes to the stand-in instead of metadata.google.internal; dpkg-query answers two versions.
+    """
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a private /run for the script's guest-attribute budget)")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    puts = tmp_path / "puts"
-    # one line per call, the arguments separated by US (a value may hold spaces)
-    (bin_dir / "curl").write_text(f"#!/bin/sh\n{{ printf '%s\\037' \"$@\"; echo; }} >> {puts}\n")
+    metadata.curl_shim(bin_dir, md.url)
     (bin_dir / "dpkg-query").write_text(
         '#!/bin/sh\ncase "$*" in *gcsfuse*) echo 2.5.1;; *) echo 1.22.1-9;; esac\n'
     )
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
+    (bin_dir / "dpkg-query").chmod(0o755)
     script = tmp_path / "builder.sh"
-    script.write_text(render.render_bake_script(appliance))
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}
-    out = subprocess.run(
-        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, check=True
+    script.write_text(
+        render.render_bake_script(appliance).replace("export PATH=", f"export PATH={bin_dir}:", 1)
     )
-    return (puts.read_text().splitlines() if puts.exists() else []), out.stdout
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs pypapo-test /run && exec bash "$0"', str(script)],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return out.stdout + out.stderr
 
 
-def _attrs(puts: list[str]) -> dict[str, str]:
-    """{key: value} from the recorded `curl ... -X PUT --data VALUE ... .../guest-attributes/pypapo/KEY`."""
-    out = {}
-    for line in puts:
-        words = line.rstrip("\x1f").split("\x1f")
-        out[words[-1].rsplit("/", 1)[-1]] = words[words.index("--data") + 1]
-    return out
+def _writes(md: metadata.MetadataServer) -> list[tuple[str, str | None]]:
+    return [(q.key.split("/", 1)[1], q.value) for q in md.queries() if q.outcome == "stored"]
 
 
-def test_bake_wrapper_reports_versions_then_done(tmp_path) -> None:
-    puts, stdout = _run_wrapper(tmp_path, '#!/bin/bash\n[ "$1" = bake ] || exit 9\necho "pypapo: baked"\n')
-    attrs = _attrs(puts)
+def test_bake_wrapper_reports_versions_then_done(tmp_path: Path) -> None:
+    with metadata.serving() as md:
+        out = _run_wrapper(tmp_path, '#!/bin/bash\n[ "$1" = bake ] || exit 9\necho "pypapo: baked"\n', md)
+        attrs = md.guest_attributes(guest.NAMESPACE)
+        writes = _writes(md)
     assert attrs == {"gcsfuse-version": "2.5.1", "nginx-version": "1.22.1-9", "bake": "done"}
     assert guest.baking(attrs).state is State.READY
     assert guest.versions(attrs) == {"gcsfuse-version": "2.5.1", "nginx-version": "1.22.1-9"}
-    assert _attrs(puts[-1:]) == {"bake": "done"}, "done comes last: versions are there when it is seen"
-    assert "pypapo: baked" in stdout and "pypapo-bake: done" in stdout
+    assert writes[-1] == ("bake", "done"), "done comes last: versions are there when it is seen"
+    assert "pypapo: baked" in out and "pypapo-bake: done" in out
 
 
-def test_bake_wrapper_reports_a_failed_bake(tmp_path) -> None:
-    puts, stdout = _run_wrapper(tmp_path, "#!/bin/bash\nexit 3\n")
-    attrs = _attrs(puts)
+def test_a_dropped_bake_done_is_written_again_within_the_limit(tmp_path: Path) -> None:
+    """The metadata server may drop a write silently: the wrapper reads back and writes it again."""
+    with metadata.serving() as md:
+        md.drop_next("pypapo/bake", "done")
+        start = time.monotonic()
+        out = _run_wrapper(tmp_path, "#!/bin/bash\nexit 0\n", md)
+        elapsed = time.monotonic() - start
+        attrs = md.guest_attributes(guest.NAMESPACE)
+        outcomes = [q.outcome for q in md.queries()]
+        per_minute, per_second = md.max_rate()
+    assert attrs["bake"] == "done"
+    assert "dropped: injected" in outcomes and "dropped: rate limit" not in outcomes
+    assert "did not stick" in out
+    assert per_minute <= metadata.PER_MINUTE and per_second <= metadata.PER_SECOND
+    assert elapsed < 20, f"the dropped write cost {elapsed:.0f}s"
+
+
+def test_bake_wrapper_reports_the_failed_step(tmp_path: Path) -> None:
+    reason = "packages: apt-get update: E: Failed to fetch http://deb.debian.org/x 404"
+    failing = f"#!/bin/bash\nmkdir -p /run/pypapo\necho '{reason}' > {render.FAILURE_FILE}\nexit 3\n"
+    with metadata.serving() as md:
+        out = _run_wrapper(tmp_path, failing, md)
+        attrs = md.guest_attributes(guest.NAMESPACE)
     assert attrs["bake"] == "failed" and "gcsfuse-version" not in attrs
-    assert "pypapo-bake: failed (status 3)" in stdout
+    assert "pypapo-bake: failed (status 3)" in out
     assert guest.baking(attrs) == guest.Report(
-        State.FAILED, "appliance script exited with status 3 in bake mode"
+        State.FAILED, "bake: packages: apt-get update: E: Failed to fetch http://deb.debian.org/x 404"
     )
+    with metadata.serving() as md:
+        _run_wrapper(tmp_path / "again", "#!/bin/bash\nexit 4\n", md) if (
+            tmp_path / "again"
+        ).mkdir() is None else None
+        assert guest.baking(md.guest_attributes(guest.NAMESPACE)).detail == (
+            "bake: appliance script exited with status 4"
+        )
 
 
 def test_bake_wrapper_around_the_real_appliance_script_passes_shellcheck(tmp_path) -> None:

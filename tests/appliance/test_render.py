@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from provisioner.appliance.render import (
+    APT_PIN_PATH,
     APT_SOURCE_PATH,
     GCSFUSE_CONFIG_PATH,
     NGINX_CONFIG_PATH,
@@ -40,6 +41,7 @@ def embedded_files(script: str) -> dict[str, str]:
 
 def test_vm_files_are_the_documented_set() -> None:
     assert set(render_vm_files(CFG)) == {
+        APT_PIN_PATH,
         APT_SOURCE_PATH,
         GCSFUSE_CONFIG_PATH,
         NGINX_CONFIG_PATH,
@@ -55,7 +57,7 @@ def test_vm_files_are_the_documented_set() -> None:
 def test_startup_script_embeds_every_file_verbatim(cfg: ApplianceConfig) -> None:
     script = render_startup_script(cfg)
     assert script.startswith("#!/bin/bash\n")
-    assert "set -euo pipefail" in script
+    assert "set -Eeuo pipefail" in script
     assert embedded_files(script) == render_vm_files(cfg)
     assert config_digest(render_vm_files(cfg)) in script
 

@@ -56,6 +56,20 @@ class SigningKey:
         return _run(["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", *args],
                     env={**os.environ, "GNUPGHOME": str(self.home)})  # fmt: skip
 
+    @classmethod
+    def cached(cls, home: Path) -> SigningKey:
+        """The key in HOME, made once: the scripts pin its fingerprint, so cached images stay valid."""
+        if not (home / "pubring.kbx").exists():
+            tmp = home.with_name(home.name + ".new")
+            shutil.rmtree(tmp, ignore_errors=True)
+            cls.create(tmp)
+            os.rename(tmp, home)
+        return cls(home)
+
+    def fingerprint(self) -> str:
+        rows = [line.split(":") for line in self.gpg("--with-colons", "--list-keys").splitlines()]
+        return next(r[9] for i, r in enumerate(rows) if r[0] == "fpr" and rows[i - 1][0] == "pub")
+
     def armored_public(self) -> str:
         return self.gpg("--armor", "--export")
 

@@ -4,6 +4,9 @@ On Compute Engine, google-startup-scripts.service (After=network-online.target) 
 ``google_metadata_script_runner startup`` at every boot: it fetches the ``startup-script`` metadata value,
 writes it to a file, executes it and logs each line with a ``startup-script:`` prefix. Here a oneshot unit
 with the same ordering runs the rendered script from /var/lib/pypapo-test/startup-script the same way.
+
+On a new instance the agent also makes the SSH host keys before sshd starts (the golden image has none:
+the bake removed them); HOSTKEYS_UNIT does that here with ``ssh-keygen -A``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ KillMode=process
 ExecStart=/usr/local/libexec/pypapo-test-run-startup-script
 StandardOutput=journal+console
 StandardError=inherit
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+HOSTKEYS_UNIT = "pypapo-test-guest-agent-hostkeys.service"
+HOSTKEYS_TEXT = """[Unit]
+Description=TEST STAND-IN for google-guest-agent's SSH host key set-up (pypapo vm test)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
 
 [Install]
 WantedBy=multi-user.target
@@ -52,9 +69,10 @@ def install(root: Path, startup_script: str) -> None:
     runner.parent.mkdir(parents=True, exist_ok=True)
     runner.write_text(RUNNER)
     runner.chmod(0o755)
-    (root / "etc/systemd/system" / UNIT).write_text(UNIT_TEXT)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / UNIT
-    link.unlink(missing_ok=True)
-    link.symlink_to(f"/etc/systemd/system/{UNIT}")
+    for unit, text in ((UNIT, UNIT_TEXT), (HOSTKEYS_UNIT, HOSTKEYS_TEXT)):
+        (root / "etc/systemd/system" / unit).write_text(text)
+        link = wants / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"/etc/systemd/system/{unit}")

@@ -12,10 +12,10 @@ Variants:
   ``provision image build`` runs it (packages installed and upgraded, config and units written and
   enabled). Debian's packages come from the real mirror (build time, like the image builder's egress);
   gcsfuse from the test's stand-in for Google's repository on a loopback address, whose hosts entry and
-  CA are removed again afterwards. The apt lists are emptied, so the booted guest has nothing to
-  install from: the pre-baked path must not need it.
+  CA are removed again afterwards. The bake itself generalizes the tree (empty machine-id and apt lists,
+  no SSH host keys), so the booted guest has nothing to install from: the pre-baked path must not need it.
 - ``debs``: a flat directory of the .deb files the fresh-install path needs beyond ``base`` (nginx,
-  fuse3, rclone and their dependencies), downloaded by apt inside a copy of ``base``; the test serves
+  fuse3 and their dependencies), downloaded by apt inside a copy of ``base``; the test serves
   them to the guest as its Debian mirror.
 """
 
@@ -55,8 +55,6 @@ BASE_PACKAGES = (
 )
 # What the startup script installs when missing (gcsfuse comes from its own repository).
 APPLIANCE_PACKAGES = ("nginx", "fuse3")
-# The gcsfuse stand-in depends on these; the fresh-install path must find them in the mirror too.
-STANDIN_DEPENDS = ("rclone",)
 
 
 def debian_mirror() -> str:
@@ -88,9 +86,10 @@ def recipe(part: str, startup_script: str = "") -> dict[str, object]:
     }
     if part != "base":
         doc["appliance"] = APPLIANCE_PACKAGES
-        doc["standin_depends"] = STANDIN_DEPENDS
     if part == "baked":
-        doc["standin"] = hashlib.sha256(standin.GCSFUSE_SCRIPT.encode()).hexdigest()
+        doc["standin"] = hashlib.sha256(
+            (standin.script() + standin.PARAMS_FILE.read_text()).encode()
+        ).hexdigest()
         doc["startup_script"] = hashlib.sha256(startup_script.encode()).hexdigest()
     return doc
 
@@ -220,7 +219,7 @@ def debs() -> Path:
         try:
             work = tmp / "root"
             copy_tree(base, work)
-            pkgs = " ".join(APPLIANCE_PACKAGES + STANDIN_DEPENDS)
+            pkgs = " ".join(APPLIANCE_PACKAGES)
             in_root(
                 work,
                 "apt-get update -qq; apt-get clean; "
@@ -238,6 +237,16 @@ def debs() -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def signing_key() -> aptrepo.SigningKey:
+    """The test's repository key (Debian mirror and Google's host), made once and kept with the trees.
+
+    The startup script pins the fingerprint of the key that signs packages.cloud.google.com: the test
+    renders it with this key's, and a baked tree made with it stays valid across runs.
+    """
+    with _lock("signing-key"):
+        return aptrepo.SigningKey.cached(CACHE_ROOT / "signing-key")
 
 
 BAKE_ADDRESS = "127.213.0.1"  # loopback: Google's package host during the image build
@@ -259,7 +268,7 @@ def baked_rootfs(startup_script: str) -> Path:
             copy_tree(base, root)
             work = tmp / "work"
             work.mkdir()
-            signing = aptrepo.SigningKey.create(work / "gnupg")
+            signing = signing_key()
             aptrepo.build_google_tree(work / "google", f"gcsfuse-{SUITE}", signing)
             (work / "mirror").mkdir()
             ca = aptrepo.TestCA.create(work / "tls", aptrepo.GOOGLE_HOST)
@@ -279,7 +288,6 @@ def baked_rootfs(startup_script: str) -> Path:
             bundle.write_bytes(saved[1])
             (root / "usr/local/share/ca-certificates/pypapo-vm-test-ca.crt").unlink()
             (root / "var/tmp/pypapo-startup-script").unlink()
-            in_root(root, "apt-get clean; rm -rf /var/lib/apt/lists/*", log)
             os.rename(root, tmp.with_name(tmp.name + ".root"))
             shutil.rmtree(tmp)
             return _publish(tmp.with_name(tmp.name + ".root"), final, "baked", startup_script)

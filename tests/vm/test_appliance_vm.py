@@ -11,9 +11,21 @@ test's stand-in for the guest agent, exactly as Compute Engine runs it.
   package source reachable at all; the script must not need one (no apt lists appear, dpkg installs
   nothing, it says it installs nothing).
 
+Readiness arrives as on Compute Engine: through a metadata-server stand-in (tests/fixtures/metadata.py) on
+169.254.169.254 inside the variant's own network namespace, which serves the instance attributes and the
+guest-attribute endpoints and drops writes beyond the documented rate limit; the test waits for
+``pypapo/ready=true`` there, as ``provision create`` does.
+
 Then: ``provision verify`` (the shipped testinfra suite over SSH) passes and fails when it should; pip on
 the host installs through the guest's serving port; killing the mount daemon makes nginx answer 503 (pages
 and /healthz, never a partial index) until systemd restarts it; a reboot brings everything back.
+
+And the first-boot failures a real project meets (``test_first_boot_failures``):
+
+- ``broken-apt``: the Debian mirror is gone (a VM with no egress): ``pypapo/error`` names the step and
+  apt's own error within seconds, instead of a waiter's timeout;
+- ``slow-mount``: storage answers 403 for the first seconds (the VM's new grant has not propagated):
+  gcsfuse exits, systemd restarts it, the script says it waits for IAM, and ends in ready, not error.
 """
 
 from __future__ import annotations
@@ -34,8 +46,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from provisioner.appliance import sample
+from provisioner.appliance import guest, sample
 from provisioner.appliance.demo import clean_env
+from tests.fixtures import metadata
 from tests.fixtures.gcs import BINARY as FAKE_GCS_BINARY
 from tests.vm import aptrepo, guestagent, rootfs, standin
 from tests.vm.machine import REBOOT_EXIT, Guest, Net, keypair, network, prepare_root
@@ -49,6 +62,7 @@ REQUIRED_TOOLS = (
 BUCKET = "pypapo-vm-bucket"
 PREFIX = "team"
 PROVISION = [sys.executable, "-c", "from provisioner.cli import main; main()"]
+FAILURE_FILE = "/run/pypapo/failure"
 
 
 def _missing_prerequisite() -> str | None:
@@ -90,15 +104,48 @@ VARIANTS = [
     # Non-default port and mount path: the rendered files and the suite must follow the configuration.
     Variant("baked", 62, 8443, "/srv/pypapo-bucket"),
 ]
+# The first-boot failures: a fresh image without a Debian mirror, a baked one whose grant propagates late.
+BROKEN_APT = Variant("broken-apt", 63, 3333, "/mnt/pypapo")
+SLOW_MOUNT = Variant("slow-mount", 64, 8443, "/srv/pypapo-bucket")  # the baked variant's config: its image
+NAMESPACE = guest.NAMESPACE
 
 
 def _render(variant: Variant) -> str:
     from provisioner.appliance import render
 
     cfg = render.ApplianceConfig(
-        bucket=BUCKET, prefix=PREFIX, port=variant.port, mount_path=variant.mount_path
-    )
+        bucket=BUCKET, prefix=PREFIX, port=variant.port, mount_path=variant.mount_path,
+        # the test's repository key signs "packages.cloud.google.com": the script must trust exactly it
+        gcsfuse_key_fingerprints=(rootfs.signing_key().fingerprint(),),
+    )  # fmt: skip
     return render.render_startup_script(cfg)
+
+
+def _metadata_server(net: Net, script: str) -> metadata.MetadataServer:
+    """The stand-in on 169.254.169.254:80 inside the variant's namespace only (its loopback)."""
+    subprocess.run(["ip", "-n", net.name, "addr", "add", f"{metadata.ADDRESS}/32", "dev", "lo"], check=True)
+    subprocess.run(["ip", "-n", net.name, "link", "set", "lo", "up"], check=True)
+    md = metadata.MetadataServer(attributes={"enable-guest-attributes": "TRUE", "startup-script": script})
+    md.start(metadata.ADDRESS, 80, netns=net.path)
+    return md
+
+
+def _state(md: metadata.MetadataServer) -> guest.Report:
+    return guest.serving(md.guest_attributes(NAMESPACE))
+
+
+def _wait_reported(md: metadata.MetadataServer, timeout: float) -> guest.Report:
+    """Wait as `provision create` does: until the guest attributes say ready or failed."""
+    md.wait_for(NAMESPACE, lambda a: guest.serving(a).state is not guest.State.STARTING, timeout)
+    return _state(md)
+
+
+def _paced(md: metadata.MetadataServer) -> None:
+    """The scripts kept to Compute Engine's guest-attribute limit: nothing was dropped for the rate."""
+    outcomes = [q.outcome for q in md.queries()]
+    assert "dropped: rate limit" not in outcomes, md.queries()
+    per_minute, per_second = md.max_rate()
+    assert per_minute <= metadata.PER_MINUTE and per_second <= metadata.PER_SECOND, (per_minute, per_second)
 
 
 class FakeGCSOnVeth:
@@ -205,11 +252,25 @@ def _gcsfuse_unit() -> str:
     return Expectations().gcsfuse_unit
 
 
+@dataclass
+class Booted:
+    guest: Guest
+    net: Net
+    gcs: FakeGCSOnVeth
+    server: aptrepo.PackageServer | None
+    md: metadata.MetadataServer
+
+
 @contextlib.contextmanager
 def _booted(
-    variant: Variant, tmp_path: Path
-) -> Iterator[tuple[Guest, Net, FakeGCSOnVeth, aptrepo.PackageServer | None]]:
-    """Everything one variant needs, torn down in reverse order whatever happens."""
+    variant: Variant, tmp_path: Path, *, storage_url: str | None = None, prepare: object = None
+) -> Iterator[Booted]:
+    """Everything one variant needs, torn down in reverse order whatever happens.
+
+    `storage_url` replaces the emulator's address the guest's gcsfuse uses (a gate in front of it);
+    `prepare(md)` runs before the boot (drops to inject).
+    """
+    fresh = variant.name in ("fresh", BROKEN_APT.name)
     with contextlib.ExitStack() as stack:
         net = stack.enter_context(network(variant.index))
         gcs = FakeGCSOnVeth(net.host_ip, 4443, tmp_path / "fake-gcs.log")
@@ -217,26 +278,32 @@ def _booted(
         _publish(gcs, tmp_path / "dists")
 
         script = _render(variant)
-        source = rootfs.base_rootfs() if variant.name == "fresh" else rootfs.baked_rootfs(script)
+        md = _metadata_server(net, script)
+        stack.callback(md.stop)
+        source = rootfs.base_rootfs() if fresh else rootfs.baked_rootfs(script)
         root = tmp_path / "root"
         rootfs.copy_tree(source, root)
         guest = Guest(root=root, net=net, key=keypair(tmp_path), console=tmp_path / "console.log")
         stack.callback(_remove_root, guest)
         prepare_root(root, net, Path(f"{guest.key}.pub").read_text())
+        with open(root / "etc/hosts", "a") as hosts:  # as on every Compute Engine image
+            hosts.write(f"{metadata.ADDRESS} metadata.google.internal metadata\n")
         (root / "etc/pypapo-test").mkdir(parents=True, exist_ok=True)
-        (root / "etc/pypapo-test/gcs-endpoint").write_text(gcs.url + "\n")
+        (root / "etc/pypapo-test/gcs-endpoint").write_text((storage_url or gcs.url) + "\n")
         guestagent.install(root, script)
 
         server = None
-        if variant.name == "fresh":
-            server = _package_sources(root, net, tmp_path / "packages")
+        if fresh:
+            server = _package_sources(root, net, tmp_path / "packages", broken=variant is BROKEN_APT)
             stack.callback(server.stop)
+        if callable(prepare):
+            prepare(md)
         stack.callback(guest.stop)
         try:
             guest.boot()
-            yield guest, net, gcs, server
+            yield Booted(guest, net, gcs, server, md)
         except BaseException:
-            print(_diagnostics(guest))
+            print(_diagnostics(guest, md))
             raise
 
 
@@ -246,8 +313,9 @@ def _remove_root(guest: Guest) -> None:
         shutil.rmtree(guest.root, ignore_errors=True)
 
 
-def _diagnostics(guest: Guest) -> str:
+def _diagnostics(guest: Guest, md: metadata.MetadataServer) -> str:
     out = ["---- guest console (tail)", guest.console.read_text(errors="replace")[-4000:]]
+    out += ["---- guest attributes", repr(md.guest_attributes(NAMESPACE)), repr(md.queries()[-30:])]
     if guest.proc is not None and guest.proc.poll() is None:
         res = guest.ssh(
             "journalctl -b --no-pager -n 200; systemctl --failed --no-pager", check=False, timeout=30
@@ -256,10 +324,13 @@ def _diagnostics(guest: Guest) -> str:
     return "\n".join(out)
 
 
-def _package_sources(root: Path, net: Net, work: Path) -> aptrepo.PackageServer:
-    """Serve the guest's Debian mirror and Google's gcsfuse repository from the host end of the veth."""
+def _package_sources(root: Path, net: Net, work: Path, broken: bool = False) -> aptrepo.PackageServer:
+    """Serve the guest's Debian mirror and Google's gcsfuse repository from the host end of the veth.
+
+    `broken`: the guest's sources.list names a mirror path that does not exist (a VM without egress).
+    """
     work.mkdir()
-    key = aptrepo.SigningKey.create(work / "gnupg")
+    key = rootfs.signing_key()
     mirror, google = work / "mirror", work / "google"
     aptrepo.build_repo(mirror, rootfs.SUITE, sorted(rootfs.debs().glob("*.deb")), key)
     aptrepo.build_google_tree(google, f"gcsfuse-{rootfs.SUITE}", key)
@@ -270,8 +341,8 @@ def _package_sources(root: Path, net: Net, work: Path) -> aptrepo.PackageServer:
     (root / "etc/apt/keyrings/pypapo-test-mirror.asc").write_text(key.armored_public())
     (root / "etc/apt/sources.list").write_text(
         "# The VM's Debian mirror: in the vm test, a local mirror on the host end of the veth.\n"
-        f"deb [signed-by=/etc/apt/keyrings/pypapo-test-mirror.asc] http://{net.host_ip}/debian"
-        f" {rootfs.SUITE} main\n"
+        f"deb [signed-by=/etc/apt/keyrings/pypapo-test-mirror.asc] http://{net.host_ip}/"
+        f"{'debian-gone' if broken else 'debian'} {rootfs.SUITE} main\n"
     )
     aptrepo.impersonate_google(root, net.host_ip, ca)
     return aptrepo.PackageServer(work, net.host_ip, mirror, google, ca)
@@ -292,16 +363,32 @@ class _Steps:
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> None:
     step = _Steps(variant.name)
-    with _booted(variant, tmp_path) as (guest, net, _gcs, server):
+
+    # The metadata server may drop any write: the baked guest's first ready=true is lost on purpose.
+    def drop_ready(md: metadata.MetadataServer) -> None:
+        if variant.name == "baked":
+            md.drop_next(f"{NAMESPACE}/{guest.Key.READY}", guest.READY_TRUE)
+
+    with _booted(variant, tmp_path, prepare=drop_ready) as booted:
+        vm, net, server, md = booted.guest, booted.net, booted.server, booted.md
         step("root filesystem ready, bucket published, guest booted (SSH up)")
         guest_url = f"http://{net.guest_ip}:{variant.port}"
-        dpkg_log_before = (guest.root / "var/log/dpkg.log").read_text() if variant.name == "baked" else ""
+        dpkg_log_before = (vm.root / "var/log/dpkg.log").read_text() if variant.name == "baked" else ""
 
-        # 1. The rendered startup script ran at boot, as the guest agent runs it, and succeeded.
-        journal = _wait_startup_script(guest, timeout=300)
+        # 1. The rendered startup script ran at boot, as the guest agent runs it, and reported ready
+        #    through the metadata server, within Compute Engine's rate limit (and despite a dropped write).
+        report = _wait_reported(md, timeout=300)
+        assert report.state is guest.State.READY, report
+        journal = _wait_startup_script(vm, timeout=60)
         print(journal[-3000:])
         assert "pypapo: ready" in journal, "the startup script did not log its readiness line"
-        step("startup script ran at boot")
+        _paced(md)
+        if variant.name == "baked":
+            assert "dropped: injected" in [q.outcome for q in md.queries()], (
+                "the injected drop did not happen"
+            )
+            assert "did not stick" in journal, "the dropped ready=true was not noticed"
+        step("startup script ran at boot and reported ready")
 
         # 2. Where the packages came from.
         if server is not None:
@@ -309,27 +396,32 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             assert "/apt/pool/main/gcsfuse_" in fetched, "gcsfuse was not installed from Google's repository"
             assert "/debian/pool/main/nginx_" in fetched, "nginx was not installed from the Debian mirror"
             assert "/debian/pool/main/fuse3_" in fetched, "fuse3 was not installed from the Debian mirror"
-            assert guest.ssh("dpkg-query -W -f '${Version}' gcsfuse").stdout == standin.STANDIN_VERSION
+            assert vm.ssh("dpkg-query -W -f '${Version}' gcsfuse").stdout == standin.STANDIN_VERSION
         else:
-            lists = guest.ssh("ls /var/lib/apt/lists").stdout.split()
+            # The image was generalized by the bake: a machine-id and host keys of its own, no apt lists.
+            assert vm.ssh("cat /etc/machine-id").stdout.strip() != "", "no machine-id at first boot"
+            baked = rootfs.baked_rootfs(_render(variant))
+            assert (baked / "etc/machine-id").read_text() == "", "the image carries a machine-id"
+            assert not list((baked / "etc/ssh").glob("ssh_host_*")), "the image carries SSH host keys"
+            lists = vm.ssh("ls /var/lib/apt/lists").stdout.split()
             assert not [f for f in lists if f.endswith(("Packages", "InRelease", "Release"))], (
                 f"the pre-baked path ran apt-get update: {lists}"
             )
-            assert (guest.root / "var/log/dpkg.log").read_text() == dpkg_log_before, (
+            assert (vm.root / "var/log/dpkg.log").read_text() == dpkg_log_before, (
                 "the pre-baked path installed packages"
             )
-            assert "default" not in guest.ssh("ip route").stdout, "the baked guest must have no route out"
+            assert "default" not in vm.ssh("ip route").stdout, "the baked guest must have no route out"
             assert "pypapo: installing" not in journal, "the pre-baked path installed packages"
 
         # 3. The shipped testinfra suite, through `provision verify`, over SSH.
         known_hosts = tmp_path / "known_hosts"
-        res = _verify(guest, variant, known_hosts)
+        res = _verify(vm, variant, known_hosts)
         assert res.returncode == 0, f"provision verify failed:\n{res.stdout}\n{res.stderr}"
         assert "FAIL" not in res.stdout and "checks passed" in res.stdout, res.stdout
         print(res.stdout)
         if variant.name == "baked":
             # The suite is not a rubber stamp: expecting another port fails the port checks.
-            wrong = _verify(guest, variant, known_hosts, port=variant.port + 1)
+            wrong = _verify(vm, variant, known_hosts, port=variant.port + 1)
             assert wrong.returncode != 0, wrong.stdout
             assert "nginx_listens_on_serving_port" in wrong.stderr + wrong.stdout
         step("provision verify")
@@ -346,10 +438,10 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
 
         # 5. Kill the mount daemon: nginx answers 503 (pages and /healthz) until systemd restarts it.
         unit = _gcsfuse_unit()
-        restarts = int(_unit_prop(guest, unit, "NRestarts"))
-        main_pid = _unit_prop(guest, unit, "MainPID")
+        restarts = int(_unit_prop(vm, unit, "NRestarts"))
+        main_pid = _unit_prop(vm, unit, "MainPID")
         assert main_pid not in ("", "0"), f"{unit} has no main process"
-        guest.ssh(f"kill -KILL {main_pid}")
+        vm.ssh(f"kill -KILL {main_pid}")
         seen: list[tuple[int, int]] = []
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -363,24 +455,147 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             time.sleep(0.05)
         assert (503, 503) in seen, f"nginx never answered 503 with the mount gone: {sorted(set(seen))}"
         assert seen[-1] == (200, 200), f"serving did not resume: last answers {seen[-5:]}"
-        assert int(_unit_prop(guest, unit, "NRestarts")) > restarts, f"{unit} was not restarted by systemd"
-        assert _unit_prop(guest, unit, "MainPID") != main_pid
+        assert int(_unit_prop(vm, unit, "NRestarts")) > restarts, f"{unit} was not restarted by systemd"
+        assert _unit_prop(vm, unit, "MainPID") != main_pid
         outage = sum(1 for s in seen if s != (200, 200))
         step(f"mount daemon killed: {outage} of {len(seen)} polls answered 503, then serving resumed")
 
         # 6. Restart the machine: the startup script runs again at boot and everything comes back.
         if server is not None:
             server.stop()  # the second boot must not need a package source either
-        assert guest.reboot() == REBOOT_EXIT
-        journal = _wait_startup_script(guest, timeout=120)
+        assert vm.reboot() == REBOOT_EXIT
+        journal = _wait_startup_script(vm, timeout=120)
+        assert _state(md).state is guest.State.READY
         # Idempotent: the second run finds everything in place, installs and rewrites nothing.
         assert "pypapo: installing" not in journal and "pypapo: wrote" not in journal, journal[-3000:]
         assert "pypapo: ready" in journal
         step("rebooted, startup script ran again")
-        res = _verify(guest, variant, known_hosts)
+        res = _verify(vm, variant, known_hosts)
         assert res.returncode == 0, f"provision verify failed after the reboot:\n{res.stdout}\n{res.stderr}"
         target = tmp_path / "site-after-reboot"
         pip = _pip_install(f"{guest_url}/simple/", target, "vmprobe-app==1.0")
         assert pip.returncode == 0, f"pip install after the reboot failed:\n{pip.stdout}\n{pip.stderr}"
         assert (target / "vmprobe_app-1.0.dist-info").is_dir()
         step("verify and pip after the reboot")
+
+
+class PermissionGate:
+    """Storage as a VM sees it while its new grant propagates: 403 (storage.objects.list) until `opens`
+    seconds after the first request, then the emulator behind it. On the host end of the veth only."""
+
+    def __init__(self, address: str, port: int, upstream: str, opens: float) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        gate = self
+        self.first: float | None = None
+        self.denied = 0
+        up = urlsplit(upstream)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                now = time.monotonic()
+                gate.first = gate.first if gate.first is not None else now
+                if now - gate.first < opens:
+                    gate.denied += 1
+                    body = json.dumps({"error": {"code": 403, "message": (
+                        "pypapo-vm@p.iam.gserviceaccount.com does not have storage.objects.list access to "
+                        "the Google Cloud Storage bucket. Permission 'storage.objects.list' denied on "
+                        "resource (or it may not exist).")}}).encode()  # fmt: skip
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(str(up.hostname), up.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=data, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_HEAD = do_POST = _forward
+
+        self.httpd = ThreadingHTTPServer((address, port), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://{address}:{port}"
+        import threading
+
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("variant", [BROKEN_APT, SLOW_MOUNT], ids=lambda v: v.name)
+def test_first_boot_failures(variant: Variant, tmp_path: Path) -> None:
+    step = _Steps(variant.name)
+    if variant is BROKEN_APT:
+        with _booted(variant, tmp_path) as booted:
+            step("guest booted (SSH up)")
+            report = _wait_reported(booted.md, timeout=180)
+            queries = booted.md.queries()
+            # The error arrives at once, naming the step and apt's own reason, not as a waiter's timeout.
+            assert report.state is guest.State.FAILED, report
+            assert report.detail.startswith("packages: apt-get update: "), report.detail
+            assert "debian-gone" in report.detail and "E:" in report.detail, report.detail
+            first = queries[0].at
+            reported = next(q.at for q in queries if q.key.endswith("/error") and q.outcome == "stored")
+            step(f"pypapo/error arrived {reported - first:.1f}s after the script's first query")
+            assert reported - first < 120, "the failure was not reported at once"
+            journal = booted.guest.ssh(f"journalctl -b -o cat --no-pager -u {guestagent.UNIT}", check=False)
+            assert "pypapo: not ready: packages: apt-get update" in journal.stdout
+            assert booted.guest.ssh(f"cat {FAILURE_FILE}").stdout.strip() == report.detail
+            _paced(booted.md)
+        return
+
+    # SLOW_MOUNT: the baked image; storage denies the VM for the first 40 s, through a gate that must
+    # listen on the host end of this variant's veth before the guest boots (made in `prepare`).
+    gate: list[PermissionGate] = []
+    host_ip = Net(variant.index).host_ip
+    with contextlib.ExitStack() as stack:
+
+        def prepare(_md: metadata.MetadataServer) -> None:
+            g = PermissionGate(host_ip, 4444, f"http://{host_ip}:4443", opens=40)
+            gate.append(g)
+            stack.callback(g.stop)
+
+        booted = stack.enter_context(
+            _booted(variant, tmp_path, storage_url=f"http://{host_ip}:4444", prepare=prepare)
+        )
+        step("guest booted (SSH up)")
+        statuses: list[str] = []
+        deadline = time.monotonic() + 240
+        while _state(booted.md).state is guest.State.STARTING and time.monotonic() < deadline:
+            status = booted.md.guest_attributes(NAMESPACE).get(guest.Key.STATUS, "")
+            if status and status not in statuses:
+                statuses.append(status)
+            time.sleep(0.5)
+        report = _state(booted.md)
+        step(f"reported {report.state.value} after {gate[0].denied} denied storage requests")
+        assert gate[0].denied > 0, "storage never denied the guest: the gate was not in the path"
+        assert report.state is guest.State.READY, (report, statuses)
+        assert any(s.startswith("waiting for IAM") for s in statuses), statuses
+        assert guest.Key.ERROR not in booted.md.guest_attributes(NAMESPACE)
+        unit = _gcsfuse_unit()
+        assert int(_unit_prop(booted.guest, unit, "NRestarts")) > 0, f"{unit} was never restarted"
+        status, body = _get(f"http://{booted.net.guest_ip}:{variant.port}/simple/")
+        assert status == 200 and b"vmprobe-app" in body
+        _paced(booted.md)
