@@ -81,6 +81,37 @@ def _stdout_is_socket() -> bool:
         return True
 
 
+UNPRIVILEGED_USER = "nobody nogroup"  # Debian's: nginx takes the group of the same name otherwise
+
+
+def _others_can_read(path: Path) -> bool:
+    """Whether a user who is neither owner nor group member can reach PATH and list it."""
+    for part in (path, *path.parents):
+        mode = part.stat().st_mode
+        if not mode & stat.S_IXOTH or (part == path and not mode & stat.S_IROTH):
+            return False
+    return True
+
+
+def worker_user(repo: Path) -> str:
+    """Who NGINX's workers run as when `provision serve` runs as root: never root when it can be helped.
+
+    The repository's owner when that is not root (it can read its own files); else `nobody` when anyone
+    may read the repository; else, with a warning that names the fix, root (nobody could not read it).
+    """
+    owner = repo.stat().st_uid
+    if owner != 0:
+        return pwd.getpwuid(owner).pw_name
+    if _others_can_read(repo):
+        return UNPRIVILEGED_USER
+    print(
+        f"warning: nginx workers run as root: {repo} is root's and private (an unprivileged worker could "
+        f"not read it); make it readable (chmod o+rx on it and its parents) or serve it as its owner",
+        file=sys.stderr,
+    )
+    return "root"
+
+
 @dataclass
 class Server:
     """A running NGINX over `repo`."""
@@ -188,10 +219,7 @@ def running(
             log_target = str(runtime / "access.log")
         else:
             log_target = "/dev/stdout"
-        user = None
-        if os.geteuid() == 0:
-            # A root master would run workers as `nobody`, who cannot read a private repository.
-            user = pwd.getpwuid(repo_path.stat().st_uid).pw_name
+        user = worker_user(repo_path) if os.geteuid() == 0 else None
         conf = render_nginx_conf(
             ApplianceConfig(bucket="local-directory", port=port),
             root_dir=str(repo_path),

@@ -70,7 +70,8 @@ def test_the_scripts_write_only_contract_keys() -> None:
 
 
 def _run_wrapper(tmp_path: Path, appliance: str, md: metadata.MetadataServer) -> str:
-    """Run the builder's startup script against the metadata stand-in (on loopback), in a private /run.
+    """Run the builder's startup script against the metadata stand-in (on loopback), with a private
+    /run and /var/lib (its guest-attribute budget lives there).
 
     Its curl goes to the stand-in instead of metadata.google.internal; dpkg-query answers two versions.
     """
@@ -90,7 +91,7 @@ def _run_wrapper(tmp_path: Path, appliance: str, md: metadata.MetadataServer) ->
     env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}
     out = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         'mount -t tmpfs pypapo-test /run && exec bash "$0"', str(script)],
+         'mount -t tmpfs t /run && mount -t tmpfs t /var/lib && exec bash "$0"', str(script)],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return out.stdout + out.stderr

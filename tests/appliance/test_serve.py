@@ -9,7 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -540,3 +542,36 @@ def test_redirects_work_behind_a_path_prefix(demo_index: LocalIndex, prefix_prox
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (target / "mixed_case_name").is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the worker user is chosen only when serve runs as root")
+def test_serve_as_root_runs_unprivileged_workers(tmp_path: Path) -> None:
+    """`provision serve` run as root: its NGINX workers are `nobody` for a readable root-owned repository."""
+    from provisioner.appliance.serve import running
+
+    top = Path(tempfile.mkdtemp(prefix="pypapo-serve-root-", dir="/var/tmp"))
+    try:
+        top.chmod(0o755)
+        repo = top / "repo"
+        publish_demo_set(repo, tmp_path / "dists")
+        with running(repo, port=0, quiet=True) as server:
+            with urllib.request.urlopen(f"{server.url}pypapo-chain-c/", timeout=10) as resp:
+                assert resp.status == 200
+            master = server.process.pid
+            workers = [
+                int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _ppid(p) == master
+            ]  # fmt: skip
+            assert workers, "no nginx worker processes"
+            for pid in workers:
+                uid = int(Path(f"/proc/{pid}/status").read_text().split("\nUid:")[1].split()[0])
+                assert uid != 0, f"nginx worker {pid} runs as root"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1

@@ -63,6 +63,8 @@ class SigningKey:
             tmp = home.with_name(home.name + ".new")
             shutil.rmtree(tmp, ignore_errors=True)
             cls.create(tmp)
+            # the agent serves the directory it was started for: stop it before the directory moves
+            _run(["gpgconf", "--homedir", str(tmp), "--kill", "gpg-agent"])
             os.rename(tmp, home)
         return cls(home)
 

@@ -2,8 +2,13 @@
 
 Network: ``ip netns add NAME``; a veth pair whose host end (``HOST_IF``, 10.213.N.1/30) stays in this
 namespace and whose guest end (``ens4``, like a GCE NIC) is moved into NAME. systemd-networkd in the
-guest assigns 10.213.N.2/30 from a .network file; there is no gateway, so the guest reaches only the host
-end of its veth. Nothing here listens beyond those addresses and 127.0.0.1.
+guest assigns 10.213.N.2/30 from a .network file; there is no default route, so the guest reaches only the
+host end of its veth. Nothing here listens beyond those addresses and 127.0.0.1.
+
+The metadata address, as on Compute Engine: the guest routes 169.254.169.254 via the host end, and on this
+side a policy rule for packets *arriving on the veth only* makes that address local (a `local` route in a
+table of the variant's own), so the metadata stand-in answers there, bound with IP_FREEBIND. This
+machine's own traffic to 169.254.169.254 never matches the rule: it is not redirected.
 
 Commands run in the guest over SSH (sshd in the guest, a key the test generates): the same path testinfra
 and ``provision verify`` use, and the only one that works with ``--register=no`` (no machinectl).
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GUEST_IF = "ens4"
+METADATA_ADDRESS = "169.254.169.254"
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the guest asked for a reboot
 
 
@@ -53,20 +59,32 @@ class Net:
     def path(self) -> str:
         return f"/run/netns/{self.name}"
 
+    @property
+    def table(self) -> str:
+        return str(21300 + self.index)  # policy rule preference and routing table of this variant
+
     def create(self) -> None:
         self.destroy()  # leftovers of a killed run
         run(["ip", "netns", "add", self.name])
         run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", GUEST_IF, "netns", self.name])
         run(["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if])
         run(["ip", "link", "set", self.host_if, "up"])
+        run(["ip", "route", "add", "local", f"{METADATA_ADDRESS}/32", "dev", "lo", "table", self.table])
+        run(["ip", "rule", "add", "pref", self.table, "iif", self.host_if, "lookup", self.table])
 
     def destroy(self) -> None:
+        run(["ip", "rule", "del", "pref", self.table], check=False)
+        run(["ip", "route", "flush", "table", self.table], check=False)
         run(["ip", "link", "del", self.host_if], check=False)
         run(["ip", "netns", "del", self.name], check=False)
 
     def network_file(self) -> str:
-        """The guest's systemd-networkd config: a static address on the veth, no gateway, no DNS."""
-        return f"[Match]\nName={GUEST_IF}\n\n[Network]\nAddress={self.guest_ip}/30\nLinkLocalAddressing=no\n"
+        """The guest's systemd-networkd config: a static address on the veth, no default route, no DNS;
+        the metadata server via the host end (Compute Engine's DHCP gives its guests that route)."""
+        return (
+            f"[Match]\nName={GUEST_IF}\n\n[Network]\nAddress={self.guest_ip}/30\nLinkLocalAddressing=no\n\n"
+            f"[Route]\nDestination={METADATA_ADDRESS}/32\nGateway={self.host_ip}\n"
+        )
 
 
 @contextlib.contextmanager
