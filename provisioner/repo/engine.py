@@ -47,11 +47,15 @@ def _quiet(_msg: str) -> None:
 class Repository:
     """A package repository over a Store (GCS bucket or directory)."""
 
-    def __init__(self, store: Store, *, echo: Echo | None = None, outputs: Outputs = DEFAULT) -> None:
+    def __init__(
+        self, store: Store, *, echo: Echo | None = None, outputs: Outputs = DEFAULT, site: bool = True
+    ) -> None:
+        """`site=False` writes the index alone, not the browsable site under ui/ (the benchmark's
+        baseline; a repository written so has a stale site until the next `reindex`)."""
         self.store = store
         self.echo = echo or _quiet
-        self.site = Site(store)
-        self.writer = IndexWriter(store, outputs, after_change=lambda p, known: self.site.update([p], known))
+        self.site = Site(store) if site else None
+        self.writer = IndexWriter(store, outputs, after_change=self.site.after_change if self.site else None)
 
     @classmethod
     def open(cls, location: str, *, echo: Echo | None = None, notify: Echo | None = None) -> Repository:
@@ -82,7 +86,8 @@ class Repository:
         """
         self.store.check()
         written = self.writer.update_root(lambda root: root)
-        self.site.rebuild()  # the (empty) list, so that /ui/ answers too
+        if self.site:
+            self.site.rebuild()  # the (empty) list, so that /ui/ answers too
         return written
 
     # -- publish ----------------------------------------------------------------------------------
@@ -219,5 +224,6 @@ class Repository:
         process per CPU (multiprocessing forkserver: a script calling this needs the usual
         `__main__` guard)."""
         result = reindexing.reindex(self.writer, verify=verify, workers=workers)
-        result.pages_written += self.site.rebuild(workers=workers)
+        if self.site:
+            result.pages_written += self.site.rebuild(workers=workers)
         return result

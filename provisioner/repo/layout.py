@@ -86,6 +86,11 @@ def ui_project(project: str) -> str:
     return f"{UI}/{project}/index.html"
 
 
+def ui_release(project: str, filename: str) -> str:
+    """The site's cache of what a release's page shows (its rendered README, ...), per metadata file."""
+    return f"{UI}/{project}/{filename}.json"
+
+
 def ui_asset(name: str) -> str:
     return f"{UI}/{name}"
 

@@ -57,6 +57,7 @@ def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, 
         "ui/site.js",
         "ui/favicon.svg",
         "ui/foo-bar/index.html",
+        f"ui/foo-bar/{wheel.name}.json",  # what its page shows of the wheel's metadata (README, ...)
     }
     assert snap[f"simple/foo-bar/{wheel.name}"] == wheel.read_bytes()
     with zipfile.ZipFile(wheel) as zf:
@@ -339,6 +340,7 @@ def test_publish_cost_follows_the_project_not_the_repository(
         "ui/site.css",
         "ui/site.js",
         "ui/favicon.svg",
+        "ui/demo/demo-1.0-py3-none-any.whl.json",
     }
     assert touched - site <= {n for n in touched if n.startswith("simple/demo/")}
     assert len(grown) <= len(small)  # the empty repository also had to create the root index

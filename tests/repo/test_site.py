@@ -183,6 +183,10 @@ def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHand
     _data, gen = store.read("ui/proj-2/index.html")
     store.write("ui/proj-2/index.html", b"<p>stale</p>", if_generation_match=gen)
     store.write("ui/gone/index.html", b"<p>a project that no longer exists</p>", if_generation_match=0)
+    # The release-info caches: a corrupt one is rendered anew, one of a file that is gone deleted.
+    _data, gen = store.read("ui/proj-1/proj_1-1.0-py3-none-any.whl.json")
+    store.write("ui/proj-1/proj_1-1.0-py3-none-any.whl.json", b"{", if_generation_match=gen)
+    store.write("ui/proj-0/proj_0-0.1-py3-none-any.whl.json", b"{}", if_generation_match=0)
     r.reindex()
     assert _site(repo) == before
 

@@ -21,13 +21,13 @@ second, stricter allowlist of our own:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from email.message import EmailMessage
 
 import nh3
 import readme_renderer.markdown
 import readme_renderer.rst
 import readme_renderer.txt
+from pygments.token import STANDARD_TYPES
 
 ID_PREFIX = "readme-"
 SITE_CLASS_PREFIX = "pp-"
@@ -43,22 +43,24 @@ _ATTRIBUTES = {
     "a": {"href", "title"},
     "abbr": {"title"},
     "acronym": {"title"},
-    "img": {"src", "width", "height", "alt", "align"},
-    "code": {"class"},
-    "div": {"align", "class"},
-    "span": {"class"},
-    "pre": {"class"},
+    "img": {"width", "height", "alt", "align"},  # src: see _filter
     "p": {"align"},
+    "div": {"align"},
     "th": {"align"},
     "td": {"align", "colspan", "rowspan"},
     "ol": {"start"},
     **{f"h{n}": {"align"} for n in range(1, 7)},
 }
+# Classes: only Pygments' token classes (what highlighting needs) and readme_renderer's structural
+# ones. Never the site's own (`pp-...`), so a README cannot dress up as the page.
+_CLASSES = frozenset(STANDARD_TYPES.values()) | {"highlight", "code", "literal-block", "notranslate"}
+_ALLOWED_CLASSES = {tag: set(_CLASSES) for tag in ("span", "code", "pre", "div")}
 # Removed together with their content (the others are unwrapped and keep their text).
 _DROP_WITH_CONTENT = {"script", "style", "template", "iframe", "object", "embed", "noscript", "svg", "math"}
 _SCHEMES = {"http", "https", "mailto"}
 _EMPTY_LINK = re.compile(r"<a [^>]*></a>")
 _PRE = re.compile(r"<pre(?=[\s>])")
+_FRAGMENT = re.compile(r'href="#')
 
 _RENDERERS = {
     "": readme_renderer.rst,
@@ -68,39 +70,33 @@ _RENDERERS = {
 }
 
 
-def _image_ok(url: str, remote_images: bool) -> bool:
-    return remote_images and url.strip().lower().startswith("https://")
-
-
-def _filter(remote_images: bool) -> Callable[[str, str, str], str | None]:
-    def keep(tag: str, attr: str, value: str) -> str | None:
-        if attr == "id":
-            return ID_PREFIX + value
-        if tag == "a" and attr == "href" and value.startswith("#"):
-            return "#" + ID_PREFIX + value[1:]
-        if tag == "img" and attr == "src":
-            return value if _image_ok(value, remote_images) else None
-        if attr == "class":
-            kept = [c for c in value.split() if not c.startswith(SITE_CLASS_PREFIX)]
-            return " ".join(kept) or None
-        return value
-
-    return keep
+def _remote_image(tag: str, attr: str, value: str) -> str | None:
+    # Only with remote images opted in (a Python callback per attribute is slow: not the default).
+    if tag == "img" and attr == "src":
+        return value if value.strip().lower().startswith("https://") else None
+    return value
 
 
 def sanitize(html: str, *, remote_images: bool = False) -> str:
     """Our allowlist over HTML from readme_renderer (or anywhere): what is left cannot run."""
+    attributes = _ATTRIBUTES
+    if remote_images:
+        attributes = {**_ATTRIBUTES, "img": _ATTRIBUTES["img"] | {"src"}}
     cleaned = nh3.clean(
         html,
         tags=_TAGS,
         clean_content_tags=_DROP_WITH_CONTENT,
-        attributes=_ATTRIBUTES,
-        attribute_filter=_filter(remote_images),
+        attributes=attributes,
+        allowed_classes=_ALLOWED_CLASSES,
+        attribute_filter=_remote_image if remote_images else None,
+        id_prefix=ID_PREFIX,
         link_rel="nofollow noopener noreferrer ugc",
         url_schemes=_SCHEMES,
         strip_comments=True,
     )
-    # A code block that scrolls sideways must be reachable from the keyboard.
+    # In-page links follow the prefixed ids; a code block that scrolls sideways must be reachable
+    # from the keyboard. (nh3's output is canonical: every attribute is quoted with ".)
+    cleaned = _FRAGMENT.sub(f'href="#{ID_PREFIX}', cleaned)
     return _PRE.sub('<pre tabindex="0"', _EMPTY_LINK.sub("", cleaned))
 
 

@@ -12,6 +12,7 @@ behind any path prefix. Pages carry no inline script or style: the Content-Secur
 from __future__ import annotations
 
 import html
+import importlib.metadata
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -76,6 +77,53 @@ class ListEntry:
     uploaded: str  # the newest upload-time of its files (PEP 700 format): the list's order
     releases: int
     keywords: tuple[str, ...] = ()
+
+
+# What a cached ReleaseInfo was rendered with: a different renderer or sanitizer renders anew.
+RENDERER = "|".join(
+    [f"pypapo-site-{AGGREGATE_VERSION}"]
+    + [
+        f"{d}-{importlib.metadata.version(d)}"
+        for d in ("readme_renderer", "nh3", "cmarkgfm", "docutils", "pygments")
+    ]
+)
+
+
+def dumps_info(info: ReleaseInfo, metadata_sha256: str, remote_images: bool) -> bytes:
+    """The cache of one release's ReleaseInfo (`ui/<project>/<filename>.json`): rendering a README
+    costs ~1 ms, and a reindex would otherwise render every project's again."""
+    doc = {
+        "renderer": RENDERER,
+        "metadata-sha256": metadata_sha256,
+        "remote-images": remote_images,
+        "info": {k: list(map(list, v)) if k == "project_urls" else v for k, v in asdict(info).items()},
+    }
+    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def loads_info(data: bytes, metadata_sha256: str, remote_images: bool) -> ReleaseInfo | None:
+    """The cached ReleaseInfo if it was rendered from this very metadata file the same way, else None."""
+    try:
+        doc = json.loads(data)
+        if (doc["renderer"], doc["metadata-sha256"], doc["remote-images"]) != (
+            RENDERER,
+            metadata_sha256,
+            remote_images,
+        ):
+            return None
+        i = doc["info"]
+        return ReleaseInfo(
+            summary=str(i["summary"]),
+            readme_html=str(i["readme_html"]),
+            requires_python=str(i["requires_python"]),
+            license=str(i["license"]),
+            project_urls=tuple((str(a), str(b)) for a, b in i["project_urls"]),
+            requires_dist=tuple(map(str, i["requires_dist"])),
+            keywords=tuple(map(str, i["keywords"])),
+            author=str(i["author"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _first_line(text: str | None) -> str:
@@ -150,7 +198,7 @@ def latest(state: ProjectState) -> tuple[str, list[FileEntry]] | None:
     return None
 
 
-def metadata_source(state: ProjectState) -> str | None:
+def metadata_source(state: ProjectState) -> FileEntry | None:
     """The file whose `.metadata` the page shows: the latest non-yanked release's first wheel with one
     (any release's when every version is yanked)."""
     chosen = latest(state) or next(iter(releases(state)), None)
@@ -158,7 +206,7 @@ def metadata_source(state: ProjectState) -> str | None:
         return None
     for f in chosen[1]:
         if f.metadata_sha256:
-            return f.filename
+            return f
     return None
 
 

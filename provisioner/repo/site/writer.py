@@ -58,6 +58,8 @@ class Site:
         self.remote_images = remote_images
         # Core metadata files are immutable: what a filename's metadata says never changes.
         self._infos: dict[tuple[str, str], render.ReleaseInfo] = {}
+        # Release-info caches rendered here and not yet stored: object name -> (bytes, generation).
+        self._pending: dict[str, tuple[bytes, int]] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def _gen(self, name: str) -> int:
@@ -73,16 +75,34 @@ class Site:
 
     def info(self, state: State, known: Mapping[str, bytes] | None = None) -> render.ReleaseInfo:
         """The release info a project's page shows, from its chosen `.metadata` file (or `known`)."""
-        filename = render.metadata_source(state)
-        if filename is None:
+        entry = render.metadata_source(state)
+        if entry is None or entry.metadata_sha256 is None:
             return render.ReleaseInfo()
-        key = (state.name, filename)
-        if key not in self._infos:
-            data = (known or {}).get(filename)
-            if data is None:
-                data, _ = self.store.read(layout.metadata_object(state.name, filename))
-            self._infos[key] = render.release_info(data, remote_images=self.remote_images)
-        return self._infos[key]
+        key = (state.name, entry.filename)
+        if key in self._infos:
+            return self._infos[key]
+        data = (known or {}).get(entry.filename)
+        cache_name = layout.ui_release(state.name, entry.filename)
+        if data is None:
+            cached, gen = self.store.read(cache_name)
+            info = render.loads_info(cached, entry.metadata_sha256, self.remote_images) if gen else None
+            if info is not None:
+                self._infos[key] = info
+                return info
+            data, _ = self.store.read(layout.metadata_object(state.name, entry.filename))
+        else:
+            gen = self._gen(cache_name)
+        info = render.release_info(data, remote_images=self.remote_images)
+        self._infos[key] = info
+        self._pending[cache_name] = (render.dumps_info(info, entry.metadata_sha256, self.remote_images), gen)
+        return info
+
+    def _take_pending(self) -> list[WriteItem]:
+        """The release-info caches to store (each conditional on the generation it was read at;
+        losing that race only means another writer stored the same cache)."""
+        items = [(name, data, gen) for name, (data, gen) in self._pending.items()]
+        self._pending.clear()
+        return items
 
     def _entries(self) -> tuple[dict[str, render.ListEntry], int, bool]:
         data, gen = self.store.read(layout.UI_DATA)
@@ -110,6 +130,10 @@ class Site:
         return written
 
     # -- after a change -------------------------------------------------------------------------
+    def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
+        """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
+        self.update([project], known)
+
     def update(self, projects: Iterable[str], known: Mapping[str, bytes] | None = None) -> None:
         """The pages of `projects` (whose JSON just changed), the aggregate and the list.
 
@@ -147,7 +171,8 @@ class Site:
                     page = render.render_project(s, infos[p], held, origin=origin(s))
                     items.append((layout.ui_project(p), page, page_gens[p]))
                     after.append(None)
-            written = self.store.write_many(items, after=after)
+            caches = self._take_pending()  # after the pages: their positions stay as computed
+            written = self.store.write_many(items + caches, after=after + [None] * len(caches))
             if not written[0]:
                 _backoff(attempt)  # another writer changed the aggregate: redo from its version
                 continue
@@ -191,6 +216,8 @@ class Site:
                 held = set(self._entries()[0])
                 page = render.render_project(state, self.info(state, known), held, origin=origin(state))
                 self.store.write(name, page, if_generation_match=gen)
+                if caches := self._take_pending():
+                    self.store.write_many(caches)
                 return
             except PreconditionFailed:
                 _backoff(attempt)
@@ -204,11 +231,9 @@ class Site:
         written = self.ensure_assets()
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
-            existing = sorted(
-                info.name.split("/")[1]
-                for info in self.store.list(f"{layout.UI}/")
-                if info.name.count("/") == 2 and info.name.endswith("/index.html")
-            )
+            listing = [info.name for info in self.store.list(f"{layout.UI}/") if info.name.count("/") == 2]
+            existing = sorted(n.split("/")[1] for n in listing if n.endswith("/index.html"))
+            cached = {n for n in listing if n.endswith(".json")}
             read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
             pages = dict(zip(existing, read, strict=True))
             list_now, list_gen = self.store.read(layout.UI_LIST)
@@ -225,8 +250,15 @@ class Site:
                 return None if have == body else (layout.ui_project(p), body, gen)
 
             items = [item for item in pool.map(page, sorted(states)) if item is not None]
-            results = self.store.write_many(items)
+            caches = self._take_pending()
+            results = self.store.write_many(items + caches)
             written += sum(1 for r in results if r)
+            results = results[: len(items)]
+            # Release-info caches of files (or projects) that are gone.
+            live = {layout.ui_release(p, f.filename) for p, s in states.items() for f in s.files}
+            for name in sorted(cached - live):
+                self.store.delete(name)
+                written += 1
             # Lost to a publisher (it rewrote the page meanwhile), or a project that is gone.
             redo = [name.split("/")[1] for (name, _b, _g), ok in zip(items, results, strict=True) if not ok]
             redo += [p for p in existing if p not in states]

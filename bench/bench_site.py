@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Benchmark the browsable site (ui/) that the engine writes beside the index.
+
+1. Publishing one wheel with the site against without it (`Repository(site=False)`), into the
+   repository of 2,000 projects / 20,000 wheels, as a new version of an existing project: goal <= 1.3x.
+2. A full `reindex` from scratch of those 20,000 wheels *including the site*, against dumb-pypi
+   generating its own site for the same wheels (fed the same information: see bench_engine.py):
+   goal >= 2x faster.
+3. The gzip'd bytes of the list page (2,000 projects), of its search index, and of a project page
+   with 40 releases.
+
+Every wheel carries a realistic Markdown README (headings, a code block, a list, a table; ~2.5 kB),
+so the site renders what a real repository would make it render. The repository is built once and
+cached (default bench/.cache-site, git-ignored). Usage:
+
+    .venv/bin/python bench/bench_site.py [--projects 2000] [--per-project 10] [--runs 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine import ensure_dumb_pypi, peer_package_list, run_dumb_pypi
+
+from provisioner.appliance import sample
+from provisioner.repo import layout
+from provisioner.repo.engine import Repository
+
+README = """# {name}
+
+{name} does one thing well: it turns configuration into running services, with retries,
+structured logs and metrics out of the box. It is used by the platform team in production.
+
+## Installation
+
+```sh
+pip install {name}
+```
+
+## Usage
+
+```python
+from {module} import Client
+
+client = Client(region="europe-west1", timeout=30)
+for item in client.list(prefix="team/"):
+    print(item.name, item.size)
+```
+
+## Configuration
+
+| setting   | default | meaning                          |
+|-----------|---------|----------------------------------|
+| `region`  | none    | where the service runs           |
+| `timeout` | 30      | seconds before a call gives up   |
+| `retries` | 3       | attempts for idempotent calls    |
+
+## Changelog
+
+- **{version}**: faster start-up, fewer allocations in the hot path.
+- Older: see the project's repository.
+
+See the [documentation](https://example.com/docs) for more.
+"""
+
+
+def project_name(i: int) -> str:
+    return f"bench-project-{i:04d}"
+
+
+def wheel(dest: Path, name: str, version: str) -> Path:
+    module = name.replace("-", "_")
+    meta = sample.core_metadata(
+        name,
+        version,
+        requires_python=">=3.8",
+        requires_dist=["requests>=2", f"{project_name(0)}>=1.0"],
+        summary=f"{name}: configuration into running services",
+        description=README.format(name=name, module=module, version=version),
+        description_content_type="text/markdown",
+        headers=["License-Expression: Apache-2.0", "Project-URL: Source, https://example.com/src"],
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / sample.wheel_filename(name, version)
+    path.write_bytes(sample.wheel_bytes(name, version, metadata=meta))
+    return path
+
+
+def build_cache(cache: Path, projects: int, per_project: int) -> tuple[Path, Path]:
+    wheels, repo = cache / "wheels", cache / "repo"
+    marker = cache / f"built-{projects}x{per_project}"
+    if marker.exists():
+        return wheels, repo
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    print(
+        f"building the cache: {projects} projects x {per_project} wheels with READMEs (once) ...", flush=True
+    )
+    t0 = time.perf_counter()
+    r = Repository.open(str(repo))
+    for i in range(projects):
+        name = project_name(i)
+        r.publish([wheel(wheels / name, name, f"1.{v}") for v in range(per_project)])
+        if (i + 1) % 200 == 0:
+            print(f"  {i + 1}/{projects} projects ({time.perf_counter() - t0:.0f} s)", flush=True)
+    marker.touch()
+    return wheels, repo
+
+
+def scratch_copy(repo: Path, dest: Path) -> None:
+    """Hard-linked copy without any page: no index pages, no site."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(repo, dest, copy_function=os.link, ignore=shutil.ignore_patterns("ui"))
+    for page in (dest / layout.SIMPLE).rglob("index.*"):
+        page.unlink()
+    os.sync()  # set-up, not part of the timed reindex
+
+
+def gz(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=6))  # nginx's gzip_comp_level is 1; 6 is what a CDN does
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--projects", type=int, default=2000)
+    ap.add_argument("--per-project", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=9, help="runs per publish figure (median)")
+    ap.add_argument("--reindex-runs", type=int, default=3, help="runs per reindex/peer figure (median)")
+    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
+    args = ap.parse_args()
+
+    wheels, big = build_cache(args.cache, args.projects, args.per_project)
+    ensure_dumb_pypi()
+    n_wheels = sum(1 for _ in wheels.rglob("*.whl"))
+    work = Path(tempfile.mkdtemp(prefix="pypapo-bench-site-"))
+    try:
+        Repository.open(str(big)).reindex()  # the site is current before anything is timed
+        one = wheel(work / "one", project_name(7), "99.0")
+        print(
+            f"\nrepository: {args.projects} projects, {n_wheels} wheels with READMEs (directory, fsync on)\n"
+        )
+
+        # -- 1. publish one wheel, with and without the site, interleaved ---------------------------
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.runs):
+            for site in (False, True):
+                repo = Repository.open(str(big))
+                repo = Repository(repo.store, site=site)
+                t0 = time.perf_counter()
+                repo.publish([one])
+                times[site].append(time.perf_counter() - t0)
+                repo.remove(project_name(7), "99.0")
+        Repository.open(str(big)).reindex()  # the runs without the site left it behind: catch up
+        without, with_site = statistics.median(times[False]), statistics.median(times[True])
+        print(
+            f"publish one wheel, existing project of {args.per_project} (median of {args.runs}, interleaved)"
+        )
+        print(f"  index only (site=False)                          {without * 1000:8.1f} ms")
+        print(
+            f"  index + site (project page, list, search index)  {with_site * 1000:8.1f} ms"
+            f"   {with_site / without:5.2f}x   (goal <= 1.3x)"
+        )
+
+        # -- 2. full reindex from scratch, site included, against dumb-pypi -------------------------
+        scratch = work / "scratch"
+        runs = args.reindex_runs
+        t_ours: list[float] = []
+        for _ in range(runs):
+            scratch_copy(big, scratch)
+            t0 = time.perf_counter()
+            Repository.open(str(scratch)).reindex()
+            t_ours.append(time.perf_counter() - t0)
+        t_scratch = statistics.median(t_ours)
+        site_pages = sum(1 for _ in (scratch / layout.UI).rglob("index.html"))
+        assert site_pages == args.projects + 1, site_pages
+        pkg_list = work / "packages.json"
+        t_prep = statistics.median(_timed(lambda: peer_package_list(wheels, pkg_list)) for _ in range(runs))
+        t_dumb = statistics.median(
+            _timed(lambda: run_dumb_pypi(pkg_list, work / "dumb-out")) for _ in range(runs)
+        )
+        t_peer = t_prep + t_dumb
+        print(f"\nfull index of {n_wheels} wheels from scratch, with a browsable site (median of {runs})")
+        print(f"  peer: read+hash wheels, read METADATA           {t_prep:8.2f} s")
+        print(f"  peer: dumb-pypi generates its index and site    {t_dumb:8.2f} s")
+        print(f"  peer total                                      {t_peer:8.2f} s")
+        print(
+            f"  reindex from scratch, index + site              {t_scratch:8.2f} s"
+            f"   {t_peer / t_scratch:5.1f}x = peer time / ours   (goal >= 2x)"
+        )
+        print(f"           ({site_pages} site pages with rendered READMEs; dumb-pypi renders none)")
+
+        # -- 3. page weight -----------------------------------------------------------------------
+        listing = (big / layout.UI_LIST).read_bytes()
+        data = (big / layout.UI_DATA).read_bytes()
+        r = Repository.open(str(work / "forty"))
+        r.publish([wheel(work / "forty-dists", "forty-releases", f"1.{v}") for v in range(40)])
+        r.set_yanked("forty-releases", "1.39", "broken on purpose")
+        page = (work / "forty" / layout.ui_project("forty-releases")).read_bytes()
+        css = sum((big / layout.ui_asset(a)).stat().st_size for a in layout.UI_ASSETS)
+        print("\npage weight (bytes; gzip level 6)")
+        print(f"  list page, {args.projects} projects          {len(listing):9,d}  gzip {gz(listing):8,d}")
+        print(f"  search index (projects.json)         {len(data):9,d}  gzip {gz(data):8,d}")
+        print(f"  project page, 40 releases            {len(page):9,d}  gzip {gz(page):8,d}")
+        print(f"  site.css + site.js + favicon.svg     {css:9,d}  (cached; revalidated with 304)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _timed(fn: object) -> float:
+    t0 = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
