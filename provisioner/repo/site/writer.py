@@ -229,6 +229,7 @@ class Site:
         pages left alone. Same protocol: every generation is read before the JSON it is rendered
         from. Returns the number of objects written or deleted."""
         written = self.ensure_assets()
+        self._infos.clear()  # a rebuild checks every stored release-info cache too
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
             listing = [info.name for info in self.store.list(f"{layout.UI}/") if info.name.count("/") == 2]
