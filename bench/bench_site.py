@@ -108,7 +108,7 @@ def build_cache(cache: Path, projects: int, per_project: int) -> tuple[Path, Pat
         f"building the cache: {projects} projects x {per_project} wheels with READMEs (once) ...", flush=True
     )
     t0 = time.perf_counter()
-    r = Repository.open(str(repo))
+    r = Repository(Repository.open(str(repo)).store, site=False)  # the site: one reindex below
     for i in range(projects):
         name = project_name(i)
         r.publish([wheel(wheels / name, name, f"1.{v}") for v in range(per_project)])

@@ -101,9 +101,14 @@ def index_url(local_port: int) -> str:
     return f"http://localhost:{local_port}/simple/"
 
 
+def browse_url(local_port: int) -> str:
+    return f"http://localhost:{local_port}/ui/"
+
+
 def how_to_use(local_port: int) -> list[str]:
     url = index_url(local_port)
     return [
+        f"browse: {browse_url(local_port)}   (every project, its README, releases and yanks)",
         f"index: {url}",
         f"  pip:    pip install --index-url {url} PACKAGE   (never --extra-index-url: see client-config)",
         f"  uv:     uv pip install --index-url {url} PACKAGE, or `provision client-config --tool uv`",

@@ -132,6 +132,11 @@ class Server:
     def root_url(self) -> str:
         return f"http://{_url_host(self.host)}:{self.port}"
 
+    @property
+    def browse_url(self) -> str:
+        """The browsable site (ui/ in the repository)."""
+        return f"{self.root_url}/ui/"
+
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGQUIT lets downloads finish), then SIGTERM/SIGKILL if it lingers."""
         if self.process.poll() is None:
@@ -273,6 +278,7 @@ def serve_forever(repo: str | Path, *, host: str, port: int, access_log: str | N
         # Ctrl-C may come at any moment, even while NGINX is still starting: `running` stops it anyway.
         with sigterm_as_interrupt(), running(repo, host=host, port=port, access_log=access_log) as server:
             print(f"serving {server.repo} at {server.url} (and {server.root_url}/); Ctrl-C stops", flush=True)
+            print(f"browse: {server.browse_url}", flush=True)
             code = server.wait()
             err = (server.runtime_dir / "error.log").read_text(errors="replace").strip().splitlines()
             raise PypapoError(f"nginx exited (status {code}): {err[-1] if err else 'no message'}")

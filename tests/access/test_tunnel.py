@@ -146,6 +146,7 @@ def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
     try:
         lines = _read_until_ready(proc)
         assert f"index: http://localhost:{local}/simple/" in lines
+        assert any(line.startswith(f"browse: http://localhost:{local}/ui/") for line in lines)
         assert any(f"pip install --index-url http://localhost:{local}/simple/" in line for line in lines)
         # The user's port answers with what the appliance behind gcloud serves.
         assert _get(local) == (200, "pypapo /simple/")

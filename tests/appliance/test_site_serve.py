@@ -1,0 +1,97 @@
+"""The site as nginx serves it (the VM's config through `provision serve`): headers, types, gzip, the
+503 rule, and the browse URL that `provision serve` prints."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+from provisioner.appliance.serve import free_port
+from tests.fixtures.nginx import PROVISION, LocalIndex, publish_demo_set
+
+
+def test_site_headers_and_content_types(demo_index: LocalIndex) -> None:
+    page = demo_index.get("/ui/")
+    assert page.status == 200 and page.header("content-type") == "text/html; charset=utf-8"
+    csp = page.header("content-security-policy") or ""
+    for directive in (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ):
+        assert directive in csp  # fmt: skip
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert page.header("x-content-type-options") == "nosniff"
+    assert page.header("referrer-policy") == "no-referrer"
+    assert page.header("cache-control") == "max-age=0, must-revalidate"
+    assert b"pypapo-yank-me" in page.body
+    types = {
+        "/ui/site.css": "text/css; charset=utf-8",
+        "/ui/site.js": "text/javascript; charset=utf-8",
+        "/ui/projects.json": "application/json; charset=utf-8",
+        "/ui/favicon.svg": "image/svg+xml",
+        "/ui/pypapo-yank-me/": "text/html; charset=utf-8",
+    }
+    for path, ctype in types.items():
+        r = demo_index.get(path)
+        assert (r.status, r.header("content-type")) == (200, ctype), path
+        assert r.header("content-security-policy") == csp and r.header("x-content-type-options") == "nosniff"
+    gz = demo_index.get("/ui/", headers={"Accept-Encoding": "gzip"})
+    assert gz.header("content-encoding") == "gzip"
+    assert demo_index.get("/ui/projects.json", headers={"Accept-Encoding": "gzip"}).header(
+        "content-encoding"
+    ) == ("gzip")
+    # The site is beside the index, which is unchanged (pip and poetry see no difference).
+    assert demo_index.get("/simple/pypapo-yank-me/").header("content-security-policy") is None
+    r = demo_index.get("/ui")
+    assert (r.status, r.header("location")) == (301, "/ui/")
+    assert demo_index.get("/ui/no-such-project/").status == 404
+    assert demo_index.get("/ui/.pypapo.lock").status == 404
+
+
+def test_site_answers_503_when_the_mount_is_gone(serve_repo, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    assert index.get("/ui/").status == 200
+    hidden = tmp_path / "hidden"
+    (repo / "simple").rename(hidden)  # what a dead gcsfuse looks like: the sentinel is gone
+    for path in ("/ui/", "/ui/site.css", "/ui/pypapo-yank-me/"):
+        r = index.get(path)
+        assert r.status == 503 and r.header("retry-after"), path
+    hidden.rename(repo / "simple")
+    assert index.get("/ui/").status == 200
+
+
+def test_serve_prints_the_browse_url(nginx_bin: str, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            PROVISION,
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(port),
+            "--access-log",
+            str(tmp_path / "a.log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip() for _ in range(2)]
+        assert lines[1] == f"browse: http://127.0.0.1:{port}/ui/"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
