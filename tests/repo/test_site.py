@@ -218,3 +218,13 @@ def test_concurrent_publishers_leave_every_project_on_the_list(dir_repo: RepoHan
     assert names == {f"racer-{i}" for i in range(8)}
     assert site["ui/index.html"] == render_list(loads_aggregate(site["ui/projects.json"]).values())
     assert all(f"ui/racer-{i}/index.html" in site for i in range(8))
+
+
+def test_a_mirrored_project_says_where_it_came_from(dir_repo: RepoHandle, tmp_path: Path) -> None:
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "upstream-thing", "1.0")])
+    assert "Mirrored from" not in _site(dir_repo)["ui/upstream-thing/index.html"].decode()
+    # What `provision mirror` records in the project JSON (model.MIRROR_KEY), through the one writer.
+    r.writer.update_project("upstream-thing", lambda s: s.mirrored("https://pypi.org/simple/"))
+    page = _site(dir_repo)["ui/upstream-thing/index.html"].decode()
+    assert "Mirrored from <code>https://pypi.org/simple/</code>" in page

@@ -43,11 +43,8 @@ def asset_bytes(name: str) -> bytes:
 
 
 def origin(state: State) -> str:
-    """Where a mirrored project came from (the private `_origin` key of its JSON), or ''."""
-    value = state.extra.get("_origin")
-    if isinstance(value, Mapping):
-        value = value.get("url") or value.get("index") or ""
-    return value if isinstance(value, str) else ""
+    """Where a mirrored project came from (`provision mirror`), or ''."""
+    return state.mirrored_from or ""
 
 
 class Site:
