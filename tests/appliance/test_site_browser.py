@@ -172,7 +172,7 @@ def test_a_project_page(site_repo: Path, serve_repo, browser) -> None:
     yanked = b.find_element("id", "v-1.2")
     assert "yanked" in yanked.text and "Yanked: broke the --json output" in yanked.text
     # The install snippet names the URL the page was reached at (the script fills it in).
-    assert f"--index-url {index.url} acme-tools" in b.find_element("css selector", ".pp-snippet code").text
+    assert f"--index-url {index.url} acme-tools" in b.find_element("css selector", ".pp-quick code").text
     _no_trouble(b, index.root_url)
 
 

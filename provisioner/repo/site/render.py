@@ -342,23 +342,26 @@ def _dependency(req_text: str, held: set[str], base: str) -> str:
     return f"<li><code>{label}{rest}</code></li>"
 
 
-# The command each snippet starts with; the configuration itself is `provision client-config`'s.
+# The command each tool's configuration goes with; the configuration is `provision client-config`'s.
 _INSTALL = {
-    "pip": "# pip install --index-url {url} {project}\n# or, with this configuration: pip install {project}",
-    "uv": "# uv add {project}   (with this configuration)",
-    "poetry": "# poetry add {project}   (with this configuration)",
-    "pdm": "# pdm add {project}   (with this configuration)",
+    "pip": "pip install {project}",
+    "uv": "uv add {project}",
+    "poetry": "poetry add {project}",
+    "pdm": "pdm add {project}",
 }
 
 
 def _snippets(project: str, index_url: str) -> str:
-    out = []
+    quick = f"pip install --index-url {index_url} {project}"
+    out = [
+        f'<pre class="pp-quick" tabindex="0"><code data-index-url>{_e(quick)}</code></pre>\n'
+        '<p class="pp-muted">With a configuration that keeps private names away from the public index:</p>\n'
+    ]
     for tool in SNIPPET_TOOLS:
         cfg = clientconfig.render(tool, index_url, [project])
-        text = _INSTALL[tool].format(url=index_url, project=project) + "\n" + cfg.text
-        opened = " open" if tool == "pip" else ""
+        text = f"# {_INSTALL[tool].format(project=project)}   (with this in {cfg.file})\n{cfg.text}"
         out.append(
-            f'<details class="pp-snippet"{opened}><summary>{tool} <span class="pp-muted">({_e(cfg.file)})'
+            f'<details class="pp-snippet"><summary>{tool} <span class="pp-muted">({_e(cfg.file)})'
             f'</span></summary>\n<pre tabindex="0"><code data-index-url>{_e(text)}</code></pre></details>\n'
         )
     return "".join(out)
