@@ -214,7 +214,7 @@ def test_concurrent_publishers_leave_every_project_on_the_list(dir_repo: RepoHan
     for t in threads:
         t.join()
     site = _site(dir_repo)
-    names = {p["name"] for p in json.loads(site["ui/projects.json"])["projects"]}
+    names = {p[0] for p in json.loads(site["ui/projects.json"])["projects"]}  # fields[0] is the name
     assert names == {f"racer-{i}" for i in range(8)}
     assert site["ui/index.html"] == render_list(loads_aggregate(site["ui/projects.json"]).values())
     assert all(f"ui/racer-{i}/index.html" in site for i in range(8))

@@ -16,7 +16,7 @@ import importlib.metadata
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from packaging.metadata import parse_email
@@ -67,9 +67,9 @@ class ReleaseInfo:
     author: str = ""
 
 
-@dataclass(frozen=True)
-class ListEntry:
-    """One project on the list page and in the search index."""
+class ListEntry(NamedTuple):
+    """One project on the list page and in the search index. A tuple, stored as a JSON array: a
+    publish parses and writes the whole aggregate, which must stay cheap at thousands of projects."""
 
     name: str
     summary: str
@@ -226,18 +226,17 @@ def list_entry(state: ProjectState, info: ReleaseInfo) -> ListEntry:
 # --- the aggregate (ui/projects.json): the list's data and the search index -----------------------
 
 
+_FIELDS = list(ListEntry._fields)
+
+
 def dumps_aggregate(entries: Mapping[str, ListEntry]) -> bytes:
+    """`{"version": 1, "fields": [...], "projects": [[name, summary, ...], ...]}`, sorted by name."""
     doc = {
         "version": AGGREGATE_VERSION,
-        "projects": [_entry_json(entries[name]) for name in sorted(entries)],
+        "fields": _FIELDS,
+        "projects": [entries[name] for name in sorted(entries)],  # tuples encode as arrays
     }
     return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-
-
-def _entry_json(e: ListEntry) -> dict[str, Any]:
-    doc = asdict(e)
-    doc["keywords"] = list(e.keywords)
-    return doc
 
 
 def loads_aggregate(data: bytes) -> dict[str, ListEntry]:
@@ -245,18 +244,16 @@ def loads_aggregate(data: bytes) -> dict[str, ListEntry]:
     if not data:
         return {}
     doc = json.loads(data)
-    if doc.get("version") != AGGREGATE_VERSION:
+    if doc.get("version") != AGGREGATE_VERSION or doc.get("fields") != _FIELDS:
         raise ValueError("unknown aggregate version")
     out: dict[str, ListEntry] = {}
     for p in doc["projects"]:
-        out[p["name"]] = ListEntry(
-            name=str(p["name"]),
-            summary=str(p["summary"]),
-            version=str(p["version"]),
-            uploaded=str(p["uploaded"]),
-            releases=int(p["releases"]),
-            keywords=tuple(str(k) for k in p.get("keywords", [])),
-        )
+        name, summary, version, uploaded, releases, keywords = p
+        if not (isinstance(name, str) and isinstance(summary, str) and isinstance(version, str)):
+            raise TypeError("aggregate entry fields must be strings")
+        if not (isinstance(uploaded, str) and isinstance(releases, int) and isinstance(keywords, list)):
+            raise TypeError("malformed aggregate entry")
+        out[name] = ListEntry(name, summary, version, uploaded, releases, tuple(keywords))
     return out
 
 
@@ -470,13 +467,19 @@ def render_project(
 def render_list(entries: Iterable[ListEntry]) -> bytes:
     """`ui/index.html`: every project, newest upload first; the search box filters it (site.js)."""
     ordered = sorted(entries, key=lambda e: (e.uploaded, e.name), reverse=True)
+    esc = html.escape
     rows = []
+    # One escape per field (this runs for every project on every publish). Names are PEP 503
+    # normalized ([a-z0-9-]), so they are their own URL path.
     for e in ordered:
-        version = _e(e.version) if e.version else '<span class="pp-yanked">yanked</span>'
-        summary = f'<p class="pp-muted">{_e(e.summary)}</p>' if e.summary else ""
+        name = esc(e.name)
+        version = esc(e.version) if e.version else '<span class="pp-yanked">yanked</span>'
+        summary = f'<p class="pp-muted">{esc(e.summary)}</p>' if e.summary else ""
+        when = esc(e.uploaded)
         rows.append(
-            f'<li id="p-{_e(e.name)}"><a class="pp-name" href="{quote(e.name)}/">{_e(e.name)}</a>'
-            f' <span class="pp-version">{version}</span> {_time(e.uploaded)}{summary}</li>\n'
+            f'<li id="p-{name}"><a class="pp-name" href="{name}/">{name}</a>'
+            f' <span class="pp-version">{version}</span> <time datetime="{when}" '
+            f'title="{when[:16].replace("T", " ")} UTC">{when[:10]}</time>{summary}</li>\n'
         )
     count = f"{len(rows)} project" + ("" if len(rows) == 1 else "s")
     body = (

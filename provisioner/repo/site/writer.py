@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from importlib import resources
 
 from provisioner.errors import ConflictError
@@ -38,6 +39,7 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
 
 
+@cache
 def asset_bytes(name: str) -> bytes:
     return resources.files("provisioner.repo.site").joinpath("static").joinpath(name).read_bytes()
 
@@ -138,18 +140,16 @@ class Site:
         projects = sorted(set(projects))
         if not projects:
             return
-        if self._gen(layout.UI_LIST) == 0 or not self._entries()[2]:
-            # No list yet (a repository from before the site) or a broken aggregate: one full build.
-            self.rebuild()
-            return
-        self.ensure_assets()
         for attempt in range(MAX_ATTEMPTS):
             list_gen = self._gen(layout.UI_LIST)
             page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
             entries, agg_gen, ok = self._entries()
-            if not ok:
+            if not (ok and list_gen and agg_gen):
+                # No site yet (a repository from before it) or a broken aggregate: one full build.
                 self.rebuild()
                 return
+            if attempt == 0:
+                self.ensure_assets()  # a newer pypapo's stylesheet and script go with its pages
             states = {p: self._state(p) for p in projects}
             infos = {p: self.info(s, known) for p, s in states.items() if s.files}
             for p, s in states.items():

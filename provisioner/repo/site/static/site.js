@@ -80,8 +80,12 @@
   fetch(new URL("projects.json", here).href, { credentials: "same-origin" })
     .then(function (r) { return r.ok ? r.json() : { projects: [] }; })
     .then(function (doc) {
+      // Each project is an array of doc.fields: name, summary, version, uploaded, releases, keywords.
+      var f = doc.fields || [];
+      var at = function (p, key) { return p[f.indexOf(key)]; };
       (doc.projects || []).forEach(function (p) {
-        haystack["p-" + p.name] = [p.name, p.summary, p.version].concat(p.keywords || []).join(" ").toLowerCase();
+        var words = [at(p, "name"), at(p, "summary"), at(p, "version")].concat(at(p, "keywords") || []);
+        haystack["p-" + at(p, "name")] = words.join(" ").toLowerCase();
       });
       if (input.value) { apply(); }
     })
