@@ -65,6 +65,50 @@ class PermissionDenied(CloudError):
         self.role = role
 
 
+class NotAuthenticated(CloudError):
+    """No usable credentials (none, expired, revoked, refused): `gcloud auth application-default login`."""
+
+
+class BillingDisabled(CloudError):
+    """The project has no billing account linked (`gcloud billing projects link`)."""
+
+
+class ProjectNotFound(CloudError):
+    """The project does not exist or the caller cannot see it (check --project)."""
+
+
+class QuotaExceeded(CloudError):
+    """A quota or rate limit was hit; `quota` is the metric or limit the API named, if any."""
+
+    def __init__(
+        self, message: str, *, quota: str | None = None, action: str = "", project: str | None = None
+    ) -> None:
+        super().__init__(message, action=action, project=project)
+        self.quota = quota
+
+
+class CapacityExhausted(CloudError):
+    """The zone has no capacity for the machine type right now (another --zone or --machine-type)."""
+
+
+class NameTaken(CloudError):
+    """The name is in use; `global_namespace` when it is a bucket name, taken by anyone anywhere."""
+
+    def __init__(
+        self, message: str, *, global_namespace: bool = False, action: str = "", project: str | None = None
+    ) -> None:
+        super().__init__(message, action=action, project=project)
+        self.global_namespace = global_namespace
+
+
+class ResourceNotFound(CloudError):
+    """The resource the call names does not exist."""
+
+
+class RequestRejected(CloudError):
+    """The API refused the request as invalid (HTTP 400)."""
+
+
 # What input may show as is inside a message: names, versions, paths, URLs. Anything else (spaces,
 # quotes, control or non-ASCII characters) is shown quoted with escapes.
 _PLAIN = re.compile(r"[\w.+~=@%,:/-]+", re.ASCII)

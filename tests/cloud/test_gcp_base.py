@@ -19,6 +19,7 @@ from google.auth import exceptions as auth_exc
 from google.cloud import compute_v1
 from google.rpc import error_details_pb2
 
+from provisioner import errors
 from provisioner.cloud.gcp import base
 from provisioner.errors import PypapoError
 
@@ -31,8 +32,12 @@ def rest_error(status: int, body: dict[str, Any], url: str = "https://compute.go
     return gexc.from_http_response(response)
 
 
+def typed(exc: BaseException, **kw: Any) -> PypapoError:
+    return base.translate_error(exc, "create instance pypapo", project="acme-prod", **kw)
+
+
 def translated(exc: BaseException, **kw: Any) -> str:
-    return str(base.translate_error(exc, "create instance pypapo", project="acme-prod", **kw))
+    return str(typed(exc, **kw))
 
 
 def test_compute_api_not_enabled_names_the_api_and_command() -> None:
@@ -64,6 +69,16 @@ def test_compute_api_not_enabled_names_the_api_and_command() -> None:
     text = translated(exc)
     assert "compute.googleapis.com API is not enabled" in text
     assert "`gcloud services enable compute.googleapis.com --project acme-prod`" in text
+    error = typed(exc)
+    assert isinstance(error, errors.ApiNotEnabled)
+    assert (error.api, error.project, error.action) == (
+        "compute.googleapis.com",
+        "acme-prod",
+        "create instance pypapo",
+    )
+    # without --project, the project comes from the ErrorInfo's consumer
+    unnamed = base.translate_error(exc, "create instance pypapo")
+    assert isinstance(unnamed, errors.ApiNotEnabled) and unnamed.project == "123456789"
 
 
 def test_legacy_access_not_configured_without_error_info_still_names_the_api() -> None:
@@ -82,6 +97,8 @@ def test_legacy_access_not_configured_without_error_info_still_names_the_api() -
     )
     text = translated(exc, api="iam.googleapis.com")
     assert "gcloud services enable iam.googleapis.com --project acme-prod" in text
+    error = typed(exc, api="iam.googleapis.com")
+    assert isinstance(error, errors.ApiNotEnabled) and error.api == "iam.googleapis.com"
 
 
 def test_grpc_iam_permission_denied_names_the_role() -> None:
@@ -101,6 +118,9 @@ def test_grpc_iam_permission_denied_names_the_role() -> None:
     assert "permission denied (iam.serviceAccounts.create)" in text
     assert "roles/iam.serviceAccountAdmin" in text
     assert "gcloud projects add-iam-policy-binding acme-prod" in text
+    error = typed(exc)
+    assert isinstance(error, errors.PermissionDenied)
+    assert (error.permission, error.role) == ("iam.serviceAccounts.create", "roles/iam.serviceAccountAdmin")
 
 
 def test_compute_rest_permission_denied_names_the_role() -> None:
@@ -114,6 +134,19 @@ def test_compute_rest_permission_denied_names_the_role() -> None:
     )
     text = translated(exc)
     assert "(compute.instances.create)" in text and "roles/compute.instanceAdmin.v1" in text
+    error = typed(exc)
+    assert isinstance(error, errors.PermissionDenied)
+    assert (error.permission, error.role) == ("compute.instances.create", "roles/compute.instanceAdmin.v1")
+
+
+def test_permission_denied_without_a_known_permission_takes_the_callers_role_or_none() -> None:
+    exc = gexc.Forbidden("Forbidden")
+    bare = typed(exc)
+    assert isinstance(bare, errors.PermissionDenied) and (bare.permission, bare.role) == (None, None)
+    assert str(bare) == "cannot create instance pypapo: permission denied: Forbidden"
+    hinted = typed(exc, role="roles/iap.tunnelResourceAccessor")
+    assert isinstance(hinted, errors.PermissionDenied) and hinted.role == "roles/iap.tunnelResourceAccessor"
+    assert "--role roles/iap.tunnelResourceAccessor`" in str(hinted)
 
 
 def test_act_as_permission_names_service_account_user() -> None:
@@ -152,6 +185,22 @@ def test_quota_from_a_failed_operation() -> None:
     text = str(info.value)
     assert "quota exceeded" in text and "Quota 'CPUS' exceeded" in text
     assert "console.cloud.google.com/iam-admin/quotas?project=acme-prod" in text
+    assert isinstance(info.value, errors.QuotaExceeded) and info.value.project == "acme-prod"
+
+
+def test_quota_names_the_metric_from_the_error_info() -> None:
+    info = error_details_pb2.ErrorInfo(
+        reason="RATE_LIMIT_EXCEEDED",
+        domain="googleapis.com",
+        metadata={
+            "quota_metric": "compute.googleapis.com/read_requests",
+            "quota_limit": "ReadRequestsPerMinute",
+        },
+    )
+    exc = gexc.from_grpc_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "Quota exceeded.", error_info=info)
+    error = typed(exc)
+    assert isinstance(error, errors.QuotaExceeded) and error.quota == "compute.googleapis.com/read_requests"
+    assert "quota exceeded (compute.googleapis.com/read_requests): Quota exceeded." in str(error)
 
 
 def test_zone_resource_pool_exhausted_suggests_another_zone() -> None:
@@ -171,7 +220,7 @@ def test_zone_resource_pool_exhausted_suggests_another_zone() -> None:
     op = base.ComputeOperation.make(
         lambda: failed, compute_v1.Operation(name="operation-2", status="RUNNING")
     )
-    with pytest.raises(PypapoError, match="try another --zone"):
+    with pytest.raises(errors.CapacityExhausted, match="try another --zone"):
         base.wait_for_operation(
             op, "create instance", project="acme-prod", progress=None, sleep=lambda _s: None
         )
@@ -190,6 +239,8 @@ def test_name_taken() -> None:
         },
     )
     assert "already in use" in translated(firewall)
+    taken = typed(firewall)
+    assert isinstance(taken, errors.NameTaken) and not taken.global_namespace
     bucket = rest_error(
         409,
         {
@@ -203,6 +254,8 @@ def test_name_taken() -> None:
         url="https://storage.googleapis.com/storage/v1/b?project=acme-prod",
     )
     assert "choose another with --bucket" in translated(bucket)
+    taken = typed(bucket)
+    assert isinstance(taken, errors.NameTaken) and taken.global_namespace
 
 
 def test_wrong_project() -> None:
@@ -218,6 +271,12 @@ def test_wrong_project() -> None:
     )
     text = str(base.translate_error(exc, "read instance", project="acme-prd"))
     assert "project acme-prd does not exist or you cannot see it" in text and "gcloud projects list" in text
+    assert isinstance(base.translate_error(exc, "read instance", project="acme-prd"), errors.ProjectNotFound)
+    # a missing instance is not a missing project
+    instance = gexc.NotFound(
+        "The resource 'projects/acme-prod/zones/us-central1-a/instances/x' was not found"
+    )
+    assert isinstance(typed(instance), errors.ResourceNotFound)
 
 
 def test_billing_disabled() -> None:
@@ -226,6 +285,8 @@ def test_billing_disabled() -> None:
         grpc.StatusCode.PERMISSION_DENIED, "This API method requires billing to be enabled.", error_info=info
     )
     assert "gcloud billing projects link acme-prod" in translated(exc)
+    # billing, reported as PERMISSION_DENIED, is not read as a missing role
+    assert isinstance(typed(exc), errors.BillingDisabled)
 
 
 def test_no_credentials() -> None:
@@ -233,6 +294,24 @@ def test_no_credentials() -> None:
     assert "gcloud auth application-default login" in translated(exc)
     expired = auth_exc.RefreshError("Reauthentication is needed.")
     assert "gcloud auth application-default login" in translated(expired)
+    refused = gexc.Unauthenticated("Request had invalid authentication credentials.")
+    assert all(isinstance(typed(e), errors.NotAuthenticated) for e in (exc, expired, refused))
+    assert str(typed(refused)) == (
+        "cannot create instance pypapo: not authenticated (Request had invalid authentication credentials.);"
+        " run `gcloud auth application-default login`"
+    )
+
+
+def test_bad_request_and_unknown_errors_keep_the_apis_words() -> None:
+    rejected = typed(gexc.BadRequest("Invalid value for field 'resource.machineType'"))
+    assert isinstance(rejected, errors.RequestRejected)
+    assert str(rejected) == (
+        "cannot create instance pypapo: the request was rejected:"
+        " Invalid value for field 'resource.machineType'"
+    )
+    unknown = typed(gexc.InternalServerError("backend error"))
+    assert type(unknown) is errors.CloudError
+    assert str(unknown) == "cannot create instance pypapo: InternalServerError: backend error"
 
 
 def test_gcp_errors_context_manager_raises_pypapo_error_from_the_original() -> None:

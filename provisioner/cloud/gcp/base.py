@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from typing import Any
 
 from provisioner.cloud.names import CLOUD_PLATFORM_SCOPE
 from provisioner.cloud.progress import Progress
-from provisioner.errors import ApiNotEnabled, PermissionDenied, PypapoError
+from provisioner.errors import PypapoError
 
 # The API each client talks to, for "enable it" messages when the error itself does not say.
 COMPUTE_API = "compute.googleapis.com"
@@ -61,23 +60,6 @@ PERMISSION_ROLES: dict[str, str] = {
     "cloudscheduler.jobs.": "roles/cloudscheduler.admin",
     "serviceusage.services.enable": "roles/serviceusage.serviceUsageAdmin",
 }
-
-_ENABLE_LINK_RE = re.compile(r"apis/api/([a-z0-9-]+\.googleapis\.com)")
-_API_RE = re.compile(r"\b([a-z0-9-]+\.googleapis\.com)\b")
-_PERMISSION_RES = (
-    re.compile(r"Required '([a-zA-Z0-9_.]+)' permission"),
-    re.compile(r"[Pp]ermission '([a-zA-Z0-9_.]+)' denied"),
-    re.compile(r"does not have ([a-z][a-zA-Z0-9]*\.[a-zA-Z0-9_.]+) access"),
-    re.compile(
-        r"\b((?:compute|storage|iam|iap|resourcemanager|cloudbuild|cloudscheduler)\.[a-zA-Z]+\.[a-zA-Z]+)\b"
-    ),
-)
-_PROJECT_NOT_FOUND_RES = (
-    re.compile(r"The resource 'projects/([^/'\s]+)' was not found"),
-    re.compile(r"[Pp]roject '?([a-z][a-z0-9:.-]*)'? (?:is )?not found"),
-    re.compile(r"Unknown project id:? '?([a-z][a-z0-9:.-]*)"),
-    re.compile(r"Invalid project(?: id)?:? '?([a-z][a-z0-9:.-]*)"),
-)
 
 
 def role_for_permission(permission: str) -> str | None:
@@ -203,65 +185,6 @@ class Clients:
 # --- errors -------------------------------------------------------------------------------------------
 
 
-def _error_reasons(exc: Any) -> list[str]:
-    reasons: list[str] = []
-    reason = getattr(exc, "reason", None)
-    if reason:
-        reasons.append(str(reason))
-    for err in getattr(exc, "errors", None) or ():
-        # REST JSON errors carry "reason"; compute_v1.Errors from a failed operation carry "code".
-        if isinstance(err, dict):
-            r = err.get("reason") or err.get("code")
-        else:
-            r = getattr(err, "reason", None) or getattr(err, "code", None)
-        if r:
-            reasons.append(str(r))
-    for detail in getattr(exc, "details", None) or ():
-        r = detail.get("reason") if isinstance(detail, dict) else getattr(detail, "reason", None)
-        if r:
-            reasons.append(str(r))
-    return reasons
-
-
-def _error_metadata(exc: Any) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for source in [getattr(exc, "metadata", None), *(getattr(exc, "details", None) or ())]:
-        if isinstance(source, dict) and "metadata" in source and isinstance(source["metadata"], dict):
-            source = source["metadata"]
-        if source is None:
-            continue
-        try:
-            meta.update({str(k): str(v) for k, v in dict(source).items()})
-        except (TypeError, ValueError):
-            continue
-    return meta
-
-
-def _full_text(exc: Any) -> str:
-    parts = [str(getattr(exc, "message", "") or exc)]
-    for err in getattr(exc, "errors", None) or ():
-        parts.append(str(err.get("message", "")) if isinstance(err, dict) else str(err))
-    for detail in getattr(exc, "details", None) or ():
-        parts.append(str(detail))
-    return " ".join(parts)
-
-
-def _short(exc: Any) -> str:
-    """The API's own words: its message, or the per-error messages when the message is just a code."""
-    message = str(getattr(exc, "message", "") or exc).strip()
-    message = message.splitlines()[0] if message else ""
-    extra = []
-    for err in getattr(exc, "errors", None) or ():
-        m = err.get("message") if isinstance(err, dict) else getattr(err, "message", None)
-        if m and str(m) not in message:
-            extra.append(str(m).strip())
-    if extra and (not message or message.isupper() or len(message) < 20):
-        message = "; ".join(extra)
-    elif extra:
-        message = f"{message} ({'; '.join(extra)})"
-    return message[:300]
-
-
 def translate_error(
     exc: BaseException,
     action: str,
@@ -271,132 +194,9 @@ def translate_error(
     role: str | None = None,
 ) -> PypapoError:
     """One line that says what failed and how to fix it. `api`/`role` are fallbacks for the hints."""
-    from google.api_core import exceptions as gexc
-    from google.auth import exceptions as auth_exc
+    from provisioner.cloud.gcp import failures
 
-    p = f" --project {project}" if project else ""
-    where = f"cannot {action}" if action else "Google Cloud call failed"
-
-    if isinstance(exc, auth_exc.DefaultCredentialsError):
-        return PypapoError(
-            f"{where}: no Google Cloud credentials found; run `gcloud auth application-default login`"
-            " (or set GOOGLE_APPLICATION_CREDENTIALS)"
-        )
-    if isinstance(exc, auth_exc.RefreshError):
-        return PypapoError(
-            f"{where}: Google Cloud credentials are expired or revoked ({_short(exc)});"
-            " run `gcloud auth application-default login`"
-        )
-    if not isinstance(exc, gexc.GoogleAPIError):
-        return PypapoError(f"{where}: {exc}")
-    if isinstance(exc, gexc.RetryError):
-        return PypapoError(f"{where}: gave up after retries: {_short(exc)}; try again")
-    if isinstance(exc, gexc.DeadlineExceeded):
-        return PypapoError(f"{where}: the API did not answer in time; try again")
-
-    reasons = {r.upper() for r in _error_reasons(exc)}
-    meta = _error_metadata(exc)
-    text = _full_text(exc)
-    code = getattr(exc, "code", None)
-
-    if reasons & {"SERVICE_DISABLED", "ACCESSNOTCONFIGURED", "API_DISABLED"} or (
-        "has not been used in project" in text or "it is disabled" in text
-    ):
-        # The ErrorInfo names the service; else the "enable it" link in the message; else the caller's
-        # API (the request URL in the message names the endpoint, which may not be the disabled API).
-        service = meta.get("service")
-        if not service:
-            link = _ENABLE_LINK_RE.search(text)
-            found = _API_RE.findall(text)
-            service = link.group(1) if link else (api or (found[0] if found else "the required API"))
-        proj = project or meta.get("consumer", "").removeprefix("projects/") or "PROJECT"
-        return ApiNotEnabled(
-            f"{where}: the {service} API is not enabled in project {proj}; run"
-            f" `gcloud services enable {service} --project {proj}` and retry in a minute",
-            api=service,
-            action=action,
-            project=proj,
-        )
-    if reasons & {"BILLING_DISABLED", "ACCOUNTDISABLED"} or ("billing" in text.lower() and code == 403):
-        return PypapoError(
-            f"{where}: billing is not enabled for project {project or '?'}; link a billing account"
-            f" (`gcloud billing projects link {project or 'PROJECT'} --billing-account ACCOUNT`)"
-        )
-    if reasons & {"CONSUMER_INVALID", "PROJECT_NOT_FOUND", "USER_PROJECT_DENIED"} or any(
-        r.search(text) for r in _PROJECT_NOT_FOUND_RES
-    ):
-        return PypapoError(
-            f"{where}: project {project or '?'} does not exist or you cannot see it; check{p or ' --project'}"
-            " (`gcloud projects list` shows the projects you can use)"
-        )
-    if isinstance(exc, gexc.ResourceExhausted) or reasons & {
-        "QUOTA_EXCEEDED",
-        "QUOTAEXCEEDED",
-        "RATELIMITEXCEEDED",
-        "RATE_LIMIT_EXCEEDED",
-        "ZONE_RESOURCE_POOL_EXHAUSTED",
-        "RESOURCE_EXHAUSTED",
-    }:
-        if "ZONE_RESOURCE_POOL_EXHAUSTED" in reasons:
-            return PypapoError(
-                f"{where}: the zone has no capacity for this machine type right now; try another --zone"
-                " or --machine-type"
-            )
-        quota = meta.get("quota_metric") or meta.get("quota_limit") or ""
-        quota = f" ({quota})" if quota else ""
-        return PypapoError(
-            f"{where}: quota exceeded{quota}: {_short(exc)}; request more at"
-            f" https://console.cloud.google.com/iam-admin/quotas?project={project or 'PROJECT'}"
-            " or use another --region/--machine-type"
-        )
-    if isinstance(exc, gexc.Unauthenticated | gexc.Unauthorized):
-        return PypapoError(
-            f"{where}: not authenticated ({_short(exc)}); run `gcloud auth application-default login`"
-        )
-    if isinstance(exc, gexc.Forbidden | gexc.PermissionDenied) or reasons & {
-        "IAM_PERMISSION_DENIED",
-        "FORBIDDEN",
-    }:
-        permission = meta.get("permission")
-        if not permission:
-            for pattern in _PERMISSION_RES:
-                m = pattern.search(text)
-                if m:
-                    permission = m.group(1)
-                    break
-        needed = (role_for_permission(permission) if permission else None) or role
-        perm = f" ({permission})" if permission else ""
-        if needed:
-            return PermissionDenied(
-                f"{where}: permission denied{perm}; grant yourself {needed}"
-                f" (`gcloud projects add-iam-policy-binding {project or 'PROJECT'}"
-                f" --member user:YOU --role {needed}`)",
-                permission=permission,
-                role=needed,
-                action=action,
-                project=project,
-            )
-        return PermissionDenied(
-            f"{where}: permission denied{perm}: {_short(exc)}",
-            permission=permission,
-            action=action,
-            project=project,
-        )
-    if isinstance(exc, gexc.Conflict | gexc.AlreadyExists) or reasons & {"ALREADYEXISTS", "ALREADY_EXISTS"}:
-        if "not available" in text or "bucket name" in text.lower():
-            return PypapoError(
-                f"{where}: that name is taken by someone else (bucket names are global); choose another"
-                " with --bucket"
-            )
-        return PypapoError(
-            f"{where}: the name is already in use: {_short(exc)}; choose another name or remove the"
-            " existing resource"
-        )
-    if isinstance(exc, gexc.NotFound):
-        return PypapoError(f"{where}: not found: {_short(exc)}")
-    if isinstance(exc, gexc.BadRequest):
-        return PypapoError(f"{where}: the request was rejected: {_short(exc)}")
-    return PypapoError(f"{where}: {type(exc).__name__}: {_short(exc)}")
+    return failures.translate(failures.Failure(exc, action, project=project, api=api, role=role))
 
 
 @contextmanager
