@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,11 +14,14 @@ from provisioner.errors import PypapoError
 
 
 def _progress(total: int) -> Callable[[int], None]:
-    """A byte progress bar on stderr (click draws it only on a terminal)."""
-    bar = click.progressbar(length=total, label="downloading", file=sys.stderr)
-    bar.__enter__()
-    import threading
+    """A byte progress bar on stderr when it is a terminal; one line otherwise (CI logs)."""
+    from provisioner.repo.engine import human_size
 
+    if not sys.stderr.isatty():
+        click.echo(f"downloading {human_size(total)}", err=True)
+        return lambda _n: None
+    bar = click.progressbar(length=total, label=f"downloading {human_size(total)}", file=sys.stderr)
+    bar.__enter__()
     lock = threading.Lock()
     done = 0
 

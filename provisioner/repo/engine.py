@@ -55,7 +55,8 @@ class Repository:
         self.store = store
         self.echo = echo or _quiet
         self.site = Site(store) if site else None
-        self.writer = IndexWriter(store, outputs, after_change=self.site.after_change if self.site else None)
+        # The site hears every changed project at once (`update` takes many).
+        self.writer = IndexWriter(store, outputs, after_change=self.site.update if self.site else None)
 
     @classmethod
     def open(cls, location: str, *, echo: Echo | None = None, notify: Echo | None = None) -> Repository:
@@ -109,6 +110,11 @@ class Repository:
         return result
 
     # -- mirror -----------------------------------------------------------------------------------
+    def ensure_listed(self, *projects: str) -> None:
+        """List `projects` in the root index (one update), e.g. before importing their pages."""
+        if projects:
+            ensure_listed(self.writer, *projects)
+
     def mirror_status(self, name: str) -> importing.MirrorStatus:
         """Where a project came from (None: published here, or not there) and its files' hashes."""
         return importing.status(self.writer, layout.normalize(name))
@@ -121,14 +127,13 @@ class Repository:
 
     def import_mirrored(
         self,
-        project: str,
-        files: Sequence[importing.MirroredFile],
+        groups: Mapping[str, Sequence[importing.MirroredFile]],
         *,
         origin: str,
-        yanks: Mapping[str, Yanked],
-    ) -> importing.ImportOutcome:
+        yanks: Mapping[str, Mapping[str, Yanked]],
+    ) -> dict[str, importing.ImportOutcome]:
         """Index verified upstream files with their upstream state (what `provision mirror` writes)."""
-        return importing.import_files(self.writer, project, files, origin=origin, yanks=yanks)
+        return importing.import_many(self.writer, groups, origin=origin, yanks=yanks)
 
     # -- yank / remove ----------------------------------------------------------------------------
     @staticmethod

@@ -9,7 +9,7 @@ a project that somebody published into privately meanwhile is never merged with 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from provisioner.errors import ConflictError
 from provisioner.repo import layout
 from provisioner.repo.model import FileEntry, ProjectState, Yanked, upload_time
 from provisioner.repo.publish import ensure_listed
+from provisioner.repo.store import WriteItem
 from provisioner.repo.writer import IndexWriter
 
 
@@ -74,76 +75,107 @@ def _refuse_private(state: ProjectState, location: str) -> None:
         )
 
 
-def import_files(
+# Objects go up in batches of at most this many bytes (held in memory for the batch).
+BATCH_BYTES = 256 * 1024 * 1024
+
+
+def _write_objects(writer: IndexWriter, objects: Sequence[tuple[str, Path | bytes]]) -> list[str]:
+    """Create every object (create-only), in batches; the names this call created. An existing
+    object with other bytes is a ConflictError (files are immutable), after which nothing of ours stays."""
+    store = writer.store
+    created: list[str] = []
+    pending: list[tuple[str, Path | bytes]] = list(objects)
+    try:
+        while pending:
+            batch: list[WriteItem] = []
+            size = 0
+            while pending and (not batch or size < BATCH_BYTES):
+                name, source = pending.pop(0)
+                data = source.read_bytes() if isinstance(source, Path) else source
+                batch.append(WriteItem(name, data, 0))
+                size += len(data)
+            for item, gen in zip(batch, store.write_many(batch), strict=True):
+                # Not created: already there. The same bytes are fine; others raise ConflictError.
+                if gen or writer.create_object(item.name, item.data):
+                    created.append(item.name)
+    except ConflictError:
+        _delete(writer, created)
+        raise
+    return created
+
+
+def _delete(writer: IndexWriter, names: Sequence[str]) -> None:
+    for name in names:  # unindexed, so no page links them: a reindex must not adopt them either
+        writer.store.delete(name)
+
+
+def import_many(
     writer: IndexWriter,
-    project: str,
-    files: Sequence[MirroredFile],
+    groups: Mapping[str, Sequence[MirroredFile]],
     *,
     origin: str,
-    yanks: Mapping[str, Yanked],
-) -> ImportOutcome:
-    """Upload `files` create-only, then index them with their upstream state, and bring the yank state
-    of already mirrored files (`yanks`: filename -> upstream state) in line with the upstream."""
+    yanks: Mapping[str, Mapping[str, Yanked]],
+) -> dict[str, ImportOutcome]:
+    """Upload the files of every project in `groups` create-only, then index them with their upstream
+    state (one batched update for all projects), and bring the yank state of already mirrored files
+    (`yanks`: project -> filename -> upstream state) in line with the upstream's."""
     store = writer.store
-    outcome = ImportOutcome()
-    state, gen = writer.read_project(project)
-    _refuse_private(state, str(store.location))
-    created: list[str] = []
-    for f in files:
-        for name, data in (
-            (layout.dist_object(project, f.filename), f.path.read_bytes()),
-            (layout.metadata_object(project, f.filename), f.metadata),
-        ):
-            if data is not None and writer.create_object(name, data):
-                created.append(name)
-    if gen == 0 and files:
-        ensure_listed(writer, project)  # listed before the page exists (see engine.py)
-    now = upload_time(dt.datetime.now(dt.UTC))
-    fingerprints = {
-        f.filename: (
-            info.fingerprint if (info := store.stat(layout.dist_object(project, f.filename))) else ""
-        )
-        for f in files
-    }
-
-    def change(state: ProjectState) -> ProjectState | None:
-        _refuse_private(state, str(store.location))
-        outcome.added.clear()
-        outcome.yanks_updated = 0
-        current = state.by_filename()
-        entries = []
-        for f in state.files:
-            want = yanks.get(f.filename, f.yanked)
-            if want != f.yanked:
-                f = f.with_yanked(want)
-                outcome.yanks_updated += 1
-            entries.append(f)
+    projects = sorted(set(groups) | set(yanks))
+    for project in projects:
+        _refuse_private(writer.read_project(project)[0], str(store.location))
+    objects: list[tuple[str, Path | bytes]] = []
+    for project, files in groups.items():
         for f in files:
-            if f.filename in current:
-                continue  # a concurrent mirror run indexed it (same bytes: create_object checked)
-            entries.append(
-                FileEntry(
-                    filename=f.filename,
-                    version=f.version,
-                    sha256=f.sha256,
-                    size=f.size,
-                    requires_python=f.requires_python,
-                    metadata_sha256=f.metadata_sha256,
-                    upload_time=f.upload_time or now,
-                    yanked=f.yanked,
-                    fingerprint=fingerprints[f.filename],
+            objects.append((layout.dist_object(project, f.filename), f.path))
+            if f.metadata is not None:
+                objects.append((layout.metadata_object(project, f.filename), f.metadata))
+    created = _write_objects(writer, objects)
+    now = upload_time(dt.datetime.now(dt.UTC))
+    fingerprints = {name: (info.fingerprint if (info := store.stat(name)) else "") for name, _src in objects}
+    outcomes = {project: ImportOutcome() for project in projects}
+
+    def change_for(project: str) -> Callable[[ProjectState], ProjectState | None]:
+        files, upstream_yanks, outcome = groups.get(project, ()), yanks.get(project, {}), outcomes[project]
+
+        def change(state: ProjectState) -> ProjectState | None:
+            _refuse_private(state, str(store.location))
+            outcome.added.clear()
+            outcome.yanks_updated = 0
+            current = state.by_filename()
+            entries = []
+            for f in state.files:
+                want = upstream_yanks.get(f.filename, f.yanked)
+                if want != f.yanked:
+                    f = f.with_yanked(want)
+                    outcome.yanks_updated += 1
+                entries.append(f)
+            for f in files:
+                if f.filename in current:
+                    continue  # a concurrent mirror run indexed it (same bytes: the create checked)
+                entries.append(
+                    FileEntry(
+                        filename=f.filename,
+                        version=f.version,
+                        sha256=f.sha256,
+                        size=f.size,
+                        requires_python=f.requires_python,
+                        metadata_sha256=f.metadata_sha256,
+                        upload_time=f.upload_time or now,
+                        yanked=f.yanked,
+                        fingerprint=fingerprints[layout.dist_object(project, f.filename)],
+                    )
                 )
-            )
-            outcome.added.append(f.filename)
-        new = state.with_files(entries).mirrored(origin)
-        return None if new == state else new
+                outcome.added.append(f.filename)
+            new = state.with_files(entries).mirrored(origin)
+            return None if new == state else new
+
+        return change
 
     try:
-        update = writer.update_project(project, change)
+        updates = writer.update_projects({p: change_for(p) for p in projects})
     except ConflictError:
-        for name in created:  # unindexed, so no page links them: a reindex must not adopt them either
-            store.delete(name)
+        _delete(writer, created)
         raise
-    if update.created:
-        ensure_listed(writer, project)  # a concurrent `remove` may have unlisted it meanwhile
-    return outcome
+    # A concurrent `remove` may have unlisted a project meanwhile.
+    ensure_listed(writer, *(p for p, u in updates.items() if u.created))
+    return outcomes

@@ -336,7 +336,9 @@ def _fetch(upstream: Upstream, p: Planned, scratch: Path, progress: Progress) ->
 def _validate(fetched: _Fetched) -> MirroredFile:
     f = fetched.planned.file
     try:
-        dist = parse_dist(f.filename, fetched.path.read_bytes())
+        # check_crc=False: the bytes are the upstream's (sha256 checked); names, paths and metadata
+        # are still validated like a publish.
+        dist = parse_dist(f.filename, fetched.path.read_bytes(), check_crc=False)
     except DistError as exc:
         raise MirrorError(f"{f.filename} from upstream is not a valid distribution: {exc}") from None
     if dist.project != fetched.planned.project:
@@ -390,15 +392,15 @@ def mirror(
             fetched = list(pool.map(lambda p: _fetch(upstream, p, scratch, tick), the_plan.new))
             files = list(pool.map(_validate, fetched))
         result.downloaded_bytes = sum(f.size for f in files)
-        # Everything is verified: now write, project by project.
+        # Everything is verified: now write. New projects join the root index first, in one update
+        # (listed before their pages exist, as the engine requires); then every object, and every
+        # project's pages in one batch, each page under its own compare-and-swap.
         groups: dict[str, list[MirroredFile]] = {}
         for f in files:
             groups.setdefault(f.project, []).append(f)
-        upstream_yanks = the_plan.upstream_yanks
-        for project in sorted(set(groups) | set(upstream_yanks)):
-            outcome = repo.import_mirrored(
-                project, groups.get(project, []), origin=upstream.shown, yanks=upstream_yanks.get(project, {})
-            )
+        repo.ensure_listed(*groups)
+        outcomes = repo.import_mirrored(groups, origin=upstream.shown, yanks=the_plan.upstream_yanks)
+        for _project, outcome in sorted(outcomes.items()):
             result.added += outcome.added
             result.yanks_updated += outcome.yanks_updated
             for name in outcome.added:

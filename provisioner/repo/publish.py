@@ -161,16 +161,18 @@ def publish_dists(
     return result
 
 
-def ensure_listed(writer: IndexWriter, project: str, *, filename: str = "") -> None:
-    """List `project` in the root index. Adding it (for `filename`) is refused if another project
-    there has a name a reader cannot tell from it."""
+def ensure_listed(writer: IndexWriter, *projects: str, filename: str = "") -> None:
+    """List `projects` in the root index (one compare-and-swap for them all). Adding one (for
+    `filename`) is refused if another project there has a name a reader cannot tell from it."""
 
     def add(root: RootState) -> RootState | None:
-        if project in root.projects:
+        new = [p for p in projects if p not in root.projects]
+        if not new:
             return None
         if filename:
-            _check_not_confusable(project, root.projects, filename)
-        return RootState.of((*root.projects, project))
+            for project in new:
+                _check_not_confusable(project, root.projects, filename)
+        return RootState.of((*root.projects, *new))
 
     writer.update_root(add)
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from provisioner.errors import ConflictError, PypapoError
 from provisioner.repo import layout
 from provisioner.repo.model import CORRUPT, ProjectState, RootState
 from provisioner.repo.outputs import DEFAULT, Outputs
-from provisioner.repo.store import PreconditionFailed, Store
+from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 
 MAX_ATTEMPTS = 60
 
@@ -42,7 +43,7 @@ class IndexWriter:
         store: Store,
         outputs: Outputs = DEFAULT,
         *,
-        after_change: Callable[[str, Mapping[str, bytes]], None] | None = None,
+        after_change: Callable[[Sequence[str], Mapping[str, bytes]], None] | None = None,
     ) -> None:
         self.store = store
         self.outputs = outputs
@@ -124,7 +125,7 @@ class IndexWriter:
                 continue
             written = 1 + self.converge_project(project)
             if self.after_change is not None and not repair:
-                self.after_change(project, known or {})
+                self.after_change([project], known or {})
             return ProjectUpdate(new, changed=True, created=gen == 0, written=written)
         raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
 
@@ -146,6 +147,66 @@ class IndexWriter:
         raise ConflictError(f"gave up updating the root index after {MAX_ATTEMPTS} conflicting writes")
 
     # -- derived outputs --------------------------------------------------------------------------
+    def update_projects(
+        self, changes: Mapping[str, Callable[[ProjectState], ProjectState | None]], *, workers: int = 16
+    ) -> dict[str, ProjectUpdate]:
+        """`update_project` for many projects, with one `write_many` for every JSON and its outputs.
+
+        The same protocol, batched (as reindex writes pages): each output's generation is read after
+        the project JSON was read and before the JSON is written; the JSON is written conditional on
+        the generation read, each output rendered from that very JSON conditional on its own. A
+        project that lost its race (or loses every file) goes the one-by-one way; an output that lost
+        converges. `after_change` hears every changed project at once."""
+        store = self.store
+
+        def prepare(project: str) -> tuple[str, ProjectState, int, ProjectState | None, list[int]]:
+            state, gen = self.read_project(project)
+            outs = [self.generation(name) for name in self.outputs.project_names(project)]
+            return project, state, gen, changes[project](state), outs
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            prepared = list(pool.map(prepare, sorted(changes)))
+        updates: dict[str, ProjectUpdate] = {}
+        items: list[WriteItem] = []
+        outputs: list[WriteItem] = []
+        after: list[int] = []
+        batch: list[tuple[str, ProjectState, int, list[int]]] = []
+        retry: list[str] = []
+        for project, state, gen, new, outs in prepared:
+            if new is None:
+                updates[project] = ProjectUpdate(state, changed=False, created=False)
+            elif not new.files:
+                retry.append(project)  # a delete: one by one
+            else:
+                mine = []
+                for name, data, out_gen in zip(
+                    self.outputs.project_names(project), self.outputs.render_project(new), outs, strict=True
+                ):
+                    mine.append(len(outputs))
+                    outputs.append(WriteItem(name, data, out_gen))
+                    after.append(len(items))
+                batch.append((project, new, gen, mine))
+                items.append(WriteItem(layout.project_json(project), new.to_json(), gen))
+        n = len(items)
+        written = store.write_many(items + outputs, after=[None] * n + after) if items else []
+        converge = []
+        for k, (project, new, gen, mine) in enumerate(batch):
+            if not written[k]:
+                retry.append(project)  # another writer got there first: merge into what it wrote
+                continue
+            wrote = sum(1 for i in mine if written[n + i])
+            if wrote < len(mine):
+                converge.append(project)
+            updates[project] = ProjectUpdate(new, changed=True, created=gen == 0, written=1 + wrote)
+        for project in converge:
+            self.converge_project(project)
+        changed = [p for p, u in updates.items() if u.changed]
+        if changed and self.after_change is not None:
+            self.after_change(changed, {})
+        for project in retry:
+            updates[project] = self.update_project(project, changes[project])
+        return updates
+
     def _converge(
         self,
         names: list[str],
