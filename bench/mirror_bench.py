@@ -114,8 +114,8 @@ def main() -> int:
         f" kernel {platform.release()}, Python {platform.python_version()}, {uv}"
     )
     print(
-        f"corpus: the {len(corpus.install)} [install] wheels ({total_bytes / 1e6:.1f} MB) of {len(files)} on a"
-        " local upstream (provision serve);"
+        f"corpus: the {len(corpus.install)} [install] wheels ({total_bytes / 1e6:.1f} MB) of {len(files)}"
+        " on a local upstream (provision serve);"
         f" {args.rounds} rounds, medians"
     )
     header = f"{'measure':<16}{'median s':>10}{'min-max s':>14}{'x pip':>8}{'files downloaded':>18}"
