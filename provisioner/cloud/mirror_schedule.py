@@ -1,0 +1,197 @@
+"""Pure: `provision mirror schedule`, the scheduled mirror, in the same shape as the image rebuild.
+
+Cloud Scheduler posts a build to Cloud Build's builds.create on a cron; the build copies the pinned
+pypapo wheel out of the index bucket (never `pip install pypapo` from PyPI: dependency confusion),
+and runs `provision mirror --repo gs://BUCKET[/PREFIX] --from URL --lock gs://...` where there is
+egress. Its own two service accounts: one that may only start the build, one that runs it with the
+publisher role on the index bucket (and read access to the lock's bucket), nothing else.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.cloud import scheduler_v1
+from google.cloud.devtools import cloudbuild_v1
+from google.protobuf import duration_pb2
+
+from provisioner.cloud import image as img
+from provisioner.cloud import names
+from provisioner.cloud.image import CLI_IMAGE, PYTHON_IMAGE, RoleGrant, wheel_object
+from provisioner.cloud.plan import Step, request_json
+from provisioner.errors import PypapoError
+from provisioner.repo import location
+
+INVOKER_SA_ID = "pypapo-mirror-scheduler"
+BUILD_SA_ID = "pypapo-mirror-build"
+JOB_ID = "pypapo-mirror"
+BUILD_TIMEOUT_S = 2 * 60 * 60
+
+
+@dataclass(frozen=True)
+class MirrorSchedule:
+    project: str
+    region: str
+    bucket: str  # the index bucket
+    prefix: str
+    lock: str  # gs://BUCKET/OBJECT
+    source: str  # --from
+    mirror_args: tuple[str, ...] = ()  # --python-version, --platform, --no-sdist as given
+
+    @property
+    def lock_bucket(self) -> str:
+        return self.lock[len("gs://") :].split("/", 1)[0]
+
+
+def check_lock_url(lock: str) -> str:
+    bucket, _, name = lock.removeprefix("gs://").partition("/")
+    if not lock.startswith("gs://") or not name or location.bucket_name_problem(bucket):
+        raise PypapoError(
+            f"--lock {lock!r} must be gs://BUCKET/PATH (the build reads the lock from Cloud Storage)"
+        )
+    return lock
+
+
+def roles(s: MirrorSchedule) -> list[RoleGrant]:
+    invoker = f"serviceAccount:{names.service_account_email(s.project, INVOKER_SA_ID)}"
+    build = f"serviceAccount:{names.service_account_email(s.project, BUILD_SA_ID)}"
+    grants = [
+        RoleGrant(
+            invoker,
+            "roles/cloudbuild.builds.editor",
+            f"projects/{s.project}",
+            "create the build (cloudbuild.builds.create); the narrowest predefined role holding it",
+        ),
+        RoleGrant(
+            invoker,
+            "roles/iam.serviceAccountUser",
+            f"serviceAccount:{names.service_account_email(s.project, BUILD_SA_ID)}",
+            "start a build that runs as the build service account (actAs on that account only)",
+        ),
+        RoleGrant(
+            build,
+            "roles/storage.objectUser",
+            f"gs://{s.bucket}",
+            "publish into the index bucket (the publisher role), and read the pinned pypapo wheel",
+        ),
+        RoleGrant(
+            build,
+            "roles/logging.logWriter",
+            f"projects/{s.project}",
+            "write the build's logs (CLOUD_LOGGING_ONLY: no logs bucket to grant)",
+        ),
+    ]
+    if s.lock_bucket != s.bucket:
+        grants.append(
+            RoleGrant(build, "roles/storage.objectViewer", f"gs://{s.lock_bucket}", "read the lock file")
+        )
+    return grants
+
+
+def mirror_command(s: MirrorSchedule) -> list[str]:
+    repo = location.gs_url(s.bucket, s.prefix)
+    return ["provision", "mirror", "--repo", repo, "--from", s.source, "--lock", s.lock, *s.mirror_args]
+
+
+def build(s: MirrorSchedule, version: str) -> cloudbuild_v1.Build:
+    wheel = wheel_object(s.prefix, version)
+    local = "/workspace/" + wheel.rsplit("/", 1)[-1]
+    command = " ".join(shlex.quote(a) for a in mirror_command(s))
+    script = (
+        "set -eu\n"
+        "python -m venv /workspace/venv\n"
+        f"/workspace/venv/bin/pip install --quiet --disable-pip-version-check {shlex.quote(local)}\n"
+        f"/workspace/venv/bin/{command}\n"
+    )
+    return cloudbuild_v1.Build(
+        steps=[
+            cloudbuild_v1.BuildStep(
+                id="fetch-pypapo",
+                name=CLI_IMAGE,
+                entrypoint="gcloud",
+                args=["storage", "cp", location.gs_url(s.bucket, name=wheel), "/workspace/"],
+            ),
+            cloudbuild_v1.BuildStep(id="mirror", name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]),
+        ],
+        timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_S),
+        service_account=names.service_account_path(
+            s.project, names.service_account_email(s.project, BUILD_SA_ID)
+        ),
+        options=cloudbuild_v1.BuildOptions(logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY),
+        tags=["pypapo", "mirror"],
+    )
+
+
+def job_name(project: str, region: str) -> str:
+    return f"projects/{project}/locations/{region}/jobs/{JOB_ID}"
+
+
+def job(s: MirrorSchedule, cron: str, time_zone: str, b: cloudbuild_v1.Build) -> scheduler_v1.Job:
+    """An authenticated POST of the build to builds.create, never retried (no second mirror run)."""
+    return scheduler_v1.Job(
+        name=job_name(s.project, s.region),
+        description="pypapo: mirror public dependencies into the index [mirror schedule]",
+        schedule=img.validate_cron(cron),
+        time_zone=img.validate_time_zone(time_zone),
+        http_target=scheduler_v1.HttpTarget(
+            uri=img.builds_create_uri(s.project, s.region),
+            http_method=scheduler_v1.HttpMethod.POST,
+            headers={"Content-Type": "application/json"},
+            body=request_json(b).encode(),
+            oauth_token=scheduler_v1.OAuthToken(
+                service_account_email=names.service_account_email(s.project, INVOKER_SA_ID),
+                scope=names.CLOUD_PLATFORM_SCOPE,
+            ),
+        ),
+        retry_config=scheduler_v1.RetryConfig(retry_count=0),
+        attempt_deadline=duration_pb2.Duration(seconds=60),
+    )
+
+
+ACCOUNTS = (
+    (INVOKER_SA_ID, "pypapo: starts the scheduled mirror"),
+    (BUILD_SA_ID, "pypapo: runs the scheduled mirror"),
+)
+
+
+def steps(s: MirrorSchedule, j: scheduler_v1.Job, grants: Sequence[RoleGrant], version: str) -> list[Step]:
+    out = [
+        Step(
+            method="iam.serviceAccounts.create",
+            request={
+                "name": f"projects/{s.project}",
+                "accountId": sa,
+                "serviceAccount": {"displayName": title},
+            },
+            why=f"create service account {names.service_account_email(s.project, sa)} (no keys)",
+        )
+        for sa, title in ACCOUNTS
+    ]
+    out += [
+        Step(
+            method="setIamPolicy (add binding)",
+            request={"resource": g.resource, "member": g.member, "role": g.role},
+            why=f"grant {g.role} on {g.resource}",
+            note=g.why,
+        )
+        for g in grants
+    ]
+    wheel = wheel_object(s.prefix, version)
+    out.append(
+        Step(
+            method="storage.objects.get",
+            request={"bucket": s.bucket, "object": wheel},
+            why=f"check that {location.gs_url(s.bucket, name=wheel)} exists"
+            " (publish pypapo into the index first)",
+        )
+    )
+    out.append(
+        Step(
+            method="cloudscheduler.jobs.create|patch",
+            request=scheduler_v1.CreateJobRequest(parent=f"projects/{s.project}/locations/{s.region}", job=j),
+            why="create or update the Cloud Scheduler job",
+        )
+    )
+    return out
