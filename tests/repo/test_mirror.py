@@ -67,7 +67,7 @@ def own_upstream(serve_repo: Callable[[Path], LocalIndex], tmp_path: Path) -> Lo
     return serve_repo(tmp_path / "own-upstream")
 
 
-def mirror(repo: Path, index_url: str, *args: str) -> Result:
+def mirror(repo: Path | str, index_url: str, *args: str) -> Result:
     return CliRunner().invoke(main, ["mirror", "--repo", str(repo), "--from", index_url, *args])
 
 
@@ -383,3 +383,41 @@ def test_lock_files_are_taken_as_they_are(upstream: LocalIndex, tmp_path: Path, 
         "/simple/pub-a/pub_a-1.0.tar.gz",
         "/simple/pub-b/pub_b-1.0-py3-none-any.whl",
     ]
+
+
+# --- both backends ------------------------------------------------------------------------------------
+
+
+def test_mirror_into_either_backend_and_a_lock_read_from_gcs(
+    upstream: LocalIndex, repo, fake_gcs, tmp_path: Path
+) -> None:
+    """The same run into a directory and into a bucket (fake-gcs-server through the real client); the
+    lock comes from gs:// as the scheduled build reads it; a refusal leaves every object as it was."""
+    entries = {
+        f["filename"]: f["hashes"]["sha256"]
+        for p in ("pub-a", "pub-b")
+        for f in state(upstream.repo, p)["files"]
+    }
+    lock_bucket = fake_gcs.create_bucket()
+    text = (
+        f"pub-a==1.0 --hash=sha256:{entries['pub_a-1.0-py3-none-any.whl']}"
+        f" --hash=sha256:{entries['pub_a-1.0.tar.gz']}\n"
+        f"pub-b==1.0 --hash=sha256:{entries['pub_b-1.0-py3-none-any.whl']}\n"
+    )
+    fake_gcs.client().bucket(lock_bucket).blob("locks/requirements.txt").upload_from_string(text)
+    lock = f"gs://{lock_bucket}/locks/requirements.txt"
+    out = ok(mirror(repo.location, upstream.url, "--lock", lock))
+    assert "added 3 files" in out
+    stored = repo.snapshot()
+    assert json.loads(stored["simple/pub-a/index.json"])["_mirror"] == {"from": upstream.url}
+    assert (
+        stored["simple/pub-b/pub_b-1.0-py3-none-any.whl"]
+        == (upstream.repo / "simple/pub-b/pub_b-1.0-py3-none-any.whl").read_bytes()
+    )
+    assert ok(mirror(repo.location, upstream.url, "--lock", lock)).startswith("nothing new")
+    mine = sample.build_wheel(tmp_path / "mine", "pub-native", "0.1")
+    ok(CliRunner().invoke(main, ["publish", "--repo", repo.location, str(mine)]))
+    before = repo.snapshot()
+    refused(mirror(repo.location, upstream.url, "pub-native"), "pub-native is published privately")
+    refused(mirror(repo.location, upstream.url, "--lock", f"gs://{lock_bucket}/nope.txt"), "no such object")
+    assert repo.snapshot() == before
