@@ -11,7 +11,6 @@ from provisioner import __version__
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cloud import names, plan
 from provisioner.errors import PypapoError
-from provisioner.repo.location import gs_url
 
 
 @click.command("schedule")
@@ -50,8 +49,9 @@ def schedule_command(
 ) -> None:
     """Mirror a lock file into the index on a schedule: Cloud Scheduler starts a Cloud Build build that
     runs `provision mirror --repo gs://BUCKET --from URL --lock gs://...` (where there is egress)."""
-    from provisioner.cloud import image as img
     from provisioner.cloud import mirror_schedule as ms
+    from provisioner.cloud.image import plan as image_plan
+    from provisioner.cloud.image import schedule as img
     from provisioner.repo import narrow
     from provisioner.repo.upstream import index_url
 
@@ -80,11 +80,11 @@ def schedule_command(
     if dry_run:
         if disable or delete:
             call = "cloudscheduler.jobs.delete" if delete else "cloudscheduler.jobs.pause"
-            doc = img.steps_document(
+            doc = image_plan.steps_document(
                 "mirror schedule", [plan.Step(method=call, request={"name": name}, why=call)]
             )
         else:
-            doc = img.steps_document(
+            doc = image_plan.steps_document(
                 "mirror schedule", ms.steps(s, job, grants, pypapo_version), build=plan.request_dict(build)
             )
         click.echo(json.dumps(doc, indent=2))
@@ -99,10 +99,10 @@ def schedule_command(
         verb = "deleted" if delete else "paused"
         click.echo(f"scheduler job {name} {verb}" if done else f"no scheduler job {name}: nothing to do")
         return
-    wheel = img.wheel_object(s.prefix, pypapo_version)
-    if not api.object_exists(s.bucket, wheel):
+    wheel = ms.wheel(s, pypapo_version)
+    if not api.object_exists(s.bucket, wheel.object):
         raise PypapoError(
-            f"{gs_url(s.bucket, name=wheel)} does not exist: publish the pypapo wheel into the index first"
+            f"{wheel.url} does not exist: publish the pypapo wheel into the index first"
             " (`provision publish dist/pypapo-*.whl`) or pass --pypapo-version"
         )
     for account, title in ms.ACCOUNTS:

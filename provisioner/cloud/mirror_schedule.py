@@ -17,9 +17,9 @@ from google.cloud import scheduler_v1
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 
-from provisioner.cloud import image as img
 from provisioner.cloud import names
-from provisioner.cloud.image import CLI_IMAGE, PYTHON_IMAGE, RoleGrant, wheel_object
+from provisioner.cloud.image import schedule as img
+from provisioner.cloud.image.schedule import CLI_IMAGE, PYTHON_IMAGE, RoleGrant, Wheel
 from provisioner.cloud.plan import Step, request_json
 from provisioner.errors import PypapoError
 from provisioner.repo import location
@@ -95,9 +95,13 @@ def mirror_command(s: MirrorSchedule) -> list[str]:
     return ["provision", "mirror", "--repo", repo, "--from", s.source, "--lock", s.lock, *s.mirror_args]
 
 
+def wheel(s: MirrorSchedule, version: str) -> Wheel:
+    return Wheel(s.bucket, s.prefix, version)
+
+
 def build(s: MirrorSchedule, version: str) -> cloudbuild_v1.Build:
-    wheel = wheel_object(s.prefix, version)
-    local = "/workspace/" + wheel.rsplit("/", 1)[-1]
+    w = wheel(s, version)
+    local = "/workspace/" + w.object.rsplit("/", 1)[-1]
     command = " ".join(shlex.quote(a) for a in mirror_command(s))
     script = (
         "set -eu\n"
@@ -111,7 +115,7 @@ def build(s: MirrorSchedule, version: str) -> cloudbuild_v1.Build:
                 id="fetch-pypapo",
                 name=CLI_IMAGE,
                 entrypoint="gcloud",
-                args=["storage", "cp", location.gs_url(s.bucket, name=wheel), "/workspace/"],
+                args=["storage", "cp", w.url, "/workspace/"],
             ),
             cloudbuild_v1.BuildStep(id="mirror", name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]),
         ],
@@ -178,13 +182,12 @@ def steps(s: MirrorSchedule, j: scheduler_v1.Job, grants: Sequence[RoleGrant], v
         )
         for g in grants
     ]
-    wheel = wheel_object(s.prefix, version)
+    w = wheel(s, version)
     out.append(
         Step(
             method="storage.objects.get",
-            request={"bucket": s.bucket, "object": wheel},
-            why=f"check that {location.gs_url(s.bucket, name=wheel)} exists"
-            " (publish pypapo into the index first)",
+            request={"bucket": s.bucket, "object": w.object},
+            why=f"check that {w.url} exists (publish pypapo into the index first)",
         )
     )
     out.append(
