@@ -207,13 +207,14 @@ def _rebuild_in_processes(
     # forkserver: this process runs threads, and forking a threaded process is unsafe.
     ctx = multiprocessing.get_context("forkserver")
     n = len(chunks)
-    with ProcessPoolExecutor(max_workers=_cpus(), mp_context=ctx) as procs:
+    with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=ctx) as procs:
         # Every chunk is queued at once: the workers keep going while the caller writes pages.
         for part in procs.map(_rebuild_many, [store] * n, [outputs] * n, chunks, [verify] * n):
             yield from part
 
 
-def _cpus() -> int:
+def cpu_count() -> int:
+    """The CPUs this process may run on (how many worker processes reindex and the site start)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -334,7 +335,7 @@ def _rebuild_groups(
 
         # Parsing holds the GIL: with many files to read, spread them over processes. The
         # directory store pickles as its path; a GCS client does not (and waits on the network).
-        if unvouched >= PROCESS_POOL_MIN and _cpus() > 1 and isinstance(store, DirectoryStore):
+        if unvouched >= PROCESS_POOL_MIN and cpu_count() > 1 and isinstance(store, DirectoryStore):
             try:
                 for out in _rebuild_in_processes(store, outputs, jobs, verify):
                     if (full := add(out)) is not None:

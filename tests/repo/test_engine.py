@@ -422,7 +422,7 @@ def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
             yield out
 
     monkeypatch.setattr(repository, "_rebuild_in_processes", spy)
-    monkeypatch.setattr(repository, "_cpus", lambda: 2)
+    monkeypatch.setattr(repository, "cpu_count", lambda: 2)
     monkeypatch.setattr(repository, "PROCESS_POOL_MIN", 1)
     in_workers = Repository.open(str(a)).reindex()
     monkeypatch.setattr(repository, "PROCESS_POOL_MIN", 10**9)

@@ -228,3 +228,22 @@ def test_a_mirrored_project_says_where_it_came_from(dir_repo: RepoHandle, tmp_pa
     r.writer.update_project("upstream-thing", lambda s: s.mirrored("https://pypi.org/simple/"))
     page = _site(dir_repo)["ui/upstream-thing/index.html"].decode()
     assert "Mirrored from <code>https://pypi.org/simple/</code>" in page
+
+
+def test_the_site_rendered_in_worker_processes_equals_the_one_rendered_in_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.repo.site import writer
+
+    r = Repository.open(str(tmp_path / "repo"))
+    r.publish([_wheel(tmp_path / "d", f"p-{i}", "1.0", description=f"# P {i}\n") for i in range(5)])
+    threads = {str(p): p.read_bytes() for p in (tmp_path / "repo" / "ui").rglob("*") if p.is_file()}
+    for page in (tmp_path / "repo" / "ui").rglob("*"):
+        if page.is_file():
+            page.unlink()
+    monkeypatch.setattr(writer, "PROCESS_MIN", 1)
+    monkeypatch.setattr(writer, "cpu_count", lambda: 2)
+    monkeypatch.setattr(writer, "RENDER_CHUNK", 2)
+    r.reindex()
+    procs = {str(p): p.read_bytes() for p in (tmp_path / "repo" / "ui").rglob("*") if p.is_file()}
+    assert procs == threads

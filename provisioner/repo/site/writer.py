@@ -18,18 +18,22 @@ last therefore rendered the latest state. `rebuild` (reindex) renders everything
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import cache
 from importlib import resources
 
 from provisioner.errors import ConflictError
 from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
+from provisioner.repo.reindex import cpu_count
 from provisioner.repo.site import render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
+from provisioner.repo.store.directory import DirectoryStore
 
 MAX_ATTEMPTS = 60
 State = ProjectState
@@ -236,19 +240,17 @@ class Site:
             pages = dict(zip(existing, read, strict=True))
             list_now, list_gen = self.store.read(layout.UI_LIST)
             agg_now, agg_gen = self.store.read(layout.UI_DATA)
-            # 2. The states, then what the pages show.
+            # 2. The states, then what the pages show (READMEs rendered where no cache has them).
             states = self._read_states(pool)
-            infos = dict(zip(states, pool.map(self.info, states.values()), strict=True))
-            entries = {p: render.list_entry(s, infos[p]) for p, s in states.items()}
-            held = set(entries)
-
-            def page(p: str) -> WriteItem | None:
-                body = render.render_project(states[p], infos[p], held, origin=origin(states[p]))
-                have, gen = pages.get(p, (b"", 0))
-                return None if have == body else (layout.ui_project(p), body, gen)
-
-            items = [item for item in pool.map(page, sorted(states)) if item is not None]
-            caches = self._take_pending()
+            entries: dict[str, render.ListEntry] = {}
+            items: list[WriteItem] = []
+            caches: list[WriteItem] = []
+            for project, entry, body, pending in self._render_all(states, pool):
+                entries[project] = entry
+                caches += pending
+                have, gen = pages.get(project, (b"", 0))
+                if have != body:
+                    items.append((layout.ui_project(project), body, gen))
             results = self.store.write_many(items + caches)
             written += sum(1 for r in results if r)
             results = results[: len(items)]
@@ -282,6 +284,27 @@ class Site:
                 entries = {p: render.list_entry(s, self.info(s)) for p, s in states.items()}
         raise ConflictError(f"gave up writing {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
 
+    def _render_all(self, states: Mapping[str, State], pool: ThreadPoolExecutor) -> Iterator[_Rendered]:
+        """Every project's list entry, page and release-info caches to store. Rendering holds the
+        GIL (~1 ms a README): for many projects on a directory store, one worker process per CPU."""
+        held = frozenset(states)
+        todo = [states[p] for p in sorted(states)]
+        chunks = [todo[i : i + RENDER_CHUNK] for i in range(0, len(todo), RENDER_CHUNK)]
+        args = (self.store, self.remote_images, held)
+        if len(todo) >= PROCESS_MIN and cpu_count() > 1 and isinstance(self.store, DirectoryStore):
+            try:
+                ctx = multiprocessing.get_context("forkserver")  # this process runs threads
+                with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=ctx) as procs:
+                    n = len(chunks)
+                    done = list(procs.map(_render_chunk, *([a] * n for a in args), chunks))
+                for part in done:
+                    yield from part
+                return
+            except (BrokenProcessPool, OSError, ValueError):
+                pass  # e.g. no /dev/shm in a sandbox: the same work in threads
+        for part in pool.map(lambda c: _render_chunk(*args, c), chunks):
+            yield from part
+
     def _read_states(self, pool: ThreadPoolExecutor) -> dict[str, State]:
         """Every listed project with files, from its JSON."""
         data, _ = self.store.read(layout.ROOT_JSON)
@@ -290,3 +313,23 @@ class Site:
         except (ValueError, KeyError, TypeError, AttributeError):
             names = []
         return {p: s for p, s in zip(names, pool.map(self._state, names), strict=True) if s.files}
+
+
+_Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
+# Rebuild renders in worker processes from this many projects on (fewer: starting them costs more),
+# in chunks of RENDER_CHUNK projects.
+PROCESS_MIN = 300
+RENDER_CHUNK = 50
+
+
+def _render_chunk(
+    store: Store, remote_images: bool, held: frozenset[str], states: list[State]
+) -> list[_Rendered]:
+    """Module-level, so that it runs in a worker process: a Site of its own reads and renders."""
+    site = Site(store, remote_images=remote_images)
+    out = []
+    for state in states:
+        info = site.info(state)
+        page = render.render_project(state, info, held, origin=origin(state))
+        out.append((state.name, render.list_entry(state, info), page, site._take_pending()))
+    return out
