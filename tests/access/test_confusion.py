@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from provisioner.appliance import sample
 from provisioner.cli import main
 from provisioner.repo.engine import Repository
-from tests.appliance.test_clients import BIN, clean_env, make_venv, run
+from tests.appliance.test_clients import BIN, clean_env, make_venv, pdm_env, pipenv_env, poetry_env, run
 from tests.fixtures.nginx import LocalIndex, _start, _stop
 
 pytestmark = pytest.mark.clients
@@ -140,16 +140,7 @@ def test_poetry_transitive_private_name_stays_private(indexes: Indexes, tmp_path
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT + "[tool.poetry]\npackage-mode = false\n\n" + text)
-    env = clean_env(
-        tmp_path,
-        POETRY_VIRTUALENVS_IN_PROJECT="true",
-        POETRY_VIRTUALENVS_OPTIONS_NO_PIP="true",
-        POETRY_CACHE_DIR=str(tmp_path / "poetry-cache"),
-        POETRY_CONFIG_DIR=str(tmp_path / "poetry-config"),
-        POETRY_DATA_DIR=str(tmp_path / "poetry-data"),
-        POETRY_NO_INTERACTION="1",
-        POETRY_PYTHON=sys.executable,
-    )
+    env = poetry_env(tmp_path)
     mark = indexes.public.log_mark()
     check(verify, project, env)
     run([str(BIN / "poetry"), "install", "--no-root"], env=env, cwd=project)
@@ -163,14 +154,7 @@ def test_pdm_transitive_private_name_stays_private(indexes: Indexes, tmp_path: P
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT + "[tool.pdm]\ndistribution = false\n\n" + text)
     python = make_venv(project / ".venv", clean_env(tmp_path))
-    env = clean_env(
-        tmp_path,
-        PDM_CHECK_UPDATE="false",
-        PDM_CACHE_DIR=str(tmp_path / "pdm-cache"),
-        PDM_CONFIG_FILE=str(tmp_path / "pdm-config.toml"),
-        PDM_NON_INTERACTIVE="1",
-        PDM_PYTHON=str(python),
-    )
+    env = pdm_env(tmp_path, python)
     mark = indexes.public.log_mark()
     check(verify, project, env)
     run([str(BIN / "pdm"), "sync", "--no-self"], env=env, cwd=project)
@@ -183,15 +167,7 @@ def test_pipenv_transitive_private_name_stays_private(indexes: Indexes, tmp_path
     project = tmp_path / "project"
     project.mkdir()
     (project / "Pipfile").write_text(text)
-    env = clean_env(
-        tmp_path,
-        PIPENV_VENV_IN_PROJECT="1",
-        PIPENV_NOSPIN="1",
-        PIPENV_YES="1",
-        PIPENV_IGNORE_VIRTUALENVS="1",
-        PIPENV_CACHE_DIR=str(tmp_path / "pipenv-cache"),
-        PIPENV_PYTHON=sys.executable,
-    )
+    env = pipenv_env(tmp_path)
     mark = indexes.public.log_mark()
     check(verify, project, env)
     run([str(BIN / "pipenv"), "sync"], env=env, cwd=project)

@@ -24,7 +24,7 @@ from provisioner.appliance import sample
 from provisioner.cli import main
 from provisioner.repo.engine import Repository
 from tests.access.test_confusion import check
-from tests.appliance.test_clients import BIN, clean_env, make_venv, run
+from tests.appliance.test_clients import BIN, clean_env, make_venv, pdm_env, pipenv_env, poetry_env, run
 from tests.fixtures.closure import TOP, closure_wheels, pins
 from tests.fixtures.nginx import LocalIndex, _start, _stop
 
@@ -131,16 +131,7 @@ def test_poetry(mirrored: Mirrored, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT + "[tool.poetry]\npackage-mode = false\n\n" + text)
-    env = clean_env(
-        tmp_path,
-        POETRY_VIRTUALENVS_IN_PROJECT="true",
-        POETRY_VIRTUALENVS_OPTIONS_NO_PIP="true",
-        POETRY_CACHE_DIR=str(tmp_path / "poetry-cache"),
-        POETRY_CONFIG_DIR=str(tmp_path / "poetry-config"),
-        POETRY_DATA_DIR=str(tmp_path / "poetry-data"),
-        POETRY_NO_INTERACTION="1",
-        POETRY_PYTHON=sys.executable,
-    )
+    env = poetry_env(tmp_path)
     check(verify, project, env)
     run([str(BIN / "poetry"), "install", "--no-root"], env=env, cwd=project)
     works(project / ".venv" / "bin" / "python", env)
@@ -152,14 +143,7 @@ def test_pdm(mirrored: Mirrored, tmp_path: Path) -> None:
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT + "[tool.pdm]\ndistribution = false\n\n" + text)
     python = make_venv(project / ".venv", clean_env(tmp_path))
-    env = clean_env(
-        tmp_path,
-        PDM_CHECK_UPDATE="false",
-        PDM_CACHE_DIR=str(tmp_path / "pdm-cache"),
-        PDM_CONFIG_FILE=str(tmp_path / "pdm-config.toml"),
-        PDM_NON_INTERACTIVE="1",
-        PDM_PYTHON=str(python),
-    )
+    env = pdm_env(tmp_path, python)
     check(verify, project, env)
     run([str(BIN / "pdm"), "sync", "--no-self"], env=env, cwd=project)
     works(python, env)
@@ -171,15 +155,7 @@ def test_pipenv(mirrored: Mirrored, tmp_path: Path) -> None:
     project.mkdir()
     # The snippet's [packages] table is last: the project's own public requirements join it.
     (project / "Pipfile").write_text(text + "".join(f'{n} = "*"\n' for n in TOP))
-    env = clean_env(
-        tmp_path,
-        PIPENV_VENV_IN_PROJECT="1",
-        PIPENV_NOSPIN="1",
-        PIPENV_YES="1",
-        PIPENV_IGNORE_VIRTUALENVS="1",
-        PIPENV_CACHE_DIR=str(tmp_path / "pipenv-cache"),
-        PIPENV_PYTHON=sys.executable,
-    )
+    env = pipenv_env(tmp_path)
     check(verify, project, env)
     run([str(BIN / "pipenv"), "sync"], env=env, cwd=project)
     works(project / ".venv" / "bin" / "python", env)

@@ -58,6 +58,45 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def poetry_env(tmp: Path) -> dict[str, str]:
+    """poetry with its virtualenv in the project, its cache, config and data in tmp."""
+    return clean_env(
+        tmp,
+        POETRY_VIRTUALENVS_IN_PROJECT="true",
+        POETRY_VIRTUALENVS_OPTIONS_NO_PIP="true",
+        POETRY_CACHE_DIR=str(tmp / "poetry-cache"),
+        POETRY_CONFIG_DIR=str(tmp / "poetry-config"),
+        POETRY_DATA_DIR=str(tmp / "poetry-data"),
+        POETRY_NO_INTERACTION="1",
+        POETRY_PYTHON=sys.executable,
+    )
+
+
+def pdm_env(tmp: Path, python: Path) -> dict[str, str]:
+    """pdm installing into the existing virtualenv of `python`, cache and config in tmp."""
+    return clean_env(
+        tmp,
+        PDM_CHECK_UPDATE="false",
+        PDM_CACHE_DIR=str(tmp / "pdm-cache"),
+        PDM_CONFIG_FILE=str(tmp / "pdm-config.toml"),
+        PDM_NON_INTERACTIVE="1",
+        PDM_PYTHON=str(python),
+    )
+
+
+def pipenv_env(tmp: Path) -> dict[str, str]:
+    """pipenv with its virtualenv in the project and its cache in tmp."""
+    return clean_env(
+        tmp,
+        PIPENV_VENV_IN_PROJECT="1",
+        PIPENV_NOSPIN="1",
+        PIPENV_YES="1",
+        PIPENV_IGNORE_VIRTUALENVS="1",
+        PIPENV_CACHE_DIR=str(tmp / "pipenv-cache"),
+        PIPENV_PYTHON=sys.executable,
+    )
+
+
 def run(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -196,16 +235,7 @@ url = "{url}"
 priority = "primary"
 """
     )
-    env = clean_env(
-        tmp_path,
-        POETRY_VIRTUALENVS_IN_PROJECT="true",
-        POETRY_VIRTUALENVS_OPTIONS_NO_PIP="true",
-        POETRY_CACHE_DIR=str(tmp_path / "poetry-cache"),
-        POETRY_CONFIG_DIR=str(tmp_path / "poetry-config"),
-        POETRY_DATA_DIR=str(tmp_path / "poetry-data"),
-        POETRY_NO_INTERACTION="1",
-        POETRY_PYTHON=sys.executable,
-    )
+    env = poetry_env(tmp_path)
     mark = demo_index.log_mark()
     run([str(BIN / "poetry"), "install", "--no-root"], env=env, cwd=project)
     python = project / ".venv" / "bin" / "python"
@@ -235,14 +265,7 @@ url = "{demo_index.url}"
     )
     # The project's own virtualenv (PDM_PYTHON at an existing venv makes pdm install into it).
     python = make_venv(project / ".venv", clean_env(tmp_path))
-    env = clean_env(
-        tmp_path,
-        PDM_CHECK_UPDATE="false",
-        PDM_CACHE_DIR=str(tmp_path / "pdm-cache"),
-        PDM_CONFIG_FILE=str(tmp_path / "pdm-config.toml"),
-        PDM_NON_INTERACTIVE="1",
-        PDM_PYTHON=str(python),
-    )
+    env = pdm_env(tmp_path, python)
     mark = demo_index.log_mark()
     run([str(BIN / "pdm"), "install", "--no-self"], env=env, cwd=project)
     assert installed(python, env) == EXPECTED
@@ -268,15 +291,7 @@ pypapo-chain-a = "*"
 pypapo-yank-me = "*"
 """
     )
-    env = clean_env(
-        tmp_path,
-        PIPENV_VENV_IN_PROJECT="1",
-        PIPENV_NOSPIN="1",
-        PIPENV_YES="1",
-        PIPENV_IGNORE_VIRTUALENVS="1",
-        PIPENV_CACHE_DIR=str(tmp_path / "pipenv-cache"),
-        PIPENV_PYTHON=sys.executable,
-    )
+    env = pipenv_env(tmp_path)
     mark = demo_index.log_mark()
     run([str(BIN / "pipenv"), "install"], env=env, cwd=project)
     python = project / ".venv" / "bin" / "python"
