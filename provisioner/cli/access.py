@@ -26,7 +26,11 @@ def tunnel_command(local_port: int | None, remote_port: int | None, **kwargs: An
 
 
 @click.command("client-config")
-@click.option("--tool", type=click.Choice(["pip", "uv", "poetry", "pdm", "pipenv", "conda"]), required=True)
+@click.option(
+    "--tool",
+    type=click.Choice(["pip", "uv", "poetry", "pdm", "pipenv", "conda", "mamba", "pixi"]),
+    required=True,
+)
 @click.option("--url", default="http://localhost:3333/simple/", show_default=True, help="pypapo's index URL")
 @click.option(
     "--package",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from provisioner.errors import PypapoError
 from provisioner.repo.layout import normalize
 
-TOOLS = ("pip", "uv", "poetry", "pdm", "pipenv", "conda")
+TOOLS = ("pip", "uv", "poetry", "pdm", "pipenv", "conda", "mamba", "pixi")
 PYPI = "https://pypi.org/simple/"
 PLACEHOLDER = "your-private-package"
 
@@ -289,15 +289,65 @@ def _pipenv(ctx: _Ctx) -> ClientConfig:
     )
 
 
-def _conda(ctx: _Ctx) -> ClientConfig:
+# --- conda channels ---------------------------------------------------------------------------------------
+# The conda channel is served beside the index (`/conda`); strict channel priority is what keeps a
+# private conda name from being taken from conda-forge, and it has limits worth printing.
+
+PUBLIC_CHANNEL = "conda-forge"
+STRICT_NOTE = (
+    "channel_priority strict: once pypapo's channel (listed first) has a package name, conda, mamba"
+    " and pixi never take that name from conda-forge, not even a higher version; it does NOT protect a"
+    " name pypapo's channel lacks (not published yet, every build removed, a typo): that one is"
+    " resolved from conda-forge, so publish a private name before anyone depends on it; nor a spec"
+    " that names its channel (conda-forge::NAME), -c conda-forge on the command line, a channel list"
+    " with conda-forge first, or channel_priority flexible/disabled; the pip: section is pip's rules"
+)
+
+
+def channel_url(index_url: str) -> str:
+    """The conda channel beside the index: `.../simple/` -> `.../conda`."""
+    base = index_url[: -len("simple/")] if index_url.endswith("/simple/") else index_url
+    return f"{base.rstrip('/')}/conda"
+
+
+def _conda_channels(ctx: _Ctx) -> list[str]:
+    # --public-index none: pypapo carries everything, so its channel is the only one too.
+    return [channel_url(ctx.url)] + ([PUBLIC_CHANNEL] if ctx.public is not None else [])
+
+
+def _strict_note(ctx: _Ctx, spelled: str = "channel_priority strict") -> str:
+    if ctx.public is None:
+        return "safe: pypapo's channel is the only channel (it must carry every conda dependency)"
+    return STRICT_NOTE.replace("channel_priority strict", spelled, 1)
+
+
+def _condarc(ctx: _Ctx) -> str:
+    channels = "".join(f"  - {c}\n" for c in _conda_channels(ctx))
+    return f"channels:\n{channels}channel_priority: strict\n"
+
+
+def _conda_names(ctx: _Ctx) -> list[str]:
+    return [n if n != PLACEHOLDER else "your-private-conda-package" for n in ctx.names]
+
+
+def _conda_env(ctx: _Ctx) -> ClientConfig:
     pkgs = "".join(f"      - {n}\n" for n in ctx.names)
+    conda_pkgs = "".join(f"  - {n}\n" for n in _conda_names(ctx))
+    channels = "".join(f"  - {c}\n" for c in _conda_channels(ctx))
+    condarc = "".join(f"#   {line}\n" for line in _condarc(ctx).splitlines())
     text = (
-        "# environment.yml: joins the `- pip:` list under dependencies. conda itself cannot read a\n"
-        "# Python simple index; its pip section is pip, with pip's rules: pypapo as the only pip index\n"
-        "# (--index-url), never --extra-index-url.\n"
+        "# environment.yml: pypapo's conda channel first, then conda-forge (nodefaults: not Anaconda's).\n"
+        "# Strict priority lives in ~/.condarc (or the environment's .condarc):\n"
+        f"{condarc}"
+        "# The `- pip:` list is pip, with pip's rules: pypapo as the only pip index (--index-url), never\n"
+        "# --extra-index-url.\n"
         "name: myenv\n"
+        "channels:\n"
+        f"{channels}"
+        "  - nodefaults\n"
         "dependencies:\n"
         "  - python=3.11\n"
+        f"{conda_pkgs}"
         "  - pip\n"
         "  - pip:\n"
         f"      - --index-url {ctx.url}\n"
@@ -306,14 +356,86 @@ def _conda(ctx: _Ctx) -> ClientConfig:
     return ClientConfig(
         "conda",
         "environment.yml",
-        ("dependencies: - pip:",),
+        ("channels:", "dependencies:", "dependencies: - pip:"),
         text,
         True,
-        _single_index_note("conda's pip section", ctx),
+        f"{_strict_note(ctx)}. {_single_index_note('conda pip section', ctx)}",
         _pip_verify(ctx).replace(
             "python3 -m pip install", f"python3 -m pip install --index-url {ctx.url}", 1
         ),
     )
 
 
-_RENDERERS = {"pip": _pip, "uv": _uv, "poetry": _poetry, "pdm": _pdm, "pipenv": _pipenv, "conda": _conda}
+def _conda_url_check(ctx: _Ctx, source: str) -> str:
+    """`source` prints package URLs (`conda list --explicit`, a pixi.lock); the program lists each
+    private package's URL and fails unless it is in pypapo's channel."""
+    names = _conda_names(ctx)
+    body = (
+        f"channel = {json.dumps(channel_url(ctx.url) + '/')}; "
+        'urls = [w for w in sys.stdin.read().split() if w.split("#")[0].endswith((".conda", ".tar.bz2"))]; '
+        'found = {u.split("#")[0].rsplit("/", 1)[-1].rsplit("-", 2)[0]: u for u in urls}; '
+        "bad = [n for n in names if n in found and not found[n].startswith(channel)]; "
+        "[print(n, found[n]) for n in names if n in found]"
+    )
+    return f"{source} python3 -c {_program(_Ctx(ctx.url, ctx.public, names), body)}"
+
+
+def _mamba(ctx: _Ctx) -> ClientConfig:
+    text = (
+        "# ~/.condarc (conda and mamba; micromamba also reads ~/.mambarc): pypapo's conda channel first.\n"
+        f"{_condarc(ctx)}"
+    )
+    return ClientConfig(
+        "mamba",
+        ".condarc",
+        ("channels:", "channel_priority:"),
+        text,
+        ctx.public is None,
+        _strict_note(ctx),
+        _conda_url_check(ctx, "mamba list -n myenv --explicit |"),
+    )
+
+
+def _pixi(ctx: _Ctx) -> ClientConfig:
+    channels = _toml_list(_conda_channels(ctx))
+    deps = "".join(f'{n} = "*"\n' for n in _conda_names(ctx))
+    pypi = f'index-url = "{ctx.url}"\n'
+    if ctx.public is not None:
+        # pixi resolves PyPI packages with uv: first-index stops at pypapo for every name it carries.
+        pypi += f'extra-index-urls = ["{ctx.public}"]\nindex-strategy = "first-index"\n'
+    text = (
+        "# pixi.toml: pypapo's conda channel first; strict priority (pixi's default, spelled out).\n"
+        "[workspace]\n"
+        'name = "myproject"\n'
+        f"channels = {channels}\n"
+        'platforms = ["linux-64", "osx-arm64", "win-64"]\n'
+        'channel-priority = "strict"\n'
+        "\n"
+        "[dependencies]\n"
+        f"{deps}"
+        "\n"
+        "[pypi-options]\n"
+        f"{pypi}"
+    )
+    verify = _conda_url_check(ctx, "pixi install && cat pixi.lock |")
+    return ClientConfig(
+        "pixi",
+        "pixi.toml",
+        ("[workspace] channels", "[dependencies]", "[pypi-options]"),
+        text,
+        ctx.public is None,
+        _strict_note(ctx, 'channel-priority = "strict"'),
+        verify,
+    )
+
+
+_RENDERERS = {
+    "pip": _pip,
+    "uv": _uv,
+    "poetry": _poetry,
+    "pdm": _pdm,
+    "pipenv": _pipenv,
+    "conda": _conda_env,
+    "mamba": _mamba,
+    "pixi": _pixi,
+}

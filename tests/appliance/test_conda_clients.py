@@ -199,3 +199,37 @@ def test_the_channel_is_503_never_empty_when_the_mount_is_gone(serve_repo, tmp_p
         assert r.status == 503, path
         assert r.header("retry-after") and r.header("cache-control") == "no-store"
     assert os.listdir(mountpoint) == []
+
+
+def test_strict_priority_keeps_a_private_name_from_the_public_channel(tmp_path: Path, nginx_bin: str) -> None:
+    """What `provision client-config --tool conda` promises, and where it stops: pypapo's channel first
+    with strict priority wins a name it has even against a higher version in the public channel (a
+    conda-forge stand-in served the same way); a name it lacks comes from the public channel."""
+    ours, public = tmp_path / "ours", tmp_path / "public"
+    channels.publish(Repository.open(str(ours)), [cs.build_package(tmp_path / "p1", "acme-lib", "1.0")])
+    attacker = [cs.build_package(tmp_path / "p2", n, "99.0") for n in ("acme-lib", "acme-unpublished")]
+    channels.publish(Repository.open(str(public)), attacker)
+    servers = [_start(ours, tmp_path), _start(public, tmp_path)]
+    try:
+        urls = [f"{s.root_url}/conda" for s in servers]
+
+        async def pick(spec: str, priority: str) -> str:
+            gateway = rattler.Gateway(cache_dir=tmp_path / f"c-{spec}-{priority}", show_progress=False)
+            records = await rattler.solve(
+                [rattler.Channel(u) for u in urls],
+                [spec],
+                gateway=gateway,
+                platforms=["linux-64", "noarch"],
+                virtual_packages=[],
+                channel_priority=getattr(rattler.ChannelPriority, priority),
+            )
+            return next(str(r.url) for r in records if r.name.normalized == spec)
+
+        assert asyncio.run(pick("acme-lib", "Strict")).startswith(urls[0])
+        # Without strict priority the higher public version wins: the confusion strict priority stops.
+        assert asyncio.run(pick("acme-lib", "Disabled")).startswith(urls[1])
+        # The limit: a name pypapo's channel does not have is taken from the public one.
+        assert asyncio.run(pick("acme-unpublished", "Strict")).startswith(urls[1])
+    finally:
+        for server in servers:
+            _stop(server)
