@@ -81,8 +81,8 @@ class CondaPlan:
     todo: list[CondaPackage] = field(default_factory=list)
     already_present: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    # The repodata read while planning, reused by the first write attempt.
-    reads: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    # The repodata read (and parsed) while planning, reused by the first write attempt.
+    reads: dict[str, tuple[Repodata, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,8 @@ class Channel:
         plan = CondaPlan()
         for pkg in packages:
             if pkg.subdir not in plan.reads:
-                plan.reads[pkg.subdir] = self.store.read(layout.repodata_object(pkg.subdir))
-            rd = self._repodata(pkg.subdir, plan.reads[pkg.subdir][0])
+                plan.reads[pkg.subdir] = self.read_repodata(pkg.subdir)
+            rd = plan.reads[pkg.subdir][0]
             record = rd.get(pkg.filename)
             stored_sha = record["sha256"] if record else None
             if stored_sha is None:
@@ -245,15 +245,16 @@ class Channel:
         change: Callable[[Repodata], bool],
         names: set[str],
         *,
-        first: tuple[bytes, int] | None = None,
+        first: tuple[Repodata, int] | None = None,
     ) -> None:
         """Apply `change` to the subdir's repodata under CAS, then converge what derives from it."""
         zst_gen = self._generation(layout.repodata_zst_object(subdir))
         index_data, index_gen = self.store.read(layout.shard_index_object(subdir))
-        rd = self._cas_repodata(subdir, change, first=first)
-        if rd is None:
+        written = self._cas_repodata(subdir, change, first=first)
+        if written is None:
             return
-        self._write_zst(subdir, rdata.dumps(rd), zst_gen)
+        rd, body = written
+        self._write_zst(subdir, body, zst_gen)
         self._write_index(subdir, rd, names, index_data, index_gen)
         self._converge_channeldata(names, {subdir})
 
@@ -262,26 +263,30 @@ class Channel:
         subdir: str,
         change: Callable[[Repodata], bool],
         *,
-        first: tuple[bytes, int] | None = None,
+        first: tuple[Repodata, int] | None = None,
         repair: bool = False,
-    ) -> Repodata | None:
+    ) -> tuple[Repodata, bytes] | None:
         """Read-modify-write of the subdir's repodata.json, conditional on the generation read, retried
         while others win. `first`: a read to start from; `repair`: a corrupt file counts as empty
-        (reindex) and an absent one is written even unchanged. The state written, or None."""
+        (reindex) and an absent one is written even unchanged. The state and bytes written, or None."""
         for attempt in range(MAX_ATTEMPTS):
-            data, gen = first if first is not None else self.store.read(layout.repodata_object(subdir))
-            first = None
-            try:
-                rd = rdata.loads(data, subdir)
-            except rdata.CorruptRepodata:
-                if not repair:
-                    raise _corrupt(subdir) from None
-                rd = Repodata(subdir)
+            if first is not None:
+                rd, gen = first
+                first = None
+            else:
+                data, gen = self.store.read(layout.repodata_object(subdir))
+                try:
+                    rd = rdata.loads(data, subdir)
+                except rdata.CorruptRepodata:
+                    if not repair:
+                        raise _corrupt(subdir) from None
+                    rd = Repodata(subdir)
             if not change(rd) and (gen or not repair):
                 return None
+            body = rdata.dumps(rd)
             try:
-                self.store.write(layout.repodata_object(subdir), rdata.dumps(rd), if_generation_match=gen)
-                return rd
+                self.store.write(layout.repodata_object(subdir), body, if_generation_match=gen)
+                return rd, body
             except PreconditionFailed:
                 backoff(attempt)
         raise ConflictError(

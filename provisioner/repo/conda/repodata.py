@@ -77,11 +77,19 @@ def loads(data: bytes, subdir: str) -> Repodata:
         return Repodata(subdir)
     try:
         doc = json.loads(data)
-        packages = {str(k): dict(v) for k, v in doc.get("packages", {}).items()}
-        conda = {str(k): dict(v) for k, v in doc.get("packages.conda", {}).items()}
-        removed = {str(x) for x in doc.get("removed", [])}
-        if any(not isinstance(r.get("name"), str) for r in [*packages.values(), *conda.values()]):
+        # The parsed objects as they are (no copies: a subdir can hold many thousand records).
+        packages, conda = doc.get("packages", {}), doc.get("packages.conda", {})
+        removed = set(doc.get("removed", []))
+        if not (isinstance(packages, dict) and isinstance(conda, dict)):
+            raise ValueError("packages is not an object")
+        if any(
+            not isinstance(r, dict) or not isinstance(r.get("name"), str)
+            for t in (packages, conda)
+            for r in t.values()
+        ):
             raise ValueError("record without name")
+        if any(not isinstance(x, str) for x in removed):
+            raise ValueError("removed is not a list of filenames")
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise CorruptRepodata(str(exc)) from None
     return Repodata(subdir, packages, conda, removed)
@@ -194,7 +202,8 @@ def dump_channeldata(packages: dict[str, dict[str, Any]]) -> bytes:
         "packages": dict(sorted(packages.items())),
         "subdirs": subdirs,
     }
-    return json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n"
+    # Compact: json's C encoder (indent= falls back to the pure-Python one, slow for many names).
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
 def channeldata_subdirs(packages: dict[str, dict[str, Any]]) -> list[str]:
