@@ -41,11 +41,13 @@ def plan_command(output: str, offline: bool, **kwargs: Any) -> None:
 @click.option("--no-wait", is_flag=True, help="do not wait for the appliance to report ready")
 def create_command(no_wait: bool, **kwargs: Any) -> None:
     """Create or reconcile the bucket, service account, firewall, subnet access and VM (idempotent)."""
+    from provisioner.cli.image import save_serial_log
     from provisioner.cloud import apply as deploy
 
     settings = settings_from_click(kwargs)
     script = deploy.startup_script(settings)
     cloud = _cloud(settings)
+    cloud.save_log = save_serial_log  # a failed first bake keeps the builder's serial log
     cloud.iam.get_project()  # a wrong --project fails here, with a clear message
     deploy.create(cloud, settings, script=script, progress=progress, wait=not no_wait)
     click.echo(

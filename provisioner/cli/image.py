@@ -22,23 +22,6 @@ from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 
 
-def _target(
-    settings: Settings, keep: int = image_plan.DEFAULT_KEEP, builder_machine_type: str | None = None
-) -> image_plan.ImageTarget:
-    return image_plan.ImageTarget(
-        project=settings.project,
-        zone=settings.zone,
-        region=settings.region,
-        network=settings.network,
-        subnet=settings.subnet,
-        family=settings.image_family,
-        instance=settings.instance,
-        keep=keep,
-        builder_machine_type=builder_machine_type or image_plan.BUILDER_MACHINE_TYPE,
-        image_project=settings.image_project,
-    )
-
-
 def startup_script(settings: Settings) -> str:
     """The appliance's startup script exactly as `provision create` renders it. The same script serves
     and bakes: the builder runs it in bake mode (see `render.render_bake_script`)."""
@@ -75,7 +58,7 @@ def _echo_doc(doc: dict[str, Any]) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=False))
 
 
-def _save_serial_log(builder: str, text: str) -> str:
+def save_serial_log(builder: str, text: str) -> str:
     fd, path = tempfile.mkstemp(prefix=f"{builder}-", suffix=".log")
     with open(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -107,7 +90,7 @@ _keep_option = click.option(
 def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any) -> None:
     """Bake a new image of the appliance in the image family; deprecate older ones."""
     settings = settings_from_click(kwargs)
-    target = _target(settings, keep, builder_machine_type)
+    target = image_plan.target_of(settings, keep, builder_machine_type)
     now = dt.datetime.now(dt.UTC)
     script = startup_script(settings)
     if dry_run:
@@ -127,7 +110,7 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
         script,
         protect=[current] if current else [],
         report=options.progress,
-        save_log=_save_serial_log,
+        save_log=save_serial_log,
     )
     click.echo(
         f"image {result.image} created in family {target.family}"
@@ -143,7 +126,7 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
 def list_cmd(output: str, **kwargs: Any) -> None:
     """The images of the family, newest first, with age, state and which one the appliance runs."""
     settings = settings_from_click(kwargs)
-    target = _target(settings)
+    target = image_plan.target_of(settings)
     api = image_api(settings, progress=False)
     images = api.list_images(target.image_project, target.family)
     serving = image_run.serving_image(api, target)
@@ -215,7 +198,7 @@ def schedule_cmd(
     cron = image_schedule.validate_cron(cron)
     time_zone = image_schedule.validate_time_zone(time_zone)
     settings = settings_from_click(kwargs)
-    target = _target(settings)
+    target = image_plan.target_of(settings)
     name = image_schedule.job_name(target.project, target.region)
     if disable or delete:
         if dry_run:
@@ -299,7 +282,7 @@ def _confirm(yes: bool, message: str) -> None:
 def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any) -> None:
     """Recreate the appliance from the newest image of the family, same name, grants kept."""
     settings = settings_from_click(kwargs)
-    target = _target(settings)
+    target = image_plan.target_of(settings)
     spec = serving_instance_spec(settings)
     if dry_run:
         ref = (
@@ -359,7 +342,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
 def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     """Recreate the appliance from the image before the one it runs (un-deprecating it if needed)."""
     settings = settings_from_click(kwargs)
-    target = _target(settings)
+    target = image_plan.target_of(settings)
     spec = serving_instance_spec(settings)
     api = image_api(settings)
     images = api.list_images(target.image_project, target.family)

@@ -31,11 +31,14 @@ class Cloud:
     storage: Any
     iam: Any
     open_repository: Callable[[str], Any] = field(default=lambda url: _open_repository(url))
+    images: Any = None  # the image pipelines' thin layer (`image.run.ImageApi`): `create` bakes with it
+    save_log: Callable[[str, str], str] | None = None  # keeps a failed bake's serial log (the CLI's)
 
     @classmethod
     def connect(cls, settings: Settings, *, progress: Progress | None = None) -> Cloud:
         from provisioner.cloud.gcp.compute import Compute
         from provisioner.cloud.gcp.iam import Iam
+        from provisioner.cloud.gcp.images import ComputeImageApi
         from provisioner.cloud.gcp.storage_admin import StorageAdmin
 
         clients = Clients(settings.project)
@@ -43,6 +46,7 @@ class Cloud:
             Compute(clients, progress=progress),
             StorageAdmin(clients, progress=progress),
             Iam(clients, progress=progress),
+            images=ComputeImageApi(clients, progress=progress),
         )
 
     def set_member(self, change: planlib.IamChange, *, present: bool) -> bool:
@@ -126,10 +130,19 @@ def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
     )
 
 
-def apply(cloud: Cloud, plan: planlib.Plan, progress: Progress) -> int:
-    """Send every step in order; returns how many were sent."""
+def apply(
+    cloud: Cloud, plan: planlib.Plan, progress: Progress, *, bake: Callable[[], object] | None = None
+) -> int:
+    """Send every step in order (an image to bake is `bake()`, the whole build); returns how many."""
     count = 0
     for resource in plan.resources:
+        if resource.kind is planlib.Kind.IMAGE and resource.action is planlib.Action.CREATE:
+            if bake is None:
+                raise PypapoError(f"image family {resource.name} is empty: run `provision image build`")
+            progress(f"baking the first image of {resource.name} (`provision image build`)")
+            bake()
+            count += 1
+            continue
         if not resource.steps:
             continue
         progress(f"{resource.action} {resource.kind} {resource.name}")
@@ -233,7 +246,9 @@ def create(
     if not plan.changed:
         progress(f"nothing to change: pypapo in {s.project} ({s.zone}/{s.instance}) matches the plan")
     else:
-        sent = apply(cloud, plan, progress)
+        sent = apply(
+            cloud, plan, progress, bake=lambda: bake_first_image(cloud, s, script, progress, sleep, clock)
+        )
         progress(f"applied {sent} change(s)")
     if cloud.open_repository(gs_url(s.bucket, s.prefix)).initialize():
         progress(f"wrote an empty index into gs://{s.bucket}: publish with `provision publish`")
@@ -243,6 +258,36 @@ def create(
     if wait:
         wait_ready(cloud, s, progress=progress, sleep=sleep, clock=clock)
     return plan
+
+
+def bake_first_image(
+    cloud: Cloud,
+    s: Settings,
+    script: str,
+    progress: Progress,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> str:
+    """The very `provision image build` into the empty family; returns the new image's name."""
+    import datetime as dt
+
+    from provisioner.cloud.image import plan as image_plan
+    from provisioner.cloud.image import run as image_run
+
+    if cloud.images is None:
+        raise PypapoError(f"image family {s.image_family} is empty: run `provision image build` first")
+    result = image_run.run_build(
+        cloud.images,
+        image_plan.target_of(s),
+        dt.datetime.now(dt.UTC),
+        script,
+        clock=clock,
+        sleep=sleep,
+        report=progress,
+        save_log=cloud.save_log,
+    )
+    progress(f"image {result.image} baked into family {s.image_family}")
+    return result.image
 
 
 def destroy(cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progress = silent) -> planlib.Plan:

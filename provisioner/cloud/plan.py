@@ -273,6 +273,7 @@ class Kind(StrEnum):
     SERVICE_ACCOUNT_KEY = "service_account_key"
     SUBNETWORK = "subnetwork"
     FIREWALL = "firewall"
+    IMAGE = "image"  # the golden image `create` bakes first while the family is empty
     INSTANCE = "instance"
 
 
@@ -520,12 +521,34 @@ def _change(fieldname: str, current: Any, desired: Any) -> dict[str, Any]:
 
 
 def choose_image(s: Settings, actual: Actual | None) -> tuple[str, list[str]]:
+    """The appliance always boots its own family: an empty family is baked first (`_image_plan`), since
+    an appliance has no egress and a plain Debian image could not install its packages."""
     own = names.family_image(s.image_project, s.image_family)
+    if actual is not None and not actual.image_family_exists and actual.instance is None:
+        return own, [f"boots the image baked just before it into {own}"]
+    return own, []
+
+
+def _image_plan(s: Settings, actual: Actual | None) -> ResourcePlan | None:
+    """`create` bakes the family's first image (the very `provision image build`) when it would create
+    the appliance while the family is empty. Offline plans assume nothing exists, so they bake too."""
+    if actual is not None and (actual.image_family_exists or actual.instance is not None):
+        return None
+    family = names.family_image(s.image_project, s.image_family)
+    spec = {
+        "family": family,
+        "pipeline": "provision image build",
+        "builder": f"a temporary VM from {names.fallback_image()} with an ephemeral external IP, no service"
+        " account; deleted after the bake",
+    }
+    notes = [
+        "the builder alone has egress (apt, gcsfuse's repository), for the minutes of the bake;"
+        " the appliance never does",
+        "see every request with `provision image build --dry-run`",
+    ]
     if actual is None:
-        return own, [f"boot image {own} if the family has an image, else {names.fallback_image()}"]
-    if actual.image_family_exists:
-        return own, []
-    return names.fallback_image(), [f"image family {own} has no image yet: booting {names.fallback_image()}"]
+        notes.append("skipped when the family already has an image")
+    return ResourcePlan(Kind.IMAGE, family, Action.CREATE, spec, notes=notes)
 
 
 def _bucket_plan(s: Settings, actual: Actual | None) -> ResourcePlan:
@@ -832,8 +855,10 @@ def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> P
     resources += [
         _subnet_plan(s, actual),
         *_firewall_plans(s, actual),
-        _instance_plan(s, actual, startup_script),
     ]
+    image = _image_plan(s, actual)
+    resources += [image] if image else []
+    resources.append(_instance_plan(s, actual, startup_script))
     return Plan(s, "offline" if actual is None else "live", "create", resources)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from provisioner.cloud.gcp import policy as iam_policy
 from provisioner.cloud.gcp.base import translate_error
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
+from tests.cloud.test_image_double import ComputeDouble, bake_done
 
 SCRIPT = "#!/bin/bash\necho pypapo startup\n"
 _fp = itertools.count(1)
@@ -100,6 +102,11 @@ class FakeCompute:
     def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
         self._record("insert_instance", request)
         inst = copy.deepcopy(request.instance_resource)
+        source = inst.disks[0].initialize_params.source_image
+        project, _, family = source.removeprefix("projects/").partition("/global/images/family/")
+        if project != "debian-cloud" and (project, family) not in self.families:
+            # the API refuses a boot disk from an empty family
+            raise _api_error(gexc.NotFound(f"The resource '{source}' was not found"), "create instance")
         if inst.name in self.instances:
             raise _api_error(
                 gexc.Conflict(
@@ -370,14 +377,54 @@ def settings(**overrides: Any) -> Settings:
     return Settings(project="acme-prod", zone="us-central1-a", **overrides)
 
 
-@pytest.fixture
-def cloud() -> deploy.Cloud:
+class Builders(dict):
+    """The guest of every builder VM (`make()` per builder): by default the bake finishes on its
+    second poll."""
+
+    def __init__(self, make: Callable[[], Callable[[], dict[str, str]]] = bake_done) -> None:
+        super().__init__()
+        self.make = make
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name.startswith("pypapo-builder") and name not in self:
+            self[name] = self.make()
+        return super().get(name, default)
+
+
+class LinkedImages(ComputeDouble):
+    """The image pipeline's double over the same project as FakeCompute: an image it creates is what
+    the family then resolves to, and its calls join the shared log (`image.` + method)."""
+
+    def __init__(self, compute: FakeCompute, log: list[tuple[str, Any]]) -> None:
+        super().__init__(project="acme-prod", zone="us-central1-a")
+        self.compute, self.log = compute, log
+        self.guest = Builders()
+
+    def _call(self, name: str, request: Any = None) -> None:
+        self.log.append((f"image.{name}", request))
+        super()._call(name, request)
+
+    def insert_image(self, request: compute_v1.InsertImageRequest) -> None:
+        super().insert_image(request)
+        image = self.images[request.image_resource.name]
+        self.compute.families[(request.project, image.family)] = image
+
+
+def empty_family_cloud() -> deploy.Cloud:
     log: list[tuple[str, Any]] = []
     storage = FakeStorage(log)
-    c = deploy.Cloud(
-        FakeCompute("acme-prod", log), storage, FakeIam("acme-prod", log), storage.open_repository
-    )
+    compute = FakeCompute("acme-prod", log)
+    c = deploy.Cloud(compute, storage, FakeIam("acme-prod", log), storage.open_repository)
+    c.images = LinkedImages(compute, log)
     c.log = log  # type: ignore[attr-defined]  # every request in the order it was sent
+    return c
+
+
+@pytest.fixture
+def cloud() -> deploy.Cloud:
+    """A project whose image family already has an image (the bake of an empty one: `empty_family_cloud`)."""
+    c = empty_family_cloud()
+    c.compute.families[("acme-prod", "pypapo")] = compute_v1.Image(name="pypapo-20261125", family="pypapo")
     return c
 
 
@@ -391,26 +438,43 @@ def clear(cloud: deploy.Cloud) -> None:
     cloud.log.clear()  # type: ignore[attr-defined]
 
 
+BAKE = ["image.insert_instance", "image.stop_instance", "image.insert_image"]
+
+
 def run_create(cloud: deploy.Cloud, s: Settings, messages: list[str] | None = None) -> planlib.Plan:
     out = messages if messages is not None else []
     return deploy.create(cloud, s, script=SCRIPT, progress=out.append, sleep=lambda _s: None)
 
 
-def test_create_from_nothing_sends_every_resource_once_hardened(cloud: deploy.Cloud) -> None:
+def test_create_from_nothing_bakes_the_image_then_sends_every_resource_once_hardened() -> None:
+    cloud = empty_family_cloud()
     s = settings()
     messages: list[str] = []
     run_create(cloud, s, messages)
 
-    assert sent(cloud) == [
+    image_calls = [m for m in sent(cloud) if m.startswith("image.")]
+    assert [m for m in sent(cloud) if not m.startswith("image.") or m in BAKE] == [
         "create_bucket",
         "create_service_account",
         "set_member",
         "set_private_google_access",
         "insert_firewall",  # IAP to SSH and the serving port
         "insert_firewall",  # the serving port denied to everyone else
-        "insert_instance",
+        *BAKE,  # the family is empty: `image build` first, its builder has the only egress
+        "insert_instance",  # the appliance, from the image just baked
         "initialize_index",  # a fresh bucket serves an empty index, not a 503
     ]
+    builder = cloud.images.requests("insert_instance")[0].instance_resource
+    assert (
+        builder.name.startswith("pypapo-builder") and len(builder.network_interfaces[0].access_configs) == 1
+    )
+    assert not cloud.images.instances and not cloud.images.disks  # the builder and its disk are gone
+    assert "image.delete_instance" in image_calls
+    assert any(
+        m.startswith("baking the first image of projects/acme-prod/global/images/family/pypapo")
+        for m in messages
+    )
+    assert any("waiting for the bake" in m for m in messages)
     allow, deny = (r.firewall_resource for m, r in cloud.compute.requests if m == "insert_firewall")
     assert (allow.name, deny.name) == ("pypapo-allow-iap", "pypapo-deny-port")
     # ranked: IAP's allow, then the deny, then anything of the network's (default-allow-internal: 65534)
@@ -438,10 +502,14 @@ def test_create_from_nothing_sends_every_resource_once_hardened(cloud: deploy.Cl
     assert inst.service_accounts[0].email == "pypapo-vm@acme-prod.iam.gserviceaccount.com"
     assert "compute@developer" not in inst.service_accounts[0].email
     assert list(inst.network_interfaces[0].access_configs) == []
-    # no pypapo image family yet: Debian 12
-    assert (
-        inst.disks[0].initialize_params.source_image == "projects/debian-cloud/global/images/family/debian-12"
-    )
+    # the appliance boots the new image, never plain Debian (it has no egress to install anything)
+    assert inst.disks[0].initialize_params.source_image == "projects/acme-prod/global/images/family/pypapo"
+    assert [i.family for i in cloud.images.images.values()] == ["pypapo"]
+    # a second create bakes nothing
+    clear(cloud)
+    cloud.images.calls.clear()
+    run_create(cloud, s)
+    assert sent(cloud) == []
     assert any("the appliance on pypapo is ready" in m for m in messages)
     assert cloud.compute.polls > cloud.compute.ready_after  # it waited for pypapo/ready
 
@@ -739,3 +807,22 @@ def test_every_plan_method_is_sent_by_a_bound_thin_layer_method(cloud: deploy.Cl
         layer = method.value.split(".", 1)[0]
         owner = getattr(send, "__self__", cloud)  # lambdas go through Cloud.set_member
         assert owner in (cloud, getattr(cloud, "iam" if layer == "iam" else layer)), method
+
+
+def test_a_failed_first_bake_stops_create_at_once_and_creates_no_appliance() -> None:
+    cloud = empty_family_cloud()
+    polls = iter([{}, {"error": "apt-get install: E: Unable to locate package gcsfuse"}])
+    cloud.images.guest = Builders(lambda: lambda: next(polls))  # the apt step of the bake fails
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(PypapoError) as err:
+        deploy.create(
+            cloud, settings(), script=SCRIPT, progress=lambda _m: None, sleep=sleep, clock=lambda: now[0]
+        )
+    assert "Unable to locate package gcsfuse" in str(err.value)
+    assert now[0] <= 20  # two polls, not the 30-minute bake timeout
+    assert "insert_instance" not in sent(cloud)  # no appliance from an image that does not exist
+    assert not cloud.images.instances and not cloud.compute.families  # the builder is gone, no image

@@ -122,7 +122,9 @@ class BucketAdminWithoutIamEndpoint(StorageAdmin):
 def test_create_twice_with_the_real_bucket_admin(s: Settings, fake_gcs: Any) -> None:
     log: list[tuple[str, Any]] = []
     bucket_admin = BucketAdminWithoutIamEndpoint(Clients("acme-prod"))
-    cloud = deploy.Cloud(FakeCompute("acme-prod", log), bucket_admin, FakeIam("acme-prod", log))
+    compute = FakeCompute("acme-prod", log)
+    compute.families[("acme-prod", "pypapo")] = compute_v1.Image(name="pypapo-20261125", family="pypapo")
+    cloud = deploy.Cloud(compute, bucket_admin, FakeIam("acme-prod", log))
     deploy.create(cloud, s, script=SCRIPT, progress=lambda _m: None, sleep=lambda _s: None)
     assert isinstance(bucket_admin.get_bucket(s.bucket), storage.Bucket)
     fake_gcs.client().bucket(s.bucket).blob("simple/index.html").upload_from_string(b"index")

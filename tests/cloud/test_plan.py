@@ -163,6 +163,7 @@ def test_cli_offline_json_plan_shows_every_item() -> None:
         "subnetwork",
         "firewall",
         "firewall",
+        "image",  # baked first: the appliance has no egress, so it boots the baked image
         "instance",
     ]
     firewalls = {r["name"]: r["spec"] for r in doc["resources"] if r["kind"] == "firewall"}
@@ -210,7 +211,10 @@ def test_cli_offline_json_plan_shows_every_item() -> None:
         inst["disks"][0]["initializeParams"]["sourceImage"]
         == "projects/acme-prod/global/images/family/pypapo"
     )
-    assert "debian-cloud/global/images/family/debian-12" in by_kind["instance"]["notes"][0]
+    image = by_kind["image"]
+    assert image["action"] == "create" and image["spec"]["pipeline"] == "provision image build"
+    assert "debian-cloud/global/images/family/debian-12" in image["spec"]["builder"]
+    assert any("skipped when the family already has an image" in n for n in image["notes"])
     # the same input gives the same document, byte for byte
     again = CliRunner().invoke(
         main,
@@ -228,7 +232,7 @@ def test_cli_offline_plan_needs_no_credentials(monkeypatch, tmp_path) -> None:
         main, ["plan", "--offline", "--project", "acme-prod", "--zone", "us-central1-a"]
     )
     assert result.exit_code == 0, result.output
-    assert "35.235.240.0/20" in result.output and "(6 create, 1 update)" in result.output
+    assert "35.235.240.0/20" in result.output and "(7 create, 1 update)" in result.output
 
 
 def test_cli_plan_rejects_bad_settings_before_any_call() -> None:
@@ -237,3 +241,20 @@ def test_cli_plan_rejects_bad_settings_before_any_call() -> None:
     )
     assert result.exit_code != 0
     assert "--zone 'us-central1' is not a zone name" in result.output
+
+
+def test_live_plan_bakes_an_empty_family_before_the_appliance_and_never_after() -> None:
+    sub = compute_v1.Subnetwork(name="default", private_ip_google_access=True)
+    empty = planlib.plan_create(S, planlib.Actual(subnetwork=sub), startup_script=SCRIPT)
+    kinds = [r.kind for r in empty.resources]
+    assert kinds.index(planlib.Kind.IMAGE) == kinds.index(planlib.Kind.INSTANCE) - 1
+    inst = empty.resources[-1]
+    assert inst.spec.disks[0].initialize_params.source_image == names.family_image(S.project, "pypapo")
+    assert "boots the image baked just before it" in inst.notes[0]
+    family = planlib.Actual(subnetwork=sub, image_family_exists=True)
+    baked = planlib.plan_create(S, family, startup_script=SCRIPT)
+    assert planlib.Kind.IMAGE not in [r.kind for r in baked.resources]
+    # an appliance that already runs (say, from before) is not a reason to bake in `create`
+    before = planlib.Actual(subnetwork=sub, instance=_instance())
+    running = planlib.plan_create(S, before, startup_script=SCRIPT)
+    assert planlib.Kind.IMAGE not in [r.kind for r in running.resources]

@@ -17,6 +17,7 @@ from google.cloud import compute_v1
 from provisioner.appliance import guest, render
 from provisioner.cloud import names, plan
 from provisioner.cloud.plan import Step
+from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 
 # ---------------------------------------------------------------------------------------------- constants
@@ -73,6 +74,24 @@ class ImageTarget:
             )
         if self.keep < 1:
             raise PypapoError("--keep must be at least 1 (the image the appliance runs)")
+
+
+def target_of(
+    settings: Settings, keep: int = DEFAULT_KEEP, builder_machine_type: str | None = None
+) -> ImageTarget:
+    """Where `image build`/`rollout` (and `create`'s first bake) work, from the shared settings."""
+    return ImageTarget(
+        project=settings.project,
+        zone=settings.zone,
+        region=settings.region,
+        network=settings.network,
+        subnet=settings.subnet,
+        family=settings.image_family,
+        instance=settings.instance,
+        keep=keep,
+        builder_machine_type=builder_machine_type or BUILDER_MACHINE_TYPE,
+        image_project=settings.image_project,
+    )
 
 
 def steps_document(kind: str, steps: Sequence[Step], **extra: Any) -> dict[str, Any]:
