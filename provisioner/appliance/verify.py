@@ -8,7 +8,9 @@ POSIX user. Either way we write one ssh config file and hand it to testinfra's s
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -124,7 +126,21 @@ class Target:
         )
 
     @classmethod
-    def iap(cls, project: str, zone: str, instance: str, user: str, identity_file: str = "") -> Target:
+    def iap(
+        cls,
+        project: str,
+        zone: str,
+        instance: str,
+        user: str,
+        identity_file: str = "",
+        *,
+        instance_id: str = "",
+        known_hosts: str = "",
+    ) -> Target:
+        """Through IAP, keyed as gcloud keys it: `HostKeyAlias compute.INSTANCE_ID`, so a VM recreated
+        under the same name (every rollout) is a new host, not a changed key refused by ssh. With
+        `known_hosts` (written from the keys the guest agent publishes, `host_key_lines`) the key must
+        match it (StrictHostKeyChecking yes); otherwise the first key is accepted, as gcloud does."""
         proxy = shlex.join(
             ["gcloud", "compute", "start-iap-tunnel", instance, "22", "--listen-on-stdin",
              f"--zone={zone}", f"--project={project}", "--verbosity=warning"]
@@ -135,8 +151,11 @@ class Target:
             user=user,
             identity_file=identity_file or str(default_key),
             proxy_command=proxy,
-            known_hosts=str(Path.home() / ".ssh" / "google_compute_known_hosts"),
-            host_key_alias=f"compute.{instance}.{zone}.{project}",
+            known_hosts=known_hosts or str(Path.home() / ".ssh" / "google_compute_known_hosts"),
+            host_key_alias=host_key_alias(instance_id)
+            if instance_id
+            else f"compute.{instance}.{zone}.{project}",
+            strict_host_key_checking="yes" if known_hosts else "accept-new",
         )
 
     def ssh_config(self, control_dir: Path) -> str:
@@ -161,6 +180,40 @@ class Target:
         if self.host_key_alias:
             lines.append(f"  HostKeyAlias {self.host_key_alias}")
         return "\n".join(lines) + "\n"
+
+
+# The host key types the guest agent generates and publishes (`hostkeys/TYPE` = base64 blob).
+HOST_KEY_TYPES = frozenset(
+    {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"}
+)
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def host_key_alias(instance_id: str) -> str:
+    """gcloud's alias for a VM's host keys: the instance id, which a recreated VM does not keep."""
+    if not instance_id.isdigit():
+        raise PypapoError(f"instance id {instance_id!r} is not a number")
+    return f"compute.{instance_id}"
+
+
+def host_key_lines(instance_id: str, published: dict[str, str]) -> list[str]:
+    """known_hosts lines from the `hostkeys/` guest attributes (key type -> base64 blob, the guest
+    agent's form). The guest writes them, so each is checked: a known type and one base64 word, never
+    text that could add a line (`@cert-authority`, a wildcard host) to the file."""
+    alias = host_key_alias(instance_id)
+    lines = []
+    for kind, blob in sorted(published.items()):
+        if kind not in HOST_KEY_TYPES or not _BASE64.match(blob):
+            continue
+        try:
+            head = base64.b64decode(blob, validate=True)
+        except ValueError:
+            continue
+        # the blob names its own type first (RFC 4253 string): it must be the attribute's
+        if head[4 : 4 + len(kind)] != kind.encode() or int.from_bytes(head[:4], "big") != len(kind):
+            continue
+        lines.append(f"{alias} {kind} {blob}")
+    return lines
 
 
 def os_login_user() -> str:

@@ -50,8 +50,16 @@ def verify_command(
         where = f"{target.user}@{target.host}:{target.port}"
     else:
         settings = settings_from_click(kwargs)
+        user = user or verify.os_login_user()
+        instance_id, known = _published_host_keys(settings)
         target = verify.Target.iap(
-            settings.project, settings.zone, settings.instance, user or verify.os_login_user(), identity_file
+            settings.project,
+            settings.zone,
+            settings.instance,
+            user,
+            identity_file,
+            instance_id=instance_id,
+            known_hosts=known,
         )
         port, bucket = settings.port, settings.bucket
         where = f"instance {settings.instance} ({settings.zone}, {settings.project}) through IAP"
@@ -63,6 +71,32 @@ def verify_command(
         raise PypapoError(
             f"{len(failed)} of {len(results)} checks failed (see the table): the appliance is unhealthy"
         )
+
+
+def _published_host_keys(settings: Any) -> tuple[str, str]:
+    """The instance's id and a private known_hosts file of the host keys its guest agent published
+    ("" when none are: then the first key is accepted under `compute.ID`, as gcloud does)."""
+    import tempfile
+
+    from provisioner.cloud import plan as planlib
+    from provisioner.cloud.apply import Cloud
+
+    compute = Cloud.connect(settings).compute
+    inst = compute.get_instance(settings.zone, settings.instance)
+    if inst is None:
+        raise PypapoError(
+            f"instance {settings.instance} does not exist in {settings.zone}; run `provision create` first"
+        )
+    published = planlib.guest_values(
+        compute.get_guest_attributes(planlib.host_keys_request(settings)), "hostkeys"
+    )
+    lines = verify.host_key_lines(str(inst.id), published)
+    if not lines:
+        return str(inst.id), ""
+    fd, path = tempfile.mkstemp(prefix="pypapo-known-hosts-")
+    with open(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return str(inst.id), path
 
 
 COMMANDS: list[click.Command] = [verify_command]

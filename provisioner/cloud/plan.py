@@ -237,11 +237,20 @@ def guest_attributes_request(s: Settings) -> compute_v1.GetGuestAttributesInstan
     )
 
 
-def guest_values(attrs: compute_v1.GuestAttributes | None) -> dict[str, str]:
-    """`{key: value}` of the pypapo/ namespace (what `guest.serving` judges); {} before any write."""
+def host_keys_request(s: Settings) -> compute_v1.GetGuestAttributesInstanceRequest:
+    """The SSH host keys the guest agent publishes (`hostkeys/TYPE`), as gcloud reads them."""
+    return compute_v1.GetGuestAttributesInstanceRequest(
+        project=s.project, zone=s.zone, instance=s.instance, query_path="hostkeys/"
+    )
+
+
+def guest_values(
+    attrs: compute_v1.GuestAttributes | None, namespace: str = guest.NAMESPACE
+) -> dict[str, str]:
+    """`{key: value}` of one namespace (pypapo/: what `guest.serving` judges); {} before any write."""
     if attrs is None:
         return {}
-    return {e.key: e.value for e in attrs.query_value.items if e.namespace == guest.NAMESPACE}
+    return {e.key: e.value for e in attrs.query_value.items if e.namespace == namespace}
 
 
 # --- IAM policies (pure edits of the real policy objects) ---------------------------------------------
