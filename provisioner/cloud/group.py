@@ -437,16 +437,14 @@ class ConditionalBinding:
     expression: str
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "resource": self.resource,
-            "role": self.role,
-            "members": [self.member],
-            "condition": {
+        doc: dict[str, object] = {"resource": self.resource, "role": self.role, "members": [self.member]}
+        if self.expression:  # "" only where a resource of its own is the limit (a service account)
+            doc["condition"] = {
                 "title": self.title,
                 "description": self.description,
                 "expression": self.expression,
-            },
-        }
+            }
+        return doc
 
 
 def tunnel_resource(s: Settings) -> str:
@@ -478,6 +476,54 @@ def reader_tunnel_binding(s: Settings, member: str, zones: Sequence[str]) -> Con
         description=f"IAP tunnel to the {s.instance} group's instances, port {s.port} only (pypapo)",
         expression=f"destination.port == {s.port} && {group_instance_condition(s, zones)}",
     )
+
+
+OS_LOGIN_ROLE = "roles/compute.osLogin"  # SSH as a non-root OS Login user: all `verify` needs
+SERVICE_ACCOUNT_USER_ROLE = "roles/iam.serviceAccountUser"
+OS_LOGIN_EXTERNAL_ROLE = "roles/compute.osLoginExternalUser"
+VERIFIER_EXTERNAL_NOTE = (
+    f"a member outside the project's organization also needs {OS_LOGIN_EXTERNAL_ROLE}, granted on that"
+    " organization (`gcloud organizations add-iam-policy-binding ORG_ID --member=MEMBER"
+    f" --role={OS_LOGIN_EXTERNAL_ROLE}`); pypapo grants nothing at organization level"
+)
+
+
+def verifier_bindings(s: Settings, member: str, zones: Sequence[str]) -> list[ConditionalBinding]:
+    """`grant --role verifier`: what `provision verify` needs, in the reader's shape. The tunnel to
+    port 22 only (a reader's binding cannot reach sshd, a verifier's cannot reach anything else), OS
+    Login on the group's instances only, and serviceAccountUser on the VM's own account, which OS Login
+    requires when the VM runs as a service account (pypapo's always does)."""
+    prefix = _quoted(group_names(s).instance_prefix)
+    instance = (
+        'resource.type == "compute.googleapis.com/Instance"'
+        f' && resource.name.extract("/instances/{{name}}").startsWith({prefix})'
+    )
+    return [
+        ConditionalBinding(
+            resource=tunnel_resource(s),
+            role=plan.TUNNEL_ROLE,
+            member=member,
+            title=f"pypapo {s.instance} ssh",
+            description=f"IAP tunnel to the {s.instance} group's instances, port 22 only (pypapo verify)",
+            expression=f"destination.port == 22 && {group_instance_condition(s, zones)}",
+        ),
+        ConditionalBinding(
+            resource=f"projects/{s.project}",
+            role=OS_LOGIN_ROLE,
+            member=member,
+            title=f"pypapo {s.instance} os login",
+            description=f"OS Login on the {s.instance} group's instances only (pypapo verify)",
+            expression=instance,
+        ),
+        ConditionalBinding(
+            resource=f"projects/{s.project}/serviceAccounts/{s.service_account_email}",
+            role=SERVICE_ACCOUNT_USER_ROLE,
+            member=member,
+            title="",
+            description="",
+            expression="",  # the binding lives on the VM's account alone
+        ),
+    ]
 
 
 def reader_viewer_binding(s: Settings, member: str) -> ConditionalBinding:

@@ -415,3 +415,34 @@ def test_rollout_fails_when_new_instances_stay_unhealthy_past_the_boot_grace() -
     failed = _progress(stuck, elapsed=301)
     assert failed.phase is group.RolloutPhase.FAILED
     assert failed.detail.startswith("c on pypapo-bbbbbbbbbb failed the /healthz check")
+
+
+@pytest.mark.parametrize(
+    ("resource", "port", "allowed"),
+    [
+        (_tunnel("us-central1-a", "pypapo-r-x1z9"), 22, True),
+        (_tunnel("us-central1-a", "pypapo-r-x1z9"), 3333, False),  # a verifier is not a reader
+        (_tunnel("us-central1-a", "billing-db"), 22, False),
+        (_tunnel("us-central1-a", "pypapo-builder-20261201-030000"), 22, False),
+    ],
+)
+def test_verifier_tunnels_to_sshd_of_the_group_only(resource: str, port: int, allowed: bool) -> None:
+    tunnel = group.verifier_bindings(S, "user:ops@example.com", ZONES)[0]
+    assert (tunnel.resource, tunnel.role) == ("projects/acme-prod/iap_tunnel", plan.TUNNEL_ROLE)
+    assert _evaluate(tunnel.expression, resource={"name": resource}, destination={"port": port}) is allowed
+
+
+def test_verifier_gets_os_login_on_the_group_and_acts_as_the_vm_account_only() -> None:
+    _tunnel_binding, os_login, act_as = group.verifier_bindings(S, "user:ops@example.com", ZONES)
+    assert (os_login.resource, os_login.role) == ("projects/acme-prod", "roles/compute.osLogin")
+    ok = {"name": "projects/acme-prod/zones/us-central1-b/instances/pypapo-r-q7w8", "type": INSTANCE}
+    other = {"name": "projects/acme-prod/zones/us-central1-b/instances/billing-db", "type": INSTANCE}
+    assert _evaluate(os_login.expression, resource=ok) and not _evaluate(os_login.expression, resource=other)
+    # OS Login on a VM that runs as a service account requires actAs on that account, and only that one
+    assert act_as.role == "roles/iam.serviceAccountUser"
+    assert act_as.resource == f"projects/acme-prod/serviceAccounts/{S.service_account_email}"
+    assert "condition" not in act_as.to_dict() and "condition" in os_login.to_dict()
+    assert "roles/compute.osLoginExternalUser" in group.VERIFIER_EXTERNAL_NOTE
+
+
+INSTANCE = "compute.googleapis.com/Instance"
