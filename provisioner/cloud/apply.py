@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.appliance import guest
-from provisioner.cloud import names
+from provisioner.cloud import names, orgpolicy
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.base import Clients
 from provisioner.cloud.progress import Progress, silent
@@ -33,12 +33,14 @@ class Cloud:
     open_repository: Callable[[str], Any] = field(default=lambda url: _open_repository(url))
     images: Any = None  # the image pipelines' thin layer (`image.run.ImageApi`): `create` bakes with it
     save_log: Callable[[str, str], str] | None = None  # keeps a failed bake's serial log (the CLI's)
+    org_policies: Any = None  # `gcp.orgpolicy.OrgPolicies`: read before anything is created
 
     @classmethod
     def connect(cls, settings: Settings, *, progress: Progress | None = None) -> Cloud:
         from provisioner.cloud.gcp.compute import Compute
         from provisioner.cloud.gcp.iam import Iam
         from provisioner.cloud.gcp.images import ComputeImageApi
+        from provisioner.cloud.gcp.orgpolicy import OrgPolicies
         from provisioner.cloud.gcp.storage_admin import StorageAdmin
 
         clients = Clients(settings.project)
@@ -47,6 +49,7 @@ class Cloud:
             StorageAdmin(clients, progress=progress),
             Iam(clients, progress=progress),
             images=ComputeImageApi(clients, progress=progress),
+            org_policies=OrgPolicies(clients, progress=progress),
         )
 
     def set_member(self, change: planlib.IamChange, *, present: bool) -> bool:
@@ -246,6 +249,7 @@ def create(
     if not plan.changed:
         progress(f"nothing to change: pypapo in {s.project} ({s.zone}/{s.instance}) matches the plan")
     else:
+        check_org_policies(cloud, s, plan)
         sent = apply(
             cloud, plan, progress, bake=lambda: bake_first_image(cloud, s, script, progress, sleep, clock)
         )
@@ -258,6 +262,23 @@ def create(
     if wait:
         wait_ready(cloud, s, progress=progress, sleep=sleep, clock=clock)
     return plan
+
+
+def check_org_policies(cloud: Cloud, s: Settings, plan: planlib.Plan) -> None:
+    """Stop before anything is created when an organization policy would make `create` wait for
+    nothing (readiness never reported) or refuse the builder's egress; one line naming each fix."""
+    if cloud.org_policies is None:
+        return
+    bakes = any(r.kind is planlib.Kind.IMAGE and r.action is planlib.Action.CREATE for r in plan.resources)
+    read = cloud.org_policies.effective
+    found = orgpolicy.blockers(
+        s.project,
+        guest_attributes=read(orgpolicy.GUEST_ATTRIBUTES),
+        external_ip=read(orgpolicy.EXTERNAL_IP) if bakes else None,
+        bakes=bakes,
+    )
+    if found:
+        raise PypapoError("; ".join(b.line() for b in found) + "; nothing was created")
 
 
 def bake_first_image(
