@@ -12,12 +12,13 @@ from google.cloud import compute_v1
 from provisioner.cloud import plan
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
+from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 from tests.cloud.test_image_double import ComputeDouble, FakeClock, bake_done
 
 NOW = dt.datetime(2026, 11, 25, 3, 0, 5, tzinfo=dt.UTC)
 SCRIPT = "#!/bin/bash\n# the appliance's startup script\n"
-TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
+TARGET = image_plan.ImageTarget(Settings(project="proj-123456", zone="europe-west1-b"))
 BUILDER = image_plan.builder_name("pypapo", NOW)
 IMAGE = image_plan.image_name("pypapo", NOW)
 
@@ -272,6 +273,6 @@ def test_image_list_rows_show_age_state_and_the_serving_image() -> None:
 
 def test_bad_family_and_keep_fail_up_front() -> None:
     with pytest.raises(PypapoError, match="--image-family"):
-        image_plan.ImageTarget(project="p", zone="europe-west1-b", family="Pypapo_Images")
+        image_plan.ImageTarget(Settings(project="p", zone="europe-west1-b", image_family="Pypapo_Images"))
     with pytest.raises(PypapoError, match="--keep"):
-        image_plan.ImageTarget(project="p", zone="europe-west1-b", keep=0)
+        image_plan.ImageTarget(Settings(project="p", zone="europe-west1-b"), keep=0)

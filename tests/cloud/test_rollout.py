@@ -18,7 +18,7 @@ from provisioner.errors import PypapoError
 from tests.cloud.test_image_double import ComputeDouble, FakeClock
 
 SETTINGS = Settings(project="proj-123456", zone="europe-west1-b")
-TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
+TARGET = image_plan.ImageTarget(Settings(project="proj-123456", zone="europe-west1-b"))
 SPEC = plan.desired_instance(
     SETTINGS, image=names.family_image("proj-123456", "pypapo"), startup_script="#!/bin/bash\n# serve\n"
 )

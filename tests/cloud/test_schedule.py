@@ -12,9 +12,10 @@ from google.cloud.devtools import cloudbuild_v1
 
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import schedule as image_schedule
+from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 
-TARGET = image_plan.ImageTarget(project="proj-123456", zone="europe-west1-b")
+TARGET = image_plan.ImageTarget(Settings(project="proj-123456", zone="europe-west1-b"))
 BUCKET = "proj-123456-pypapo"
 WHEEL = image_schedule.Wheel(BUCKET, "", "0.1.0")
 INVOKER = "pypapo-image-scheduler@proj-123456.iam.gserviceaccount.com"
@@ -160,7 +161,6 @@ def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_pa
 
     from provisioner.cli import main
     from provisioner.cli.image import _cli_args
-    from provisioner.cloud.settings import Settings
 
     monkeypatch.chdir(tmp_path)  # no pypapo.toml: the build has none either
     settings = Settings(

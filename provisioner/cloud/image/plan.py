@@ -49,24 +49,14 @@ _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 @dataclass(frozen=True)
 class ImageTarget:
-    """Where the pipeline works. Built from the shared Settings by the command layer."""
+    """Where the pipeline works: the shared Settings (project, zone, network, family, ...) and the two
+    knobs only the image commands have."""
 
-    project: str
-    zone: str
-    network: str = "default"
-    subnet: str = "default"
-    family: str = DEFAULT_FAMILY
-    instance: str = "pypapo"
+    settings: Settings
     keep: int = DEFAULT_KEEP
     builder_machine_type: str = BUILDER_MACHINE_TYPE
-    region: str = ""
-    image_project: str = ""  # where the family lives (default: project)
 
     def __post_init__(self) -> None:
-        if not self.image_project:
-            object.__setattr__(self, "image_project", self.project)
-        if not self.region:
-            object.__setattr__(self, "region", self.zone.rsplit("-", 1)[0])
         if not _NAME_RE.match(self.family) or len(self.family) > 39:
             raise PypapoError(
                 f"image family {self.family!r} must be lowercase letters, digits and dashes, at most 39 "
@@ -75,23 +65,21 @@ class ImageTarget:
         if self.keep < 1:
             raise PypapoError("--keep must be at least 1 (the image the appliance runs)")
 
+    project = property(lambda self: self.settings.project)
+    zone = property(lambda self: self.settings.zone)
+    region = property(lambda self: self.settings.region)
+    network = property(lambda self: self.settings.network)
+    subnet = property(lambda self: self.settings.subnet)
+    instance = property(lambda self: self.settings.instance)
+    family = property(lambda self: self.settings.image_family)
+    image_project = property(lambda self: self.settings.image_project)  # where the family lives
+
 
 def target_of(
     settings: Settings, keep: int = DEFAULT_KEEP, builder_machine_type: str | None = None
 ) -> ImageTarget:
     """Where `image build`/`rollout` (and `create`'s first bake) work, from the shared settings."""
-    return ImageTarget(
-        project=settings.project,
-        zone=settings.zone,
-        region=settings.region,
-        network=settings.network,
-        subnet=settings.subnet,
-        family=settings.image_family,
-        instance=settings.instance,
-        keep=keep,
-        builder_machine_type=builder_machine_type or BUILDER_MACHINE_TYPE,
-        image_project=settings.image_project,
-    )
+    return ImageTarget(settings, keep=keep, builder_machine_type=builder_machine_type or BUILDER_MACHINE_TYPE)
 
 
 def steps_document(kind: str, steps: Sequence[Step], **extra: Any) -> dict[str, Any]:
