@@ -79,13 +79,18 @@ class ListEntry(NamedTuple):
     keywords: tuple[str, ...] = ()
 
 
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
 # What a cached ReleaseInfo was rendered with: a different renderer or sanitizer renders anew.
+# readme_renderer's Markdown backend is cmarkgfm up to 45 and comrak from 46: whichever is installed.
 RENDERER = "|".join(
     [f"pypapo-site-{AGGREGATE_VERSION}"]
-    + [
-        f"{d}-{importlib.metadata.version(d)}"
-        for d in ("readme_renderer", "nh3", "cmarkgfm", "docutils", "pygments")
-    ]
+    + [f"{d}-{_version(d)}" for d in ("readme_renderer", "nh3", "cmarkgfm", "comrak", "docutils", "pygments")]
 )
 
 
