@@ -187,10 +187,12 @@ class GCSStore:
                         raise
                     if self._watch:
                         self._watch.failed(key, exc)
-                    delay = random.uniform(0.1, min(8.0, 0.5 * 2**attempt))
-                    if time.monotonic() + delay >= deadline:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         raise self._gave_up(exc) from None
-                    time.sleep(delay)
+                    # Back off, but never past the deadline: the budget is spent trying, so "did not
+                    # answer within N s" is true when it is said.
+                    time.sleep(min(random.uniform(0.1, min(8.0, 0.5 * 2**attempt)), left))
             raise AssertionError("unreachable")
         finally:
             if self._watch:
