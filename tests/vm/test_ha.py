@@ -1,5 +1,6 @@
 """Two appliances behind a load balancer, replaced one at a time by a new image while pip installs
-through the balancer the whole time: no install may fail. Then one replica is lost: still none.
+through the balancer the whole time: no install may fail. Then one replica is lost without warning: only
+an install caught in the health check's detection window may fail, none after it.
 
 What stands in for what (see tests/vm/balancer.py for the balancer's settings):
 
@@ -215,14 +216,16 @@ def test_rolling_replacement_and_replica_loss_fail_no_install(tmp_path: Path) ->
         assert not during_rollout, (
             f"{len(during_rollout)} installs failed during the rollout: {loop.figures()}"
         )
-        # A replica lost without warning takes the requests in flight on it along: pip does not retry a
-        # response cut off mid-body (uv does). The loop runs one install at a time, so at most the one in
-        # flight when the link went down may fail; every install started after that must succeed.
-        in_flight = [o for o in loop.failures if o.started < lost_at <= o.ended]
-        assert loop.failures == in_flight, f"installs not in flight at the loss failed: {loop.figures()}"
+        # A replica lost without warning takes along the requests in flight on it, and until the health
+        # check marks it down (here 2 x 1 s; on Google Cloud 2 x 5 s) a passthrough balancer still sends
+        # it new connections. pip does not retry a page whose connection closed without an answer (it
+        # skips the page: "from versions: none"); uv retries. So installs in flight or started in that
+        # window may fail, and none started after the replica was marked down may.
+        window = [o for o in loop.failures if o.ended >= lost_at and o.started < marked_down]
+        assert loop.failures == window, f"installs failed outside the detection window: {loop.figures()}"
         print(
             f"[ha] rollout: {loop.installs_since(loop.started) - loop.installs_since(rollout_end)} installs,"
-            f" 0 failed; replica loss: detected in {marked_down - lost_at:.1f}s,"
-            f" {len(in_flight)} install in flight on it failed"
+            f" 0 failed; replica loss: detected in {marked_down - lost_at:.1f}s, {len(window)} install(s)"
+            f" in flight or started before detection failed, {loop.installs_since(marked_down)} after, 0 failed"
         )
         assert loop.installs_since(loop.started) >= 10
