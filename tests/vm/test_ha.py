@@ -145,7 +145,7 @@ def _bucket(stack: contextlib.ExitStack, work: Path) -> Iterator[tuple[Net, Fake
     yield gcs_net, gcs
 
 
-def test_rolling_replacement_and_replica_loss_fail_no_install(tmp_path: Path) -> None:
+def test_rollout_fails_no_install_and_a_lost_replica_only_its_detection_window(tmp_path: Path) -> None:
     step = Steps()
     with contextlib.ExitStack() as stack:
         gcs_net, gcs = stack.enter_context(_bucket(stack, tmp_path))
