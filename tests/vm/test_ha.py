@@ -226,7 +226,7 @@ def test_rollout_fails_no_install_and_a_lost_replica_only_its_detection_window(t
         print(
             f"[ha] rollout: {loop.installs_since(loop.started) - loop.installs_since(rollout_end)} installs,"
             f" 0 failed; replica loss: detected in {marked_down - lost_at:.1f}s,"
-            f" {len(window)} install(s)"
-            f" in flight or started before detection failed; {loop.installs_since(marked_down)} after, 0 failed"
+            f" {len(window)} install(s) in flight or started before detection failed;"
+            f" {loop.installs_since(marked_down)} after, 0 failed"
         )
         assert loop.installs_since(loop.started) >= 10
