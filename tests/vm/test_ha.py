@@ -32,12 +32,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import metadata
 from tests.vm import guestagent, rootfs
 from tests.vm.balancer import Backend, Balancer, ClientLoop, running
 from tests.vm.machine import Guest, Net, keypair, network, prepare_root, run
 from tests.vm.test_appliance_vm import (
     VARIANTS,
     FakeGCSOnVeth,
+    _metadata_server,
     _publish,
     _render,
     _wait_startup_script,
@@ -92,6 +94,9 @@ class Group:
         self.script = _render(VARIANT)
         self.image = rootfs.baked_rootfs(self.script)
         self.key = keypair(work)
+        # One metadata-server stand-in for the group, as every instance has Compute Engine's.
+        self.md = _metadata_server(self.script)
+        stack.callback(self.md.stop)
         self.guests: dict[str, Guest] = {}
         self.nets: dict[str, Net] = {}
 
@@ -105,6 +110,8 @@ class Group:
             root=root, net=net, key=self.key, console=root.parent / "console.log", machine=slot.name
         )
         prepare_root(root, net, Path(f"{self.key}.pub").read_text())
+        with open(root / "etc/hosts", "a") as hosts:  # as on every Compute Engine image
+            hosts.write(f"{metadata.ADDRESS} metadata.google.internal metadata\n")
         (root / "etc/systemd/network/10-ens4.network").write_text(_network_file(net, self.gcs_net))
         (root / "etc/pypapo-test").mkdir(parents=True, exist_ok=True)
         (root / "etc/pypapo-test/gcs-endpoint").write_text(self.gcs_url + "\n")
