@@ -137,6 +137,7 @@ def main() -> int:
     ap.add_argument("--per-project", type=int, default=10)
     ap.add_argument("--runs", type=int, default=9, help="runs per publish figure (median)")
     ap.add_argument("--reindex-runs", type=int, default=3, help="runs per reindex/peer figure (median)")
+    ap.add_argument("--publish-only", action="store_true", help="only figure 1 (the publish)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
     args = ap.parse_args()
 
@@ -162,6 +163,8 @@ def main() -> int:
                 times[site].append(time.perf_counter() - t0)
                 repo.remove(project_name(7), "99.0")
         Repository.open(str(big)).reindex()  # the runs without the site left it behind: catch up
+        if args.publish_only:
+            return 0
         without, with_site = statistics.median(times[False]), statistics.median(times[True])
         print(
             f"publish one wheel, existing project of {args.per_project} (median of {args.runs}, interleaved)"

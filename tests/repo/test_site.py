@@ -5,6 +5,7 @@ in a real browser)."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,8 +14,15 @@ import pytest
 
 from provisioner.appliance import sample
 from provisioner.repo.engine import Repository
-from provisioner.repo.site import readme
-from provisioner.repo.site.render import loads_aggregate, render_list
+from provisioner.repo.site import readme, render
+from provisioner.repo.site.render import (
+    ListEntry,
+    dumps_aggregate,
+    loads_aggregate,
+    render_list,
+    splice_aggregate,
+    splice_list,
+)
 from tests.fixtures.gcs import RepoHandle
 
 # Everything a README can try; none of it may survive as markup that runs, loads or submits.
@@ -247,3 +255,80 @@ def test_the_site_rendered_in_worker_processes_equals_the_one_rendered_in_thread
     r.reindex()
     procs = {str(p): p.read_bytes() for p in (tmp_path / "repo" / "ui").rglob("*") if p.is_file()}
     assert procs == threads
+
+
+def _random_entry(rng: random.Random, name: str) -> ListEntry:
+    summary = rng.choice(["", "plain", 'quotes " & <tags> \u00e9\u4e2d', "back\\slash"])
+    uploaded = (
+        f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T10:00:{rng.randint(0, 59):02d}.000000Z"
+    )
+    version = rng.choice(["", "1.0", f"2.{rng.randint(0, 99)}"])
+    return ListEntry(
+        name, summary, version, uploaded, rng.randint(1, 40), tuple(rng.sample(["a", "b", "c"], 2))
+    )
+
+
+def test_spliced_lines_are_the_bytes_of_a_full_render() -> None:
+    rng = random.Random(13)
+    entries = {n: _random_entry(rng, n) for n in (f"p-{i:02d}" for i in range(30))}
+    aggregate, listing = dumps_aggregate(entries), render_list(entries.values())
+    for _ in range(300):
+        entry = _random_entry(rng, rng.choice(sorted(entries)))
+        if rng.random() < 0.1:
+            entry = entry._replace(uploaded=entries[entry.name].uploaded)  # ties between rows' times
+        entries[entry.name] = entry
+        aggregate = splice_aggregate(aggregate, entry)  # type: ignore[arg-type]
+        listing = splice_list(listing, entry)  # type: ignore[arg-type]
+        assert aggregate == dumps_aggregate(entries)
+        assert listing == render_list(entries.values())
+    assert loads_aggregate(aggregate) == entries
+    # A new project, or a page not in this form (an older pypapo's one-line aggregate): the full path.
+    assert splice_aggregate(aggregate, _random_entry(rng, "new")) is None
+    assert splice_list(listing, _random_entry(rng, "new")) is None
+    one_line = json.dumps(json.loads(aggregate), separators=(",", ":")).encode()
+    assert splice_aggregate(one_line, entry) is None
+
+
+def test_publish_yank_and_unyank_splice_the_list_and_reindex_finds_it_current(
+    repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = Repository.open(repo.location)
+    r.publish([_wheel(tmp_path, f"proj-{i}", "1.0", summary=f"P{i} <&>") for i in range(5)])
+    full = []  # full renders of the aggregate or the list: a publish into an existing project has none
+    monkeypatch.setattr(render, "render_list", lambda e, f=render.render_list: full.append(1) or f(e))
+    monkeypatch.setattr(render, "dumps_aggregate", lambda e, f=render.dumps_aggregate: full.append(1) or f(e))
+    rng = random.Random(7)
+    for step in range(12):
+        project = f"proj-{rng.randrange(5)}"
+        r.publish([_wheel(tmp_path / str(step), project, f"2.{step}", summary=f"step {step}")])
+        if step % 3 == 0:
+            r.set_yanked(project, f"2.{step}", f"bad {step}")
+        if step % 4 == 0:
+            r.set_yanked(project, "1.0", None)  # every version of it may be yanked now: version ''
+        site = _site(repo)
+        assert site["ui/index.html"] == render_list(loads_aggregate(site["ui/projects.json"]).values())
+    assert not full
+    monkeypatch.undo()
+    before = _site(repo)
+    assert r.reindex().pages_written == 0  # a from-scratch render gives the very same bytes
+    assert _site(repo) == before
+
+
+def test_concurrent_publishers_into_existing_projects_lose_no_line(
+    dir_repo: RepoHandle, tmp_path: Path
+) -> None:
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, f"racer-{i}", "1.0") for i in range(8)])
+    wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "2.0") for i in range(8)]
+    threads = [
+        threading.Thread(target=lambda w=w: Repository.open(dir_repo.location).publish([w])) for w in wheels
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    site = _site(dir_repo)
+    entries = loads_aggregate(site["ui/projects.json"])
+    assert {e.version for e in entries.values()} == {"2.0"}
+    assert site["ui/index.html"] == render_list(entries.values())
+    assert r.reindex().pages_written == 0

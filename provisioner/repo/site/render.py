@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import importlib.metadata
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -68,8 +69,8 @@ class ReleaseInfo:
 
 
 class ListEntry(NamedTuple):
-    """One project on the list page and in the search index. A tuple, stored as a JSON array: a
-    publish parses and writes the whole aggregate, which must stay cheap at thousands of projects."""
+    """One project on the list page and in the search index. A tuple, stored as a JSON array, one
+    project a line: a publish splices its line into the aggregate and its row into the list."""
 
     name: str
     summary: str
@@ -234,14 +235,45 @@ def list_entry(state: ProjectState, info: ReleaseInfo) -> ListEntry:
 _FIELDS = list(ListEntry._fields)
 
 
+_AGG_HEAD = (
+    json.dumps({"version": AGGREGATE_VERSION, "fields": _FIELDS}, separators=(",", ":"))[:-1]
+    + ',"projects":[\n'
+).encode()
+_AGG_TAIL = b"\n]}\n"
+
+
+def _aggregate_line(e: ListEntry) -> bytes:
+    return json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode()  # a tuple: an array
+
+
 def dumps_aggregate(entries: Mapping[str, ListEntry]) -> bytes:
-    """`{"version": 1, "fields": [...], "projects": [[name, summary, ...], ...]}`, sorted by name."""
-    doc = {
-        "version": AGGREGATE_VERSION,
-        "fields": _FIELDS,
-        "projects": [entries[name] for name in sorted(entries)],  # tuples encode as arrays
-    }
-    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    """`{"version": 1, "fields": [...], "projects": [[name, summary, ...], ...]}`, sorted by name,
+    one project a line (JSON escapes every newline inside a string): a publish splices its line."""
+    lines = b",\n".join(_aggregate_line(entries[name]) for name in sorted(entries))
+    return _AGG_HEAD + lines + _AGG_TAIL
+
+
+def _aggregate_key(name: str) -> bytes:
+    return b"\n[" + json.dumps(name).encode() + b","
+
+
+def splice_aggregate(data: bytes, entry: ListEntry) -> bytes | None:
+    """`data` with `entry`'s line replaced: the bytes `dumps_aggregate` would give for the same
+    entries. None when `data` is not in that form or has no line for the project (a new one)."""
+    if not (data.startswith(_AGG_HEAD) and data.endswith(_AGG_TAIL)):
+        return None
+    start = data.find(_aggregate_key(entry.name), len(_AGG_HEAD) - 1) + 1
+    if start == 0:
+        return None
+    end = data.index(b"\n", start)
+    comma = b"," if data[end - 1 : end] == b"," else b""
+    return data[:start] + _aggregate_line(entry) + comma + data[end:]
+
+
+def aggregate_names(data: bytes) -> set[str]:
+    """The project names of an aggregate in `dumps_aggregate`'s form, without parsing the rest."""
+    found = re.findall(rb'\n\["((?:[^"\\]|\\.)*)",', data)
+    return {json.loads(b'"' + n + b'"') if b"\\" in n else n.decode() for n in found}
 
 
 def loads_aggregate(data: bytes) -> dict[str, ListEntry]:
@@ -469,23 +501,32 @@ def render_project(
     return _page(f"{project} · pypapo", base, "".join(parts), description=info.summary)
 
 
-def render_list(entries: Iterable[ListEntry]) -> bytes:
-    """`ui/index.html`: every project, newest upload first; the search box filters it (site.js)."""
-    ordered = sorted(entries, key=lambda e: (e.uploaded, e.name), reverse=True)
+def _list_row(e: ListEntry) -> str:
+    # One escape per field. Names are PEP 503 normalized ([a-z0-9-]), so they are their own URL path.
     esc = html.escape
-    rows = []
-    # One escape per field (this runs for every project on every publish). Names are PEP 503
-    # normalized ([a-z0-9-]), so they are their own URL path.
-    for e in ordered:
-        name = esc(e.name)
-        version = esc(e.version) if e.version else '<span class="pp-yanked">yanked</span>'
-        summary = f'<p class="pp-muted">{esc(e.summary)}</p>' if e.summary else ""
-        when = esc(e.uploaded)
-        rows.append(
-            f'<li id="p-{name}"><a class="pp-name" href="{name}/">{name}</a>'
-            f' <span class="pp-version">{version}</span> <time datetime="{when}" '
-            f'title="{when[:16].replace("T", " ")} UTC">{when[:10]}</time>{summary}</li>\n'
-        )
+    name = esc(e.name)
+    version = esc(e.version) if e.version else '<span class="pp-yanked">yanked</span>'
+    summary = f'<p class="pp-muted">{esc(e.summary)}</p>' if e.summary else ""
+    when = esc(e.uploaded)
+    return (
+        f'<li id="p-{name}"><a class="pp-name" href="{name}/">{name}</a>'
+        f' <span class="pp-version">{version}</span> <time datetime="{when}" '
+        f'title="{when[:16].replace("T", " ")} UTC">{when[:10]}</time>{summary}</li>\n'
+    )
+
+
+def _list_key(e: ListEntry) -> tuple[str, str]:
+    return (e.uploaded, e.name)
+
+
+_LIST_OPEN = b'<ul class="pp-list" id="projects">\n'
+_ROW_KEY = re.compile(rb'<li id="p-([^"]*)">.*? datetime="([^"]*)"')
+
+
+def render_list(entries: Iterable[ListEntry]) -> bytes:
+    """`ui/index.html`: every project, newest upload first; the search box filters it (site.js).
+    One project a line, so that a publish splices its row (`splice_list`)."""
+    rows = [_list_row(e) for e in sorted(entries, key=_list_key, reverse=True)]
     count = f"{len(rows)} project" + ("" if len(rows) == 1 else "s")
     body = (
         "<h1>Projects</h1>\n"
@@ -495,7 +536,38 @@ def render_list(entries: Iterable[ListEntry]) -> bytes:
         'placeholder="name, summary or keyword" aria-describedby="count">\n'
         "</div>\n"
         f'<p id="count" class="pp-muted" aria-live="polite">{count}, newest upload first.</p>\n'
-        f'<ul class="pp-list" id="projects">\n{"".join(rows)}</ul>\n'
+        f"{_LIST_OPEN.decode()}{''.join(rows)}</ul>\n"
         + ('<p class="pp-muted">Nothing published yet.</p>\n' if not rows else "")
     )
     return _page("Projects · pypapo", "", body, description="Every project in this pypapo repository")
+
+
+def splice_list(page: bytes, entry: ListEntry) -> bytes | None:
+    """`page` (a list page from `render_list`) with `entry`'s row replaced and moved to its place:
+    the bytes `render_list` would give for the same entries. None when the page is not in that
+    form or has no row for the project (a new one: the count changes too)."""
+    row = _list_row(entry).encode()
+    if row.count(b"\n") != 1:
+        return None
+    top = page.find(_LIST_OPEN)
+    if top < 0:
+        return None
+    top += len(_LIST_OPEN)
+    bottom = page.find(b"</ul>\n", top)
+    old = page.find(b'\n<li id="p-' + html.escape(entry.name).encode() + b'">', top - 1, bottom) + 1
+    if bottom < 0 or old == 0:
+        return None
+    rows = page[top:old] + page[page.index(b"\n", old) + 1 : bottom]
+    lines = rows.splitlines(keepends=True)
+    # Rows are in descending key order: find the first row whose key is below the entry's.
+    lo, hi, want = 0, len(lines), _list_key(entry)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        m = _ROW_KEY.match(lines[mid])
+        if m is None:
+            return None
+        if (html.unescape(m[2].decode()), html.unescape(m[1].decode())) > want:
+            lo = mid + 1
+        else:
+            hi = mid
+    return page[:top] + b"".join(lines[:lo]) + row + b"".join(lines[lo:]) + page[bottom:]

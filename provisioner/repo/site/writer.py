@@ -109,10 +109,15 @@ class Site:
 
     def _entries(self) -> tuple[dict[str, render.ListEntry], int, bool]:
         data, gen = self.store.read(layout.UI_DATA)
+        entries, ok = self._parse_entries(data)
+        return entries, gen, ok
+
+    @staticmethod
+    def _parse_entries(data: bytes) -> tuple[dict[str, render.ListEntry], bool]:
         try:
-            return render.loads_aggregate(data), gen, True
+            return render.loads_aggregate(data), True
         except (ValueError, KeyError, TypeError, AttributeError):
-            return {}, gen, False
+            return {}, False
 
     # -- the static assets ----------------------------------------------------------------------
     def ensure_assets(self) -> int:
@@ -145,15 +150,26 @@ class Site:
         if not projects:
             return
         for attempt in range(MAX_ATTEMPTS):
-            list_gen = self._gen(layout.UI_LIST)
+            list_now, list_gen = self.store.read(layout.UI_LIST)
             page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
-            entries, agg_gen, ok = self._entries()
+            agg_now, agg_gen = self.store.read(layout.UI_DATA)
+            if list_gen and agg_gen:
+                spliced = self._splice(projects, list_now, agg_now, known, attempt)
+                if spliced is not None:
+                    states, infos, held, aggregate, listing = spliced
+                    items: list[WriteItem] = [
+                        (layout.UI_DATA, aggregate, agg_gen),
+                        (layout.UI_LIST, listing, list_gen),
+                    ]
+                    if self._write(items, projects, states, infos, held, page_gens, known):
+                        return
+                    _backoff(attempt)  # another writer changed the aggregate: redo from its version
+                    continue
+            entries, ok = self._parse_entries(agg_now)
             if not (ok and list_gen and agg_gen):
                 # No site yet (a repository from before it) or a broken aggregate: one full build.
                 self.rebuild()
                 return
-            if attempt == 0:
-                self.ensure_assets()  # a newer pypapo's stylesheet and script go with its pages
             states = {p: self._state(p) for p in projects}
             infos = {p: self.info(s, known) for p, s in states.items() if s.files}
             for p, s in states.items():
@@ -161,31 +177,70 @@ class Site:
                     entries[p] = render.list_entry(s, infos[p])
                 else:
                     entries.pop(p, None)
-            held = set(entries)
-            items: list[WriteItem] = [
+            items = [
                 (layout.UI_DATA, render.dumps_aggregate(entries), agg_gen),
                 (layout.UI_LIST, render.render_list(entries.values()), list_gen),
             ]
-            after: list[int | None] = [None, 0]
-            for p, s in states.items():
-                if s.files:
-                    page = render.render_project(s, infos[p], held, origin=origin(s))
-                    items.append((layout.ui_project(p), page, page_gens[p]))
-                    after.append(None)
-            caches = self._take_pending()  # after the pages: their positions stay as computed
-            written = self.store.write_many(items + caches, after=after + [None] * len(caches))
-            if not written[0]:
-                _backoff(attempt)  # another writer changed the aggregate: redo from its version
-                continue
-            if not written[1]:
-                self._converge_list()
-            pending = [
-                p for p in projects if not states[p].files or not written[2 + self._position(states, p)]
-            ]
-            for p in pending:
-                self._converge_page(p, known)
-            return
+            if self._write(items, projects, states, infos, set(entries), page_gens, known):
+                return
+            _backoff(attempt)  # another writer changed the aggregate: redo from its version
         raise ConflictError(f"gave up updating {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
+
+    def _splice(
+        self,
+        projects: list[str],
+        list_now: bytes,
+        agg_now: bytes,
+        known: Mapping[str, bytes] | None,
+        attempt: int,
+    ) -> tuple[dict[str, State], dict[str, render.ReleaseInfo], set[str], bytes, bytes] | None:
+        """The common case without parsing or rendering every project: each changed project is
+        already on the list and still has files, so its line of the aggregate and its row of the
+        list are replaced in place (the same bytes as a full render). None: take the full path."""
+        if attempt == 0:
+            self.ensure_assets()  # a newer pypapo's stylesheet and script go with its pages
+        states = {p: self._state(p) for p in projects}
+        if not all(s.files for s in states.values()):
+            return None
+        infos = {p: self.info(s, known) for p, s in states.items()}
+        aggregate: bytes | None = agg_now
+        listing: bytes | None = list_now
+        for p, s in states.items():
+            entry = render.list_entry(s, infos[p])
+            aggregate = render.splice_aggregate(aggregate, entry) if aggregate is not None else None
+            listing = render.splice_list(listing, entry) if listing is not None else None
+        if aggregate is None or listing is None:
+            return None
+        return states, infos, render.aggregate_names(aggregate), aggregate, listing
+
+    def _write(
+        self,
+        items: list[WriteItem],
+        projects: list[str],
+        states: Mapping[str, State],
+        infos: Mapping[str, render.ReleaseInfo],
+        held: set[str],
+        page_gens: Mapping[str, int],
+        known: Mapping[str, bytes] | None,
+    ) -> bool:
+        """Write the aggregate and list `items`, then the pages; False when the aggregate's write
+        lost (redo from its new version). A lost list or page converges from the current state."""
+        after: list[int | None] = [None, 0]
+        for p, s in states.items():
+            if s.files:
+                page = render.render_project(s, infos[p], held, origin=origin(s))
+                items.append((layout.ui_project(p), page, page_gens[p]))
+                after.append(None)
+        caches = self._take_pending()  # after the pages: their positions stay as computed
+        written = self.store.write_many(items + caches, after=after + [None] * len(caches))
+        if not written[0]:
+            return False
+        if not written[1]:
+            self._converge_list()
+        pending = [p for p in projects if not states[p].files or not written[2 + self._position(states, p)]]
+        for p in pending:
+            self._converge_page(p, known)
+        return True
 
     @staticmethod
     def _position(states: Mapping[str, State], project: str) -> int:
