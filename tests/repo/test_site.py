@@ -211,16 +211,20 @@ def test_a_site_from_before_the_site_existed_is_built_by_the_next_publish(
     assert set(loads_aggregate(_site(dir_repo)["ui/projects.json"])) == {"old", "new"}
 
 
-def test_concurrent_publishers_leave_every_project_on_the_list(dir_repo: RepoHandle, tmp_path: Path) -> None:
-    wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "1.0") for i in range(8)]
-    Repository.open(dir_repo.location).initialize()
-    threads = [
-        threading.Thread(target=lambda w=w: Repository.open(dir_repo.location).publish([w])) for w in wheels
-    ]
+def _publish_at_once(repo: RepoHandle, wheels: list[Path]) -> None:
+    """One publisher (its own Repository) per wheel, all in threads at once."""
+    location = repo.location
+    threads = [threading.Thread(target=lambda w=w: Repository.open(location).publish([w])) for w in wheels]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def test_concurrent_publishers_leave_every_project_on_the_list(dir_repo: RepoHandle, tmp_path: Path) -> None:
+    wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "1.0") for i in range(8)]
+    Repository.open(dir_repo.location).initialize()
+    _publish_at_once(dir_repo, wheels)
     site = _site(dir_repo)
     names = {p[0] for p in json.loads(site["ui/projects.json"])["projects"]}  # fields[0] is the name
     assert names == {f"racer-{i}" for i in range(8)}
@@ -320,13 +324,7 @@ def test_concurrent_publishers_into_existing_projects_lose_no_line(
     r = Repository.open(dir_repo.location)
     r.publish([_wheel(tmp_path, f"racer-{i}", "1.0") for i in range(8)])
     wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "2.0") for i in range(8)]
-    threads = [
-        threading.Thread(target=lambda w=w: Repository.open(dir_repo.location).publish([w])) for w in wheels
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _publish_at_once(dir_repo, wheels)
     site = _site(dir_repo)
     entries = loads_aggregate(site["ui/projects.json"])
     assert {e.version for e in entries.values()} == {"2.0"}
