@@ -40,21 +40,26 @@ class PublishResult:
         )
 
 
+def read_offered(path: Path, what: str = "a distribution file") -> bytes:
+    """The bytes of a file offered for publishing; a missing or unreadable one is InvalidDistribution."""
+    shown = quoted(str(path))  # input: quoted, so that no filename can forge a line
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidDistribution(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidDistribution(f"{shown}: is a directory, not {what}") from None
+    except OSError as exc:
+        raise InvalidDistribution(f"{shown}: cannot read ({exc.strerror})") from None
+
+
 def load_files(paths: Iterable[str | Path]) -> list[DistFile]:
     """Read and validate every file; the first invalid one raises InvalidDistribution."""
     dists: list[DistFile] = []
     seen: dict[str, DistFile] = {}
     for p in paths:
         path = Path(p)
-        shown = quoted(str(path))  # input: quoted, so that no filename can forge a line
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InvalidDistribution(f"{shown}: no such file") from None
-        except IsADirectoryError:
-            raise InvalidDistribution(f"{shown}: is a directory, not a distribution file") from None
-        except OSError as exc:
-            raise InvalidDistribution(f"{shown}: cannot read ({exc.strerror})") from None
+        data = read_offered(path)
         try:
             dist = parse_dist(path.name, data)
         except DistError as exc:

@@ -29,12 +29,13 @@ from typing import Any
 
 import zstandard
 
-from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
+from provisioner.errors import ConflictError, InvalidDistribution, PypapoError, quoted
 from provisioner.repo.conda import layout
 from provisioner.repo.conda import repodata as rdata
 from provisioner.repo.conda import shards as sh
 from provisioner.repo.conda.package import CondaPackage, PackageError, parse_package
 from provisioner.repo.conda.repodata import Repodata
+from provisioner.repo.publish import read_offered
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store
 from provisioner.repo.writer import MAX_ATTEMPTS, IndexWriter, backoff
 
@@ -56,18 +57,11 @@ def load_packages(paths: Iterable[str | Path]) -> list[CondaPackage]:
     out: dict[str, CondaPackage] = {}
     for p in paths:
         path = Path(p)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InvalidDistribution(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InvalidDistribution(f"{path}: is a directory, not a conda package") from None
-        except OSError as exc:
-            raise InvalidDistribution(f"{path}: cannot read ({exc.strerror})") from None
+        data = read_offered(path, "a conda package")
         try:
             pkg = parse_package(path.name, data)
         except PackageError as exc:
-            raise InvalidDistribution(f"{path.name}: {exc}") from None
+            raise InvalidDistribution(f"{quoted(path.name)}: {exc}") from None
         if pkg.filename in out and out[pkg.filename].sha256 != pkg.sha256:
             raise InvalidDistribution(f"{pkg.filename}: given twice with different contents")
         out[pkg.filename] = pkg
