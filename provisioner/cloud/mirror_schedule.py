@@ -161,40 +161,4 @@ ACCOUNTS = (
 
 
 def steps(s: MirrorSchedule, j: scheduler_v1.Job, grants: Sequence[RoleGrant], version: str) -> list[Step]:
-    out = [
-        Step(
-            method="iam.serviceAccounts.create",
-            request={
-                "name": f"projects/{s.project}",
-                "accountId": sa,
-                "serviceAccount": {"displayName": title},
-            },
-            why=f"create service account {names.service_account_email(s.project, sa)} (no keys)",
-        )
-        for sa, title in ACCOUNTS
-    ]
-    out += [
-        Step(
-            method="setIamPolicy (add binding)",
-            request={"resource": g.resource, "member": g.member, "role": g.role},
-            why=f"grant {g.role} on {g.resource}",
-            note=g.why,
-        )
-        for g in grants
-    ]
-    w = wheel(s, version)
-    out.append(
-        Step(
-            method="storage.objects.get",
-            request={"bucket": s.bucket, "object": w.object},
-            why=f"check that {w.url} exists (publish pypapo into the index first)",
-        )
-    )
-    out.append(
-        Step(
-            method="cloudscheduler.jobs.create|patch",
-            request=scheduler_v1.CreateJobRequest(parent=f"projects/{s.project}/locations/{s.region}", job=j),
-            why="create or update the Cloud Scheduler job",
-        )
-    )
-    return out
+    return img.scheduled_build_steps(s.project, s.region, ACCOUNTS, grants, wheel(s, version), j)

@@ -250,17 +250,34 @@ def schedule_steps(
     roles: Sequence[RoleGrant],
     wheel: Wheel,
 ) -> list[Step]:
-    p = target.project
+    accounts = (
+        (INVOKER_SA_ID, "pypapo: starts the scheduled image rebuild"),
+        (BUILD_SA_ID, "pypapo: runs the image rebuild and rollout"),
+    )
+    return scheduled_build_steps(target.project, target.region, accounts, roles, wheel, job)
+
+
+def scheduled_build_steps(
+    project: str,
+    region: str,
+    accounts: Sequence[tuple[str, str]],
+    roles: Sequence[RoleGrant],
+    wheel: Wheel,
+    job: scheduler_v1.Job,
+) -> list[Step]:
+    """The steps of any scheduled build (image rebuild, mirror): its accounts, their grants, the
+    pypapo wheel it installs, and the Cloud Scheduler job."""
     steps = [
         Step(
             method="iam.serviceAccounts.create",
-            request={"name": f"projects/{p}", "accountId": sa, "serviceAccount": {"displayName": title}},
-            why=f"create service account {names.service_account_email(p, sa)} (no keys)",
+            request={
+                "name": f"projects/{project}",
+                "accountId": sa,
+                "serviceAccount": {"displayName": title},
+            },
+            why=f"create service account {names.service_account_email(project, sa)} (no keys)",
         )
-        for sa, title in (
-            (INVOKER_SA_ID, "pypapo: starts the scheduled image rebuild"),
-            (BUILD_SA_ID, "pypapo: runs the image rebuild and rollout"),
-        )
+        for sa, title in accounts
     ]
     steps += [
         Step(
@@ -281,7 +298,7 @@ def schedule_steps(
     steps.append(
         Step(
             method="cloudscheduler.jobs.create|patch",
-            request=scheduler_v1.CreateJobRequest(parent=f"projects/{p}/locations/{target.region}", job=job),
+            request=scheduler_v1.CreateJobRequest(parent=f"projects/{project}/locations/{region}", job=job),
             why="create or update the Cloud Scheduler job",
         )
     )
