@@ -118,6 +118,7 @@ _FACTORIES: dict[str, tuple[str, Callable[..., Any]]] = {
     "zone_operations": (COMPUTE_API, _compute("ZoneOperationsClient")),
     "region_operations": (COMPUTE_API, _compute("RegionOperationsClient")),
     "global_operations": (COMPUTE_API, _compute("GlobalOperationsClient")),
+    "region_instance_group_managers": (COMPUTE_API, _compute("RegionInstanceGroupManagersClient")),
     "storage": (STORAGE_API, _storage),
     "iam_admin": (IAM_API, _iam_admin),
     "projects": (RESOURCE_MANAGER_API, _projects),
@@ -129,9 +130,10 @@ class Clients:
     """Lazily built API clients for one project. `overrides` maps a client name to a ready object.
 
     Names: instances, images, firewalls, networks, subnetworks, zones, machine_types, zone_operations,
-    region_operations, global_operations, storage, iam_admin, projects, iap. Other modules may add
-    their own with `register`. Credentials come from Application Default Credentials unless given;
-    a missing login becomes a `PypapoError` naming `gcloud auth application-default login`.
+    region_operations, global_operations, region_instance_group_managers, storage, iam_admin, projects,
+    iap. Other modules may add their own with `register`. Credentials come from Application Default
+    Credentials unless given; a missing login becomes a `PypapoError` naming
+    `gcloud auth application-default login`.
     """
 
     def __init__(

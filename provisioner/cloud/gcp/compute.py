@@ -118,6 +118,19 @@ class Compute:
         with gcp_errors(f"read the IAM policy of instance {name}", project=self.project, api=COMPUTE_API):
             return self.clients.get("instances").get_iam_policy(request=req)
 
+    def list_managed_instances(self, region: str, group: str) -> list[compute_v1.ManagedInstance] | None:
+        """The regional group's instances with their health and current action; None without the group."""
+        groups = self.clients.get("region_instance_group_managers")
+        req = compute_v1.ListManagedInstancesRegionInstanceGroupManagersRequest(
+            project=self.project, region=region, instance_group_manager=group
+        )
+        return get_or_none(
+            lambda: list(groups.list_managed_instances(request=req)),
+            f"list the instances of group {group}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
     # --- writes (each waits for its operation) ---
 
     def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
