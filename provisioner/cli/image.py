@@ -18,7 +18,7 @@ from provisioner.cloud import names, plan
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
 from provisioner.cloud.image import schedule as image_schedule
-from provisioner.cloud.settings import Settings
+from provisioner.cloud.settings import FIELDS, Settings
 from provisioner.errors import PypapoError
 
 
@@ -243,21 +243,9 @@ def _cli_args(settings: Settings) -> list[str]:
     """Flags that make the unattended build act on exactly this appliance (no pypapo.toml there)."""
     defaults = Settings(project=settings.project, zone=settings.zone)
     out = []
-    for key in (
-        "region",
-        "network",
-        "subnet",
-        "instance",
-        "bucket",
-        "prefix",
-        "port",
-        "machine_type",
-        "image_family",
-        "image_project",
-        "service_account",
-        "disk_size_gb",
-        "ready_timeout",
-    ):
+    for key in FIELDS:
+        if key in ("project", "zone"):  # rebuild_build passes these itself
+            continue
         value = getattr(settings, key)
         if value != getattr(defaults, key):
             out.append(f"--{key.replace('_', '-')}={value}")

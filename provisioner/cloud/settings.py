@@ -52,6 +52,9 @@ class Settings:
     service_account: str = "pypapo-vm"
     disk_size_gb: int = 10
     ready_timeout: int = 600
+    # None: today's single VM. N: a regional managed instance group of N replicas behind an internal
+    # passthrough load balancer (`provisioner.cloud.group`).
+    replicas: int | None = None
 
     def __post_init__(self) -> None:
         # Derived defaults: region from zone, subnet named like the network (auto-mode networks do
@@ -80,6 +83,11 @@ class Settings:
         return f"{self.instance}-deny-port"
 
     @property
+    def group_mode(self) -> bool:
+        """The appliance is a regional group (`--replicas N`), not the single VM."""
+        return self.replicas is not None
+
+    @property
     def labels(self) -> dict[str, str]:
         return {"app": "pypapo", "pypapo-instance": self.instance}
 
@@ -88,7 +96,10 @@ class Settings:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))
-_INT_FIELDS = {"port", "disk_size_gb", "ready_timeout"}
+_INT_FIELDS = {"port", "disk_size_gb", "ready_timeout", "replicas"}
+# A replica per zone at most twice over is already more than an index needs; beyond that a typo
+# (--replicas 30 for 3) would cost real money before anyone noticed.
+MAX_REPLICAS = 12
 
 
 def _check(ok: bool, message: str) -> None:
@@ -147,6 +158,16 @@ def validate(s: Settings) -> Settings:
     )
     _check(10 <= s.disk_size_gb <= 65536, f"--disk-size-gb {s.disk_size_gb} must be at least 10 (Debian 12)")
     _check(s.ready_timeout > 0, f"--ready-timeout {s.ready_timeout} must be positive")
+    _check(
+        s.replicas is None or 1 <= s.replicas <= MAX_REPLICAS,
+        f"--replicas {s.replicas} must be between 1 and {MAX_REPLICAS} (the appliance VMs of the regional"
+        " group; leave it unset for the single VM)",
+    )
+    _check(
+        s.replicas is None or len(s.instance) <= 63 - len("-0123456789"),
+        f"--instance {s.instance!r} is too long for a group: its instance templates are named"
+        " INSTANCE-DIGEST (10 hex digits) and must fit 63 chars",
+    )
     validate_bucket(s.bucket)
     problem = loc.prefix_problem(s.prefix)
     _check(problem is None, f"--prefix {s.prefix!r} {problem}")
@@ -230,4 +251,6 @@ _OPTION_HELP = {
     "service_account": "ID of the VM's own service account (default: pypapo-vm) [PYPAPO_SERVICE_ACCOUNT]",
     "disk_size_gb": "boot disk size in GB (default: 10) [PYPAPO_DISK_SIZE_GB]",
     "ready_timeout": "seconds to wait for the appliance to be ready (default: 600) [PYPAPO_READY_TIMEOUT]",
+    "replicas": "run N replicas as a regional managed instance group behind an internal load balancer"
+    " (default: the single VM) [PYPAPO_REPLICAS]",
 }

@@ -64,6 +64,12 @@ def test_explicit_config_and_pypapo_table(tmp_path: Path) -> None:
         ({"project": "acme-prod", "zone": "us-central1-a", "service_account": "vm"}, "--service-account"),
         ({"project": "acme-prod", "zone": "us-central1-a", "machine_type": "big"}, "--machine-type"),
         ({"project": "acme-prod", "zone": "us-central1-a", "prefix": "/team"}, "--prefix"),
+        ({"project": "acme-prod", "zone": "us-central1-a", "replicas": 0}, "--replicas 0 must be between 1"),
+        ({"project": "acme-prod", "zone": "us-central1-a", "replicas": 13}, "--replicas 13 must be between"),
+        (
+            {"project": "acme-prod", "zone": "us-central1-a", "replicas": 2, "instance": "a" * 53},
+            "too long for a group",
+        ),
     ],
 )
 def test_validation_names_the_flag(flags: dict, message: str, tmp_path: Path) -> None:
@@ -97,3 +103,27 @@ def test_cli_bad_setting_is_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("error: --zone 'mars-1a' is not a zone name")
     assert "Traceback" not in result.output
+
+
+def test_replicas_come_from_flag_environment_or_toml(tmp_path: Path) -> None:
+    base = {"project": "acme-prod", "zone": "us-central1-a"}
+    assert load(base, env={}, cwd=tmp_path).replicas is None  # the single VM, as before
+    assert not load(base, env={}, cwd=tmp_path).group_mode
+    s = load(base, env={"PYPAPO_REPLICAS": "3"}, cwd=tmp_path)
+    assert (s.replicas, s.group_mode) == (3, True)
+    assert load({**base, "replicas": 2}, env={"PYPAPO_REPLICAS": "3"}, cwd=tmp_path).replicas == 2
+    (tmp_path / "pypapo.toml").write_text("replicas = 4\n")
+    assert load(base, env={}, cwd=tmp_path).replicas == 4
+    with pytest.raises(PypapoError, match="PYPAPO_REPLICAS: replicas must be a whole number"):
+        load(base, env={"PYPAPO_REPLICAS": "two"}, cwd=tmp_path)
+
+
+def test_cli_bad_replicas_is_one_line_error() -> None:
+    result = CliRunner().invoke(
+        main, ["plan", "--offline", "--project", "acme-prod", "--zone", "us-central1-a", "--replicas", "0"]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: --replicas 0 must be between 1 and 12 (the appliance VMs of the regional group;"
+        " leave it unset for the single VM)\n"
+    )
