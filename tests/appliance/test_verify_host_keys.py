@@ -63,37 +63,25 @@ def test_hostile_published_values_add_no_line(tmp_path: Path) -> None:
 def test_verify_reads_the_published_keys_of_the_instance_through_compute(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from google.cloud import compute_v1
-
     from provisioner.cli import verify as verify_cli
     from provisioner.cloud import apply as deploy
+    from provisioner.cloud import names
+    from provisioner.cloud import plan as planlib
+    from provisioner.cloud.gcp.compute import Compute
     from provisioner.cloud.settings import Settings
+    from tests.doubles.compute import ComputeEngine
 
     kind, blob = _host_key(tmp_path)
-    asked: list[compute_v1.GetGuestAttributesInstanceRequest] = []
-
-    class Compute:
-        def __init__(self) -> None:
-            self.published = {kind: blob}
-
-        def get_instance(self, zone: str, name: str) -> compute_v1.Instance:
-            return compute_v1.Instance(name=name, id=4242424242)
-
-        def get_guest_attributes(self, request: compute_v1.GetGuestAttributesInstanceRequest):
-            asked.append(request)
-            if not self.published:
-                return None  # 404: the agent has published nothing
-            items = [
-                compute_v1.GuestAttributesEntry(namespace="hostkeys", key=k, value=v)
-                for k, v in self.published.items()
-            ]
-            return compute_v1.GuestAttributes(query_value=compute_v1.GuestAttributesValue(items=items))
-
-    compute = Compute()
-    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, **kw: cls(compute, None, None)))
     s = Settings(project="acme-prod", zone="us-central1-a")
+    engine = ComputeEngine("acme-prod", "us-central1-a")
+    engine.add_appliance(planlib.desired_instance(s, image=names.fallback_image(), startup_script=""))
+    published = {f"hostkeys/{kind}": blob, "pypapo/ready": "true"}
+    engine.guest["pypapo"] = lambda: published
+    compute = Compute(engine.clients())
+    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, **kw: cls(compute, None, None)))
     instance_id, path = verify_cli._published_host_keys(s)
-    assert instance_id == "4242424242" and asked[0].query_path == "hostkeys/"
-    assert Path(path).read_text() == f"compute.4242424242 {kind} {blob}\n"
-    compute.published = {}
-    assert verify_cli._published_host_keys(s) == ("4242424242", "")
+    asked = engine.requests("instances.get_guest_attributes")
+    assert instance_id == str(engine.instances["pypapo"].id) and asked[0].query_path == "hostkeys/"
+    assert Path(path).read_text() == f"compute.{instance_id} {kind} {blob}\n"
+    del published[f"hostkeys/{kind}"]  # 404: the agent has published nothing under hostkeys/
+    assert verify_cli._published_host_keys(s) == (instance_id, "")

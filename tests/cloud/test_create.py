@@ -1,17 +1,18 @@
-"""`provision create/destroy/status/grant` over a double of the thin layer (Compute has no emulator).
+"""`provision create/destroy/status/grant` over doubles (Compute Engine has no emulator).
 
-The double replaces only `provisioner/gcp/{compute,storage_admin,iam}.py`: it records every request
-object it is sent and keeps state in real compute_v1 / iam / storage objects, applying each request the
-way the API does (fingerprints, deletion protection, stopped-VM-only changes). Everything above it,
-planning, reconciliation, ordering, waiting and the commands, runs for real.
+Compute Engine is the one client-level double, `tests.doubles.compute.ComputeEngine`: the real thin layer
+(`cloud/gcp/compute.py`, `images.py`) runs over it. Storage admin and IAM are doubled at the thin layer
+(`FakeStorage`, `FakeIam` below). Each records every request object it is sent and keeps state in real
+compute_v1 / iam / storage objects, applying each request the way the API does (fingerprints, deletion
+protection, stopped-VM-only changes). Everything above, planning, reconciliation, ordering, waiting and
+the commands, runs for real.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import datetime as dt
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,232 +25,13 @@ from provisioner.cli import main
 from provisioner.cloud import apply as deploy
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp import policy as iam_policy
-from provisioner.cloud.gcp.base import translate_error
+from provisioner.cloud.gcp.compute import Compute
+from provisioner.cloud.gcp.images import ComputeImageApi
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
-from tests.cloud.test_image_double import ComputeDouble, bake_done
+from tests.doubles.compute import ComputeEngine, bake_done, ready_after
 
 SCRIPT = "#!/bin/bash\necho pypapo startup\n"
-_fp = itertools.count(1)
-
-
-def _api_error(exc: Exception, action: str) -> PypapoError:
-    # The real thin layer translates every API error the same way.
-    return translate_error(exc, action, project="acme-prod")
-
-
-class FakeCompute:
-    """Compute Engine as the thin layer sees it, state in real compute_v1 objects."""
-
-    def __init__(self, project: str, log: list[tuple[str, Any]], *, ready_after: int = 2) -> None:
-        self.project = project
-        self.log = log
-        self.requests: list[tuple[str, Any]] = []
-        self.instances: dict[str, compute_v1.Instance] = {}
-        self.firewalls: dict[str, compute_v1.Firewall] = {}
-        self.subnetworks = {
-            ("us-central1", "default"): compute_v1.Subnetwork(
-                name="default",
-                region="us-central1",
-                private_ip_google_access=False,
-                ip_cidr_range="10.128.0.0/20",
-            )
-        }
-        self.families: dict[tuple[str, str], compute_v1.Image] = {}
-        self.policies: dict[str, compute_v1.Policy] = {}
-        self.ready_after = ready_after
-        self.polls = 0
-        self.fail: dict[str, Exception] = {}
-
-    def _record(self, method: str, request: Any) -> None:
-        self.requests.append((method, copy.deepcopy(request)))
-        self.log.append((method, self.requests[-1][1]))
-        if method in self.fail:
-            raise _api_error(self.fail.pop(method), method)
-
-    # reads
-    def get_instance(self, zone: str, name: str) -> compute_v1.Instance | None:
-        inst = self.instances.get(name)
-        return copy.deepcopy(inst) if inst is not None else None
-
-    def get_firewall(self, name: str) -> compute_v1.Firewall | None:
-        fw = self.firewalls.get(name)
-        return copy.deepcopy(fw) if fw is not None else None
-
-    def get_subnetwork(self, region: str, name: str) -> compute_v1.Subnetwork | None:
-        sub = self.subnetworks.get((region, name))
-        return copy.deepcopy(sub) if sub is not None else None
-
-    def get_image_from_family(self, project: str, family: str) -> compute_v1.Image | None:
-        return self.families.get((project, family))
-
-    def get_guest_attributes(self, request: compute_v1.GetGuestAttributesInstanceRequest):
-        assert request.query_path == "pypapo/"
-        if request.instance not in self.instances:
-            return None
-        self.polls += 1
-        if self.polls <= self.ready_after:
-            return None  # the API answers 404 until the guest writes its first attribute
-        entry = compute_v1.GuestAttributesEntry(namespace="pypapo", key="ready", value="true")
-        return compute_v1.GuestAttributes(
-            query_path="pypapo/", query_value=compute_v1.GuestAttributesValue(items=[entry])
-        )
-
-    def get_instance_iam_policy(self, zone: str, name: str) -> compute_v1.Policy:
-        return copy.deepcopy(self.policies.get(name, compute_v1.Policy(etag="e0", version=3)))
-
-    # writes
-    def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
-        self._record("insert_instance", request)
-        inst = copy.deepcopy(request.instance_resource)
-        source = inst.disks[0].initialize_params.source_image
-        project, _, family = source.removeprefix("projects/").partition("/global/images/family/")
-        if project != "debian-cloud" and (project, family) not in self.families:
-            # the API refuses a boot disk from an empty family
-            raise _api_error(gexc.NotFound(f"The resource '{source}' was not found"), "create instance")
-        if inst.name in self.instances:
-            raise _api_error(
-                gexc.Conflict(
-                    f"The resource 'projects/{request.project}/zones/{request.zone}/instances/{inst.name}'"
-                    " already exists"
-                ),
-                "create instance",
-            )
-        inst.status = "RUNNING"
-        inst.metadata.fingerprint = f"fp{next(_fp)}"
-        inst.label_fingerprint = f"lf{next(_fp)}"
-        inst.network_interfaces[0].name = "nic0"
-        inst.network_interfaces[0].network_i_p = "10.128.0.2"
-        inst.disks[0].source = f"projects/{request.project}/zones/{request.zone}/disks/{inst.name}"
-        self.instances[inst.name] = inst
-
-    def _instance(self, request: Any) -> compute_v1.Instance:
-        inst = self.instances.get(request.instance)
-        if inst is None:
-            raise _api_error(
-                gexc.NotFound(
-                    f"The resource 'projects/{request.project}/zones/{request.zone}/instances/"
-                    f"{request.instance}' was not found"
-                ),
-                "read instance",
-            )
-        return inst
-
-    def _stopped(self, inst: compute_v1.Instance, what: str) -> None:
-        if inst.status != "TERMINATED":
-            raise _api_error(gexc.BadRequest(f"The instance must be stopped to change {what}."), what)
-
-    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
-        self._record("delete_instance", request)
-        inst = self._instance(request)
-        if inst.deletion_protection:
-            raise _api_error(
-                gexc.BadRequest(
-                    "Invalid resource usage: 'Resource cannot be deleted if it's protected against deletion.'"
-                ),
-                "delete instance",
-            )
-        del self.instances[request.instance]
-
-    def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None:
-        self._record("set_deletion_protection", request)
-        self.instances[request.resource].deletion_protection = request.deletion_protection
-
-    def set_metadata(self, request: compute_v1.SetMetadataInstanceRequest) -> None:
-        self._record("set_metadata", request)
-        inst = self._instance(request)
-        if request.metadata_resource.fingerprint != inst.metadata.fingerprint:
-            raise _api_error(
-                gexc.PreconditionFailed("Supplied fingerprint does not match current metadata fingerprint."),
-                "set metadata",
-            )
-        inst.metadata = compute_v1.Metadata(
-            items=list(request.metadata_resource.items), fingerprint=f"fp{next(_fp)}"
-        )
-
-    def set_labels(self, request: compute_v1.SetLabelsInstanceRequest) -> None:
-        self._record("set_labels", request)
-        inst = self._instance(request)
-        body = request.instances_set_labels_request_resource
-        assert body.label_fingerprint == inst.label_fingerprint
-        inst.labels = dict(body.labels)
-        inst.label_fingerprint = f"lf{next(_fp)}"
-
-    def delete_access_config(self, request: compute_v1.DeleteAccessConfigInstanceRequest) -> None:
-        self._record("delete_access_config", request)
-        for nic in self._instance(request).network_interfaces:
-            if nic.name == request.network_interface:
-                nic.access_configs = [a for a in nic.access_configs if a.name != request.access_config]
-
-    def update_shielded_instance_config(
-        self, request: compute_v1.UpdateShieldedInstanceConfigInstanceRequest
-    ) -> None:
-        self._record("update_shielded_instance_config", request)
-        inst = self._instance(request)
-        self._stopped(inst, "Shielded VM options")
-        inst.shielded_instance_config = request.shielded_instance_config_resource
-
-    def set_service_account(self, request: compute_v1.SetServiceAccountInstanceRequest) -> None:
-        self._record("set_service_account", request)
-        inst = self._instance(request)
-        self._stopped(inst, "the service account")
-        body = request.instances_set_service_account_request_resource
-        inst.service_accounts = [compute_v1.ServiceAccount(email=body.email, scopes=list(body.scopes))]
-
-    def set_machine_type(self, request: compute_v1.SetMachineTypeInstanceRequest) -> None:
-        self._record("set_machine_type", request)
-        inst = self._instance(request)
-        self._stopped(inst, "the machine type")
-        inst.machine_type = request.instances_set_machine_type_request_resource.machine_type
-
-    def stop_instance(self, request: compute_v1.StopInstanceRequest) -> None:
-        self._record("stop_instance", request)
-        self._instance(request).status = "TERMINATED"
-
-    def start_instance(self, request: compute_v1.StartInstanceRequest) -> None:
-        self._record("start_instance", request)
-        self._instance(request).status = "RUNNING"
-
-    def set_instance_member(
-        self, zone: str, name: str, role: str, member: str, *, present: bool = True
-    ) -> bool:
-        policy = self.get_instance_iam_policy(zone, name)
-        if not iam_policy.with_member(policy, role, member, present=present):
-            return False
-        request = compute_v1.SetIamPolicyInstanceRequest(
-            project=self.project,
-            zone=zone,
-            resource=name,
-            zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=policy),
-        )
-        self._record("set_instance_iam_policy", request)
-        self.policies[name] = policy
-        return True
-
-    def insert_firewall(self, request: compute_v1.InsertFirewallRequest) -> None:
-        self._record("insert_firewall", request)
-        fw = copy.deepcopy(request.firewall_resource)
-        fw.network = f"https://www.googleapis.com/compute/v1/{fw.network}"  # the API returns full URLs
-        self.firewalls[fw.name] = fw
-
-    def update_firewall(self, request: compute_v1.UpdateFirewallRequest) -> None:
-        self._record("update_firewall", request)
-        fw = copy.deepcopy(request.firewall_resource)
-        fw.network = f"https://www.googleapis.com/compute/v1/{fw.network}"
-        self.firewalls[request.firewall] = fw
-
-    def delete_firewall(self, request: compute_v1.DeleteFirewallRequest) -> None:
-        self._record("delete_firewall", request)
-        del self.firewalls[request.firewall]
-
-    def set_private_google_access(
-        self, request: compute_v1.SetPrivateIpGoogleAccessSubnetworkRequest
-    ) -> None:
-        self._record("set_private_google_access", request)
-        sub = self.subnetworks[(request.region, request.subnetwork)]
-        sub.private_ip_google_access = (
-            request.subnetworks_set_private_ip_google_access_request_resource.private_ip_google_access
-        )
 
 
 class FakeStorage:
@@ -377,54 +159,34 @@ def settings(**overrides: Any) -> Settings:
     return Settings(project="acme-prod", zone="us-central1-a", **overrides)
 
 
-class Builders(dict):
-    """The guest of every builder VM (`make()` per builder): by default the bake finishes on its
-    second poll."""
-
-    def __init__(self, make: Callable[[], Callable[[], dict[str, str]]] = bake_done) -> None:
-        super().__init__()
-        self.make = make
-
-    def get(self, name: str, default: Any = None) -> Any:
-        if name.startswith("pypapo-builder") and name not in self:
-            self[name] = self.make()
-        return super().get(name, default)
-
-
-class LinkedImages(ComputeDouble):
-    """The image pipeline's double over the same project as FakeCompute: an image it creates is what
-    the family then resolves to, and its calls join the shared log (`image.` + method)."""
-
-    def __init__(self, compute: FakeCompute, log: list[tuple[str, Any]]) -> None:
-        super().__init__(project="acme-prod", zone="us-central1-a")
-        self.compute, self.log = compute, log
-        self.guest = Builders()
-
-    def _call(self, name: str, request: Any = None) -> None:
-        self.log.append((f"image.{name}", request))
-        super()._call(name, request)
-
-    def insert_image(self, request: compute_v1.InsertImageRequest) -> None:
-        super().insert_image(request)
-        image = self.images[request.image_resource.name]
-        self.compute.families[(request.project, image.family)] = image
+def is_builder(name: str) -> bool:
+    return name.startswith("pypapo-builder")
 
 
 def empty_family_cloud() -> deploy.Cloud:
+    """A project with nothing of pypapo's. Its builders finish their bake on the second poll; an
+    appliance reports ready on its third."""
     log: list[tuple[str, Any]] = []
     storage = FakeStorage(log)
-    compute = FakeCompute("acme-prod", log)
-    c = deploy.Cloud(compute, storage, FakeIam("acme-prod", log), storage.open_repository)
-    c.images = LinkedImages(compute, log)
-    c.log = log  # type: ignore[attr-defined]  # every request in the order it was sent
+    engine = ComputeEngine("acme-prod", "us-central1-a", log=log)
+    engine.new_guest = lambda name: bake_done() if is_builder(name) else ready_after(2)
+    clients = engine.clients()
+    c = deploy.Cloud(Compute(clients), storage, FakeIam("acme-prod", log), storage.open_repository)
+    c.images = ComputeImageApi(clients)
+    c.log = log  # type: ignore[attr-defined]  # every write in the order it was sent
+    c.engine = engine  # type: ignore[attr-defined]
     return c
+
+
+def engine_of(cloud: deploy.Cloud) -> ComputeEngine:
+    return cloud.engine  # type: ignore[attr-defined,no-any-return]
 
 
 @pytest.fixture
 def cloud() -> deploy.Cloud:
     """A project whose image family already has an image (the bake of an empty one: `empty_family_cloud`)."""
     c = empty_family_cloud()
-    c.compute.families[("acme-prod", "pypapo")] = compute_v1.Image(name="pypapo-20261125", family="pypapo")
+    engine_of(c).add_image("pypapo-20261125", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
     return c
 
 
@@ -433,12 +195,18 @@ def sent(cloud: deploy.Cloud) -> list[str]:
 
 
 def clear(cloud: deploy.Cloud) -> None:
-    for part in (cloud.storage, cloud.iam, cloud.compute):
+    for part in (cloud.storage, cloud.iam):
         part.requests.clear()
+    engine_of(cloud).calls.clear()
     cloud.log.clear()  # type: ignore[attr-defined]
 
 
-BAKE = ["image.insert_instance", "image.stop_instance", "image.insert_image"]
+def appliance_polls(engine: ComputeEngine) -> int:
+    return sum(r.instance == "pypapo" for r in engine.requests("instances.get_guest_attributes"))
+
+
+# the first bake: the builder, the image from its stopped disk, the clean-up (its disk went with it)
+BAKE = ["instances.insert", "instances.stop", "images.insert", "instances.delete", "disks.delete"]
 
 
 def run_create(cloud: deploy.Cloud, s: Settings, messages: list[str] | None = None) -> planlib.Plan:
@@ -450,32 +218,30 @@ def test_create_from_nothing_bakes_the_image_then_sends_every_resource_once_hard
     cloud = empty_family_cloud()
     s = settings()
     messages: list[str] = []
+    engine = engine_of(cloud)
     run_create(cloud, s, messages)
 
-    image_calls = [m for m in sent(cloud) if m.startswith("image.")]
-    assert [m for m in sent(cloud) if not m.startswith("image.") or m in BAKE] == [
+    assert sent(cloud) == [
         "create_bucket",
         "create_service_account",
         "set_member",
-        "set_private_google_access",
-        "insert_firewall",  # IAP to SSH and the serving port
-        "insert_firewall",  # the serving port denied to everyone else
+        "subnetworks.set_private_ip_google_access",
+        "firewalls.insert",  # IAP to SSH and the serving port
+        "firewalls.insert",  # the serving port denied to everyone else
         *BAKE,  # the family is empty: `image build` first, its builder has the only egress
-        "insert_instance",  # the appliance, from the image just baked
+        "instances.insert",  # the appliance, from the image just baked
         "initialize_index",  # a fresh bucket serves an empty index, not a 503
     ]
-    builder = cloud.images.requests("insert_instance")[0].instance_resource
-    assert (
-        builder.name.startswith("pypapo-builder") and len(builder.network_interfaces[0].access_configs) == 1
-    )
-    assert not cloud.images.instances and not cloud.images.disks  # the builder and its disk are gone
-    assert "image.delete_instance" in image_calls
+    builder = engine.requests("instances.insert")[0].instance_resource
+    assert is_builder(builder.name) and len(builder.network_interfaces[0].access_configs) == 1
+    # the builder and its disk are gone: what is left is the appliance and its boot disk
+    assert set(engine.instances) == {"pypapo"} and set(engine.disks) == {"pypapo"}
     assert any(
         m.startswith("baking the first image of projects/acme-prod/global/images/family/pypapo")
         for m in messages
     )
     assert any("waiting for the bake" in m for m in messages)
-    allow, deny = (r.firewall_resource for m, r in cloud.compute.requests if m == "insert_firewall")
+    allow, deny = (r.firewall_resource for r in engine.requests("firewalls.insert"))
     assert (allow.name, deny.name) == ("pypapo-allow-iap", "pypapo-deny-port")
     # ranked: IAP's allow, then the deny, then anything of the network's (default-allow-internal: 65534)
     assert allow.priority < deny.priority < 1000 < 65534
@@ -496,7 +262,7 @@ def test_create_from_nothing_bakes_the_image_then_sends_every_resource_once_hard
         "serviceAccount:pypapo-vm@acme-prod.iam.gserviceaccount.com",
         True,
     )
-    _method, req = cloud.compute.requests[-1]
+    req = engine.requests("instances.insert")[-1]
     assert isinstance(req, compute_v1.InsertInstanceRequest)
     inst = req.instance_resource
     assert inst.service_accounts[0].email == "pypapo-vm@acme-prod.iam.gserviceaccount.com"
@@ -504,14 +270,13 @@ def test_create_from_nothing_bakes_the_image_then_sends_every_resource_once_hard
     assert list(inst.network_interfaces[0].access_configs) == []
     # the appliance boots the new image, never plain Debian (it has no egress to install anything)
     assert inst.disks[0].initialize_params.source_image == "projects/acme-prod/global/images/family/pypapo"
-    assert [i.family for i in cloud.images.images.values()] == ["pypapo"]
+    assert [i.family for i in engine.images.values()] == ["pypapo"]
+    assert appliance_polls(engine) == 3  # it waited for pypapo/ready: two 404s, then ready
+    assert any("the appliance on pypapo is ready" in m for m in messages)
     # a second create bakes nothing
     clear(cloud)
-    cloud.images.calls.clear()
     run_create(cloud, s)
     assert sent(cloud) == []
-    assert any("the appliance on pypapo is ready" in m for m in messages)
-    assert cloud.compute.polls > cloud.compute.ready_after  # it waited for pypapo/ready
 
 
 def test_second_create_changes_nothing_and_says_so(cloud: deploy.Cloud) -> None:
@@ -526,17 +291,16 @@ def test_second_create_changes_nothing_and_says_so(cloud: deploy.Cloud) -> None:
 
 
 def test_create_uses_the_pypapo_image_family_once_it_exists(cloud: deploy.Cloud) -> None:
-    cloud.compute.families[("acme-prod", "pypapo")] = compute_v1.Image(
-        name="pypapo-20261125", family="pypapo"
-    )
+    assert engine_of(cloud).images["pypapo-20261125"].family == "pypapo"
     run_create(cloud, settings())
-    inst = cloud.compute.requests[-1][1].instance_resource
+    assert "images.insert" not in sent(cloud)
+    inst = engine_of(cloud).requests("instances.insert")[-1].instance_resource
     assert inst.disks[0].initialize_params.source_image == "projects/acme-prod/global/images/family/pypapo"
 
 
 def test_partial_failure_converges_without_recreating(cloud: deploy.Cloud) -> None:
     s = settings()
-    cloud.compute.fail["insert_firewall"] = gexc.Forbidden(
+    engine_of(cloud).fail["firewalls.insert"] = gexc.Forbidden(
         "Quota 'FIREWALLS' exceeded.  Limit: 100.0 globally.",
         errors=[
             {"reason": "quotaExceeded", "message": "Quota 'FIREWALLS' exceeded.  Limit: 100.0 globally."}
@@ -544,11 +308,12 @@ def test_partial_failure_converges_without_recreating(cloud: deploy.Cloud) -> No
     )
     with pytest.raises(PypapoError, match="quota exceeded"):
         run_create(cloud, s)
-    assert "insert_instance" not in sent(cloud)
+    assert "instances.insert" not in sent(cloud)
     clear(cloud)
+    del engine_of(cloud).fail["firewalls.insert"]  # the quota was raised
     run_create(cloud, s)
     # bucket, account and subnet were done: only what failed and what came after is sent
-    assert sent(cloud) == ["insert_firewall", "insert_firewall", "insert_instance", "initialize_index"]
+    assert sent(cloud) == ["firewalls.insert", "firewalls.insert", "instances.insert", "initialize_index"]
     clear(cloud)
     run_create(cloud, s)
     assert sent(cloud) == []
@@ -557,7 +322,8 @@ def test_partial_failure_converges_without_recreating(cloud: deploy.Cloud) -> No
 def test_create_reconciles_hardening_drift_in_place(cloud: deploy.Cloud) -> None:
     s = settings()
     run_create(cloud, s)
-    inst = cloud.compute.instances["pypapo"]
+    engine = engine_of(cloud)
+    inst = engine.instances["pypapo"]
     # someone loosened the VM by hand
     inst.deletion_protection = False
     inst.network_interfaces[0].access_configs = [
@@ -568,27 +334,27 @@ def test_create_reconciles_hardening_drift_in_place(cloud: deploy.Cloud) -> None
     inst.metadata.items = planlib.metadata_items(items)
     inst.shielded_instance_config.enable_secure_boot = False
     inst.labels = {"team": "infra"}
-    cloud.compute.firewalls[s.firewall_name].source_ranges = ["0.0.0.0/0"]
-    cloud.compute.firewalls[s.deny_firewall_name].priority = 65535  # ranked below default-allow-internal
-    cloud.compute.subnetworks[("us-central1", "default")].private_ip_google_access = False
+    engine.firewalls[s.firewall_name].source_ranges = ["0.0.0.0/0"]
+    engine.firewalls[s.deny_firewall_name].priority = 65535  # ranked below default-allow-internal
+    engine.subnetworks["default"].private_ip_google_access = False
     clear(cloud)
 
     run_create(cloud, s)
 
-    assert "insert_instance" not in sent(cloud) and "insert_firewall" not in sent(cloud)
+    assert "instances.insert" not in sent(cloud) and "firewalls.insert" not in sent(cloud)
     assert sent(cloud) == [
-        "set_private_google_access",
-        "update_firewall",
-        "update_firewall",
-        "set_metadata",
-        "set_labels",
-        "set_deletion_protection",
-        "delete_access_config",
-        "stop_instance",
-        "update_shielded_instance_config",
-        "start_instance",
+        "subnetworks.set_private_ip_google_access",
+        "firewalls.update",
+        "firewalls.update",
+        "instances.set_metadata",
+        "instances.set_labels",
+        "instances.set_deletion_protection",
+        "instances.delete_access_config",
+        "instances.stop",
+        "instances.update_shielded_instance_config",
+        "instances.start",
     ]
-    inst = cloud.compute.instances["pypapo"]
+    inst = engine.instances["pypapo"]
     meta = {i.key: i.value for i in inst.metadata.items}
     assert meta["serial-port-enable"] == "FALSE" and meta["enable-oslogin"] == "TRUE"
     assert "ssh-keys" not in meta
@@ -596,8 +362,8 @@ def test_create_reconciles_hardening_drift_in_place(cloud: deploy.Cloud) -> None
     assert inst.shielded_instance_config.enable_secure_boot
     assert inst.status == "RUNNING"
     assert inst.labels["team"] == "infra" and inst.labels["app"] == "pypapo"  # other labels are kept
-    assert list(cloud.compute.firewalls[s.firewall_name].source_ranges) == ["35.235.240.0/20"]
-    assert cloud.compute.firewalls[s.deny_firewall_name].priority == planlib.DENY_PRIORITY
+    assert list(engine.firewalls[s.firewall_name].source_ranges) == ["35.235.240.0/20"]
+    assert engine.firewalls[s.deny_firewall_name].priority == planlib.DENY_PRIORITY
     clear(cloud)
     run_create(cloud, s)
     assert sent(cloud) == []
@@ -618,11 +384,7 @@ def test_create_deletes_user_managed_keys_on_the_appliance_account(cloud: deploy
 def test_appliance_error_stops_create_with_the_reason(cloud: deploy.Cloud) -> None:
     s = settings()
 
-    def broken(request: Any) -> compute_v1.GuestAttributes:
-        entry = compute_v1.GuestAttributesEntry(namespace="pypapo", key="error", value="gcsfuse mount failed")
-        return compute_v1.GuestAttributes(query_value=compute_v1.GuestAttributesValue(items=[entry]))
-
-    cloud.compute.get_guest_attributes = broken
+    engine_of(cloud).guest["pypapo"] = lambda: {"error": "gcsfuse mount failed"}
     with pytest.raises(PypapoError, match=r"gcsfuse mount failed.*get-serial-port-output"):
         run_create(cloud, s)
 
@@ -633,14 +395,10 @@ def test_a_final_not_ready_status_alone_stops_create_within_seconds(cloud: deplo
     s = settings(ready_timeout=600)
     now = [0.0]
 
-    def failing(request: Any) -> compute_v1.GuestAttributes:
-        items = [
-            compute_v1.GuestAttributesEntry(namespace="pypapo", key=k, value=v)
-            for k, v in (("ready", "false"), ("status", "not ready: /mnt/pypapo is not mounted"))
-        ]
-        return compute_v1.GuestAttributes(query_value=compute_v1.GuestAttributesValue(items=items))
-
-    cloud.compute.get_guest_attributes = failing
+    engine_of(cloud).guest["pypapo"] = lambda: {
+        "ready": "false",
+        "status": "not ready: /mnt/pypapo is not mounted",
+    }
     with pytest.raises(PypapoError) as err:
         deploy.create(
             cloud, s, script=SCRIPT, progress=lambda _m: None, sleep=lambda t: None, clock=lambda: now[0]
@@ -651,7 +409,7 @@ def test_a_final_not_ready_status_alone_stops_create_within_seconds(cloud: deplo
 
 def test_create_gives_up_waiting_after_the_timeout(cloud: deploy.Cloud) -> None:
     s = settings(ready_timeout=30)
-    cloud.compute.ready_after = 10**6
+    engine_of(cloud).guest["pypapo"] = lambda: {}  # the guest never writes: 404 at every poll
     now = [0.0]
 
     def sleep(seconds: float) -> None:
@@ -667,16 +425,17 @@ def test_destroy_lifts_deletion_protection_keeps_bucket_and_is_idempotent(cloud:
     clear(cloud)
     deploy.destroy(cloud, s, delete_bucket=False, progress=lambda _m: None)
     assert sent(cloud) == [
-        "set_deletion_protection",  # protection is lifted first, or the delete fails
-        "delete_instance",
-        "delete_firewall",
-        "delete_firewall",
+        "instances.set_deletion_protection",  # protection is lifted first, or the delete fails
+        "instances.delete",
+        "firewalls.delete",
+        "firewalls.delete",
         "set_member",  # the VM account's binding leaves the kept bucket
         "delete_service_account",
     ]
-    protection = next(r for m, r in cloud.compute.requests if m == "set_deletion_protection")
+    (protection,) = engine_of(cloud).requests("instances.set_deletion_protection")
     assert protection.deletion_protection is False
-    assert cloud.compute.instances == {} and cloud.compute.firewalls == {}
+    assert engine_of(cloud).instances == {} and engine_of(cloud).firewalls == {}
+    assert engine_of(cloud).disks == {}  # the boot disk went with the instance
     assert "acme-prod-pypapo" in cloud.storage.buckets
     assert s.service_account_email not in cloud.iam.accounts
     assert "serviceAccount:" + s.service_account_email not in cloud.storage.members["acme-prod-pypapo"].get(
@@ -709,7 +468,7 @@ def test_grant_reader_is_tunnel_access_on_this_instance_only(cloud: deploy.Cloud
     assert cloud.iam.get_tunnel_members(resource) == {
         "roles/iap.tunnelResourceAccessor": {"user:alice@example.com"}
     }
-    assert iam_policy.members(cloud.compute.policies["pypapo"]) == {
+    assert iam_policy.members(engine_of(cloud).instance_policies["pypapo"]) == {
         "roles/compute.viewer": {"user:alice@example.com"}
     }
     # nothing on the bucket: readers go through the VM
@@ -753,7 +512,7 @@ def test_status_reports_ready_and_drift(cloud: deploy.Cloud, monkeypatch: pytest
     run_create(cloud, s)
     report = deploy.status(cloud, s)
     assert report["in_sync"] and report["instance"]["appliance"] == "ready"
-    cloud.compute.instances["pypapo"].deletion_protection = False
+    engine_of(cloud).instances["pypapo"].deletion_protection = False
     report = deploy.status(cloud, s)
     assert not report["in_sync"]
     assert report["drift"][0]["changes"] == [
@@ -776,7 +535,7 @@ def test_cli_create_destroy_confirmation(cloud: deploy.Cloud, monkeypatch: pytes
     doc = json.loads(result.stdout)
     assert doc["mode"] == "live" and doc["changed"] is False
     assert {r["action"] for r in doc["resources"]} == {"none"}
-    cloud.compute.instances["pypapo"].deletion_protection = False
+    engine_of(cloud).instances["pypapo"].deletion_protection = False
     result = runner.invoke(main, ["status", *args])
     assert (
         "appliance ready" in result.stdout and "drift: instance us-central1-a/pypapo: update" in result.stdout
@@ -784,20 +543,20 @@ def test_cli_create_destroy_confirmation(cloud: deploy.Cloud, monkeypatch: pytes
     result = runner.invoke(main, ["plan", *args])
     assert "deletion_protection: false -> true" in result.stdout
     result = runner.invoke(main, ["destroy", *args], input="n\n")
-    assert result.exit_code != 0 and "pypapo" in cloud.compute.instances  # declined: nothing deleted
+    assert result.exit_code != 0 and "pypapo" in engine_of(cloud).instances  # declined: nothing deleted
     result = runner.invoke(main, ["destroy", "--yes", *args])
     assert result.exit_code == 0, result.output
-    assert cloud.compute.instances == {}
+    assert engine_of(cloud).instances == {}
 
 
 def test_create_starts_a_stopped_appliance(cloud: deploy.Cloud) -> None:
     s = settings()
     run_create(cloud, s)
-    cloud.compute.instances["pypapo"].status = "TERMINATED"
+    engine_of(cloud).instances["pypapo"].status = "TERMINATED"
     clear(cloud)
     run_create(cloud, s)
-    assert sent(cloud) == ["start_instance"]
-    assert cloud.compute.instances["pypapo"].status == "RUNNING"
+    assert sent(cloud) == ["instances.start"]
+    assert engine_of(cloud).instances["pypapo"].status == "RUNNING"
 
 
 def test_every_plan_method_is_sent_by_a_bound_thin_layer_method(cloud: deploy.Cloud) -> None:
@@ -812,7 +571,7 @@ def test_every_plan_method_is_sent_by_a_bound_thin_layer_method(cloud: deploy.Cl
 def test_a_failed_first_bake_stops_create_at_once_and_creates_no_appliance() -> None:
     cloud = empty_family_cloud()
     polls = iter([{}, {"error": "apt-get install: E: Unable to locate package gcsfuse"}])
-    cloud.images.guest = Builders(lambda: lambda: next(polls))  # the apt step of the bake fails
+    engine_of(cloud).new_guest = lambda _name: lambda: next(polls)  # the apt step of the bake fails
     now = [0.0]
 
     def sleep(seconds: float) -> None:
@@ -824,5 +583,6 @@ def test_a_failed_first_bake_stops_create_at_once_and_creates_no_appliance() -> 
         )
     assert "Unable to locate package gcsfuse" in str(err.value)
     assert now[0] <= 20  # two polls, not the 30-minute bake timeout
-    assert "insert_instance" not in sent(cloud)  # no appliance from an image that does not exist
-    assert not cloud.images.instances and not cloud.compute.families  # the builder is gone, no image
+    # no appliance from an image that does not exist
+    assert all(is_builder(r.instance_resource.name) for r in engine_of(cloud).requests("instances.insert"))
+    assert engine_of(cloud).instances == {} and engine_of(cloud).images == {}  # the builder is gone, no image

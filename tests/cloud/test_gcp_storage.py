@@ -9,6 +9,7 @@ rest on the request objects (tests/test_plan.py) and the thin-layer double (test
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -20,9 +21,11 @@ from google.cloud import compute_v1, storage
 from provisioner.cloud import apply as deploy
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.base import Clients
+from provisioner.cloud.gcp.compute import Compute
 from provisioner.cloud.gcp.storage_admin import StorageAdmin
 from provisioner.cloud.settings import Settings
-from tests.cloud.test_create import SCRIPT, FakeCompute, FakeIam
+from tests.cloud.test_create import SCRIPT, FakeIam
+from tests.doubles.compute import ComputeEngine, ready_after
 
 NOT_STORED_BY_FAKE_GCS = {
     "iamConfiguration.publicAccessPrevention",
@@ -122,9 +125,10 @@ class BucketAdminWithoutIamEndpoint(StorageAdmin):
 def test_create_twice_with_the_real_bucket_admin(s: Settings, fake_gcs: Any) -> None:
     log: list[tuple[str, Any]] = []
     bucket_admin = BucketAdminWithoutIamEndpoint(Clients("acme-prod"))
-    compute = FakeCompute("acme-prod", log)
-    compute.families[("acme-prod", "pypapo")] = compute_v1.Image(name="pypapo-20261125", family="pypapo")
-    cloud = deploy.Cloud(compute, bucket_admin, FakeIam("acme-prod", log))
+    engine = ComputeEngine("acme-prod", "us-central1-a", log=log)
+    engine.add_image("pypapo-20261125", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    engine.new_guest = lambda _name: ready_after(0)
+    cloud = deploy.Cloud(Compute(engine.clients()), bucket_admin, FakeIam("acme-prod", log))
     deploy.create(cloud, s, script=SCRIPT, progress=lambda _m: None, sleep=lambda _s: None)
     assert isinstance(bucket_admin.get_bucket(s.bucket), storage.Bucket)
     fake_gcs.client().bucket(s.bucket).blob("simple/index.html").upload_from_string(b"index")

@@ -10,17 +10,22 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from provisioner.cloud import plan
+from provisioner.cloud.gcp.images import ComputeImageApi
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
-from tests.cloud.test_image_double import ComputeDouble, FakeClock, bake_done
+from tests.doubles.compute import ComputeEngine, FakeClock, bake_done
 
 NOW = dt.datetime(2026, 11, 25, 3, 0, 5, tzinfo=dt.UTC)
 SCRIPT = "#!/bin/bash\n# the appliance's startup script\n"
 TARGET = image_plan.ImageTarget(Settings(project="proj-123456", zone="europe-west1-b"))
 BUILDER = image_plan.builder_name("pypapo", NOW)
 IMAGE = image_plan.image_name("pypapo", NOW)
+
+
+def layer(engine: ComputeEngine) -> ComputeImageApi:
+    return ComputeImageApi(engine.clients())
 
 
 def metadata(instance: compute_v1.Instance) -> dict[str, str]:
@@ -80,14 +85,16 @@ def test_image_request_carries_family_labels_and_guest_os_features() -> None:
 
 
 def test_build_creates_the_image_stopped_and_leaves_nothing_behind() -> None:
-    api = ComputeDouble()
+    api = ComputeEngine()
     api.guest[BUILDER] = bake_done()
     clock = FakeClock()
-    result = image_run.run_build(api, TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep)
+    result = image_run.run_build(layer(api), TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep)
     assert result.image == IMAGE
     names = api.call_names()
-    assert names.index("stop_instance") < names.index("insert_image"), "image from a stopped, consistent disk"
-    (insert,) = api.requests("insert_image")
+    assert names.index("instances.stop") < names.index("images.insert"), (
+        "image from a stopped, consistent disk"
+    )
+    (insert,) = api.requests("images.insert")
     assert insert.force_create is False
     assert api.images[IMAGE].labels["pypapo-gcsfuse"] == "2_5_1"
     assert api.instances == {} and api.disks == {}
@@ -96,11 +103,11 @@ def test_build_creates_the_image_stopped_and_leaves_nothing_behind() -> None:
 # --------------------------------------------------------------------------------- failure at each step
 
 
-def _fails_bake(api: ComputeDouble) -> None:
+def _fails_bake(api: ComputeEngine) -> None:
     api.guest[BUILDER] = lambda: {"bake": "failed", "error": "apt-get upgrade failed"}
 
 
-def _never_bakes(api: ComputeDouble) -> None:
+def _never_bakes(api: ComputeEngine) -> None:
     api.guest[BUILDER] = lambda: {}
 
 
@@ -110,30 +117,31 @@ def _never_bakes(api: ComputeDouble) -> None:
         (
             "create the builder",
             lambda api: api.fail.update(
-                insert_instance=gexc.Forbidden("Required 'compute.instances.create' permission")
+                {"instances.insert": gexc.Forbidden("Required 'compute.instances.create' permission")}
             ),
         ),
         ("wait for the bake", _fails_bake),
         ("wait for the bake", _never_bakes),
         (
             "stop the builder",
-            lambda api: api.fail.update(stop_instance=gexc.ServiceUnavailable("backend error")),
+            lambda api: api.fail.update({"instances.stop": gexc.ServiceUnavailable("backend error")}),
         ),
         (
             "create the image",
-            lambda api: api.fail.update(insert_image=gexc.ResourceExhausted("Quota 'IMAGES' exceeded")),
+            lambda api: api.fail.update({"images.insert": gexc.ResourceExhausted("Quota 'IMAGES' exceeded")}),
         ),
         (
             "deprecate older images",
-            lambda api: api.fail.update(deprecate_image=gexc.Forbidden("compute.images.deprecate")),
+            lambda api: api.fail.update({"images.deprecate": gexc.Forbidden("compute.images.deprecate")}),
         ),
     ],
     ids=["insert-builder", "bake-failed", "bake-timeout", "stop", "create-image", "deprecate"],
 )
 def test_builder_and_disk_are_deleted_whatever_step_fails(step, inject, tmp_path) -> None:
-    api = ComputeDouble()
+    api = ComputeEngine()
     api.add_image("pypapo-v20261001-000000", dt.datetime(2026, 10, 1, tzinfo=dt.UTC))
     api.guest[BUILDER] = bake_done()
+    api.serial[BUILDER] = "startup-script: apt-get: E: Unable to fetch some archives\n"
     inject(api)
     clock = FakeClock()
     logs = []
@@ -145,16 +153,17 @@ def test_builder_and_disk_are_deleted_whatever_step_fails(step, inject, tmp_path
         return str(path)
 
     with pytest.raises(PypapoError) as err:
-        image_run.run_build(api, TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep, save_log=save_log)
+        image_run.run_build(
+            layer(api), TARGET, NOW, SCRIPT, clock=clock, sleep=clock.sleep, save_log=save_log
+        )
     message = str(err.value)
     assert "\n" not in message
     assert f"failed at '{step}'" in message
     assert f"builder {BUILDER} and its disk deleted" in message
     assert BUILDER not in api.instances and BUILDER not in api.disks
-    assert (
-        "delete_instance",
-        compute_v1.DeleteInstanceRequest(project=TARGET.project, zone=TARGET.zone, instance=BUILDER),
-    ) in api.calls
+    assert compute_v1.DeleteInstanceRequest(
+        project=TARGET.project, zone=TARGET.zone, instance=BUILDER
+    ) in api.requests("instances.delete")
     if step == "wait for the bake":
         assert logs and "serial console log saved" in message, "the builder's log must outlive it"
         assert "Unable to fetch" in logs[0].read_text()
@@ -163,36 +172,37 @@ def test_builder_and_disk_are_deleted_whatever_step_fails(step, inject, tmp_path
 
 
 def test_a_disk_left_by_a_failed_insert_is_deleted_too() -> None:
-    api = ComputeDouble()
-    api.leave_disk_on_failed_insert = True
-    api.fail["insert_instance"] = gexc.BadRequest("Invalid value for field 'resource.networkInterfaces[0]'")
+    api = ComputeEngine()
+    # the insert failed after Compute Engine had made the boot disk
+    api.disks.add(f"zones/{TARGET.zone}", BUILDER, compute_v1.Disk(name=BUILDER))
+    api.fail["instances.insert"] = gexc.BadRequest("Invalid value for field 'resource.networkInterfaces[0]'")
     with pytest.raises(PypapoError):
-        image_run.run_build(api, TARGET, NOW, SCRIPT)
+        image_run.run_build(layer(api), TARGET, NOW, SCRIPT)
     assert api.disks == {}
-    assert api.requests("delete_disk")[0].disk == BUILDER
+    assert api.requests("disks.delete")[0].disk == BUILDER
 
 
 def test_a_failed_clean_up_is_reported_with_the_command_that_finishes_it() -> None:
-    api = ComputeDouble()
+    api = ComputeEngine()
     api.guest[BUILDER] = bake_done()
-    api.fail["stop_instance"] = gexc.InternalServerError("boom")
-    api.fail["delete_instance"] = gexc.Forbidden("compute.instances.delete")
+    api.fail["instances.stop"] = gexc.InternalServerError("boom")
+    api.fail["instances.delete"] = gexc.Forbidden("compute.instances.delete")
     with pytest.raises(PypapoError) as err:
-        image_run.run_build(api, TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
+        image_run.run_build(layer(api), TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
     message = str(err.value)
     assert "failed at 'stop the builder'" in message and "boom" in message, "the first failure stays visible"
     assert f"gcloud compute instances delete {BUILDER} --zone=europe-west1-b --project=proj-123456" in message
 
 
 def test_interrupting_the_build_still_deletes_the_builder() -> None:
-    api = ComputeDouble()
+    api = ComputeEngine()
 
     def interrupted() -> dict[str, str]:
         raise KeyboardInterrupt
 
     api.guest[BUILDER] = interrupted
     with pytest.raises(KeyboardInterrupt):
-        image_run.run_build(api, TARGET, NOW, SCRIPT)
+        image_run.run_build(layer(api), TARGET, NOW, SCRIPT)
     assert api.instances == {} and api.disks == {}
 
 
@@ -243,11 +253,11 @@ def test_an_image_missing_from_the_listing_is_an_error_not_a_silent_no_op() -> N
 
 
 def test_build_deprecates_through_the_api_and_the_family_resolves_to_the_new_image() -> None:
-    api = ComputeDouble()
+    api = ComputeEngine()
     for week in range(4):
         api.add_image(f"pypapo-old{week}", dt.datetime(2026, 10, 1 + 7 * week, tzinfo=dt.UTC))
     api.guest[BUILDER] = bake_done()
-    image_run.run_build(api, TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
+    image_run.run_build(layer(api), TARGET, NOW, SCRIPT, clock=FakeClock(), sleep=lambda s: None)
     states = {name: image_plan.image_state(i) for name, i in api.images.items()}
     assert states == {
         IMAGE: "ACTIVE",

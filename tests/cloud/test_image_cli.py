@@ -18,9 +18,10 @@ from provisioner.appliance import render
 from provisioner.cli import image as image_cmd
 from provisioner.cli import main
 from provisioner.cloud import names, plan
+from provisioner.cloud.gcp.images import ComputeImageApi
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.settings import Settings
-from tests.cloud.test_image_double import ComputeDouble
+from tests.doubles.compute import ComputeEngine
 
 ARGS = ["--project", "proj-123456", "--zone", "europe-west1-b"]
 NO_NETWORK = ["unshare", "--net"] if shutil.which("unshare") and os.geteuid() == 0 else []
@@ -120,15 +121,17 @@ def test_invalid_cron_fails_before_settings_or_credentials() -> None:
 
 
 @pytest.fixture
-def double(monkeypatch) -> ComputeDouble:
-    api = ComputeDouble()
-    monkeypatch.setattr(image_cmd, "image_api", lambda settings, progress=True: api)
+def double(monkeypatch) -> ComputeEngine:
+    api = ComputeEngine()
+    monkeypatch.setattr(
+        image_cmd, "image_api", lambda settings, progress=True: ComputeImageApi(api.clients())
+    )
     return api
 
 
 def test_a_failed_build_is_one_line_and_the_builder_is_gone(double) -> None:
-    double.guest = _DoneForAnyBuilder()
-    double.fail["insert_image"] = gexc.Forbidden("Required 'compute.images.create' permission")
+    double.new_guest = lambda _name: bake_done_at_once
+    double.fail["images.insert"] = gexc.Forbidden("Required 'compute.images.create' permission")
     result = CliRunner().invoke(main, ["image", "build", *ARGS])
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -143,7 +146,7 @@ def test_rollout_says_nothing_to_do_when_already_on_the_newest_image(double) -> 
     result = CliRunner().invoke(main, ["rollout", *ARGS, "--yes"])
     assert result.exit_code == 0, result.output
     assert "already runs pypapo-v1" in result.output
-    assert "delete_instance" not in double.call_names()
+    assert "instances.delete" not in double.call_names()
 
 
 def test_image_list_marks_the_serving_image(double) -> None:
@@ -161,8 +164,6 @@ def test_image_list_marks_the_serving_image(double) -> None:
     ]
 
 
-class _DoneForAnyBuilder(dict):
+def bake_done_at_once() -> dict[str, str]:
     """Guest attributes of a builder whose bake is already done at the first poll."""
-
-    def get(self, name, default=None):
-        return lambda: {"bake": "done", "gcsfuse-version": "2.5.1", "nginx-version": "1.22.1"}
+    return {"bake": "done", "gcsfuse-version": "2.5.1", "nginx-version": "1.22.1"}

@@ -3,11 +3,12 @@ real `orgpolicy_v2` request and policy objects, api_core error shapes, the creat
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
-from google.cloud import compute_v1, orgpolicy_v2
+from google.cloud import orgpolicy_v2
 from google.type import expr_pb2
 
 from provisioner.cloud import apply as deploy
@@ -15,7 +16,7 @@ from provisioner.cloud import orgpolicy
 from provisioner.cloud.gcp.base import Clients
 from provisioner.cloud.gcp.orgpolicy import OrgPolicies
 from provisioner.errors import PypapoError
-from tests.cloud.test_create import empty_family_cloud, run_create, sent, settings
+from tests.cloud.test_create import empty_family_cloud, engine_of, run_create, sent, settings
 
 Rule = orgpolicy_v2.PolicySpec.PolicyRule
 
@@ -75,10 +76,10 @@ def test_external_ip_policy_blocks_the_builder_only_when_create_bakes() -> None:
     assert orgpolicy.external_ip_blocked("acme-prod", None) is None
     # with the family baked, create runs no builder: the policy is not in the way
     baked = empty_family_cloud()
-    baked.compute.families[("acme-prod", "pypapo")] = compute_v1.Image(name="pypapo-1", family="pypapo")
+    engine_of(baked).add_image("pypapo-1", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
     baked.org_policies = org_policies({EXTERNAL: deny}, [])
     run_create(baked, settings())
-    assert "insert_instance" in sent(baked)
+    assert "instances.insert" in sent(baked) and "images.insert" not in sent(baked)
 
 
 def test_conditional_or_unenforced_rules_do_not_block() -> None:
