@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from provisioner.cli.options import progress, settings_from_click, settings_options
+from provisioner.cloud import grants
 
 
 def _cloud(settings: Any) -> Any:
@@ -109,37 +110,6 @@ def destroy_command(delete_bucket: bool, yes: bool, **kwargs: Any) -> None:
     deploy.destroy(_cloud(settings), settings, delete_bucket=delete_bucket, progress=progress)
 
 
-def _iam_change_document(operation: str, role: str, changes: list[Any]) -> dict[str, Any]:
-    """The exact policy change of a grant or revoke: one binding edit per resource, with its condition."""
-    action = "add" if operation == "grant" else "remove"
-    return {
-        "schema_version": 1,
-        "kind": "pypapo-iam-change",
-        "operation": operation,
-        "role": role,
-        "bindings": [
-            {
-                "action": action,
-                "resource_type": c.resource_type,
-                "resource": c.resource,
-                "role": c.role,
-                "members": [c.member],
-                "condition": None,  # unconditional: scoped by the resource it is set on
-            }
-            for c in changes
-        ],
-    }
-
-
-def _iam_change_text(doc: dict[str, Any]) -> str:
-    mark = "+" if doc["operation"] == "grant" else "-"
-    lines = [f"{doc['operation']} {doc['role']} (dry run: nothing sent, no credentials used):"]
-    for b in doc["bindings"]:
-        lines.append(f"  {mark} {b['role']} for {b['members'][0]} on {b['resource_type']} {b['resource']}")
-        lines.append("      condition: none")
-    return "\n".join(lines) + "\n"
-
-
 def _grant_command(present: bool) -> click.Command:
     verb = "grant" if present else "revoke"
 
@@ -147,24 +117,24 @@ def _grant_command(present: bool) -> click.Command:
     @click.argument("member")
     @click.option(
         "--role",
-        type=click.Choice(["reader", "publisher"]),
+        type=click.Choice([r.value for r in grants.Role]),
         required=True,
-        help="reader: open the IAP tunnel to this instance; publisher: write objects in the bucket",
+        help="; ".join(f"{r.value}: {h}" for r, h in grants.ROLE_HELP.items()),
     )
     @settings_options
     @click.option("--dry-run", is_flag=True, help="print the exact policy change; no credentials, no network")
     @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
     def command(member: str, role: str, dry_run: bool, output: str, **kwargs: Any) -> None:
         from provisioner.cloud import apply as deploy
-        from provisioner.cloud import plan as planlib
 
         settings = settings_from_click(kwargs)
         if dry_run:
-            doc = _iam_change_document(verb, role, planlib.grant_changes(settings, member, role))
+            changes = grants.grant_changes(settings, member, role)
+            doc = grants.change_document(verb, role, changes, settings)
             text = (
                 json.dumps(doc, indent=2, sort_keys=True) + "\n"
                 if output == "json"
-                else _iam_change_text(doc)
+                else grants.change_text(doc)
             )
             click.echo(text, nl=False)
             return
@@ -172,9 +142,11 @@ def _grant_command(present: bool) -> click.Command:
 
     command.help = (
         f"{verb.capitalize()} MEMBER (user:EMAIL, group:EMAIL, serviceAccount:EMAIL) the reader role"
-        " (roles/iap.tunnelResourceAccessor on this instance's tunnel and roles/compute.viewer on the"
-        " instance) or the publisher role (roles/storage.objectUser on the bucket)."
-        " --dry-run prints the exact policy change and needs no credentials."
+        " (roles/iap.tunnelResourceAccessor on the tunnel, roles/compute.viewer to read the instance),"
+        " the publisher role (roles/storage.objectUser on the bucket) or the verifier role (the tunnel"
+        " to port 22, roles/compute.osLogin, roles/iam.serviceAccountUser on the VM's account). For a"
+        " group (--replicas N) the tunnel and read bindings are conditioned on the group's instances"
+        " (IAM policy version 3). --dry-run prints the exact policy change and needs no credentials."
     )
     return command
 

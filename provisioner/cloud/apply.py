@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.appliance import guest
-from provisioner.cloud import names, orgpolicy
+from provisioner.cloud import grants, names, orgpolicy
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.base import Clients
 from provisioner.cloud.progress import Progress, silent
@@ -54,10 +54,15 @@ class Cloud:
 
     def set_member(self, change: planlib.IamChange, *, present: bool) -> bool:
         kind, res, role, member = change.resource_type, change.resource, change.role, change.member
-        if kind is planlib.IamResource.BUCKET:
+        R, condition = planlib.IamResource, change.condition
+        if kind is R.BUCKET:
             return self.storage.set_member(res, role, member, present=present)
-        if kind is planlib.IamResource.IAP_TUNNEL_INSTANCE:
-            return self.iam.set_tunnel_member(res, role, member, present=present)
+        if kind in (R.IAP_TUNNEL_INSTANCE, R.IAP_TUNNEL):
+            return self.iam.set_tunnel_member(res, role, member, present=present, condition=condition)
+        if kind is R.PROJECT:
+            return self.iam.set_project_member(role, member, present=present, condition=condition)
+        if kind is R.SERVICE_ACCOUNT:
+            return self.iam.set_service_account_member(res, role, member, present=present)
         zone, name = res.split("/", 1)  # IamResource.INSTANCE: ZONE/NAME
         return self.compute.set_instance_member(zone, name, role, member, present=present)
 
@@ -323,21 +328,36 @@ def destroy(cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progres
 
 def grant(cloud: Cloud, s: Settings, member: str, role: str, *, present: bool, progress: Progress) -> int:
     """Add (or remove) the bindings behind a role; returns how many changed."""
-    changes = planlib.grant_changes(s, member, role)
-    if present and cloud.compute.get_instance(s.zone, s.instance) is None and role == "reader":
-        raise PypapoError(f"instance {s.instance} does not exist in {s.zone}; run `provision create` first")
+    changes = grants.grant_changes(s, member, role)
+    if present and role != grants.Role.PUBLISHER:
+        _require_appliance(cloud, s)
     changed = 0
     for change in changes:
         if cloud.set_member(change, present=present):
             changed += 1
     verb = "granted" if present else "revoked"
     if changed:
-        progress(f"{verb} {role} for {changes[0].member}: {planlib.role_summary(changes)}")
+        progress(f"{verb} {role} for {changes[0].member}: {grants.role_summary(changes)}")
     else:
         progress(
             f"nothing to change: {changes[0].member} {'already has' if present else 'does not have'} {role}"
         )
+    if present:
+        for note in grants.notes(s, role):
+            progress(f"note: {note}")
     return changed
+
+
+def _require_appliance(cloud: Cloud, s: Settings) -> None:
+    """Access to an appliance that is not there is a typo (wrong --instance, --zone, --replicas)."""
+    if grants.is_group(s):
+        if cloud.compute.list_managed_instances(s.region, s.instance) is None:
+            raise PypapoError(
+                f"group {s.instance} does not exist in {s.region}; run `provision create --replicas N`"
+                " first (or drop --replicas for the single VM)"
+            )
+    elif cloud.compute.get_instance(s.zone, s.instance) is None:
+        raise PypapoError(f"instance {s.instance} does not exist in {s.zone}; run `provision create` first")
 
 
 def status(cloud: Cloud, s: Settings) -> dict[str, Any]:

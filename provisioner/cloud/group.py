@@ -457,24 +457,28 @@ def _quoted(value: str) -> str:
     return json.dumps(value)  # a CEL string literal: double quotes, backslash escapes
 
 
-def group_instance_condition(s: Settings, zones: Sequence[str]) -> str:
-    """True exactly for tunnels to the group's instances (BASE-r-xxxx in the group's zones)."""
+def group_instance_condition(s: Settings) -> str:
+    """True exactly for tunnels to the group's instances: BASE-r-xxxx in a zone of the group's region.
+
+    The region, not a list of zones: a regional group's instances are always in its region's zones, and
+    that list is live state (redistribution, a zone added) that a dry run cannot read and a granted
+    condition would not follow, so a revoke computed later would no longer match the grant. The hyphen
+    keeps europe-west1 from matching europe-west10's zones."""
     prefix = group_names(s).instance_prefix
-    zone_list = ", ".join(_quoted(z) for z in zones)
     return (
-        f'resource.name.extract("/zones/{{zone}}/instances/") in [{zone_list}]'
+        f'resource.name.extract("/zones/{{zone}}/instances/").startsWith({_quoted(s.region + "-")})'
         f' && resource.name.extract("/instances/{{name}}").startsWith({_quoted(prefix)})'
     )
 
 
-def reader_tunnel_binding(s: Settings, member: str, zones: Sequence[str]) -> ConditionalBinding:
+def reader_tunnel_binding(s: Settings, member: str) -> ConditionalBinding:
     return ConditionalBinding(
         resource=tunnel_resource(s),
         role=plan.TUNNEL_ROLE,
         member=member,
         title=f"pypapo {s.instance} index port",
         description=f"IAP tunnel to the {s.instance} group's instances, port {s.port} only (pypapo)",
-        expression=f"destination.port == {s.port} && {group_instance_condition(s, zones)}",
+        expression=f"destination.port == {s.port} && {group_instance_condition(s)}",
     )
 
 
@@ -488,7 +492,7 @@ VERIFIER_EXTERNAL_NOTE = (
 )
 
 
-def verifier_bindings(s: Settings, member: str, zones: Sequence[str]) -> list[ConditionalBinding]:
+def verifier_bindings(s: Settings, member: str) -> list[ConditionalBinding]:
     """`grant --role verifier`: what `provision verify` needs, in the reader's shape. The tunnel to
     port 22 only (a reader's binding cannot reach sshd, a verifier's cannot reach anything else), OS
     Login on the group's instances only, and serviceAccountUser on the VM's own account, which OS Login
@@ -505,7 +509,7 @@ def verifier_bindings(s: Settings, member: str, zones: Sequence[str]) -> list[Co
             member=member,
             title=f"pypapo {s.instance} ssh",
             description=f"IAP tunnel to the {s.instance} group's instances, port 22 only (pypapo verify)",
-            expression=f"destination.port == 22 && {group_instance_condition(s, zones)}",
+            expression=f"destination.port == 22 && {group_instance_condition(s)}",
         ),
         ConditionalBinding(
             resource=f"projects/{s.project}",

@@ -9,7 +9,7 @@ the steps in order, `provision plan` prints them. Nothing here does I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -33,10 +33,6 @@ VM_BUCKET_ROLE = "roles/storage.objectViewer"
 PUBLISHER_ROLE = "roles/storage.objectUser"
 TUNNEL_ROLE = "roles/iap.tunnelResourceAccessor"
 INSTANCE_VIEWER_ROLE = "roles/compute.viewer"  # gcloud start-iap-tunnel reads the instance first
-ROLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "reader": (("iap_tunnel_instance", TUNNEL_ROLE), ("instance", INSTANCE_VIEWER_ROLE)),
-    "publisher": (("bucket", PUBLISHER_ROLE),),
-}
 
 HARDENING_METADATA = {
     "enable-oslogin": "TRUE",
@@ -330,16 +326,33 @@ class IamResource(StrEnum):
     BUCKET = "bucket"
     IAP_TUNNEL_INSTANCE = "iap_tunnel_instance"
     INSTANCE = "instance"  # resource "ZONE/NAME"
+    IAP_TUNNEL = "iap_tunnel"  # the project's tunnel resource, projects/P/iap_tunnel (conditional)
+    PROJECT = "project"  # projects/P (conditional)
+    SERVICE_ACCOUNT = "service_account"  # resource: the account's email
+
+
+@dataclass(frozen=True)
+class Condition:
+    """An IAM condition (a CEL `google.type.Expr`); two bindings of a role are one only if all three agree."""
+
+    title: str
+    description: str
+    expression: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"title": self.title, "description": self.description, "expression": self.expression}
 
 
 @dataclass(frozen=True)
 class IamChange:
-    """A binding to add or remove on one resource. The thin layer reads the policy, edits, writes."""
+    """A binding to add or remove on one resource, under `condition` (None: the unconditional binding).
+    The thin layer reads the policy (version 3), edits that one binding, writes with the etag."""
 
     resource_type: IamResource
     resource: str
     role: str
     member: str
+    condition: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -966,18 +979,3 @@ def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
         )
     )
     return Plan(s, "live", "destroy", resources)
-
-
-def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:
-    """The bindings behind `provision grant MEMBER --role reader|publisher`."""
-    member = normalize_member(member)
-    targets = {
-        IamResource.BUCKET: s.bucket,
-        IamResource.IAP_TUNNEL_INSTANCE: names.tunnel_resource(s.project, s.zone, s.instance),
-        IamResource.INSTANCE: f"{s.zone}/{s.instance}",
-    }
-    return [IamChange(IamResource(kind), targets[IamResource(kind)], r, member) for kind, r in ROLES[role]]
-
-
-def role_summary(changes: Iterable[IamChange]) -> str:
-    return ", ".join(f"{c.role} on {c.resource_type} {c.resource}" for c in changes)

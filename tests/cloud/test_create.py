@@ -145,10 +145,12 @@ class FakeIam:
     def get_tunnel_members(self, resource: str) -> dict[str, set[str]]:
         return iam_policy.members(self.tunnel_policies.get(resource, policy_pb2.Policy()))
 
-    def set_tunnel_member(self, resource: str, role: str, member: str, *, present: bool = True) -> bool:
+    def set_tunnel_member(
+        self, resource: str, role: str, member: str, *, present: bool = True, condition: Any = None
+    ) -> bool:
         policy = policy_pb2.Policy()
         policy.CopyFrom(self.tunnel_policies.get(resource, policy_pb2.Policy()))
-        if not iam_policy.with_member(policy, role, member, present=present):
+        if not iam_policy.with_member(policy, role, member, present=present, condition=condition):
             return False
         self._record(("set_tunnel_iam_policy", (resource, policy)))
         self.tunnel_policies[resource] = policy

@@ -283,12 +283,14 @@ def _tunnel(zone: str, instance: str) -> str:
         (_tunnel("us-central1-a", "pypapo-builder-20261201-030000"), 3333, False),  # the image builder
         (_tunnel("us-central1-a", "pypapo"), 3333, False),  # a single VM of old
         (_tunnel("us-central1-a", "billing-db"), 3333, False),
-        (_tunnel("europe-west1-b", "pypapo-r-x1z9"), 3333, False),  # not one of the group's zones
+        (_tunnel("europe-west1-b", "pypapo-r-x1z9"), 3333, False),  # not a zone of the group's region
+        (_tunnel("us-central10-a", "pypapo-r-x1z9"), 3333, False),  # a region whose name extends it
+        (_tunnel("us-central1-c", "pypapo-r-n3w1"), 3333, True),  # a zone the group spreads to later
         ("projects/acme-prod/iap_tunnel/zones/us-central1-a", 3333, False),
     ],
 )
 def test_reader_tunnel_binding_covers_exactly_the_group(resource: str, port: int, allowed: bool) -> None:
-    b = group.reader_tunnel_binding(S, "user:alice@example.com", ZONES)
+    b = group.reader_tunnel_binding(S, "user:alice@example.com")
     assert (b.resource, b.role) == ("projects/acme-prod/iap_tunnel", "roles/iap.tunnelResourceAccessor")
     assert _evaluate(b.expression, resource={"name": resource}, destination={"port": port}) is allowed
 
@@ -311,11 +313,11 @@ def test_reader_viewer_binding_reads_the_group_only(name: str, kind: str, allowe
 
 
 def test_binding_document_names_the_condition() -> None:
-    doc = group.reader_tunnel_binding(S, "group:devs@example.com", ZONES[:2]).to_dict()
+    doc = group.reader_tunnel_binding(S, "group:devs@example.com").to_dict()
     assert doc["members"] == ["group:devs@example.com"]
     assert doc["condition"]["expression"] == (
-        'destination.port == 3333 && resource.name.extract("/zones/{zone}/instances/") in'
-        ' ["us-central1-a", "us-central1-b"] && resource.name.extract("/instances/{name}")'
+        'destination.port == 3333 && resource.name.extract("/zones/{zone}/instances/")'
+        '.startsWith("us-central1-") && resource.name.extract("/instances/{name}")'
         '.startsWith("pypapo-r-")'
     )
 
@@ -427,13 +429,13 @@ def test_rollout_fails_when_new_instances_stay_unhealthy_past_the_boot_grace() -
     ],
 )
 def test_verifier_tunnels_to_sshd_of_the_group_only(resource: str, port: int, allowed: bool) -> None:
-    tunnel = group.verifier_bindings(S, "user:ops@example.com", ZONES)[0]
+    tunnel = group.verifier_bindings(S, "user:ops@example.com")[0]
     assert (tunnel.resource, tunnel.role) == ("projects/acme-prod/iap_tunnel", plan.TUNNEL_ROLE)
     assert _evaluate(tunnel.expression, resource={"name": resource}, destination={"port": port}) is allowed
 
 
 def test_verifier_gets_os_login_on_the_group_and_acts_as_the_vm_account_only() -> None:
-    _tunnel_binding, os_login, act_as = group.verifier_bindings(S, "user:ops@example.com", ZONES)
+    _tunnel_binding, os_login, act_as = group.verifier_bindings(S, "user:ops@example.com")
     assert (os_login.resource, os_login.role) == ("projects/acme-prod", "roles/compute.osLogin")
     ok = {"name": "projects/acme-prod/zones/us-central1-b/instances/pypapo-r-q7w8", "type": INSTANCE}
     other = {"name": "projects/acme-prod/zones/us-central1-b/instances/billing-db", "type": INSTANCE}

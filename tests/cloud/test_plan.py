@@ -9,7 +9,7 @@ from google.cloud import compute_v1, storage
 
 from provisioner.appliance import render
 from provisioner.cli import main
-from provisioner.cloud import names
+from provisioner.cloud import grants, names
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.settings import Settings
 
@@ -95,7 +95,7 @@ def test_service_account_request_and_bucket_binding() -> None:
 
 
 def test_grant_roles_and_resources() -> None:
-    reader = planlib.grant_changes(S, "alice@example.com", "reader")
+    reader = grants.grant_changes(S, "alice@example.com", "reader")
     assert [(c.resource_type, c.resource, c.role, c.member) for c in reader] == [
         (
             "iap_tunnel_instance",
@@ -105,7 +105,7 @@ def test_grant_roles_and_resources() -> None:
         ),
         ("instance", "europe-west1-b/pypapo", "roles/compute.viewer", "user:alice@example.com"),
     ]
-    (pub,) = planlib.grant_changes(S, "ci@p.iam.gserviceaccount.com", "publisher")
+    (pub,) = grants.grant_changes(S, "ci@p.iam.gserviceaccount.com", "publisher")
     assert (pub.resource_type, pub.role, pub.member) == (
         "bucket",
         "roles/storage.objectUser",

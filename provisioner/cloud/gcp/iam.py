@@ -1,8 +1,12 @@
-"""Thin layer: IAM admin (the appliance's service account), IAP tunnel policy, and the project check.
+"""Thin layer: IAM admin (the appliance's service account), the IAM policies `grant` edits, and the
+project check.
 
-Clients: google-cloud-iam (`iam_admin_v1.IAMClient`) for the service account and its keys,
-google-cloud-iap (`IdentityAwareProxyAdminServiceClient`) for who may open the tunnel to this one
-instance, google-cloud-resource-manager (`ProjectsClient`) to tell a wrong project apart early.
+Clients: google-cloud-iam (`iam_admin_v1.IAMClient`) for the service account, its keys and its own
+policy (who may act as it), google-cloud-iap (`IdentityAwareProxyAdminServiceClient`) for who may open a
+tunnel (an instance's tunnel resource, or the project's `projects/P/iap_tunnel` under a condition),
+google-cloud-resource-manager (`ProjectsClient`) for the project's policy (conditional bindings of a
+group) and to tell a wrong project apart early. Every policy is read and written as version 3 by the one
+read-modify-write of `policy.py`.
 """
 
 from __future__ import annotations
@@ -111,33 +115,102 @@ class Iam:
             return policy.members(self._read_iap(resource))
 
     def _read_iap(self, resource: str) -> Any:
+        return self._read("iap", resource)
+
+    def _write_iap(self, resource: str, new: Any) -> None:
+        self._write("iap", resource, new)
+
+    def _read(self, client: str, resource: str) -> Any:
+        """GetIamPolicy (version 3) of the IAP, Resource Manager or IAM admin API: one request shape."""
         from google.iam.v1 import iam_policy_pb2, options_pb2
 
         options = options_pb2.GetPolicyOptions(requested_policy_version=policy.POLICY_VERSION)
-        return self.clients.get("iap").get_iam_policy(
+        return self.clients.get(client).get_iam_policy(
             request=iam_policy_pb2.GetIamPolicyRequest(resource=resource, options=options)
         )
 
-    def _write_iap(self, resource: str, new: Any) -> None:
+    def _write(self, client: str, resource: str, new: Any) -> None:
         from google.iam.v1 import iam_policy_pb2
 
         new.version = policy.POLICY_VERSION
-        self.clients.get("iap").set_iam_policy(
+        self.clients.get(client).set_iam_policy(
             request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=new)
         )
 
-    def set_tunnel_member(self, resource: str, role: str, member: str, *, present: bool = True) -> bool:
-        """Read-modify-write of the IAP policy on `projects/P/iap_tunnel/zones/Z/instances/NAME`."""
+    def _set_member(
+        self,
+        client: str,
+        resource: str,
+        role: str,
+        member: str,
+        *,
+        present: bool,
+        condition: policy.Condition | None,
+        api: str,
+        admin_role: str,
+    ) -> bool:
         action = f"{'grant' if present else 'revoke'} {role} on {resource}"
-        with gcp_errors(action, project=self.project, api=IAP_API, role="roles/iap.admin"):
+        if condition:
+            action += f" (condition {condition.title!r})"
+        with gcp_errors(action, project=self.project, api=api, role=admin_role):
             changed = policy.read_modify_write(
-                lambda: self._read_iap(resource),
-                policy.member_editor(role, member, present),
-                lambda p: self._write_iap(resource, p),
+                lambda: self._read(client, resource),
+                policy.member_editor(role, member, present, condition),
+                lambda p: self._write(client, resource, p),
             )
         if changed:
             self.progress(f"  {action}: {member}")
         return changed
+
+    def set_tunnel_member(
+        self,
+        resource: str,
+        role: str,
+        member: str,
+        *,
+        present: bool = True,
+        condition: policy.Condition | None = None,
+    ) -> bool:
+        """Read-modify-write of an IAP tunnel policy: an instance's
+        (`projects/P/iap_tunnel/zones/Z/instances/NAME`) or the project's (`projects/P/iap_tunnel`)."""
+        return self._set_member(
+            "iap",
+            resource,
+            role,
+            member,
+            present=present,
+            condition=condition,
+            api=IAP_API,
+            admin_role="roles/iap.admin",
+        )
+
+    def set_project_member(
+        self, role: str, member: str, *, present: bool = True, condition: policy.Condition | None = None
+    ) -> bool:
+        """Read-modify-write of the project's own policy (a group's conditional bindings live here)."""
+        return self._set_member(
+            "projects",
+            f"projects/{self.project}",
+            role,
+            member,
+            present=present,
+            condition=condition,
+            api=RESOURCE_MANAGER_API,
+            admin_role="roles/resourcemanager.projectIamAdmin",
+        )
+
+    def set_service_account_member(self, email: str, role: str, member: str, *, present: bool = True) -> bool:
+        """Read-modify-write of one service account's policy (who may act as that account only)."""
+        return self._set_member(
+            "iam_admin",
+            f"projects/{self.project}/serviceAccounts/{email}",
+            role,
+            member,
+            present=present,
+            condition=None,
+            api=IAM_API,
+            admin_role="roles/iam.serviceAccountAdmin",
+        )
 
     def put_tunnel_policy(self, resource: str, bindings_from: Any) -> None:
         """Put `bindings_from`'s bindings (conditions included) on `resource`, with its etag now."""

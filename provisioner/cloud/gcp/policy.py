@@ -6,7 +6,8 @@ objects differ (google.iam.v1 protobuf, compute_v1 proto-plus, storage's dict bi
 
 - read and write **version 3**, so conditional bindings (time- or port-limited access, common on IAP)
   are read whole and written back unchanged, never dropped or refused;
-- only an *unconditional* binding of the role is ours to edit; a conditional one is someone else's;
+- a binding is a role *and* its condition: an edit touches only the binding whose condition equals the
+  one asked for (none, or pypapo's own title, description and expression), never another condition's;
 - IAM keeps no empty bindings;
 - the write carries the read's etag: a concurrent edit makes it fail, and the whole cycle is retried.
 """
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
+
+from provisioner.cloud.plan import Condition
 
 POLICY_VERSION = 3
 # What a lost etag race looks like: IAP/Resource Manager answer ABORTED or FAILED_PRECONDITION,
@@ -41,13 +44,32 @@ def _members(binding: Any) -> list[str]:
     return list(binding["members"] if isinstance(binding, dict) else binding.members)
 
 
-def _conditional(binding: Any) -> bool:
+def condition_of(binding: Any) -> Condition | None:
+    """The binding's condition (None when it has none), whatever the policy kind."""
     if isinstance(binding, dict):
-        return bool(binding.get("condition"))
-    try:
-        return bool(binding.condition.expression)
-    except AttributeError:
-        return False
+        c = binding.get("condition") or {}
+        get = c.get
+    else:
+        try:
+            expr = binding.condition
+        except AttributeError:
+            return None
+        get = lambda field, default="": getattr(expr, field, default)  # noqa: E731
+    if not get("expression", ""):
+        return None
+    return Condition(get("title", "") or "", get("description", "") or "", get("expression", ""))
+
+
+def _new_binding(policy: Any, role: str, members: list[str], condition: Condition | None) -> Any:
+    if isinstance(policy, compute_v1.Policy):
+        b = compute_v1.Binding(role=role, members=members)
+        if condition:
+            b.condition = compute_v1.Expr(**condition.to_dict())
+        return b
+    doc: dict[str, Any] = {"role": role, "members": set(members)}
+    if condition:
+        doc["condition"] = condition.to_dict()
+    return doc
 
 
 def members(policy: Any) -> dict[str, set[str]]:
@@ -62,11 +84,14 @@ def has_bindings(policy: Any) -> bool:
     return policy is not None and any(_members(b) for b in _bindings(policy))
 
 
-def with_member(policy: Any, role: str, member: str, *, present: bool = True) -> bool:
-    """Add (or remove) `member` in the unconditional binding of `role`, in place; True if it changed.
-    Sets the policy's version to 3, which the write must carry for conditional bindings to survive."""
+def with_member(
+    policy: Any, role: str, member: str, *, present: bool = True, condition: Condition | None = None
+) -> bool:
+    """Add (or remove) `member` in the binding of `role` under exactly `condition` (None: the
+    unconditional one), in place; True if it changed. Sets the policy's version to 3, which the write
+    must carry for conditional bindings to survive (and which a conditional binding needs)."""
     bindings = _bindings(policy)
-    target = next((b for b in bindings if _role(b) == role and not _conditional(b)), None)
+    target = next((b for b in bindings if _role(b) == role and condition_of(b) == condition), None)
     have = _members(target) if target is not None else []
     if (member in have) == present:
         return False
@@ -75,11 +100,15 @@ def with_member(policy: Any, role: str, member: str, *, present: bool = True) ->
         new: list[Any] = [b for b in bindings if b is not target]
         if want:
             at = bindings.index(target) if target is not None else len(new)
-            new.insert(at, compute_v1.Binding(role=role, members=want))
+            new.insert(at, _new_binding(policy, role, want, condition))
         policy.bindings = new
     elif hasattr(policy, "DESCRIPTOR"):  # google.iam.v1 protobuf
         if target is None:
-            policy.bindings.add(role=role, members=want)
+            added = policy.bindings.add(role=role, members=want)
+            if condition:
+                added.condition.title = condition.title
+                added.condition.description = condition.description
+                added.condition.expression = condition.expression
         elif want:
             del target.members[:]
             target.members.extend(want)
@@ -88,7 +117,7 @@ def with_member(policy: Any, role: str, member: str, *, present: bool = True) ->
     else:  # google.api_core.iam.Policy (Cloud Storage): bindings are dicts
         new = [dict(b) for b in bindings if b is not target]
         if want:
-            new.append({"role": role, "members": set(want)})
+            new.append(_new_binding(policy, role, want, condition))
         policy.bindings = new
     policy.version = POLICY_VERSION
     return True
@@ -130,5 +159,7 @@ def read_modify_write(
     return False
 
 
-def member_editor(role: str, member: str, present: bool) -> Callable[[Any], bool]:
-    return lambda policy: with_member(policy, role, member, present=present)
+def member_editor(
+    role: str, member: str, present: bool, condition: Condition | None = None
+) -> Callable[[Any], bool]:
+    return lambda policy: with_member(policy, role, member, present=present, condition=condition)
