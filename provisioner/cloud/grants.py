@@ -125,7 +125,7 @@ def _group(s: Settings, member: str, role: Role) -> list[IamChange]:
 
 
 def is_group(s: Settings) -> bool:
-    return bool(getattr(s, "group_mode", False))
+    return s.group_mode
 
 
 def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:

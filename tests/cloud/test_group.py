@@ -3,8 +3,7 @@
 Two small models stand in for what Google evaluates: `reaches` is VPC firewall rule evaluation (ingress,
 per rule: direction, target service account, source range, destination range, protocol/port; the
 smallest priority number wins and at equal priority a deny wins over an allow; nothing matching means
-the implied deny), and IAM conditions are evaluated with a real CEL interpreter (cel-python) plus IAM's
-`extract()` as Google documents it (the text between the template's literal parts, empty when absent).
+the implied deny), and IAM conditions are evaluated with a real CEL interpreter (tests/fixtures/iam.py).
 """
 
 from __future__ import annotations
@@ -13,12 +12,12 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-import celpy
 import pytest
 from google.cloud import compute_v1
 
 from provisioner.cloud import group, plan
 from provisioner.cloud.settings import Settings
+from tests.fixtures.iam import evaluate as _evaluate
 
 S = Settings(project="acme-prod", zone="us-central1-a")
 ZONES = ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"]
@@ -244,30 +243,6 @@ def test_without_lb_clients_there_is_no_exception() -> None:
 
 
 # --- IAM: reader bindings cover exactly the group's instances and the serving port ----------------------
-
-
-def _extract(
-    value: celpy.celtypes.StringType, template: celpy.celtypes.StringType
-) -> celpy.celtypes.StringType:
-    before, _, rest = str(template).partition("{")
-    after = rest.partition("}")[2]
-    text = str(value)
-    start = text.find(before)
-    if start < 0:
-        return celpy.celtypes.StringType("")
-    tail = text[start + len(before) :]
-    if after:
-        end = tail.find(after)
-        if end < 0:
-            return celpy.celtypes.StringType("")
-        tail = tail[:end]
-    return celpy.celtypes.StringType(tail)
-
-
-def _evaluate(expression: str, **activation: object) -> bool:
-    env = celpy.Environment()
-    program = env.program(env.compile(expression), functions={"extract": _extract})
-    return bool(program.evaluate({k: celpy.json_to_cel(v) for k, v in activation.items()}))
 
 
 def _tunnel(zone: str, instance: str) -> str:
