@@ -51,6 +51,13 @@ def create_command(no_wait: bool, **kwargs: Any) -> None:
     cloud.save_log = save_serial_log  # a failed first bake keeps the builder's serial log
     cloud.iam.get_project()  # a wrong --project fails here, with a clear message
     deploy.create(cloud, settings, script=script, progress=progress, wait=not no_wait)
+    if settings.group_mode:
+        click.echo(
+            f"pypapo is up: group {settings.instance} of {settings.replicas} in {settings.region},"
+            f" bucket gs://{settings.bucket}. Next: `provision status --replicas {settings.replicas}`"
+            " (instances, the load balancer's URL), `provision grant` and `provision tunnel`."
+        )
+        return
     click.echo(
         f"pypapo is up: {settings.instance} in {settings.zone}, bucket gs://{settings.bucket}."
         f" Next: `provision grant user:EMAIL --role reader` and `provision tunnel`."
@@ -68,6 +75,9 @@ def status_command(output: str, **kwargs: Any) -> None:
     report = deploy.status(_cloud(settings), settings)
     if output == "json":
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    if report.get("mode") == "group":
+        click.echo(_group_status_text(report, settings.instance), nl=False)
         return
     inst = report["instance"]
     click.echo(f"project {report['project']}, zone {report['zone']}")
@@ -89,6 +99,44 @@ def status_command(output: str, **kwargs: Any) -> None:
         click.echo(f"  drift: {d['kind']} {d['name']}: {d['action']}" + (f" ({fields})" if fields else ""))
 
 
+def _group_status_text(report: dict[str, Any], name: str) -> str:
+    lines = [f"project {report['project']}, region {report['region']}"]
+    g = report["group"]
+    if g is None:
+        lines.append(f"  group {name}: does not exist (`provision create --replicas N`)")
+    else:
+        lines.append(
+            f"  group {g['name']}: {g['healthy']} of {g['target_size']} healthy, template {g['template']}"
+            f" (image {g['image'] or '?'}), zones {', '.join(g['zones'])}"
+        )
+        lines.append(f"    {'INSTANCE':24} {'ZONE':16} {'IMAGE':32} {'STATUS':10} {'HEALTH':10} ACTION")
+        for i in g["instances"]:
+            lines.append(
+                f"    {i['name']:24} {i['zone']:16} {i['image']:32} {i['status']:10}"
+                f" {i['health']:10} {i['action']}"
+            )
+    lb = report["load_balancer"]
+    lines.append(
+        f"  load balancer: {lb['url']} (forwarding rule {lb['forwarding_rule']})"
+        if lb["url"]
+        else "  load balancer: does not exist"
+    )
+    if report["single_vm"]:
+        lines.append(
+            f"  single VM {report['single_vm']}: still there (the migration deletes it once the group serves)"
+        )
+    lines.append(f"  bucket: {report['bucket'] or 'does not exist'}")
+    lines.append(f"  service account: {report['service_account'] or 'does not exist'}")
+    lines.append(f"  firewall: {', '.join(report['firewalls']) or 'none'}")
+    lines.append(f"  private Google access: {'on' if report['private_google_access'] else 'off'}")
+    if report["in_sync"]:
+        lines.append("  in sync with the plan")
+    for d in report["drift"]:
+        fields = ", ".join(c["field"] for c in d["changes"])
+        lines.append(f"  drift: {d['kind']} {d['name']}: {d['action']}" + (f" ({fields})" if fields else ""))
+    return "\n".join(lines) + "\n"
+
+
 @click.command("destroy")
 @settings_options
 @click.option("--delete-bucket", is_flag=True, help="also delete the bucket and every package in it")
@@ -100,6 +148,15 @@ def destroy_command(delete_bucket: bool, yes: bool, **kwargs: Any) -> None:
     settings = settings_from_click(kwargs)
     what = f"instance {settings.instance} ({settings.zone}), firewall rules {settings.firewall_name}"
     what += f" and {settings.deny_firewall_name}"
+    if settings.group_mode:
+        from provisioner.cloud.group import group_names
+
+        what = (
+            f"group {settings.instance} ({settings.region}) with its instances, templates, health checks,"
+            f" load balancer and address, firewall rules {settings.firewall_name},"
+            f" {group_names(settings).allow_health_checks}"
+            f" and {settings.deny_firewall_name} (and a single VM {settings.instance} if one is left)"
+        )
     what += f", service account {settings.service_account_email}"
     if delete_bucket:
         what += f" AND bucket gs://{settings.bucket} with every package in it"

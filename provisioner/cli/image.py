@@ -268,8 +268,12 @@ def _confirm(yes: bool, message: str) -> None:
 @click.option("--yes", is_flag=True, help="do not ask before replacing the appliance")
 @click.option("--dry-run", is_flag=True, help="print the steps and requests; no credentials, no network")
 def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any) -> None:
-    """Recreate the appliance from the newest image of the family, same name, grants kept."""
+    """Recreate the appliance from the newest image of the family, same name, grants kept (a group:
+    a rolling update to a template of that image, surge first, no instance unavailable)."""
     settings = settings_from_click(kwargs)
+    if settings.group_mode:
+        _group_rollout(settings, image_name, yes, dry_run)
+        return
     target = image_plan.target_of(settings)
     spec = serving_instance_spec(settings)
     if dry_run:
@@ -328,8 +332,12 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
 @click.option("--yes", is_flag=True, help="do not ask before replacing the appliance")
 @click.option("--dry-run", is_flag=True, help="print the steps; needs credentials to find the previous image")
 def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
-    """Recreate the appliance from the image before the one it runs (un-deprecating it if needed)."""
+    """Recreate the appliance from the image before the one it runs (un-deprecating it if needed); a
+    group: a rolling update back to the template before the current one."""
     settings = settings_from_click(kwargs)
+    if settings.group_mode:
+        _group_rollback(settings, yes, dry_run)
+        return
     target = image_plan.target_of(settings)
     spec = serving_instance_spec(settings)
     api = image_api(settings)
@@ -359,6 +367,148 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
         api, target, spec, link, report=options.progress, ready_timeout=settings.ready_timeout
     )
     click.echo(f"{target.instance} rolled back to {previous.name}; {current} is DEPRECATED")
+
+
+# ------------------------------------------------------------------- rollout/rollback of a group (--replicas)
+
+
+def _group_cloud(settings: Settings) -> Any:
+    from provisioner.cloud.apply import Cloud
+
+    return Cloud.connect(settings, progress=options.progress)
+
+
+def _chosen_image(images: list[compute_v1.Image], family: str, image_name: str | None) -> compute_v1.Image:
+    if image_name:
+        chosen = next((i for i in images if i.name == image_name), None)
+        if chosen is None:
+            raise PypapoError(f"image {image_name} is not in family {family}; see `provision image list`")
+        return chosen
+    chosen = image_plan.newest_usable(images)
+    if chosen is None:
+        raise PypapoError(f"family {family} has no usable image: run `provision image build` first")
+    return chosen
+
+
+def _group_rollout(settings: Settings, image_name: str | None, yes: bool, dry_run: bool) -> None:
+    from provisioner.cloud import group, group_apply, group_plan
+
+    target = image_plan.target_of(settings)
+    script = startup_script(settings)
+    if dry_run:
+        ref = (
+            names.image_link(target.image_project, image_name)
+            if image_name
+            else names.family_image(target.image_project, target.family)
+        )
+        template = group.instance_template(settings, image=ref, startup_script=script)
+        zones = len(group_plan.zones_of(settings, None))
+        steps = [
+            plan.Step(
+                "compute.instanceTemplates.insert",
+                group.insert_template_request(settings, template),
+                "the new template: today's instance with the new image (skipped if it exists)",
+            ),
+            plan.Step(
+                "compute.regionInstanceGroupManagers.patch",
+                group.rolling_update_request(settings, template_name=template.name, zones=zones),
+                "rolling update: new instances first, an old one deleted once its replacement is healthy",
+            ),
+        ]
+        _echo_doc(
+            image_plan.steps_document(
+                "rollout",
+                steps,
+                image=ref,
+                group=group.group_names(settings).group,
+                note="the family is resolved to its newest ACTIVE image at run time (the template names"
+                " that image); max_surge is the group's number of zones, read at run time; a failed"
+                " health check stops the update (the group goes back to its template, OPPORTUNISTIC)",
+            )
+        )
+        return
+    cloud = _group_cloud(settings)
+    images = cloud.images.list_images(target.image_project, target.family)
+    chosen = _chosen_image(images, target.family, image_name)
+    actual = group_apply.observe(cloud, settings)
+    if actual.manager is None:
+        raise PypapoError(
+            f"no group {settings.instance} in {settings.region}: run `provision create --replicas N` first"
+        )
+    current = group_apply.current_image(actual)
+    _confirm(
+        yes,
+        f"Roll group {settings.instance} ({current or '?'}) onto {chosen.name}, one zone's worth of new"
+        " instances at a time? No instance is taken out before its replacement is healthy.",
+    )
+    rolled = group_apply.roll_to(
+        cloud,
+        settings,
+        group.instance_template(
+            settings, image=names.image_link(target.image_project, chosen.name), startup_script=script
+        ),
+        actual=actual,
+        progress=options.progress,
+    )
+    if not rolled.changed:
+        click.echo(f"group {settings.instance} already runs {chosen.name} ({rolled.template}): nothing to do")
+        return
+    click.echo(f"group {settings.instance} now runs {chosen.name} ({rolled.template}) on every instance")
+
+
+def _group_rollback(settings: Settings, yes: bool, dry_run: bool) -> None:
+    from provisioner.cloud import group, group_apply, group_plan
+
+    target = image_plan.target_of(settings)
+    cloud = _group_cloud(settings)
+    actual = group_apply.observe(cloud, settings)
+    if actual.manager is None:
+        raise PypapoError(
+            f"no group {settings.instance} in {settings.region}: run `provision create --replicas N` first"
+        )
+    previous = group_plan.previous_template(actual)
+    if previous is None:
+        raise PypapoError(
+            f"group {settings.instance} runs {actual.current_template}; no earlier pypapo template exists"
+            " to roll back to"
+        )
+    old_image = group.template_image(previous).rsplit("/", 1)[-1]
+    bad_image = group_apply.current_image(actual)
+    images = cloud.images.list_images(target.image_project, target.family)
+    family = {i.name for i in images}
+    changes = (
+        image_plan.rollback_deprecations(target.image_project, images, old_image, bad_image)
+        if old_image != bad_image and {old_image, bad_image} <= family
+        else []
+    )
+    zones = len(group_plan.zones_of(settings, actual))
+    if dry_run:
+        steps = [
+            plan.Step("compute.images.deprecate", c, f"mark {c.image} {c.deprecation_status_resource.state}")
+            for c in changes
+        ]
+        steps.append(
+            plan.Step(
+                "compute.regionInstanceGroupManagers.patch",
+                group.rolling_update_request(settings, template_name=previous.name, zones=zones),
+                f"rolling update back to {previous.name} ({old_image})",
+            )
+        )
+        _echo_doc(
+            image_plan.steps_document(
+                "rollback", steps, template=previous.name, from_template=actual.current_template
+            )
+        )
+        return
+    _confirm(yes, f"Roll group {settings.instance} back to {previous.name} ({old_image})?")
+    for change in changes:
+        options.progress(f"marking {change.image} {change.deprecation_status_resource.state}")
+        cloud.images.deprecate_image(change)
+    rolled = group_apply.roll_to(cloud, settings, previous, actual=actual, progress=options.progress)
+    click.echo(
+        f"group {settings.instance} rolled back to {rolled.template} ({old_image}) from {rolled.previous}"
+        + (f"; {bad_image} is DEPRECATED" if changes else "")
+    )
 
 
 COMMANDS: list[click.Command] = [image_group, rollout_cmd, rollback_cmd]

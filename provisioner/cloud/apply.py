@@ -68,6 +68,8 @@ class Cloud:
 
     def senders(self) -> dict[planlib.Method, Callable[[Any], object]]:
         """Each plan method and the bound thin-layer method that sends its request."""
+        from provisioner.cloud import group_apply
+
         M, c, st, iam = planlib.Method, self.compute, self.storage, self.iam
         return {
             M.CREATE_BUCKET: st.create_bucket,
@@ -93,6 +95,7 @@ class Cloud:
             M.SET_MACHINE_TYPE: c.set_machine_type,
             M.STOP_INSTANCE: c.stop_instance,
             M.START_INSTANCE: c.start_instance,
+            **group_apply.senders(c),
         }
 
     def send(self, step: planlib.Step) -> None:
@@ -125,7 +128,7 @@ def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
     """What exists now, read through the thin layer."""
     bucket = cloud.storage.get_bucket(s.bucket)
     account = cloud.iam.get_service_account(s.service_account_email)
-    return planlib.Actual(
+    actual = planlib.Actual(
         bucket=bucket,
         bucket_members=cloud.storage.get_members(s.bucket) if bucket is not None else {},
         service_account=account,
@@ -136,6 +139,11 @@ def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
         instance=cloud.compute.get_instance(s.zone, s.instance),
         image_family_exists=cloud.compute.get_image_from_family(s.image_project, s.image_family) is not None,
     )
+    if s.group_mode:
+        from provisioner.cloud import group_apply
+
+        actual.group = group_apply.observe(cloud, s, single_vm=actual.instance)
+    return actual
 
 
 def apply(
@@ -250,6 +258,12 @@ def create(
     clock: Callable[[], float] | None = None,
 ) -> planlib.Plan:
     """Make or reconcile everything; a second run sends nothing. Returns the plan it carried out."""
+    if s.group_mode:
+        from provisioner.cloud import group_apply
+
+        return group_apply.create(
+            cloud, s, script=script, progress=progress, wait=wait, sleep=sleep, clock=clock
+        )
     plan = planlib.plan_create(s, observe(cloud, s), startup_script=script)
     if not plan.changed:
         progress(f"nothing to change: pypapo in {s.project} ({s.zone}/{s.instance}) matches the plan")
@@ -317,6 +331,10 @@ def bake_first_image(
 
 
 def destroy(cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progress = silent) -> planlib.Plan:
+    if s.group_mode:
+        from provisioner.cloud import group_apply
+
+        return group_apply.destroy(cloud, s, delete_bucket=delete_bucket, progress=progress)
     plan = planlib.plan_destroy(s, observe(cloud, s), delete_bucket=delete_bucket)
     if not plan.changed:
         progress(f"nothing to delete: no pypapo resources of {s.instance} in {s.project}")
@@ -362,6 +380,10 @@ def _require_appliance(cloud: Cloud, s: Settings) -> None:
 
 def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
     """What exists, its hardening drift and whether the appliance reports ready."""
+    if s.group_mode:
+        from provisioner.cloud import group_apply
+
+        return group_apply.status(cloud, s)
     actual = observe(cloud, s)
     plan = planlib.plan_create(s, actual, startup_script=startup_script(s))
     inst = actual.instance

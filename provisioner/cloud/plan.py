@@ -280,6 +280,13 @@ class Kind(StrEnum):
     FIREWALL = "firewall"
     IMAGE = "image"  # the golden image `create` bakes first while the family is empty
     INSTANCE = "instance"
+    # the group mode (`--replicas N`, `cloud/group_plan.py`)
+    INSTANCE_TEMPLATE = "instance_template"
+    HEALTH_CHECK = "health_check"
+    INSTANCE_GROUP = "instance_group"
+    BACKEND_SERVICE = "backend_service"
+    ADDRESS = "address"
+    FORWARDING_RULE = "forwarding_rule"
 
 
 class Action(StrEnum):
@@ -320,6 +327,22 @@ class Method(StrEnum):
     SET_MACHINE_TYPE = "compute.set_machine_type"
     STOP_INSTANCE = "compute.stop_instance"
     START_INSTANCE = "compute.start_instance"
+    # the group mode (`cloud/group_apply.senders`)
+    INSERT_INSTANCE_TEMPLATE = "compute.insert_instance_template"
+    DELETE_INSTANCE_TEMPLATE = "compute.delete_instance_template"
+    INSERT_HEALTH_CHECK = "compute.insert_health_check"
+    UPDATE_HEALTH_CHECK = "compute.update_health_check"
+    DELETE_HEALTH_CHECK = "compute.delete_health_check"
+    INSERT_INSTANCE_GROUP = "compute.insert_region_instance_group_manager"
+    PATCH_INSTANCE_GROUP = "compute.patch_region_instance_group_manager"
+    RESIZE_INSTANCE_GROUP = "compute.resize_region_instance_group_manager"
+    DELETE_INSTANCE_GROUP = "compute.delete_region_instance_group_manager"
+    INSERT_BACKEND_SERVICE = "compute.insert_region_backend_service"
+    DELETE_BACKEND_SERVICE = "compute.delete_region_backend_service"
+    INSERT_ADDRESS = "compute.insert_address"
+    DELETE_ADDRESS = "compute.delete_address"
+    INSERT_FORWARDING_RULE = "compute.insert_forwarding_rule"
+    DELETE_FORWARDING_RULE = "compute.delete_forwarding_rule"
 
 
 class IamResource(StrEnum):
@@ -536,6 +559,7 @@ class Actual:
     deny_firewall: compute_v1.Firewall | None = None
     instance: compute_v1.Instance | None = None
     image_family_exists: bool = False
+    group: Any = None  # `group_plan.GroupActual` in the group mode (`--replicas N`), else None
 
 
 def _change(fieldname: str, current: Any, desired: Any) -> dict[str, Any]:
@@ -870,14 +894,21 @@ def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> R
     )
 
 
-def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> Plan:
-    """Every resource `create` makes or reconciles, in dependency order. `actual=None`: offline."""
+def shared_plans(s: Settings, actual: Actual | None) -> list[ResourcePlan]:
+    """What both modes make: bucket, service account and its bucket binding, subnet, IAP allow and deny."""
     resources = [_bucket_plan(s, actual)]
     resources += _service_account_plans(s, actual)
-    resources += [
-        _subnet_plan(s, actual),
-        *_firewall_plans(s, actual),
-    ]
+    resources += [_subnet_plan(s, actual), *_firewall_plans(s, actual)]
+    return resources
+
+
+def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> Plan:
+    """Every resource `create` makes or reconciles, in dependency order. `actual=None`: offline."""
+    if s.group_mode:
+        from provisioner.cloud import group_plan
+
+        return group_plan.plan_create(s, actual, startup_script=startup_script)
+    resources = shared_plans(s, actual)
     image = _image_plan(s, actual)
     resources += [image] if image else []
     resources.append(_instance_plan(s, actual, startup_script))

@@ -35,6 +35,13 @@ SCHEDULER_API = "cloudscheduler.googleapis.com"
 # Permission prefix -> the smallest predefined role that holds it. Longest prefix wins.
 PERMISSION_ROLES: dict[str, str] = {
     "compute.instances.": "roles/compute.instanceAdmin.v1",
+    "compute.instanceTemplates.": "roles/compute.instanceAdmin.v1",
+    "compute.instanceGroupManagers.": "roles/compute.instanceAdmin.v1",
+    "compute.healthChecks.": "roles/compute.loadBalancerAdmin",
+    "compute.regionBackendServices.": "roles/compute.loadBalancerAdmin",
+    "compute.forwardingRules.": "roles/compute.loadBalancerAdmin",
+    "compute.addresses.": "roles/compute.networkAdmin",
+    "compute.regions.": "roles/compute.viewer",
     "compute.disks.": "roles/compute.instanceAdmin.v1",
     "compute.zoneOperations.": "roles/compute.instanceAdmin.v1",
     "compute.images.useReadOnly": "roles/compute.imageUser",
@@ -119,6 +126,12 @@ _FACTORIES: dict[str, tuple[str, Callable[..., Any]]] = {
     "region_operations": (COMPUTE_API, _compute("RegionOperationsClient")),
     "global_operations": (COMPUTE_API, _compute("GlobalOperationsClient")),
     "region_instance_group_managers": (COMPUTE_API, _compute("RegionInstanceGroupManagersClient")),
+    "regions": (COMPUTE_API, _compute("RegionsClient")),
+    "instance_templates": (COMPUTE_API, _compute("InstanceTemplatesClient")),
+    "health_checks": (COMPUTE_API, _compute("HealthChecksClient")),
+    "region_backend_services": (COMPUTE_API, _compute("RegionBackendServicesClient")),
+    "addresses": (COMPUTE_API, _compute("AddressesClient")),
+    "forwarding_rules": (COMPUTE_API, _compute("ForwardingRulesClient")),
     "storage": (STORAGE_API, _storage),
     "iam_admin": (IAM_API, _iam_admin),
     "projects": (RESOURCE_MANAGER_API, _projects),
@@ -130,7 +143,8 @@ class Clients:
     """Lazily built API clients for one project. `overrides` maps a client name to a ready object.
 
     Names: instances, images, firewalls, networks, subnetworks, zones, machine_types, zone_operations,
-    region_operations, global_operations, region_instance_group_managers, storage, iam_admin, projects,
+    region_operations, global_operations, region_instance_group_managers, regions, instance_templates,
+    health_checks, region_backend_services, addresses, forwarding_rules, storage, iam_admin, projects,
     iap. Other modules may add their own with `register`. Credentials come from Application Default
     Credentials unless given; a missing login becomes a `PypapoError` naming
     `gcloud auth application-default login`.

@@ -131,6 +131,53 @@ class Compute:
             api=COMPUTE_API,
         )
 
+    def _get(self, client: str, request: Any, what: str) -> Any:
+        return get_or_none(
+            lambda: self.clients.get(client).get(request=request),
+            f"read {what}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
+
+    def get_region_zones(self, region: str) -> list[str]:
+        """The zones of `region` (`regions.get`: a regional group spreads over them)."""
+        req = compute_v1.GetRegionRequest(project=self.project, region=region)
+        found = self._get("regions", req, f"region {region}")
+        if found is None:
+            return []
+        return sorted(z.rsplit("/", 1)[-1] for z in found.zones)
+
+    def list_instance_templates(self) -> list[compute_v1.InstanceTemplate]:
+        req = compute_v1.ListInstanceTemplatesRequest(project=self.project)
+        with gcp_errors("list instance templates", project=self.project, api=COMPUTE_API):
+            return list(self.clients.get("instance_templates").list(request=req))
+
+    def get_health_check(self, name: str) -> compute_v1.HealthCheck | None:
+        req = compute_v1.GetHealthCheckRequest(project=self.project, health_check=name)
+        return self._get("health_checks", req, f"health check {name}")
+
+    def get_region_instance_group_manager(
+        self, region: str, name: str
+    ) -> compute_v1.InstanceGroupManager | None:
+        req = compute_v1.GetRegionInstanceGroupManagerRequest(
+            project=self.project, region=region, instance_group_manager=name
+        )
+        return self._get("region_instance_group_managers", req, f"instance group {name}")
+
+    def get_region_backend_service(self, region: str, name: str) -> compute_v1.BackendService | None:
+        req = compute_v1.GetRegionBackendServiceRequest(
+            project=self.project, region=region, backend_service=name
+        )
+        return self._get("region_backend_services", req, f"backend service {name}")
+
+    def get_address(self, region: str, name: str) -> compute_v1.Address | None:
+        req = compute_v1.GetAddressRequest(project=self.project, region=region, address=name)
+        return self._get("addresses", req, f"address {name}")
+
+    def get_forwarding_rule(self, region: str, name: str) -> compute_v1.ForwardingRule | None:
+        req = compute_v1.GetForwardingRuleRequest(project=self.project, region=region, forwarding_rule=name)
+        return self._get("forwarding_rules", req, f"forwarding rule {name}")
+
     # --- writes (each waits for its operation) ---
 
     def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None:
@@ -237,6 +284,91 @@ class Compute:
             request,
             f"turn on Private Google Access on subnet {request.subnetwork}",
         )
+
+    # --- the group mode's writes (each one request, waited for) ---
+
+    def insert_instance_template(self, request: compute_v1.InsertInstanceTemplateRequest) -> None:
+        name = request.instance_template_resource.name
+        self._send("instance_templates", "insert", request, f"create instance template {name}")
+
+    def delete_instance_template(self, request: compute_v1.DeleteInstanceTemplateRequest) -> None:
+        self._send(
+            "instance_templates", "delete", request, f"delete instance template {request.instance_template}"
+        )
+
+    def insert_health_check(self, request: compute_v1.InsertHealthCheckRequest) -> None:
+        name = request.health_check_resource.name
+        self._send("health_checks", "insert", request, f"create health check {name}")
+
+    def update_health_check(self, request: compute_v1.UpdateHealthCheckRequest) -> None:
+        self._send("health_checks", "update", request, f"update health check {request.health_check}")
+
+    def delete_health_check(self, request: compute_v1.DeleteHealthCheckRequest) -> None:
+        self._send("health_checks", "delete", request, f"delete health check {request.health_check}")
+
+    def insert_region_instance_group_manager(
+        self, request: compute_v1.InsertRegionInstanceGroupManagerRequest
+    ) -> None:
+        name = request.instance_group_manager_resource.name
+        self._send(
+            "region_instance_group_managers",
+            "insert",
+            request,
+            f"create instance group {name}",
+            role="roles/iam.serviceAccountUser",
+        )
+
+    def patch_region_instance_group_manager(
+        self, request: compute_v1.PatchRegionInstanceGroupManagerRequest
+    ) -> None:
+        self._send(
+            "region_instance_group_managers",
+            "patch",
+            request,
+            f"update instance group {request.instance_group_manager}",
+        )
+
+    def resize_region_instance_group_manager(
+        self, request: compute_v1.ResizeRegionInstanceGroupManagerRequest
+    ) -> None:
+        self._send(
+            "region_instance_group_managers",
+            "resize",
+            request,
+            f"resize instance group {request.instance_group_manager} to {request.size}",
+        )
+
+    def delete_region_instance_group_manager(
+        self, request: compute_v1.DeleteRegionInstanceGroupManagerRequest
+    ) -> None:
+        self._send(
+            "region_instance_group_managers",
+            "delete",
+            request,
+            f"delete instance group {request.instance_group_manager} and its instances",
+        )
+
+    def insert_region_backend_service(self, request: compute_v1.InsertRegionBackendServiceRequest) -> None:
+        name = request.backend_service_resource.name
+        self._send("region_backend_services", "insert", request, f"create backend service {name}")
+
+    def delete_region_backend_service(self, request: compute_v1.DeleteRegionBackendServiceRequest) -> None:
+        self._send(
+            "region_backend_services", "delete", request, f"delete backend service {request.backend_service}"
+        )
+
+    def insert_address(self, request: compute_v1.InsertAddressRequest) -> None:
+        self._send("addresses", "insert", request, f"reserve address {request.address_resource.name}")
+
+    def delete_address(self, request: compute_v1.DeleteAddressRequest) -> None:
+        self._send("addresses", "delete", request, f"release address {request.address}")
+
+    def insert_forwarding_rule(self, request: compute_v1.InsertForwardingRuleRequest) -> None:
+        name = request.forwarding_rule_resource.name
+        self._send("forwarding_rules", "insert", request, f"create forwarding rule {name}")
+
+    def delete_forwarding_rule(self, request: compute_v1.DeleteForwardingRuleRequest) -> None:
+        self._send("forwarding_rules", "delete", request, f"delete forwarding rule {request.forwarding_rule}")
 
     def set_instance_member(
         self, zone: str, name: str, role: str, member: str, *, present: bool = True
