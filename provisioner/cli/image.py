@@ -15,6 +15,7 @@ from provisioner.appliance import guest
 from provisioner.cli import options
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cloud import names, plan
+from provisioner.cloud.apply import Cloud
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
 from provisioner.cloud.image import schedule as image_schedule
@@ -41,11 +42,9 @@ def serving_instance_spec(settings: Settings) -> compute_v1.Instance:
     )
 
 
-def image_api(settings: Settings, progress: bool = True) -> image_run.ImageApi:
-    """The thin Compute/IAP layer (tests substitute a double here: Compute Engine has no emulator)."""
-    from provisioner.cloud.gcp.images import ComputeImageApi
-
-    return ComputeImageApi(_clients(settings), progress=options.progress if progress else None)
+def connect(settings: Settings, progress: bool = True) -> Cloud:
+    """The thin layers: the pipelines use its Compute layer (and its IAM layer for the tunnel grants)."""
+    return Cloud.connect(settings, progress=options.progress if progress else None)
 
 
 def _clients(settings: Settings) -> Any:
@@ -101,7 +100,7 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
             )
         )
         return
-    api = image_api(settings)
+    api = connect(settings).compute
     current = image_run.serving_image(api, target)
     result = image_run.run_build(
         api,
@@ -127,7 +126,7 @@ def list_cmd(output: str, **kwargs: Any) -> None:
     """The images of the family, newest first, with age, state and which one the appliance runs."""
     settings = settings_from_click(kwargs)
     target = image_plan.target_of(settings)
-    api = image_api(settings, progress=False)
+    api = connect(settings, progress=False).compute
     images = api.list_images(target.image_project, target.family)
     serving = image_run.serving_image(api, target)
     rows = image_plan.image_rows(images, serving, dt.datetime.now(dt.UTC))
@@ -293,7 +292,8 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
             )
         )
         return
-    api = image_api(settings)
+    cloud = connect(settings)
+    api = cloud.compute
     images = api.list_images(target.image_project, target.family)
     if image_name:
         chosen = next((i for i in images if i.name == image_name), None)
@@ -318,6 +318,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
     )
     image_run.run_rollout(
         api,
+        cloud.iam,
         target,
         spec,
         names.image_link(target.image_project, chosen.name),
@@ -340,7 +341,8 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
         return
     target = image_plan.target_of(settings)
     spec = serving_instance_spec(settings)
-    api = image_api(settings)
+    cloud = connect(settings)
+    api = cloud.compute
     images = api.list_images(target.image_project, target.family)
     current = image_run.serving_image(api, target)
     previous = image_plan.rollback_target(images, current)
@@ -364,18 +366,12 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
         options.progress(f"marking {change.image} {change.deprecation_status_resource.state}")
         api.deprecate_image(change)
     image_run.run_rollout(
-        api, target, spec, link, report=options.progress, ready_timeout=settings.ready_timeout
+        api, cloud.iam, target, spec, link, report=options.progress, ready_timeout=settings.ready_timeout
     )
     click.echo(f"{target.instance} rolled back to {previous.name}; {current} is DEPRECATED")
 
 
 # ------------------------------------------------------------------- rollout/rollback of a group (--replicas)
-
-
-def _group_cloud(settings: Settings) -> Any:
-    from provisioner.cloud.apply import Cloud
-
-    return Cloud.connect(settings, progress=options.progress)
 
 
 def _chosen_image(images: list[compute_v1.Image], family: str, image_name: str | None) -> compute_v1.Image:
@@ -427,8 +423,8 @@ def _group_rollout(settings: Settings, image_name: str | None, yes: bool, dry_ru
             )
         )
         return
-    cloud = _group_cloud(settings)
-    images = cloud.images.list_images(target.image_project, target.family)
+    cloud = connect(settings)
+    images = cloud.compute.list_images(target.image_project, target.family)
     chosen = _chosen_image(images, target.family, image_name)
     actual = group_apply.observe(cloud, settings)
     if actual.manager is None:
@@ -460,7 +456,7 @@ def _group_rollback(settings: Settings, yes: bool, dry_run: bool) -> None:
     from provisioner.cloud import group, group_apply, group_plan
 
     target = image_plan.target_of(settings)
-    cloud = _group_cloud(settings)
+    cloud = connect(settings)
     actual = group_apply.observe(cloud, settings)
     if actual.manager is None:
         raise PypapoError(
@@ -474,7 +470,7 @@ def _group_rollback(settings: Settings, yes: bool, dry_run: bool) -> None:
         )
     old_image = group.template_image(previous).rsplit("/", 1)[-1]
     bad_image = group_apply.current_image(actual)
-    images = cloud.images.list_images(target.image_project, target.family)
+    images = cloud.compute.list_images(target.image_project, target.family)
     family = {i.name for i in images}
     changes = (
         image_plan.rollback_deprecations(target.image_project, images, old_image, bad_image)
@@ -503,7 +499,7 @@ def _group_rollback(settings: Settings, yes: bool, dry_run: bool) -> None:
     _confirm(yes, f"Roll group {settings.instance} back to {previous.name} ({old_image})?")
     for change in changes:
         options.progress(f"marking {change.image} {change.deprecation_status_resource.state}")
-        cloud.images.deprecate_image(change)
+        cloud.compute.deprecate_image(change)
     rolled = group_apply.roll_to(cloud, settings, previous, actual=actual, progress=options.progress)
     click.echo(
         f"group {settings.instance} rolled back to {rolled.template} ({old_image}) from {rolled.previous}"

@@ -31,7 +31,6 @@ class Cloud:
     storage: Any
     iam: Any
     open_repository: Callable[[str], Any] = field(default=lambda url: _open_repository(url))
-    images: Any = None  # the image pipelines' thin layer (`image.run.ImageApi`): `create` bakes with it
     save_log: Callable[[str, str], str] | None = None  # keeps a failed bake's serial log (the CLI's)
     org_policies: Any = None  # `gcp.orgpolicy.OrgPolicies`: read before anything is created
 
@@ -39,7 +38,6 @@ class Cloud:
     def connect(cls, settings: Settings, *, progress: Progress | None = None) -> Cloud:
         from provisioner.cloud.gcp.compute import Compute
         from provisioner.cloud.gcp.iam import Iam
-        from provisioner.cloud.gcp.images import ComputeImageApi
         from provisioner.cloud.gcp.orgpolicy import OrgPolicies
         from provisioner.cloud.gcp.storage_admin import StorageAdmin
 
@@ -48,7 +46,6 @@ class Cloud:
             Compute(clients, progress=progress),
             StorageAdmin(clients, progress=progress),
             Iam(clients, progress=progress),
-            images=ComputeImageApi(clients, progress=progress),
             org_policies=OrgPolicies(clients, progress=progress),
         )
 
@@ -314,10 +311,8 @@ def bake_first_image(
     from provisioner.cloud.image import plan as image_plan
     from provisioner.cloud.image import run as image_run
 
-    if cloud.images is None:
-        raise PypapoError(f"image family {s.image_family} is empty: run `provision image build` first")
     result = image_run.run_build(
-        cloud.images,
+        cloud.compute,
         image_plan.target_of(s),
         dt.datetime.now(dt.UTC),
         script,

@@ -1,7 +1,7 @@
 """`provision create/destroy/status/grant` over doubles (Compute Engine has no emulator).
 
 Compute Engine is the one client-level double, `tests.doubles.compute.ComputeEngine`: the real thin layer
-(`cloud/gcp/compute.py`, `images.py`) runs over it. Storage admin and IAM are doubled at the thin layer
+(`cloud/gcp/compute.py`) runs over it. Storage admin and IAM are doubled at the thin layer
 (`FakeStorage`, `FakeIam` below). Each records every request object it is sent and keeps state in real
 compute_v1 / iam / storage objects, applying each request the way the API does (fingerprints, deletion
 protection, stopped-VM-only changes). Everything above, planning, reconciliation, ordering, waiting and
@@ -26,7 +26,6 @@ from provisioner.cloud import apply as deploy
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp import policy as iam_policy
 from provisioner.cloud.gcp.compute import Compute
-from provisioner.cloud.gcp.images import ComputeImageApi
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 from tests.doubles.compute import ComputeEngine, bake_done, ready_after
@@ -174,7 +173,6 @@ def empty_family_cloud() -> deploy.Cloud:
     engine.new_guest = lambda name: bake_done() if is_builder(name) else ready_after(2)
     clients = engine.clients()
     c = deploy.Cloud(Compute(clients), storage, FakeIam("acme-prod", log), storage.open_repository)
-    c.images = ComputeImageApi(clients)
     c.log = log  # type: ignore[attr-defined]  # every write in the order it was sent
     c.engine = engine  # type: ignore[attr-defined]
     return c

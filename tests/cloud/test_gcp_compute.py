@@ -90,3 +90,25 @@ def test_other_insert_errors_fail_at_once(exc: Exception) -> None:
         compute.insert_instance(_request())
     assert len(engine.requests("instances.insert")) == 1 and sleeps == []
     assert engine.instances == {}
+
+
+def test_a_delete_of_what_is_already_gone_is_done_and_other_errors_name_the_fix() -> None:
+    """destroy, the builder's clean-up and rollout converge when a resource vanished under them."""
+    engine, compute = _compute([], [], [])
+    compute.insert_instance(_request())
+    gone = compute_v1.DeleteDiskRequest(project="acme-prod", zone="us-central1-a", disk="nope")
+    assert compute.delete_disk(gone) is False
+    delete = compute_v1.DeleteInstanceRequest(project="acme-prod", zone="us-central1-a", instance="pypapo")
+    engine.fail["instances.delete"] = gexc.Forbidden("Required 'compute.instances.delete' permission")
+    with pytest.raises(PypapoError, match=r"roles/compute\.instanceAdmin\.v1"):
+        compute.delete_instance(delete)
+    del engine.fail["instances.delete"]
+    with pytest.raises(PypapoError, match="protected against deletion"):
+        compute.delete_instance(delete)
+    compute.set_deletion_protection(
+        compute_v1.SetDeletionProtectionInstanceRequest(
+            project="acme-prod", zone="us-central1-a", resource="pypapo", deletion_protection=False
+        )
+    )
+    assert compute.delete_instance(delete) is True and engine.instances == {} and engine.disks == {}
+    assert compute.delete_instance(delete) is False

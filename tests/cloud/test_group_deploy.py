@@ -21,7 +21,6 @@ from provisioner.cloud import apply as deploy
 from provisioner.cloud import group, group_apply
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.compute import Compute
-from provisioner.cloud.gcp.images import ComputeImageApi
 from provisioner.cloud.settings import Settings
 from tests.cloud.test_create import SCRIPT, FakeIam, FakeStorage, is_builder
 from tests.doubles.compute import FakeClock, bake_done, ready_after
@@ -39,7 +38,6 @@ def group_cloud() -> tuple[deploy.Cloud, GroupEngine]:
     engine.new_guest = lambda name: bake_done() if is_builder(name) else ready_after(0)
     clients = engine.clients()
     cloud = deploy.Cloud(Compute(clients), storage, FakeIam("acme-prod", log), storage.open_repository)
-    cloud.images = ComputeImageApi(clients)
     return cloud, engine
 
 

@@ -10,7 +10,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from provisioner.cloud import plan
-from provisioner.cloud.gcp.images import ComputeImageApi
+from provisioner.cloud.gcp.compute import Compute
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
 from provisioner.cloud.settings import Settings
@@ -24,8 +24,8 @@ BUILDER = image_plan.builder_name("pypapo", NOW)
 IMAGE = image_plan.image_name("pypapo", NOW)
 
 
-def layer(engine: ComputeEngine) -> ComputeImageApi:
-    return ComputeImageApi(engine.clients())
+def layer(engine: ComputeEngine) -> Compute:
+    return Compute(engine.clients())
 
 
 def metadata(instance: compute_v1.Instance) -> dict[str, str]:

@@ -18,7 +18,9 @@ from provisioner.appliance import render
 from provisioner.cli import image as image_cmd
 from provisioner.cli import main
 from provisioner.cloud import names, plan
-from provisioner.cloud.gcp.images import ComputeImageApi
+from provisioner.cloud.apply import Cloud
+from provisioner.cloud.gcp.compute import Compute
+from provisioner.cloud.gcp.iam import Iam
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.settings import Settings
 from tests.doubles.compute import ComputeEngine
@@ -123,9 +125,9 @@ def test_invalid_cron_fails_before_settings_or_credentials() -> None:
 @pytest.fixture
 def double(monkeypatch) -> ComputeEngine:
     api = ComputeEngine()
-    monkeypatch.setattr(
-        image_cmd, "image_api", lambda settings, progress=True: ComputeImageApi(api.clients())
-    )
+    clients = api.clients()
+    cloud = Cloud(Compute(clients), None, Iam(clients))
+    monkeypatch.setattr(image_cmd, "connect", lambda settings, progress=True: cloud)
     return api
 
 

@@ -4,6 +4,7 @@ IAM grants kept, readiness awaited, the previous image chosen by creation time."
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -11,7 +12,8 @@ from google.cloud import compute_v1
 from google.iam.v1 import policy_pb2
 
 from provisioner.cloud import names, plan
-from provisioner.cloud.gcp.images import ComputeImageApi
+from provisioner.cloud.gcp.compute import Compute
+from provisioner.cloud.gcp.iam import Iam
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
 from provisioner.cloud.settings import Settings
@@ -31,8 +33,8 @@ def link(name: str) -> str:
     return names.image_link("proj-123456", name)
 
 
-def layer(engine: ComputeEngine) -> ComputeImageApi:
-    return ComputeImageApi(engine.clients())
+def layer(engine: ComputeEngine) -> Compute:
+    return Compute(engine.clients())
 
 
 def ready() -> dict[str, str]:
@@ -65,9 +67,11 @@ def api() -> ComputeEngine:
     return api
 
 
-def run(api: ComputeEngine, image: str) -> None:
-    clock = FakeClock()
-    image_run.run_rollout(layer(api), TARGET, SPEC, link(image), clock=clock, sleep=clock.sleep)
+def run(api: ComputeEngine, image: str, clock: FakeClock | None = None, **options: Any) -> None:
+    clock = clock or FakeClock()
+    image_run.run_rollout(
+        layer(api), Iam(api.clients()), TARGET, SPEC, link(image), clock=clock, sleep=clock.sleep, **options
+    )
 
 
 def test_rollout_recreates_the_same_instance_with_only_the_image_changed(api) -> None:
@@ -129,9 +133,7 @@ def test_rollout_times_out_when_ready_never_comes(api) -> None:
     api.guest["pypapo"] = lambda: {"ready": "false"}
     clock = FakeClock()
     with pytest.raises(PypapoError, match=r"did not report ready within 10 min.*get-serial-port-output"):
-        image_run.run_rollout(
-            layer(api), TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600
-        )
+        run(api, NEW, clock, ready_timeout=600)
     assert clock.now >= 600
 
 
@@ -140,9 +142,7 @@ def test_rollout_stops_within_seconds_of_a_reported_error(api) -> None:
     api.guest["pypapo"] = lambda: next(polls, {"ready": "false", "error": "install: apt-get exited 100"})
     clock = FakeClock()
     with pytest.raises(PypapoError) as err:
-        image_run.run_rollout(
-            layer(api), TARGET, SPEC, link(NEW), clock=clock, sleep=clock.sleep, ready_timeout=600
-        )
+        run(api, NEW, clock, ready_timeout=600)
     message = str(err.value)
     assert "install: apt-get exited 100" in message
     assert "gcloud compute instances get-serial-port-output pypapo --zone europe-west1-b" in message
@@ -189,7 +189,13 @@ def test_rollback_goes_to_the_previous_image_and_reactivates_it(api) -> None:
     for change in changes:
         layer(api).deprecate_image(change)
     image_run.run_rollout(
-        layer(api), TARGET, SPEC, link(previous.name), clock=FakeClock(), sleep=lambda s: None
+        layer(api),
+        Iam(api.clients()),
+        TARGET,
+        SPEC,
+        link(previous.name),
+        clock=FakeClock(),
+        sleep=lambda s: None,
     )
     assert image_run.serving_image(layer(api), TARGET) == OLD
     # the family, and so the next `provision rollout`, now resolves to the image rolled back to

@@ -117,6 +117,7 @@ def _iap(credentials: Any) -> Any:
 _FACTORIES: dict[str, tuple[str, Callable[..., Any]]] = {
     "instances": (COMPUTE_API, _compute("InstancesClient")),
     "images": (COMPUTE_API, _compute("ImagesClient")),
+    "disks": (COMPUTE_API, _compute("DisksClient")),
     "firewalls": (COMPUTE_API, _compute("FirewallsClient")),
     "networks": (COMPUTE_API, _compute("NetworksClient")),
     "subnetworks": (COMPUTE_API, _compute("SubnetworksClient")),
@@ -142,9 +143,10 @@ _FACTORIES: dict[str, tuple[str, Callable[..., Any]]] = {
 class Clients:
     """Lazily built API clients for one project. `overrides` maps a client name to a ready object.
 
-    Names: instances, images, firewalls, networks, subnetworks, zones, machine_types, zone_operations,
-    region_operations, global_operations, region_instance_group_managers, regions, instance_templates,
-    health_checks, region_backend_services, addresses, forwarding_rules, storage, iam_admin, projects,
+    Names: instances, images, disks, firewalls, networks, subnetworks, zones, machine_types,
+    zone_operations, region_operations, global_operations, region_instance_group_managers, regions,
+    instance_templates, health_checks, region_backend_services, addresses, forwarding_rules, storage,
+    iam_admin, projects,
     iap. Other modules may add their own with `register`. Credentials come from Application Default
     Credentials unless given; a missing login becomes a `PypapoError` naming
     `gcloud auth application-default login`.

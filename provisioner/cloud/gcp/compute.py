@@ -1,8 +1,10 @@
-"""Thin layer: Compute Engine. Each method sends one request object built elsewhere and waits.
+"""Thin layer: Compute Engine, the one for every command (create, destroy, status, grant, verify, the
+image build, rollout and rollback). Each method sends one request object built elsewhere and waits.
 
-Reads return the real `compute_v1` object or None when it does not exist. Writes wait on the
-operation with progress. Tests replace this class with a double that keeps state in real compute_v1
-objects; nothing else talks to Compute Engine.
+Reads return the real `compute_v1` object or None when it does not exist. Writes wait on the operation
+with progress; a delete of what is already gone is done (destroy, the builder's clean-up and rollout
+all converge). Every other error leaves as a one-line `PypapoError` naming the fix. Tests run this class
+over `tests/doubles/compute.py`, fake compute_v1 clients that keep state in real compute_v1 objects.
 """
 
 from __future__ import annotations
@@ -56,60 +58,77 @@ class Compute:
         wait_for_operation(op, description, project=self.project, progress=self.progress, timeout=timeout)
 
     def _send(
-        self, client: str, method: str, request: Any, description: str, *, role: str | None = None
+        self,
+        client: str,
+        method: str,
+        request: Any,
+        description: str,
+        *,
+        role: str | None = None,
+        timeout: float = 900.0,
     ) -> None:
         with gcp_errors(description, project=self.project, api=COMPUTE_API, role=role):
             op = getattr(self.clients.get(client), method)(request=request)
+        self._wait(op, description, timeout)
+
+    def _delete(self, client: str, request: Any, description: str) -> bool:
+        """Send a delete and wait; False when the resource was already gone."""
+        with gcp_errors(description, project=self.project, api=COMPUTE_API):
+            try:
+                op = self.clients.get(client).delete(request=request)
+            except gexc.NotFound:
+                return False
         self._wait(op, description)
+        return True
+
+    def _get(self, client: str, request: Any, what: str, method: str = "get") -> Any:
+        """One read: the resource, or None when it does not exist (`what` names it in errors)."""
+        return get_or_none(
+            lambda: getattr(self.clients.get(client), method)(request=request),
+            f"read {what}",
+            project=self.project,
+            api=COMPUTE_API,
+        )
 
     # --- reads ---
 
     def get_instance(self, zone: str, name: str) -> compute_v1.Instance | None:
         req = compute_v1.GetInstanceRequest(project=self.project, zone=zone, instance=name)
-        return get_or_none(
-            lambda: self.clients.get("instances").get(request=req),
-            f"read instance {name}",
-            project=self.project,
-            api=COMPUTE_API,
-        )
+        return self._get("instances", req, f"instance {name}")
+
+    def get_disk(self, zone: str, name: str) -> compute_v1.Disk | None:
+        req = compute_v1.GetDiskRequest(project=self.project, zone=zone, disk=name)
+        return self._get("disks", req, f"disk {name}")
 
     def get_firewall(self, name: str) -> compute_v1.Firewall | None:
         req = compute_v1.GetFirewallRequest(project=self.project, firewall=name)
-        return get_or_none(
-            lambda: self.clients.get("firewalls").get(request=req),
-            f"read firewall rule {name}",
-            project=self.project,
-            api=COMPUTE_API,
-        )
+        return self._get("firewalls", req, f"firewall rule {name}")
 
     def get_subnetwork(self, region: str, name: str) -> compute_v1.Subnetwork | None:
         req = compute_v1.GetSubnetworkRequest(project=self.project, region=region, subnetwork=name)
-        return get_or_none(
-            lambda: self.clients.get("subnetworks").get(request=req),
-            f"read subnetwork {name}",
-            project=self.project,
-            api=COMPUTE_API,
-        )
+        return self._get("subnetworks", req, f"subnetwork {name}")
 
     def get_image_from_family(self, project: str, family: str) -> compute_v1.Image | None:
         req = compute_v1.GetFromFamilyImageRequest(project=project, family=family)
-        return get_or_none(
-            lambda: self.clients.get("images").get_from_family(request=req),
-            f"read image family {project}/{family}",
-            project=self.project,
-            api=COMPUTE_API,
-        )
+        return self._get("images", req, f"image family {project}/{family}", "get_from_family")
+
+    def list_images(self, project: str, family: str) -> list[compute_v1.Image]:
+        req = compute_v1.ListImagesRequest(project=project, filter=f'family = "{family}"')
+        with gcp_errors(f"list the images of family {family}", project=self.project, api=COMPUTE_API):
+            return [img for img in self.clients.get("images").list(request=req) if img.family == family]
 
     def get_guest_attributes(
         self, request: compute_v1.GetGuestAttributesInstanceRequest
     ) -> compute_v1.GuestAttributes | None:
         # 404 until the guest writes the first attribute under the query path.
-        return get_or_none(
-            lambda: self.clients.get("instances").get_guest_attributes(request=request),
-            f"read guest attributes of {request.instance}",
-            project=self.project,
-            api=COMPUTE_API,
+        return self._get(
+            "instances", request, f"guest attributes of {request.instance}", "get_guest_attributes"
         )
+
+    def serial_output(self, zone: str, name: str) -> str:
+        req = compute_v1.GetSerialPortOutputInstanceRequest(project=self.project, zone=zone, instance=name)
+        with gcp_errors(f"read the serial console of {name}", project=self.project, api=COMPUTE_API):
+            return str(self.clients.get("instances").get_serial_port_output(request=req).contents)
 
     def get_instance_iam_policy(self, zone: str, name: str) -> compute_v1.Policy:
         req = compute_v1.GetIamPolicyInstanceRequest(
@@ -127,14 +146,6 @@ class Compute:
         return get_or_none(
             lambda: list(groups.list_managed_instances(request=req)),
             f"list the instances of group {group}",
-            project=self.project,
-            api=COMPUTE_API,
-        )
-
-    def _get(self, client: str, request: Any, what: str) -> Any:
-        return get_or_none(
-            lambda: self.clients.get(client).get(request=request),
-            f"read {what}",
             project=self.project,
             api=COMPUTE_API,
         )
@@ -197,8 +208,11 @@ class Compute:
                 self.sleep(delay)
         self._wait(op, description)
 
-    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None:
-        self._send("instances", "delete", request, f"delete instance {request.instance}")
+    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> bool:
+        return self._delete("instances", request, f"delete instance {request.instance}")
+
+    def delete_disk(self, request: compute_v1.DeleteDiskRequest) -> bool:
+        return self._delete("disks", request, f"delete disk {request.disk}")
 
     def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None:
         state = "on" if request.deletion_protection else "off"
@@ -248,23 +262,22 @@ class Compute:
     def start_instance(self, request: compute_v1.StartInstanceRequest) -> None:
         self._send("instances", "start", request, f"start instance {request.instance}")
 
-    def put_instance_iam_policy(self, zone: str, name: str, new: compute_v1.Policy) -> None:
+    def _write_instance_policy(self, zone: str, name: str, new: compute_v1.Policy) -> None:
         """Write `new` (its etag guards against a concurrent edit) as version 3."""
         new.version = policy.POLICY_VERSION
-        self.set_instance_iam_policy(
-            compute_v1.SetIamPolicyInstanceRequest(
-                project=self.project,
-                zone=zone,
-                resource=name,
-                zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
-            )
+        request = compute_v1.SetIamPolicyInstanceRequest(
+            project=self.project,
+            zone=zone,
+            resource=name,
+            zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=new),
         )
-
-    def set_instance_iam_policy(self, request: compute_v1.SetIamPolicyInstanceRequest) -> None:
-        with gcp_errors(
-            f"set the IAM policy of instance {request.resource}", project=self.project, api=COMPUTE_API
-        ):
+        with gcp_errors(f"set the IAM policy of instance {name}", project=self.project, api=COMPUTE_API):
             self.clients.get("instances").set_iam_policy(request=request)
+
+    def put_instance_policy(self, zone: str, name: str, bindings_from: compute_v1.Policy) -> None:
+        """Put `bindings_from`'s bindings on the (new) instance, with the etag of its policy now."""
+        current = self.get_instance_iam_policy(zone, name)
+        self._write_instance_policy(zone, name, policy.carry_over(current, bindings_from))
 
     def insert_firewall(self, request: compute_v1.InsertFirewallRequest) -> None:
         self._send("firewalls", "insert", request, f"create firewall rule {request.firewall_resource.name}")
@@ -272,8 +285,17 @@ class Compute:
     def update_firewall(self, request: compute_v1.UpdateFirewallRequest) -> None:
         self._send("firewalls", "update", request, f"update firewall rule {request.firewall}")
 
-    def delete_firewall(self, request: compute_v1.DeleteFirewallRequest) -> None:
-        self._send("firewalls", "delete", request, f"delete firewall rule {request.firewall}")
+    def delete_firewall(self, request: compute_v1.DeleteFirewallRequest) -> bool:
+        return self._delete("firewalls", request, f"delete firewall rule {request.firewall}")
+
+    def insert_image(self, request: compute_v1.InsertImageRequest) -> None:
+        # an image copy of a 10 GB disk takes minutes; give it more than a VM insert
+        description = f"create image {request.image_resource.name}"
+        self._send("images", "insert", request, description, timeout=1800.0)
+
+    def deprecate_image(self, request: compute_v1.DeprecateImageRequest) -> None:
+        state = request.deprecation_status_resource.state
+        self._send("images", "deprecate", request, f"mark image {request.image} {state}")
 
     def set_private_google_access(
         self, request: compute_v1.SetPrivateIpGoogleAccessSubnetworkRequest
@@ -377,7 +399,7 @@ class Compute:
         changed = policy.read_modify_write(
             lambda: self.get_instance_iam_policy(zone, name),
             policy.member_editor(role, member, present),
-            lambda p: self.put_instance_iam_policy(zone, name, p),
+            lambda p: self._write_instance_policy(zone, name, p),
         )
         if not changed:
             return False

@@ -1,5 +1,7 @@
-"""The image pipelines carried out: `run_build`, `run_rollout` over the thin I/O layer (`ImageApi`,
-`cloud.gcp.images`), so every step and every failure path is testable without Google Cloud.
+"""The image pipelines carried out: `run_build`, `run_rollout` over the one thin Compute layer
+(`cloud.gcp.compute.Compute`) and, for the tunnel grants a rollout carries over, `cloud.gcp.iam.Iam`;
+tests run them over the Compute double, so every step and every failure path is testable without
+Google Cloud.
 """
 
 from __future__ import annotations
@@ -7,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from provisioner.appliance import guest
 from provisioner.cloud import names
+from provisioner.cloud import plan as planlib
 from provisioner.cloud.apply import wait_for_guest
 from provisioner.cloud.gcp import policy as iam_policy
 from provisioner.cloud.image.plan import (
@@ -28,32 +31,9 @@ from provisioner.cloud.image.plan import (
 )
 from provisioner.errors import PypapoError
 
-# ------------------------------------------------------------------------------------- the thin layer
-
-
-class ImageApi(Protocol):
-    """What the pipeline needs from Google Cloud; `cloud.gcp.images.ComputeImageApi` implements it.
-
-    Mutating calls wait for their operation; they raise google.api_core exceptions or PypapoError.
-    """
-
-    def insert_instance(self, request: compute_v1.InsertInstanceRequest) -> None: ...
-    def get_instance(self, project: str, zone: str, name: str) -> compute_v1.Instance | None: ...
-    def guest_attributes(self, request: compute_v1.GetGuestAttributesInstanceRequest) -> dict[str, str]: ...
-    def stop_instance(self, request: compute_v1.StopInstanceRequest) -> None: ...
-    def delete_instance(self, request: compute_v1.DeleteInstanceRequest) -> None: ...
-    def delete_disk(self, request: compute_v1.DeleteDiskRequest) -> None: ...
-    def get_disk(self, project: str, zone: str, name: str) -> compute_v1.Disk | None: ...
-    def set_deletion_protection(self, request: compute_v1.SetDeletionProtectionInstanceRequest) -> None: ...
-    def serial_output(self, project: str, zone: str, name: str) -> str: ...
-    def insert_image(self, request: compute_v1.InsertImageRequest) -> None: ...
-    def list_images(self, project: str, family: str) -> list[compute_v1.Image]: ...
-    def deprecate_image(self, request: compute_v1.DeprecateImageRequest) -> None: ...
-    def get_iap_policy(self, resource: str) -> Any: ...
-    def set_iap_policy(self, resource: str, policy: Any) -> None: ...
-    def get_instance_policy(self, project: str, zone: str, name: str) -> compute_v1.Policy | None: ...
-    def set_instance_policy(self, project: str, zone: str, name: str, policy: compute_v1.Policy) -> None: ...
-
+if TYPE_CHECKING:
+    from provisioner.cloud.gcp.compute import Compute
+    from provisioner.cloud.gcp.iam import Iam
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -64,24 +44,23 @@ def _noop(_: str) -> None:
     return None
 
 
-def read_guest(api: ImageApi, request: compute_v1.GetGuestAttributesInstanceRequest) -> dict[str, str]:
-    try:
-        return api.guest_attributes(request)
-    except gexc.NotFound:
-        return {}  # nothing written yet: the namespace does not exist before the first write
+def read_guest(api: Compute, request: compute_v1.GetGuestAttributesInstanceRequest) -> dict[str, str]:
+    """`{key: value}` under pypapo/; {} before the guest wrote anything (the API answers 404)."""
+    return planlib.guest_values(api.get_guest_attributes(request))
 
 
-def cleanup_builder(api: ImageApi, project: str, zone: str, builder: str) -> list[str]:
-    """Delete the builder and its disk; NotFound counts as done. Returns the problems, never raises."""
+def cleanup_builder(api: Compute, zone: str, builder: str) -> list[str]:
+    """Delete the builder and its disk; gone counts as done. Returns the problems, never raises."""
     problems: list[str] = []
     for call, request in (
-        (api.delete_instance, compute_v1.DeleteInstanceRequest(project=project, zone=zone, instance=builder)),
-        (api.delete_disk, compute_v1.DeleteDiskRequest(project=project, zone=zone, disk=builder)),
+        (
+            api.delete_instance,
+            compute_v1.DeleteInstanceRequest(project=api.project, zone=zone, instance=builder),
+        ),
+        (api.delete_disk, compute_v1.DeleteDiskRequest(project=api.project, zone=zone, disk=builder)),
     ):
         try:
             call(request)
-        except gexc.NotFound:
-            pass
         except Exception as exc:  # clean-up must try every resource and report, not stop at the first
             problems.append(f"{type(request).__name__.removesuffix('Request')} {builder}: {_one_line(exc)}")
     return problems
@@ -101,7 +80,7 @@ class BuildResult:
 
 
 def run_build(
-    api: ImageApi,
+    api: Compute,
     target: ImageTarget,
     now: dt.datetime,
     startup_script: str,
@@ -142,7 +121,7 @@ def run_build(
                 clock=clock,
             )
         except PypapoError as exc:
-            path = _keep_serial_log(api, p, z, builder, save_log)
+            path = _keep_serial_log(api, z, builder, save_log)
             if path:  # the serial log dies with the builder: keep it for the person
                 raise PypapoError(f"{exc} (serial console log saved to {path})") from exc
             raise
@@ -172,7 +151,7 @@ def run_build(
         failure = exc
     finally:
         report(f"deleting builder {builder} and its disk")
-        problems = cleanup_builder(api, p, z, builder)
+        problems = cleanup_builder(api, z, builder)
     if isinstance(failure, KeyboardInterrupt | SystemExit):
         raise failure
     cleanup = (
@@ -192,31 +171,32 @@ def run_build(
 
 
 def _keep_serial_log(
-    api: ImageApi, project: str, zone: str, builder: str, save_log: Callable[[str, str], str] | None
+    api: Compute, zone: str, builder: str, save_log: Callable[[str, str], str] | None
 ) -> str | None:
     if save_log is None:
         return None
     try:
-        return save_log(builder, api.serial_output(project, zone, builder))
-    except (gexc.GoogleAPICallError, OSError):
-        return None
+        return save_log(builder, api.serial_output(zone, builder))
+    except (PypapoError, gexc.GoogleAPICallError, OSError):
+        return None  # the bake's own failure is what the person needs; a missing log must not hide it
 
 
-def serving_image(api: ImageApi, target: ImageTarget) -> str | None:
+def serving_image(api: Compute, target: ImageTarget) -> str | None:
     """Name of the image the appliance's boot disk was created from, or None (no appliance, other image)."""
-    inst = api.get_instance(target.project, target.zone, target.instance)
+    inst = api.get_instance(target.zone, target.instance)
     if inst is None:
         return None
     for d in inst.disks:
         if d.boot and d.source:
-            disk = api.get_disk(target.project, target.zone, d.source.rsplit("/", 1)[-1])
+            disk = api.get_disk(target.zone, d.source.rsplit("/", 1)[-1])
             if disk is not None and disk.source_image:
                 return disk.source_image.rsplit("/", 1)[-1]
     return None
 
 
 def run_rollout(
-    api: ImageApi,
+    api: Compute,
+    iam: Iam,
     target: ImageTarget,
     spec: compute_v1.Instance,
     image: str,
@@ -243,11 +223,11 @@ def run_rollout(
     deleted = restored = False
     step = "read the appliance"
     try:
-        if api.get_instance(p, z, name) is not None:
+        if api.get_instance(z, name) is not None:
             step = "read the IAP tunnel policy"
             report(f"reading the IAP tunnel policy and IAM policy of {name}")
-            tunnel_policy = api.get_iap_policy(resource)
-            instance_policy = api.get_instance_policy(p, z, name)
+            tunnel_policy = iam.get_tunnel_policy(resource)
+            instance_policy = api.get_instance_iam_policy(z, name)
             step = "turn off deletion protection"
             report("turning off deletion protection")
             api.set_deletion_protection(steps[2].request)
@@ -262,10 +242,10 @@ def run_rollout(
         step = "re-apply the IAM policies"
         if iam_policy.has_bindings(tunnel_policy):
             report("re-applying the IAP tunnel grants")
-            api.set_iap_policy(resource, tunnel_policy)
+            iam.put_tunnel_policy(resource, tunnel_policy)
         if iam_policy.has_bindings(instance_policy):
             report("re-applying the instance's IAM policy")
-            api.set_instance_policy(p, z, name, instance_policy)
+            api.put_instance_policy(z, name, instance_policy)
         restored = True
         step = "wait until ready"
         report("waiting until the appliance is ready and healthy")
