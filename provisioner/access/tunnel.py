@@ -16,6 +16,7 @@ does the command return, with the local port closed.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -25,7 +26,9 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from provisioner.cloud import group
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
 
@@ -42,6 +45,60 @@ class Target:
 
     instance: str
     zone: str
+
+
+# A healthy instance the group is about to take away (or is still setting up) is no place for a new
+# tunnel: a rollout deletes old instances, a repair recreates one.
+_LEAVING = frozenset({"ABANDONING", "DELETING", "RECREATING", "REFRESHING", "RESTARTING", "STOPPING"})
+_LEAVING |= {"SUSPENDING", "CREATING", "CREATING_WITHOUT_RETRIES", "STARTING", "RESUMING"}
+
+
+class NoHealthyInstance(PypapoError):
+    """The group has no instance to open a tunnel to (yet): `provision status` shows why."""
+
+
+def healthy_targets(instances: Sequence[Any]) -> list[Target]:
+    """The group's instances that pass the autohealing check, run, and are not being replaced."""
+    return [
+        Target(r.name, r.zone)
+        for r in group.instance_rows(instances, {})
+        if r.health == group.HEALTHY and r.status == "RUNNING" and r.action not in _LEAVING
+    ]
+
+
+class GroupTargets:
+    """`provision tunnel`'s choice among a group's instances: the healthy ones, read afresh each time
+    (`Compute.list_managed_instances`), in random order so that many tunnels spread over the replicas;
+    the supervisor tries the one it just lost last."""
+
+    def __init__(
+        self,
+        s: Settings,
+        list_instances: Callable[[str, str], Sequence[Any] | None],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.s, self.list_instances = s, list_instances
+        self.rng = rng or random.Random()
+
+    def __call__(self) -> list[Target]:
+        s = self.s
+        status = f"`provision status --project {s.project} --zone {s.zone} --replicas N` shows them"
+        instances = self.list_instances(s.region, s.instance)
+        if instances is None:
+            raise NoHealthyInstance(
+                f"group {s.instance} does not exist in {s.region} (`provision create --replicas N`; drop"
+                " --replicas for the single VM)"
+            )
+        targets = healthy_targets(instances)
+        if not targets:
+            rows = group.instance_rows(instances, {})
+            seen = ", ".join(f"{r.name} {r.health} {r.action}" for r in rows) or "none"
+            raise NoHealthyInstance(
+                f"no healthy instance in group {s.instance} ({len(rows)} instance(s): {seen}); {status}"
+            )
+        self.rng.shuffle(targets)
+        return targets
 
 
 @dataclass(frozen=True)
@@ -403,7 +460,11 @@ class Supervisor:
         self._drop()
         deadline = time.monotonic() + self.timing.reconnect_timeout
         while not self.stop_event.is_set():
-            candidates = list(self.targets())
+            try:
+                candidates = list(self.targets())
+            except PypapoError as exc:  # no healthy instance yet, or the listing failed: keep trying
+                self.say(f"waiting for a healthy instance: {exc}")
+                candidates = []
             ordered = [t for t in candidates if t != lost] + [t for t in candidates if t == lost]
             for target in ordered:
                 try:

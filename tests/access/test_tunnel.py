@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -362,3 +364,165 @@ def test_wait_gives_up_when_nothing_listens(tmp_path: Path) -> None:
     finally:
         assert tunnel.stop(sleeper) is not None
     assert sleeper.poll() is not None  # terminated and reaped
+
+
+# --- a group: the tunnel picks a healthy instance and follows the group's health ----------------------
+
+
+def _managed(name: str, zone: str, health: str, action: str = "NONE") -> Any:
+    from google.cloud import compute_v1
+
+    return compute_v1.ManagedInstance(
+        name=name,
+        instance=f"https://www.googleapis.com/compute/v1/projects/acme-prod/zones/{zone}/instances/{name}",
+        instance_status="RUNNING",
+        current_action=action,
+        instance_health=[compute_v1.ManagedInstanceInstanceHealth(detailed_health_state=health)],
+    )
+
+
+class _InOrder(random.Random):
+    """The chooser's order made predictable (it shuffles to spread tunnels over the replicas)."""
+
+    def shuffle(self, x: Any) -> None:
+        x.sort(key=lambda t: t.instance)
+
+
+def test_the_chooser_takes_healthy_running_instances_that_stay() -> None:
+    from provisioner.access import tunnel
+    from provisioner.cloud.settings import Settings
+
+    s = Settings(project="acme-prod", zone="us-central1-a", replicas=3)
+    listed = [
+        _managed("pypapo-r-aaaa", "us-central1-a", "HEALTHY"),
+        _managed("pypapo-r-bbbb", "us-central1-b", "UNHEALTHY"),
+        _managed("pypapo-r-cccc", "us-central1-c", "HEALTHY", "DELETING"),  # a rollout's old instance
+        _managed("pypapo-r-dddd", "us-central1-f", "HEALTHY"),
+    ]
+    seen: list[tuple[str, str]] = []
+
+    def lister(region: str, name: str) -> list[Any]:
+        seen.append((region, name))
+        return listed
+
+    chooser = tunnel.GroupTargets(s, lister, rng=_InOrder())
+    assert chooser() == [
+        tunnel.Target("pypapo-r-aaaa", "us-central1-a"),
+        tunnel.Target("pypapo-r-dddd", "us-central1-f"),
+    ]
+    assert seen == [("us-central1", "pypapo")]
+
+
+def test_a_group_with_no_healthy_instance_is_a_clear_error_before_gcloud_runs(
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.cli import access
+
+    record = tmp_path / "record.jsonl"
+    for key, value in _env(gcloud_dir, record).items():
+        monkeypatch.setenv(key, value)
+    listed = [
+        _managed("pypapo-r-aaaa", "us-central1-a", "UNHEALTHY"),
+        _managed("pypapo-r-bbbb", "us-central1-b", "HEALTHY", "CREATING"),
+    ]
+    monkeypatch.setattr(access, "_group_lister", lambda _s: lambda region, name: listed)
+    local = free_port()
+    args = ["tunnel", "--project", "acme-prod", "--zone", "us-central1-a", "--replicas", "2"]
+    result = CliRunner().invoke(main, [*args, "--port", str(local)])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line == (
+        "error: no healthy instance in group pypapo (2 instance(s): pypapo-r-aaaa UNHEALTHY NONE,"
+        " pypapo-r-bbbb HEALTHY CREATING); `provision status --project acme-prod --zone us-central1-a"
+        " --replicas N` shows them"
+    )
+    assert not record.exists()  # gcloud never ran
+    monkeypatch.setattr(access, "_group_lister", lambda _s: lambda region, name: None)
+    result = CliRunner().invoke(main, [*args, "--port", str(local)])
+    assert (
+        "error: group pypapo does not exist in us-central1 (`provision create --replicas N`" in result.output
+    )
+    with pytest.raises(OSError):  # nothing left listening
+        socket.create_connection(("127.0.0.1", local), timeout=1).close()
+
+
+def test_a_group_tunnel_moves_to_another_healthy_instance_and_waits_when_none_is(
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a loses its mount (the group marks it UNHEALTHY): the tunnel moves to b. Then b's tunnel drops
+    while a is still unhealthy: the tunnel says so and waits, the local port stays open, and when a is
+    healthy again it reconnects there. The group's listing, not a fixed list, decides every time."""
+    from provisioner.access import tunnel
+    from provisioner.cloud.settings import Settings
+
+    record, control = tmp_path / "record.jsonl", tmp_path / "control"
+    control.mkdir()
+    for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_CONTROL=str(control)).items():
+        monkeypatch.setenv(key, value)
+    health = {"pypapo-r-aaaa": "HEALTHY", "pypapo-r-bbbb": "HEALTHY"}
+    zones = {"pypapo-r-aaaa": "us-central1-a", "pypapo-r-bbbb": "us-central1-b"}
+
+    def lister(region: str, name: str) -> list[Any]:
+        assert (region, name) == ("us-central1", "pypapo")
+        return [_managed(n, zones[n], h) for n, h in sorted(health.items())]
+
+    s = Settings(project="acme-prod", zone="us-central1-a", replicas=2)
+    local = free_port()
+    said: list[str] = []
+    seen: list[tuple[int, str]] = []
+    problems: list[BaseException] = []
+
+    def until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out; said: {said}"
+            time.sleep(0.05)
+
+    def drive() -> None:
+        try:
+            until(lambda: any(line.startswith("Ctrl-C") for line in said))
+            seen.append(_get(local))
+            health["pypapo-r-aaaa"] = "UNHEALTHY"  # a's mount is gone: its check fails, so does ours
+            (control / "down-pypapo-r-aaaa").touch()
+            until(lambda: any("reconnected to pypapo-r-bbbb" in line for line in said))
+            seen.append(_get(local))
+            health["pypapo-r-bbbb"] = "UNHEALTHY"  # b goes too, and its tunnel drops
+            (control / "exit-pypapo-r-bbbb").touch()
+            until(lambda: any(line.startswith("waiting for a healthy instance: no healthy") for line in said))
+            waiting: list[tuple[int, str]] = []
+            client = threading.Thread(target=lambda: waiting.append(_get(local)))
+            client.start()  # a client arriving now waits on the open port for the next upstream
+            time.sleep(0.5)
+            (control / "down-pypapo-r-aaaa").unlink()
+            health["pypapo-r-aaaa"] = "HEALTHY"
+            until(lambda: any("reconnected to pypapo-r-aaaa" in line for line in said))
+            client.join(timeout=20)
+            seen.extend(waiting)
+        except BaseException as exc:  # reported by the assertions below
+            problems.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=30)
+    code = tunnel.run(
+        s, local, say=said.append, targets=tunnel.GroupTargets(s, lister, rng=_InOrder()), timing=fast
+    )
+    driver.join()
+    assert not problems, problems
+    assert code == 0
+    assert seen == [
+        (200, "pypapo-r-aaaa /simple/"),
+        (200, "pypapo-r-bbbb /simple/"),
+        (200, "pypapo-r-aaaa /simple/"),
+    ]
+    waited = next(line for line in said if line.startswith("waiting for a healthy instance"))
+    assert "provision status --project acme-prod --zone us-central1-a --replicas N" in waited
+    started = [r for r in _records(record) if r["event"] == "start"]
+    assert [(r["argv"][2], r["argv"][3], r["argv"][5]) for r in started] == [
+        ("pypapo-r-aaaa", "3333", "--zone=us-central1-a"),
+        ("pypapo-r-bbbb", "3333", "--zone=us-central1-b"),
+        ("pypapo-r-aaaa", "3333", "--zone=us-central1-a"),
+    ]
+    assert not any(_alive(r["pid"]) for r in started)
