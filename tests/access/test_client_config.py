@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -180,3 +181,94 @@ def test_cloudbuild_example_opens_the_tunnel_and_installs_in_one_step(tmp_path: 
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     check = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+# --- --via lb: the group's internal load balancer, for clients inside the VPC ---------------------------
+
+
+class _Addresses:
+    """compute_v1.AddressesClient.get as the API answers it: the reserved address, else 404."""
+
+    def __init__(self, addresses: dict[tuple[str, str], str]) -> None:
+        self.addresses = addresses
+
+    def get(self, request: Any) -> Any:
+        from google.api_core import exceptions as gexc
+        from google.cloud import compute_v1
+
+        ip = self.addresses.get((request.region, request.address))
+        if ip is None:
+            raise gexc.NotFound(
+                f"The resource 'projects/{request.project}/regions/{request.region}/addresses/"
+                f"{request.address}' was not found"
+            )
+        return compute_v1.Address(name=request.address, address=ip, address_type="INTERNAL")
+
+
+class _Firewalls:
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def get(self, request: Any) -> Any:
+        from google.api_core import exceptions as gexc
+        from google.cloud import compute_v1
+
+        if request.firewall not in self.names:
+            raise gexc.NotFound(
+                f"The resource 'projects/{request.project}/global/firewalls/{request.firewall}'"
+            )
+        return compute_v1.Firewall(name=request.firewall)
+
+
+def _project(monkeypatch: pytest.MonkeyPatch, addresses: dict[tuple[str, str], str], rules: set[str]) -> None:
+    from provisioner.cloud.gcp import base
+
+    real = base.Clients
+    overrides = {"addresses": _Addresses(addresses), "firewalls": _Firewalls(rules)}
+    monkeypatch.setattr(base, "Clients", lambda project: real(project, overrides=overrides))
+
+
+WHERE = ["--project", "acme-prod", "--zone", "us-central1-b"]
+
+
+def test_via_lb_prints_the_balancers_url_for_every_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    _project(monkeypatch, {("us-central1", "pypapo-ilb"): "10.128.0.50"}, {"pypapo-allow-ilb"})
+    result = CliRunner().invoke(
+        main, ["client-config", "--tool", "uv", "--via", "lb", *WHERE, "--package", "acme-core"]
+    )
+    assert result.exit_code == 0, result.output
+    assert 'url = "http://10.128.0.50:3333/simple/"' in result.stdout
+    assert "localhost" not in result.stdout
+    assert "# http://10.128.0.50:3333/simple/: the internal load balancer" in result.stderr
+    assert "no IAM check on this path" in result.stderr and "warning" not in result.stderr
+    pip = CliRunner().invoke(
+        main, ["client-config", "--tool", "pip", "--via", "lb", *WHERE, "--port", "4040"]
+    )
+    assert "index-url = http://10.128.0.50:4040/simple/" in pip.stdout  # the serving port setting
+    conda = CliRunner().invoke(main, ["client-config", "--tool", "mamba", "--via", "lb", *WHERE])
+    assert "http://10.128.0.50:3333/conda" in conda.stdout
+
+
+def test_via_lb_warns_when_no_client_range_may_reach_the_balancer(monkeypatch: pytest.MonkeyPatch) -> None:
+    _project(monkeypatch, {("us-central1", "pypapo-ilb"): "10.128.0.50"}, set())
+    result = CliRunner().invoke(main, ["client-config", "--tool", "pip", "--via", "lb", *WHERE])
+    assert result.exit_code == 0
+    assert "# warning: no client range may reach it yet (firewall rule pypapo-allow-ilb does not exist)" in (
+        result.stderr
+    )
+
+
+def test_via_lb_without_a_balancer_or_with_url_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    _project(monkeypatch, {("europe-west1", "pypapo-ilb"): "10.0.0.9"}, set())  # another region's
+    result = CliRunner().invoke(main, ["client-config", "--tool", "pip", "--via", "lb", *WHERE])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: pypapo has no internal load balancer in us-central1 (address pypapo-ilb")
+    assert "`provision create --replicas N`" in line and "--via tunnel" in line
+    both = ["client-config", "--tool", "pip", "--via", "lb", "--url", "http://10.0.0.9:3333/simple/", *WHERE]
+    result = CliRunner().invoke(main, both)
+    assert result.exit_code == 1 and "pass --url or --via lb, not both" in result.output
+    # the tunnel is still the default, and needs no project
+    assert (
+        "http://localhost:3333/simple/" in CliRunner().invoke(main, ["client-config", "--tool", "pip"]).stdout
+    )
