@@ -410,3 +410,35 @@ def test_a_verifier_reaches_sshd_of_every_replica_and_not_the_index() -> None:
     assert not allows(
         policies, ALICE, TUNNEL, _tunnel_name("us-central1-a", "billing-db"), destination={"port": 22}
     )
+
+
+# --- end to end: a group created over the Compute double ------------------------------------------------
+
+
+def test_a_reader_of_a_created_group_tunnels_to_each_healthy_instance_and_the_lb_url_is_its_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`create --replicas 3` over the groups double, then what a reader does: `grant` (the real policies
+    evaluated for the instances the group really made), `provision tunnel`'s choice (the group's
+    healthy instances, through the real thin layer) and `client-config --via lb` (the LB's address)."""
+    from provisioner.access import tunnel
+    from provisioner.cli import access
+    from provisioner.cloud.gcp import base
+    from tests.cloud.test_group_deploy import create, group_cloud
+
+    made, engine = group_cloud()
+    create(made)
+    cloud = _cloud(made.compute)
+    assert _grant(cloud, GROUP, "reader") == 2
+    targets = tunnel.GroupTargets(GROUP, made.compute.list_managed_instances)()
+    assert sorted((t.instance, t.zone) for t in targets) == sorted(
+        (m.name, m.zone) for m in engine.group_instances()
+    )
+    assert len({t.zone for t in targets}) == 3
+    policies = _api(cloud, "iap").policies
+    for t in targets:
+        assert allows(policies, ALICE, TUNNEL, _tunnel_name(t.zone, t.instance), destination={"port": 3333})
+        assert not allows(policies, ALICE, TUNNEL, _tunnel_name(t.zone, t.instance), destination={"port": 22})
+    monkeypatch.setattr(base, "Clients", lambda project: engine.clients())
+    ip, _reachable = access._lb_address(GROUP)
+    assert ip == engine.addresses["pypapo-ilb"].address
