@@ -757,141 +757,186 @@ def _last(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class InstanceDrift:
+    """The live instance beside the one `create` wants, as every drift check sees it."""
+
+    s: Settings
+    current: compute_v1.Instance
+    desired: compute_v1.Instance
+    startup_script: str
+
+    @property
+    def base(self) -> dict[str, str]:
+        return {"project": self.s.project, "zone": self.s.zone, "instance": self.s.instance}
+
+
+@dataclass
+class Fix:
+    """What one check found: the plan's changes, the steps that fix them in place, the steps Compute
+    Engine only accepts on a stopped VM (`restart`), and notes for what no step can fix."""
+
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    restart: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _metadata_fix(d: InstanceDrift) -> Fix | None:
+    want, have = desired_metadata(d.startup_script), _metadata_dict(d.current)
+    if have == want:
+        return None
+    changes = [
+        _change(f"metadata.{key}", _shown(key, have.get(key)), _shown(key, want.get(key)))
+        for key in sorted(set(want) | set(have))
+        if have.get(key) != want.get(key)
+    ]
+    metadata = compute_v1.Metadata(fingerprint=d.current.metadata.fingerprint, items=metadata_items(want))
+    step = Step(
+        Method.SET_METADATA,
+        compute_v1.SetMetadataInstanceRequest(**d.base, metadata_resource=metadata),
+        "hardening metadata and startup script (only these keys: others such as ssh-keys go)",
+    )
+    return Fix(changes, [step])
+
+
+def _labels_fix(d: InstanceDrift) -> Fix | None:
+    have = dict(d.current.labels)
+    if all(have.get(k) == v for k, v in d.s.labels.items()):
+        return None
+    labels = {**have, **d.s.labels}  # other labels are kept
+    body = compute_v1.InstancesSetLabelsRequest(label_fingerprint=d.current.label_fingerprint, labels=labels)
+    step = Step(
+        Method.SET_LABELS,
+        compute_v1.SetLabelsInstanceRequest(**d.base, instances_set_labels_request_resource=body),
+    )
+    return Fix([_change("labels", have, labels)], [step])
+
+
+def _deletion_protection_fix(d: InstanceDrift) -> Fix | None:
+    if d.current.deletion_protection:
+        return None
+    request = compute_v1.SetDeletionProtectionInstanceRequest(
+        project=d.s.project, zone=d.s.zone, resource=d.s.instance, deletion_protection=True
+    )
+    return Fix([_change("deletion_protection", False, True)], [Step(Method.SET_DELETION_PROTECTION, request)])
+
+
+def _external_ip_fix(d: InstanceDrift) -> Fix | None:
+    fix = Fix()
+    for nic in d.current.network_interfaces:
+        for ac in nic.access_configs:
+            fix.changes.append(_change(f"network_interfaces.{nic.name}.access_configs", ac.name, None))
+            request = compute_v1.DeleteAccessConfigInstanceRequest(
+                **d.base, access_config=ac.name, network_interface=nic.name
+            )
+            fix.steps.append(
+                Step(
+                    Method.DELETE_ACCESS_CONFIG, request, "no external IP: the VM is reached only through IAP"
+                )
+            )
+    return fix if fix.changes else None
+
+
+def _shielded_fix(d: InstanceDrift) -> Fix | None:
+    sic = d.current.shielded_instance_config
+    if (sic.enable_secure_boot, sic.enable_vtpm, sic.enable_integrity_monitoring) == (True, True, True):
+        return None
+    want = desired_shielded()
+    request = compute_v1.UpdateShieldedInstanceConfigInstanceRequest(
+        **d.base, shielded_instance_config_resource=want
+    )
+    return Fix(
+        [_change("shielded_instance_config", sic, want)],
+        restart=[Step(Method.UPDATE_SHIELDED_INSTANCE_CONFIG, request)],
+    )
+
+
+def _service_account_fix(d: InstanceDrift) -> Fix | None:
+    have = [(a.email, sorted(a.scopes)) for a in d.current.service_accounts]
+    if have == [(d.s.service_account_email, [CLOUD_PLATFORM_SCOPE])]:
+        return None
+    body = compute_v1.InstancesSetServiceAccountRequest(
+        email=d.s.service_account_email, scopes=[CLOUD_PLATFORM_SCOPE]
+    )
+    request = compute_v1.SetServiceAccountInstanceRequest(
+        **d.base, instances_set_service_account_request_resource=body
+    )
+    return Fix(
+        [_change("service_accounts", d.current.service_accounts, d.desired.service_accounts)],
+        restart=[Step(Method.SET_SERVICE_ACCOUNT, request)],
+    )
+
+
+def _machine_type_fix(d: InstanceDrift) -> Fix | None:
+    have = _last(d.current.machine_type)
+    if have == d.s.machine_type:
+        return None
+    body = compute_v1.InstancesSetMachineTypeRequest(machine_type=d.desired.machine_type)
+    request = compute_v1.SetMachineTypeInstanceRequest(
+        **d.base, instances_set_machine_type_request_resource=body
+    )
+    return Fix(
+        [_change("machine_type", have, d.s.machine_type)], restart=[Step(Method.SET_MACHINE_TYPE, request)]
+    )
+
+
+def _ip_forwarding_note(d: InstanceDrift) -> Fix | None:
+    if not d.current.can_ip_forward:
+        return None
+    return Fix(
+        notes=[
+            "can_ip_forward is on and cannot be changed in place: `provision destroy` then `provision create`"
+        ]
+    )
+
+
+# Run in this order; the plan's changes and steps follow it. A check returns None when in sync.
+INSTANCE_CHECKS = (
+    _metadata_fix,
+    _labels_fix,
+    _deletion_protection_fix,
+    _external_ip_fix,
+    _shielded_fix,
+    _service_account_fix,
+    _machine_type_fix,
+    _ip_forwarding_note,
+)
+
+
+def _power_fix(d: InstanceDrift, restart: list[Step]) -> Fix:
+    """Stop around the stopped-only changes, and start a VM that is not running (with them or alone)."""
+    stopped = d.current.status in ("TERMINATED", "STOPPED", "SUSPENDED")
+    fix = Fix()
+    if restart:
+        fix.notes.append("these changes need a stopped VM: it is stopped, changed and started again")
+        if not stopped:
+            fix.steps.append(Step(Method.STOP_INSTANCE, compute_v1.StopInstanceRequest(**d.base)))
+        fix.steps.extend(restart)
+    if stopped:
+        fix.changes.append(_change("status", d.current.status, "RUNNING"))
+    if restart or stopped:
+        fix.steps.append(Step(Method.START_INSTANCE, compute_v1.StartInstanceRequest(**d.base)))
+    return fix
+
+
 def _instance_plan(s: Settings, actual: Actual | None, startup_script: str) -> ResourcePlan:
     image, notes = choose_image(s, actual)
     desired = desired_instance(s, image=image, startup_script=startup_script)
+    name = f"{s.zone}/{s.instance}"
     current = actual.instance if actual else None
     if current is None:
-        return ResourcePlan(
-            Kind.INSTANCE,
-            f"{s.zone}/{s.instance}",
-            Action.CREATE,
-            desired,
-            steps=[Step(Method.INSERT_INSTANCE, insert_instance_request(s, desired))],
-            notes=notes,
-        )
-    base = {"project": s.project, "zone": s.zone, "instance": s.instance}
-    changes: list[dict[str, Any]] = []
-    steps: list[Step] = []
-    notes = []
-    restart: list[Step] = []  # changes Compute Engine only accepts on a stopped VM
-
-    want_meta = desired_metadata(startup_script)
-    have_meta = _metadata_dict(current)
-    if have_meta != want_meta:
-        for key in sorted(set(want_meta) | set(have_meta)):
-            if have_meta.get(key) != want_meta.get(key):
-                changes.append(
-                    _change(
-                        f"metadata.{key}", _shown(key, have_meta.get(key)), _shown(key, want_meta.get(key))
-                    )
-                )
-        steps.append(
-            Step(
-                Method.SET_METADATA,
-                compute_v1.SetMetadataInstanceRequest(
-                    **base,
-                    metadata_resource=compute_v1.Metadata(
-                        fingerprint=current.metadata.fingerprint, items=metadata_items(want_meta)
-                    ),
-                ),
-                "hardening metadata and startup script (only these keys: others such as ssh-keys go)",
-            )
-        )
-    have_labels = dict(current.labels)
-    if any(have_labels.get(k) != v for k, v in s.labels.items()):
-        changes.append(_change("labels", have_labels, {**have_labels, **s.labels}))
-        steps.append(
-            Step(
-                Method.SET_LABELS,
-                compute_v1.SetLabelsInstanceRequest(
-                    **base,
-                    instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
-                        label_fingerprint=current.label_fingerprint, labels={**have_labels, **s.labels}
-                    ),
-                ),
-            )
-        )
-    if not current.deletion_protection:
-        changes.append(_change("deletion_protection", False, True))
-        steps.append(
-            Step(
-                Method.SET_DELETION_PROTECTION,
-                compute_v1.SetDeletionProtectionInstanceRequest(
-                    project=s.project, zone=s.zone, resource=s.instance, deletion_protection=True
-                ),
-            )
-        )
-    for nic in current.network_interfaces:
-        for ac in nic.access_configs:
-            changes.append(_change(f"network_interfaces.{nic.name}.access_configs", ac.name, None))
-            steps.append(
-                Step(
-                    Method.DELETE_ACCESS_CONFIG,
-                    compute_v1.DeleteAccessConfigInstanceRequest(
-                        **base, access_config=ac.name, network_interface=nic.name
-                    ),
-                    "no external IP: the VM is reached only through IAP",
-                )
-            )
-    sic = current.shielded_instance_config
-    want_sic = desired_shielded()
-    if (sic.enable_secure_boot, sic.enable_vtpm, sic.enable_integrity_monitoring) != (True, True, True):
-        changes.append(_change("shielded_instance_config", sic, want_sic))
-        restart.append(
-            Step(
-                Method.UPDATE_SHIELDED_INSTANCE_CONFIG,
-                compute_v1.UpdateShieldedInstanceConfigInstanceRequest(
-                    **base, shielded_instance_config_resource=want_sic
-                ),
-            )
-        )
-    have_sa = [(a.email, sorted(a.scopes)) for a in current.service_accounts]
-    if have_sa != [(s.service_account_email, [CLOUD_PLATFORM_SCOPE])]:
-        changes.append(_change("service_accounts", current.service_accounts, desired.service_accounts))
-        restart.append(
-            Step(
-                Method.SET_SERVICE_ACCOUNT,
-                compute_v1.SetServiceAccountInstanceRequest(
-                    **base,
-                    instances_set_service_account_request_resource=compute_v1.InstancesSetServiceAccountRequest(
-                        email=s.service_account_email, scopes=[CLOUD_PLATFORM_SCOPE]
-                    ),
-                ),
-            )
-        )
-    if _last(current.machine_type) != s.machine_type:
-        changes.append(_change("machine_type", _last(current.machine_type), s.machine_type))
-        restart.append(
-            Step(
-                Method.SET_MACHINE_TYPE,
-                compute_v1.SetMachineTypeInstanceRequest(
-                    **base,
-                    instances_set_machine_type_request_resource=compute_v1.InstancesSetMachineTypeRequest(
-                        machine_type=desired.machine_type
-                    ),
-                ),
-            )
-        )
-    if current.can_ip_forward:
-        notes.append(
-            "can_ip_forward is on and cannot be changed in place: `provision destroy` then `provision create`"
-        )
-    stopped = current.status in ("TERMINATED", "STOPPED", "SUSPENDED")
-    if restart:
-        notes.append("these changes need a stopped VM: it is stopped, changed and started again")
-        if not stopped:
-            steps.append(Step(Method.STOP_INSTANCE, compute_v1.StopInstanceRequest(**base)))
-        steps.extend(restart)
-    if stopped:
-        changes.append(_change("status", current.status, "RUNNING"))
-    if restart or stopped:
-        steps.append(Step(Method.START_INSTANCE, compute_v1.StartInstanceRequest(**base)))
+        step = Step(Method.INSERT_INSTANCE, insert_instance_request(s, desired))
+        return ResourcePlan(Kind.INSTANCE, name, Action.CREATE, desired, steps=[step], notes=notes)
+    drift = InstanceDrift(s, current, desired, startup_script)
+    fixes = [fix for check in INSTANCE_CHECKS if (fix := check(drift)) is not None]
+    fixes.append(_power_fix(drift, [step for fix in fixes for step in fix.restart]))
+    changes = [c for fix in fixes for c in fix.changes]
+    steps = [step for fix in fixes for step in fix.steps]
+    notes = [n for fix in fixes for n in fix.notes]
     if not changes:
-        return ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.NONE, desired, notes=notes)
-    return ResourcePlan(
-        Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.UPDATE, desired, changes, steps, notes
-    )
+        return ResourcePlan(Kind.INSTANCE, name, Action.NONE, desired, notes=notes)
+    return ResourcePlan(Kind.INSTANCE, name, Action.UPDATE, desired, changes, steps, notes)
 
 
 def shared_plans(s: Settings, actual: Actual | None) -> list[ResourcePlan]:
@@ -915,98 +960,86 @@ def plan_create(s: Settings, actual: Actual | None, *, startup_script: str) -> P
     return Plan(s, "offline" if actual is None else "live", "create", resources)
 
 
-def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
-    """Instance (after lifting deletion protection), firewall, the account; the bucket only if asked."""
-    base = {"project": s.project, "zone": s.zone, "instance": s.instance}
-    resources: list[ResourcePlan] = []
-    if actual.instance is not None:
-        steps = []
-        if actual.instance.deletion_protection:
-            steps.append(
-                Step(
-                    Method.SET_DELETION_PROTECTION,
-                    compute_v1.SetDeletionProtectionInstanceRequest(
-                        project=s.project, zone=s.zone, resource=s.instance, deletion_protection=False
-                    ),
-                    "deletion protection is on: lift it first",
-                )
-            )
-        steps.append(Step(Method.DELETE_INSTANCE, compute_v1.DeleteInstanceRequest(**base)))
-        resources.append(
-            ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.DELETE, actual.instance, steps=steps)
+def _destroy_instance(s: Settings, actual: Actual, delete_bucket: bool) -> list[ResourcePlan]:
+    name = f"{s.zone}/{s.instance}"
+    if actual.instance is None:
+        return [ResourcePlan(Kind.INSTANCE, name, Action.NONE)]
+    steps = []
+    if actual.instance.deletion_protection:
+        lift = compute_v1.SetDeletionProtectionInstanceRequest(
+            project=s.project, zone=s.zone, resource=s.instance, deletion_protection=False
         )
-    else:
-        resources.append(ResourcePlan(Kind.INSTANCE, f"{s.zone}/{s.instance}", Action.NONE))
+        steps.append(Step(Method.SET_DELETION_PROTECTION, lift, "deletion protection is on: lift it first"))
+    delete = compute_v1.DeleteInstanceRequest(project=s.project, zone=s.zone, instance=s.instance)
+    steps.append(Step(Method.DELETE_INSTANCE, delete))
+    return [ResourcePlan(Kind.INSTANCE, name, Action.DELETE, actual.instance, steps=steps)]
+
+
+def _destroy_firewalls(s: Settings, actual: Actual, delete_bucket: bool) -> list[ResourcePlan]:
+    plans = []
     for name, current in ((s.firewall_name, actual.firewall), (s.deny_firewall_name, actual.deny_firewall)):
         if current is None:
-            resources.append(ResourcePlan(Kind.FIREWALL, name, Action.NONE))
+            plans.append(ResourcePlan(Kind.FIREWALL, name, Action.NONE))
             continue
-        req = compute_v1.DeleteFirewallRequest(project=s.project, firewall=name)
-        resources.append(
-            ResourcePlan(
-                Kind.FIREWALL, name, Action.DELETE, current, steps=[Step(Method.DELETE_FIREWALL, req)]
-            )
+        step = Step(
+            Method.DELETE_FIREWALL, compute_v1.DeleteFirewallRequest(project=s.project, firewall=name)
         )
+        plans.append(ResourcePlan(Kind.FIREWALL, name, Action.DELETE, current, steps=[step]))
+    return plans
+
+
+def _destroy_bucket_binding(s: Settings, actual: Actual, delete_bucket: bool) -> list[ResourcePlan]:
+    """The VM account's binding leaves a kept bucket (a deleted bucket takes it along)."""
     member = service_account_member(s)
-    if (
-        actual.bucket is not None
-        and not delete_bucket
-        and member in actual.bucket_members.get(VM_BUCKET_ROLE, set())
-    ):
-        change = IamChange(IamResource.BUCKET, s.bucket, VM_BUCKET_ROLE, member)
-        resources.append(
-            ResourcePlan(
-                Kind.BUCKET_IAM_BINDING,
-                f"gs://{s.bucket} {VM_BUCKET_ROLE} {member}",
-                Action.DELETE,
-                change,
-                steps=[Step(Method.REMOVE_MEMBER, change)],
-            )
-        )
-    if actual.service_account is not None:
-        req = iam_admin_v1.DeleteServiceAccountRequest(
-            name=names.service_account_path(s.project, s.service_account_email)
-        )
-        resources.append(
-            ResourcePlan(
-                Kind.SERVICE_ACCOUNT,
-                s.service_account_email,
-                Action.DELETE,
-                actual.service_account,
-                steps=[Step(Method.DELETE_SERVICE_ACCOUNT, req)],
-            )
-        )
-    else:
-        resources.append(ResourcePlan(Kind.SERVICE_ACCOUNT, s.service_account_email, Action.NONE))
+    bound = actual.bucket is not None and member in actual.bucket_members.get(VM_BUCKET_ROLE, set())
+    if not bound or delete_bucket:
+        return []
+    change = IamChange(IamResource.BUCKET, s.bucket, VM_BUCKET_ROLE, member)
+    step = Step(Method.REMOVE_MEMBER, change)
+    name = f"gs://{s.bucket} {VM_BUCKET_ROLE} {member}"
+    return [ResourcePlan(Kind.BUCKET_IAM_BINDING, name, Action.DELETE, change, steps=[step])]
+
+
+def _destroy_service_account(s: Settings, actual: Actual, delete_bucket: bool) -> list[ResourcePlan]:
+    email = s.service_account_email
+    if actual.service_account is None:
+        return [ResourcePlan(Kind.SERVICE_ACCOUNT, email, Action.NONE)]
+    request = iam_admin_v1.DeleteServiceAccountRequest(name=names.service_account_path(s.project, email))
+    step = Step(Method.DELETE_SERVICE_ACCOUNT, request)
+    return [ResourcePlan(Kind.SERVICE_ACCOUNT, email, Action.DELETE, actual.service_account, steps=[step])]
+
+
+def _destroy_bucket(s: Settings, actual: Actual, delete_bucket: bool) -> list[ResourcePlan]:
+    name = f"gs://{s.bucket}"
     if actual.bucket is None:
-        resources.append(ResourcePlan(Kind.BUCKET, f"gs://{s.bucket}", Action.NONE))
-    elif delete_bucket:
-        resources.append(
-            ResourcePlan(
-                Kind.BUCKET,
-                f"gs://{s.bucket}",
-                Action.DELETE,
-                actual.bucket,
-                steps=[Step(Method.DELETE_BUCKET, s.bucket, "every object and version goes with it")],
-                notes=["soft delete keeps deleted objects restorable for the retention period"],
-            )
-        )
-    else:
-        resources.append(
-            ResourcePlan(
-                Kind.BUCKET,
-                f"gs://{s.bucket}",
-                Action.KEEP,
-                actual.bucket,
-                notes=["kept with its packages; pass --delete-bucket to delete it"],
-            )
-        )
-    resources.append(
-        ResourcePlan(
-            Kind.SUBNETWORK,
-            names.subnet_url(s.project, s.region, s.subnet),
-            Action.KEEP,
-            notes=["Private Google Access stays on: the subnet may serve other VMs"],
-        )
-    )
+        return [ResourcePlan(Kind.BUCKET, name, Action.NONE)]
+    if not delete_bucket:
+        notes = ["kept with its packages; pass --delete-bucket to delete it"]
+        return [ResourcePlan(Kind.BUCKET, name, Action.KEEP, actual.bucket, notes=notes)]
+    step = Step(Method.DELETE_BUCKET, s.bucket, "every object and version goes with it")
+    notes = ["soft delete keeps deleted objects restorable for the retention period"]
+    return [ResourcePlan(Kind.BUCKET, name, Action.DELETE, actual.bucket, steps=[step], notes=notes)]
+
+
+def _keep_subnet(s: Settings, actual: Actual, delete_bucket: bool) -> list[ResourcePlan]:
+    name = names.subnet_url(s.project, s.region, s.subnet)
+    notes = ["Private Google Access stays on: the subnet may serve other VMs"]
+    return [ResourcePlan(Kind.SUBNETWORK, name, Action.KEEP, notes=notes)]
+
+
+# In dependency order: the instance before the firewall rules and the account it runs as; the bucket
+# (and the subnet, which stays) last.
+DESTROY_CHECKS = (
+    _destroy_instance,
+    _destroy_firewalls,
+    _destroy_bucket_binding,
+    _destroy_service_account,
+    _destroy_bucket,
+    _keep_subnet,
+)
+
+
+def plan_destroy(s: Settings, actual: Actual, *, delete_bucket: bool) -> Plan:
+    """Instance (after lifting deletion protection), firewall, the account; the bucket only if asked."""
+    resources = [r for check in DESTROY_CHECKS for r in check(s, actual, delete_bucket)]
     return Plan(s, "live", "destroy", resources)

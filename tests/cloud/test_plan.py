@@ -145,6 +145,62 @@ def test_drift_on_existing_instance_builds_fingerprinted_requests() -> None:
     assert step.request.metadata_resource.fingerprint == "abc"  # lost updates are refused by the API
 
 
+def test_every_drift_at_once_is_one_ordered_plan_with_one_stop_and_start() -> None:
+    """The drift checks run in a fixed order; the changes a stopped VM needs share one stop/start."""
+    current = _instance()
+    current.status = "RUNNING"
+    current.deletion_protection = False
+    current.labels = {"team": "infra"}
+    current.network_interfaces[0].name = "nic0"
+    current.network_interfaces[0].access_configs = [compute_v1.AccessConfig(name="External NAT")]
+    current.shielded_instance_config.enable_vtpm = False
+    current.service_accounts = [compute_v1.ServiceAccount(email="other@acme-prod.iam.gserviceaccount.com")]
+    current.machine_type = (
+        "https://www.googleapis.com/compute/v1/projects/acme-prod/zones/europe-west1-b/machineTypes/e2-micro"
+    )
+    current.can_ip_forward = True
+    actual = planlib.Actual(instance=current, subnetwork=compute_v1.Subnetwork(private_ip_google_access=True))
+    inst = next(
+        r
+        for r in planlib.plan_create(S, actual, startup_script="#!/bin/bash\n").resources
+        if r.kind == "instance"
+    )
+    assert [c["field"] for c in inst.changes] == [
+        "metadata.startup-script",
+        "labels",
+        "deletion_protection",
+        "network_interfaces.nic0.access_configs",
+        "shielded_instance_config",
+        "service_accounts",
+        "machine_type",
+    ]
+    M = planlib.Method
+    assert [st.method for st in inst.steps] == [
+        M.SET_METADATA,
+        M.SET_LABELS,
+        M.SET_DELETION_PROTECTION,
+        M.DELETE_ACCESS_CONFIG,
+        M.STOP_INSTANCE,
+        M.UPDATE_SHIELDED_INSTANCE_CONFIG,
+        M.SET_SERVICE_ACCOUNT,
+        M.SET_MACHINE_TYPE,
+        M.START_INSTANCE,
+    ]
+    assert inst.notes == [
+        "can_ip_forward is on and cannot be changed in place: `provision destroy` then `provision create`",
+        "these changes need a stopped VM: it is stopped, changed and started again",
+    ]
+    # a stopped VM is only started: no stop, and its status is a change of its own
+    current = _instance()
+    current.status = "TERMINATED"
+    actual.instance = current
+    inst = next(
+        r for r in planlib.plan_create(S, actual, startup_script=SCRIPT).resources if r.kind == "instance"
+    )
+    assert inst.changes == [{"field": "status", "current": "TERMINATED", "desired": "RUNNING"}]
+    assert [st.method for st in inst.steps] == [M.START_INSTANCE]
+
+
 def test_cli_offline_json_plan_shows_every_item() -> None:
     result = CliRunner().invoke(
         main,
