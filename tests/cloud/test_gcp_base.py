@@ -149,6 +149,24 @@ def test_permission_denied_without_a_known_permission_takes_the_callers_role_or_
     assert "--role roles/iap.tunnelResourceAccessor`" in str(hinted)
 
 
+@pytest.mark.parametrize(
+    "body", [{"error": {"code": 403, "message": "Forbidden"}}, {}], ids=["forbidden", "empty"]
+)
+def test_a_bare_403_names_the_api_and_both_fixes_not_the_host_as_a_permission(body: dict[str, Any]) -> None:
+    """A 403 that names no permission: the request URL's host is no permission; a disabled API and a
+    missing role both answer so, and the line names the fix of each."""
+    exc = rest_error(
+        403, body, url="https://compute.googleapis.com/compute/v1/projects/acme-prod/zones/z/instances/i"
+    )
+    error = typed(exc, api=base.COMPUTE_API)
+    assert isinstance(error, errors.PermissionDenied) and (error.permission, error.role) == (None, None)
+    text = str(error)
+    assert "(compute.googleapis.com)" not in text and "\n" not in text
+    assert text.startswith("cannot create instance pypapo: permission denied by compute.googleapis.com,")
+    assert "`gcloud services enable compute.googleapis.com --project acme-prod`" in text
+    assert "`gcloud projects get-iam-policy acme-prod`" in text
+
+
 def test_act_as_permission_names_service_account_user() -> None:
     message = (
         "The user does not have access to service account 'pypapo-vm@acme-prod.iam.gserviceaccount.com'."

@@ -202,14 +202,35 @@ def _unauthenticated(f: Failure) -> CloudError | None:
     )
 
 
+def _permission_named(f: Failure) -> str | None:
+    """The IAM permission the error names (`compute.instances.create`), never the API's host name
+    (`compute.googleapis.com` in the request URL of a bare 403 is not a permission)."""
+    if f.meta.get("permission"):
+        return f.meta["permission"]
+    for pattern in _PERMISSION_RES:
+        for m in pattern.finditer(f.text):
+            if not m.group(1).endswith(".googleapis.com"):
+                return m.group(1)
+    return None
+
+
 def _permission_denied(f: Failure) -> CloudError | None:
     if not (isinstance(f.exc, gexc.Forbidden | gexc.PermissionDenied) or f.reasons & _DENIED):
         return None
-    permission = f.meta.get("permission") or next(
-        (m.group(1) for m in (p.search(f.text) for p in _PERMISSION_RES) if m), None
-    )
+    permission = _permission_named(f)
     needed = (role_for_permission(permission) if permission else None) or f.role
     perm = f" ({permission})" if permission else ""
+    hosts = _API_RE.findall(f.text)
+    api = hosts[0] if hosts else f.api
+    if not needed and not permission and api:
+        # A bare 403 names nothing: a disabled API can answer so, and so can a missing role.
+        proj = f.project or "PROJECT"
+        return PermissionDenied(
+            f"{f.where}: permission denied by {api}, which names no permission ({f.short}); check that"
+            f" the API is enabled (`gcloud services enable {api} --project {proj}`) and that your account"
+            f" holds a role on project {proj} that allows this (`gcloud projects get-iam-policy {proj}`)",
+            **f.kw(),
+        )
     if not needed:
         return PermissionDenied(
             f"{f.where}: permission denied{perm}: {f.short}", permission=permission, **f.kw()
