@@ -39,7 +39,12 @@ def plan_command(output: str, offline: bool, **kwargs: Any) -> None:
 
 @click.command("create")
 @settings_options
-@click.option("--no-wait", is_flag=True, help="do not wait for the appliance to report ready")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="do not wait for the appliance to report ready (`provision status` tells); an empty image"
+    " family's first bake is still waited for, since the appliance boots from the image it makes",
+)
 def create_command(no_wait: bool, **kwargs: Any) -> None:
     """Create or reconcile the bucket, service account, firewall, subnet access and VM (idempotent)."""
     from provisioner.cli.image import save_serial_log
@@ -51,15 +56,17 @@ def create_command(no_wait: bool, **kwargs: Any) -> None:
     cloud.save_log = save_serial_log  # a failed first bake keeps the builder's serial log
     cloud.iam.get_project()  # a wrong --project fails here, with a clear message
     deploy.create(cloud, settings, script=script, progress=progress, wait=not no_wait)
+    # with --no-wait nothing has said the appliance serves yet: say so instead of "up"
+    up = "is starting (not waited for: `provision status` says when it is ready)" if no_wait else "is up"
     if settings.group_mode:
         click.echo(
-            f"pypapo is up: group {settings.instance} of {settings.replicas} in {settings.region},"
+            f"pypapo {up}: group {settings.instance} of {settings.replicas} in {settings.region},"
             f" bucket gs://{settings.bucket}. Next: `provision status --replicas {settings.replicas}`"
             " (instances, the load balancer's URL), `provision grant` and `provision tunnel`."
         )
         return
     click.echo(
-        f"pypapo is up: {settings.instance} in {settings.zone}, bucket gs://{settings.bucket}."
+        f"pypapo {up}: {settings.instance} in {settings.zone}, bucket gs://{settings.bucket}."
         f" Next: `provision grant user:EMAIL --role reader` and `provision tunnel`."
     )
 

@@ -152,7 +152,10 @@ def apply(
         if resource.kind is planlib.Kind.IMAGE and resource.action is planlib.Action.CREATE:
             if bake is None:
                 raise PypapoError(f"image family {resource.name} is empty: run `provision image build`")
-            progress(f"baking the first image of {resource.name} (`provision image build`)")
+            progress(
+                f"baking the first image of {resource.name} (`provision image build`); the appliance"
+                " boots from it, so this is waited for even with --no-wait"
+            )
             bake()
             count += 1
             continue

@@ -586,3 +586,26 @@ def test_a_failed_first_bake_stops_create_at_once_and_creates_no_appliance() -> 
     # no appliance from an image that does not exist
     assert all(is_builder(r.instance_resource.name) for r in engine_of(cloud).requests("instances.insert"))
     assert engine_of(cloud).instances == {} and engine_of(cloud).images == {}  # the builder is gone, no image
+
+
+def test_cli_create_no_wait_still_waits_for_the_first_bake_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The appliance boots from the family's first image, so --no-wait cannot skip the bake; it skips
+    the wait for the appliance, and the last line does not claim it is up."""
+    cloud = empty_family_cloud()
+    engine = engine_of(cloud)
+    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, progress=None: cloud))
+    monkeypatch.setattr(deploy, "startup_script", lambda _s: SCRIPT)
+    monkeypatch.setattr(deploy.time, "sleep", lambda _s: None)
+    result = CliRunner().invoke(
+        main, ["create", "--no-wait", "--project", "acme-prod", "--zone", "us-central1-a"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "this is waited for even with --no-wait" in result.stderr
+    assert [i.family for i in engine.images.values()] == ["pypapo"] and "pypapo" in engine.instances
+    assert appliance_polls(engine) == 0  # the appliance itself was not waited for
+    assert "pypapo is starting (not waited for: `provision status` says when it is ready)" in result.stdout
+    assert "pypapo is up" not in result.stdout
+    help_text = CliRunner().invoke(main, ["create", "--help"]).output
+    assert "first bake is still waited for" in " ".join(help_text.split())
