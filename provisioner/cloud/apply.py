@@ -365,15 +365,35 @@ def grant(cloud: Cloud, s: Settings, member: str, role: str, *, present: bool, p
 
 
 def _require_appliance(cloud: Cloud, s: Settings) -> None:
-    """Access to an appliance that is not there is a typo (wrong --instance, --zone, --replicas)."""
+    """Access to an appliance that is not there is a typo (wrong --instance, --zone, --replicas); the
+    other shape of the same name is the likeliest one, and its flag is named."""
+
+    def group_exists() -> bool:
+        return cloud.compute.list_managed_instances(s.region, s.instance) is not None
+
+    def vm_exists() -> bool:
+        return cloud.compute.get_instance(s.zone, s.instance) is not None
+
     if grants.is_group(s):
-        if cloud.compute.list_managed_instances(s.region, s.instance) is None:
+        if group_exists():
+            return
+        if vm_exists():
             raise PypapoError(
-                f"group {s.instance} does not exist in {s.region}; run `provision create --replicas N`"
-                " first (or drop --replicas for the single VM)"
+                f"{s.instance} is a single VM in {s.zone}, not a group: drop --replicas (and"
+                " PYPAPO_REPLICAS) to grant access to it"
             )
-    elif cloud.compute.get_instance(s.zone, s.instance) is None:
-        raise PypapoError(f"instance {s.instance} does not exist in {s.zone}; run `provision create` first")
+        raise PypapoError(
+            f"group {s.instance} does not exist in {s.region}; run `provision create --replicas N`"
+            " first (or drop --replicas for the single VM)"
+        )
+    if vm_exists():
+        return
+    if group_exists():
+        raise PypapoError(
+            f"{s.instance} is a regional group in {s.region}, not a single VM: pass --replicas N (or set"
+            " PYPAPO_REPLICAS) so that the grant covers its instances"
+        )
+    raise PypapoError(f"instance {s.instance} does not exist in {s.zone}; run `provision create` first")
 
 
 def status(cloud: Cloud, s: Settings) -> dict[str, Any]:

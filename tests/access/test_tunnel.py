@@ -138,6 +138,14 @@ def _read_until_ready(proc: subprocess.Popen[str]) -> list[str]:
     )
 
 
+def _until(said: list[str], predicate: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait for what the tunnel says (or does); a timeout shows everything it said."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out; said: {said}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
     gcloud_dir: Path, tmp_path: Path, sig: signal.Signals
@@ -232,22 +240,16 @@ def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
     said: list[str] = []
     problems: list[BaseException] = []
 
-    def until(predicate: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out; said: {said}"
-            time.sleep(0.05)
-
     def drive() -> None:
         try:
-            until(lambda: any(line.startswith("Ctrl-C") for line in said))
+            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
             seen.append(_get(local))
             (control / "down-pypapo-a1b2").touch()  # a's mount is gone: 503 on /healthz
-            until(lambda: any("reconnected to pypapo-c3d4" in line for line in said))
+            _until(said, lambda: any("reconnected to pypapo-c3d4" in line for line in said))
             seen.append(_get(local))
             (control / "down-pypapo-a1b2").unlink()  # a is back, then b's tunnel drops
             (control / "exit-pypapo-c3d4").touch()
-            until(lambda: any("reconnected to pypapo-a1b2" in line for line in said))
+            _until(said, lambda: any("reconnected to pypapo-a1b2" in line for line in said))
             seen.append(_get(local))
         except BaseException as exc:  # reported by the assertions below
             problems.append(exc)
@@ -472,30 +474,27 @@ def test_a_group_tunnel_moves_to_another_healthy_instance_and_waits_when_none_is
     seen: list[tuple[int, str]] = []
     problems: list[BaseException] = []
 
-    def until(predicate: Callable[[], bool], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out; said: {said}"
-            time.sleep(0.05)
-
     def drive() -> None:
         try:
-            until(lambda: any(line.startswith("Ctrl-C") for line in said))
+            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
             seen.append(_get(local))
             health["pypapo-r-aaaa"] = "UNHEALTHY"  # a's mount is gone: its check fails, so does ours
             (control / "down-pypapo-r-aaaa").touch()
-            until(lambda: any("reconnected to pypapo-r-bbbb" in line for line in said))
+            _until(said, lambda: any("reconnected to pypapo-r-bbbb" in line for line in said))
             seen.append(_get(local))
             health["pypapo-r-bbbb"] = "UNHEALTHY"  # b goes too, and its tunnel drops
             (control / "exit-pypapo-r-bbbb").touch()
-            until(lambda: any(line.startswith("waiting for a healthy instance: no healthy") for line in said))
+            _until(
+                said,
+                lambda: any(line.startswith("waiting for a healthy instance: no healthy") for line in said),
+            )
             waiting: list[tuple[int, str]] = []
             client = threading.Thread(target=lambda: waiting.append(_get(local)))
             client.start()  # a client arriving now waits on the open port for the next upstream
             time.sleep(0.5)
             (control / "down-pypapo-r-aaaa").unlink()
             health["pypapo-r-aaaa"] = "HEALTHY"
-            until(lambda: any("reconnected to pypapo-r-aaaa" in line for line in said))
+            _until(said, lambda: any("reconnected to pypapo-r-aaaa" in line for line in said))
             client.join(timeout=20)
             seen.extend(waiting)
         except BaseException as exc:  # reported by the assertions below

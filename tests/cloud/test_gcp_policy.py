@@ -8,12 +8,13 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.iam import Policy as StoragePolicy
 from google.cloud import compute_v1
-from google.iam.v1 import iam_policy_pb2, policy_pb2
+from google.iam.v1 import policy_pb2
 from google.type import expr_pb2
 
 from provisioner.cloud.gcp import policy
 from provisioner.cloud.gcp.base import Clients
 from provisioner.cloud.gcp.iam import Iam
+from tests.fixtures.iam import StrictPolicies
 
 RESOURCE = "projects/p/iap_tunnel/zones/z/instances/pypapo"
 CONDITION = expr_pb2.Expr(title="office hours", expression="request.time.getHours('Europe/Berlin') < 18")
@@ -40,42 +41,23 @@ def test_a_conditional_binding_of_the_role_is_left_alone() -> None:
     assert kept.condition.expression == CONDITION.expression and list(kept.members) == ["user:a"]
 
 
-class StrictIap:
-    """The IAP admin API's policy calls: etags, and versions as IAM treats them."""
+class StrictIap(StrictPolicies):
+    """The IAP admin API's policy calls on one tunnel resource that already holds a conditional binding."""
 
     def __init__(self) -> None:
-        self.policy = policy_pb2.Policy(version=3, etag=b"1")
-        self.policy.bindings.add(
+        initial = policy_pb2.Policy(version=3, etag=b"1")
+        initial.bindings.add(
             role="roles/iap.tunnelResourceAccessor", members=["user:ana@x.com"], condition=CONDITION
         )
-        self.races = 0
+        super().__init__({RESOURCE: initial})
 
-    def get_iam_policy(self, request: iam_policy_pb2.GetIamPolicyRequest) -> policy_pb2.Policy:
-        out = policy_pb2.Policy()
-        out.CopyFrom(self.policy)
-        if request.options.requested_policy_version < 3:
-            out.version = 1
-            for b in out.bindings:
-                if b.HasField("condition"):
-                    b.role += "_withcond_1a2b"
-                    b.ClearField("condition")
-        return out
+    @property
+    def policy(self) -> policy_pb2.Policy:
+        return self.policies[RESOURCE]
 
-    def set_iam_policy(self, request: iam_policy_pb2.SetIamPolicyRequest) -> policy_pb2.Policy:
-        new = request.policy
-        if new.etag != self.policy.etag:
-            raise gexc.Aborted("There were concurrent policy changes.")
-        if self.races:
-            self.races -= 1
-            self.policy.etag = str(int(self.policy.etag) + 1).encode()
-            raise gexc.Aborted("There were concurrent policy changes.")
-        if any("_withcond_" in b.role for b in new.bindings):
-            raise gexc.BadRequest("Role roles/iap.tunnelResourceAccessor_withcond_1a2b is not supported")
-        if new.version < 3 and any(b.HasField("condition") for b in new.bindings):
-            raise gexc.BadRequest("Policy version 1 cannot contain conditions")
-        self.policy.CopyFrom(new)
-        self.policy.etag = str(int(self.policy.etag) + 1).encode()
-        return self.policy
+    @policy.setter
+    def policy(self, value: policy_pb2.Policy) -> None:
+        self.policies[RESOURCE] = value
 
 
 def test_grant_on_a_tunnel_policy_with_a_condition_keeps_the_condition() -> None:

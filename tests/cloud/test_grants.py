@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2
 from google.type import expr_pb2
@@ -22,7 +21,7 @@ from provisioner.cloud.gcp.base import Clients
 from provisioner.cloud.gcp.iam import Iam
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
-from tests.fixtures.iam import allows
+from tests.fixtures.iam import StrictPolicies, allows
 
 GROUP = Settings(project="acme-prod", zone="us-central1-a", replicas=3)
 SINGLE = Settings(project="acme-prod", zone="us-central1-a")
@@ -40,45 +39,6 @@ REPLICAS = [
     ("us-central1-f", "pypapo-r-k2j4"),
 ]
 OFFICE_HOURS = expr_pb2.Expr(title="office hours", expression="request.time.getHours('Europe/Berlin') < 18")
-
-
-class StrictPolicies:
-    """GetIamPolicy/SetIamPolicy of one API over many resources, as IAM treats versions and etags: a
-    version-1 read hides conditions (roles become ROLE_withcond_HASH), a write must carry the etag of
-    the last read (else ABORTED), a conditional binding needs version 3."""
-
-    def __init__(self, policies: dict[str, policy_pb2.Policy] | None = None) -> None:
-        self.policies = policies or {}
-        self.writes: list[tuple[str, policy_pb2.Policy]] = []
-
-    def get_iam_policy(self, request: iam_policy_pb2.GetIamPolicyRequest) -> policy_pb2.Policy:
-        out = policy_pb2.Policy()
-        out.CopyFrom(self.policies.get(request.resource, policy_pb2.Policy(etag=b"0")))
-        if request.options.requested_policy_version < 3:
-            out.version = 1
-            for b in out.bindings:
-                if b.HasField("condition"):
-                    b.role += "_withcond_1a2b"
-                    b.ClearField("condition")
-        return out
-
-    def set_iam_policy(self, request: iam_policy_pb2.SetIamPolicyRequest) -> policy_pb2.Policy:
-        current = self.policies.get(request.resource, policy_pb2.Policy(etag=b"0"))
-        new = request.policy
-        if new.etag != current.etag:
-            raise gexc.Aborted("There were concurrent policy changes.")
-        if any("_withcond_" in b.role for b in new.bindings):
-            raise gexc.BadRequest(f"Role {new.bindings[0].role} is not supported")
-        if new.version < 3 and any(b.HasField("condition") for b in new.bindings):
-            raise gexc.BadRequest("Policy version 1 cannot contain conditions")
-        if any(not b.members for b in new.bindings):
-            raise gexc.BadRequest("A binding must have at least one member")
-        stored = policy_pb2.Policy()
-        stored.CopyFrom(new)
-        stored.etag = str(int(current.etag or b"0") + 1).encode()
-        self.policies[request.resource] = stored
-        self.writes.append((request.resource, stored))
-        return stored
 
 
 class GroupCompute:
@@ -356,6 +316,21 @@ def test_granting_access_to_a_group_that_does_not_exist_names_the_fix() -> None:
     ):
         _grant(cloud, GROUP, "reader")
     assert _api(cloud, "iap").writes == []
+
+
+def test_a_grant_for_the_other_shape_of_the_same_name_names_the_flag() -> None:
+    with pytest.raises(
+        PypapoError, match=r"pypapo is a regional group in us-central1, not a single VM: pass"
+    ):
+        _grant(_cloud(GroupCompute(REPLICAS)), SINGLE, "reader")
+    with pytest.raises(
+        PypapoError, match=r"pypapo is a single VM in us-central1-a, not a group: drop --replicas"
+    ):
+        _grant(_cloud(GroupCompute(None, instance=True)), GROUP, "verifier")
+    with pytest.raises(
+        PypapoError, match=r"instance pypapo does not exist in us-central1-a; run `provision create`"
+    ):
+        _grant(_cloud(GroupCompute(None)), SINGLE, "verifier")
 
 
 # --- what the granted policies let a member do ----------------------------------------------------------
