@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 from typing import Any
 
 import click
 from google.cloud import compute_v1
 
-from provisioner import __version__
 from provisioner.appliance import guest
 from provisioner.cli import options
 from provisioner.cli.options import settings_from_click, settings_options
+from provisioner.cli.schedules import Schedule, echo_doc, schedule_options, start_now, stop_job
 from provisioner.cloud import names, plan
 from provisioner.cloud.apply import Cloud
 from provisioner.cloud.image import plan as image_plan
@@ -53,10 +52,6 @@ def _clients(settings: Settings) -> Any:
     return Clients(settings.project)
 
 
-def _echo_doc(doc: dict[str, Any]) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False))
-
-
 def save_serial_log(builder: str, text: str) -> str:
     fd, path = tempfile.mkstemp(prefix=f"{builder}-", suffix=".log")
     with open(fd, "w", encoding="utf-8") as fh:
@@ -94,7 +89,7 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
     script = startup_script(settings)
     if dry_run:
         builder, image, steps = image_plan.build_steps(target, now, script)
-        _echo_doc(
+        echo_doc(
             image_plan.steps_document(
                 "image build", steps, builder=builder, image=image, family=target.family
             )
@@ -131,7 +126,7 @@ def list_cmd(output: str, **kwargs: Any) -> None:
     serving = image_run.serving_image(api, target)
     rows = image_plan.image_rows(images, serving, dt.datetime.now(dt.UTC))
     if output == "json":
-        _echo_doc(
+        echo_doc(
             {
                 "family": target.family,
                 "serving": serving,
@@ -166,76 +161,34 @@ def list_cmd(output: str, **kwargs: Any) -> None:
 
 @image_group.command("schedule")
 @settings_options
-@click.option("--cron", default="0 3 * * 1", show_default=True, help="unix-cron, 5 fields")
-@click.option("--time-zone", "time_zone", default="Etc/UTC", show_default=True, help="IANA time zone")
-@click.option("--disable", is_flag=True, help="pause the job (keeps it and its accounts)")
-@click.option(
-    "--delete", is_flag=True, help="delete the job (the service accounts stay; delete them by hand)"
+@schedule_options(
+    cron="0 3 * * 1",
+    delete_help="delete the job (the service accounts stay; delete them by hand)",
+    run_now_help="also start one rebuild now, as the job would",
 )
-@click.option("--run-now", is_flag=True, help="also start one rebuild now, as the job would")
-@click.option(
-    "--pypapo-version",
-    default=__version__,
-    show_default=True,
-    help="pypapo wheel the build installs from the index bucket (publish it there first)",
-)
-@click.option("--dry-run", is_flag=True, help="print the steps and requests; no credentials, no network")
-def schedule_cmd(
-    cron: str,
-    time_zone: str,
-    disable: bool,
-    delete: bool,
-    run_now: bool,
-    pypapo_version: str,
-    dry_run: bool,
-    **kwargs: Any,
-) -> None:
+def schedule_cmd(schedule: Schedule, **kwargs: Any) -> None:
     """Rebuild the image and roll the appliance onto it on a schedule (Cloud Scheduler -> Cloud Build)."""
-    if disable and delete:
-        raise PypapoError("--disable and --delete exclude each other: pick one")
-    # Validate before anything else: a typo must fail in a millisecond, not after creating accounts.
-    cron = image_schedule.validate_cron(cron)
-    time_zone = image_schedule.validate_time_zone(time_zone)
     settings = settings_from_click(kwargs)
     target = image_plan.target_of(settings)
     name = image_schedule.job_name(target.project, target.region)
-    if disable or delete:
-        if dry_run:
-            call = "cloudscheduler.jobs.delete" if delete else "cloudscheduler.jobs.pause"
-            _echo_doc(
-                image_plan.steps_document(
-                    "image schedule",
-                    [plan.Step(method=call, request={"name": name}, why=call.rsplit(".", 1)[1] + " the job")],
-                )
-            )
-            return
-        from provisioner.cloud.gcp.scheduler import ScheduleApi
-
-        api = ScheduleApi(_clients(settings))
-        done = api.delete_job(name) if delete else api.pause_job(name)
-        verb = "deleted" if delete else "paused"
-        click.echo(f"scheduler job {name} {verb}" if done else f"no scheduler job {name}: nothing to do")
+    if schedule.disable or schedule.delete:
+        stop_job(settings.project, schedule, name, "image schedule")
         return
-    wheel = image_schedule.Wheel(settings.bucket, settings.prefix, pypapo_version)
+    wheel = image_schedule.Wheel(settings.bucket, settings.prefix, schedule.pypapo_version)
     build = image_schedule.rebuild_build(target, wheel, _cli_args(settings))
-    job = image_schedule.scheduler_job(target, cron, time_zone, build)
+    job = image_schedule.scheduler_job(target, schedule.cron, schedule.time_zone, build)
     roles = image_schedule.schedule_roles(target.project, settings.bucket, settings.service_account_email)
     steps = image_schedule.schedule_steps(target, job, roles, wheel)
-    if dry_run:
-        _echo_doc(image_plan.steps_document("image schedule", steps, build=plan.request_dict(build)))
+    if schedule.dry_run:
+        echo_doc(image_plan.steps_document("image schedule", steps, build=plan.request_dict(build)))
         return
     from provisioner.cloud.gcp.scheduler import ScheduleApi
 
     api = ScheduleApi(_clients(settings))
     what = image_schedule.apply_schedule(api, target, job, roles, wheel, options.progress)
-    click.echo(f"scheduler job {name} {what}: {cron} ({time_zone})")
-    if run_now:
-        from provisioner.cloud.gcp.cloudbuild import start_build
-
-        build_id = start_build(_clients(settings), target.region, build)
-        click.echo(
-            f"rebuild started: build {build_id} (`gcloud builds log {build_id} --region={target.region}`)"
-        )
+    click.echo(f"scheduler job {name} {what}: {schedule.cron} ({schedule.time_zone})")
+    if schedule.run_now:
+        start_now(target.project, target.region, build, "rebuild")
 
 
 def _cli_args(settings: Settings) -> list[str]:
@@ -282,7 +235,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
             else names.family_image(target.image_project, target.family)
         )
         steps = image_plan.rollout_steps(target, spec, ref)
-        _echo_doc(
+        echo_doc(
             image_plan.steps_document(
                 "rollout",
                 steps,
@@ -359,7 +312,7 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
             for c in changes
         ]
         steps += image_plan.rollout_steps(target, spec, link)
-        _echo_doc(image_plan.steps_document("rollback", steps, image=link, from_image=current))
+        echo_doc(image_plan.steps_document("rollback", steps, image=link, from_image=current))
         return
     _confirm(yes, f"Replace {target.instance} ({current}) with the previous image {previous.name}?")
     for change in changes:
@@ -411,7 +364,7 @@ def _group_rollout(settings: Settings, image_name: str | None, yes: bool, dry_ru
                 "rolling update: new instances first, an old one deleted once its replacement is healthy",
             ),
         ]
-        _echo_doc(
+        echo_doc(
             image_plan.steps_document(
                 "rollout",
                 steps,
@@ -490,7 +443,7 @@ def _group_rollback(settings: Settings, yes: bool, dry_run: bool) -> None:
                 f"rolling update back to {previous.name} ({old_image})",
             )
         )
-        _echo_doc(
+        echo_doc(
             image_plan.steps_document(
                 "rollback", steps, template=previous.name, from_template=actual.current_template
             )

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 from google.cloud import scheduler_v1
 from google.cloud.devtools import cloudbuild_v1
-from google.protobuf import duration_pb2
 
 from provisioner.cloud import names
 from provisioner.cloud.image import schedule as img
-from provisioner.cloud.image.schedule import CLI_IMAGE, PYTHON_IMAGE, RoleGrant, Wheel
-from provisioner.cloud.plan import Step, request_json
+from provisioner.cloud.image.schedule import RoleGrant, Wheel
+from provisioner.cloud.plan import Step
 from provisioner.errors import PypapoError
 from provisioner.repo import location
 
@@ -100,58 +99,25 @@ def wheel(s: MirrorSchedule, version: str) -> Wheel:
 
 
 def build(s: MirrorSchedule, version: str) -> cloudbuild_v1.Build:
-    w = wheel(s, version)
-    local = "/workspace/" + w.object.rsplit("/", 1)[-1]
     command = " ".join(shlex.quote(a) for a in mirror_command(s))
-    script = (
-        "set -eu\n"
-        "python -m venv /workspace/venv\n"
-        f"/workspace/venv/bin/pip install --quiet --disable-pip-version-check {shlex.quote(local)}\n"
-        f"/workspace/venv/bin/{command}\n"
-    )
-    return cloudbuild_v1.Build(
-        steps=[
-            cloudbuild_v1.BuildStep(
-                id="fetch-pypapo",
-                name=CLI_IMAGE,
-                entrypoint="gcloud",
-                args=["storage", "cp", w.url, "/workspace/"],
-            ),
-            cloudbuild_v1.BuildStep(id="mirror", name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]),
-        ],
-        timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_S),
-        service_account=names.service_account_path(
-            s.project, names.service_account_email(s.project, BUILD_SA_ID)
-        ),
-        options=cloudbuild_v1.BuildOptions(logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY),
-        tags=["pypapo", "mirror"],
+    return img.wheel_build(
+        s.project,
+        wheel(s, version),
+        ("mirror", [command]),
+        timeout_s=BUILD_TIMEOUT_S,
+        build_sa_id=BUILD_SA_ID,
+        tag="mirror",
     )
 
 
 def job_name(project: str, region: str) -> str:
-    return f"projects/{project}/locations/{region}/jobs/{JOB_ID}"
+    return img.job_path(project, region, JOB_ID)
 
 
 def job(s: MirrorSchedule, cron: str, time_zone: str, b: cloudbuild_v1.Build) -> scheduler_v1.Job:
     """An authenticated POST of the build to builds.create, never retried (no second mirror run)."""
-    return scheduler_v1.Job(
-        name=job_name(s.project, s.region),
-        description="pypapo: mirror public dependencies into the index [mirror schedule]",
-        schedule=img.validate_cron(cron),
-        time_zone=img.validate_time_zone(time_zone),
-        http_target=scheduler_v1.HttpTarget(
-            uri=img.builds_create_uri(s.project, s.region),
-            http_method=scheduler_v1.HttpMethod.POST,
-            headers={"Content-Type": "application/json"},
-            body=request_json(b).encode(),
-            oauth_token=scheduler_v1.OAuthToken(
-                service_account_email=names.service_account_email(s.project, INVOKER_SA_ID),
-                scope=names.CLOUD_PLATFORM_SCOPE,
-            ),
-        ),
-        retry_config=scheduler_v1.RetryConfig(retry_count=0),
-        attempt_deadline=duration_pb2.Duration(seconds=60),
-    )
+    description = "pypapo: mirror public dependencies into the index [mirror schedule]"
+    return img.build_job((s.project, s.region, JOB_ID), description, cron, time_zone, b, INVOKER_SA_ID)
 
 
 ACCOUNTS = (

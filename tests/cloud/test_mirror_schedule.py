@@ -116,3 +116,34 @@ def test_the_example_lints_and_its_command_is_accepted() -> None:
         "--lock gs://acme-prod-pypapo-locks/requirements.txt"
         in json.loads(result.stdout)["build"]["steps"][1]["args"][1]
     )
+
+
+SCHEDULES = {
+    "image": (["image", "schedule"], "pypapo-image-rebuild"),
+    "mirror": (["mirror", "schedule", "--lock", "gs://acme-locks/uv.lock"], "pypapo-mirror"),
+}
+
+
+@pytest.mark.parametrize("which", sorted(SCHEDULES))
+def test_both_schedules_share_their_flags_and_the_pause_and_delete_of_the_job(which: str) -> None:
+    """`image schedule` and `mirror schedule` take the same flags, checked the same way, and stop their
+    job the same way (one Cloud Scheduler call, shown by --dry-run)."""
+    command, job = SCHEDULES[which]
+    where = ["--project", "acme-prod", "--zone", "us-central1-a"]
+    runner = CliRunner()
+    for flag, verb in (("--disable", "pause"), ("--delete", "delete")):
+        result = runner.invoke(main, [*command, *where, flag, "--dry-run"])
+        assert result.exit_code == 0, result.output
+        (step,) = json.loads(result.stdout)["steps"]
+        assert (step["call"], step["step"]) == (f"cloudscheduler.jobs.{verb}", f"{verb} the job")
+        assert step["request"]["name"].startswith("projects/acme-prod/locations/us-central1/jobs/")
+        assert job in step["request"]["name"]
+    both = runner.invoke(main, [*command, *where, "--disable", "--delete", "--dry-run"])
+    assert (
+        both.exit_code != 0
+        and both.stderr.strip() == "error: --disable and --delete exclude each other: pick one"
+    )
+    cron = runner.invoke(main, [*command, *where, "--cron", "61 * * * *", "--dry-run"])
+    assert cron.exit_code != 0 and cron.stderr.startswith("error: --cron '61 * * * *'")
+    zone = runner.invoke(main, [*command, *where, "--time-zone", "Mars/Olympus", "--dry-run"])
+    assert zone.exit_code != 0 and "Mars/Olympus" in zone.stderr

@@ -179,16 +179,36 @@ def rebuild_build(target: ImageTarget, wheel: Wheel, cli_args: Sequence[str] = (
     own that name: dependency confusion), and not through the IAP tunnel (that would need the very
     appliance this build replaces to be healthy, and gcloud plus a tunnel inside the step).
     """
-    local = "/workspace/" + wheel.object.rsplit("/", 1)[-1]
     common = [f"--project={target.project}", f"--zone={target.zone}", *cli_args]
     flags = " ".join(shlex.quote(a) for a in common)
+    return wheel_build(
+        target.project,
+        wheel,
+        ("rebuild-and-rollout", [f"provision image build {flags}", f"provision rollout --yes {flags}"]),
+        timeout_s=(BAKE_TIMEOUT_S + READY_TIMEOUT_S) + 30 * 60,
+        build_sa_id=BUILD_SA_ID,
+        tag="golden-image",
+    )
+
+
+def wheel_build(
+    project: str,
+    wheel: Wheel,
+    step: tuple[str, Sequence[str]],
+    *,
+    timeout_s: int,
+    build_sa_id: str,
+    tag: str,
+) -> cloudbuild_v1.Build:
+    """A scheduled build: copy the pypapo wheel out of the index bucket, install it into a venv, and run
+    the step's commands (`provision ...`) with it, as the build's own service account."""
+    step_id, commands = step
+    local = "/workspace/" + wheel.object.rsplit("/", 1)[-1]
     script = (
         "set -eu\n"
         "python -m venv /workspace/venv\n"
         f"/workspace/venv/bin/pip install --quiet --disable-pip-version-check {shlex.quote(local)}\n"
-        f"/workspace/venv/bin/provision image build {flags}\n"
-        f"/workspace/venv/bin/provision rollout --yes {flags}\n"
-    )
+    ) + "".join(f"/workspace/venv/bin/{command}\n" for command in commands)
     return cloudbuild_v1.Build(
         steps=[
             cloudbuild_v1.BuildStep(
@@ -197,16 +217,14 @@ def rebuild_build(target: ImageTarget, wheel: Wheel, cli_args: Sequence[str] = (
                 entrypoint="gcloud",
                 args=["storage", "cp", wheel.url, "/workspace/"],
             ),
-            cloudbuild_v1.BuildStep(
-                id="rebuild-and-rollout", name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]
-            ),
+            cloudbuild_v1.BuildStep(id=step_id, name=PYTHON_IMAGE, entrypoint="bash", args=["-c", script]),
         ],
-        timeout=duration_pb2.Duration(seconds=(BAKE_TIMEOUT_S + READY_TIMEOUT_S) + 30 * 60),
+        timeout=duration_pb2.Duration(seconds=timeout_s),
         service_account=names.service_account_path(
-            target.project, names.service_account_email(target.project, BUILD_SA_ID)
+            project, names.service_account_email(project, build_sa_id)
         ),
         options=cloudbuild_v1.BuildOptions(logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY),
-        tags=["pypapo", "golden-image"],
+        tags=["pypapo", tag],
     )
 
 
@@ -214,31 +232,55 @@ def builds_create_uri(project: str, region: str) -> str:
     return f"https://cloudbuild.googleapis.com/v1/projects/{project}/locations/{region}/builds"
 
 
+def job_path(project: str, region: str, job_id: str) -> str:
+    return f"projects/{project}/locations/{region}/jobs/{job_id}"
+
+
 def job_name(project: str, region: str) -> str:
-    return f"projects/{project}/locations/{region}/jobs/{SCHEDULER_JOB_ID}"
+    return job_path(project, region, SCHEDULER_JOB_ID)
 
 
 def scheduler_job(
     target: ImageTarget, cron: str, time_zone: str, build: cloudbuild_v1.Build
 ) -> scheduler_v1.Job:
     """The Cloud Scheduler job: an authenticated POST of the build to Cloud Build's builds.create."""
-    body = request_json(build).encode()
+    return build_job(
+        (target.project, target.region, SCHEDULER_JOB_ID),
+        "pypapo: rebuild the golden image and roll the appliance onto it [image schedule]",
+        cron,
+        time_zone,
+        build,
+        INVOKER_SA_ID,
+    )
+
+
+def build_job(
+    where: tuple[str, str, str],
+    description: str,
+    cron: str,
+    time_zone: str,
+    build: cloudbuild_v1.Build,
+    invoker_sa_id: str,
+) -> scheduler_v1.Job:
+    """Job `where` = (project, region, job id): POSTs `build` to Cloud Build's builds.create as the
+    invoker account, never retried."""
+    project, region, job_id = where
     return scheduler_v1.Job(
-        name=job_name(target.project, target.region),
-        description="pypapo: rebuild the golden image and roll the appliance onto it [image schedule]",
+        name=job_path(project, region, job_id),
+        description=description,
         schedule=validate_cron(cron),
         time_zone=validate_time_zone(time_zone),
         http_target=scheduler_v1.HttpTarget(
-            uri=builds_create_uri(target.project, target.region),
+            uri=builds_create_uri(project, region),
             http_method=scheduler_v1.HttpMethod.POST,
             headers={"Content-Type": "application/json"},
-            body=body,
+            body=request_json(build).encode(),
             oauth_token=scheduler_v1.OAuthToken(
-                service_account_email=names.service_account_email(target.project, INVOKER_SA_ID),
+                service_account_email=names.service_account_email(project, invoker_sa_id),
                 scope=names.CLOUD_PLATFORM_SCOPE,
             ),
         ),
-        # builds.create returns at once (a long-running operation); never start a second rebuild
+        # builds.create returns at once (a long-running operation); never start a second build
         retry_config=scheduler_v1.RetryConfig(retry_count=0),
         attempt_deadline=duration_pb2.Duration(seconds=60),
     )
