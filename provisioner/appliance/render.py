@@ -7,6 +7,7 @@ The VM gets (see `render_vm_files`):
 
     /etc/pypapo/gcsfuse.yaml                      gcsfuse config (read-only, implicit dirs, caches)
     /etc/pypapo/nginx.conf                        NGINX config (the same template `provision serve` uses)
+    /etc/pypapo/page-guard.js                     its page guard (njs): a 0-byte page is a 503, not a 200
     /etc/systemd/system/pypapo-gcsfuse.service    the mount (Restart=always, stale-mount clean-up)
     /etc/systemd/system/pypapo-nginx.service      NGINX, sandboxed, unprivileged (DynamicUser)
     /etc/apt/sources.list.d/pypapo-gcsfuse.list   Google's gcsfuse-bookworm apt repository
@@ -29,6 +30,7 @@ import jinja2
 
 from provisioner.appliance import guest
 from provisioner.errors import PypapoError
+from provisioner.repo import layout
 from provisioner.repo import location as loc
 from provisioner.repo.conda import layout as conda_layout
 from provisioner.repo.conda import repodata as conda_repodata
@@ -38,6 +40,7 @@ from provisioner.repo.site import render as site_render
 CONFIG_DIR = "/etc/pypapo"
 GCSFUSE_CONFIG_PATH = f"{CONFIG_DIR}/gcsfuse.yaml"
 NGINX_CONFIG_PATH = f"{CONFIG_DIR}/nginx.conf"
+PAGE_GUARD_PATH = f"{CONFIG_DIR}/page-guard.js"
 UNIT_DIR = "/etc/systemd/system"
 GCSFUSE_UNIT = "pypapo-gcsfuse.service"
 NGINX_UNIT = "pypapo-nginx.service"
@@ -62,7 +65,14 @@ NGINX_RUNTIME_DIR = "/run/pypapo-nginx"
 # The VM's access log: the journal, via its syslog socket (journalctl -t pypapo_nginx).
 JOURNAL_ACCESS_LOG = "syslog:server=unix:/run/systemd/journal/dev-log,nohostname,tag=pypapo_nginx"
 # The file whose presence proves the repository (not an empty mountpoint) is what NGINX sees.
-SENTINEL = "simple/index.html"
+SENTINEL = layout.ROOT_HTML
+# NGINX core tests a file's existence, never its size: the page guard is njs, Debian's
+# libnginx-mod-http-js (0.7.9 for nginx 1.22 in bookworm), loaded by absolute path (no modules-enabled).
+ROOT_PAGES = (layout.ROOT_HTML, layout.ROOT_JSON)
+NJS_PACKAGE = "libnginx-mod-http-js"
+NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+# What the appliance installs from Debian (the startup script, the image bake, the VM test's mirror).
+DEBIAN_PACKAGES = ("curl", "ca-certificates", "fuse3", "nginx", NJS_PACKAGE)
 
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 
@@ -206,14 +216,16 @@ def render_nginx_conf(
     error_log: str = "stderr",
     user: str | None = None,
     worker_processes: str = "auto",
+    guard_path: str = PAGE_GUARD_PATH,
 ) -> str:
     """The NGINX config serving the repository at `root_dir` (the mount on the VM, a directory locally).
 
     `listen` is an NGINX listen address (`3333`, `127.0.0.1:3333`); `runtime_dir` holds the pid file and
     temp paths (must be writable); `access_log` defaults to the journal (VM). `user` is only for a master
     running as root (`provision serve` as root): the VM's NGINX runs unprivileged and needs none.
+    `guard_path` is where the page guard (`render_page_guard`) is written beside it.
     """
-    for name, value in (("root_dir", root_dir), ("runtime_dir", runtime_dir)):
+    for name, value in (("root_dir", root_dir), ("runtime_dir", runtime_dir), ("guard_path", guard_path)):
         if not value.startswith("/") or any(c in value for c in " \t\n;\"'{}$\\"):
             raise PypapoError(f"invalid {name} {value!r}: need an absolute path without spaces or quotes")
     if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]:|[0-9.]+:|localhost:)?[0-9]{1,5}", listen):
@@ -234,6 +246,9 @@ def render_nginx_conf(
         user=user,
         worker_processes=worker_processes,
         sentinel=SENTINEL,
+        root_pages=ROOT_PAGES,
+        njs_module=NJS_MODULE_PATH,
+        guard_path=guard_path,
         site_csp=site_render.content_security_policy(),
         greater_q_patterns=_greater_q_patterns(),
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
@@ -249,6 +264,11 @@ def _nginx_literal(body: bytes | str) -> str:
     """`body` inside a single-quoted NGINX string (which knows \\n and \\' escapes)."""
     text = body.decode() if isinstance(body, bytes) else body
     return text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+
+
+def render_page_guard() -> str:
+    """The njs module nginx.conf's `js_set` variables come from (template startup/page-guard.js.j2)."""
+    return _render("startup/page-guard.js.j2", root_pages=ROOT_PAGES)
 
 
 def render_gcsfuse_config(cfg: ApplianceConfig) -> str:
@@ -287,6 +307,7 @@ def render_vm_files(cfg: ApplianceConfig) -> dict[str, str]:
         NGINX_CONFIG_PATH: render_nginx_conf(
             cfg, root_dir=cfg.mount_path, listen=str(cfg.port), runtime_dir=NGINX_RUNTIME_DIR
         ),
+        PAGE_GUARD_PATH: render_page_guard(),
     }
     for name, text in render_units(cfg).items():
         files[f"{UNIT_DIR}/{name}"] = text
@@ -332,6 +353,10 @@ def render_startup_script(cfg: ApplianceConfig) -> str:
         failure_file=FAILURE_FILE,
         gcsfuse_config_path=GCSFUSE_CONFIG_PATH,
         nginx_config_path=NGINX_CONFIG_PATH,
+        page_guard_path=PAGE_GUARD_PATH,
+        debian_packages=DEBIAN_PACKAGES,
+        njs_package=NJS_PACKAGE,
+        njs_module=NJS_MODULE_PATH,
         unit_dir=UNIT_DIR,
         gcsfuse_unit=GCSFUSE_UNIT,
         nginx_unit=NGINX_UNIT,

@@ -24,22 +24,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.appliance.render import SENTINEL, ApplianceConfig, render_nginx_conf
+from provisioner.appliance.render import (
+    NJS_MODULE_PATH,
+    NJS_PACKAGE,
+    ROOT_PAGES,
+    SENTINEL,
+    ApplianceConfig,
+    render_nginx_conf,
+    render_page_guard,
+)
 from provisioner.errors import PypapoError
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
 INSTALL_HINT = "nginx is not installed: run `sudo apt-get install nginx` (Debian/Ubuntu)"
+NJS_HINT = (
+    f"nginx's njs module ({NJS_MODULE_PATH}, the appliance's page guard) is not installed: "
+    f"run `sudo apt-get install {NJS_PACKAGE}` (Debian/Ubuntu)"
+)
 
 
 def find_nginx() -> str:
-    """Path of the nginx binary, or a PypapoError that says how to install it."""
-    for candidate in NGINX_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("nginx")
-    if found:
-        return found
-    raise PypapoError(INSTALL_HINT)
+    """Path of the nginx binary, or a PypapoError that says how to install it (or its njs module)."""
+    found = next((c for c in NGINX_CANDIDATES if os.access(c, os.X_OK)), None) or shutil.which("nginx")
+    if not found:
+        raise PypapoError(INSTALL_HINT)
+    if not os.path.isfile(NJS_MODULE_PATH):
+        raise PypapoError(NJS_HINT)
+    return found
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -225,6 +236,8 @@ def running(
         else:
             log_target = "/dev/stdout"
         user = worker_user(repo_path) if os.geteuid() == 0 else None
+        guard_path = runtime / "page-guard.js"
+        guard_path.write_text(render_page_guard())
         conf = render_nginx_conf(
             ApplianceConfig(bucket="local-directory", port=port),
             root_dir=str(repo_path),
@@ -234,6 +247,7 @@ def running(
             error_log="stderr",
             user=user,
             worker_processes="2",
+            guard_path=str(guard_path),
         )
         conf_path = runtime / "nginx.conf"
         conf_path.write_text(conf)
@@ -273,6 +287,15 @@ def serve_forever(repo: str | Path, *, host: str, port: int, access_log: str | N
             f"(provision publish --repo {repo} FILE...)",
             file=sys.stderr,
         )
+    elif repo_path.is_dir():
+        pages = [repo_path / p for p in ROOT_PAGES]
+        broken = [p for p in pages if not p.is_file() or p.stat().st_size == 0]
+        if broken:
+            print(
+                f"warning: {', '.join(map(str, broken))} missing or empty: the index and "
+                f"/healthz answer 503 until you run provision reindex --repo {repo}",
+                file=sys.stderr,
+            )
 
     try:
         # Ctrl-C may come at any moment, even while NGINX is still starting: `running` stops it anyway.

@@ -12,9 +12,11 @@ from provisioner.appliance.render import (
     NGINX_CONFIG_PATH,
     NGINX_RUNTIME_DIR,
     NGINX_UNIT,
+    PAGE_GUARD_PATH,
     UNIT_DIR,
     ApplianceConfig,
     render_nginx_conf,
+    render_page_guard,
     render_startup_script,
     render_units,
     render_vm_files,
@@ -52,12 +54,17 @@ def test_a_missing_linter_skips_with_the_fix_but_fails_in_ci(
 def test_vm_nginx_config_passes_nginx_t(cfg: ApplianceConfig, tmp_path: Path) -> None:
     nginx = need("nginx")
     # The VM's file, with only its runtime directory moved into the test prefix (nginx -t creates the
-    # temp paths and checks the pid path there).
-    vm_conf = render_vm_files(cfg)[NGINX_CONFIG_PATH]
+    # temp paths and checks the pid path there) and its page guard beside the config (js_import reads it).
+    vm_files = render_vm_files(cfg)
     runtime = tmp_path / "run"
     runtime.mkdir()
-    conf = render_nginx_conf(cfg, root_dir=cfg.mount_path, listen=str(cfg.port), runtime_dir=str(runtime))
-    assert conf == vm_conf.replace(NGINX_RUNTIME_DIR, str(runtime))
+    guard = tmp_path / "page-guard.js"
+    guard.write_text(vm_files[PAGE_GUARD_PATH])
+    conf = render_nginx_conf(
+        cfg, root_dir=cfg.mount_path, listen=str(cfg.port), runtime_dir=str(runtime), guard_path=str(guard)
+    )
+    vm_conf = vm_files[NGINX_CONFIG_PATH]
+    assert conf == vm_conf.replace(NGINX_RUNTIME_DIR, str(runtime)).replace(PAGE_GUARD_PATH, str(guard))
     (tmp_path / "nginx.conf").write_text(conf)
     proc = subprocess.run(
         [nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
@@ -77,7 +84,9 @@ def test_serve_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
         runtime_dir=str(tmp_path),
         access_log=str(tmp_path / "access.log"),
         user="root",
+        guard_path=str(tmp_path / "page-guard.js"),
     )
+    (tmp_path / "page-guard.js").write_text(render_page_guard())
     (tmp_path / "nginx.conf").write_text(conf)
     proc = subprocess.run(
         [nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],

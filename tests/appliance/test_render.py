@@ -15,6 +15,7 @@ from provisioner.appliance.render import (
     APT_SOURCE_PATH,
     GCSFUSE_CONFIG_PATH,
     NGINX_CONFIG_PATH,
+    PAGE_GUARD_PATH,
     UNIT_DIR,
     ApplianceConfig,
     config_digest,
@@ -45,6 +46,7 @@ def test_vm_files_are_the_documented_set() -> None:
         APT_SOURCE_PATH,
         GCSFUSE_CONFIG_PATH,
         NGINX_CONFIG_PATH,
+        PAGE_GUARD_PATH,
         f"{UNIT_DIR}/pypapo-gcsfuse.service",
         f"{UNIT_DIR}/pypapo-nginx.service",
     }

@@ -410,6 +410,119 @@ def test_real_unmount_turns_503(serve_repo, tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
 
 
+# --- a page with no bytes ---------------------------------------------------------------------------
+# The engine never writes one, but an object can become 0 bytes on the bucket (a hand upload, another
+# tool, a truncation): NGINX answers 503 with the reason, never an empty index with 200.
+
+ROOT_PATHS = ("/simple/", "/", "/simple/index.html", "/simple/index.json", "/index.html")
+
+
+@pytest.mark.parametrize("page", ["simple/index.html", "simple/index.json"])
+def test_a_zero_byte_root_page_is_503_and_unhealthy_until_rewritten(
+    serve_repo, tmp_path: Path, page: str
+) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    good = (repo / page).read_bytes()
+    with open(repo / page, "r+b") as fh:  # truncated in place, as another writer would leave it
+        fh.truncate(0)
+    for accept in (PIP_ACCEPT, UV_ACCEPT, "text/html", None):
+        for path in ROOT_PATHS:
+            r = index.get(path, {"Accept": accept} if accept else None)
+            assert r.status == 503, (path, accept, r.status, r.body)
+            assert f"{page} is empty (0 bytes)".encode() in r.body, r.body
+            assert "provision reindex" in r.body.decode()
+            assert r.header("content-type") == "text/plain; charset=utf-8"  # not the page's type
+            assert r.header("cache-control") == "no-store"
+    health = index.get("/healthz")
+    assert health.status == 503
+    assert health.body == (
+        f"unavailable: {page} is empty (0 bytes) (run `provision reindex` on the repository)\n".encode()
+    )
+    # One broken root is no reason to withhold the projects: their pages and files still serve.
+    assert index.get("/simple/pypapo-chain-c/", {"Accept": PIP_ACCEPT}).status == 200
+    assert index.get("/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0")).status == 200
+
+    (repo / page).write_bytes(good)  # rewritten (reindex, the next publish): served again, no restart
+    assert index.get("/healthz").body == b"ok\n"
+    for accept, expected in ((PIP_ACCEPT, JSON), ("text/html", "text/html; charset=utf-8")):
+        for path in ("/simple/", "/"):
+            r = index.get(path, {"Accept": accept})
+            assert (r.status, r.header("content-type")) == (200, expected), (path, accept)
+            assert r.body
+
+
+def test_a_missing_root_json_beside_its_html_is_503_and_unhealthy(serve_repo, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    (repo / "simple/index.json").unlink()
+    index = serve_repo(repo)
+    assert index.process.stderr is not None
+    os.set_blocking(index.process.stderr.fileno(), False)  # what serve printed before nginx came up
+    warning = (index.process.stderr.read() or b"").decode()
+    assert f"warning: {repo / 'simple/index.json'} missing or empty" in warning, warning
+    assert "provision reindex --repo" in warning
+    r = index.get("/simple/", {"Accept": PIP_ACCEPT})
+    assert (r.status, r.body) == (
+        503,
+        b"pypapo: simple/index.json is missing: the repository needs `provision reindex`\n",
+    )
+    assert index.get("/healthz").status == 503
+
+
+@pytest.mark.parametrize(
+    ("page", "accept"), [("index.json", PIP_ACCEPT), ("index.json", UV_ACCEPT), ("index.html", "text/html")]
+)
+def test_a_zero_byte_project_page_is_503_until_rewritten(
+    serve_repo, tmp_path: Path, page: str, accept: str
+) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    path = repo / "simple/pypapo-chain-c" / page
+    good = path.read_bytes()
+    path.write_bytes(b"")
+    for url in ("/simple/pypapo-chain-c/", f"/simple/pypapo-chain-c/{page}", "/pypapo-chain-c/"):
+        r = index.get(url, {"Accept": accept})
+        assert (r.status, r.body) == (
+            503,
+            f"pypapo: simple/pypapo-chain-c/{page} is empty (0 bytes): the repository needs "
+            "`provision reindex`\n".encode(),
+        ), url
+        assert r.header("content-type") == "text/plain; charset=utf-8"
+    # The other projects, the root and the health check are untouched by one project's page.
+    assert index.get("/simple/pypapo-chain-b/", {"Accept": accept}).status == 200
+    assert index.get("/simple/", {"Accept": accept}).status == 200
+    assert index.get("/healthz").body == b"ok\n"
+    path.write_bytes(good)
+    r = index.get("/simple/pypapo-chain-c/", {"Accept": accept})
+    assert r.status == 200 and r.body == good
+
+
+def test_pip_says_503_for_a_zero_byte_project_page(serve_repo, tmp_path: Path) -> None:
+    """Real pip sees a 503 for the page (says so with -vv; its short summary is "from versions: none"
+    either way), and downloads nothing."""
+    from tests.appliance.test_clients import clean_env
+
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    (repo / "simple/pypapo-chain-c/index.json").write_bytes(b"")
+    env = clean_env(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "--isolated", "download", "--no-cache-dir", "--no-deps", "-vv",
+            "--retries", "0", "--dest", str(tmp_path / "out"), "--index-url", index.url, "pypapo-chain-c",
+        ],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert '"GET /simple/pypapo-chain-c/ HTTP/1.1" 503' in proc.stdout, proc.stdout
+    assert ("GET", "/simple/pypapo-chain-c/", 503) in index.requests()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
@@ -437,6 +550,28 @@ def test_serve_without_nginx_says_how_to_install(tmp_path: Path) -> None:
     assert "apt-get install nginx" in lines[0]
 
 
+def test_serve_without_njs_says_how_to_install(tmp_path: Path) -> None:
+    """nginx without its njs module cannot load the appliance's config: one line naming the package."""
+    from tests.fixtures.nginx import PROVISION
+
+    proc = subprocess.run(
+        [
+            os.fspath(Path(PROVISION).with_name("python")),
+            "-c",
+            f"import provisioner.appliance.serve as s; s.NJS_MODULE_PATH = {str(tmp_path / 'none.so')!r}; "
+            "import sys; from provisioner.cli import main; sys.argv=['provision','serve','--repo','.'];"
+            " main()",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "apt-get install libnginx-mod-http-js" in lines[0]
+
+
 def test_port_in_use_is_one_clear_line(demo_index: LocalIndex, tmp_path: Path) -> None:
     from tests.fixtures.nginx import PROVISION
 
@@ -461,6 +596,7 @@ def test_vm_config_serves_as_an_unprivileged_user() -> None:
         JOURNAL_ACCESS_LOG,
         NGINX_CONFIG_PATH,
         NGINX_RUNTIME_DIR,
+        PAGE_GUARD_PATH,
         ApplianceConfig,
         render_vm_files,
     )
@@ -478,11 +614,14 @@ def test_vm_config_serves_as_an_unprivileged_user() -> None:
         runtime.mkdir()
         shutil.chown(runtime, "nobody")
         subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+        vm_files = render_vm_files(cfg)
+        (base / "page-guard.js").write_text(vm_files[PAGE_GUARD_PATH])
         conf = (
-            render_vm_files(cfg)[NGINX_CONFIG_PATH]
+            vm_files[NGINX_CONFIG_PATH]
             .replace(NGINX_RUNTIME_DIR, str(runtime))
             .replace(cfg.mount_path, str(repo))
             .replace(JOURNAL_ACCESS_LOG, "/dev/null")
+            .replace(PAGE_GUARD_PATH, str(base / "page-guard.js"))
         )
         (base / "nginx.conf").write_text(conf)
         (base / "nginx.conf").chmod(0o644)

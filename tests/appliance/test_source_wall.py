@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.appliance.render import ApplianceConfig, render_nginx_conf
+from provisioner.appliance.render import ApplianceConfig, render_nginx_conf, render_page_guard
 from provisioner.appliance.serve import free_port
 from provisioner.errors import PypapoError
+from provisioner.repo.engine import Repository
 
 
 def _ask(port: int, source: str, path: str = "/healthz") -> bytes:
@@ -39,19 +40,20 @@ def _ask(port: int, source: str, path: str = "/healthz") -> bytes:
 @pytest.fixture
 def walled(nginx_bin: str, tmp_path: Path) -> Iterator[int]:
     repo = tmp_path / "repo"
-    (repo / "simple").mkdir(parents=True)
-    (repo / "simple/index.html").write_text("<!DOCTYPE html><html><body></body></html>\n")
+    Repository.open(str(repo)).initialize()
     runtime = tmp_path / "run"
     runtime.mkdir()
     port = free_port("127.0.0.1")
     cfg = ApplianceConfig(bucket="wall-test", port=port, allowed_sources=("127.0.0.3/32", "35.235.240.0/20"))
     conf = runtime / "nginx.conf"
+    (runtime / "page-guard.js").write_text(render_page_guard())
     conf.write_text(
         render_nginx_conf(
             cfg,
             root_dir=str(repo),
             listen=f"127.0.0.1:{port}",
             runtime_dir=str(runtime),
+            guard_path=str(runtime / "page-guard.js"),
             access_log=str(runtime / "access.log"),
             worker_processes="1",
             # as root, workers would run as `nobody`, who cannot read pytest's private tmp_path

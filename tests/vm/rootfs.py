@@ -14,8 +14,8 @@ Variants:
   gcsfuse from the test's stand-in for Google's repository on a loopback address, whose hosts entry and
   CA are removed again afterwards. The bake itself generalizes the tree (empty machine-id and apt lists,
   no SSH host keys), so the booted guest has nothing to install from: the pre-baked path must not need it.
-- ``debs``: a flat directory of the .deb files the fresh-install path needs beyond ``base`` (nginx,
-  fuse3 and their dependencies), downloaded by apt inside a copy of ``base``; the test serves
+- ``debs``: a flat directory of the .deb files the fresh-install path needs beyond ``base`` (nginx, its
+  njs module, fuse3 and their dependencies), downloaded by apt inside a copy of ``base``; the test serves
   them to the guest as its Debian mirror.
 """
 
@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from provisioner.appliance import render
 from tests.vm import aptrepo, standin
 
 RECIPE_VERSION = 1
@@ -54,7 +55,7 @@ BASE_PACKAGES = (
     "util-linux",
 )
 # What the startup script installs when missing (gcsfuse comes from its own repository).
-APPLIANCE_PACKAGES = ("nginx", "fuse3")
+APPLIANCE_PACKAGES = tuple(p for p in render.DEBIAN_PACKAGES if p not in BASE_PACKAGES)
 
 
 def debian_mirror() -> str:
