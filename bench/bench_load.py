@@ -1,17 +1,20 @@
-"""Load test: `provision serve` (the appliance's nginx config) beside a plain nginx over the same files.
+"""Load test: the appliance's nginx config, the same without its page guard, and a plain nginx.
 
     .venv/bin/python bench/bench_load.py [--duration 10] [--runs 3] [--clients 50 200]
 
-Publishes sample projects into a temporary directory repository, serves it twice on loopback (pypapo's
-config; a plain nginx with the same worker count, sendfile and an access log), and drives both with
-wrk (Debian's `wrk`, installed by bootstrap) cycling through root page, project pages, metadata files
-and wheels. Prints requests/s, p99 latency and errors (socket errors + non-2xx/3xx) per client count:
-medians of `--runs` runs, and pypapo/plain ratios from the same runs. Loopback only.
+Publishes sample projects into a temporary directory repository and serves it three times on loopback:
+pypapo's config (rendered as `provision serve` renders it), the same config with the page guard taken
+out (njs: a stat per root or project page, see startup/page-guard.js.j2), and a plain nginx with the same
+worker count, sendfile and an access log. Drives each with wrk (Debian's `wrk`, installed by bootstrap)
+over two mixes: everything (root page, project pages, metadata files and wheels) and pages only (what
+the guard runs on). Prints requests/s, p99 latency and errors (socket errors + non-2xx/3xx) per client
+count: medians of `--runs` runs, and the ratios from the same runs. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -24,10 +27,10 @@ import urllib.request
 from pathlib import Path
 
 from provisioner.appliance import sample
-from provisioner.appliance.serve import free_port
+from provisioner.appliance.render import ApplianceConfig, render_nginx_conf, render_page_guard
+from provisioner.appliance.serve import find_nginx, free_port, worker_user
 from provisioner.repo.engine import Repository
 
-PROVISION = str(Path(sys.executable).with_name("provision"))
 PLAIN_CONF = """
 worker_processes 2;
 pid {tmp}/nginx.pid;
@@ -84,6 +87,45 @@ def _wrk(url: str, paths: list[str], clients: int, duration: int, tmp: Path) -> 
     return rps, p99_ms, errors + (int(non_2xx.group(1)) if non_2xx else 0)
 
 
+# What the page guard adds to the config (startup/nginx.conf.j2): the module, its variables, the checks
+# and their 503 location. Everything else stays, so the difference is the guard's cost.
+_GUARD = [
+    re.compile(r"^load_module \S*ngx_http_js_module\.so;\n", re.M),
+    re.compile(r"^ *js_(?:import|set) [^\n]*;\n", re.M),
+    re.compile(r"^ *error_page 503 @pypapo_unusable;\n", re.M),
+    re.compile(r"^ *if \(\$pypapo_(?:root|page)_problem\) \{\n[^{}]*?\n *\}\n", re.M),
+    re.compile(r"^ *location @pypapo_unusable \{\n.*?\n {8}\}\n", re.M | re.S),
+]
+
+
+def without_page_guard(conf: str) -> str:
+    for pattern in _GUARD:
+        conf, n = pattern.subn("", conf)
+        if not n:
+            sys.exit(f"bench_load: the config has no {pattern.pattern!r}: update _GUARD to the template")
+    if "pypapo_root_problem" in conf or "pypapo_page_problem" in conf or "js_" in conf:
+        sys.exit("bench_load: the page guard was not taken out entirely: update _GUARD to the template")
+    return conf
+
+
+def _start_pypapo(repo: Path, run: Path, port: int, guard: bool) -> subprocess.Popen[bytes]:
+    """nginx with the config `provision serve` renders (optionally without the page guard)."""
+    run.mkdir()
+    (run / "page-guard.js").write_text(render_page_guard())
+    conf = render_nginx_conf(
+        ApplianceConfig(bucket="local-directory", port=port),
+        root_dir=str(repo), listen=f"127.0.0.1:{port}", runtime_dir=str(run),
+        access_log=str(run / "access.log"), error_log="stderr",
+        user=worker_user(repo) if os.geteuid() == 0 else None, worker_processes="2",
+        guard_path=str(run / "page-guard.js"),
+    )  # fmt: skip
+    (run / "nginx.conf").write_text(conf if guard else without_page_guard(conf))
+    return subprocess.Popen(
+        [find_nginx(), "-p", str(run), "-e", "stderr", "-c", str(run / "nginx.conf"), "-g", "daemon off;"],
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -98,55 +140,57 @@ def main() -> None:
         repo, dists = tmp / "repo", tmp / "dists"
         wheels = [sample.build_wheel(dists, f"bench-{i}", f"1.{v}") for i in range(20) for v in range(3)]
         Repository.open(str(repo)).publish(wheels)
-        paths = ["/simple/"]
+        everything, pages = ["/simple/"], ["/simple/"]
         for w in wheels[::3]:
             project = w.name.split("-")[0].replace("_", "-")
-            paths += [
+            everything += [
                 f"/simple/{project}/",
                 f"/simple/{project}/{w.name}.metadata",
                 f"/simple/{project}/{w.name}",
             ]
+            pages.append(f"/simple/{project}/")
+        mixes = {"all": everything, "pages": pages}
 
-        ours_port, plain_port = free_port(), free_port()
+        ports = {"pypapo": free_port(), "pypapo no guard": free_port(), "plain nginx": free_port()}
         (tmp / "plain").mkdir()
         conf = tmp / "plain" / "nginx.conf"
-        conf.write_text(PLAIN_CONF.format(tmp=tmp / "plain", port=plain_port, root=repo))
+        conf.write_text(PLAIN_CONF.format(tmp=tmp / "plain", port=ports["plain nginx"], root=repo))
         servers = [
-            subprocess.Popen(
-                [PROVISION, "serve", "--repo", str(repo), "--port", str(ours_port),
-                 "--access-log", str(tmp / "ours.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ),
+            _start_pypapo(repo, tmp / "guarded", ports["pypapo"], guard=True),
+            _start_pypapo(repo, tmp / "unguarded", ports["pypapo no guard"], guard=False),
             subprocess.Popen(
                 ["/usr/sbin/nginx", "-p", str(tmp / "plain"), "-c", str(conf)], stderr=subprocess.DEVNULL
             ),
-        ]  # fmt: skip
+        ]
         try:
-            _wait(f"http://127.0.0.1:{ours_port}/simple/")
-            _wait(f"http://127.0.0.1:{plain_port}/simple/")
-            what = "paths (root, project pages, .metadata, wheels)"
-            print(f"{len(paths)} {what}; {args.runs} runs of {args.duration} s each")
-            print(f"{'clients':>7}  {'server':<16}{'req/s':>10}{'p99 ms':>9}{'errors':>8}")
-            for clients in args.clients:
-                results: dict[str, list[tuple[float, float, int]]] = {"pypapo": [], "plain nginx": []}
-                for _ in range(args.runs):  # alternate, so both see the same machine load
-                    results["pypapo"].append(
-                        _wrk(f"http://127.0.0.1:{ours_port}", paths, clients, args.duration, tmp)
-                    )
-                    results["plain nginx"].append(
-                        _wrk(f"http://127.0.0.1:{plain_port}", paths, clients, args.duration, tmp)
-                    )
-                for name, runs in results.items():
-                    rps = statistics.median(r[0] for r in runs)
-                    p99 = statistics.median(r[1] for r in runs)
-                    print(f"{clients:>7}  {name:<16}{rps:>10.0f}{p99:>9.2f}{sum(r[2] for r in runs):>8}")
-                ratio = statistics.median(
-                    a[0] / b[0] for a, b in zip(results["pypapo"], results["plain nginx"], strict=True)
-                )
-                print(f"{clients:>7}  {'pypapo / plain':<16}{ratio:>10.2f}")
+            for port in ports.values():
+                _wait(f"http://127.0.0.1:{port}/simple/")
+            print(
+                f"mixes: all = {len(everything)} paths (root, project pages, .metadata, wheels), pages = "
+                f"{len(pages)} (root and project pages); {args.runs} runs of {args.duration} s each"
+            )
+            print(f"{'mix':<6}{'clients':>7}  {'server':<24}{'req/s':>10}{'p99 ms':>9}{'errors':>8}")
+            for mix, paths in mixes.items():
+                for clients in args.clients:
+                    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in ports}
+                    for _ in range(args.runs):  # alternate, so all see the same machine load
+                        for name, port in ports.items():
+                            results[name].append(
+                                _wrk(f"http://127.0.0.1:{port}", paths, clients, args.duration, tmp)
+                            )
+                    for name, runs in results.items():
+                        rps = statistics.median(r[0] for r in runs)
+                        p99 = statistics.median(r[1] for r in runs)
+                        errors = sum(r[2] for r in runs)
+                        print(f"{mix:<6}{clients:>7}  {name:<24}{rps:>10.0f}{p99:>9.2f}{errors:>8}")
+                    for a, b in (("pypapo", "pypapo no guard"), ("pypapo", "plain nginx")):
+                        ratio = statistics.median(
+                            x[0] / y[0] for x, y in zip(results[a], results[b], strict=True)
+                        )
+                        print(f"{mix:<6}{clients:>7}  {a + ' / ' + b:<24}{ratio:>10.2f}")
         finally:
             for server in servers:
-                server.send_signal(signal.SIGINT if server is servers[0] else signal.SIGQUIT)
+                server.send_signal(signal.SIGQUIT)
                 server.wait(timeout=20)
 
 
