@@ -193,7 +193,7 @@ def _grant_command(present: bool) -> click.Command:
 
         settings = settings_from_click(kwargs)
         if dry_run:
-            changes = grants.grant_changes(settings, member, role)
+            changes = (grants.grant_changes if present else grants.revoke_changes)(settings, member, role)
             doc = grants.change_document(verb, role, changes, settings)
             text = (
                 json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -344,7 +344,7 @@ def destroy(cloud: Cloud, s: Settings, *, delete_bucket: bool, progress: Progres
 
 def grant(cloud: Cloud, s: Settings, member: str, role: str, *, present: bool, progress: Progress) -> int:
     """Add (or remove) the bindings behind a role; returns how many changed."""
-    changes = grants.grant_changes(s, member, role)
+    changes = (grants.grant_changes if present else grants.revoke_changes)(s, member, role)
     if present and role != grants.Role.PUBLISHER:
         _require_appliance(cloud, s)
     changed = 0

@@ -7,8 +7,8 @@ member from the binding of that role *under that condition*, and nothing else (o
 conditions on the same role, other roles stay as they were).
 
 - single VM: everything is scoped by the resource it is set on (the instance's tunnel resource, the
-  instance's own policy, the bucket, the VM's service account), except where a condition is the only
-  way to tell two pypapo roles apart on one resource (the verifier's port 22).
+  instance's own policy, the bucket, the VM's service account); on the tunnel a port condition tells
+  the two pypapo roles apart (the reader's index port, the verifier's port 22).
 - group (`--replicas N`): instances have generated names, so tunnel access sits on the project's tunnel
   resource and reads on the project, each under a condition naming the group's instances
   (`provisioner.cloud.group`).
@@ -76,11 +76,22 @@ def _instance_read(s: Settings, member: str) -> IamChange:
     )
 
 
+def _index_port_condition(s: Settings) -> Condition:
+    return Condition(
+        f"pypapo {s.instance} index port",
+        f"IAP tunnel to instance {s.instance}, port {s.port} only (pypapo)",
+        f"destination.port == {s.port}",
+    )
+
+
 def _single_vm(s: Settings, member: str, role: Role) -> list[IamChange]:
     tunnel = names.tunnel_resource(s.project, s.zone, s.instance)
     if role is Role.READER:
+        # The port condition keeps a reader off sshd (port 22): reading the index is all the role is for.
         return [
-            IamChange(IamResource.IAP_TUNNEL_INSTANCE, tunnel, planlib.TUNNEL_ROLE, member),
+            IamChange(
+                IamResource.IAP_TUNNEL_INSTANCE, tunnel, planlib.TUNNEL_ROLE, member, _index_port_condition(s)
+            ),
             IamChange(IamResource.INSTANCE, f"{s.zone}/{s.instance}", planlib.INSTANCE_VIEWER_ROLE, member),
         ]
     if role is Role.PUBLISHER:
@@ -133,6 +144,15 @@ def grant_changes(s: Settings, member: str, role: str) -> list[IamChange]:
     member = planlib.normalize_member(member)
     build = _group if is_group(s) else _single_vm
     return build(s, member, Role(role))
+
+
+def revoke_changes(s: Settings, member: str, role: str) -> list[IamChange]:
+    """What `provision revoke` removes: the grant's bindings and, for a single VM's reader, the
+    unconditional tunnel binding pypapo granted before readers were limited to the index port."""
+    changes = grant_changes(s, member, role)
+    if not is_group(s) and Role(role) is Role.READER:
+        changes.append(dataclasses.replace(changes[0], condition=None))
+    return changes
 
 
 def notes(s: Settings, role: str) -> list[str]:

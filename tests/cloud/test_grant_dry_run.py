@@ -31,7 +31,7 @@ def test_grant_reader_dry_run_prints_both_bindings() -> None:
         "grant reader (dry run: nothing sent, no credentials used):\n"
         "  + roles/iap.tunnelResourceAccessor for user:alice@example.com on iap_tunnel_instance"
         " projects/acme-prod/iap_tunnel/zones/us-central1-a/instances/pypapo\n"
-        "      condition: none\n"
+        "      condition: 'pypapo pypapo index port': destination.port == 3333\n"
         "  + roles/compute.viewer for user:alice@example.com on instance us-central1-a/pypapo\n"
         "      condition: none\n"
     )

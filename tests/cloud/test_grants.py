@@ -229,8 +229,29 @@ def test_single_vm_verifier_is_port_22_on_this_instance_and_os_login_on_it() -> 
         ),
         ("service_account", "pypapo-vm@acme-prod.iam.gserviceaccount.com", ACT_AS, None),
     ]
-    # the reader of a single VM is what it was: the instance's tunnel and its own policy, unconditional
-    assert all(c.condition is None for c in grants.grant_changes(SINGLE, ALICE, "reader"))
+    # the reader of a single VM: the instance's tunnel on the index port only, and its own policy
+    reader = grants.grant_changes(SINGLE, ALICE, "reader")
+    assert [c.condition and c.condition.expression for c in reader] == ["destination.port == 3333", None]
+
+
+def test_a_single_vm_reader_reaches_the_index_port_and_not_sshd() -> None:
+    cloud = _cloud(GroupCompute(None, instance=True))
+    assert _grant(cloud, SINGLE, "reader") == 2
+    policies = _api(cloud, "iap").policies
+    vm = _tunnel_name("us-central1-a", "pypapo")
+    assert allows(policies, ALICE, TUNNEL, vm, destination={"port": 3333})
+    assert not allows(policies, ALICE, TUNNEL, vm, destination={"port": 22}), "22 is sshd, not the index"
+
+
+def test_revoking_a_single_vm_reader_also_removes_the_unconditional_grant_of_older_versions() -> None:
+    legacy = policy_pb2.Policy(version=1, etag=b"5")
+    legacy.bindings.add(role=TUNNEL, members=[ALICE, "group:sre@example.com"])
+    vm = _tunnel_name("us-central1-a", "pypapo")
+    cloud = _cloud(GroupCompute(None, instance=True), {"iap": {vm: legacy}})
+    assert _grant(cloud, SINGLE, "reader", present=False) == 1
+    (left,) = _api(cloud, "iap").policies[vm].bindings
+    assert (left.role, list(left.members)) == (TUNNEL, ["group:sre@example.com"])
+    assert left.condition.expression == ""  # the other member's unconditional grant stays
 
 
 # --- sent through the thin layer -------------------------------------------------------------------------
