@@ -95,15 +95,23 @@ def status_command(output: str, **kwargs: Any) -> None:
         )
     else:
         click.echo(f"  instance {settings.instance}: does not exist")
-    click.echo(f"  bucket: {report['bucket'] or 'does not exist'}")
-    click.echo(f"  service account: {report['service_account'] or 'does not exist'}")
-    click.echo(f"  firewall: {report['firewall'] or 'does not exist'}")
-    click.echo(f"  private Google access: {'on' if report['private_google_access'] else 'off'}")
+    click.echo("\n".join(_shared_status_lines(report, report["firewall"] or "does not exist")))
+
+
+def _shared_status_lines(report: dict[str, Any], firewall: str) -> list[str]:
+    """What both modes' status shows after their own resources: bucket, account, firewall, drift."""
+    lines = [
+        f"  bucket: {report['bucket'] or 'does not exist'}",
+        f"  service account: {report['service_account'] or 'does not exist'}",
+        f"  firewall: {firewall}",
+        f"  private Google access: {'on' if report['private_google_access'] else 'off'}",
+    ]
     if report["in_sync"]:
-        click.echo("  in sync with the plan")
+        lines.append("  in sync with the plan")
     for d in report["drift"]:
         fields = ", ".join(c["field"] for c in d["changes"])
-        click.echo(f"  drift: {d['kind']} {d['name']}: {d['action']}" + (f" ({fields})" if fields else ""))
+        lines.append(f"  drift: {d['kind']} {d['name']}: {d['action']}" + (f" ({fields})" if fields else ""))
+    return lines
 
 
 def _group_status_text(report: dict[str, Any], name: str) -> str:
@@ -132,15 +140,7 @@ def _group_status_text(report: dict[str, Any], name: str) -> str:
         lines.append(
             f"  single VM {report['single_vm']}: still there (the migration deletes it once the group serves)"
         )
-    lines.append(f"  bucket: {report['bucket'] or 'does not exist'}")
-    lines.append(f"  service account: {report['service_account'] or 'does not exist'}")
-    lines.append(f"  firewall: {', '.join(report['firewalls']) or 'none'}")
-    lines.append(f"  private Google access: {'on' if report['private_google_access'] else 'off'}")
-    if report["in_sync"]:
-        lines.append("  in sync with the plan")
-    for d in report["drift"]:
-        fields = ", ".join(c["field"] for c in d["changes"])
-        lines.append(f"  drift: {d['kind']} {d['name']}: {d['action']}" + (f" ({fields})" if fields else ""))
+    lines += _shared_status_lines(report, ", ".join(report["firewalls"]) or "none")
     return "\n".join(lines) + "\n"
 
 

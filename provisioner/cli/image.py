@@ -229,11 +229,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
     target = image_plan.target_of(settings)
     spec = serving_instance_spec(settings)
     if dry_run:
-        ref = (
-            names.image_link(target.image_project, image_name)
-            if image_name
-            else names.family_image(target.image_project, target.family)
-        )
+        ref = _named_or_family(target, image_name)
         steps = image_plan.rollout_steps(target, spec, ref)
         echo_doc(
             image_plan.steps_document(
@@ -339,17 +335,20 @@ def _chosen_image(images: list[compute_v1.Image], family: str, image_name: str |
     return chosen
 
 
+def _named_or_family(target: image_plan.ImageTarget, image_name: str | None) -> str:
+    """What a dry-run rollout names: --image, or the family (resolved only when the rollout runs)."""
+    if image_name:
+        return names.image_link(target.image_project, image_name)
+    return names.family_image(target.image_project, target.family)
+
+
 def _group_rollout(settings: Settings, image_name: str | None, yes: bool, dry_run: bool) -> None:
     from provisioner.cloud import group, group_apply, group_plan
 
     target = image_plan.target_of(settings)
     script = startup_script(settings)
     if dry_run:
-        ref = (
-            names.image_link(target.image_project, image_name)
-            if image_name
-            else names.family_image(target.image_project, target.family)
-        )
+        ref = _named_or_family(target, image_name)
         template = group.instance_template(settings, image=ref, startup_script=script)
         zones = len(group_plan.zones_of(settings, None))
         steps = [
