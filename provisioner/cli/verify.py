@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import click
@@ -37,7 +38,8 @@ def verify_command(
     """Run the appliance's health suite (testinfra over SSH) and print a pass/fail table.
 
     By default it reaches the instance through IAP (`gcloud compute start-iap-tunnel INSTANCE 22
-    --listen-on-stdin`) as your OS Login user; --host checks any other host the same way.
+    --listen-on-stdin`) as your OS Login user; with --replicas, every instance of the group, one
+    table each. --host checks any other host the same way.
     """
     if ssh_url:
         target = verify.Target.from_url(ssh_url, identity_file=identity_file, known_hosts=known_hosts)
@@ -45,58 +47,65 @@ def verify_command(
             target = verify.Target.from_url(
                 f"ssh://{user}@{target.host}:{target.port}", identity_file, known_hosts
             )
-        port = kwargs.get("port") or verify.DEFAULT_PORT
-        bucket = kwargs.get("bucket") or ""
-        where = f"{target.user}@{target.host}:{target.port}"
+        expect = verify.Expectations(
+            port=kwargs.get("port") or verify.DEFAULT_PORT,
+            mount_path=mount_path,
+            bucket=kwargs.get("bucket") or "",
+        )
+        checks = [(f"{target.user}@{target.host}:{target.port}", target)]
     else:
         settings = settings_from_click(kwargs)
-        user = user or verify.os_login_user()
-        instance_id, known = _published_host_keys(settings)
+        expect = verify.Expectations(port=settings.port, mount_path=mount_path, bucket=settings.bucket)
+        checks = _iap_targets(settings, user or verify.os_login_user(), identity_file)
+    failures = []  # (where, failed, total)
+    for where, target in checks:
+        click.echo(f"verifying the appliance on {where}", err=True)
+        results = verify.run_suite(target, expect)
+        if len(checks) > 1:
+            click.echo(f"\n{where}")
+        click.echo(verify.format_table(results))
+        failed = sum(r.outcome in ("failed", "error") for r in results)
+        if failed:
+            failures.append((where.split(" (")[0], failed, len(results)))
+    if len(checks) == 1 and failures:
+        _, failed, total = failures[0]
+        raise PypapoError(f"{failed} of {total} checks failed (see the table): the appliance is unhealthy")
+    if failures:
+        each = "; ".join(f"{where}: {failed} of {total} checks failed" for where, failed, total in failures)
+        raise PypapoError(
+            f"{len(failures)} of {len(checks)} appliances are unhealthy ({each}; see the tables)"
+        )
+
+
+def _iap_targets(settings: Any, user: str, identity_file: str) -> list[tuple[str, verify.Target]]:
+    """The single VM, or every instance of the group, each with a private known_hosts file of the
+    host keys its guest agent published (none: the first key is accepted under `compute.ID`, as
+    gcloud does)."""
+    from provisioner.cloud.apply import Cloud
+    from provisioner.cloud.verify_targets import appliances
+
+    checks = []
+    for a in appliances(Cloud.connect(settings).compute, settings):
         target = verify.Target.iap(
             settings.project,
-            settings.zone,
-            settings.instance,
+            a.zone,
+            a.name,
             user,
             identity_file,
-            instance_id=instance_id,
-            known_hosts=known,
+            instance_id=a.instance_id,
+            known_hosts=_known_hosts_file(verify.host_key_lines(a.instance_id, a.host_keys)),
         )
-        port, bucket = settings.port, settings.bucket
-        where = f"instance {settings.instance} ({settings.zone}, {settings.project}) through IAP"
-    click.echo(f"verifying the appliance on {where}", err=True)
-    results = verify.run_suite(target, verify.Expectations(port=port, mount_path=mount_path, bucket=bucket))
-    click.echo(verify.format_table(results))
-    failed = [r.name for r in results if r.outcome in ("failed", "error")]
-    if failed:
-        raise PypapoError(
-            f"{len(failed)} of {len(results)} checks failed (see the table): the appliance is unhealthy"
-        )
+        checks.append((f"instance {a.name} ({a.zone}, {settings.project}) through IAP", target))
+    return checks
 
 
-def _published_host_keys(settings: Any) -> tuple[str, str]:
-    """The instance's id and a private known_hosts file of the host keys its guest agent published
-    ("" when none are: then the first key is accepted under `compute.ID`, as gcloud does)."""
-    import tempfile
-
-    from provisioner.cloud import plan as planlib
-    from provisioner.cloud.apply import Cloud
-
-    compute = Cloud.connect(settings).compute
-    inst = compute.get_instance(settings.zone, settings.instance)
-    if inst is None:
-        raise PypapoError(
-            f"instance {settings.instance} does not exist in {settings.zone}; run `provision create` first"
-        )
-    published = planlib.guest_values(
-        compute.get_guest_attributes(planlib.host_keys_request(settings)), "hostkeys"
-    )
-    lines = verify.host_key_lines(str(inst.id), published)
+def _known_hosts_file(lines: list[str]) -> str:
     if not lines:
-        return str(inst.id), ""
+        return ""
     fd, path = tempfile.mkstemp(prefix="pypapo-known-hosts-")
     with open(fd, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
-    return str(inst.id), path
+    return path
 
 
 COMMANDS: list[click.Command] = [verify_command]

@@ -233,13 +233,6 @@ def guest_attributes_request(s: Settings) -> compute_v1.GetGuestAttributesInstan
     )
 
 
-def host_keys_request(s: Settings) -> compute_v1.GetGuestAttributesInstanceRequest:
-    """The SSH host keys the guest agent publishes (`hostkeys/TYPE`), as gcloud reads them."""
-    return compute_v1.GetGuestAttributesInstanceRequest(
-        project=s.project, zone=s.zone, instance=s.instance, query_path="hostkeys/"
-    )
-
-
 def guest_values(
     attrs: compute_v1.GuestAttributes | None, namespace: str = guest.NAMESPACE
 ) -> dict[str, str]:

@@ -64,11 +64,11 @@ def test_verify_reads_the_published_keys_of_the_instance_through_compute(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from provisioner.cli import verify as verify_cli
-    from provisioner.cloud import apply as deploy
     from provisioner.cloud import names
     from provisioner.cloud import plan as planlib
     from provisioner.cloud.gcp.compute import Compute
     from provisioner.cloud.settings import Settings
+    from provisioner.cloud.verify_targets import appliances
     from tests.doubles.compute import ComputeEngine
 
     kind, blob = _host_key(tmp_path)
@@ -78,10 +78,11 @@ def test_verify_reads_the_published_keys_of_the_instance_through_compute(
     published = {f"hostkeys/{kind}": blob, "pypapo/ready": "true"}
     engine.guest["pypapo"] = lambda: published
     compute = Compute(engine.clients())
-    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, **kw: cls(compute, None, None)))
-    instance_id, path = verify_cli._published_host_keys(s)
+    (found,) = appliances(compute, s)
     asked = engine.requests("instances.get_guest_attributes")
-    assert instance_id == str(engine.instances["pypapo"].id) and asked[0].query_path == "hostkeys/"
-    assert Path(path).read_text() == f"compute.{instance_id} {kind} {blob}\n"
+    assert found.instance_id == str(engine.instances["pypapo"].id) and asked[0].query_path == "hostkeys/"
+    path = verify_cli._known_hosts_file(verify.host_key_lines(found.instance_id, found.host_keys))
+    assert Path(path).read_text() == f"compute.{found.instance_id} {kind} {blob}\n"
     del published[f"hostkeys/{kind}"]  # 404: the agent has published nothing under hostkeys/
-    assert verify_cli._published_host_keys(s) == (instance_id, "")
+    (found,) = appliances(compute, s)
+    assert found.host_keys == {} and verify_cli._known_hosts_file([]) == ""
