@@ -8,10 +8,11 @@ and what the caller read (the image, the region's zones, the load balancer's add
   no external IP, OS Login, the same metadata and service account); only the parts a template spells
   differently (bare machine and disk type names, no instance name, no deletion protection, which would
   stop the group from replacing its own instances) differ.
-- regional group: spread evenly over the region's zones, autohealing on `/healthz` of the serving port
-  (a lenient check of its own: a gcsfuse restart must not get a VM recreated), and an update policy for
-  rollouts that creates before it deletes (surge = the number of zones, the minimum a regional group
-  accepts, and never an unavailable instance).
+- regional group: spread evenly over the region's zones, autohealing on `/livez` of the serving port
+  (the machine serves its mount; a lenient check of its own: a gcsfuse restart must not get a VM
+  recreated, and a page problem of the shared bucket, which `/healthz` reports, is no VM's fault),
+  and an update policy for rollouts that creates before it deletes (surge = the number of zones, the
+  minimum a regional group accepts, and never an unavailable instance).
 - the internal passthrough load balancer: a global HTTP health check on `/healthz`, a regional
   INTERNAL/TCP backend service with connection draining, a reserved internal address and a forwarding
   rule on it for the serving port.
@@ -174,14 +175,14 @@ def template_url(s: Settings, template_name: str) -> str:
 
 
 def _http_check(
-    s: Settings, name: str, description: str, interval: int, unhealthy: int
+    s: Settings, name: str, description: str, interval: int, unhealthy: int, path: str
 ) -> compute_v1.HealthCheck:
     return compute_v1.HealthCheck(
         name=name,
         description=description,
         type_="HTTP",
         http_health_check=compute_v1.HTTPHealthCheck(
-            port=s.port, request_path="/healthz", proxy_header="NONE", port_specification="USE_FIXED_PORT"
+            port=s.port, request_path=path, proxy_header="NONE", port_specification="USE_FIXED_PORT"
         ),
         check_interval_sec=interval,
         timeout_sec=min(interval, 5),
@@ -197,6 +198,7 @@ def lb_health_check(s: Settings) -> compute_v1.HealthCheck:
         "pypapo: the load balancer sends connections only to instances whose /healthz answers 200",
         LB_CHECK_INTERVAL,
         LB_CHECK_THRESHOLD,
+        "/healthz",
     )
 
 
@@ -204,9 +206,10 @@ def autoheal_health_check(s: Settings) -> compute_v1.HealthCheck:
     return _http_check(
         s,
         group_names(s).autoheal_health_check,
-        "pypapo: the group recreates an instance whose /healthz has failed for a minute",
+        "pypapo: the group recreates an instance whose /livez has failed for a minute",
         AUTOHEAL_CHECK_INTERVAL,
         AUTOHEAL_UNHEALTHY,
+        "/livez",
     )
 
 

@@ -367,6 +367,7 @@ def _assert_unavailable(index: LocalIndex) -> None:
     r = index.get("/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0"))
     assert r.status == 503
     assert b"unavailable" in index.get("/healthz").body
+    assert index.get("/livez").status == 503  # a lost mount is this machine's: the autohealer may act
     assert index.get("/simple/").header("retry-after")
 
 
@@ -440,6 +441,8 @@ def test_a_zero_byte_root_page_is_503_and_unhealthy_until_rewritten(
     assert health.body == (
         f"unavailable: {page} is empty (0 bytes) (run `provision reindex` on the repository)\n".encode()
     )
+    # ... yet the machine is live: the page is in the bucket all replicas share, recreating it is no fix
+    assert (index.get("/livez").status, index.get("/livez").body) == (200, b"live\n")
     # One broken root is no reason to withhold the projects: their pages and files still serve.
     assert index.get("/simple/pypapo-chain-c/", {"Accept": PIP_ACCEPT}).status == 200
     assert index.get("/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0")).status == 200

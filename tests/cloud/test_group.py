@@ -80,7 +80,7 @@ def test_group_spreads_over_the_zones_and_autoheals_on_healthz() -> None:
     assert (check.type_, check.http_health_check.port, check.http_health_check.request_path) == (
         "HTTP",
         3333,
-        "/healthz",
+        "/livez",
     )
     # Autohealing is lenient (a minute of failures), the load balancer quick (10 s).
     lb = group.lb_health_check(S)

@@ -98,8 +98,9 @@ def test_offline_json_carries_the_exact_request_objects() -> None:
         if r["kind"] == "health_check"
     ]
     assert [c["name"] for c in checks] == ["pypapo-lb-hc", "pypapo-heal-hc"]
+    # the balancer asks for readiness (/healthz), the autohealer only for liveness (/livez)
+    assert [c["httpHealthCheck"]["requestPath"] for c in checks] == ["/healthz", "/livez"]
     for check in checks:
-        assert check["httpHealthCheck"]["requestPath"] == "/healthz"
         assert check["httpHealthCheck"]["port"] == 3333
 
 
