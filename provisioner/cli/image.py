@@ -95,14 +95,19 @@ def build_cmd(keep: int, builder_machine_type: str, dry_run: bool, **kwargs: Any
             )
         )
         return
-    api = connect(settings).compute
-    current = image_run.serving_image(api, target)
+    cloud = connect(settings)
+    api = cloud.compute
+    if settings.group_mode:
+        protect = group_images(cloud, settings)
+    else:
+        current = image_run.serving_image(api, target)
+        protect = [current] if current else []
     result = image_run.run_build(
         api,
         target,
         now,
         script,
-        protect=[current] if current else [],
+        protect=protect,
         report=options.progress,
         save_log=save_serial_log,
     )
@@ -121,9 +126,15 @@ def list_cmd(output: str, **kwargs: Any) -> None:
     """The images of the family, newest first, with age, state and which one the appliance runs."""
     settings = settings_from_click(kwargs)
     target = image_plan.target_of(settings)
-    api = connect(settings, progress=False).compute
+    cloud = connect(settings, progress=False)
+    api = cloud.compute
     images = api.list_images(target.image_project, target.family)
-    serving = image_run.serving_image(api, target)
+    if settings.group_mode:
+        from provisioner.cloud import group_apply
+
+        serving = group_apply.current_image(group_apply.observe(cloud, settings)) or None
+    else:
+        serving = image_run.serving_image(api, target)
     rows = image_plan.image_rows(images, serving, dt.datetime.now(dt.UTC))
     if output == "json":
         echo_doc(
@@ -321,6 +332,17 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
 
 
 # ------------------------------------------------------------------- rollout/rollback of a group (--replicas)
+
+
+def group_images(cloud: Any, settings: Settings) -> list[str]:
+    """The images a group needs usable (never OBSOLETE: a group recreates, repairs and resizes from
+    its template's image): what its instances run, its template's and the template `rollback` uses."""
+    from provisioner.cloud import group, group_apply, group_plan
+
+    actual = group_apply.observe(cloud, settings)
+    templates = [actual.template(actual.current_template), group_plan.previous_template(actual)]
+    named = {group.template_image(t).rsplit("/", 1)[-1] for t in templates if t is not None}
+    return sorted(named | group_apply.serving_images(actual))
 
 
 def _chosen_image(images: list[compute_v1.Image], family: str, image_name: str | None) -> compute_v1.Image:

@@ -110,12 +110,19 @@ def startup_script(s: Settings) -> str:
     from provisioner.appliance.render import ApplianceConfig, render_startup_script
 
     # NGINX answers only IAP's range (and the machine itself): the second wall behind the firewall.
+    # A group's instances also answer Google's health checkers (autohealing and the load balancer
+    # judge them by /healthz); without them every instance would be closed to its own checks.
     # The script waits for the mount (IAM propagation) until shortly before `create` stops waiting.
+    sources: tuple[str, ...] = (names.IAP_TCP_RANGE,)
+    if s.group_mode:
+        from provisioner.cloud.group import HEALTH_CHECK_RANGES
+
+        sources += HEALTH_CHECK_RANGES
     cfg = ApplianceConfig(
         bucket=s.bucket,
         prefix=s.prefix,
         port=s.port,
-        allowed_sources=(names.IAP_TCP_RANGE,),
+        allowed_sources=sources,
         ready_timeout_secs=s.ready_timeout,
     )
     return render_startup_script(cfg)

@@ -424,3 +424,16 @@ def test_migration_keeps_the_single_vm_when_the_group_never_gets_healthy() -> No
     resource = "projects/acme-prod/iap_tunnel/zones/us-central1-a/instances/pypapo"
     assert cloud.iam.get_tunnel_members(resource)[planlib.TUNNEL_ROLE] == {"user:alice@example.com"}
     assert not [c for c in engine.calls if c.method == "instances.delete" and c.request.instance == "pypapo"]
+
+
+def test_image_build_keeps_the_groups_images_usable(monkeypatch) -> None:
+    """Retention never makes OBSOLETE an image the group runs or rolls back to: a group recreates,
+    repairs and resizes from its templates' images."""
+    from provisioner.cli.image import group_images
+
+    cloud, engine = group_cloud()
+    create(cloud)
+    (first,) = engine.images
+    group_apply.rollout(cloud, S, _new_image(engine), script=SCRIPT, sleep=lambda _s: None)
+    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, progress=None: cloud))
+    assert group_images(cloud, S) == sorted([first, "pypapo-20261208-030000"])

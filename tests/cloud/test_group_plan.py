@@ -288,3 +288,16 @@ def test_a_stopped_update_goes_back_to_the_old_template_and_turns_opportunistic(
     assert [v.instance_template for v in body.versions] == [
         "projects/acme-prod/global/instanceTemplates/pypapo-aaaaaaaaaa"
     ]
+
+
+def test_a_groups_nginx_answers_googles_health_checkers_and_the_single_vm_does_not() -> None:
+    """Autohealing and the load balancer judge instances by /healthz from 35.191.0.0/16 and
+    130.211.0.0/22: NGINX's source wall must let them in, or no instance would ever be healthy."""
+    from provisioner.cloud.apply import startup_script
+
+    grouped = startup_script(S)
+    single = startup_script(Settings(project="acme-prod", zone="us-central1-a"))
+    for source in group.HEALTH_CHECK_RANGES:
+        assert f"        {source} 1;" in grouped
+        assert source not in single
+    assert "        35.235.240.0/20 1;" in grouped and "        35.235.240.0/20 1;" in single

@@ -152,7 +152,8 @@ def test_schedule_steps_create_accounts_grant_roles_then_the_job() -> None:
     assert json.loads(base64.b64decode(sent["httpTarget"]["body"]))["serviceAccount"].endswith(BUILDER_SA)
 
 
-def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize("replicas", [None, 3])
+def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_path, replicas) -> None:
     """The unattended build runs `provision image build` and `provision rollout` with this appliance's
     non-default settings; those exact command lines must parse (checked through --dry-run)."""
     import shlex
@@ -164,7 +165,12 @@ def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_pa
 
     monkeypatch.chdir(tmp_path)  # no pypapo.toml: the build has none either
     settings = Settings(
-        project="proj-123456", zone="europe-west1-b", instance="index", port=8080, machine_type="e2-medium"
+        project="proj-123456",
+        zone="europe-west1-b",
+        instance="index",
+        port=8080,
+        machine_type="e2-medium",
+        replicas=replicas,
     )
     build = image_schedule.rebuild_build(TARGET, WHEEL, _cli_args(settings))
     script = build.steps[1].args[1]
@@ -173,6 +179,10 @@ def test_the_commands_the_build_runs_are_accepted_by_the_cli(monkeypatch, tmp_pa
     for line in lines:
         argv = shlex.split(line)[1:]
         assert {"--instance=index", "--port=8080", "--machine-type=e2-medium"} <= set(argv)
+        assert ("--replicas=3" in argv) == (replicas == 3)  # a group's build rolls the group
         result = CliRunner().invoke(main, [*argv, "--dry-run"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["steps"]
+        steps = json.loads(result.stdout)["steps"]
+        assert steps
+        if replicas and argv[0] == "rollout":
+            assert steps[-1]["call"] == "compute.regionInstanceGroupManagers.patch"
