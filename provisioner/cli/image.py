@@ -13,7 +13,7 @@ from provisioner.appliance import guest
 from provisioner.cli import options
 from provisioner.cli.options import settings_from_click, settings_options
 from provisioner.cli.schedules import Schedule, echo_doc, schedule_options, start_now, stop_job
-from provisioner.cloud import names, plan
+from provisioner.cloud import group_apply, names, plan
 from provisioner.cloud.apply import Cloud
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
@@ -254,6 +254,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
         return
     cloud = connect(settings)
     api = cloud.compute
+    group_apply.refuse_if_group(api, settings)  # a single-VM rollout would create a VM beside a group
     images = api.list_images(target.image_project, target.family)
     if image_name:
         chosen = next((i for i in images if i.name == image_name), None)
@@ -303,6 +304,7 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     spec = serving_instance_spec(settings)
     cloud = connect(settings)
     api = cloud.compute
+    group_apply.refuse_if_group(api, settings)  # a single-VM rollout would create a VM beside a group
     images = api.list_images(target.image_project, target.family)
     current = image_run.serving_image(api, target)
     previous = image_plan.rollback_target(images, current)

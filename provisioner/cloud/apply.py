@@ -130,6 +130,10 @@ def startup_script(s: Settings) -> str:
 
 def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
     """What exists now, read through the thin layer."""
+    from provisioner.cloud import group_apply
+
+    if not s.group_mode:
+        group_apply.refuse_if_group(cloud.compute, s)
     bucket = cloud.storage.get_bucket(s.bucket)
     account = cloud.iam.get_service_account(s.service_account_email)
     actual = planlib.Actual(
@@ -144,8 +148,6 @@ def observe(cloud: Cloud, s: Settings) -> planlib.Actual:
         image_family_exists=cloud.compute.get_image_from_family(s.image_project, s.image_family) is not None,
     )
     if s.group_mode:
-        from provisioner.cloud import group_apply
-
         actual.group = group_apply.observe(cloud, s, single_vm=actual.instance)
     return actual
 

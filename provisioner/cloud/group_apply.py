@@ -80,6 +80,19 @@ def observe(cloud: Any, s: Settings, *, single_vm: compute_v1.Instance | None = 
     )
 
 
+def refuse_if_group(compute: Any, s: Settings) -> None:
+    """Without `--replicas`, a command on a group deployment would act on a single VM beside the group
+    (a rollout would create one, a destroy would delete the account the group runs as): refuse, naming
+    the flag."""
+    manager = compute.get_region_instance_group_manager(s.region, group.group_names(s).group)
+    if manager is not None:
+        raise PypapoError(
+            f"pypapo runs as group {manager.name} of {manager.target_size} in {s.region} of {s.project}:"
+            f" pass --replicas {manager.target_size} (or set PYPAPO_REPLICAS); without it this command"
+            f" would act on a single VM {s.instance}"
+        )
+
+
 # --- waiting until the group serves --------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The group mode end to end over the Compute Engine double (`tests/doubles/compute_groups.py`): create
+"""The group mode end to end over the Compute Engine double (`tests/doubles/compute.py`): create
 (from an empty project, and as the migration from a single VM), status, rollout (and one whose new
 instances never get healthy, and one whose startup script reports an error), rollback and destroy.
 
@@ -23,18 +23,17 @@ from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.compute import Compute
 from provisioner.cloud.settings import Settings
 from tests.cloud.test_create import SCRIPT, FakeIam, FakeStorage, is_builder
-from tests.doubles.compute import FakeClock, bake_done, ready_after
-from tests.doubles.compute_groups import GroupEngine
+from tests.doubles.compute import ComputeEngine, FakeClock, bake_done, ready_after
 
 S = Settings(project="acme-prod", zone="us-central1-a", replicas=3)
 T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
 
 
-def group_cloud() -> tuple[deploy.Cloud, GroupEngine]:
+def group_cloud() -> tuple[deploy.Cloud, ComputeEngine]:
     """An empty project whose family bakes on the second poll and whose instances turn healthy."""
     log: list[tuple[str, Any]] = []
     storage = FakeStorage(log)
-    engine = GroupEngine("acme-prod", "us-central1-a", log=log)
+    engine = ComputeEngine("acme-prod", "us-central1-a", log=log)
     engine.new_guest = lambda name: bake_done() if is_builder(name) else ready_after(0)
     clients = engine.clients()
     cloud = deploy.Cloud(Compute(clients), storage, FakeIam("acme-prod", log), storage.open_repository)
@@ -54,12 +53,12 @@ def create(cloud: deploy.Cloud, s: Settings = S, clock: FakeClock | None = None,
     )
 
 
-def serving(engine: GroupEngine) -> list[tuple[str, str]]:
+def serving(engine: ComputeEngine) -> list[tuple[str, str]]:
     """(instance, template) of the group's instances that are not being deleted."""
     return sorted((m.name, m.template) for m in engine.group_instances())
 
 
-def watch_availability(engine: GroupEngine, wanted: int) -> list[int]:
+def watch_availability(engine: ComputeEngine, wanted: int) -> list[int]:
     """Record, at every poll of the group, how many instances were available (RUNNING, no action,
     HEALTHY): what the load balancer could send connections to."""
     seen: list[int] = []
@@ -183,7 +182,7 @@ def test_status_shows_each_instance_its_zone_image_health_and_the_lb_url(monkeyp
 # --- rollout and rollback ------------------------------------------------------------------------------
 
 
-def _new_image(engine: GroupEngine, name: str = "pypapo-20261208-030000") -> str:
+def _new_image(engine: ComputeEngine, name: str = "pypapo-20261208-030000") -> str:
     engine.add_image(name, engine.clock + dt.timedelta(days=7))
     return f"projects/acme-prod/global/images/{name}"
 
@@ -381,7 +380,7 @@ def test_the_api_refuses_to_delete_what_is_in_use() -> None:
 # --- the migration from a single VM --------------------------------------------------------------------
 
 
-def _single_vm(cloud: deploy.Cloud, engine: GroupEngine) -> None:
+def _single_vm(cloud: deploy.Cloud, engine: ComputeEngine) -> None:
     single = Settings(project="acme-prod", zone="us-central1-a")
     create(cloud, single)
     resource = "projects/acme-prod/iap_tunnel/zones/us-central1-a/instances/pypapo"
@@ -426,7 +425,7 @@ def test_migration_keeps_the_single_vm_when_the_group_never_gets_healthy() -> No
     assert not [c for c in engine.calls if c.method == "instances.delete" and c.request.instance == "pypapo"]
 
 
-def test_image_build_keeps_the_groups_images_usable(monkeypatch) -> None:
+def test_image_build_keeps_the_groups_images_usable() -> None:
     """Retention never makes OBSOLETE an image the group runs or rolls back to: a group recreates,
     repairs and resizes from its templates' images."""
     from provisioner.cli.image import group_images
@@ -435,5 +434,27 @@ def test_image_build_keeps_the_groups_images_usable(monkeypatch) -> None:
     create(cloud)
     (first,) = engine.images
     group_apply.rollout(cloud, S, _new_image(engine), script=SCRIPT, sleep=lambda _s: None)
-    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, progress=None: cloud))
     assert group_images(cloud, S) == sorted([first, "pypapo-20261208-030000"])
+
+
+def test_a_command_without_replicas_on_a_group_refuses_instead_of_making_a_vm(monkeypatch) -> None:
+    cloud, engine = group_cloud()
+    create(cloud)
+    single = Settings(project="acme-prod", zone="us-central1-a")
+    with pytest.raises(
+        Exception, match=r"pypapo runs as group pypapo of 3 in us-central1 of acme-prod: pass --replicas 3"
+    ):
+        create(cloud, single)
+    with pytest.raises(Exception, match="pass --replicas 3"):
+        deploy.destroy(cloud, single, delete_bucket=False)
+    from provisioner.cli import image as image_cmd
+
+    monkeypatch.setattr(image_cmd, "connect", lambda settings, progress=True: cloud)
+    result = CliRunner().invoke(
+        main, ["rollout", "--project", "acme-prod", "--zone", "us-central1-a", "--yes"]
+    )
+    assert result.exit_code == 1
+    assert (
+        result.output.startswith("error: pypapo runs as group pypapo of 3") and result.output.count("\n") == 1
+    )
+    assert "pypapo" not in engine.instances and len(engine.group_instances()) == 3
