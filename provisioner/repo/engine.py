@@ -56,7 +56,12 @@ class Repository:
         self.echo = echo or _quiet
         self.site = Site(store) if site else None
         # The site hears every changed project at once (`update` takes many).
-        self.writer = IndexWriter(store, outputs, after_change=self.site.update if self.site else None)
+        self.writer = IndexWriter(
+            store,
+            outputs,
+            after_change=self.site.update if self.site else None,
+            before_change=self.site.prepare if self.site else None,
+        )
 
     @classmethod
     def open(cls, location: str, *, echo: Echo | None = None, notify: Echo | None = None) -> Repository:

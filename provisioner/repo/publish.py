@@ -156,6 +156,7 @@ def publish_dists(
             # A new project is listed before anything of it is stored: a confusable name that won a
             # race to the root index stops this one before it uploads a byte.
             ensure_listed(writer, project, filename=group[0].filename)
+        writer.prepare(project, {d.filename: d.metadata for d in group if d.metadata is not None})
         for dist in group:
             writer.create_object(layout.dist_object(project, dist.filename), dist.data)
             if dist.metadata is not None:

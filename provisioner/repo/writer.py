@@ -44,6 +44,7 @@ class IndexWriter:
         outputs: Outputs = DEFAULT,
         *,
         after_change: Callable[[Sequence[str], Mapping[str, bytes]], None] | None = None,
+        before_change: Callable[[str, Mapping[str, bytes]], None] | None = None,
     ) -> None:
         self.store = store
         self.outputs = outputs
@@ -51,6 +52,9 @@ class IndexWriter:
         # core metadata), updated after a project's own outputs converged. Reindex rebuilds them once
         # at its end instead (repair=True).
         self.after_change = after_change
+        # Told before a publish uploads anything: those outputs may start rendering from the core
+        # metadata in memory while the index is written (the site renders the new README).
+        self.before_change = before_change
 
     # -- reading ----------------------------------------------------------------------------------
     def parse_project(self, data: bytes, project: str, *, gen: int, repair: bool = False) -> ProjectState:
@@ -97,6 +101,11 @@ class IndexWriter:
         return info.generation if info else 0
 
     # -- state ------------------------------------------------------------------------------------
+    def prepare(self, project: str, known: Mapping[str, bytes]) -> None:
+        """A publish is about to add files with this core metadata (by filename) to `project`."""
+        if self.before_change is not None and known:
+            self.before_change(project, known)
+
     def update_project(
         self,
         project: str,

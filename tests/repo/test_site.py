@@ -165,6 +165,8 @@ def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_p
     page = site["ui/acme-tools/index.html"].decode()
     assert "Yanked: broke the CLI" in page
     assert '<h1 id="readme-user-content-tools-1">Tools 1</h1>' in page  # now the latest non-yanked
+    assert '<a href="../acme-core/">acme-core</a>&gt;=1' in page  # spliced: links looked up one by one
+    assert "<code>requests</code>" in page
     assert loads_aggregate(site["ui/projects.json"])["acme-tools"].version == "1.1"
 
     r.set_yanked("acme-tools", "1.2", None, yanked=False)
@@ -330,3 +332,53 @@ def test_concurrent_publishers_into_existing_projects_lose_no_line(
     assert {e.version for e in entries.values()} == {"2.0"}
     assert site["ui/index.html"] == render_list(entries.values())
     assert r.reindex().pages_written == 0
+
+
+def test_a_readme_rendered_ahead_is_used_only_for_the_bytes_that_were_stored(
+    dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish renders its README while the index is written; if another publisher stored that
+    filename first with other bytes (this one then fails), the page shows the stored file's README."""
+    r = Repository.open(dir_repo.location)
+    r.publish(
+        [
+            _wheel(
+                tmp_path / "a",
+                "raced",
+                "1.0",
+                description="# First\n",
+                description_content_type="text/markdown",
+            )
+        ]
+    )
+    ours = _wheel(
+        tmp_path / "ours", "raced", "2.0", description="# Ours\n", description_content_type="text/markdown"
+    )
+    theirs = _wheel(
+        tmp_path / "theirs",
+        "raced",
+        "2.0",
+        description="# Theirs\n",
+        description_content_type="text/markdown",
+    )
+    loser = Repository.open(dir_repo.location)
+    assert loser.site is not None
+    meta = sample.core_metadata(
+        "raced", "2.0", description="# Ours\n", description_content_type="text/markdown"
+    )
+    loser.site.prepare("raced", {ours.name: meta.encode()})  # what its publish would have started
+    r.publish([theirs])  # the other publisher wins the filename
+    loser.set_yanked("raced", "1.0", "old")  # the loser's next update of the project's page
+    page = _site(dir_repo)["ui/raced/index.html"].decode()
+    assert "Theirs</h1>" in page and "Ours</h1>" not in page
+
+    # The ordinary way: the README rendered ahead is the one the page shows, and no second render.
+    mine = _wheel(
+        tmp_path / "mine", "raced", "3.0", description="# Three\n", description_content_type="text/markdown"
+    )
+    calls: list[object] = []
+    original = render.release_info
+    monkeypatch.setattr(render, "release_info", lambda *a, **k: calls.append(a) or original(*a, **k))
+    loser.publish([mine])
+    assert len(calls) == 1
+    assert "Three</h1>" in _site(dir_repo)["ui/raced/index.html"].decode()

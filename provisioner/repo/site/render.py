@@ -216,6 +216,22 @@ def metadata_source(state: ProjectState) -> FileEntry | None:
     return None
 
 
+def likely_source(filenames: Iterable[str]) -> str | None:
+    """Of the wheels a publish adds, the one whose metadata the page will most likely show (the
+    newest version's first wheel, as `metadata_source` picks once they are stored), or None."""
+    wheels = []
+    for filename in filenames:
+        try:
+            _name, version, _build, _tags = parse_wheel_filename(filename)
+        except (InvalidWheelFilename, ValueError):
+            continue
+        wheels.append((version, filename))
+    if not wheels:
+        return None
+    newest = max(v for v, _f in wheels)
+    return min(f for v, f in wheels if v == newest)
+
+
 def list_entry(state: ProjectState, info: ReleaseInfo) -> ListEntry:
     newest = max((f.upload_time for f in state.files), default="")
     chosen = latest(state)
@@ -270,10 +286,21 @@ def splice_aggregate(data: bytes, entry: ListEntry) -> bytes | None:
     return data[:start] + _aggregate_line(entry) + comma + data[end:]
 
 
-def aggregate_names(data: bytes) -> set[str]:
-    """The project names of an aggregate in `dumps_aggregate`'s form, without parsing the rest."""
-    found = re.findall(rb'\n\["((?:[^"\\]|\\.)*)",', data)
-    return {json.loads(b'"' + n + b'"') if b"\\" in n else n.decode() for n in found}
+def held_among(data: bytes, names: Iterable[str]) -> set[str]:
+    """Which of `names` (normalized) have a line in an aggregate in `dumps_aggregate`'s form: what
+    a page's dependency links need, without reading every project's line."""
+    return {n for n in names if _aggregate_key(n) in data}
+
+
+def dependency_names(info: ReleaseInfo) -> set[str]:
+    """The normalized names of a release's dependencies (what `held` is asked about)."""
+    out = set()
+    for text in info.requires_dist:
+        try:
+            out.add(canonicalize_name(Requirement(text).name))
+        except InvalidRequirement:
+            continue
+    return out
 
 
 def loads_aggregate(data: bytes) -> dict[str, ListEntry]:
@@ -553,21 +580,25 @@ def splice_list(page: bytes, entry: ListEntry) -> bytes | None:
     if top < 0:
         return None
     top += len(_LIST_OPEN)
-    bottom = page.find(b"</ul>\n", top)
+    bottom = page.rfind(b"</ul>\n", top)  # rows are escaped text: the list's own close is the last
     old = page.find(b'\n<li id="p-' + html.escape(entry.name).encode() + b'">', top - 1, bottom) + 1
     if bottom < 0 or old == 0:
         return None
-    rows = page[top:old] + page[page.index(b"\n", old) + 1 : bottom]
-    lines = rows.splitlines(keepends=True)
-    # Rows are in descending key order: find the first row whose key is below the entry's.
-    lo, hi, want = 0, len(lines), _list_key(entry)
+    old_end = page.index(b"\n", old) + 1
+    # Rows are in descending key order (the old row too, at its old key): find the first row whose
+    # key is not above the entry's by bisecting byte offsets (each probe finds its row's start), so
+    # that no row is split or copied but once, in the join.
+    lo, hi, want = top, bottom, _list_key(entry)
     while lo < hi:
-        mid = (lo + hi) // 2
-        m = _ROW_KEY.match(lines[mid])
+        start = page.rfind(b"\n", lo, (lo + hi) // 2) + 1 or lo
+        m = _ROW_KEY.match(page, start)
         if m is None:
             return None
         if (html.unescape(m[2].decode()), html.unescape(m[1].decode())) > want:
-            lo = mid + 1
+            lo = page.index(b"\n", start) + 1
         else:
-            hi = mid
-    return page[:top] + b"".join(lines[:lo]) + row + b"".join(lines[lo:]) + page[bottom:]
+            hi = start
+    v = memoryview(page)
+    if lo <= old:
+        return b"".join((v[:lo], row, v[lo:old], v[old_end:]))
+    return b"".join((v[:old], v[old_end:lo], row, v[lo:]))

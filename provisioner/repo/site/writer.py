@@ -18,11 +18,12 @@ last therefore rendered the latest state. `rebuild` (reindex) renders everything
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache
 from importlib import resources
@@ -37,6 +38,12 @@ from provisioner.repo.store.directory import DirectoryStore
 
 MAX_ATTEMPTS = 60
 State = ProjectState
+
+
+@cache
+def _ahead_renderer() -> ThreadPoolExecutor:
+    """One thread for the process, started on the first publish (pure rendering, nothing shared)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="pypapo-site")
 
 
 def _backoff(attempt: int) -> None:
@@ -63,6 +70,9 @@ class Site:
         self._infos: dict[tuple[str, str], render.ReleaseInfo] = {}
         # Release-info caches rendered here and not yet stored: object name -> (bytes, generation).
         self._pending: dict[str, tuple[bytes, int]] = {}
+        # READMEs a publish is rendering ahead, while the index is written (`prepare`).
+        # (project, filename) -> (sha256 of the metadata rendered, its ReleaseInfo to come).
+        self._ahead: dict[tuple[str, str], tuple[str, Future[render.ReleaseInfo]]] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def _gen(self, name: str) -> int:
@@ -86,16 +96,21 @@ class Site:
             return self._infos[key]
         data = (known or {}).get(entry.filename)
         cache_name = layout.ui_release(state.name, entry.filename)
-        if data is None:
+        sha, ahead = self._ahead.pop(key, ("", None))
+        if ahead is not None and sha == entry.metadata_sha256:
+            info = ahead.result()  # rendered from these very bytes while the index was written
+            gen = self._gen(cache_name)
+        elif data is None:
             cached, gen = self.store.read(cache_name)
             info = render.loads_info(cached, entry.metadata_sha256, self.remote_images) if gen else None
             if info is not None:
                 self._infos[key] = info
                 return info
             data, _ = self.store.read(layout.metadata_object(state.name, entry.filename))
+            info = render.release_info(data, remote_images=self.remote_images)
         else:
             gen = self._gen(cache_name)
-        info = render.release_info(data, remote_images=self.remote_images)
+            info = render.release_info(data, remote_images=self.remote_images)
         self._infos[key] = info
         self._pending[cache_name] = (render.dumps_info(info, entry.metadata_sha256, self.remote_images), gen)
         return info
@@ -137,7 +152,18 @@ class Site:
                     _backoff(attempt)
         return written
 
-    # -- after a change -------------------------------------------------------------------------
+    # -- before and after a change ----------------------------------------------------------------
+    def prepare(self, project: str, known: Mapping[str, bytes]) -> None:
+        """The engine's hook (`IndexWriter.before_change`): a publish is about to add these files.
+        The README its page will show is rendered in a thread while the index is written (that
+        mostly waits on the disk or the network), so that the site's share after it is small."""
+        chosen = render.likely_source(known)
+        if chosen is None or (project, chosen) in self._infos:
+            return
+        data = known[chosen]
+        future = _ahead_renderer().submit(render.release_info, data, remote_images=self.remote_images)
+        self._ahead[(project, chosen)] = (hashlib.sha256(data).hexdigest(), future)
+
     def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
         self.update([project], known)
@@ -211,7 +237,9 @@ class Site:
             listing = render.splice_list(listing, entry) if listing is not None else None
         if aggregate is None or listing is None:
             return None
-        return states, infos, render.aggregate_names(aggregate), aggregate, listing
+        # Only the dependencies' names are looked up: a page links the ones the repository holds.
+        wanted = set().union(*(render.dependency_names(i) for i in infos.values()))
+        return states, infos, render.held_among(aggregate, wanted), aggregate, listing
 
     def _write(
         self,
