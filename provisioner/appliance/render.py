@@ -250,6 +250,8 @@ def render_nginx_conf(
         njs_module=NJS_MODULE_PATH,
         guard_path=guard_path,
         site_csp=site_render.content_security_policy(),
+        site_csp_remote_images=site_render.content_security_policy(remote_images=True),
+        site_remote_images=layout.UI_REMOTE_IMAGES,
         greater_q_patterns=_greater_q_patterns(),
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
         max_upper=48,

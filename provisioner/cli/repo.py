@@ -185,16 +185,28 @@ def list_(location: str, channel: channels.ChannelKind | None, name: str | None)
     help="Download and rehash every file, instead of trusting recorded hashes whose stored "
     "fingerprint (GCS size+md5/crc32c, directory size+mtime) is unchanged.",
 )
+@click.option(
+    "--site-remote-images/--no-site-remote-images",
+    "site_remote_images",
+    default=None,
+    help="Show README images from https URLs on the site (each reader's browser then fetches them "
+    "from their hosts; nginx's policy for /ui/ allows exactly that), or stop showing them. Stored in "
+    "the repository (ui/remote-images) for every later publish; default: leave the setting as it is "
+    "(off unless turned on).",
+)
 @_friendly
-def reindex(location: str, verify: bool) -> None:
+def reindex(location: str, verify: bool, site_remote_images: bool | None) -> None:
     """Rebuild every page from the stored files (after manual edits), keeping yanks and upload times;
     and the conda channel's repodata, shards and channeldata from its packages, keeping `removed`."""
     repo = _open(location)
-    result = repo.reindex(verify=verify)
+    result = repo.reindex(verify=verify, site_remote_images=site_remote_images)
     conda = Channel(repo.store).reindex(verify=verify)
     for line in result.ignored + conda.ignored:
         click.echo(f"warning: ignored {one_line(line)}", err=True)
     click.echo(result.summary())
+    if repo.site is not None:
+        shown = "shown (https only)" if repo.site.remote_images else "not shown"
+        click.echo(f"site: README images from other hosts {shown}")
     if conda.subdirs:
         click.echo(conda.summary())
 

@@ -218,7 +218,9 @@ class Repository:
         return sorted(removed)
 
     # -- reindex ----------------------------------------------------------------------------------
-    def reindex(self, *, verify: bool = False, workers: int = 8) -> ReindexResult:
+    def reindex(
+        self, *, verify: bool = False, workers: int = 8, site_remote_images: bool | None = None
+    ) -> ReindexResult:
         """Rebuild every page from the stored objects, keeping yanks and upload times.
 
         Without `verify`, a file whose stored fingerprint (GCS: size + md5/crc32c; directory: size +
@@ -232,8 +234,13 @@ class Repository:
         reindex.py); a page that lost its race to a publisher is redone through the one-by-one retry
         path. When many files need parsing on a directory repository, that work runs in one worker
         process per CPU (multiprocessing forkserver: a script calling this needs the usual
-        `__main__` guard)."""
+        `__main__` guard).
+
+        `site_remote_images` (None: as stored) sets the site's one setting first: whether README
+        images from https URLs are shown (and allowed by nginx's policy for /ui/)."""
         result = reindexing.reindex(self.writer, verify=verify, workers=workers)
         if self.site:
+            if site_remote_images is not None:
+                result.pages_written += self.site.set_remote_images(site_remote_images)
             result.pages_written += self.site.rebuild(workers=workers)
         return result

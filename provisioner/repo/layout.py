@@ -20,6 +20,9 @@ UI = "ui"
 UI_LIST = f"{UI}/index.html"
 UI_DATA = f"{UI}/projects.json"  # the list's data and the search index
 UI_ASSETS = ("site.css", "site.js", "favicon.svg")
+# The site's one setting, and not derived: while this object exists, README images from https URLs are
+# shown (`provision reindex --site-remote-images`), and nginx's policy for /ui/ allows them.
+UI_REMOTE_IMAGES = f"{UI}/remote-images"
 
 HTML_TYPE = "text/html; charset=utf-8"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"

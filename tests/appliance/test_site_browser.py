@@ -11,10 +11,16 @@ and a project page, light and dark, land in tests/artifacts/.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.server
+import ipaddress
 import itertools
 import re
+import ssl
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -275,3 +281,134 @@ def test_readable_without_javascript(site_repo: Path, serve_repo, browser) -> No
     assert not b.find_element("css selector", ".pp-search").is_displayed()  # no dead search box
     b.get(f"{index.root_url}/ui/acme-tools/")
     assert "Yanked: broke the --json output" in b.find_element("id", "v-1.2").text
+
+
+def _png_1x1() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+class _ImageHost(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []  # noqa: RUF012 - shared by the server's handler instances
+    png = b""
+
+    def do_GET(self) -> None:
+        _ImageHost.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(self.png)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(self.png)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def image_host(tmp_path: Path) -> Iterator[tuple[str, list[str], str]]:
+    """An https server on loopback standing in for a README's remote image host: (base URL, paths it
+    was asked for, the Chromium flag that trusts its self-signed certificate and no other)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "image-host.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    trust = (
+        "--ignore-certificate-errors-spki-list=" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    _ImageHost.hits, _ImageHost.png = [], _png_1x1()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", _ImageHost.hits, trust
+    server.shutdown()
+
+
+def test_remote_images_load_only_once_the_repository_opts_in(
+    tmp_path: Path, serve_repo, browser, image_host: tuple[str, list[str], str]
+) -> None:
+    host, hits, trust = image_host
+    repo = tmp_path / "repo"
+    text = f"# Pictures\n\n![the diagram]({host}/diagram.png)\n"
+    Repository.open(str(repo)).publish(
+        [
+            _wheel(
+                tmp_path / "dists",
+                "pictures",
+                "1.0",
+                description=text,
+                description_content_type="text/markdown",
+            )
+        ]
+    )
+    index = serve_repo(repo)
+    b = browser(args=(trust,))
+
+    def loaded() -> list[int]:
+        b.get(f"{index.root_url}/ui/pictures/")
+        assert b.find_element("css selector", ".pp-readme h1").text == "Pictures"
+        return [
+            b.execute_script("return arguments[0].complete ? arguments[0].naturalWidth : -1", img)
+            for img in b.find_elements("css selector", ".pp-readme img")
+        ]
+
+    # The default: the image has no source on the page (its alt text stays), nothing is asked of the host.
+    assert loaded() == [0]
+    assert [i.get_attribute("src") for i in b.find_elements("css selector", ".pp-readme img")] == [None]
+    assert b.find_element("css selector", ".pp-readme img").get_attribute("alt") == "the diagram"
+    _no_trouble(b, index.root_url)
+    assert hits == []
+
+    # Opted in: the page carries the image and the policy lets the browser fetch it.
+    Repository.open(str(repo)).reindex(site_remote_images=True)
+    assert loaded() == [1]
+    assert hits == ["/diagram.png"]
+    assert [m for m in b.console() if m["level"] in ("SEVERE", "WARNING")] == []
+
+    # A page still carrying the image once the setting is gone (a stale page: say, the setting removed
+    # by hand): nginx's policy alone keeps the browser from asking the host.
+    (repo / "ui" / "remote-images").unlink()
+    hits.clear()
+    assert loaded() == [0]
+    assert hits == []
+    assert any("Content Security Policy" in m["message"] for m in b.console())

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 from provisioner.appliance.serve import free_port
+from provisioner.repo.engine import Repository
+from provisioner.repo.site.render import content_security_policy
 from tests.fixtures.nginx import PROVISION, LocalIndex, publish_demo_set
 
 
@@ -67,6 +69,35 @@ def test_site_answers_503_when_the_mount_is_gone(serve_repo, tmp_path: Path) -> 
         assert r.status == 503 and r.header("retry-after"), path
     hidden.rename(repo / "simple")
     assert index.get("/ui/").status == 200
+
+
+def test_the_policy_allows_https_images_exactly_while_the_repository_shows_them(
+    serve_repo, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    paths = ("/ui/", "/ui/site.css", "/ui/pypapo-yank-me/", "/ui/projects.json")
+
+    def headers() -> set[tuple[str, str | None, str | None, str | None, str | None]]:
+        out = set()
+        for path in paths:
+            r = index.get(path)
+            assert r.status == 200, path
+            csp = r.header("content-security-policy")
+            out.add((csp, r.header("x-content-type-options"), r.header("x-frame-options"),
+                     r.header("referrer-policy"), r.header("cache-control")))  # fmt: skip
+        return out
+
+    base = ("nosniff", "DENY", "no-referrer", "max-age=0, must-revalidate")
+    assert headers() == {(content_security_policy(), *base)}
+    assert "img-src 'self';" in content_security_policy()
+    Repository.open(str(repo)).reindex(site_remote_images=True)
+    # Every other header stays (the switch is an nginx `if`, whose block inherits them).
+    assert headers() == {(content_security_policy(remote_images=True), *base)}
+    assert "img-src 'self' https:;" in content_security_policy(remote_images=True)
+    Repository.open(str(repo)).reindex(site_remote_images=False)
+    assert headers() == {(content_security_policy(), *base)}
 
 
 def test_serve_prints_the_browse_url(nginx_bin: str, tmp_path: Path) -> None:

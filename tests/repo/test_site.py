@@ -382,3 +382,52 @@ def test_a_readme_rendered_ahead_is_used_only_for_the_bytes_that_were_stored(
     loser.publish([mine])
     assert len(calls) == 1
     assert "Three</h1>" in _site(dir_repo)["ui/raced/index.html"].decode()
+
+
+def test_remote_images_are_shown_only_once_the_repository_opts_in(repo: RepoHandle, tmp_path: Path) -> None:
+    image = "![diagram](https://img.example.com/diagram.png) ![local](docs/local.png)"
+    readme_md = f"# Pictures\n\n{image}\n"
+    r = Repository.open(repo.location)
+    r.publish(
+        [
+            _wheel(
+                tmp_path / "1",
+                "pictures",
+                "1.0",
+                description=readme_md,
+                description_content_type="text/markdown",
+            )
+        ]
+    )
+    page = _site(repo)["ui/pictures/index.html"].decode()
+    assert "img.example.com" not in page and "docs/local.png" not in page  # off by default
+    assert "diagram" in page  # the alt text stays
+    assert "ui/remote-images" not in _site(repo)
+
+    assert r.reindex(site_remote_images=True).pages_written >= 2  # the setting and the page
+    site = _site(repo)
+    assert b"https" in site["ui/remote-images"]
+    page = site["ui/pictures/index.html"].decode()
+    assert '<img src="https://img.example.com/diagram.png" alt="diagram">' in page
+    assert "docs/local.png" not in page  # relative: a file of a source tree the repository lacks
+    # Another publisher, with no flag of its own, renders by the stored setting.
+    other = Repository.open(repo.location)
+    other.publish(
+        [
+            _wheel(
+                tmp_path / "2",
+                "pictures",
+                "2.0",
+                description=readme_md,
+                description_content_type="text/markdown",
+            )
+        ]
+    )
+    assert '<img src="https://img.example.com/diagram.png"' in _site(repo)["ui/pictures/index.html"].decode()
+    assert r.reindex().pages_written == 0  # as stored: nothing to change
+
+    r.reindex(site_remote_images=False)
+    site = _site(repo)
+    assert "ui/remote-images" not in site
+    assert "img.example.com" not in site["ui/pictures/index.html"].decode()
+    assert r.reindex().pages_written == 0

@@ -37,6 +37,11 @@ from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
 
 MAX_ATTEMPTS = 60
+REMOTE_IMAGES_NOTE = (
+    b"README images from https URLs are shown on this site's pages: each reader's browser fetches them\n"
+    b"from their hosts. Set by `provision reindex --site-remote-images`; removed (and the pages\n"
+    b"rendered without them) by `provision reindex --no-site-remote-images`.\n"
+)
 State = ProjectState
 
 
@@ -63,16 +68,19 @@ def origin(state: State) -> str:
 class Site:
     """The site of one repository."""
 
-    def __init__(self, store: Store, *, remote_images: bool = False) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.remote_images = remote_images
-        # Core metadata files are immutable: what a filename's metadata says never changes.
-        self._infos: dict[tuple[str, str], render.ReleaseInfo] = {}
+        # The repository's setting (`layout.UI_REMOTE_IMAGES`), read before each render: every
+        # writer renders what the stored setting says, whatever its own flags.
+        self.remote_images = False
+        # Core metadata files are immutable: what a filename's metadata says never changes (per
+        # setting of remote images).
+        self._infos: dict[tuple[str, str, bool], render.ReleaseInfo] = {}
         # Release-info caches rendered here and not yet stored: object name -> (bytes, generation).
         self._pending: dict[str, tuple[bytes, int]] = {}
         # READMEs a publish is rendering ahead, while the index is written (`prepare`).
-        # (project, filename) -> (sha256 of the metadata rendered, its ReleaseInfo to come).
-        self._ahead: dict[tuple[str, str], tuple[str, Future[render.ReleaseInfo]]] = {}
+        # (project, filename, remote images) -> (sha256 of the metadata rendered, its ReleaseInfo).
+        self._ahead: dict[tuple[str, str, bool], tuple[str, Future[render.ReleaseInfo]]] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def _gen(self, name: str) -> int:
@@ -91,7 +99,7 @@ class Site:
         entry = render.metadata_source(state)
         if entry is None or entry.metadata_sha256 is None:
             return render.ReleaseInfo()
-        key = (state.name, entry.filename)
+        key = (state.name, entry.filename, self.remote_images)
         if key in self._infos:
             return self._infos[key]
         data = (known or {}).get(entry.filename)
@@ -134,6 +142,31 @@ class Site:
         except (ValueError, KeyError, TypeError, AttributeError):
             return {}, False
 
+    # -- the setting ----------------------------------------------------------------------------
+    def read_setting(self) -> bool:
+        """Whether README images from https URLs are shown (the stored setting; remembered)."""
+        self.remote_images = self._gen(layout.UI_REMOTE_IMAGES) != 0
+        return self.remote_images
+
+    def set_remote_images(self, on: bool) -> bool:
+        """Store the setting (a `rebuild` then renders every page by it); True if it changed.
+        nginx follows the object too: its policy for /ui/ allows https images while it exists."""
+        for attempt in range(MAX_ATTEMPTS):
+            _data, gen = self.store.read(layout.UI_REMOTE_IMAGES)
+            if bool(gen) == on:
+                return False
+            try:
+                if on:
+                    self.store.write(layout.UI_REMOTE_IMAGES, REMOTE_IMAGES_NOTE, if_generation_match=0)
+                else:
+                    self.store.delete(layout.UI_REMOTE_IMAGES, if_generation_match=gen)
+                return True
+            except PreconditionFailed:
+                _backoff(attempt)
+        raise ConflictError(
+            f"gave up writing {layout.UI_REMOTE_IMAGES} after {MAX_ATTEMPTS} conflicting writes"
+        )
+
     # -- the static assets ----------------------------------------------------------------------
     def ensure_assets(self) -> int:
         """Write site.css and site.js where they differ from this version's; the number written."""
@@ -158,11 +191,14 @@ class Site:
         The README its page will show is rendered in a thread while the index is written (that
         mostly waits on the disk or the network), so that the site's share after it is small."""
         chosen = render.likely_source(known)
-        if chosen is None or (project, chosen) in self._infos:
+        if chosen is None:
+            return
+        key = (project, chosen, self.read_setting())
+        if key in self._infos:
             return
         data = known[chosen]
-        future = _ahead_renderer().submit(render.release_info, data, remote_images=self.remote_images)
-        self._ahead[(project, chosen)] = (hashlib.sha256(data).hexdigest(), future)
+        future = _ahead_renderer().submit(render.release_info, data, remote_images=key[2])
+        self._ahead[key] = (hashlib.sha256(data).hexdigest(), future)
 
     def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
@@ -178,6 +214,7 @@ class Site:
         for attempt in range(MAX_ATTEMPTS):
             list_now, list_gen = self.store.read(layout.UI_LIST)
             page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
+            self.read_setting()  # after the pages' generations, as the state is
             agg_now, agg_gen = self.store.read(layout.UI_DATA)
             if list_gen and agg_gen:
                 spliced = self._splice(projects, list_now, agg_now, known, attempt)
@@ -291,6 +328,7 @@ class Site:
         name = layout.ui_project(project)
         for attempt in range(MAX_ATTEMPTS):
             gen = self._gen(name)
+            self.read_setting()
             state = self._state(project)
             try:
                 if not state.files:
@@ -323,6 +361,7 @@ class Site:
             pages = dict(zip(existing, read, strict=True))
             list_now, list_gen = self.store.read(layout.UI_LIST)
             agg_now, agg_gen = self.store.read(layout.UI_DATA)
+            self.read_setting()
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
             states = self._read_states(pool)
             entries: dict[str, render.ListEntry] = {}
@@ -409,7 +448,8 @@ def _render_chunk(
     store: Store, remote_images: bool, held: frozenset[str], states: list[State]
 ) -> list[_Rendered]:
     """Module-level, so that it runs in a worker process: a Site of its own reads and renders."""
-    site = Site(store, remote_images=remote_images)
+    site = Site(store)
+    site.remote_images = remote_images  # what the rebuild read, after the generations
     out = []
     for state in states:
         info = site.info(state)
