@@ -28,7 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import cache
 from importlib import resources
 
-from provisioner.errors import ConflictError
+from provisioner.errors import ConflictError, PypapoError
 from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.reindex import cpu_count
@@ -79,8 +79,9 @@ class Site:
         # Release-info caches rendered here and not yet stored: object name -> (bytes, generation).
         self._pending: dict[str, tuple[bytes, int]] = {}
         # READMEs a publish is rendering ahead, while the index is written (`prepare`).
-        # (project, filename, remote images) -> (sha256 of the metadata rendered, its ReleaseInfo).
-        self._ahead: dict[tuple[str, str, bool], tuple[str, Future[render.ReleaseInfo]]] = {}
+        # (project, filename, remote images) -> (sha256 of the metadata rendered, its ReleaseInfo
+        # and whether its cache was stored).
+        self._ahead: dict[tuple[str, str, bool], tuple[str, Future[tuple[render.ReleaseInfo, bool]]]] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def _gen(self, name: str) -> int:
@@ -106,9 +107,16 @@ class Site:
         cache_name = layout.ui_release(state.name, entry.filename)
         sha, ahead = self._ahead.pop(key, ("", None))
         if ahead is not None and sha == entry.metadata_sha256:
-            info = ahead.result()  # rendered from these very bytes while the index was written
-            gen = self._gen(cache_name)
-        elif data is None:
+            # Rendered from these very bytes while the index was written, its cache stored then.
+            info, stored = ahead.result()
+            self._infos[key] = info
+            if not stored:
+                self._pending[cache_name] = (
+                    render.dumps_info(info, sha, self.remote_images),
+                    self._gen(cache_name),
+                )
+            return info
+        if data is None:
             cached, gen = self.store.read(cache_name)
             info = render.loads_info(cached, entry.metadata_sha256, self.remote_images) if gen else None
             if info is not None:
@@ -189,7 +197,8 @@ class Site:
     def prepare(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.before_change`): a publish is about to add these files.
         The README its page will show is rendered in a thread while the index is written (that
-        mostly waits on the disk or the network), so that the site's share after it is small."""
+        mostly waits on the disk or the network), and its release-info cache stored there too, so
+        that the site's share after the index is small."""
         chosen = render.likely_source(known)
         if chosen is None:
             return
@@ -197,8 +206,9 @@ class Site:
         if key in self._infos:
             return
         data = known[chosen]
-        future = _ahead_renderer().submit(render.release_info, data, remote_images=key[2])
-        self._ahead[key] = (hashlib.sha256(data).hexdigest(), future)
+        sha = hashlib.sha256(data).hexdigest()
+        future = _ahead_renderer().submit(_render_ahead, self.store, project, chosen, data, sha, key[2])
+        self._ahead[key] = (sha, future)
 
     def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
@@ -364,18 +374,33 @@ class Site:
             self.read_setting()
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
             states = self._read_states(pool)
+            # Written in batches as they are rendered: the disk (or the network) works while the
+            # worker processes render the next projects.
             entries: dict[str, render.ListEntry] = {}
-            items: list[WriteItem] = []
-            caches: list[WriteItem] = []
-            for project, entry, body, pending in self._render_all(states, pool):
-                entries[project] = entry
-                caches += pending
-                have, gen = pages.get(project, (b"", 0))
-                if have != body:
-                    items.append((layout.ui_project(project), body, gen))
-            results = self.store.write_many(items + caches)
-            written += sum(1 for r in results if r)
-            results = results[: len(items)]
+            items: list[WriteItem] = []  # every page written, in the order of `results`
+            results: list[int] = []
+            batch_pages: list[WriteItem] = []
+            batch_caches: list[WriteItem] = []
+            flushed: list[tuple[int, Future[list[int]]]] = []
+            with ThreadPoolExecutor(max_workers=1) as background:
+                for project, entry, body, pending in self._render_all(states, pool):
+                    entries[project] = entry
+                    batch_caches += pending
+                    have, gen = pages.get(project, (b"", 0))
+                    if have != body:
+                        items.append((layout.ui_project(project), body, gen))
+                        batch_pages.append(items[-1])
+                    if len(batch_pages) + len(batch_caches) >= WRITE_BATCH:
+                        job = background.submit(self.store.write_many, batch_pages + batch_caches)
+                        flushed.append((len(batch_pages), job))
+                        batch_pages, batch_caches = [], []
+                if batch_pages or batch_caches:
+                    job = background.submit(self.store.write_many, batch_pages + batch_caches)
+                    flushed.append((len(batch_pages), job))
+            for n_pages, job in flushed:
+                out = job.result()
+                written += sum(1 for r in out if r)
+                results += out[:n_pages]
             # Release-info caches of files (or projects) that are gone.
             live = {layout.ui_release(p, f.filename) for p, s in states.items() for f in s.files}
             for name in sorted(cached - live):
@@ -418,12 +443,13 @@ class Site:
                 ctx = multiprocessing.get_context("forkserver")  # this process runs threads
                 with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=ctx) as procs:
                     n = len(chunks)
-                    done = list(procs.map(_render_chunk, *([a] * n for a in args), chunks))
-                for part in done:
-                    yield from part
+                    # Each chunk as soon as it is done (in order): the caller writes meanwhile.
+                    for part in procs.map(_render_chunk, *([a] * n for a in args), chunks):
+                        chunks = chunks[1:]
+                        yield from part
                 return
             except (BrokenProcessPool, OSError, ValueError):
-                pass  # e.g. no /dev/shm in a sandbox: the same work in threads
+                pass  # e.g. no /dev/shm in a sandbox: the same work (what is left of it) in threads
         for part in pool.map(lambda c: _render_chunk(*args, c), chunks):
             yield from part
 
@@ -437,11 +463,31 @@ class Site:
         return {p: s for p, s in zip(names, pool.map(self._state, names), strict=True) if s.files}
 
 
+def _render_ahead(
+    store: Store, project: str, filename: str, data: bytes, sha: str, remote_images: bool
+) -> tuple[render.ReleaseInfo, bool]:
+    """A release's info and its cache stored (True) unless one is there already or the write lost.
+    A cache is stamped with the metadata's sha256: one for bytes that another publisher's file
+    replaced (this publish then fails) is never used, and reindex deletes it with the other orphans."""
+    info = render.release_info(data, remote_images=remote_images)
+    name = layout.ui_release(project, filename)
+    cached, gen = store.read(name)
+    if gen and render.loads_info(cached, sha, remote_images) == info:
+        return info, True
+    try:
+        store.write(name, render.dumps_info(info, sha, remote_images), if_generation_match=gen)
+        return info, True
+    except (PreconditionFailed, PypapoError, OSError):
+        return info, False  # only a cache: the page's own write stores it again
+
+
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
 # Rebuild renders in worker processes from this many projects on (fewer: starting them costs more),
 # in chunks of RENDER_CHUNK projects.
 PROCESS_MIN = 300
 RENDER_CHUNK = 50
+# Pages and release-info caches per `write_many` of a rebuild (written while the next are rendered).
+WRITE_BATCH = 400
 
 
 def _render_chunk(
