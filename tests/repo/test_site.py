@@ -431,3 +431,16 @@ def test_remote_images_are_shown_only_once_the_repository_opts_in(repo: RepoHand
     assert "ui/remote-images" not in site
     assert "img.example.com" not in site["ui/pictures/index.html"].decode()
     assert r.reindex().pages_written == 0
+
+
+def test_a_publish_brings_this_version_s_stylesheet_and_script(dir_repo: RepoHandle, tmp_path: Path) -> None:
+    from provisioner.repo.site.writer import asset_bytes
+
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path / "1", "styled", "1.0")])
+    root = Path(dir_repo.location)
+    for name in ("site.css", "site.js"):
+        (root / "ui" / name).write_bytes(b"/* an older pypapo's */\n")
+    Repository.open(dir_repo.location).publish([_wheel(tmp_path / "2", "styled", "2.0")])  # the splice path
+    for name in ("site.css", "site.js"):
+        assert (root / "ui" / name).read_bytes() == asset_bytes(name)

@@ -82,6 +82,8 @@ class Site:
         # (project, filename, remote images) -> (sha256 of the metadata rendered, its ReleaseInfo
         # and whether its cache was stored).
         self._ahead: dict[tuple[str, str, bool], tuple[str, Future[tuple[render.ReleaseInfo, bool]]]] = {}
+        # The static assets, checked in that thread too during a publish (None: not yet).
+        self._assets_checked: Future[int] | None = None
 
     # -- reading ------------------------------------------------------------------------------
     def _gen(self, name: str) -> int:
@@ -209,6 +211,8 @@ class Site:
         sha = hashlib.sha256(data).hexdigest()
         future = _ahead_renderer().submit(_render_ahead, self.store, project, chosen, data, sha, key[2])
         self._ahead[key] = (sha, future)
+        if self._assets_checked is None:
+            self._assets_checked = _ahead_renderer().submit(self.ensure_assets)
 
     def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
@@ -270,8 +274,11 @@ class Site:
         """The common case without parsing or rendering every project: each changed project is
         already on the list and still has files, so its line of the aggregate and its row of the
         list are replaced in place (the same bytes as a full render). None: take the full path."""
-        if attempt == 0:
-            self.ensure_assets()  # a newer pypapo's stylesheet and script go with its pages
+        if attempt == 0:  # a newer pypapo's stylesheet and script go with its pages
+            if self._assets_checked is None:
+                self.ensure_assets()
+            else:
+                self._assets_checked.result()  # checked while the index was written (its errors here)
         states = {p: self._state(p) for p in projects}
         if not all(s.files for s in states.values()):
             return None
