@@ -444,3 +444,28 @@ def test_a_publish_brings_this_version_s_stylesheet_and_script(dir_repo: RepoHan
     Repository.open(dir_repo.location).publish([_wheel(tmp_path / "2", "styled", "2.0")])  # the splice path
     for name in ("site.css", "site.js"):
         assert (root / "ui" / name).read_bytes() == asset_bytes(name)
+
+
+def _publish_in_child(location: str, wheel: str) -> None:
+    Repository.open(location).publish([Path(wheel)])
+
+
+def test_a_forked_publisher_does_not_wait_for_its_parent_s_render_thread(
+    dir_repo: RepoHandle, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path / "1", "forked", "1.0")])
+    r.publish([_wheel(tmp_path / "2", "forked", "2.0")])  # the parent's render thread now runs
+    child = multiprocessing.get_context("fork").Process(
+        target=_publish_in_child, args=(dir_repo.location, str(_wheel(tmp_path / "3", "forked", "3.0")))
+    )
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked publisher hung on a thread it does not have")
+    assert child.exitcode == 0
+    assert loads_aggregate(_site(dir_repo)["ui/projects.json"])["forked"].version == "3.0"

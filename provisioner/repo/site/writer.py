@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,10 +46,17 @@ REMOTE_IMAGES_NOTE = (
 State = ProjectState
 
 
-@cache
+_RENDERER: dict[int, ThreadPoolExecutor] = {}
+
+
 def _ahead_renderer() -> ThreadPoolExecutor:
-    """One thread for the process, started on the first publish (pure rendering, nothing shared)."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="pypapo-site")
+    """One thread per process, started on the first publish (pure rendering, nothing shared). A
+    forked child gets a fresh one: the parent's executor has no thread there, its work would wait forever."""
+    pid = os.getpid()
+    if pid not in _RENDERER:
+        _RENDERER.clear()
+        _RENDERER[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pypapo-site")
+    return _RENDERER[pid]
 
 
 def _backoff(attempt: int) -> None:
@@ -84,6 +92,7 @@ class Site:
         self._ahead: dict[tuple[str, str, bool], tuple[str, Future[tuple[render.ReleaseInfo, bool]]]] = {}
         # The static assets, checked in that thread too during a publish (None: not yet).
         self._assets_checked: Future[int] | None = None
+        self._pid = os.getpid()  # the process whose thread those futures run in
 
     # -- reading ------------------------------------------------------------------------------
     def _gen(self, name: str) -> int:
@@ -201,6 +210,7 @@ class Site:
         The README its page will show is rendered in a thread while the index is written (that
         mostly waits on the disk or the network), and its release-info cache stored there too, so
         that the site's share after the index is small."""
+        self._forget_other_process()
         chosen = render.likely_source(known)
         if chosen is None:
             return
@@ -214,6 +224,11 @@ class Site:
         if self._assets_checked is None:
             self._assets_checked = _ahead_renderer().submit(self.ensure_assets)
 
+    def _forget_other_process(self) -> None:
+        """A Site inherited through fork: its futures run in the parent's thread, never here."""
+        if self._pid != os.getpid():
+            self._pid, self._ahead, self._assets_checked = os.getpid(), {}, None
+
     def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
         self.update([project], known)
@@ -225,6 +240,7 @@ class Site:
         projects = sorted(set(projects))
         if not projects:
             return
+        self._forget_other_process()
         for attempt in range(MAX_ATTEMPTS):
             list_now, list_gen = self.store.read(layout.UI_LIST)
             page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
