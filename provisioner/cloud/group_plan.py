@@ -286,41 +286,39 @@ def plan_create(s: Settings, base: planlib.Actual | None, *, startup_script: str
         )
     resources.append(group_plan)
     gn = group.group_names(s)
-    service = group.backend_service(s)
-    resources.append(
-        _create_only(
+    service, address, rule = group.backend_service(s), group.internal_address(s), group.forwarding_rule(s)
+    have = actual or GroupActual()
+    balancer = (
+        (
             Kind.BACKEND_SERVICE,
-            f"{s.region}/{gn.backend_service}",
+            gn.backend_service,
             service,
-            actual.backend_service if actual else None,
+            have.backend_service,
             Method.INSERT_BACKEND_SERVICE,
             group.insert_backend_service_request(s, service),
-        )
-    )
-    address = group.internal_address(s)
-    resources.append(
-        _create_only(
+            (),
+        ),
+        (
             Kind.ADDRESS,
-            f"{s.region}/{gn.address}",
+            gn.address,
             address,
-            actual.address if actual else None,
+            have.address,
             Method.INSERT_ADDRESS,
             group.insert_address_request(s, address),
-            ["Google picks a free address in the subnet; it stays the LB's until destroy"],
-        )
-    )
-    rule = group.forwarding_rule(s)
-    resources.append(
-        _create_only(
+            ("Google picks a free address in the subnet; it stays the LB's until destroy",),
+        ),
+        (
             Kind.FORWARDING_RULE,
-            f"{s.region}/{gn.forwarding_rule}",
+            gn.forwarding_rule,
             rule,
-            actual.forwarding_rule if actual else None,
+            have.forwarding_rule,
             Method.INSERT_FORWARDING_RULE,
             group.insert_forwarding_rule_request(s, rule),
-            ["no firewall rule admits VPC clients yet: the LB serves no one until one is configured"],
-        )
-    )
+            ("no firewall rule admits VPC clients yet: the LB serves no one until one is configured",),
+        ),
+    )  # fmt: skip  (one row per resource reads better than the formatter's one field per line)
+    for kind, name, desired, current, method, request, notes in balancer:
+        resources.append(_create_only(kind, f"{s.region}/{name}", desired, current, method, request, notes))
     resources += _single_vm_plans(s, base, actual)
     return planlib.Plan(s, "offline" if base is None else "live", "create", resources)
 
