@@ -256,18 +256,7 @@ def rollout_cmd(image_name: str | None, yes: bool, dry_run: bool, **kwargs: Any)
     api = cloud.compute
     group_apply.refuse_if_group(api, settings)  # a single-VM rollout would create a VM beside a group
     images = api.list_images(target.image_project, target.family)
-    if image_name:
-        chosen = next((i for i in images if i.name == image_name), None)
-        if chosen is None:
-            raise PypapoError(
-                f"image {image_name} is not in family {target.family}; see `provision image list`"
-            )
-    else:
-        chosen = image_plan.newest_usable(images)
-        if chosen is None:
-            raise PypapoError(
-                f"family {target.family} has no usable image: run `provision image build` first"
-            )
+    chosen = _chosen_image(images, target.family, image_name)
     current = image_run.serving_image(api, target)
     if current == chosen.name:
         click.echo(f"{target.instance} already runs {chosen.name}: nothing to do")
@@ -309,6 +298,7 @@ def rollback_cmd(yes: bool, dry_run: bool, **kwargs: Any) -> None:
     current = image_run.serving_image(api, target)
     previous = image_plan.rollback_target(images, current)
     assert current is not None  # rollback_target raised otherwise
+    image_plan.require_bootable(previous, "roll back to")
     changes = image_plan.rollback_deprecations(target.image_project, images, previous.name, current)
     link = names.image_link(target.image_project, previous.name)
     if dry_run:
@@ -352,10 +342,12 @@ def _chosen_image(images: list[compute_v1.Image], family: str, image_name: str |
         chosen = next((i for i in images if i.name == image_name), None)
         if chosen is None:
             raise PypapoError(f"image {image_name} is not in family {family}; see `provision image list`")
+        image_plan.require_bootable(chosen)
         return chosen
     chosen = image_plan.newest_usable(images)
     if chosen is None:
         raise PypapoError(f"family {family} has no usable image: run `provision image build` first")
+    image_plan.require_bootable(chosen)
     return chosen
 
 

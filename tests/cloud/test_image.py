@@ -79,6 +79,7 @@ def test_image_request_carries_family_labels_and_guest_os_features() -> None:
     assert image.labels["pypapo-gcsfuse"] == "2_5_1"  # label values allow no dots or plus signs
     assert image.labels["pypapo-nginx"] == "1_22_1-9_deb12u1"
     assert image.labels["pypapo-build-date"] == "2026-11-25"
+    assert image.labels["pypapo-format"] == "2"  # what a rollout checks before it deletes anything
     assert "gcsfuse 2.5.1" in image.description and "nginx 1.22.1-9+deb12u1" in image.description
     assert list(image.storage_locations) == ["europe-west1"]
     assert IMAGE == "pypapo-v20261125-030005"

@@ -151,6 +151,29 @@ def test_rollout_says_nothing_to_do_when_already_on_the_newest_image(double) -> 
     assert "instances.delete" not in double.call_names()
 
 
+@pytest.mark.parametrize("command", ["rollout", "rollback"])
+def test_an_image_baked_before_the_page_guard_is_refused_before_anything_is_deleted(double, command) -> None:
+    """An older pypapo's image lacks nginx's njs module and the appliance has no egress to install it:
+    booting it would fail, after the old instance is gone. Refused up front, naming the fix."""
+    spec = image_cmd.serving_instance_spec(Settings(project="proj-123456", zone="europe-west1-b"))
+    old = {"pypapo-base": "debian-12", "pypapo-nginx": "1_22_1-9_deb12u1"}  # no pypapo-format: format 1
+    current = {**old, "pypapo-format": "2"}
+    if command == "rollout":
+        double.add_image("pypapo-v1", dt.datetime(2026, 11, 18, tzinfo=dt.UTC), "DEPRECATED", labels=current)
+        double.add_image("pypapo-v2", dt.datetime(2026, 11, 25, tzinfo=dt.UTC), labels=old)
+        double.add_appliance(spec, names.image_link("proj-123456", "pypapo-v1"))
+    else:
+        double.add_image("pypapo-v1", dt.datetime(2026, 11, 18, tzinfo=dt.UTC), "DEPRECATED", labels=old)
+        double.add_image("pypapo-v2", dt.datetime(2026, 11, 25, tzinfo=dt.UTC), labels=current)
+        double.add_appliance(spec, names.image_link("proj-123456", "pypapo-v2"))
+    result = CliRunner().invoke(main, [command, *ARGS, "--yes"])
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "baked by an older pypapo (image format 1, this version needs 2" in line
+    assert "run `provision image build` first" in line
+    assert not {"instances.delete", "instances.insert", "images.deprecate"} & set(double.call_names())
+
+
 def test_image_list_marks_the_serving_image(double) -> None:
     spec = image_cmd.serving_instance_spec(Settings(project="proj-123456", zone="europe-west1-b"))
     double.add_image("pypapo-v1", dt.datetime(2026, 11, 18, tzinfo=dt.UTC), "DEPRECATED")

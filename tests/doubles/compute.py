@@ -1330,11 +1330,13 @@ class ComputeEngine:
         created: dt.datetime,
         state: str = "ACTIVE",
         family: str = "pypapo",
+        labels: dict[str, str] | None = None,
     ) -> compute_v1.Image:
         image = compute_v1.Image(
             name=name,
             id=next(self.ids),
             family=family,
+            labels=labels or {},
             status="READY",
             creation_timestamp=created.isoformat(timespec="milliseconds"),
             self_link=full_url(self.images.path("global", name)),

@@ -172,6 +172,27 @@ def builder_instance(target: ImageTarget, name: str, startup_script: str) -> com
     )
 
 
+# What this pypapo's startup script needs an image to hold already: an appliance has no egress to
+# install a missing package. Bump it when the baked package set grows. 2: nginx's njs module (the page
+# guard); images baked before it carry no label (format 1).
+APPLIANCE_FORMAT = 2
+FORMAT_LABEL = "pypapo-format"
+
+
+def require_bootable(img: compute_v1.Image, why: str = "roll out") -> None:
+    """Refuse, before anything is deleted, an image this version's startup script cannot boot."""
+    if "pypapo-base" not in img.labels:
+        return  # not baked by pypapo (an image family of your own): yours to vouch for
+    label = img.labels.get(FORMAT_LABEL, "1")
+    found = int(label) if label.isdigit() else 1
+    if found < APPLIANCE_FORMAT:
+        raise PypapoError(
+            f"cannot {why} {img.name}: it was baked by an older pypapo (image format {found}, this version"
+            f" needs {APPLIANCE_FORMAT}: nginx's njs module for the page guard) and the appliance has no"
+            " egress to install what is missing; run `provision image build` first, then `provision rollout`"
+        )
+
+
 def golden_image(
     target: ImageTarget, name: str, disk: str, now: dt.datetime, versions: dict[str, str]
 ) -> compute_v1.Image:
@@ -188,6 +209,7 @@ def golden_image(
             "pypapo-gcsfuse": label_value(gcsfuse),
             "pypapo-nginx": label_value(nginx),
             "pypapo-base": "debian-12",
+            FORMAT_LABEL: str(APPLIANCE_FORMAT),
         },
         guest_os_features=[compute_v1.GuestOsFeature(type_=f) for f in GUEST_OS_FEATURES],
     )
