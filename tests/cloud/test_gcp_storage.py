@@ -24,8 +24,9 @@ from provisioner.cloud.gcp.base import Clients
 from provisioner.cloud.gcp.compute import Compute
 from provisioner.cloud.gcp.storage_admin import StorageAdmin
 from provisioner.cloud.settings import Settings
-from tests.cloud.test_create import SCRIPT, FakeIam
+from tests.cloud.test_create import SCRIPT
 from tests.doubles.compute import ComputeEngine, ready_after
+from tests.doubles.layers import FakeIam
 
 NOT_STORED_BY_FAKE_GCS = {
     "iamConfiguration.publicAccessPrevention",

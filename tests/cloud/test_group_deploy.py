@@ -22,8 +22,9 @@ from provisioner.cloud import group, group_apply
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.gcp.compute import Compute
 from provisioner.cloud.settings import Settings
-from tests.cloud.test_create import SCRIPT, FakeIam, FakeStorage, is_builder
+from tests.cloud.test_create import SCRIPT, is_builder
 from tests.doubles.compute import ComputeEngine, FakeClock, bake_done, ready_after
+from tests.doubles.layers import FakeIam, FakeStorage
 
 S = Settings(project="acme-prod", zone="us-central1-a", replicas=3)
 T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
