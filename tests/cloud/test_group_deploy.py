@@ -350,6 +350,29 @@ def test_destroy_removes_everything_the_group_made_in_dependency_order() -> None
     assert not deploy.destroy(cloud, S, delete_bucket=False).changed
 
 
+def test_destroy_converges_when_someone_else_deleted_a_resource_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two admins (or a destroy retried after a timeout): what vanished between destroy's read and its
+    delete is answered 404 by the API; that delete is done, not a failure, and destroy goes on."""
+    cloud, engine = group_cloud()
+    create(cloud)
+    apply_plan = deploy.apply
+
+    def meanwhile(*args: Any, **kwargs: Any) -> int:
+        engine.forwarding_rules.discard("pypapo-ilb")  # the other admin's deletes, after our read
+        engine.backend_services.discard("pypapo-ilb")
+        engine.health_checks.discard("pypapo-heal-hc")
+        return apply_plan(*args, **kwargs)
+
+    monkeypatch.setattr(deploy, "apply", meanwhile)
+    deploy.destroy(cloud, S, delete_bucket=False)
+    for kind in ("instance_templates", "health_checks", "instance_group_managers", "addresses", "firewalls"):
+        assert not len(getattr(engine, kind)), kind
+    monkeypatch.setattr(deploy, "apply", apply_plan)
+    assert not deploy.destroy(cloud, S, delete_bucket=False).changed
+
+
 def test_the_api_refuses_to_delete_what_is_in_use() -> None:
     """The double is as strict as Compute Engine: the order destroy uses is the only one that works."""
     from google.api_core import exceptions as gexc

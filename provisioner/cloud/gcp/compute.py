@@ -307,15 +307,15 @@ class Compute:
             f"turn on Private Google Access on subnet {request.subnetwork}",
         )
 
-    # --- the group mode's writes (each one request, waited for) ---
+    # --- the group mode's writes (each one request, waited for; a delete of what is gone is done) ---
 
     def insert_instance_template(self, request: compute_v1.InsertInstanceTemplateRequest) -> None:
         name = request.instance_template_resource.name
         self._send("instance_templates", "insert", request, f"create instance template {name}")
 
-    def delete_instance_template(self, request: compute_v1.DeleteInstanceTemplateRequest) -> None:
-        self._send(
-            "instance_templates", "delete", request, f"delete instance template {request.instance_template}"
+    def delete_instance_template(self, request: compute_v1.DeleteInstanceTemplateRequest) -> bool:
+        return self._delete(
+            "instance_templates", request, f"delete instance template {request.instance_template}"
         )
 
     def insert_health_check(self, request: compute_v1.InsertHealthCheckRequest) -> None:
@@ -325,8 +325,8 @@ class Compute:
     def update_health_check(self, request: compute_v1.UpdateHealthCheckRequest) -> None:
         self._send("health_checks", "update", request, f"update health check {request.health_check}")
 
-    def delete_health_check(self, request: compute_v1.DeleteHealthCheckRequest) -> None:
-        self._send("health_checks", "delete", request, f"delete health check {request.health_check}")
+    def delete_health_check(self, request: compute_v1.DeleteHealthCheckRequest) -> bool:
+        return self._delete("health_checks", request, f"delete health check {request.health_check}")
 
     def insert_region_instance_group_manager(
         self, request: compute_v1.InsertRegionInstanceGroupManagerRequest
@@ -362,10 +362,9 @@ class Compute:
 
     def delete_region_instance_group_manager(
         self, request: compute_v1.DeleteRegionInstanceGroupManagerRequest
-    ) -> None:
-        self._send(
+    ) -> bool:
+        return self._delete(
             "region_instance_group_managers",
-            "delete",
             request,
             f"delete instance group {request.instance_group_manager} and its instances",
         )
@@ -374,23 +373,23 @@ class Compute:
         name = request.backend_service_resource.name
         self._send("region_backend_services", "insert", request, f"create backend service {name}")
 
-    def delete_region_backend_service(self, request: compute_v1.DeleteRegionBackendServiceRequest) -> None:
-        self._send(
-            "region_backend_services", "delete", request, f"delete backend service {request.backend_service}"
+    def delete_region_backend_service(self, request: compute_v1.DeleteRegionBackendServiceRequest) -> bool:
+        return self._delete(
+            "region_backend_services", request, f"delete backend service {request.backend_service}"
         )
 
     def insert_address(self, request: compute_v1.InsertAddressRequest) -> None:
         self._send("addresses", "insert", request, f"reserve address {request.address_resource.name}")
 
-    def delete_address(self, request: compute_v1.DeleteAddressRequest) -> None:
-        self._send("addresses", "delete", request, f"release address {request.address}")
+    def delete_address(self, request: compute_v1.DeleteAddressRequest) -> bool:
+        return self._delete("addresses", request, f"release address {request.address}")
 
     def insert_forwarding_rule(self, request: compute_v1.InsertForwardingRuleRequest) -> None:
         name = request.forwarding_rule_resource.name
         self._send("forwarding_rules", "insert", request, f"create forwarding rule {name}")
 
-    def delete_forwarding_rule(self, request: compute_v1.DeleteForwardingRuleRequest) -> None:
-        self._send("forwarding_rules", "delete", request, f"delete forwarding rule {request.forwarding_rule}")
+    def delete_forwarding_rule(self, request: compute_v1.DeleteForwardingRuleRequest) -> bool:
+        return self._delete("forwarding_rules", request, f"delete forwarding rule {request.forwarding_rule}")
 
     def set_instance_member(
         self, zone: str, name: str, role: str, member: str, *, present: bool = True
