@@ -118,8 +118,8 @@ def client_config_command(
         if not reachable:
             click.echo(
                 f"# warning: no client range may reach it yet (firewall rule"
-                f" {group.group_names(settings).allow_lb_clients} does not exist); give `provision create`"
-                " the clients' ranges",
+                f" {group.group_names(settings).allow_lb_clients} does not exist): run `provision create"
+                " --replicas N --lb-client CIDR` with their ranges (see the README)",
                 err=True,
             )
     cfg = clientconfig.render(tool, url or TUNNEL_URL, packages, public_index)

@@ -18,7 +18,7 @@ from provisioner.cloud.apply import Cloud
 from provisioner.cloud.image import plan as image_plan
 from provisioner.cloud.image import run as image_run
 from provisioner.cloud.image import schedule as image_schedule
-from provisioner.cloud.settings import FIELDS, Settings
+from provisioner.cloud.settings import FIELDS, Settings, flag
 from provisioner.errors import PypapoError
 
 
@@ -211,7 +211,8 @@ def _cli_args(settings: Settings) -> list[str]:
             continue
         value = getattr(settings, key)
         if value != getattr(defaults, key):
-            out.append(f"--{key.replace('_', '-')}={value}")
+            values = value if isinstance(value, tuple) else (value,)  # --lb-client once per range
+            out.extend(f"{flag(key)}={v}" for v in values)
     return out
 
 

@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from provisioner.cloud.settings import _INT_FIELDS, _OPTION_HELP, CONFIG_FILE, FIELDS, Settings, load
+from provisioner.cloud.settings import (
+    _INT_FIELDS,
+    _LIST_FIELDS,
+    _OPTION_HELP,
+    CONFIG_FILE,
+    FIELDS,
+    Settings,
+    flag,
+    load,
+)
 
 
 def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,10 +36,12 @@ def settings_options_except(*excluded: str) -> Callable[[Callable[..., Any]], Ca
             if field in excluded:
                 continue
             func = click.option(
-                f"--{field.replace('_', '-')}",
+                flag(field),
                 field,
                 type=int if field in _INT_FIELDS else str,
                 default=None,
+                multiple=field in _LIST_FIELDS,
+                metavar="CIDR" if field in _LIST_FIELDS else None,
                 help=_OPTION_HELP.get(field),
             )(func)
         return click.option(

@@ -105,24 +105,30 @@ def _open_repository(url: str) -> Any:
     return Repository.open(url)
 
 
-def startup_script(s: Settings) -> str:
-    """The appliance's startup script, rendered by the appliance part (provisioner/render.py)."""
-    from provisioner.appliance.render import ApplianceConfig, render_startup_script
-
-    # NGINX answers only IAP's range (and the machine itself): the second wall behind the firewall.
-    # A group's instances also answer Google's health checkers (autohealing and the load balancer
-    # judge them by /healthz); without them every instance would be closed to its own checks.
-    # The script waits for the mount (IAM propagation) until shortly before `create` stops waiting.
+def allowed_sources(s: Settings) -> tuple[str, ...]:
+    """The networks NGINX answers on the serving port (the second wall behind the firewall): IAP's range;
+    for a group also Google's health checkers (autohealing and the load balancer judge the instances by
+    /healthz: without them every instance would be closed to its own checks) and the `--lb-client`
+    ranges (a passthrough load balancer keeps the client's source address)."""
     sources: tuple[str, ...] = (names.IAP_TCP_RANGE,)
     if s.group_mode:
         from provisioner.cloud.group import HEALTH_CHECK_RANGES
 
-        sources += HEALTH_CHECK_RANGES
+        sources += HEALTH_CHECK_RANGES + s.lb_clients
+    return sources
+
+
+def startup_script(s: Settings) -> str:
+    """The appliance's startup script, rendered by the appliance part (provisioner/render.py)."""
+    from provisioner.appliance.render import ApplianceConfig, render_startup_script
+
+    # NGINX answers only `allowed_sources` (and the machine itself). The script waits for the mount
+    # (IAM propagation) until shortly before `create` stops waiting.
     cfg = ApplianceConfig(
         bucket=s.bucket,
         prefix=s.prefix,
         port=s.port,
-        allowed_sources=sources,
+        allowed_sources=allowed_sources(s),
         ready_timeout_secs=s.ready_timeout,
     )
     return render_startup_script(cfg)

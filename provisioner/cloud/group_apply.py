@@ -76,6 +76,7 @@ def observe(cloud: Any, s: Settings, *, single_vm: compute_v1.Instance | None = 
         address=c.get_address(s.region, gn.address),
         forwarding_rule=c.get_forwarding_rule(s.region, gn.forwarding_rule),
         allow_health_checks=c.get_firewall(gn.allow_health_checks),
+        allow_lb_clients=c.get_firewall(gn.allow_lb_clients),
         old_vm_tunnel_members=members,
     )
 
@@ -263,6 +264,11 @@ def create(
             plan = planlib.plan_create(s, base, startup_script=script)
         serving = [r for r in plan.resources if r.kind is not planlib.Kind.INSTANCE]
         sent = deploy.apply(cloud, _part(plan, serving), progress)
+        if any(r.action is planlib.Action.CREATE and not r.steps for r in serving):
+            # The client rule waited for the address Google just reserved: plan again, send it.
+            again = planlib.plan_create(s, deploy.observe(cloud, s), startup_script=script)
+            rule = [r for r in again.resources if r.name == group.group_names(s).allow_lb_clients]
+            sent += deploy.apply(cloud, _part(again, rule), progress)
         progress(f"applied {sent} change(s)")
     if cloud.open_repository(gs_url(s.bucket, s.prefix)).initialize():
         progress(f"wrote an empty index into gs://{s.bucket}: publish with `provision publish`")
@@ -460,6 +466,7 @@ def status(cloud: Any, s: Settings) -> dict[str, Any]:
             for name, fw in (
                 (s.firewall_name, base.firewall),
                 (gn.allow_health_checks, actual.allow_health_checks),
+                (gn.allow_lb_clients, actual.allow_lb_clients),
                 (s.deny_firewall_name, base.deny_firewall),
             )
             if fw is not None

@@ -39,6 +39,7 @@ class GroupActual:
     address: compute_v1.Address | None = None
     forwarding_rule: compute_v1.ForwardingRule | None = None
     allow_health_checks: compute_v1.Firewall | None = None
+    allow_lb_clients: compute_v1.Firewall | None = None
     old_vm_tunnel_members: list[str] = field(default_factory=list)  # the single VM's IAP readers
 
     def template(self, name: str) -> compute_v1.InstanceTemplate | None:
@@ -213,6 +214,53 @@ def _create_only(
     return ResourcePlan(kind, name, Action.CREATE, desired, steps=[Step(method, request)], notes=list(notes))
 
 
+NO_CLIENTS = "no --lb-client: no firewall rule admits VPC clients, so the LB serves no one"
+
+
+def lb_address_placeholder(s: Settings) -> str:
+    """What the client rule's destination shows while the address does not exist (Google picks the IP)."""
+    return f"ADDRESS-OF-{group.group_names(s).address}"
+
+
+def _lb_clients_plans(s: Settings, actual: GroupActual | None) -> list[ResourcePlan]:
+    """The `--lb-client` ranges to the forwarding rule's address and the serving port: made, updated
+    when the ranges change, deleted when none are set any more. Its destination is the reserved
+    address, which Google picks: until it exists the rule has no step, and `group_apply.create` plans
+    again right after reserving it (as it does after baking the first image)."""
+    name = group.group_names(s).allow_lb_clients
+    current = actual.allow_lb_clients if actual is not None else None
+    if not s.lb_clients:
+        if current is None:
+            return []
+        request = compute_v1.DeleteFirewallRequest(project=s.project, firewall=name)
+        why = "no --lb-client any more: VPC clients can no longer reach the load balancer"
+        return [
+            ResourcePlan(
+                Kind.FIREWALL,
+                name,
+                Action.DELETE,
+                current,
+                steps=[Step(Method.DELETE_FIREWALL, request, why)],
+            )
+        ]
+    ip = actual.lb_ip if actual is not None else ""
+    desired = group.allow_lb_clients(s, clients=s.lb_clients, lb_ip=ip or lb_address_placeholder(s))
+    if ip:
+        return [planlib._firewall_plan(s, desired, current)]
+    return [
+        ResourcePlan(
+            Kind.FIREWALL,
+            name,
+            Action.CREATE,
+            desired,
+            notes=[
+                f"its destination is the address of {group.group_names(s).address}/32, which Google picks:"
+                " create sends this rule as soon as the address is reserved"
+            ],
+        )
+    ]
+
+
 def _single_vm_plans(
     s: Settings, base: planlib.Actual | None, actual: GroupActual | None
 ) -> list[ResourcePlan]:
@@ -314,11 +362,12 @@ def plan_create(s: Settings, base: planlib.Actual | None, *, startup_script: str
             have.forwarding_rule,
             Method.INSERT_FORWARDING_RULE,
             group.insert_forwarding_rule_request(s, rule),
-            ("no firewall rule admits VPC clients yet: the LB serves no one until one is configured",),
+            () if s.lb_clients else (NO_CLIENTS,),
         ),
     )  # fmt: skip  (one row per resource reads better than the formatter's one field per line)
     for kind, name, desired, current, method, request, notes in balancer:
         resources.append(_create_only(kind, f"{s.region}/{name}", desired, current, method, request, notes))
+    resources += _lb_clients_plans(s, actual)
     resources += _single_vm_plans(s, base, actual)
     return planlib.Plan(s, "offline" if base is None else "live", "create", resources)
 
@@ -392,15 +441,17 @@ def group_destroy_plans(s: Settings, actual: GroupActual) -> list[ResourcePlan]:
                 compute_v1.DeleteHealthCheckRequest(project=p, health_check=name),
             )
         )
-    plans.append(
-        _delete(
-            Kind.FIREWALL,
-            gn.allow_health_checks,
-            actual.allow_health_checks,
-            Method.DELETE_FIREWALL,
-            compute_v1.DeleteFirewallRequest(project=p, firewall=gn.allow_health_checks),
+    rules = [(gn.allow_lb_clients, actual.allow_lb_clients)] if actual.allow_lb_clients is not None else []
+    for name, current in [*rules, (gn.allow_health_checks, actual.allow_health_checks)]:
+        plans.append(
+            _delete(
+                Kind.FIREWALL,
+                name,
+                current,
+                Method.DELETE_FIREWALL,
+                compute_v1.DeleteFirewallRequest(project=p, firewall=name),
+            )
         )
-    )
     return plans
 
 

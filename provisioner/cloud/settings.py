@@ -7,6 +7,7 @@ a message that names the flag, not minutes later inside an operation.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -55,6 +56,9 @@ class Settings:
     # None: today's single VM. N: a regional managed instance group of N replicas behind an internal
     # passthrough load balancer (`provisioner.cloud.group`).
     replicas: int | None = None
+    # Source ranges inside the VPC that may use the group's internal load balancer (`--lb-client`):
+    # the one explicit exception to "IAM is the only gate" (no IAP on that path), private space only.
+    lb_clients: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Derived defaults: region from zone, subnet named like the network (auto-mode networks do
@@ -97,9 +101,41 @@ class Settings:
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))
 _INT_FIELDS = {"port", "disk_size_gb", "ready_timeout", "replicas"}
+_LIST_FIELDS = {"lb_clients"}  # repeatable flags; comma-separated in the environment
+_FLAGS = {"lb_clients": "--lb-client"}  # one range per flag, so the flag is singular
+# Where a VPC client can come from: RFC 1918 and the shared address space (RFC 6598), which Cloud Build
+# private pools and GKE use. Public ranges never reach an internal load balancer except through
+# privately used public addresses, which pypapo refuses rather than guesses about.
+PRIVATE_RANGES = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
 # A replica per zone at most twice over is already more than an index needs; beyond that a typo
 # (--replicas 30 for 3) would cost real money before anyone noticed.
 MAX_REPLICAS = 12
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a setting (`lb_clients` is `--lb-client`, repeated)."""
+    return _FLAGS.get(field, f"--{field.replace('_', '-')}")
+
+
+def lb_client_problem(value: str) -> str | None:
+    """Why `value` cannot be a load balancer client range, or None (a private IPv4 network)."""
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError:
+        return "is not an IPv4 network like 10.8.0.0/16 (address/prefix, host bits zero)"
+    if net.prefixlen == 0:
+        return (
+            "would let every source use the load balancer, which has no IAM check (IAM is the only"
+            " gate; the clients' ranges are its one narrow exception): name the VPC ranges of the clients"
+        )
+    if not any(net.subnet_of(p) for p in PRIVATE_RANGES):
+        return (
+            "is not private address space (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10):"
+            " the load balancer has no IAM check, so only ranges inside the VPC may use it"
+        )
+    return None
 
 
 def _check(ok: bool, message: str) -> None:
@@ -168,6 +204,14 @@ def validate(s: Settings) -> Settings:
         f"--instance {s.instance!r} is too long for a group: its instance templates are named"
         " INSTANCE-DIGEST (10 hex digits) and must fit 63 chars",
     )
+    _check(
+        not s.lb_clients or s.group_mode,
+        "--lb-client needs --replicas N: only a group has the internal load balancer it opens"
+        " (a single VM is reached through the IAP tunnel alone)",
+    )
+    for client in s.lb_clients:
+        problem = lb_client_problem(client)
+        _check(problem is None, f"--lb-client {client} {problem}")
     validate_bucket(s.bucket)
     problem = loc.prefix_problem(s.prefix)
     _check(problem is None, f"--prefix {s.prefix!r} {problem}")
@@ -180,6 +224,13 @@ def validate_bucket(name: str) -> None:
 
 
 def _coerce(field: str, value: Any, source: str) -> Any:
+    if field in _LIST_FIELDS:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise PypapoError(f"{source}: {field} must be a list of strings, got {value!r}")
+        # one order for the same ranges: the startup script (and so the template's name) must not change
+        # because a flag moved
+        return tuple(sorted({i.strip() for i in items if i.strip()}))
     if field in _INT_FIELDS:
         try:
             return int(value)
@@ -230,8 +281,8 @@ def load(
         if value not in (None, ""):
             merged[field] = _coerce(field, value, f"{ENV_PREFIX}{field.upper()}")
     for field, value in (flags or {}).items():
-        if field in FIELDS and value not in (None, ""):
-            merged[field] = _coerce(field, value, f"--{field.replace('_', '-')}")
+        if field in FIELDS and value not in (None, "", ()):
+            merged[field] = _coerce(field, value, flag(field))
     return validate(Settings(project=merged.pop("project", ""), zone=merged.pop("zone", ""), **merged))
 
 
@@ -253,4 +304,6 @@ _OPTION_HELP = {
     "ready_timeout": "seconds to wait for the appliance to be ready (default: 600) [PYPAPO_READY_TIMEOUT]",
     "replicas": "run N replicas as a regional managed instance group behind an internal load balancer"
     " (default: the single VM) [PYPAPO_REPLICAS]",
+    "lb_clients": "a private IPv4 range inside the VPC that may use the group's internal load balancer,"
+    " with no IAM check (repeat; needs --replicas) [PYPAPO_LB_CLIENTS, comma-separated]",
 }
