@@ -37,21 +37,19 @@ def _ask(port: int, source: str, path: str = "/healthz") -> bytes:
     return b"".join(chunks)
 
 
-@pytest.fixture
-def walled(nginx_bin: str, tmp_path: Path) -> Iterator[int]:
+def wall_conf(cfg: ApplianceConfig, tmp_path: Path, listen: str) -> tuple[Path, Path]:
+    """The VM's rendered nginx.conf over an empty index under `tmp_path`: (config, runtime directory)."""
     repo = tmp_path / "repo"
     Repository.open(str(repo)).initialize()
     runtime = tmp_path / "run"
     runtime.mkdir()
-    port = free_port("127.0.0.1")
-    cfg = ApplianceConfig(bucket="wall-test", port=port, allowed_sources=("127.0.0.3/32", "35.235.240.0/20"))
     conf = runtime / "nginx.conf"
     (runtime / "page-guard.js").write_text(render_page_guard())
     conf.write_text(
         render_nginx_conf(
             cfg,
             root_dir=str(repo),
-            listen=f"127.0.0.1:{port}",
+            listen=listen,
             runtime_dir=str(runtime),
             guard_path=str(runtime / "page-guard.js"),
             access_log=str(runtime / "access.log"),
@@ -60,6 +58,14 @@ def walled(nginx_bin: str, tmp_path: Path) -> Iterator[int]:
             user=pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None,
         )
     )
+    return conf, runtime
+
+
+@pytest.fixture
+def walled(nginx_bin: str, tmp_path: Path) -> Iterator[int]:
+    port = free_port("127.0.0.1")
+    cfg = ApplianceConfig(bucket="wall-test", port=port, allowed_sources=("127.0.0.3/32", "35.235.240.0/20"))
+    conf, runtime = wall_conf(cfg, tmp_path, f"127.0.0.1:{port}")
     proc = subprocess.Popen(
         [nginx_bin, "-p", str(runtime), "-e", "stderr", "-c", str(conf), "-g", "daemon off;"],
         stderr=subprocess.PIPE,

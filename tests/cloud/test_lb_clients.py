@@ -280,38 +280,20 @@ finally:
 
 def test_the_source_wall_admits_a_listed_client_range_and_still_closes_on_another(tmp_path: Path) -> None:
     import os
-    import pwd
     import shutil
     import subprocess
     import sys
 
-    from provisioner.appliance.render import ApplianceConfig, render_nginx_conf, render_page_guard
-    from provisioner.repo.engine import Repository
+    from provisioner.appliance.render import ApplianceConfig
+    from tests.appliance.test_source_wall import wall_conf
     from tests.fixtures.tools import need
 
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare (a network namespace with the clients' addresses)")
     nginx = need("nginx")
     s = with_clients("10.77.0.0/24")
-    repo = tmp_path / "repo"
-    Repository.open(str(repo)).initialize()
-    runtime = tmp_path / "run"
-    runtime.mkdir()
-    (runtime / "page-guard.js").write_text(render_page_guard())
     cfg = ApplianceConfig(bucket=s.bucket, port=s.port, allowed_sources=deploy.allowed_sources(s))
-    conf = runtime / "nginx.conf"
-    conf.write_text(
-        render_nginx_conf(
-            cfg,
-            root_dir=str(repo),
-            listen=f"10.0.9.1:{s.port}",
-            runtime_dir=str(runtime),
-            guard_path=str(runtime / "page-guard.js"),
-            access_log=str(runtime / "access.log"),
-            worker_processes="1",
-            user=pwd.getpwuid(os.geteuid()).pw_name,
-        )
-    )
+    conf, runtime = wall_conf(cfg, tmp_path, f"10.0.9.1:{s.port}")
     addresses = ["10.0.9.1/32", "10.77.0.5/32", "10.78.0.5/32", "35.191.3.4/32"]
     probe = [sys.executable, "-c", _WALL_PROBE, nginx, str(conf), str(runtime), str(s.port), *addresses]
     done = subprocess.run(["unshare", "--net", *probe], capture_output=True, text=True, timeout=60)
