@@ -264,11 +264,13 @@ def create(
             plan = planlib.plan_create(s, base, startup_script=script)
         serving = [r for r in plan.resources if r.kind is not planlib.Kind.INSTANCE]
         sent = deploy.apply(cloud, _part(plan, serving), progress)
-        if any(r.action is planlib.Action.CREATE and not r.steps for r in serving):
+        clients = group.group_names(s).allow_lb_clients
+        if any(r.name == clients and r.action is planlib.Action.CREATE and not r.steps for r in serving):
             # The client rule waited for the address Google just reserved: plan again, send it.
             again = planlib.plan_create(s, deploy.observe(cloud, s), startup_script=script)
-            rule = [r for r in again.resources if r.name == group.group_names(s).allow_lb_clients]
-            sent += deploy.apply(cloud, _part(again, rule), progress)
+            sent += deploy.apply(
+                cloud, _part(again, [r for r in again.resources if r.name == clients]), progress
+            )
         progress(f"applied {sent} change(s)")
     if cloud.open_repository(gs_url(s.bucket, s.prefix)).initialize():
         progress(f"wrote an empty index into gs://{s.bucket}: publish with `provision publish`")
