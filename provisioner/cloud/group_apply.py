@@ -94,6 +94,12 @@ def refuse_if_group(compute: Any, s: Settings) -> None:
         )
 
 
+def _refuse_forgotten_lb_clients(s: Settings, actual: GroupActual | None) -> None:
+    why = group_plan.forgotten_lb_clients(s, actual)
+    if why is not None:
+        raise PypapoError(why)
+
+
 # --- waiting until the group serves --------------------------------------------------------------------
 
 
@@ -245,6 +251,7 @@ def create(
     from provisioner.cloud import apply as deploy
 
     base = deploy.observe(cloud, s)
+    _refuse_forgotten_lb_clients(s, base.group)
     plan = planlib.plan_create(s, base, startup_script=script)
     if not plan.changed:
         progress(f"nothing to change: group {s.instance} in {s.project} ({s.region}) matches the plan")
@@ -385,8 +392,10 @@ def rollout(
     clock: Callable[[], float] | None = None,
 ) -> Rolled:
     """`provision rollout` for a group: a template of `image` with today's startup script, rolled out."""
+    actual = _require_group(cloud, s)
+    _refuse_forgotten_lb_clients(s, actual)
     template = group.instance_template(s, image=image, startup_script=script)
-    return roll_to(cloud, s, template, progress=progress, sleep=sleep, clock=clock)
+    return roll_to(cloud, s, template, actual=actual, progress=progress, sleep=sleep, clock=clock)
 
 
 def serving_images(actual: GroupActual) -> set[str]:

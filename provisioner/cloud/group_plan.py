@@ -222,6 +222,23 @@ def lb_address_placeholder(s: Settings) -> str:
     return f"ADDRESS-OF-{group.group_names(s).address}"
 
 
+def forgotten_lb_clients(s: Settings, actual: GroupActual | None) -> str | None:
+    """Why a command must not run: the group admits load-balancer clients and this command was given
+    none. Leaving `--lb-client` out would take them off the source wall of every new instance and
+    delete their rule, cutting off Cloud Build and GKE mid-week; so removing them is its own step."""
+    rule = actual.allow_lb_clients if actual is not None else None
+    if s.lb_clients or rule is None:
+        return None
+    ranges = sorted(rule.source_ranges)
+    flags = " ".join(f"--lb-client {r}" for r in ranges)
+    return (
+        f"group {s.instance} admits load-balancer clients {', '.join(ranges)} (firewall rule {rule.name}):"
+        f" pass them again ({flags}, or lb_clients in pypapo.toml / PYPAPO_LB_CLIENTS); to stop admitting"
+        f" them, delete that rule first (gcloud compute firewall-rules delete {rule.name}"
+        f" --project {s.project}) and run this again"
+    )
+
+
 def _lb_clients_plans(s: Settings, actual: GroupActual | None) -> list[ResourcePlan]:
     """The `--lb-client` ranges to the forwarding rule's address and the serving port: made, updated
     when the ranges change, deleted when none are set any more. Its destination is the reserved

@@ -18,7 +18,7 @@ from provisioner.cloud import group, group_plan, settings
 from provisioner.cloud import plan as planlib
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
-from tests.cloud.test_group_deploy import group_cloud
+from tests.cloud.test_group_deploy import _new_image, group_cloud
 from tests.cloud.test_group_plan import _existing
 from tests.doubles.compute import FakeClock
 
@@ -178,6 +178,8 @@ def _template_script(engine: object) -> str:
 
 
 def test_clients_added_changed_and_removed() -> None:
+    from provisioner.cloud import group_apply
+
     cloud, engine = group_cloud()
     # a first create with clients: the rule follows the address Google reserved, in the same run
     _create(cloud, with_clients(POOL))
@@ -215,13 +217,31 @@ def test_clients_added_changed_and_removed() -> None:
         for m in engine.group_instances()
     )
 
-    # none any more: the rule goes and the wall closes to them again
+    # a command that forgot the flag changes nothing: it would cut Cloud Build and GKE off
+    before = len(engine.writes())
+    for forgot in (
+        lambda: _create(cloud, S),
+        lambda: group_apply.rollout(
+            cloud, S, _new_image(engine), script=deploy.startup_script(S), sleep=lambda _s: None
+        ),
+    ):
+        with pytest.raises(PypapoError) as refused:
+            forgot()
+        assert f"admits load-balancer clients {POOL}, {GKE}" in str(refused.value)
+        assert f"--lb-client {POOL} --lb-client {GKE}" in str(refused.value)
+        assert "gcloud compute firewall-rules delete pypapo-allow-ilb --project acme-prod" in str(
+            refused.value
+        )
+    assert engine.writes()[before:] == []
+
+    # none any more, deliberately (the rule deleted first, as the refusal says): the wall closes to them
+    engine.firewalls.discard("pypapo-allow-ilb")
     before = len(engine.writes())
     _create(cloud, S)
     fresh = [
         w for w in engine.writes()[before:] if w.startswith(("firewalls.", "instance_templates.", "region_"))
     ]
-    assert fresh == ["instance_templates.insert", "region_instance_group_managers.patch", "firewalls.delete"]
+    assert fresh == ["instance_templates.insert", "region_instance_group_managers.patch"]
     assert "pypapo-allow-ilb" not in engine.firewalls
     assert POOL not in _template_script(engine) and GKE not in _template_script(engine)
 
