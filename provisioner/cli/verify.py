@@ -52,13 +52,14 @@ def verify_command(
             mount_path=mount_path,
             bucket=kwargs.get("bucket") or "",
         )
-        checks = [(f"{target.user}@{target.host}:{target.port}", target)]
+        host = f"{target.user}@{target.host}:{target.port}"
+        checks = [(host, host, target)]
     else:
         settings = settings_from_click(kwargs)
         expect = verify.Expectations(port=settings.port, mount_path=mount_path, bucket=settings.bucket)
         checks = _iap_targets(settings, user or verify.os_login_user(), identity_file)
-    failures = []  # (where, failed, total)
-    for where, target in checks:
+    failures = []  # (name, failed, total)
+    for name, where, target in checks:
         click.echo(f"verifying the appliance on {where}", err=True)
         results = verify.run_suite(target, expect)
         if len(checks) > 1:
@@ -66,18 +67,18 @@ def verify_command(
         click.echo(verify.format_table(results))
         failed = sum(r.outcome in ("failed", "error") for r in results)
         if failed:
-            failures.append((where.split(" (")[0], failed, len(results)))
+            failures.append((name, failed, len(results)))
     if len(checks) == 1 and failures:
         _, failed, total = failures[0]
         raise PypapoError(f"{failed} of {total} checks failed (see the table): the appliance is unhealthy")
     if failures:
-        each = "; ".join(f"{where}: {failed} of {total} checks failed" for where, failed, total in failures)
+        each = "; ".join(f"{name}: {failed} of {total} checks failed" for name, failed, total in failures)
         raise PypapoError(
             f"{len(failures)} of {len(checks)} appliances are unhealthy ({each}; see the tables)"
         )
 
 
-def _iap_targets(settings: Any, user: str, identity_file: str) -> list[tuple[str, verify.Target]]:
+def _iap_targets(settings: Any, user: str, identity_file: str) -> list[tuple[str, str, verify.Target]]:
     """The single VM, or every instance of the group, each with a private known_hosts file of the
     host keys its guest agent published (none: the first key is accepted under `compute.ID`, as
     gcloud does)."""
@@ -95,7 +96,8 @@ def _iap_targets(settings: Any, user: str, identity_file: str) -> list[tuple[str
             instance_id=a.instance_id,
             known_hosts=_known_hosts_file(verify.host_key_lines(a.instance_id, a.host_keys)),
         )
-        checks.append((f"instance {a.name} ({a.zone}, {settings.project}) through IAP", target))
+        name = f"instance {a.name}"
+        checks.append((name, f"{name} ({a.zone}, {settings.project}) through IAP", target))
     return checks
 
 
