@@ -51,11 +51,12 @@ def _change(kind: IamResource, b: group.ConditionalBinding) -> IamChange:
     return IamChange(kind, resource, b.role, b.member, _condition(b))
 
 
-def _ssh_condition(s: Settings, scope: str) -> Condition:
+def _port_condition(s: Settings, label: str, port: int, purpose: str) -> Condition:
+    """The single VM's tunnel binding of one pypapo role: this port of the instance only."""
     return Condition(
-        f"pypapo {s.instance} ssh",
-        f"IAP tunnel to {scope}, port 22 only (pypapo verify)",
-        "destination.port == 22",
+        f"pypapo {s.instance} {label}",
+        f"IAP tunnel to instance {s.instance}, port {port} only ({purpose})",
+        f"destination.port == {port}",
     )
 
 
@@ -76,21 +77,17 @@ def _instance_read(s: Settings, member: str) -> IamChange:
     )
 
 
-def _index_port_condition(s: Settings) -> Condition:
-    return Condition(
-        f"pypapo {s.instance} index port",
-        f"IAP tunnel to instance {s.instance}, port {s.port} only (pypapo)",
-        f"destination.port == {s.port}",
-    )
-
-
 def _single_vm(s: Settings, member: str, role: Role) -> list[IamChange]:
     tunnel = names.tunnel_resource(s.project, s.zone, s.instance)
     if role is Role.READER:
         # The port condition keeps a reader off sshd (port 22): reading the index is all the role is for.
         return [
             IamChange(
-                IamResource.IAP_TUNNEL_INSTANCE, tunnel, planlib.TUNNEL_ROLE, member, _index_port_condition(s)
+                IamResource.IAP_TUNNEL_INSTANCE,
+                tunnel,
+                planlib.TUNNEL_ROLE,
+                member,
+                _port_condition(s, "index port", s.port, "pypapo"),
             ),
             IamChange(IamResource.INSTANCE, f"{s.zone}/{s.instance}", planlib.INSTANCE_VIEWER_ROLE, member),
         ]
@@ -102,7 +99,7 @@ def _single_vm(s: Settings, member: str, role: Role) -> list[IamChange]:
             tunnel,
             planlib.TUNNEL_ROLE,
             member,
-            _ssh_condition(s, f"instance {s.instance}"),
+            _port_condition(s, "ssh", 22, "pypapo verify"),
         ),
         IamChange(IamResource.INSTANCE, f"{s.zone}/{s.instance}", group.OS_LOGIN_ROLE, member),
         _instance_read(s, member),
