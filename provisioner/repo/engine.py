@@ -55,13 +55,8 @@ class Repository:
         self.store = store
         self.echo = echo or _quiet
         self.site = Site(store) if site else None
-        # The site hears every changed project at once (`update` takes many).
-        self.writer = IndexWriter(
-            store,
-            outputs,
-            after_change=self.site.update if self.site else None,
-            before_change=self.site.prepare if self.site else None,
-        )
+        # The site's writes go in the same batch as each changed project's own pages.
+        self.writer = IndexWriter(store, outputs, spanning=self.site)
 
     @classmethod
     def open(cls, location: str, *, echo: Echo | None = None, notify: Echo | None = None) -> Repository:

@@ -469,3 +469,89 @@ def test_a_forked_publisher_does_not_wait_for_its_parent_s_render_thread(
         pytest.fail("the forked publisher hung on a thread it does not have")
     assert child.exitcode == 0
     assert loads_aggregate(_site(dir_repo)["ui/projects.json"])["forked"].version == "3.0"
+
+
+class _Recording:
+    """A store that records what the calling thread reads and writes (the site's thread aside)."""
+
+    def __init__(self, store: object, thread: threading.Thread) -> None:
+        self._store, self._thread = store, thread
+        self.ops: list[tuple[str, list[str]]] = []
+        self.on_write: dict[str, object] = {}  # object name -> called once it is written
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def _log(self, op: str, names: list[str]) -> None:
+        if threading.current_thread() is self._thread:
+            self.ops.append((op, names))
+
+    def read(self, name: str) -> tuple[bytes, int]:
+        self._log("read", [name])
+        return self._store.read(name)  # type: ignore[attr-defined]
+
+    def stat(self, name: str) -> object:
+        self._log("stat", [name])
+        return self._store.stat(name)  # type: ignore[attr-defined]
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
+        self._log("write", [name])
+        gen = self._store.write(name, data, if_generation_match=if_generation_match)  # type: ignore[attr-defined]
+        if hook := self.on_write.pop(name, None):
+            hook()  # type: ignore[operator]
+        return gen
+
+    def write_many(self, items: list, *, after: list | tuple = ()) -> list[int]:
+        self._log("write_many", [item[0] for item in items])
+        return self._store.write_many(items, after=after)  # type: ignore[attr-defined]
+
+
+def test_a_publish_writes_the_site_with_the_index_page_and_reads_nothing_between(
+    repo: RepoHandle, tmp_path: Path
+) -> None:
+    """After the project JSON, one batch writes the index page and the site (on GCS one round of
+    parallel uploads, on a directory one round of fsyncs): what the site writes against was read
+    while the wheel was uploaded."""
+    Repository.open(repo.location).publish([_wheel(tmp_path, f"proj-{i}", "1.0") for i in range(3)])
+    recorder = _Recording(Repository.open(repo.location).store, threading.current_thread())
+    r = Repository(recorder)  # type: ignore[arg-type]
+    r.publish([_wheel(tmp_path / "2", "proj-1", "2.0", summary="second")])
+    ops = recorder.ops
+    json_write = ops.index(("write", ["simple/proj-1/index.json"]))
+    after = ops[json_write + 1 :]
+    assert not [op for op in after if op[0] in ("read", "stat") and op[1][0].startswith("ui/")], after
+    batches = [names for op, names in after if op == "write_many"]
+    assert batches and {
+        "simple/proj-1/index.html",
+        "ui/proj-1/index.html",
+        "ui/index.html",
+        "ui/projects.json",
+    } <= set(batches[0])
+    assert [op for op in after if op[0] in ("write", "write_many")] == [("write_many", batches[0])]
+    assert r.reindex().pages_written == 0
+
+
+def test_a_change_between_what_the_site_read_ahead_and_its_batch_is_not_lost(
+    repo: RepoHandle, tmp_path: Path
+) -> None:
+    """Another publisher rewrites the aggregate and the list, and yanks in this very project, after
+    this publish read them (with the wheel's upload) and before its batch: the batch loses those
+    compare-and-swaps and converges from what the other one wrote; nothing is lost."""
+    Repository.open(repo.location).publish([_wheel(tmp_path, f"proj-{i}", "1.0") for i in range(3)])
+    other = Repository.open(repo.location)
+    recorder = _Recording(Repository.open(repo.location).store, threading.current_thread())
+
+    def meanwhile() -> None:
+        other.publish([_wheel(tmp_path / "o", "proj-2", "3.0", summary="other")])
+        other.set_yanked("proj-1", "1.0", "racing yank")
+
+    recorder.on_write["simple/proj-1/index.json"] = meanwhile
+    Repository(recorder).publish([_wheel(tmp_path / "2", "proj-1", "2.0", summary="ours")])  # type: ignore[arg-type]
+    site = _site(repo)
+    entries = loads_aggregate(site["ui/projects.json"])
+    assert (entries["proj-1"].version, entries["proj-1"].summary) == ("2.0", "ours")
+    assert (entries["proj-2"].version, entries["proj-2"].summary) == ("3.0", "other")
+    assert site["ui/index.html"] == render_list(entries.values())
+    page = site["ui/proj-1/index.html"].decode()
+    assert "racing yank" in page and "proj_1-2.0-py3-none-any.whl" in page
+    assert Repository.open(repo.location).reindex().pages_written == 0

@@ -23,19 +23,21 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from provisioner.errors import ConflictError, PypapoError
+from provisioner.errors import ConflictError
 from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.reindex import cpu_count
 from provisioner.repo.site import render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
+from provisioner.repo.writer import Batch
 
 MAX_ATTEMPTS = 60
 REMOTE_IMAGES_NOTE = (
@@ -68,6 +70,19 @@ def asset_bytes(name: str) -> bytes:
     return resources.files("provisioner.repo.site").joinpath("static").joinpath(name).read_bytes()
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What a change of one project rewrites of the site, read before the state it is rendered
+    from: the page's generation, the list and the aggregate (bytes and generation), the setting."""
+
+    page_gen: int
+    list_now: bytes
+    list_gen: int
+    agg_now: bytes
+    agg_gen: int
+    remote_images: bool
+
+
 def origin(state: State) -> str:
     """Where a mirrored project came from (`provision mirror`), or ''."""
     return state.mirrored_from or ""
@@ -88,10 +103,12 @@ class Site:
         self._pending: dict[str, tuple[bytes, int]] = {}
         # READMEs a publish is rendering ahead, while the index is written (`prepare`).
         # (project, filename, remote images) -> (sha256 of the metadata rendered, its ReleaseInfo
-        # and whether its cache was stored).
-        self._ahead: dict[tuple[str, str, bool], tuple[str, Future[tuple[render.ReleaseInfo, bool]]]] = {}
+        # and the generation its cache is to be written against, None if it holds it already).
+        self._ahead: dict[tuple[str, str, bool], tuple[str, Future[_Ahead]]] = {}
         # The static assets, checked in that thread too during a publish (None: not yet).
         self._assets_checked: Future[int] | None = None
+        # What a publish's change will be written against, read in that thread too (by project).
+        self._staged: dict[str, Future[Staged]] = {}
         self._pid = os.getpid()  # the process whose thread those futures run in
 
     # -- reading ------------------------------------------------------------------------------
@@ -118,14 +135,11 @@ class Site:
         cache_name = layout.ui_release(state.name, entry.filename)
         sha, ahead = self._ahead.pop(key, ("", None))
         if ahead is not None and sha == entry.metadata_sha256:
-            # Rendered from these very bytes while the index was written, its cache stored then.
-            info, stored = ahead.result()
+            # Rendered from these very bytes while the index was written.
+            info, cache_gen = ahead.result()
             self._infos[key] = info
-            if not stored:
-                self._pending[cache_name] = (
-                    render.dumps_info(info, sha, self.remote_images),
-                    self._gen(cache_name),
-                )
+            if cache_gen is not None:
+                self._pending[cache_name] = (render.dumps_info(info, sha, self.remote_images), cache_gen)
             return info
         if data is None:
             cached, gen = self.store.read(cache_name)
@@ -208,30 +222,85 @@ class Site:
     def prepare(self, project: str, known: Mapping[str, bytes]) -> None:
         """The engine's hook (`IndexWriter.before_change`): a publish is about to add these files.
         The README its page will show is rendered in a thread while the index is written (that
-        mostly waits on the disk or the network), and its release-info cache stored there too, so
-        that the site's share after the index is small."""
+        mostly waits on the disk or the network), and what the site's writes will be compared
+        against is read there too, so that the site adds no round trip of its own after the index."""
         self._forget_other_process()
+        ahead = _ahead_renderer()
         chosen = render.likely_source(known)
-        if chosen is None:
-            return
-        key = (project, chosen, self.read_setting())
-        if key in self._infos:
-            return
-        data = known[chosen]
-        sha = hashlib.sha256(data).hexdigest()
-        future = _ahead_renderer().submit(_render_ahead, self.store, project, chosen, data, sha, key[2])
-        self._ahead[key] = (sha, future)
+        key = (project, chosen or "", self.read_setting())
+        if chosen is not None and key not in self._infos:
+            data = known[chosen]
+            sha = hashlib.sha256(data).hexdigest()
+            future = ahead.submit(_render_ahead, self.store, project, chosen, data, sha, key[2])
+            self._ahead[key] = (sha, future)
         if self._assets_checked is None:
-            self._assets_checked = _ahead_renderer().submit(self.ensure_assets)
+            self._assets_checked = ahead.submit(self.ensure_assets)
+        # The generations the change will be written against, and what it splices: read now, so
+        # that no read is left between the index's JSON and the batch that writes the site with it.
+        self._staged[project] = ahead.submit(self._read_staged, project)
 
     def _forget_other_process(self) -> None:
         """A Site inherited through fork: its futures run in the parent's thread, never here."""
         if self._pid != os.getpid():
-            self._pid, self._ahead, self._assets_checked = os.getpid(), {}, None
+            self._pid, self._ahead, self._assets_checked, self._staged = os.getpid(), {}, None, {}
 
-    def after_change(self, project: str, known: Mapping[str, bytes]) -> None:
-        """The engine's hook (`IndexWriter.after_change`): one project's JSON just changed."""
-        self.update([project], known)
+    def _read_staged(self, project: str) -> Staged:
+        page_gen = self._gen(layout.ui_project(project))
+        list_now, list_gen = self.store.read(layout.UI_LIST)
+        agg_now, agg_gen = self.store.read(layout.UI_DATA)
+        remote_images = self._gen(layout.UI_REMOTE_IMAGES) != 0  # after the generations, as the state
+        return Staged(page_gen, list_now, list_gen, agg_now, agg_gen, remote_images)
+
+    def _check_assets(self) -> None:
+        """A newer pypapo's stylesheet and script go with its pages."""
+        if self._assets_checked is None:
+            self.ensure_assets()
+        else:
+            self._assets_checked.result()  # checked while the index was written (its errors here)
+
+    def stage(self, project: str) -> Callable[[State, Mapping[str, bytes]], Batch | None]:
+        """The engine's hook (`IndexWriter`, `Spanning`): `project`'s JSON just changed. The
+        generations its page, the aggregate and the list are written against are read now (or were,
+        during a publish, in `prepare`); the function returned renders them from the state the
+        engine reads after, for the batch that writes the project's index pages."""
+        self._forget_other_process()
+        future = self._staged.pop(project, None)
+        staged = future.result() if future is not None else self._read_staged(project)
+        return lambda state, known: self._batch(staged, state, known)
+
+    def _batch(self, staged: Staged, state: State, known: Mapping[str, bytes]) -> Batch | None:
+        """The page, the spliced aggregate and list (and release-info caches) of a project already
+        listed that still has files; None for anything else (`update` then takes it)."""
+        if not (staged.list_gen and staged.agg_gen and state.files):
+            return None
+        self.remote_images = staged.remote_images
+        self._check_assets()
+        info = self.info(state, known)
+        entry = render.list_entry(state, info)
+        aggregate = render.splice_aggregate(staged.agg_now, entry)
+        listing = render.splice_list(staged.list_now, entry)
+        if aggregate is None or listing is None:
+            return None  # `update` takes it (and the release-info caches pending)
+        held = render.held_among(aggregate, render.dependency_names(info))
+        page = render.render_project(state, info, held, origin=origin(state))
+        items = [
+            WriteItem(layout.UI_DATA, aggregate, staged.agg_gen),
+            WriteItem(layout.UI_LIST, listing, staged.list_gen),
+            WriteItem(layout.ui_project(state.name), page, staged.page_gen),
+            *self._take_pending(),
+        ]
+        after: list[int | None] = [None, 0] + [None] * (len(items) - 2)  # the list once the aggregate is
+
+        def commit(results: list[int]) -> None:
+            if not results[0]:
+                self.update([state.name], known)  # another writer changed the aggregate: redo from its
+                return
+            if not results[1]:
+                self._converge_list()
+            if not results[2]:
+                self._converge_page(state.name, known)
+
+        return Batch(items, after, commit)
 
     def update(self, projects: Iterable[str], known: Mapping[str, bytes] | None = None) -> None:
         """The pages of `projects` (whose JSON just changed), the aggregate and the list.
@@ -290,11 +359,8 @@ class Site:
         """The common case without parsing or rendering every project: each changed project is
         already on the list and still has files, so its line of the aggregate and its row of the
         list are replaced in place (the same bytes as a full render). None: take the full path."""
-        if attempt == 0:  # a newer pypapo's stylesheet and script go with its pages
-            if self._assets_checked is None:
-                self.ensure_assets()
-            else:
-                self._assets_checked.result()  # checked while the index was written (its errors here)
+        if attempt == 0:
+            self._check_assets()
         states = {p: self._state(p) for p in projects}
         if not all(s.files for s in states.values()):
             return None
@@ -486,22 +552,20 @@ class Site:
         return {p: s for p, s in zip(names, pool.map(self._state, names), strict=True) if s.files}
 
 
+_Ahead = tuple[render.ReleaseInfo, int | None]
+
+
 def _render_ahead(
     store: Store, project: str, filename: str, data: bytes, sha: str, remote_images: bool
-) -> tuple[render.ReleaseInfo, bool]:
-    """A release's info and its cache stored (True) unless one is there already or the write lost.
-    A cache is stamped with the metadata's sha256: one for bytes that another publisher's file
-    replaced (this publish then fails) is never used, and reindex deletes it with the other orphans."""
+) -> _Ahead:
+    """A release's info, and the generation of its cache to write it against (None: the cache
+    already holds it). The cache goes in the batch of the page (one durable round): a write of
+    its own here would wait on the disk beside the index's and slow them down."""
     info = render.release_info(data, remote_images=remote_images)
-    name = layout.ui_release(project, filename)
-    cached, gen = store.read(name)
+    cached, gen = store.read(layout.ui_release(project, filename))
     if gen and render.loads_info(cached, sha, remote_images) == info:
-        return info, True
-    try:
-        store.write(name, render.dumps_info(info, sha, remote_images), if_generation_match=gen)
-        return info, True
-    except (PreconditionFailed, PypapoError, OSError):
-        return info, False  # only a cache: the page's own write stores it again
+        return info, None
+    return info, gen
 
 
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]

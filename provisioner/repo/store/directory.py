@@ -15,12 +15,15 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TypeVar
 
 from provisioner.errors import PypapoError
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, waves
+
+T = TypeVar("T")
 
 LOCK_NAME = ".pypapo.lock"
 # Concurrent fsyncs in write_many: enough for the journal to batch them into few commits.
@@ -30,6 +33,22 @@ TMP_PREFIX = ".pypapo-tmp-"
 # wait for the lock (held by others for a compare and a rename, or a reindex batch's renames). One
 # untouched for this long belongs to a writer that was killed.
 STALE_TMP_SECONDS = 3600
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _each(fn: Callable[[T], object], args: Iterable[T]) -> None:
+    """`fn` over `args` on write_many's threads, kept for the process (starting them costs more
+    than a small batch's fsyncs on a busy machine; a forked child gets its own, the parent's threads
+    are not there). Every call has finished when this returns; then the first error is raised."""
+    pid = os.getpid()
+    if pid not in _POOL:
+        _POOL.clear()
+        _POOL[pid] = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="pypapo-sync")
+    futures = [_POOL[pid].submit(fn, a) for a in args]
+    wait(futures)
+    for f in futures:
+        f.result()
 
 
 class DirectoryStore:
@@ -134,17 +153,15 @@ class DirectoryStore:
             results[i] = new
 
         try:
-            with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
-                # Every byte is on disk before any rename makes it visible (as in write()).
-                list(pool.map(stage, range(len(items))))
-                with self._locked():
-                    # Names are distinct, so the swaps are independent compare-and-swaps; the lock
-                    # keeps other processes out of all of them.
-                    for wave in ordered:
-                        list(pool.map(swap, wave))
-                    # Renames are durable before the lock is released (as in write()).
-                    dirs = {p.parent for p, r in zip(paths, results, strict=True) if r}
-                    list(pool.map(_fsync_dir, dirs))
+            # Every byte is on disk before any rename makes it visible (as in write()).
+            _each(stage, range(len(items)))
+            with self._locked():
+                # Names are distinct, so the swaps are independent compare-and-swaps; the lock
+                # keeps other processes out of all of them.
+                for wave in ordered:
+                    _each(swap, wave)
+                # Renames are durable before the lock is released (as in write()).
+                _each(_fsync_dir, {p.parent for p, r in zip(paths, results, strict=True) if r})
             return results
         finally:
             for tmp in tmps:
