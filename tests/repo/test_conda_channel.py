@@ -226,3 +226,24 @@ def test_corrupt_repodata_is_refused_with_the_fix(dir_repo: RepoHandle, tmp_path
     )
     assert run("reindex", "--repo", dir_repo.location).exit_code == 0
     assert set(assert_consistent(dir_repo.snapshot(), "noarch").conda) == {"a-1.0-0.conda"}
+
+
+def test_reindex_rewrites_a_shard_whose_bytes_are_not_its_name(repo: RepoHandle, tmp_path: Path) -> None:
+    """A shard is content-addressed and created once, so nothing rewrote a 0-byte or truncated one (a hand
+    upload, another tool): NGINX answers 503 naming `provision reindex`, and reindex must then repair it,
+    not stop on a zstd traceback."""
+    publish(repo, cs.build_package(tmp_path, "a", "1.0"), cs.build_package(tmp_path, "b", "1.0"))
+    good = repo.snapshot()
+    store = open_store(repo.location)
+    index = sh.decode_index(good["conda/noarch/repodata_shards.msgpack.zst"])
+    empty, truncated = (f"conda/noarch/shards/{index[n]}.msgpack.zst" for n in ("a", "b"))
+    store.write(empty, b"", if_generation_match=store.stat(empty).generation)
+    store.write(truncated, good[truncated][:-3], if_generation_match=store.stat(truncated).generation)
+    result = run("reindex", "--repo", repo.location)
+    assert result.exit_code == 0, result.output
+    assert repo.snapshot() == good
+    # Same size, other bytes.
+    flipped = bytes([good[empty][0] ^ 1]) + good[empty][1:]
+    store.write(empty, flipped, if_generation_match=store.stat(empty).generation)
+    assert run("reindex", "--repo", repo.location).exit_code == 0
+    assert repo.snapshot() == good

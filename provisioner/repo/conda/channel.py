@@ -19,8 +19,10 @@ to that subdir or `provision reindex`; clients never see a record whose package 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -360,7 +362,7 @@ class Channel:
             if digest:
                 data, gen = self.store.read(layout.shard_object(subdir, digest))
                 if gen:
-                    out[subdir] = sh.decode_shard(data, subdir)
+                    out[subdir] = _stored_shard(subdir, digest, data)
         return out
 
     def _converge_channeldata(self, names: set[str], subdirs: set[str]) -> None:
@@ -483,8 +485,17 @@ class Channel:
         stamp = int(prev["timestamp"]) if prev and "timestamp" in prev else info.updated_ns // 1_000_000
         return filename, pkg.record(stamp)
 
+    def _holds(self, info: ObjectInfo, data: bytes) -> bool:
+        """Whether the stored object is `data`: its size, then GCS's md5 when it has one, else its bytes."""
+        if info.size != len(data):
+            return False
+        if info.fingerprint == f"gcs:{len(data)}:{hashlib.md5(data).hexdigest()}":
+            return True
+        return self.store.read(info.name)[0] == data
+
     def _update_full(self, subdir: str, change: Callable[[Repodata], bool]) -> None:
-        """`_update` for reindex: every name's shard, and the derived objects even when unchanged."""
+        """`_update` for reindex: every name's shard, and the derived objects even when unchanged. A
+        stored shard that is not the bytes it is named after (0 bytes, truncated) is rewritten."""
         self._cas_repodata(subdir, change, repair=True)
         latest, _ = self.read_repodata(subdir)
 
@@ -500,14 +511,34 @@ class Channel:
         if self.store.read(zst_name)[0] != _zst(rdata.dumps(latest)):
             self._converge(zst_name, fresh_zst)
         index_data, _ = self.store.read(index_name)
-        want = {n: sh.encode_shard(latest.for_name(n)).sha256 for n in latest.names()}
+        encoded = {n: sh.encode_shard(latest.for_name(n)) for n in latest.names()}
+        want = {n: shard.sha256 for n, shard in encoded.items()}
         try:
             current_index = sh.decode_index(index_data)
         except sh.CorruptShardIndex:
             current_index = {}
-        missing = [s for n, s in want.items() if not self.store.stat(layout.shard_object(subdir, s))]
+        missing = False
+        for shard in encoded.values():
+            name = layout.shard_object(subdir, shard.sha256)
+            info = self.store.stat(name)
+            if info is None:
+                missing = True
+            elif not self._holds(info, shard.data):
+                # Content-addressed: whoever rewrites it meanwhile writes these very bytes.
+                with contextlib.suppress(PreconditionFailed):
+                    self.store.write(name, shard.data, if_generation_match=info.generation)
         if current_index != want or missing:
             self._converge(index_name, fresh_index)
+
+
+def _stored_shard(subdir: str, digest: str, data: bytes) -> Repodata:
+    """A stored shard's records; its name is the sha256 of its bytes, so other bytes are corrupt."""
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise PypapoError(
+            f"{layout.shard_object(subdir, digest)} is corrupt (its bytes do not match its name): "
+            "run `provision reindex` to rewrite it"
+        )
+    return sh.decode_shard(data, subdir)
 
 
 def _corrupt(subdir: str) -> PypapoError:
