@@ -119,11 +119,25 @@ def flag(field: str) -> str:
     return _FLAGS.get(field, f"--{field.replace('_', '-')}")
 
 
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_network(value, strict=False).version == 6
+    except ValueError:
+        return False
+
+
 def lb_client_problem(value: str) -> str | None:
     """Why `value` cannot be a load balancer client range, or None (a private IPv4 network)."""
     try:
         net = ipaddress.IPv4Network(value, strict=True)
     except ValueError:
+        if _is_ipv6(value):
+            return (
+                "is an IPv6 range, and the internal load balancer pypapo creates is IPv4 only (its"
+                " forwarding rule has an internal IPv4 address, the replicas IPv4-only interfaces), so no"
+                " IPv6 client could reach it: name the clients' IPv4 range (a dual-stack subnet has one),"
+                " or have them use `provision tunnel`"
+            )
         return "is not an IPv4 network like 10.8.0.0/16 (address/prefix, host bits zero)"
     if net.prefixlen == 0:
         return (

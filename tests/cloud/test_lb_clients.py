@@ -59,7 +59,10 @@ def test_flag_env_and_toml_name_the_same_setting(tmp_path: Path) -> None:
         ("172.32.0.0/16", "is not private address space"),  # just outside 172.16.0.0/12
         ("100.128.0.0/10", "is not private address space"),
         ("10.0.0.1/8", "is not an IPv4 network"),  # host bits set: a typo, not a range
-        ("fd00::/8", "is not an IPv4 network"),
+        # A private (ULA) IPv6 range is well formed: what is wrong is that the balancer is IPv4 only.
+        ("fd20:a:b::/64", "is an IPv6 range, and the internal load balancer pypapo creates is IPv4 only"),
+        ("fd00::1/8", "is an IPv6 range"),
+        ("::/0", "is an IPv6 range"),
         ("10.0.0.0/8 allow all", "is not an IPv4 network"),
     ],
 )
