@@ -418,13 +418,6 @@ def allow_lb_clients(s: Settings, *, clients: Sequence[str], lb_ip: str) -> comp
     )
 
 
-def firewalls(s: Settings, *, clients: Sequence[str] = (), lb_ip: str = "") -> list[compute_v1.Firewall]:
-    rules = [plan.desired_firewall(s), allow_health_checks(s)]
-    if clients:
-        rules.append(allow_lb_clients(s, clients=clients, lb_ip=lb_ip))
-    return [*rules, plan.desired_deny_firewall(s)]
-
-
 # --- IAM for readers: conditional bindings on the project's tunnel resource ----------------------------
 
 
