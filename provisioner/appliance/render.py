@@ -71,6 +71,9 @@ SENTINEL = layout.ROOT_HTML
 ROOT_PAGES = (layout.ROOT_HTML, layout.ROOT_JSON)
 NJS_PACKAGE = "libnginx-mod-http-js"
 NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+# /healthz reads conda/channeldata.json for the subdirs it lists; one larger than this (about 200,000
+# names) is reported rather than read on every health check.
+CHANNELDATA_CHECK_MAX_MIB = 64
 # What the appliance installs from Debian (the startup script, the image bake, the VM test's mirror).
 DEBIAN_PACKAGES = ("curl", "ca-certificates", "fuse3", "nginx", NJS_PACKAGE)
 
@@ -252,6 +255,8 @@ def render_nginx_conf(
         site_csp=site_render.content_security_policy(),
         site_csp_remote_images=site_render.content_security_policy(remote_images=True),
         site_remote_images=layout.UI_REMOTE_IMAGES,
+        # The site's files beside its pages that the page guard checks (a 0-byte one breaks every page).
+        ui_files="|".join(re.escape(PurePosixPath(n).name) for n in (layout.UI_DATA, *layout.UI_ASSETS)),
         greater_q_patterns=_greater_q_patterns(),
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
         max_upper=48,
@@ -270,7 +275,16 @@ def _nginx_literal(body: bytes | str) -> str:
 
 def render_page_guard() -> str:
     """The njs module nginx.conf's `js_set` variables come from (template startup/page-guard.js.j2)."""
-    return _render("startup/page-guard.js.j2", root_pages=ROOT_PAGES)
+    return _render(
+        "startup/page-guard.js.j2",
+        root_pages=ROOT_PAGES,
+        subdirs=list(conda_layout.SUBDIRS),
+        conda_dir=conda_layout.CONDA,
+        channeldata=conda_layout.CHANNELDATA,
+        repodata=conda_layout.REPODATA,
+        repodata_variants=(conda_layout.REPODATA_ZST, conda_layout.SHARD_INDEX),
+        channeldata_max_mib=CHANNELDATA_CHECK_MAX_MIB,
+    )
 
 
 def render_gcsfuse_config(cfg: ApplianceConfig) -> str:

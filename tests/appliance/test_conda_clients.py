@@ -46,21 +46,26 @@ def channel_index(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> I
     assert code == 0, err.decode(errors="replace")
 
 
+async def _records(index: LocalIndex, cache: Path, specs: list[str], *, sharded: bool) -> list:
+    """What rattler's gateway solves `specs` to through the served channel (its caches in `cache`)."""
+    gateway = rattler.Gateway(
+        cache_dir=cache, default_config=rattler.SourceConfig(sharded_enabled=sharded), show_progress=False
+    )
+    return await rattler.solve(
+        [rattler.Channel(f"{index.root_url}/conda")],
+        specs,
+        gateway=gateway,
+        platforms=["linux-64", "noarch"],
+        virtual_packages=[],
+    )
+
+
 def _solve_and_install(index: LocalIndex, tmp: Path, *, sharded: bool) -> dict[str, str]:
     """name -> version installed into a fresh prefix, with fresh caches."""
 
     async def go() -> dict[str, str]:
         cache = tmp / "cache"
-        gateway = rattler.Gateway(
-            cache_dir=cache, default_config=rattler.SourceConfig(sharded_enabled=sharded), show_progress=False
-        )
-        records = await rattler.solve(
-            [rattler.Channel(f"{index.root_url}/conda")],
-            ["app"],
-            gateway=gateway,
-            platforms=["linux-64", "noarch"],
-            virtual_packages=[],
-        )
+        records = await _records(index, cache, ["app"], sharded=sharded)
         prefix = tmp / "env"
         await rattler.install(records, prefix, cache_dir=cache / "pkgs", show_progress=False)
         installed = {}
@@ -233,3 +238,157 @@ def test_strict_priority_keeps_a_private_name_from_the_public_channel(tmp_path: 
     finally:
         for server in servers:
             _stop(server)
+
+
+# --- an index document with no bytes (startup/page-guard.js.j2) -------------------------------------
+# The publisher never writes one, but an object can become 0 bytes on the bucket (a hand upload, another
+# tool, a truncation): conda and pixi would fail to parse it, or take the subdir for empty. NGINX answers
+# 503 naming it, and /healthz fails while a subdir the channel lists is broken for every conda user.
+
+CHANNEL_INDEX = (
+    "conda/noarch/repodata.json",
+    "conda/noarch/repodata.json.zst",
+    "conda/noarch/repodata_shards.msgpack.zst",
+    "conda/linux-64/repodata.json",
+    "conda/channeldata.json",
+)
+
+
+def _small_channel(base: Path) -> Path:
+    repo = base / "repo"
+    pkgs = base / "pkgs"
+    files = [cs.build_package(pkgs, "lib", v) for v in ("1.0", "2.0")]
+    files.append(cs.build_package(pkgs, "native", "1.0", subdir="linux-64"))
+    channels.publish(Repository.open(str(repo)), files)
+    return repo
+
+
+def _healthz(index: LocalIndex) -> tuple[int, bytes]:
+    r = index.get("/healthz")
+    return r.status, r.body
+
+
+def test_a_zero_byte_channel_index_is_503_and_unhealthy_until_rewritten(serve_repo, tmp_path: Path) -> None:
+    repo = _small_channel(tmp_path)
+    index = serve_repo(repo)
+    assert _healthz(index) == (200, b"ok\n")
+    for name in CHANNEL_INDEX:
+        path = repo / name
+        good = path.read_bytes()
+        with open(path, "r+b") as fh:  # truncated in place, as another writer would leave it
+            fh.truncate(0)
+        for method in ("GET", "HEAD"):  # rattler asks with HEAD whether a .zst exists
+            r = index.get(f"/{name}", method=method)
+            assert r.status == 503, (name, method, r.status)
+            assert r.header("content-type") == "text/plain; charset=utf-8" and r.header("cache-control") == (
+                "no-store"
+            )
+        assert index.get(f"/{name}").body == (
+            f"pypapo: {name} is empty (0 bytes): the repository needs `provision reindex`\n".encode()
+        )
+        assert _healthz(index) == (
+            503,
+            f"unavailable: {name} is empty (0 bytes) (run `provision reindex` on the repository)\n".encode(),
+        ), name
+        assert index.get("/livez").status == 200  # the bucket's fault, shared by every replica
+        assert index.get("/simple/", {"Accept": "text/html"}).status == 200  # the Python index is fine
+        path.write_bytes(good)  # rewritten (reindex, the next publish): served again, no restart
+        r = index.get(f"/{name}")
+        assert (r.status, r.body) == (200, good), name
+        assert _healthz(index) == (200, b"ok\n")
+
+
+def test_a_zero_byte_shard_is_503_for_its_name_only(serve_repo, tmp_path: Path) -> None:
+    """A shard is one name's records (as a project page is one project's): 503, served immutable it
+    would stay in every cache for a year; the channel's health is untouched."""
+    repo = _small_channel(tmp_path)
+    index = serve_repo(repo)
+    shard = next((repo / "conda/noarch/shards").iterdir())
+    shard.write_bytes(b"")
+    name = shard.relative_to(repo).as_posix()
+    r = index.get(f"/{name}")
+    assert (r.status, r.body) == (
+        503,
+        f"pypapo: {name} is empty (0 bytes): the repository needs `provision reindex`\n".encode(),
+    )
+    assert r.header("cache-control") == "no-store"
+    assert _healthz(index) == (200, b"ok\n")
+    assert index.get("/conda/noarch/shards/" + "0" * 64 + ".msgpack.zst").status == 404  # absent: 404
+
+
+def test_a_missing_repodata_of_a_listed_subdir_fails_health(serve_repo, tmp_path: Path) -> None:
+    """The empty document NGINX answers for a subdir nothing was published into would hide every package
+    of one channeldata.json lists (its repodata.json deleted by hand): /healthz says so. The request
+    itself still gets the empty document: judging it there would cost a read of channeldata.json on a
+    request every client on a platform with no packages makes (measured: 0.13x the requests/s)."""
+    repo = _small_channel(tmp_path)
+    index = serve_repo(repo)
+    (repo / "conda/linux-64/repodata.json").unlink()
+    why = "conda/linux-64/repodata.json is missing (conda/channeldata.json lists linux-64)"
+    unhealthy = f"unavailable: {why} (run `provision reindex` on the repository)\n"
+    assert _healthz(index) == (503, unhealthy.encode())
+    # Rewritten, healthy again; a subdir the channel does not list is a valid empty one.
+    (repo / "conda/linux-64/repodata.json").write_bytes(rdata.dumps(rdata.Repodata("linux-64")))
+    assert _healthz(index) == (200, b"ok\n")
+    r = index.get("/conda/osx-arm64/repodata.json")
+    assert (r.status, r.body) == (200, rdata.dumps(rdata.Repodata("osx-arm64")))
+
+
+def test_health_never_reads_a_huge_channeldata(serve_repo, tmp_path: Path) -> None:
+    """A hand-uploaded channeldata.json of gigabytes must not cost every health check its size."""
+    repo = _small_channel(tmp_path)
+    with open(repo / "conda/channeldata.json", "r+b") as fh:
+        fh.truncate(65 * 1024 * 1024)  # sparse: the size is what counts
+    index = serve_repo(repo)
+    assert _healthz(index) == (
+        503,
+        b"unavailable: conda/channeldata.json is too large to check (over 64 MiB) (run `provision"
+        b" reindex` on the repository)\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("channeldata", "health"),
+    [
+        # Subdirs are looked up only among those conda knows: never a path out of the channel.
+        (b'{"channeldata_version":1,"packages":{},"subdirs":["../simple","noarch"]}\n', (200, b"ok\n")),
+        (b'{"channeldata_version":1,', (503, b"unavailable: conda/channeldata.json is not JSON")),
+        (b'{"packages":{}}', (503, b"unavailable: conda/channeldata.json has no list of subdirs")),
+    ],
+    ids=["traversal", "truncated", "no-subdirs"],
+)
+def test_health_reads_only_the_subdirs_conda_knows_from_channeldata(
+    serve_repo, tmp_path: Path, channeldata: bytes, health: tuple[int, bytes]
+) -> None:
+    repo = _small_channel(tmp_path)
+    (repo / "simple/repodata.json").write_bytes(b"")  # what "../simple" would find, if it were looked at
+    (repo / "conda/channeldata.json").write_bytes(channeldata)
+    index = serve_repo(repo)
+    status, body = _healthz(index)
+    assert status == health[0] and body.startswith(health[1]), body
+
+
+def _solve(index: LocalIndex, cache: Path) -> list[str]:
+    """The versions of lib solved through the served channel, from repodata (not shards)."""
+    return [str(r.version) for r in asyncio.run(_records(index, cache, ["lib"], sharded=False))]
+
+
+def test_rattler_gets_a_clear_error_for_a_zero_byte_repodata_then_the_rewritten_channel(
+    serve_repo, tmp_path: Path
+) -> None:
+    """Before the guard: "failed to parse repodata.json: EOF while parsing" for a 0-byte repodata.json,
+    and "zstd stream did not finish" for a 0-byte .zst beside a good repodata.json."""
+    repo = _small_channel(tmp_path)
+    index = serve_repo(repo)
+    noarch = repo / "conda/noarch"
+    good = {p: p.read_bytes() for p in (noarch / "repodata.json", noarch / "repodata.json.zst")}
+    # Only the .zst broken: its HEAD says 503, and rattler takes repodata.json instead.
+    (noarch / "repodata.json.zst").write_bytes(b"")
+    assert _solve(index, tmp_path / "c1") == ["2.0"]
+    # Both broken: an error naming the status and the URL, never an empty channel or a parse error.
+    (noarch / "repodata.json").write_bytes(b"")
+    with pytest.raises(Exception, match=r"503 Service Temporarily Unavailable.*/conda/noarch/repodata\.json"):
+        _solve(index, tmp_path / "c2")
+    for path, data in good.items():
+        path.write_bytes(data)
+    assert _solve(index, tmp_path / "c2") == ["2.0"]  # the same cache: nothing empty was kept

@@ -503,6 +503,14 @@ def test_a_zero_byte_project_page_is_503_until_rewritten(
     assert r.status == 200 and r.body == good
 
 
+def test_a_page_that_does_not_exist_is_404_not_503(demo_index: LocalIndex) -> None:
+    """The guard judges pages that exist: a missing one is what NGINX says of any missing file. A 503
+    would have pip retry it, and look like an outage."""
+    for path in ("/simple/no-such/index.json", "/simple/no-such/index.html", "/no-such/index.json"):
+        r = demo_index.get(path, {"Accept": PIP_ACCEPT})
+        assert r.status == 404, (path, r.status, r.body)
+
+
 def test_pip_says_503_for_a_zero_byte_project_page(serve_repo, tmp_path: Path) -> None:
     """Real pip sees a 503 for the page (says so with -vv; its short summary is "from versions: none"
     either way), and downloads nothing."""

@@ -71,6 +71,46 @@ def test_site_answers_503_when_the_mount_is_gone(serve_repo, tmp_path: Path) -> 
     assert index.get("/ui/").status == 200
 
 
+# The engine never writes one, but a site file can become 0 bytes on the bucket (a hand upload, another
+# tool, a truncation): a browser would show a blank page (or an unstyled one, a search that finds nothing).
+SITE_FILES = {
+    "/ui/": "ui/index.html",
+    "/ui/projects.json": "ui/projects.json",
+    "/ui/pypapo-yank-me/": "ui/pypapo-yank-me/index.html",
+    "/ui/site.css": "ui/site.css",
+    "/ui/site.js": "ui/site.js",
+}
+
+
+def test_a_zero_byte_site_file_is_503_until_rewritten(serve_repo, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    for url, name in SITE_FILES.items():
+        path = repo / name
+        good = path.read_bytes()
+        with open(path, "r+b") as fh:
+            fh.truncate(0)
+        for request in {url, f"/{name}"}:
+            r = index.get(request)
+            assert (r.status, r.body) == (
+                503,
+                f"pypapo: {name} is empty (0 bytes): the repository needs `provision reindex`\n".encode(),
+            ), request
+            assert r.header("content-type") == "text/plain; charset=utf-8"
+        # One page of the site is no reason to call the index unhealthy, nor to withhold the rest.
+        assert (index.get("/healthz").status, index.get("/simple/").status) == (200, 200)
+        other = "/ui/pypapo-chain-c/"
+        assert index.get(other).status == 200
+        path.write_bytes(good)
+        r = index.get(url)
+        assert (r.status, r.body) == (200, good), url
+        assert r.header("content-security-policy") == content_security_policy()
+    # What is not there is still a 404, not a 503.
+    for url in ("/ui/no-such-project/index.html", "/ui/no-such-project/"):
+        assert index.get(url).status == 404, url
+
+
 def test_the_policy_allows_https_images_exactly_while_the_repository_shows_them(
     serve_repo, tmp_path: Path
 ) -> None:

@@ -46,7 +46,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from provisioner.appliance import guest, sample
+from provisioner.appliance import conda_sample, guest, sample
 from provisioner.appliance.demo import clean_env
 from provisioner.appliance.verify import Expectations
 from tests.fixtures import metadata
@@ -200,6 +200,7 @@ def _publish(gcs: FakeGCSOnVeth, dists: Path) -> list[Path]:
     files = [
         sample.build_wheel(dists, "vmprobe-core", "1.0"),
         sample.build_wheel(dists, "vmprobe-app", "1.0", requires_dist=["vmprobe-core>=1.0"]),
+        conda_sample.build_package(dists, "vmprobe-conda", "1.0"),  # a conda channel beside the index
     ]
     env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url}
     res = subprocess.run(
@@ -519,6 +520,22 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             _watch_root(guest_url, index_html, until=lambda page, health: (page[0], health[0]) == (200, 200))
             assert _unit_prop(vm, nginx_unit, "MainPID") == nginx_pid, "nginx was restarted"
             step("root page truncated on the bucket: 503 and /healthz unavailable, then served again")
+            # The channel's repodata likewise: conda, pixi would fail to parse it (or cache an empty
+            # subdir); the pip index stays served meanwhile.
+            repodata = f"{PREFIX}/conda/noarch/repodata.json"
+            good = booted.gcs.read(repodata)
+            booted.gcs.write(repodata, b"")
+            vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+            health = _watch_root(guest_url, index_html, until=lambda page, health: health[0] == 503)
+            assert health[1].startswith(b"unavailable: conda/noarch/repodata.json is empty (0 bytes)"), health
+            answer = _get(f"{guest_url}/conda/noarch/repodata.json")
+            assert answer[0] == 503 and b"conda/noarch/repodata.json is empty (0 bytes)" in answer[1], answer
+            assert _get(f"{guest_url}/simple/")[0] == 200
+            booted.gcs.write(repodata, good)
+            vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+            _watch_root(guest_url, index_html, until=lambda page, health: health[0] == 200)
+            assert _get(f"{guest_url}/conda/noarch/repodata.json") == (200, good)
+            step("repodata truncated on the bucket: 503 and /healthz unavailable, then served again")
 
         # 7. Restart the machine: the startup script runs again at boot and everything comes back.
         if server is not None:
