@@ -15,10 +15,12 @@ cached (default bench/.cache-site, git-ignored). Usage:
 
     .venv/bin/python bench/bench_site.py [--projects 2000] [--per-project 10] [--runs 9]
     .venv/bin/python bench/bench_site.py --publish-only --against /tmp/old-pypapo   # before/after
+    .venv/bin/python bench/bench_site.py --reindex-only --against /tmp/old-pypapo   # figure 2 alone
 
 `--against TREE` (a checkout of another pypapo version, e.g. `git worktree add /tmp/old main~5`)
-times figure 1 for both codes in one run: two worker processes, one per tree, publishing into the
-same repository in turns (each round in a random order), so both see the same load.
+times figures 1 and 2 for both codes in one run: a worker process per tree, publishing into the
+same repository (or reindexing a fresh scratch copy) in turns, with the peer's runs between them,
+so that all see the same load.
 """
 
 from __future__ import annotations
@@ -150,6 +152,46 @@ for line in sys.stdin:
 """
 
 
+REINDEX_WORKER = """
+import sys, time
+sys.path[:0] = [sys.argv[1]]
+from provisioner.repo.engine import Repository
+if __name__ == "__main__":
+    for line in sys.stdin:
+        what, repo_dir = line.split()
+        t0 = time.perf_counter()
+        Repository(Repository.open(repo_dir).store, site=what == "site").reindex()
+        print(time.perf_counter() - t0, flush=True)
+"""
+
+
+class ReindexWorker:
+    """A process of one pypapo tree that times reindexes from scratch on request (figure 2), so
+    that two trees are timed in one run; it stays up between runs, as a bench in-process would."""
+
+    def __init__(self, tree: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", REINDEX_WORKER, str(tree)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def reindex(self, scratch: Path, *, site: bool) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{'site' if site else 'index'} {scratch}\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the reindex worker stopped (exit {self.proc.wait()})")
+        return float(answer)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def publish_against(
     big: Path, one: Path, trees: dict[str, Path], runs: int
 ) -> dict[tuple[str, bool], list[float]]:
@@ -200,6 +242,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=9, help="runs per publish figure (median)")
     ap.add_argument("--reindex-runs", type=int, default=3, help="runs per reindex/peer figure (median)")
     ap.add_argument("--publish-only", action="store_true", help="only figure 1 (the publish)")
+    ap.add_argument("--reindex-only", action="store_true", help="only figure 2 (the reindex)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
     ap.add_argument("--against", type=Path, help="another pypapo tree: figure 1 for both, in one run")
     args = ap.parse_args()
@@ -214,6 +257,10 @@ def main() -> int:
         print(
             f"\nrepository: {args.projects} projects, {n_wheels} wheels with READMEs (directory, fsync on)\n"
         )
+
+        if args.reindex_only:
+            reindex_figure(args, wheels, big, work, n_wheels)
+            return 0
 
         # -- 1. publish one wheel, with and without the site, interleaved ---------------------------
         if args.against:
@@ -251,44 +298,7 @@ def main() -> int:
         if args.publish_only:
             return 0
 
-        # -- 2. full reindex from scratch, site included, against dumb-pypi -------------------------
-        scratch = work / "scratch"
-        runs = args.reindex_runs
-        pkg_list = work / "packages.json"
-        t_ours: list[float] = []
-        t_index: list[float] = []
-        t_preps: list[float] = []
-        t_dumbs: list[float] = []
-        for _ in range(runs):  # in turns: on a shared machine all see the same load
-            scratch_copy(big, scratch)
-            t0 = time.perf_counter()
-            Repository(Repository.open(str(scratch)).store, site=False).reindex()
-            t_index.append(time.perf_counter() - t0)
-            scratch_copy(big, scratch)
-            t0 = time.perf_counter()
-            Repository.open(str(scratch)).reindex()
-            t_ours.append(time.perf_counter() - t0)
-            t_preps.append(_timed(lambda: peer_package_list(wheels, pkg_list)))
-            t_dumbs.append(_timed(lambda: run_dumb_pypi(pkg_list, work / "dumb-out")))
-        t_scratch = statistics.median(t_ours)
-        site_pages = sum(1 for _ in (scratch / layout.UI).rglob("index.html"))
-        assert site_pages == args.projects + 1, site_pages
-        t_prep, t_dumb = statistics.median(t_preps), statistics.median(t_dumbs)
-        t_peer = statistics.median(a + b for a, b in zip(t_preps, t_dumbs, strict=True))
-        print(f"\nfull index of {n_wheels} wheels from scratch, with a browsable site (median of {runs})")
-        print(f"  peer: read+hash wheels, read METADATA           {t_prep:8.2f} s")
-        print(f"  peer: dumb-pypi generates its index and site    {t_dumb:8.2f} s")
-        print(f"  peer total                                      {t_peer:8.2f} s")
-        print(
-            f"  reindex from scratch, index + site              {t_scratch:8.2f} s"
-            f"   {t_peer / t_scratch:5.1f}x = peer time / ours   (goal >= 2x)"
-        )
-        print(f"           ({site_pages} site pages with rendered READMEs; dumb-pypi renders none)")
-        t_idx = statistics.median(t_index)
-        print(
-            f"  reindex from scratch, index only (site=False)   {t_idx:8.2f} s"
-            f"   {t_peer / t_idx:5.1f}x   (the site's share: {t_scratch - t_idx:.2f} s)"
-        )
+        reindex_figure(args, wheels, big, work, n_wheels)
 
         # -- 3. page weight -----------------------------------------------------------------------
         listing = (big / layout.UI_LIST).read_bytes()
@@ -306,6 +316,60 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def reindex_figure(args: argparse.Namespace, wheels: Path, big: Path, work: Path, n_wheels: int) -> None:
+    """Figure 2: full reindex from scratch, the index alone and with the site, against dumb-pypi;
+    with --against, the other tree's two reindexes too. Everything in turns, each pypapo run in its
+    tree's worker process on a fresh scratch copy; medians."""
+    trees = {"this tree": Path(__file__).resolve().parent.parent}
+    if args.against:
+        trees[str(args.against)] = args.against
+    workers = {label: ReindexWorker(tree) for label, tree in trees.items()}
+    pkg_list = work / "packages.json"
+    runs = args.reindex_runs
+    times: dict[tuple[str, bool], list[float]] = {
+        (label, site): [] for label in trees for site in (False, True)
+    }
+    t_preps: list[float] = []
+    t_dumbs: list[float] = []
+    try:
+        for run in range(runs):  # in turns: on a shared machine all see the same load
+            for k, ((label, site), got) in enumerate(times.items()):
+                # A fresh copy per run, none deleted until the end: this disk's ext4 has no journal,
+                # and there creating files right after thousands were deleted costs several times
+                # more (its inode allocator skips recently deleted inodes, reading their blocks).
+                scratch = work / f"scratch-{run}-{k}"
+                scratch_copy(big, scratch)
+                got.append(workers[label].reindex(scratch, site=site))
+                if site:
+                    site_pages = sum(1 for _ in (scratch / layout.UI).rglob("index.html"))
+                    assert site_pages == args.projects + 1, site_pages
+            t_preps.append(_timed(lambda: peer_package_list(wheels, pkg_list)))
+            t_dumbs.append(_timed(lambda run=run: run_dumb_pypi(pkg_list, work / f"dumb-out-{run}")))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    t_prep, t_dumb = statistics.median(t_preps), statistics.median(t_dumbs)
+    t_peer = statistics.median(a + b for a, b in zip(t_preps, t_dumbs, strict=True))
+    print(
+        f"\nfull index of {n_wheels} wheels from scratch, with a browsable site (median of {runs}, in turns)"
+    )
+    print(f"  peer: read+hash wheels, read METADATA           {t_prep:8.2f} s")
+    print(f"  peer: dumb-pypi generates its index and site    {t_dumb:8.2f} s")
+    print(f"  peer total                                      {t_peer:8.2f} s")
+    for label in trees:
+        t_site, t_idx = statistics.median(times[(label, True)]), statistics.median(times[(label, False)])
+        print(f"  {label}:")
+        print(
+            f"    reindex from scratch, index + site            {t_site:8.2f} s"
+            f"   {t_peer / t_site:5.2f}x = peer time / ours   (goal >= 2x)"
+        )
+        print(
+            f"    reindex from scratch, index only (site=False) {t_idx:8.2f} s"
+            f"   {t_peer / t_idx:5.2f}x   (the site's share: {t_site - t_idx:.2f} s)"
+        )
+    print(f"  ({args.projects + 1} site pages with rendered READMEs; dumb-pypi renders none)")
 
 
 def _timed(fn: object) -> float:

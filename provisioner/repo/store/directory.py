@@ -45,7 +45,16 @@ def _each(fn: Callable[[T], object], args: Iterable[T]) -> None:
     if pid not in _POOL:
         _POOL.clear()
         _POOL[pid] = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="pypapo-sync")
-    futures = [_POOL[pid].submit(fn, a) for a in args]
+    todo = list(args)
+    shared = iter(todo)  # next() on a list iterator is atomic: each argument goes to one thread
+
+    def drain() -> None:
+        # As many calls in flight as threads (what lets concurrent fsyncs overlap), each thread
+        # taking the next argument when it gets free, and no future per call (thousands a batch).
+        for arg in shared:
+            fn(arg)
+
+    futures = [_POOL[pid].submit(drain) for _ in range(min(SYNC_THREADS, len(todo)))]
     wait(futures)
     for f in futures:
         f.result()
@@ -57,6 +66,7 @@ class DirectoryStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.root = Path(path)
         self.location = str(path)
+        self._root = os.fspath(self.root)
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -70,11 +80,15 @@ class DirectoryStore:
             raise PypapoError(f"repository directory {existing} is not writable: check its permissions")
 
     def _path(self, name: str) -> Path:
+        return Path(self._fspath(name))
+
+    def _fspath(self, name: str) -> str:
+        """The object's file path as a string (reindex reads every object: no pathlib per read)."""
         # Object names come from layout.py with validated filenames; refuse anything odd anyway.
         parts = name.split("/")
         if any(p in ("", ".", "..") or p.startswith(".pypapo") for p in parts):
             raise ValueError(f"bad object name {name!r}")
-        return self.root.joinpath(*parts)
+        return f"{self._root}/{name}"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -86,22 +100,18 @@ class DirectoryStore:
         finally:
             os.close(fd)  # closing releases the lock
 
-    @staticmethod
-    def _generation(path: Path) -> int:
-        try:
-            return path.stat().st_mtime_ns or 1
-        except FileNotFoundError:
-            return 0
-
     def read(self, name: str) -> tuple[bytes, int]:
-        path = self._path(name)
+        path = self._fspath(name)
         # Files are replaced atomically, so open+fstat gives bytes and generation of the same version.
         try:
-            with open(path, "rb") as fh:
-                gen = os.fstat(fh.fileno()).st_mtime_ns or 1
-                return fh.read(), gen
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return b"", 0
+        try:
+            st = os.fstat(fd)
+            return _read_fd(fd, st.st_size), st.st_mtime_ns or 1  # (a directory: IsADirectoryError)
+        finally:
+            os.close(fd)
 
     def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
         path = self._path(name)
@@ -110,7 +120,7 @@ class DirectoryStore:
         tmp = _write_synced_tmp(path.parent, data)
         try:
             with self._locked():
-                current = self._generation(path)
+                current = _generation(path)
                 if current != if_generation_match:
                     raise PreconditionFailed(name)
                 new = max(time.time_ns(), current + 1)
@@ -125,9 +135,12 @@ class DirectoryStore:
                     os.unlink(tmp)
 
     def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
-        paths = [self._path(name) for name, _data, _gen in items]
+        paths = [self._fspath(name) for name, _data, _gen in items]  # strings: thousands per batch
         if len(set(paths)) != len(paths):
             raise ValueError("write_many: an object named twice in one batch")
+        parents = [os.path.dirname(p) for p in paths]
+        for parent in set(parents):  # once per directory, not per object
+            os.makedirs(parent, exist_ok=True)
         ordered = waves(len(items), after)
         tmps: list[str] = [""] * len(items)
         results = [0] * len(items)
@@ -135,15 +148,13 @@ class DirectoryStore:
         # Each step runs across a thread pool: creating, syncing and renaming files mostly waits on
         # the filesystem journal, and concurrent waiters share one commit.
         def stage(i: int) -> None:
-            path, data = paths[i], items[i][1]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmps[i] = _write_synced_tmp(path.parent, data)
+            tmps[i] = _write_synced_tmp(parents[i], items[i][1])
 
         def swap(i: int) -> None:
             j = after[i] if i < len(after) else None
             if j is not None and not results[j]:
                 return
-            current = self._generation(paths[i])
+            current = _generation(paths[i])
             if current != items[i][2]:
                 return
             new = max(time.time_ns(), current + 1)
@@ -161,7 +172,7 @@ class DirectoryStore:
                 for wave in ordered:
                     _each(swap, wave)
                 # Renames are durable before the lock is released (as in write()).
-                _each(_fsync_dir, {p.parent for p, r in zip(paths, results, strict=True) if r})
+                _each(_fsync_dir, {d for d, r in zip(parents, results, strict=True) if r})
             return results
         finally:
             for tmp in tmps:
@@ -172,7 +183,7 @@ class DirectoryStore:
     def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
         path = self._path(name)
         with self._locked():
-            current = self._generation(path)
+            current = _generation(path)
             if current == 0:
                 if if_generation_match not in (None, 0):
                     raise PreconditionFailed(name)
@@ -191,7 +202,7 @@ class DirectoryStore:
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
-            return self._info(name, self._path(name).stat())
+            return self._info(name, os.stat(self._fspath(name)))
         except FileNotFoundError:
             return None
 
@@ -238,10 +249,17 @@ class DirectoryStore:
             yield from self._scan(entry.path, f"{rel}{entry.name}/")
 
 
-def _write_synced_tmp(directory: Path, data: bytes) -> str:
+def _generation(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_mtime_ns or 1
+    except FileNotFoundError:
+        return 0
+
+
+def _write_synced_tmp(directory: str | os.PathLike[str], data: bytes) -> str:
     """A new temporary file in `directory` holding `data`, fsynced, mode 0644; returns its path."""
     while True:
-        tmp = str(directory / f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             # Created 0644 directly (mkstemp's 0600 needs a chmod: one more journaled change).
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -249,12 +267,16 @@ def _write_synced_tmp(directory: Path, data: bytes) -> str:
         except FileExistsError:
             continue
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if stat.S_IMODE(os.fstat(fh.fileno()).st_mode) != 0o644:  # a umask took bits away
-                os.fchmod(fh.fileno(), 0o644)
-            os.fsync(fh.fileno())
+        try:
+            # Plain descriptor calls: a buffered file object costs an isatty ioctl and seeks per file.
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o644:  # a umask took bits away
+                os.fchmod(fd, 0o644)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -262,7 +284,15 @@ def _write_synced_tmp(directory: Path, data: bytes) -> str:
     return tmp
 
 
-def _fsync_dir(path: Path) -> None:
+def _read_fd(fd: int, size: int) -> bytes:
+    """Everything from `fd` to its end (an empty read); `size` (from fstat) sizes the first read."""
+    chunks = [os.read(fd, size + 1)]
+    while chunks[-1]:
+        chunks.append(os.read(fd, max(size + 1, 1 << 16)))
+    return b"".join(chunks)
+
+
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
