@@ -505,18 +505,21 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
         #    Each change would show after the mount's metadata cache (60 s by default): the stand-in is
         #    rclone, whose SIGHUP flushes its directory cache, so it shows at once.
         if variant.name == "baked":
+
+            def put(name: str, data: bytes) -> None:  # into the bucket, and shown by the mount at once
+                booted.gcs.write(name, data)
+                vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+
             name = f"{PREFIX}/simple/index.html"
             good = booted.gcs.read(name)
             nginx_unit = Expectations().nginx_unit
             nginx_pid = _unit_prop(vm, nginx_unit, "MainPID")
-            booted.gcs.write(name, b"")
-            vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+            put(name, b"")
             health = _watch_root(guest_url, index_html, until=lambda page, health: health[0] == 503)
             assert health[1].startswith(b"unavailable: simple/index.html is empty (0 bytes)"), health
             page = _get(f"{guest_url}/simple/")
             assert page[0] == 503 and b"simple/index.html is empty (0 bytes)" in page[1], page
-            booted.gcs.write(name, good)
-            vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+            put(name, good)
             _watch_root(guest_url, index_html, until=lambda page, health: (page[0], health[0]) == (200, 200))
             assert _unit_prop(vm, nginx_unit, "MainPID") == nginx_pid, "nginx was restarted"
             step("root page truncated on the bucket: 503 and /healthz unavailable, then served again")
@@ -524,15 +527,13 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             # subdir); the pip index stays served meanwhile.
             repodata = f"{PREFIX}/conda/noarch/repodata.json"
             good = booted.gcs.read(repodata)
-            booted.gcs.write(repodata, b"")
-            vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+            put(repodata, b"")
             health = _watch_root(guest_url, index_html, until=lambda page, health: health[0] == 503)
             assert health[1].startswith(b"unavailable: conda/noarch/repodata.json is empty (0 bytes)"), health
             answer = _get(f"{guest_url}/conda/noarch/repodata.json")
             assert answer[0] == 503 and b"conda/noarch/repodata.json is empty (0 bytes)" in answer[1], answer
             assert _get(f"{guest_url}/simple/")[0] == 200
-            booted.gcs.write(repodata, good)
-            vm.ssh(f"kill -HUP {_unit_prop(vm, unit, 'MainPID')}")
+            put(repodata, good)
             _watch_root(guest_url, index_html, until=lambda page, health: health[0] == 200)
             assert _get(f"{guest_url}/conda/noarch/repodata.json") == (200, good)
             step("repodata truncated on the bucket: 503 and /healthz unavailable, then served again")
