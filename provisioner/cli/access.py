@@ -127,6 +127,13 @@ def client_config_command(
     click.echo(f"# {cfg.file}: {cfg.note}", err=True)
     click.echo(f"# merge into {cfg.file}: {', '.join(cfg.joins)}", err=True)
     click.echo(f"# check it (where {cfg.file} is): {cfg.verify}", err=True)
+    if cfg.env:
+        exports = " ".join(f"{k}={v}" for k, v in cfg.env)
+        click.echo(
+            "# and in the environment of every install (shell profile, CI job, Dockerfile ENV), so that a"
+            f" lost replica costs a retry, not the install: export {exports}",
+            err=True,
+        )
 
 
 COMMANDS: list[click.Command] = [tunnel_command, client_config_command]

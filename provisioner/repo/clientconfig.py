@@ -17,6 +17,16 @@ pypapo depends on acme-lib, also private) is the case most configurations miss:
   dependencies mirrored into it (`provision mirror`).
 
 With `--public-index none` (pypapo carries everything) every tool gets pypapo alone.
+
+Surviving a lost replica (a group behind the internal passthrough balancer): a connection to a replica
+that lost its network goes silent (Google's balancer answers nothing for a backend), so a client must
+give up on a silent connection itself and ask again, which then reaches a healthy replica. pip's
+`timeout` is a socket timeout (each connect and each read, not the whole download); urllib3 retries a
+GET that timed out or lost its connection before the response headers (`retries`), and pip >= 25.1
+resumes a file download cut mid-body with a Range request (`resume-retries`, off by default before
+25.2). uv retries timeouts, resets and cut bodies by itself (UV_HTTP_RETRIES, default 3) but waits 30 s
+(UV_HTTP_TIMEOUT); poetry retries 5 times by itself and waits POETRY_REQUESTS_TIMEOUT (15 s). Those are
+environment variables only, so they come as `env`.
 Every configuration comes with a command that checks the resolved result and exits non-zero when a
 private name would come from anywhere but pypapo.
 
@@ -38,6 +48,12 @@ TOOLS = ("pip", "uv", "poetry", "pdm", "pipenv", "conda", "mamba", "pixi")
 PYPI = "https://pypi.org/simple/"
 PLACEHOLDER = "your-private-package"
 
+# How long a client waits on a silent connection before it asks again (seconds of silence, not a whole
+# download), and how often it asks. Below the balancer's detection (2 checks 5 s apart), well above what
+# a healthy replica takes to answer: a retry from a slow but healthy replica costs a request, not an install.
+STALL_TIMEOUT = 10
+RETRIES = 5
+
 
 @dataclass(frozen=True)
 class ClientConfig:
@@ -48,6 +64,8 @@ class ClientConfig:
     single_index: bool  # pypapo is the only index (the tool cannot be given a second one safely)
     note: str  # one plain sentence on why it is safe (and what the tool cannot do)
     verify: str  # a shell command, run where the file is, that fails unless private names come from pypapo
+    # environment variables for settings the tool reads from nowhere else (its timeout and retries)
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,12 @@ def _pip(ctx: _Ctx) -> ClientConfig:
         "# private name would win. Never add extra-index-url; mirror public dependencies into pypapo.\n"
         "[global]\n"
         f"index-url = {ctx.url}\n"
+        "# A replica lost behind the load balancer goes silent: give up on a silent connection after\n"
+        "# `timeout` seconds and ask again (a healthy replica answers), and resume a download cut\n"
+        "# mid-file (pip >= 25.1; older pips ignore the key).\n"
+        f"timeout = {STALL_TIMEOUT}\n"
+        f"retries = {RETRIES}\n"
+        f"resume-retries = {RETRIES}\n"
     )
     return ClientConfig(
         "pip", "pip.conf", ("[global]",), text, True, _single_index_note("pip", ctx), _pip_verify(ctx)
@@ -177,7 +201,8 @@ def _uv(ctx: _Ctx) -> ClientConfig:
         ctx,
         'found[n].get("registry", "").rstrip("/") == url.rstrip("/")',
     )
-    return ClientConfig("uv", "pyproject.toml", joins, text, False, note, verify)
+    env = (("UV_HTTP_TIMEOUT", str(STALL_TIMEOUT)), ("UV_HTTP_RETRIES", str(RETRIES)))
+    return ClientConfig("uv", "pyproject.toml", joins, text, False, note, verify, env)
 
 
 def _poetry(ctx: _Ctx) -> ClientConfig:
@@ -213,7 +238,10 @@ def _poetry(ctx: _Ctx) -> ClientConfig:
         ctx,
         'found[n].get("url", "").rstrip("/") == url.rstrip("/")',
     )
-    return ClientConfig("poetry", "pyproject.toml", ("[[tool.poetry.source]]",), text, False, note, verify)
+    env = (("POETRY_REQUESTS_TIMEOUT", str(STALL_TIMEOUT)),)  # poetry retries 5 times by itself
+    return ClientConfig(
+        "poetry", "pyproject.toml", ("[[tool.poetry.source]]",), text, False, note, verify, env
+    )
 
 
 def _pdm(ctx: _Ctx) -> ClientConfig:

@@ -106,13 +106,47 @@ def test_pip_is_pypapo_alone_even_when_a_public_index_is_given() -> None:
     cfg = render("pip")
     parser = configparser.ConfigParser()
     parser.read_string(cfg.text)
-    assert dict(parser["global"]) == {"index-url": URL}
+    assert dict(parser["global"]) == {
+        "index-url": URL,
+        "timeout": "10",
+        "retries": "5",
+        "resume-retries": "5",
+    }
     assert cfg.single_index
     assert "cannot keep a name away from a second index" in cfg.note
     assert "provision mirror" in cfg.note
     assert "extra-index-url" not in "".join(
         line for line in cfg.text.splitlines() if not line.startswith("#")
     )
+
+
+def test_pip_reads_the_lost_replica_settings_from_the_printed_file(tmp_path: Path) -> None:
+    """pip itself (this venv's) takes timeout, retries and resume-retries from the file as printed; a pip
+    older than 25.1 ignores resume-retries without complaint (pip skips unknown keys)."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text(render("pip").text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=str(conf), XDG_CONFIG_DIRS=str(tmp_path), HOME=str(tmp_path))
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    for line in ("global.timeout='10'", "global.retries='5'", "global.resume-retries='5'"):
+        assert line in listed.splitlines(), listed
+    parsed = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--help"], env=env, capture_output=True, text=True
+    )
+    assert parsed.returncode == 0, parsed.stderr
+
+
+def test_uv_and_poetry_get_their_timeout_and_retries_as_environment() -> None:
+    """uv and poetry read their HTTP timeout (and uv its retries) from the environment only."""
+    assert dict(render("uv").env) == {"UV_HTTP_TIMEOUT": "10", "UV_HTTP_RETRIES": "5"}
+    assert dict(render("poetry").env) == {"POETRY_REQUESTS_TIMEOUT": "10"}
+    result = CliRunner().invoke(main, ["client-config", "--tool", "uv"])
+    assert result.exit_code == 0
+    assert "export UV_HTTP_TIMEOUT=10 UV_HTTP_RETRIES=5" in result.stderr
+    assert "UV_HTTP" not in result.stdout  # stdout stays the file alone
+    assert "export" not in CliRunner().invoke(main, ["client-config", "--tool", "pip"]).stderr
 
 
 def test_conda_pip_section_uses_index_url_only() -> None:
