@@ -36,10 +36,12 @@ site's project pages (written by the engine, which imports nothing outside `repo
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from provisioner.errors import PypapoError
 from provisioner.repo.layout import normalize
@@ -146,7 +148,28 @@ def _single_index_note(tool: str, ctx: _Ctx) -> str:
     )
 
 
+def _pip_trusted_host(url: str) -> str | None:
+    """pip ignores an http:// index unless it is on loopback or a trusted host (the load balancer's
+    `http://10.x.x.x:PORT/simple/`): the host:port to trust, or None."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname in (None, "localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(parts.hostname).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return parts.netloc
+
+
 def _pip(ctx: _Ctx) -> ClientConfig:
+    trusted = _pip_trusted_host(ctx.url)
+    trust = (
+        "# plain http off loopback: pip ignores such an index unless its host is trusted\n"
+        f"trusted-host = {trusted}\n"
+        if trusted
+        else ""
+    )
     text = (
         "# pip.conf (Linux: ~/.config/pip/pip.conf or PIP_CONFIG_FILE; Windows: %APPDATA%\\pip\\pip.ini)\n"
         "# joins [global]. pypapo is the ONLY index: pip cannot pin a package to an index, and with\n"
@@ -154,6 +177,7 @@ def _pip(ctx: _Ctx) -> ClientConfig:
         "# private name would win. Never add extra-index-url; mirror public dependencies into pypapo.\n"
         "[global]\n"
         f"index-url = {ctx.url}\n"
+        f"{trust}"
         "# A replica lost behind the load balancer goes silent: give up on a silent connection after\n"
         "# `timeout` seconds and ask again (a healthy replica answers), and resume a download cut\n"
         "# mid-file (pip >= 25.1; older pips ignore the key).\n"
@@ -361,6 +385,8 @@ def _conda_names(ctx: _Ctx) -> list[str]:
 def _conda_env(ctx: _Ctx) -> ClientConfig:
     pkgs = "".join(f"      - {n}\n" for n in ctx.names)
     conda_pkgs = "".join(f"  - {n}\n" for n in _conda_names(ctx))
+    trusted = _pip_trusted_host(ctx.url)
+    trust = f"      - --trusted-host {trusted}\n" if trusted else ""
     channels = "".join(f"  - {c}\n" for c in _conda_channels(ctx))
     condarc = "".join(f"#   {line}\n" for line in _condarc(ctx).splitlines())
     text = (
@@ -379,6 +405,7 @@ def _conda_env(ctx: _Ctx) -> ClientConfig:
         "  - pip\n"
         "  - pip:\n"
         f"      - --index-url {ctx.url}\n"
+        f"{trust}"
         f"{pkgs}"
     )
     return ClientConfig(

@@ -138,6 +138,29 @@ def test_pip_reads_the_lost_replica_settings_from_the_printed_file(tmp_path: Pat
     assert parsed.returncode == 0, parsed.stderr
 
 
+def test_pip_trusts_the_balancers_plain_http_host_and_only_off_loopback() -> None:
+    """pip ignores an http:// index off loopback ("not a trusted or secure host"): the balancer's URL
+    gets its host:port trusted, judged by pip's own origin check; the tunnel's localhost needs nothing."""
+    from pip._internal.models.link import Link
+    from pip._internal.network.session import PipSession
+
+    lb = "http://10.128.0.50:4040/simple/"
+    parser = configparser.ConfigParser()
+    parser.read_string(clientconfig.render("pip", lb).text)
+    trusted = parser["global"]["trusted-host"]
+    assert trusted == "10.128.0.50:4040"
+    assert not PipSession().is_secure_origin(Link(lb))
+    assert PipSession(trusted_hosts=[trusted]).is_secure_origin(Link(lb))
+    conda = yaml.safe_load(clientconfig.render("conda", lb).text)
+    pip_section = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]
+    assert pip_section[:2] == [f"--index-url {lb}", f"--trusted-host {trusted}"]
+    for url in (URL, "http://127.0.0.1:3333/simple/", "https://pypapo.example/simple/"):
+        parser = configparser.ConfigParser()
+        parser.read_string(clientconfig.render("pip", url).text)
+        assert "trusted-host" not in parser["global"], url
+        assert PipSession().is_secure_origin(Link(url)), url
+
+
 def test_uv_and_poetry_get_their_timeout_and_retries_as_environment() -> None:
     """uv and poetry read their HTTP timeout (and uv its retries) from the environment only."""
     assert dict(render("uv").env) == {"UV_HTTP_TIMEOUT": "10", "UV_HTTP_RETRIES": "5"}
