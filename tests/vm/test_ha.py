@@ -1,6 +1,6 @@
 """Two appliances behind a load balancer, replaced one at a time by a new image while pip installs
-through the balancer the whole time: no install may fail. Then one replica is lost without warning: only
-an install caught in the health check's detection window may fail, none after it.
+through the balancer the whole time, then one of them lost without warning in the middle of a download:
+no install may fail, in either phase.
 
 What stands in for what (see tests/vm/balancer.py for the balancer's settings):
 
@@ -10,21 +10,32 @@ What stands in for what (see tests/vm/balancer.py for the balancer's settings):
 - the bucket: one fake-gcs-server on the host end of a namespace of its own (10.213.70.1), which every
   guest reaches through its own veth (a /32 route), so losing a guest's link never takes storage away.
 - the internal passthrough load balancer and its health check: HAProxy in TCP mode on a loopback port,
-  checking ``GET /healthz`` on each backend's serving port.
+  checking ``GET /healthz`` on each backend's serving port; a connection to a lost backend stays silent
+  until the client gives up, as on Google's balancer (balancer.py says why).
 - the managed instance group's rolling update (``max_surge`` = 1, ``max_unavailable`` = 0, replace): for
   each old instance, a new one boots and joins the backend; once the health check passes, the old one
   is drained (no new connections, in-flight ones finish), taken out and shut down.
-- losing a replica: the host end of its veth goes down (a zone losing its network, as seen from the
-  balancer); the health check marks it down and its connections are reset.
+- losing a replica: its zone loses the network. The guest's own egress drops every packet (a ``pfifo``
+  of length 0 on its NIC) and the host's neighbour entry for it is pinned, so neither side's kernel
+  reports anything: connections to it go silent, its health check times out. It is lost while it
+  streams a wheel (its egress throttled to 1 MB/s first, the cut made once its socket holds unsent
+  bytes), the case a client can survive only by resuming the download elsewhere.
+- the clients: pip 25.1.1 (Debian 13's python3-pip: it can resume a download, but only when told to)
+  with exactly the pip.conf that ``provision client-config --tool pip`` prints (PIP_CONFIG_FILE), and
+  nothing else of this machine's pip configuration. With pip's defaults (15 s, no resume) the lost
+  download fails the install ("Download failed because not enough bytes were received").
 
-The loop's figures (installs, failures, longest stall) are printed with -s and on failure.
+The loop's figures (installs, failures, retries, resumes, longest stall) are printed with -s and on failure.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,11 +43,16 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.appliance import sample
+from provisioner.appliance.demo import clean_env
 from tests.fixtures import metadata
 from tests.vm import guestagent, rootfs
 from tests.vm.balancer import Backend, Balancer, ClientLoop, running
-from tests.vm.machine import Guest, Net, keypair, network, prepare_root, run
+from tests.vm.machine import GUEST_IF, Guest, Net, keypair, network, prepare_root, run
 from tests.vm.test_appliance_vm import (
+    BUCKET,
+    PREFIX,
+    PROVISION,
     VARIANTS,
     FakeGCSOnVeth,
     _metadata_server,
@@ -45,20 +61,27 @@ from tests.vm.test_appliance_vm import (
     _wait_startup_script,
     check_prerequisites,
 )
-from tests.vm.test_appliance_vm import _pip_install as pip_install
 
 pytestmark = pytest.mark.vm
 
 VARIANT = next(v for v in VARIANTS if v.name == "baked")  # the same golden image as that test: one bake
 GCS_NET = 70
 LB_PORT = 18443
+# The client: Debian 13's pip, which bootstrap downloads beside the venv (run from its wheel).
+CLIENT_PIP = Path(sys.prefix) / "clients" / "pip-25.1.1-py3-none-any.whl"
+DATA_BYTES = 2_000_000  # the wheel the lost replica is streaming: ~2.7 MB, ~2.7 s at 1 MB/s
+THROTTLE = "tbf rate 8mbit burst 32kb latency 200ms"  # 1 MB/s, at most 200 kB queued under TCP
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _prerequisites() -> None:
     check_prerequisites()
+    reason = ""
     if shutil.which("haproxy") is None:
         reason = "haproxy is not installed (`bash bootstrap` installs it)"
+    elif not CLIENT_PIP.is_file():
+        reason = f"{CLIENT_PIP} is missing (`bash bootstrap` downloads it)"
+    if reason:
         if os.environ.get("PYPAPO_REQUIRE_VM") == "1":
             pytest.fail(f"the vm test must run here (PYPAPO_REQUIRE_VM=1) but cannot: {reason}")
         pytest.skip(reason)
@@ -149,10 +172,57 @@ def _bucket(stack: contextlib.ExitStack, work: Path) -> Iterator[tuple[Net, Fake
     gcs = FakeGCSOnVeth(gcs_net.host_ip, 4443, work / "fake-gcs.log")
     stack.callback(gcs.stop)
     _publish(gcs, work / "dists")
+    blob = base64.b64encode(os.urandom(DATA_BYTES)).decode()  # incompressible: the wheel stays large
+    data = sample.build_wheel(
+        work / "dists", "vmprobe-data", "1.0", modules={"vmprobe_data/__init__.py": f"BLOB = '{blob}'\n"}
+    )
+    res = subprocess.run(
+        [*PROVISION, "publish", "--repo", f"gs://{BUCKET}/{PREFIX}", str(data)],
+        env={**os.environ, "STORAGE_EMULATOR_HOST": gcs.url}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, f"provision publish failed:\n{res.stdout}\n{res.stderr}"
     yield gcs_net, gcs
 
 
-def test_rollout_fails_no_install_and_a_lost_replica_only_its_detection_window(tmp_path: Path) -> None:
+def _client_config(url: str, work: Path) -> Path:
+    """pip.conf exactly as `provision client-config --tool pip` prints it for the balancer's URL."""
+    res = subprocess.run(
+        [*PROVISION, "client-config", "--tool", "pip", "--url", url, "--public-index", "none"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    conf = work / "pip.conf"
+    conf.write_text(res.stdout)
+    return conf
+
+
+def _pip_install(conf: Path, target: Path, *requirements: str) -> subprocess.CompletedProcess[str]:
+    """pip with the given pip.conf and nothing else: no user or machine-wide configuration (the
+    file given in PIP_CONFIG_FILE skips the user's; XDG_CONFIG_DIRS moves /etc/xdg's away), no cache."""
+    env = clean_env(target.parent)
+    empty = target.parent / "no-xdg"
+    empty.mkdir(parents=True, exist_ok=True)
+    env.update(PIP_CONFIG_FILE=str(conf), XDG_CONFIG_DIRS=str(empty))
+    return subprocess.run(
+        [sys.executable, str(CLIENT_PIP / "pip"), "install", "--no-cache-dir", "--target", str(target),
+         *requirements],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _streaming(net: Net, port: int) -> bool:
+    """A response is on its way out of the guest: one of its serving sockets holds unsent bytes."""
+    out = run(["ip", "netns", "exec", net.name, "ss", "-Htn", "state", "established", f"( sport = :{port} )"])
+    return any(int(line.split()[1]) > 100_000 for line in out.stdout.splitlines() if line.strip())
+
+
+def _lose_network(net: Net) -> None:
+    """The guest's zone loses its network: every packet it sends is dropped, silently for both sides."""
+    mac = run(["ip", "-n", net.name, "-br", "link", "show", GUEST_IF]).stdout.split()[2]
+    run(["ip", "neigh", "replace", net.guest_ip, "lladdr", mac, "dev", net.host_if, "nud", "permanent"])
+    run(["tc", "-n", net.name, "qdisc", "replace", "dev", GUEST_IF, "root", "pfifo", "limit", "0"])
+
+
+def test_neither_a_rollout_nor_a_replica_lost_mid_download_fails_an_install(tmp_path: Path) -> None:
     step = Steps()
     with contextlib.ExitStack() as stack:
         gcs_net, gcs = stack.enter_context(_bucket(stack, tmp_path))
@@ -165,15 +235,15 @@ def test_rollout_fails_no_install_and_a_lost_replica_only_its_detection_window(t
         lb = Balancer(tmp_path / "lb", LB_PORT, backends)
         stack.callback(lb.stop)
         lb.wait(lambda st: all(st[s.name].status == "UP" for s in OLD), 30, "both v1 instances healthy")
-        url = f"http://127.0.0.1:{LB_PORT}/simple/"
+        conf = _client_config(f"http://127.0.0.1:{LB_PORT}/simple/", tmp_path)
 
         def install(n: int):  # type: ignore[no-untyped-def]
             target = tmp_path / "sites" / str(n)
             try:
-                res = pip_install(url, target, "vmprobe-app==1.0")
+                res = _pip_install(conf, target, "vmprobe-app==1.0", "vmprobe-data==1.0")
                 if res.returncode == 0:
-                    assert (target / "vmprobe_app-1.0.dist-info").is_dir()
-                    assert (target / "vmprobe_core-1.0.dist-info").is_dir()
+                    for dist in ("vmprobe_app", "vmprobe_core", "vmprobe_data"):
+                        assert (target / f"{dist}-1.0.dist-info").is_dir(), res.stdout
                 return res
             finally:
                 shutil.rmtree(target, ignore_errors=True)
@@ -206,35 +276,55 @@ def test_rollout_fails_no_install_and_a_lost_replica_only_its_detection_window(t
                 assert all(served.values()), f"after the rollout both v2 instances serve: {served}"
                 step(f"rollout done, both v2 instances serve ({served}; {loop.figures()})")
 
-                # Losing a replica: its link goes down; the health check takes it out.
+                # Losing a replica in the middle of a download: throttle it, wait until a wheel is on
+                # its way out, then take its network away; the health check takes it out.
                 rollout_end = time.monotonic()
-                lost = NEW[1]
-                run(["ip", "link", "set", group.nets[lost.name].host_if, "down"])
+                lost, survivor = NEW[1], NEW[0]
+                net = group.nets[lost.name]
+                run(["tc", "-n", net.name, "qdisc", "add", "dev", GUEST_IF, "root", *THROTTLE.split()])
+                deadline = time.monotonic() + 180
+                while True:  # a wheel is streaming, and still is after ~0.8 MB of it went out
+                    assert time.monotonic() < deadline, f"no download from {lost.name} in 180 s"
+                    if _streaming(net, VARIANT.port):
+                        time.sleep(0.8)
+                        if _streaming(net, VARIANT.port):
+                            break
+                    time.sleep(0.05)
+                loss_since = time.time()
+                _lose_network(net)
                 lost_at = time.monotonic()
                 lb.wait(lambda st: st[lost.name].status.startswith("DOWN"), 30, f"{lost.name} marked down")
                 marked_down = time.monotonic()
-                loop.wait_installs_since(marked_down, 4)
-                step(f"{lost.name} lost, {NEW[0].name} serves alone ({loop.figures()})")
+                loop.wait_installs_since(marked_down, 4, timeout=180)
+                step(f"{lost.name} lost mid-download, {survivor.name} serves alone ({loop.figures()})")
         finally:
             print(f"[ha] client loop: {loop.figures()}")
             for failure in loop.failures:
                 print(f"[ha] failed install at +{failure.started - loop.started:.1f}s:\n{failure.detail}")
-        # An install that was still in flight when the link went down belongs to the loss, not the rollout.
-        during_rollout = [o for o in loop.failures if o.ended < lost_at]
-        assert not during_rollout, (
-            f"{len(during_rollout)} installs failed during the rollout: {loop.figures()}"
+        # Every install caught by the loss asked again: a silent read gave up after pip.conf's timeout
+        # (urllib3 retried it on a new connection) or a cut download resumed with a Range request,
+        # which only the survivor can have answered (206 in its access log).
+        answers = (
+            group.guests[survivor.name]
+            .ssh(
+                f"journalctl -t pypapo_nginx -o cat --no-pager --since @{int(loss_since)}"
+                " | grep 'vmprobe_data-1.0-py3-none-any.whl HTTP' | cut -d'\"' -f3 | cut -d' ' -f2"
+            )
+            .stdout.split()
         )
-        # A replica lost without warning takes along the requests in flight on it, and until the health
-        # check marks it down (here 2 x 1 s; on Google Cloud 2 x 5 s) a passthrough balancer still sends
-        # it new connections. pip does not retry a page whose connection closed without an answer (it
-        # skips the page: "from versions: none"); uv retries. So installs in flight or started in that
-        # window may fail, and none started after the replica was marked down may.
-        window = [o for o in loop.failures if o.ended >= lost_at and o.started < marked_down]
-        assert loop.failures == window, f"installs failed outside the detection window: {loop.figures()}"
+        statuses = {code: answers.count(code) for code in sorted(set(answers))}
+        caught = [o for o in loop.outcomes if o.ended >= lost_at and o.started < marked_down]
         print(
             f"[ha] rollout: {loop.installs_since(loop.started) - loop.installs_since(rollout_end)} installs,"
-            f" 0 failed; replica loss: detected in {marked_down - lost_at:.1f}s,"
-            f" {len(window)} install(s) in flight or started before detection failed;"
-            f" {loop.installs_since(marked_down)} after, 0 failed"
+            f" {sum(1 for o in loop.failures if o.ended < lost_at)} failed; replica lost mid-download:"
+            f" detected in {marked_down - lost_at:.1f}s, {len(caught)} install(s) caught in it,"
+            f" {loop.installs_since(lost_at)} installs since, {len(loop.failures)} failed;"
+            f" pip retried {loop.said('Retrying (', since=rollout_end)} and resumed"
+            f" {loop.said('Attempting to resume', since=rollout_end)} (the wheel's answers on {survivor.name}"
+            f" since the loss, by status: {statuses}); longest stall {loop.longest_stall(since=lost_at):.1f}s"
+        )
+        assert not loop.failures, f"{len(loop.failures)} installs failed: {loop.figures()}"
+        assert loop.said("Attempting to resume", since=rollout_end) >= 1 and "206" in statuses, (
+            "the loss never cut a download: the test did not test what it says"
         )
         assert loop.installs_since(loop.started) >= 10
