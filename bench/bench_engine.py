@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
@@ -91,7 +92,7 @@ def peer_package_list(wheels: Path, out: Path) -> int:
     with open(out, "w") as fh:
         for path in sorted(wheels.rglob("*.whl")):
             data = path.read_bytes()
-            with zipfile.ZipFile(path) as zf:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:  # the bytes in hand: one read per wheel
                 meta_name = next(m for m in zf.namelist() if m.endswith(".dist-info/METADATA"))
                 meta = zf.read(meta_name)
             requires_python = None
