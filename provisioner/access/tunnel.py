@@ -4,7 +4,7 @@ The tunnel itself is gcloud's (`gcloud compute start-iap-tunnel`): IAM decides w
 (roles/iap.tunnelResourceAccessor, conditioned on the group's instances and the serving port), nothing
 else is exposed. gcloud listens on a private loopback port; `provision tunnel` owns the user's local port
 and relays each connection to it. That is what lets it survive the loss of an instance: a supervisor
-probes `/healthz` through gcloud's port, and when gcloud exits or the instance stops answering it starts
+probes `/livez` through gcloud's port, and when gcloud exits or the instance stops answering it starts
 gcloud against another healthy instance and switches the relay over. The user's port never closes, so
 clients see at most the connections that were in flight on the lost instance fail (pip and uv retry).
 
@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -243,13 +244,26 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> int:
     return proc.returncode
 
 
-def healthy(port: int, timeout: float) -> bool:
-    """The appliance's /healthz answers 200 through gcloud's port (a new IAP connection each time)."""
+def _status(port: int, path: str, timeout: float) -> int:
     try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/healthz", timeout=timeout) as resp:
-            return bool(resp.status == 200)
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except OSError:
-        return False
+        return 0
+
+
+def healthy(port: int, timeout: float) -> bool:
+    """This instance serves its mount: `/livez` answers 200 through gcloud's port (a new IAP connection
+    each time). Not `/healthz`: that also judges the pages, which live in the bucket every replica
+    shares, so an empty root page or a broken conda channel fails it everywhere at once and moving to
+    another instance cannot help; the tunnel would only drop its users' connections from one replica
+    to the next. An appliance from before `/livez` (404) is judged by its `/healthz`."""
+    code = _status(port, "/livez", timeout)
+    if code == 404:
+        code = _status(port, "/healthz", timeout)
+    return code == 200
 
 
 # --- the relay: the user's local port, always open while the command runs -------------------------------
@@ -450,7 +464,7 @@ class Supervisor:
                 continue
             failures += 1
             if failures >= self.timing.failures_to_switch:
-                self.say(f"{leg.target.instance} stopped answering /healthz through the tunnel")
+                self.say(f"{leg.target.instance} stopped answering /livez through the tunnel")
                 self._switch()
                 failures = 0
 

@@ -28,8 +28,10 @@ PROVISION = Path(sys.executable).parent / "provision"
 
 STAND_IN = f"""#!{sys.executable}
 # Stand-in for `gcloud compute start-iap-tunnel`: records argv and pid (one JSON line per run), listens
-# where gcloud would and answers HTTP as the appliance behind it would: /healthz "ok", 503 while the
-# file down-INSTANCE exists in the control directory; it exits when exit-INSTANCE exists.
+# where gcloud would and answers HTTP as the appliance behind it would: 200, but /livez and /healthz 503
+# while the file down-INSTANCE exists in the control directory (its mount is gone), /healthz alone 503
+# while pages-broken exists (the shared bucket's pages: every instance at once), and /livez 404 on an
+# appliance from before it (old-INSTANCE); it exits when exit-INSTANCE exists.
 import http.server, json, os, signal, sys, threading, time
 record = os.environ["GCLOUD_STAND_IN_RECORD"]
 control = os.environ.get("GCLOUD_STAND_IN_CONTROL", "/nonexistent")
@@ -51,8 +53,15 @@ else:
     signal.signal(signal.SIGTERM, stop)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        down = os.path.exists(os.path.join(control, "down-" + instance))
-        code = 503 if down and self.path == "/healthz" else 200
+        def flag(name):
+            return os.path.exists(os.path.join(control, name))
+        code = 200
+        if self.path == "/livez" and flag("old-" + instance):
+            code = 404
+        elif self.path in ("/livez", "/healthz") and flag("down-" + instance):
+            code = 503
+        elif self.path == "/healthz" and flag("pages-broken"):
+            code = 503
         body = f"{{instance}} {{self.path}}".encode()
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
@@ -244,7 +253,7 @@ def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
         try:
             _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
             seen.append(_get(local))
-            (control / "down-pypapo-a1b2").touch()  # a's mount is gone: 503 on /healthz
+            (control / "down-pypapo-a1b2").touch()  # a's mount is gone: 503 on /livez
             _until(said, lambda: any("reconnected to pypapo-c3d4" in line for line in said))
             seen.append(_get(local))
             (control / "down-pypapo-a1b2").unlink()  # a is back, then b's tunnel drops
@@ -274,7 +283,7 @@ def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
         (200, "pypapo-c3d4 /simple/"),
         (200, "pypapo-a1b2 /simple/"),
     ]
-    assert "pypapo-a1b2 stopped answering /healthz through the tunnel" in said
+    assert "pypapo-a1b2 stopped answering /livez through the tunnel" in said
     assert any("tunnel to pypapo-c3d4 exited with code 0" in line for line in said)
     started = [r for r in _records(record) if r["event"] == "start"]
     assert [(r["argv"][2], r["argv"][5]) for r in started] == [
@@ -285,6 +294,59 @@ def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
     assert not any(_alive(r["pid"]) for r in started)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", local), timeout=1).close()
+
+
+def test_broken_pages_in_the_bucket_do_not_move_the_tunnel_but_an_old_appliance_is_judged_by_healthz(
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty root page or a broken channel fails /healthz on every replica at once: the tunnel stays
+    on its instance (hopping would only cut its users' connections). An appliance without /livez is
+    still watched, by /healthz."""
+    from provisioner.access import tunnel
+    from provisioner.cloud.settings import Settings
+
+    record, control = tmp_path / "record.jsonl", tmp_path / "control"
+    control.mkdir()
+    for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_CONTROL=str(control)).items():
+        monkeypatch.setenv(key, value)
+    (control / "old-pypapo-e5f6").touch()  # no /livez on this one
+    targets = [tunnel.Target("pypapo-a1b2", "us-central1-a"), tunnel.Target("pypapo-e5f6", "us-central1-b")]
+    local = free_port()
+    said: list[str] = []
+    problems: list[BaseException] = []
+    fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=20)
+
+    def drive() -> None:
+        try:
+            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
+            (control / "pages-broken").touch()
+            time.sleep(10 * fast.probe_interval)  # five times what it takes to switch
+            assert _get(local) == (200, "pypapo-a1b2 /simple/")
+            (control / "down-pypapo-a1b2").touch()  # a's mount is gone: that moves it, to the old one
+            _until(said, lambda: any("reconnected to pypapo-e5f6" in line for line in said))
+            (control / "down-pypapo-a1b2").unlink()
+            (control / "pages-broken").unlink()
+            (control / "down-pypapo-e5f6").touch()  # the old appliance fails its /healthz: moved back
+            _until(said, lambda: any("reconnected to pypapo-a1b2" in line for line in said))
+        except BaseException as exc:  # reported by the assertions below
+            problems.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    code = tunnel.run(
+        Settings(project="acme-prod", zone="us-central1-a"),
+        local,
+        say=said.append,
+        targets=lambda: targets,
+        timing=fast,
+    )
+    driver.join()
+    assert not problems, problems
+    assert code == 0
+    started = [r["argv"][2] for r in _records(record) if r["event"] == "start"]
+    assert started == ["pypapo-a1b2", "pypapo-e5f6", "pypapo-a1b2"]
 
 
 def test_gcloud_failing_to_connect_is_a_clear_error(
