@@ -69,7 +69,7 @@ GCS_NET = 70
 LB_PORT = 18443
 # The client: Debian 13's pip, which bootstrap downloads beside the venv (run from its wheel).
 CLIENT_PIP = Path(sys.prefix) / "clients" / "pip-25.1.1-py3-none-any.whl"
-DATA_BYTES = 2_000_000  # the wheel the lost replica is streaming: ~2.7 MB, ~2.7 s at 1 MB/s
+DATA_BYTES = 2_000_000  # the wheel the lost replica is streaming: 2.0 MB, ~2 s at 1 MB/s
 THROTTLE = "tbf rate 8mbit burst 32kb latency 200ms"  # 1 MB/s, at most 200 kB queued under TCP
 
 
