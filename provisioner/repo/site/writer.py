@@ -289,18 +289,19 @@ class Site:
             WriteItem(layout.ui_project(state.name), page, staged.page_gen),
             *self._take_pending(),
         ]
-        after: list[int | None] = [None, 0] + [None] * (len(items) - 2)  # the list once the aggregate is
 
         def commit(results: list[int]) -> None:
             if not results[0]:
-                self.update([state.name], known)  # another writer changed the aggregate: redo from its
+                # Another writer changed the aggregate: redo from its version (the list too, which
+                # did not wait for the aggregate's write: on GCS that would be one more round trip).
+                self.update([state.name], known)
                 return
             if not results[1]:
                 self._converge_list()
             if not results[2]:
                 self._converge_page(state.name, known)
 
-        return Batch(items, after, commit)
+        return Batch(items, [None] * len(items), commit)
 
     def update(self, projects: Iterable[str], known: Mapping[str, bytes] | None = None) -> None:
         """The pages of `projects` (whose JSON just changed), the aggregate and the list.
