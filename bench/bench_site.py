@@ -16,17 +16,23 @@ cached (default bench/.cache-site, git-ignored). Usage:
     .venv/bin/python bench/bench_site.py [--projects 2000] [--per-project 10] [--runs 9]
     .venv/bin/python bench/bench_site.py --publish-only --against /tmp/old-pypapo   # before/after
     .venv/bin/python bench/bench_site.py --reindex-only --against /tmp/old-pypapo   # figure 2 alone
+    .venv/bin/python bench/bench_site.py --publish-only --gcs                       # on fake-gcs too
 
+Figure 1 runs in worker processes, one per pypapo tree, publishing into a hard-linked copy of the
+cached repository (the cache itself is never written) in turns, each round in a random order.
 `--against TREE` (a checkout of another pypapo version, e.g. `git worktree add /tmp/old main~5`)
-times figures 1 and 2 for both codes in one run: a worker process per tree, publishing into the
-same repository (or reindexing a fresh scratch copy) in turns, with the peer's runs between them,
-so that all see the same load.
+times figures 1 and 2 for this code and that one in one run, under the same load. `--gcs` times
+figure 1 again on fake-gcs-server through the real google-cloud-storage client (the GCS backend:
+one HTTP request per object, on loopback), into a bucket holding the copy's pages and site (every
+project's JSON and HTML, the site's list, aggregate and pages, and project 7's files; not the
+other 19,990 wheels, which a publish never reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import os
 import random
 import shutil
@@ -137,6 +143,57 @@ def scratch_copy(repo: Path, dest: Path) -> None:
     os.sync()  # set-up, not part of the timed reindex
 
 
+def publish_copy(big: Path, dest: Path) -> None:
+    """A hard-linked copy of the repository, its site included (the store replaces files by
+    renaming, never in place, so the cache is never written). Not the lock: each copy has its own."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(big, dest, copy_function=os.link, ignore=shutil.ignore_patterns(".pypapo*"))
+
+
+def start_fake_gcs() -> tuple[subprocess.Popen[bytes], str]:
+    """fake-gcs-server (the binary of tests/fixtures/gcs.py), in memory, on a free loopback port."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from tests.fixtures.gcs import BINARY
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    args = [str(BINARY), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
+    args += ["-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "error"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
+            return proc, url
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("fake-gcs-server did not start") from None
+            time.sleep(0.05)
+
+
+def gcs_copy(src: Path, location: str, project: str) -> int:
+    """Upload what a publish into `project` can touch: every page and the site, the project's files."""
+    from provisioner.repo.store import WriteItem, open_store
+
+    store = open_store(location)
+    names = [
+        p.relative_to(src).as_posix()
+        for p in sorted(src.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".")
+        and (p.name.startswith("index.") or p.parent.name in (layout.UI, project))
+    ]
+    it = iter(names)
+    while chunk := list(itertools.islice(it, 400)):
+        store.write_many([WriteItem(n, (src / n).read_bytes(), 0) for n in chunk])
+    return len(names)
+
+
 WORKER = """
 import sys, time
 from collections.abc import Callable
@@ -144,8 +201,9 @@ from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
 from provisioner.repo.engine import Repository
 repo_dir, wheel_path, project, version = sys.argv[2:6]
+store = Repository.open(repo_dir).store  # one client (its connections) for every publish
 for line in sys.stdin:
-    repo = Repository(Repository.open(repo_dir).store, site=line.strip() == "site")
+    repo = Repository(store, site=line.strip() == "site")
     t0 = time.perf_counter()
     repo.publish([Path(wheel_path)])
     took = time.perf_counter() - t0
@@ -210,12 +268,12 @@ class ReindexWorker:
 
 
 def publish_against(
-    big: Path, one: Path, trees: dict[str, Path], runs: int
+    location: str, one: Path, trees: dict[str, Path], runs: int
 ) -> dict[tuple[str, bool], list[float]]:
     """Figure 1 for several pypapo trees in one run: a worker process per tree, in turns."""
     workers = {
         label: subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tree), str(big), str(one), project_name(7), "99.0"],
+            [sys.executable, "-c", WORKER, str(tree), location, str(one), project_name(7), "99.0"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -262,6 +320,7 @@ def main() -> int:
     ap.add_argument("--reindex-only", action="store_true", help="only figure 2 (the reindex)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
     ap.add_argument("--against", type=Path, help="another pypapo tree: figure 1 for both, in one run")
+    ap.add_argument("--gcs", action="store_true", help="figure 1 on fake-gcs-server too")
     args = ap.parse_args()
 
     wheels, big = build_cache(args.cache, args.projects, args.per_project)
@@ -269,7 +328,6 @@ def main() -> int:
     n_wheels = sum(1 for _ in wheels.rglob("*.whl"))
     work = Path(tempfile.mkdtemp(prefix="pypapo-bench-site-"))
     try:
-        Repository.open(str(big)).reindex()  # the site is current before anything is timed
         one = wheel(work / "one", project_name(7), "99.0")
         print(
             f"\nrepository: {args.projects} projects, {n_wheels} wheels with READMEs (directory, fsync on)\n"
@@ -279,39 +337,42 @@ def main() -> int:
             reindex_figure(args, wheels, big, work, n_wheels)
             return 0
 
-        # -- 1. publish one wheel, with and without the site, interleaved ---------------------------
+        # -- 1. publish one wheel, with and without the site, in turns -------------------------------
+        trees = {"this tree": Path(__file__).resolve().parent.parent}
         if args.against:
-            here = Path(__file__).resolve().parent.parent
-            both = publish_against(big, one, {"this tree": here, str(args.against): args.against}, args.runs)
-            Repository.open(str(big)).reindex()  # the runs without the site left it behind: catch up
-            print(
-                f"publish one wheel, existing project of {args.per_project} (median of {args.runs}, in turns)"
-            )
-            for label in ("this tree", str(args.against)):
-                a, b = statistics.median(both[(label, False)]), statistics.median(both[(label, True)])
-                ms = f"index only {a * 1e3:7.1f} ms   index + site {b * 1e3:7.1f} ms"
-                print(f"  {label:32s} {ms}   {b / a:5.2f}x   (goal <= 1.3x)")
-            if args.publish_only:
-                return 0
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(args.runs):
-            for site in (False, True):
-                repo = Repository.open(str(big))
-                repo = Repository(repo.store, site=site)
-                t0 = time.perf_counter()
-                repo.publish([one])
-                times[site].append(time.perf_counter() - t0)
-                repo.remove(project_name(7), "99.0")
-        Repository.open(str(big)).reindex()  # the runs without the site left it behind: catch up
-        without, with_site = statistics.median(times[False]), statistics.median(times[True])
-        print(
-            f"publish one wheel, existing project of {args.per_project} (median of {args.runs}, interleaved)"
-        )
-        print(f"  index only (site=False)                          {without * 1000:8.1f} ms")
-        print(
-            f"  index + site (project page, list, search index)  {with_site * 1000:8.1f} ms"
-            f"   {with_site / without:5.2f}x   (goal <= 1.3x)"
-        )
+            trees[str(args.against)] = args.against
+        copy = work / "publish"
+        publish_copy(big, copy)
+        Repository.open(str(copy)).reindex()  # the site is current before anything is timed
+        places = [("directory, fsync on", str(copy))]
+        fake = None
+        if args.gcs:
+            fake, url = start_fake_gcs()
+            os.environ["STORAGE_EMULATOR_HOST"] = url  # the workers inherit it
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            storage.Client(project="bench", credentials=AnonymousCredentials()).create_bucket("bench-site")
+            t0 = time.perf_counter()
+            n = gcs_copy(copy, "gs://bench-site/repo", project_name(7))
+            print(f"fake-gcs-server {url}: {n} objects uploaded ({time.perf_counter() - t0:.0f} s)")
+            places.append(("fake-gcs-server, google-cloud-storage", "gs://bench-site/repo"))
+        try:
+            for place, location in places:
+                times = publish_against(location, one, trees, args.runs)
+                print(
+                    f"publish one wheel, existing project of {args.per_project}, {place} "
+                    f"(median of {args.runs}, in turns)"
+                )
+                for label in trees:
+                    a, b = statistics.median(times[(label, False)]), statistics.median(times[(label, True)])
+                    ms = f"index only {a * 1e3:7.1f} ms   index + site {b * 1e3:7.1f} ms"
+                    print(f"  {label:32s} {ms}   {b / a:5.2f}x   (goal <= 1.3x)", flush=True)
+        finally:
+            if fake is not None:
+                fake.terminate()
+                fake.wait(timeout=10)
+        shutil.rmtree(copy, ignore_errors=True)
         if args.publish_only:
             return 0
 
