@@ -49,15 +49,18 @@ State = ProjectState
 
 
 _RENDERER: dict[int, ThreadPoolExecutor] = {}
+# A publish's reads ahead (generations, list, aggregate), its README and the static assets at once.
+AHEAD_THREADS = 3
 
 
 def _ahead_renderer() -> ThreadPoolExecutor:
-    """One thread per process, started on the first publish (pure rendering, nothing shared). A
-    forked child gets a fresh one: the parent's executor has no thread there, its work would wait forever."""
+    """The site's threads, per process, started on the first publish: what it reads ahead (round
+    trips on GCS, side by side) and renders ahead. A forked child gets a fresh pool: the parent's
+    executor has no thread there, its work would wait forever."""
     pid = os.getpid()
     if pid not in _RENDERER:
         _RENDERER.clear()
-        _RENDERER[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pypapo-site")
+        _RENDERER[pid] = ThreadPoolExecutor(max_workers=AHEAD_THREADS, thread_name_prefix="pypapo-site")
     return _RENDERER[pid]
 
 
@@ -102,9 +105,9 @@ class Site:
         # Release-info caches rendered here and not yet stored: object name -> (bytes, generation).
         self._pending: dict[str, tuple[bytes, int]] = {}
         # READMEs a publish is rendering ahead, while the index is written (`prepare`).
-        # (project, filename, remote images) -> (sha256 of the metadata rendered, its ReleaseInfo
-        # and the generation its cache is to be written against, None if it holds it already).
-        self._ahead: dict[tuple[str, str, bool], tuple[str, Future[_Ahead]]] = {}
+        # (project, filename) -> (sha256 of the metadata rendered, and `_Ahead`: its ReleaseInfo,
+        # the setting it was rendered by, the generation to write its cache against).
+        self._ahead: dict[tuple[str, str], tuple[str, Future[_Ahead]]] = {}
         # The static assets, checked in that thread too during a publish (None: not yet).
         self._assets_checked: Future[int] | None = None
         # What a publish's change will be written against, read in that thread too (by project).
@@ -133,14 +136,14 @@ class Site:
             return self._infos[key]
         data = (known or {}).get(entry.filename)
         cache_name = layout.ui_release(state.name, entry.filename)
-        sha, ahead = self._ahead.pop(key, ("", None))
+        sha, ahead = self._ahead.pop(key[:2], ("", None))
         if ahead is not None and sha == entry.metadata_sha256:
-            # Rendered from these very bytes while the index was written.
-            info, cache_gen = ahead.result()
-            self._infos[key] = info
-            if cache_gen is not None:
-                self._pending[cache_name] = (render.dumps_info(info, sha, self.remote_images), cache_gen)
-            return info
+            info, remote_images, cache_gen = ahead.result()
+            if remote_images == self.remote_images:  # rendered from these very bytes, by this setting
+                self._infos[key] = info
+                if cache_gen is not None:
+                    self._pending[cache_name] = (render.dumps_info(info, sha, remote_images), cache_gen)
+                return info
         if data is None:
             cached, gen = self.store.read(cache_name)
             info = render.loads_info(cached, entry.metadata_sha256, self.remote_images) if gen else None
@@ -226,18 +229,19 @@ class Site:
         against is read there too, so that the site adds no round trip of its own after the index."""
         self._forget_other_process()
         ahead = _ahead_renderer()
-        chosen = render.likely_source(known)
-        key = (project, chosen or "", self.read_setting())
-        if chosen is not None and key not in self._infos:
-            data = known[chosen]
-            sha = hashlib.sha256(data).hexdigest()
-            future = ahead.submit(_render_ahead, self.store, project, chosen, data, sha, key[2])
-            self._ahead[key] = (sha, future)
-        if self._assets_checked is None:
-            self._assets_checked = ahead.submit(self.ensure_assets)
         # The generations the change will be written against, and what it splices: read now, so
         # that no read is left between the index's JSON and the batch that writes the site with it.
         self._staged[project] = ahead.submit(self._read_staged, project)
+        chosen = render.likely_source(known)
+        if chosen is not None and (project, chosen, self.remote_images) not in self._infos:
+            data = known[chosen]
+            sha = hashlib.sha256(data).hexdigest()
+            self._ahead[(project, chosen)] = (
+                sha,
+                ahead.submit(_render_ahead, self.store, project, chosen, data, sha),
+            )
+        if self._assets_checked is None:
+            self._assets_checked = ahead.submit(self.ensure_assets)
 
     def _forget_other_process(self) -> None:
         """A Site inherited through fork: its futures run in the parent's thread, never here."""
@@ -553,20 +557,20 @@ class Site:
         return {p: s for p, s in zip(names, pool.map(self._state, names), strict=True) if s.files}
 
 
-_Ahead = tuple[render.ReleaseInfo, int | None]
+_Ahead = tuple[render.ReleaseInfo, bool, int | None]
 
 
-def _render_ahead(
-    store: Store, project: str, filename: str, data: bytes, sha: str, remote_images: bool
-) -> _Ahead:
-    """A release's info, and the generation of its cache to write it against (None: the cache
-    already holds it). The cache goes in the batch of the page (one durable round): a write of
-    its own here would wait on the disk beside the index's and slow them down."""
+def _render_ahead(store: Store, project: str, filename: str, data: bytes, sha: str) -> _Ahead:
+    """A release's info, the setting it was rendered by (read here: not a round trip of the
+    publish's), and the generation of its cache to write it against (None: the cache already holds
+    it). The cache goes in the batch of the page (one durable round): a write of its own here
+    would wait on the disk beside the index's and slow them down."""
+    remote_images = store.stat(layout.UI_REMOTE_IMAGES) is not None
     info = render.release_info(data, remote_images=remote_images)
     cached, gen = store.read(layout.ui_release(project, filename))
     if gen and render.loads_info(cached, sha, remote_images) == info:
-        return info, None
-    return info, gen
+        return info, remote_images, None
+    return info, remote_images, gen
 
 
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
