@@ -134,7 +134,7 @@ class IndexWriter:
     ) -> ProjectUpdate:
         """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
         change). A state without files (and no removal under way) deletes the project. `known`:
-        core metadata in memory (a publish), by filename, for `after_change`."""
+        core metadata in memory (a publish), by filename, for the spanning outputs."""
         for attempt in range(MAX_ATTEMPTS):
             state, gen = self.read_project(project, repair=repair)
             new = change(state)
@@ -184,7 +184,7 @@ class IndexWriter:
         the project JSON was read and before the JSON is written; the JSON is written conditional on
         the generation read, each output rendered from that very JSON conditional on its own. A
         project that lost its race (or loses every file) goes the one-by-one way; an output that lost
-        converges. `after_change` hears every changed project at once."""
+        converges. The spanning outputs (`Spanning.update`) hear every changed project at once."""
         store = self.store
 
         def prepare(project: str) -> tuple[str, ProjectState, int, ProjectState | None, list[int]]:

@@ -12,8 +12,10 @@ metadata (`.metadata` file) of its latest release; the aggregate is a cache of o
 so that a publish rewrites the list without reading every project. The protocol is the index's: read
 each page's generation, THEN the project JSON it is rendered from, and write conditional on that
 generation; the aggregate is read-modify-written conditional on its generation, and the list page,
-rendered from it, is written after it conditional on its own generation read before. Whoever writes
-last therefore rendered the latest state. `rebuild` (reindex) renders everything from the states given.
+spliced with it, conditional on its own generation read before. A change of a project already listed
+is written in the same `write_many` as its index pages (`stage`, the engine's `Spanning` hook); an
+aggregate write that lost is redone, list and all. Whoever writes last therefore rendered the latest
+state. `rebuild` (reindex) renders everything from the states given.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class Site:
 
     # -- before and after a change ----------------------------------------------------------------
     def prepare(self, project: str, known: Mapping[str, bytes]) -> None:
-        """The engine's hook (`IndexWriter.before_change`): a publish is about to add these files.
+        """The engine's hook (`Spanning.prepare`): a publish is about to add these files.
         The README its page will show is rendered in a thread while the index is written (that
         mostly waits on the disk or the network), and what the site's writes will be compared
         against is read there too, so that the site adds no round trip of its own after the index."""
