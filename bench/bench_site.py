@@ -345,19 +345,19 @@ def main() -> int:
         publish_copy(big, copy)
         Repository.open(str(copy)).reindex()  # the site is current before anything is timed
         places = [("directory, fsync on", str(copy))]
-        fake = None
-        if args.gcs:
-            fake, url = start_fake_gcs()
-            os.environ["STORAGE_EMULATOR_HOST"] = url  # the workers inherit it
-            from google.auth.credentials import AnonymousCredentials
-            from google.cloud import storage
-
-            storage.Client(project="bench", credentials=AnonymousCredentials()).create_bucket("bench-site")
-            t0 = time.perf_counter()
-            n = gcs_copy(copy, "gs://bench-site/repo", project_name(7))
-            print(f"fake-gcs-server {url}: {n} objects uploaded ({time.perf_counter() - t0:.0f} s)")
-            places.append(("fake-gcs-server, google-cloud-storage", "gs://bench-site/repo"))
+        fake = start_fake_gcs() if args.gcs else None
         try:
+            if fake is not None:
+                os.environ["STORAGE_EMULATOR_HOST"] = fake[1]  # the workers inherit it
+                from google.auth.credentials import AnonymousCredentials
+                from google.cloud import storage
+
+                client = storage.Client(project="bench", credentials=AnonymousCredentials())
+                client.create_bucket("bench-site")
+                t0 = time.perf_counter()
+                n = gcs_copy(copy, "gs://bench-site/repo", project_name(7))
+                print(f"fake-gcs-server {fake[1]}: {n} objects uploaded ({time.perf_counter() - t0:.0f} s)")
+                places.append(("fake-gcs-server, google-cloud-storage", "gs://bench-site/repo"))
             for place, location in places:
                 times = publish_against(location, one, trees, args.runs)
                 print(
@@ -370,8 +370,8 @@ def main() -> int:
                     print(f"  {label:32s} {ms}   {b / a:5.2f}x   (goal <= 1.3x)", flush=True)
         finally:
             if fake is not None:
-                fake.terminate()
-                fake.wait(timeout=10)
+                fake[0].terminate()
+                fake[0].wait(timeout=10)
         shutil.rmtree(copy, ignore_errors=True)
         if args.publish_only:
             return 0
