@@ -21,7 +21,6 @@ state. `rebuild` (reindex) renders everything from the states given.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import random
 import time
@@ -35,7 +34,7 @@ from importlib import resources
 from provisioner.errors import ConflictError
 from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
-from provisioner.repo.reindex import cpu_count
+from provisioner.repo.reindex import cpu_count, worker_context
 from provisioner.repo.site import render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
@@ -536,8 +535,8 @@ class Site:
         args = (self.store, self.remote_images, held)
         if len(todo) >= PROCESS_MIN and cpu_count() > 1 and isinstance(self.store, DirectoryStore):
             try:
-                ctx = multiprocessing.get_context("forkserver")  # this process runs threads
-                with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=ctx) as procs:
+                # Reindex's forkserver (the engine imported once), or started here with that preload.
+                with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=worker_context()) as procs:
                     n = len(chunks)
                     # Each chunk as soon as it is done (in order): the caller writes meanwhile.
                     for part in procs.map(_render_chunk, *([a] * n for a in args), chunks):
