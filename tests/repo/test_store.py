@@ -237,3 +237,38 @@ def test_permission_denied_names_the_role_to_grant(monkeypatch: pytest.MonkeyPat
     assert message.startswith("permission denied on gs://team-pkgs")
     assert "roles/storage.objectUser" in message and "--role publisher" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("how", ["write", "write_many"])
+def test_a_directory_removed_by_a_concurrent_delete_before_the_temporary_file_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """`delete` removes a project directory it leaves empty; another writer may have made that very
+    directory an instant before and not yet put its temporary file in it. Its write must still land
+    (it failed with FileNotFoundError, seen once in test_concurrency: publishers racing a reindex)."""
+    store = open_store(str(tmp_path / "repo"))
+    target = str(tmp_path / "repo" / "ui" / "shared")
+    removed: list[str] = []
+    real_makedirs, real_mkdir = os.makedirs, Path.mkdir
+
+    def race(path: str) -> None:
+        if str(path) == target and not removed:  # the other writer's rmdir, exactly in the window
+            os.rmdir(path)
+            removed.append(str(path))
+
+    def makedirs(path: str, mode: int = 0o777, exist_ok: bool = False) -> None:
+        real_makedirs(path, mode, exist_ok)
+        race(path)
+
+    def mkdir(self: Path, mode: int = 0o777, parents: bool = False, exist_ok: bool = False) -> None:
+        real_mkdir(self, mode, parents, exist_ok)
+        race(str(self))
+
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    if how == "write":
+        store.write("ui/shared/index.html", b"<p>page</p>", if_generation_match=0)
+    else:
+        store.write_many([("ui/shared/index.html", b"<p>page</p>", 0), ("ui/index.html", b"<p>list</p>", 0)])
+    assert removed == [target]
+    assert store.read("ui/shared/index.html")[0] == b"<p>page</p>"

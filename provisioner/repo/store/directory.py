@@ -266,6 +266,11 @@ def _write_synced_tmp(directory: str | os.PathLike[str], data: bytes) -> str:
             break
         except FileExistsError:
             continue
+        except FileNotFoundError:
+            # Another writer's delete removed the directory, empty for a moment, after this writer
+            # made it (`delete` leaves no empty project directory): make it again. Once the
+            # temporary file is in it, it is not empty and cannot be removed before the rename.
+            os.makedirs(directory, exist_ok=True)
     try:
         try:
             # Plain descriptor calls: a buffered file object costs an isatty ioctl and seeks per file.
