@@ -206,6 +206,8 @@ class ClientLoop:
                 ok, detail = res.returncode == 0, (res.stderr or res.stdout)[-4000:]
             except subprocess.TimeoutExpired as exc:
                 ok, detail = False, f"pip timed out: {exc}"
+            except Exception as exc:  # a failed check in `install` is a failed install, not a dead loop
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
             self.outcomes.append(Outcome(begin, time.monotonic(), ok, detail))
             n += 1
 
