@@ -229,55 +229,81 @@ def test_gcloud_ignoring_sigterm_is_killed_and_reaped(gcloud_dir: Path, tmp_path
     assert not _alive(gcloud_pid)  # then killed
 
 
-def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
-    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Instance a stops answering /healthz, then b's gcloud exits: the user's port keeps serving."""
-    from provisioner.access import tunnel
-    from provisioner.cloud.settings import Settings
-
+def _controlled(gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The stand-in's record and its control directory (down-, old-, exit- files, pages-broken)."""
     record, control = tmp_path / "record.jsonl", tmp_path / "control"
     control.mkdir()
     for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_CONTROL=str(control)).items():
         monkeypatch.setenv(key, value)
+    return record, control
+
+
+def _supervised(
+    local: int,
+    targets: Callable[[], Any],
+    drive: Callable[[list[str]], None],
+    timing: Any,
+    settings: Any = None,
+) -> list[str]:
+    """`tunnel.run` on `local` over `targets` while `drive(said)` acts on it from a thread, once the
+    tunnel is up; SIGTERM ends the tunnel whatever `drive` does, and a failure in `drive` fails the
+    test. Returns what the tunnel said; it must have exited 0."""
+    from provisioner.access import tunnel
+    from provisioner.cloud.settings import Settings
+
+    said: list[str] = []
+    problems: list[BaseException] = []
+
+    def driver() -> None:
+        try:
+            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
+            drive(said)
+        except BaseException as exc:  # reported below
+            problems.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # what ends the tunnel in every case
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    code = tunnel.run(
+        settings or Settings(project="acme-prod", zone="us-central1-a"),
+        local,
+        say=said.append,
+        targets=targets,
+        timing=timing,
+    )
+    thread.join()
+    assert not problems, problems
+    assert code == 0
+    return said
+
+
+def test_reconnects_to_another_healthy_instance_on_the_same_local_port(
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instance a stops answering /livez, then b's gcloud exits: the user's port keeps serving."""
+    from provisioner.access import tunnel
+
+    record, control = _controlled(gcloud_dir, tmp_path, monkeypatch)
     targets = [
         tunnel.Target("pypapo-a1b2", "us-central1-a"),
         tunnel.Target("pypapo-c3d4", "us-central1-b"),
     ]
     local = free_port()
     seen: list[tuple[int, str]] = []
-    said: list[str] = []
-    problems: list[BaseException] = []
 
-    def drive() -> None:
-        try:
-            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
-            seen.append(_get(local))
-            (control / "down-pypapo-a1b2").touch()  # a's mount is gone: 503 on /livez
-            _until(said, lambda: any("reconnected to pypapo-c3d4" in line for line in said))
-            seen.append(_get(local))
-            (control / "down-pypapo-a1b2").unlink()  # a is back, then b's tunnel drops
-            (control / "exit-pypapo-c3d4").touch()
-            _until(said, lambda: any("reconnected to pypapo-a1b2" in line for line in said))
-            seen.append(_get(local))
-        except BaseException as exc:  # reported by the assertions below
-            problems.append(exc)
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)  # what ends the tunnel in every case
+    def drive(said: list[str]) -> None:
+        seen.append(_get(local))
+        (control / "down-pypapo-a1b2").touch()  # a's mount is gone: 503 on /livez
+        _until(said, lambda: any("reconnected to pypapo-c3d4" in line for line in said))
+        seen.append(_get(local))
+        (control / "down-pypapo-a1b2").unlink()  # a is back, then b's tunnel drops
+        (control / "exit-pypapo-c3d4").touch()
+        _until(said, lambda: any("reconnected to pypapo-a1b2" in line for line in said))
+        seen.append(_get(local))
 
-    driver = threading.Thread(target=drive)
-    driver.start()
     fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=20)
-    code = tunnel.run(
-        Settings(project="acme-prod", zone="us-central1-a"),
-        local,
-        say=said.append,
-        targets=lambda: targets,
-        timing=fast,
-    )
-    driver.join()
-    assert not problems, problems
-    assert code == 0
+    said = _supervised(local, lambda: targets, drive, fast)
     assert seen == [
         (200, "pypapo-a1b2 /simple/"),
         (200, "pypapo-c3d4 /simple/"),
@@ -303,48 +329,25 @@ def test_broken_pages_in_the_bucket_do_not_move_the_tunnel_but_an_old_appliance_
     on its instance (hopping would only cut its users' connections). An appliance without /livez is
     still watched, by /healthz."""
     from provisioner.access import tunnel
-    from provisioner.cloud.settings import Settings
 
-    record, control = tmp_path / "record.jsonl", tmp_path / "control"
-    control.mkdir()
-    for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_CONTROL=str(control)).items():
-        monkeypatch.setenv(key, value)
+    record, control = _controlled(gcloud_dir, tmp_path, monkeypatch)
     (control / "old-pypapo-e5f6").touch()  # no /livez on this one
     targets = [tunnel.Target("pypapo-a1b2", "us-central1-a"), tunnel.Target("pypapo-e5f6", "us-central1-b")]
     local = free_port()
-    said: list[str] = []
-    problems: list[BaseException] = []
     fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=20)
 
-    def drive() -> None:
-        try:
-            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
-            (control / "pages-broken").touch()
-            time.sleep(10 * fast.probe_interval)  # five times what it takes to switch
-            assert _get(local) == (200, "pypapo-a1b2 /simple/")
-            (control / "down-pypapo-a1b2").touch()  # a's mount is gone: that moves it, to the old one
-            _until(said, lambda: any("reconnected to pypapo-e5f6" in line for line in said))
-            (control / "down-pypapo-a1b2").unlink()
-            (control / "pages-broken").unlink()
-            (control / "down-pypapo-e5f6").touch()  # the old appliance fails its /healthz: moved back
-            _until(said, lambda: any("reconnected to pypapo-a1b2" in line for line in said))
-        except BaseException as exc:  # reported by the assertions below
-            problems.append(exc)
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def drive(said: list[str]) -> None:
+        (control / "pages-broken").touch()
+        time.sleep(10 * fast.probe_interval)  # five times what it takes to switch
+        assert _get(local) == (200, "pypapo-a1b2 /simple/")
+        (control / "down-pypapo-a1b2").touch()  # a's mount is gone: that moves it, to the old one
+        _until(said, lambda: any("reconnected to pypapo-e5f6" in line for line in said))
+        (control / "down-pypapo-a1b2").unlink()
+        (control / "pages-broken").unlink()
+        (control / "down-pypapo-e5f6").touch()  # the old appliance fails its /healthz: moved back
+        _until(said, lambda: any("reconnected to pypapo-a1b2" in line for line in said))
 
-    driver = threading.Thread(target=drive)
-    driver.start()
-    code = tunnel.run(
-        Settings(project="acme-prod", zone="us-central1-a"),
-        local,
-        say=said.append,
-        targets=lambda: targets,
-        timing=fast,
-    )
-    driver.join()
-    assert not problems, problems
-    assert code == 0
+    _supervised(local, lambda: targets, drive, fast)
     started = [r["argv"][2] for r in _records(record) if r["event"] == "start"]
     assert started == ["pypapo-a1b2", "pypapo-e5f6", "pypapo-a1b2"]
 
@@ -519,10 +522,7 @@ def test_a_group_tunnel_moves_to_another_healthy_instance_and_waits_when_none_is
     from provisioner.access import tunnel
     from provisioner.cloud.settings import Settings
 
-    record, control = tmp_path / "record.jsonl", tmp_path / "control"
-    control.mkdir()
-    for key, value in _env(gcloud_dir, record, GCLOUD_STAND_IN_CONTROL=str(control)).items():
-        monkeypatch.setenv(key, value)
+    record, control = _controlled(gcloud_dir, tmp_path, monkeypatch)
     health = {"pypapo-r-aaaa": "HEALTHY", "pypapo-r-bbbb": "HEALTHY"}
     zones = {"pypapo-r-aaaa": "us-central1-a", "pypapo-r-bbbb": "us-central1-b"}
 
@@ -532,47 +532,32 @@ def test_a_group_tunnel_moves_to_another_healthy_instance_and_waits_when_none_is
 
     s = Settings(project="acme-prod", zone="us-central1-a", replicas=2)
     local = free_port()
-    said: list[str] = []
     seen: list[tuple[int, str]] = []
-    problems: list[BaseException] = []
 
-    def drive() -> None:
-        try:
-            _until(said, lambda: any(line.startswith("Ctrl-C") for line in said))
-            seen.append(_get(local))
-            health["pypapo-r-aaaa"] = "UNHEALTHY"  # a's mount is gone: its check fails, so does ours
-            (control / "down-pypapo-r-aaaa").touch()
-            _until(said, lambda: any("reconnected to pypapo-r-bbbb" in line for line in said))
-            seen.append(_get(local))
-            health["pypapo-r-bbbb"] = "UNHEALTHY"  # b goes too, and its tunnel drops
-            (control / "exit-pypapo-r-bbbb").touch()
-            _until(
-                said,
-                lambda: any(line.startswith("waiting for a healthy instance: no healthy") for line in said),
-            )
-            waiting: list[tuple[int, str]] = []
-            client = threading.Thread(target=lambda: waiting.append(_get(local)))
-            client.start()  # a client arriving now waits on the open port for the next upstream
-            time.sleep(0.5)
-            (control / "down-pypapo-r-aaaa").unlink()
-            health["pypapo-r-aaaa"] = "HEALTHY"
-            _until(said, lambda: any("reconnected to pypapo-r-aaaa" in line for line in said))
-            client.join(timeout=20)
-            seen.extend(waiting)
-        except BaseException as exc:  # reported by the assertions below
-            problems.append(exc)
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def drive(said: list[str]) -> None:
+        seen.append(_get(local))
+        health["pypapo-r-aaaa"] = "UNHEALTHY"  # a's mount is gone: its check fails, so does ours
+        (control / "down-pypapo-r-aaaa").touch()
+        _until(said, lambda: any("reconnected to pypapo-r-bbbb" in line for line in said))
+        seen.append(_get(local))
+        health["pypapo-r-bbbb"] = "UNHEALTHY"  # b goes too, and its tunnel drops
+        (control / "exit-pypapo-r-bbbb").touch()
+        _until(
+            said,
+            lambda: any(line.startswith("waiting for a healthy instance: no healthy") for line in said),
+        )
+        waiting: list[tuple[int, str]] = []
+        client = threading.Thread(target=lambda: waiting.append(_get(local)))
+        client.start()  # a client arriving now waits on the open port for the next upstream
+        time.sleep(0.5)
+        (control / "down-pypapo-r-aaaa").unlink()
+        health["pypapo-r-aaaa"] = "HEALTHY"
+        _until(said, lambda: any("reconnected to pypapo-r-aaaa" in line for line in said))
+        client.join(timeout=20)
+        seen.extend(waiting)
 
-    driver = threading.Thread(target=drive)
-    driver.start()
     fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=30)
-    code = tunnel.run(
-        s, local, say=said.append, targets=tunnel.GroupTargets(s, lister, rng=_InOrder()), timing=fast
-    )
-    driver.join()
-    assert not problems, problems
-    assert code == 0
+    said = _supervised(local, tunnel.GroupTargets(s, lister, rng=_InOrder()), drive, fast, settings=s)
     assert seen == [
         (200, "pypapo-r-aaaa /simple/"),
         (200, "pypapo-r-bbbb /simple/"),
