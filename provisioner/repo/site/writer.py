@@ -34,6 +34,7 @@ from importlib import resources
 from provisioner.errors import ConflictError
 from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
+from provisioner.repo.pools import process_pool
 from provisioner.repo.reindex import cpu_count, worker_context
 from provisioner.repo.site import render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
@@ -49,7 +50,6 @@ REMOTE_IMAGES_NOTE = (
 State = ProjectState
 
 
-_RENDERER: dict[int, ThreadPoolExecutor] = {}
 # A publish's reads ahead (generations, list, aggregate), its README and the static assets at once.
 AHEAD_THREADS = 3
 
@@ -58,11 +58,7 @@ def _ahead_renderer() -> ThreadPoolExecutor:
     """The site's threads, per process, started on the first publish: what it reads ahead (round
     trips on GCS, side by side) and renders ahead. A forked child gets a fresh pool: the parent's
     executor has no thread there, its work would wait forever."""
-    pid = os.getpid()
-    if pid not in _RENDERER:
-        _RENDERER.clear()
-        _RENDERER[pid] = ThreadPoolExecutor(max_workers=AHEAD_THREADS, thread_name_prefix="pypapo-site")
-    return _RENDERER[pid]
+    return process_pool("pypapo-site", AHEAD_THREADS)
 
 
 def _backoff(attempt: int) -> None:

@@ -16,11 +16,11 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
 from provisioner.errors import PypapoError
+from provisioner.repo.pools import finish_all, process_pool
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, waves
 
 T = TypeVar("T")
@@ -34,17 +34,11 @@ TMP_PREFIX = ".pypapo-tmp-"
 # untouched for this long belongs to a writer that was killed.
 STALE_TMP_SECONDS = 3600
 
-_POOL: dict[int, ThreadPoolExecutor] = {}
-
 
 def _each(fn: Callable[[T], object], args: Iterable[T]) -> None:
-    """`fn` over `args` on write_many's threads, kept for the process (starting them costs more
-    than a small batch's fsyncs on a busy machine; a forked child gets its own, the parent's threads
-    are not there). Every call has finished when this returns; then the first error is raised."""
-    pid = os.getpid()
-    if pid not in _POOL:
-        _POOL.clear()
-        _POOL[pid] = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="pypapo-sync")
+    """`fn` over `args` on write_many's threads (`pools.process_pool`). Every call has finished
+    when this returns; then the first error is raised."""
+    pool = process_pool("pypapo-sync", SYNC_THREADS)
     todo = list(args)
     shared = iter(todo)  # next() on a list iterator is atomic: each argument goes to one thread
 
@@ -54,10 +48,7 @@ def _each(fn: Callable[[T], object], args: Iterable[T]) -> None:
         for arg in shared:
             fn(arg)
 
-    futures = [_POOL[pid].submit(drain) for _ in range(min(SYNC_THREADS, len(todo)))]
-    wait(futures)
-    for f in futures:
-        f.result()
+    finish_all([pool.submit(drain) for _ in range(min(SYNC_THREADS, len(todo)))])
 
 
 class DirectoryStore:

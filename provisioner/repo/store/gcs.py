@@ -20,30 +20,18 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from provisioner.errors import PypapoError
 from provisioner.repo import layout
 from provisioner.repo.location import gs_url, object_name
+from provisioner.repo.pools import finish_all, process_pool
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, waves
 
 # google-cloud-storage sends uploads up to this size as one multipart request, larger ones resumable.
 MULTIPART_LIMIT = 8 * 1024 * 1024
 GCS_THREADS = 16
-_POOL: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool() -> ThreadPoolExecutor:
-    """write_many's threads, one pool per process (a forked child's own: its parent's threads are
-    not there)."""
-    pid = os.getpid()
-    if pid not in _POOL:
-        _POOL.clear()
-        _POOL[pid] = ThreadPoolExecutor(max_workers=GCS_THREADS, thread_name_prefix="pypapo-gcs")
-    return _POOL[pid]
-
 
 LIST_PAGE = 1000
 
@@ -375,10 +363,8 @@ class GCSStore:
         # Network-bound: requests in flight side by side, on threads kept for the process (a small
         # batch, a publish's, would otherwise wait for them to start).
         for wave in waves(len(items), after):
-            futures = [_pool().submit(one, i) for i in wave]
-            wait(futures)
-            for f in futures:
-                f.result()
+            pool = process_pool("pypapo-gcs", GCS_THREADS)
+            finish_all([pool.submit(one, i) for i in wave])
         return results
 
     def _info(self, blob) -> ObjectInfo:
