@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,7 +37,7 @@ from provisioner.repo.reindex import cpu_count, worker_context
 from provisioner.repo.site import render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
-from provisioner.repo.writer import Batch
+from provisioner.repo.writer import Batch, backoff
 
 MAX_ATTEMPTS = 60
 REMOTE_IMAGES_NOTE = (
@@ -59,10 +57,6 @@ def _ahead_renderer() -> ThreadPoolExecutor:
     trips on GCS, side by side) and renders ahead. A forked child gets a fresh pool: the parent's
     executor has no thread there, its work would wait forever."""
     return process_pool("pypapo-site", AHEAD_THREADS)
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
 
 
 @cache
@@ -195,7 +189,7 @@ class Site:
                     self.store.delete(layout.UI_REMOTE_IMAGES, if_generation_match=gen)
                 return True
             except PreconditionFailed:
-                _backoff(attempt)
+                backoff(attempt)
         raise ConflictError(
             f"gave up writing {layout.UI_REMOTE_IMAGES} after {MAX_ATTEMPTS} conflicting writes"
         )
@@ -215,7 +209,7 @@ class Site:
                     written += 1
                     break
                 except PreconditionFailed:
-                    _backoff(attempt)
+                    backoff(attempt)
         return written
 
     # -- before and after a change ----------------------------------------------------------------
@@ -327,7 +321,7 @@ class Site:
                     ]
                     if self._write(items, projects, states, infos, held, page_gens, known):
                         return
-                    _backoff(attempt)  # another writer changed the aggregate: redo from its version
+                    backoff(attempt)  # another writer changed the aggregate: redo from its version
                     continue
             entries, ok = self._parse_entries(agg_now)
             if not (ok and list_gen and agg_gen):
@@ -347,7 +341,7 @@ class Site:
             ]
             if self._write(items, projects, states, infos, set(entries), page_gens, known):
                 return
-            _backoff(attempt)  # another writer changed the aggregate: redo from its version
+            backoff(attempt)  # another writer changed the aggregate: redo from its version
         raise ConflictError(f"gave up updating {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
 
     def _splice(
@@ -422,7 +416,7 @@ class Site:
                 self.store.write(layout.UI_LIST, page, if_generation_match=gen)
                 return
             except PreconditionFailed:
-                _backoff(attempt)
+                backoff(attempt)
         raise ConflictError(f"gave up writing {layout.UI_LIST} after {MAX_ATTEMPTS} conflicting writes")
 
     def _converge_page(self, project: str, known: Mapping[str, bytes] | None = None) -> None:
@@ -443,7 +437,7 @@ class Site:
                     self.store.write_many(caches)
                 return
             except PreconditionFailed:
-                _backoff(attempt)
+                backoff(attempt)
         raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
 
     # -- everything (reindex) -------------------------------------------------------------------
@@ -515,7 +509,7 @@ class Site:
                     if not out[1]:
                         self._converge_list()
                     return written
-                _backoff(attempt)  # a publisher updated the aggregate: read everything again
+                backoff(attempt)  # a publisher updated the aggregate: read everything again
                 list_now, list_gen = self.store.read(layout.UI_LIST)
                 agg_now, agg_gen = self.store.read(layout.UI_DATA)
                 states = self._read_states(pool)
