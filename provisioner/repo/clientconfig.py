@@ -26,7 +26,10 @@ GET that timed out or lost its connection before the response headers (`retries`
 resumes a file download cut mid-body with a Range request (`resume-retries`, off by default before
 25.2). uv retries timeouts, resets and cut bodies by itself (UV_HTTP_RETRIES, default 3) but waits 30 s
 (UV_HTTP_TIMEOUT); poetry retries 5 times by itself and waits POETRY_REQUESTS_TIMEOUT (15 s). Those are
-environment variables only, so they come as `env`.
+environment variables only, so they come as `env`. pipenv locks and installs with the pip it vendors,
+and conda runs an environment's `pip:` list with that environment's pip: neither reads a Pipfile or an
+environment.yml for pip's network settings (a requirements list takes no --timeout), but every pip reads
+PIP_<OPTION> from the environment, so they get pip's three settings as `env` too.
 Every configuration comes with a command that checks the resolved result and exits non-zero when a
 private name would come from anywhere but pypapo.
 
@@ -55,6 +58,12 @@ PLACEHOLDER = "your-private-package"
 # a healthy replica takes to answer: a retry from a slow but healthy replica costs a request, not an install.
 STALL_TIMEOUT = 10
 RETRIES = 5
+# pip's settings for a lost replica, as pip reads them from the environment (PIP_ + the long option).
+PIP_ENV = (
+    ("PIP_TIMEOUT", str(STALL_TIMEOUT)),
+    ("PIP_RETRIES", str(RETRIES)),
+    ("PIP_RESUME_RETRIES", str(RETRIES)),
+)
 
 
 @dataclass(frozen=True)
@@ -337,7 +346,7 @@ def _pipenv(ctx: _Ctx) -> ClientConfig:
         ok,
     )
     return ClientConfig(
-        "pipenv", "Pipfile", ("[[source]]", "[packages]"), text, ctx.public is None, note, verify
+        "pipenv", "Pipfile", ("[[source]]", "[packages]"), text, ctx.public is None, note, verify, PIP_ENV
     )
 
 
@@ -418,6 +427,7 @@ def _conda_env(ctx: _Ctx) -> ClientConfig:
         _pip_verify(ctx).replace(
             "python3 -m pip install", f"python3 -m pip install --index-url {ctx.url}", 1
         ),
+        PIP_ENV,
     )
 
 

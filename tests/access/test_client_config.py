@@ -7,6 +7,7 @@ configuration is parsed (tomllib, configparser, yaml) and, for poetry, checked b
 from __future__ import annotations
 
 import configparser
+import functools
 import os
 import subprocess
 import sys
@@ -170,6 +171,27 @@ def test_uv_and_poetry_get_their_timeout_and_retries_as_environment() -> None:
     assert "export UV_HTTP_TIMEOUT=10 UV_HTTP_RETRIES=5" in result.stderr
     assert "UV_HTTP" not in result.stdout  # stdout stays the file alone
     assert "export" not in CliRunner().invoke(main, ["client-config", "--tool", "pip"]).stderr
+
+
+@pytest.mark.parametrize("tool", ["pipenv", "conda"])
+def test_pipenv_and_condas_pip_read_the_lost_replica_settings_from_the_printed_environment(tool: str) -> None:
+    """pipenv (its vendored pip) and a conda environment's `pip:` list read no pip setting from their
+    files: the printed `export` reaches the very pip they run, whose option parser takes them as the
+    install's timeout, retries and resume-retries (without them: 15 s, and no resume before pip 25.2)."""
+    env = dict(render(tool).env)
+    assert env == {"PIP_TIMEOUT": "10", "PIP_RETRIES": "5", "PIP_RESUME_RETRIES": "5"}
+    pip = "pipenv.patched.pip" if tool == "pipenv" else "pip"
+    program = (
+        f"from {pip}._internal.commands import create_command; "
+        "o, _ = create_command('install').parse_args([]); print(o.timeout, o.retries, o.resume_retries)"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    clean["PIP_CONFIG_FILE"] = os.devnull
+    run = functools.partial(subprocess.run, [sys.executable, "-c", program], capture_output=True, text=True)
+    assert run(env=clean, check=True).stdout.split() != ["10.0", "5", "5"]
+    assert run(env={**clean, **env}, check=True).stdout.split() == ["10.0", "5", "5"]
+    result = CliRunner().invoke(main, ["client-config", "--tool", tool])
+    assert "export PIP_TIMEOUT=10 PIP_RETRIES=5 PIP_RESUME_RETRIES=5" in result.stderr
 
 
 def test_conda_pip_section_uses_index_url_only() -> None:
