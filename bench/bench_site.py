@@ -31,23 +31,28 @@ other 19,990 wheels, which a publish never reads).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import itertools
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import ensure_dumb_pypi, peer_package_list, run_dumb_pypi
+from wan import LinkShape, Traffic, WanLink
+from wan import unavailable as wan_unavailable
 
 from provisioner.appliance import sample
 from provisioner.repo import layout
@@ -89,6 +94,9 @@ for item in client.list(prefix="team/"):
 
 See the [documentation](https://example.com/docs) for more.
 """
+
+
+DEFAULT_JITTER = 0.1  # of the round trip: each one-way delay varies by +- 5 % of it
 
 
 def project_name(i: int) -> str:
@@ -150,30 +158,81 @@ def publish_copy(big: Path, dest: Path) -> None:
     shutil.copytree(big, dest, copy_function=os.link, ignore=shutil.ignore_patterns(".pypapo*"))
 
 
-def start_fake_gcs() -> tuple[subprocess.Popen[bytes], str]:
-    """fake-gcs-server (the binary of tests/fixtures/gcs.py), in memory, on a free loopback port."""
+GCS_PORT = 4443  # fake-gcs-server's port inside the WAN namespace (nothing else listens there)
+
+
+def start_fake_gcs(link: WanLink | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """fake-gcs-server (the binary of tests/fixtures/gcs.py), in memory: on a free loopback port, or
+    inside the link's namespace at its far address (then every request crosses the link)."""
     import socket
     import urllib.error
     import urllib.request
 
     from tests.fixtures.gcs import BINARY
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    args = [str(BINARY), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-    args += ["-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "error"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if link is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            host, port = "127.0.0.1", sock.getsockname()[1]
+    else:
+        host, port = link.far_ip, GCS_PORT
+    url = f"http://{host}:{port}"
+    # Inside the namespace it also listens on its loopback, where the bucket is filled (seed_gcs).
+    args = [
+        str(BINARY),
+        "-backend",
+        "memory",
+        "-scheme",
+        "http",
+        "-host",
+        host if link is None else "0.0.0.0",
+    ]
+    args += [
+        "-port",
+        str(port),
+        "-external-url",
+        url,
+        "-public-host",
+        f"{host}:{port}",
+        "-log-level",
+        "error",
+    ]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(args, **quiet) if link is None else link.spawn(args, **quiet)
     deadline = time.monotonic() + 20
     while True:
         try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=5).read()
             return proc, url
         except (urllib.error.URLError, ConnectionError):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("fake-gcs-server did not start") from None
             time.sleep(0.05)
+
+
+SEED = """
+import sys
+sys.path[:0] = sys.argv[1:3]
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from bench_site import gcs_copy
+storage.Client(project="bench", credentials=AnonymousCredentials()).create_bucket(sys.argv[4].split("/")[2])
+print(gcs_copy(__import__("pathlib").Path(sys.argv[3]), sys.argv[4], sys.argv[5]))
+"""
+
+
+def seed_gcs(src: Path, location: str, url: str, link: WanLink | None = None) -> None:
+    """Create the bucket and upload what a publish can touch (gcs_copy), at loopback speed: from
+    inside the link's namespace, past the link (the set-up is not what is measured)."""
+    if link is not None:
+        url = f"http://127.0.0.1:{GCS_PORT}"
+    bench = Path(__file__).resolve().parent
+    argv = [sys.executable, "-c", SEED, str(bench.parent), str(bench), str(src), location, project_name(7)]
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": url}
+    t0 = time.perf_counter()
+    run = subprocess.run if link is None else link.run
+    done = run(argv, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    print(f"fake-gcs-server {url}: {done.stdout.strip()} objects uploaded ({time.perf_counter() - t0:.0f} s)")
 
 
 def gcs_copy(src: Path, location: str, project: str) -> int:
@@ -195,20 +254,26 @@ def gcs_copy(src: Path, location: str, project: str) -> int:
 
 
 WORKER = """
-import sys, time
-from collections.abc import Callable
+import importlib.util, sys, time
 from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
+# This bench's counter (not the tree's: an older tree has none), loaded from its file.
+spec = importlib.util.spec_from_file_location("pypapo_bench_wan", sys.argv[6])
+wan = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wan)
+counter = wan.RequestCounter().install()
 from provisioner.repo.engine import Repository
 repo_dir, wheel_path, project, version = sys.argv[2:6]
 store = Repository.open(repo_dir).store  # one client (its connections) for every publish
 for line in sys.stdin:
     repo = Repository(store, site=line.strip() == "site")
+    mark = counter.mark()
     t0 = time.perf_counter()
     repo.publish([Path(wheel_path)])
     took = time.perf_counter() - t0
+    traffic = counter.since(mark)
     repo.remove(project, version)
-    print(took, flush=True)
+    print(took, traffic.encode(), flush=True)
 """
 
 
@@ -267,43 +332,108 @@ class ReindexWorker:
         self.proc.wait()
 
 
+@dataclass
+class PublishFigures:
+    """Figure 1 at one place: per (tree, with the site), each publish's seconds and traffic."""
+
+    times: dict[tuple[str, bool], list[float]]
+    traffic: dict[tuple[str, bool], list[Traffic]]
+
+
 def publish_against(
-    location: str, one: Path, trees: dict[str, Path], runs: int
-) -> dict[tuple[str, bool], list[float]]:
+    location: str, one: Path, trees: dict[str, Path], runs: int, env: dict[str, str] | None = None
+) -> PublishFigures:
     """Figure 1 for several pypapo trees in one run: a worker process per tree, in turns."""
+    wan_py = str(Path(__file__).resolve().parent / "wan.py")
     workers = {
         label: subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tree), location, str(one), project_name(7), "99.0"],
+            [sys.executable, "-c", WORKER, str(tree), location, str(one), project_name(7), "99.0", wan_py],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         for label, tree in trees.items()
     }
+    keys = [(label, site) for label in trees for site in (False, True)]
+    figures = PublishFigures({key: [] for key in keys}, {key: [] for key in keys})
 
-    def ask(label: str, site: bool) -> float:
+    def ask(label: str, site: bool) -> tuple[float, Traffic]:
         proc = workers[label]
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("site\n" if site else "index\n")
         proc.stdin.flush()
-        return float(proc.stdout.readline())
+        answer = proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the publish worker of {label} stopped (exit {proc.wait()})")
+        took, traffic = answer.split(" ", 1)
+        return float(took), Traffic.decode(traffic)
 
-    times: dict[tuple[str, bool], list[float]] = {
-        (label, site): [] for label in trees for site in (False, True)
-    }
-    order = list(times)
+    order = list(keys)
     for key in order:
-        ask(*key)  # warm: imports, the first README's lexers
+        ask(*key)  # warm: imports, the first README's lexers, the connections
     rng = random.Random(13)
     for _ in range(runs):
         rng.shuffle(order)
         for key in order:
-            times[key].append(ask(*key))
+            took, traffic = ask(*key)
+            figures.times[key].append(took)
+            figures.traffic[key].append(traffic)
     for proc in workers.values():
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait()
-    return times
+    return figures
+
+
+def print_publish(
+    place: str, figures: PublishFigures, trees: dict[str, Path], args: argparse.Namespace
+) -> None:
+    print(
+        f"publish one wheel, existing project of {args.per_project}, {place}"
+        f" (median of {args.runs}, in turns)"
+    )
+    for label in trees:
+        a = statistics.median(figures.times[(label, False)])
+        b = statistics.median(figures.times[(label, True)])
+        ms = f"index only {a * 1e3:7.1f} ms   index + site {b * 1e3:7.1f} ms"
+        print(f"  {label:32s} {ms}   {b / a:5.2f}x   (goal <= 1.3x)", flush=True)
+
+
+def print_traffic(figures: PublishFigures, trees: dict[str, Path], shape: LinkShape | None) -> None:
+    """What a publish sends and receives, counted at the client (the same on every GCS place)."""
+    print("  what one publish sends, counted at the client (median; HTTP bytes, no TCP/IP or TLS)")
+    for label in trees:
+        for site in (False, True):
+            t = median_traffic(figures.traffic[(label, site)])
+            methods = ", ".join(f"{m} {n}" for m, n in sorted(t.by_method.items()))
+            line = (
+                f"    {label:30s} {'index + site' if site else 'index only  '}  {t.requests:3d} requests"
+                f" ({methods}) in {t.rounds} rounds, {t.connections} new connections,"
+                f" up {t.sent / 1e3:7.1f} kB, down {t.received / 1e3:7.1f} kB"
+            )
+            if shape is not None and (shape.up_mbit or shape.down_mbit):
+                up = t.sent * 8 / (shape.up_mbit * 1e6) if shape.up_mbit else 0.0
+                down = t.received * 8 / (shape.down_mbit * 1e6) if shape.down_mbit else 0.0
+                line += f"  (at the link's rate: {up * 1e3:.0f} ms up, {down * 1e3:.0f} ms down)"
+            print(line, flush=True)
+
+
+def median_traffic(runs: list[Traffic]) -> Traffic:
+    """Each count's median over the runs (a retry or a lost race makes one run differ)."""
+
+    def med(values: list[int]) -> int:
+        return int(statistics.median(values))
+
+    methods = {m for t in runs for m in t.by_method}
+    return Traffic(
+        med([t.requests for t in runs]),
+        med([t.connections for t in runs]),
+        med([t.sent for t in runs]),
+        med([t.received for t in runs]),
+        med([t.rounds for t in runs]),
+        {m: med([t.by_method.get(m, 0) for t in runs]) for m in methods},
+    )
 
 
 def gz(data: bytes) -> int:
@@ -320,8 +450,31 @@ def main() -> int:
     ap.add_argument("--reindex-only", action="store_true", help="only figure 2 (the reindex)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
     ap.add_argument("--against", type=Path, help="another pypapo tree: figure 1 for both, in one run")
-    ap.add_argument("--gcs", action="store_true", help="figure 1 on fake-gcs-server too")
+    ap.add_argument("--gcs", action="store_true", help="figure 1 on fake-gcs-server (loopback) too")
+    ap.add_argument(
+        "--gcs-rtt", type=float, nargs="+", metavar="MS",
+        help="figure 1 also on fake-gcs-server behind a link of this round trip (several: one figure each;"
+        " implies --gcs; needs root)",
+    )  # fmt: skip
+    ap.add_argument("--gcs-rate", type=float, metavar="MBIT", help="the link's rate (default: unlimited)")
+    ap.add_argument(
+        "--gcs-down-rate", type=float, metavar="MBIT", help="server to client (default: --gcs-rate)"
+    )
+    ap.add_argument(
+        "--gcs-jitter", type=float, metavar="MS",
+        help=f"jitter of each one-way delay, +- half of it (default: {DEFAULT_JITTER:.0%} of the round trip)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.gcs_rtt:
+        try:
+            [wan_shape(args, rtt) for rtt in args.gcs_rtt]
+        except ValueError as exc:
+            ap.error(str(exc))
+        if why := wan_unavailable():
+            ap.error(f"--gcs-rtt {why}")
+        # A kill by SIGTERM/SIGHUP unwinds like Ctrl-C: the namespace and its processes are removed.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     wheels, big = build_cache(args.cache, args.projects, args.per_project)
     ensure_dumb_pypi()
@@ -344,34 +497,7 @@ def main() -> int:
         copy = work / "publish"
         publish_copy(big, copy)
         Repository.open(str(copy)).reindex()  # the site is current before anything is timed
-        places = [("directory, fsync on", str(copy))]
-        fake = start_fake_gcs() if args.gcs else None
-        try:
-            if fake is not None:
-                os.environ["STORAGE_EMULATOR_HOST"] = fake[1]  # the workers inherit it
-                from google.auth.credentials import AnonymousCredentials
-                from google.cloud import storage
-
-                client = storage.Client(project="bench", credentials=AnonymousCredentials())
-                client.create_bucket("bench-site")
-                t0 = time.perf_counter()
-                n = gcs_copy(copy, "gs://bench-site/repo", project_name(7))
-                print(f"fake-gcs-server {fake[1]}: {n} objects uploaded ({time.perf_counter() - t0:.0f} s)")
-                places.append(("fake-gcs-server, google-cloud-storage", "gs://bench-site/repo"))
-            for place, location in places:
-                times = publish_against(location, one, trees, args.runs)
-                print(
-                    f"publish one wheel, existing project of {args.per_project}, {place} "
-                    f"(median of {args.runs}, in turns)"
-                )
-                for label in trees:
-                    a, b = statistics.median(times[(label, False)]), statistics.median(times[(label, True)])
-                    ms = f"index only {a * 1e3:7.1f} ms   index + site {b * 1e3:7.1f} ms"
-                    print(f"  {label:32s} {ms}   {b / a:5.2f}x   (goal <= 1.3x)", flush=True)
-        finally:
-            if fake is not None:
-                fake[0].terminate()
-                fake[0].wait(timeout=10)
+        publish_figure(args, trees, copy, one)
         shutil.rmtree(copy, ignore_errors=True)
         if args.publish_only:
             return 0
@@ -394,6 +520,45 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def publish_figure(args: argparse.Namespace, trees: dict[str, Path], copy: Path, one: Path) -> None:
+    """Figure 1 at each place in turn: the directory; with --gcs or --gcs-rtt fake-gcs-server on
+    loopback; with --gcs-rtt the same server behind the WAN link at each round trip asked for."""
+    figures = publish_against(str(copy), one, trees, args.runs)
+    print_publish("directory, fsync on", figures, trees, args)
+    if not (args.gcs or args.gcs_rtt):
+        return
+    location = "gs://bench-site/repo"
+    with contextlib.ExitStack() as stack:
+        proc, url = start_fake_gcs()
+        stack.callback(stop, proc)
+        seed_gcs(copy, location, url)
+        figures = publish_against(location, one, trees, args.runs, {"STORAGE_EMULATOR_HOST": url})
+        print_publish("fake-gcs-server on loopback, google-cloud-storage", figures, trees, args)
+        print_traffic(figures, trees, None)
+        if not args.gcs_rtt:
+            return
+        shapes = [wan_shape(args, rtt) for rtt in args.gcs_rtt]
+        link = stack.enter_context(WanLink(shapes[0]))
+        proc, url = start_fake_gcs(link)
+        seed_gcs(copy, location, url, link)
+        for shape in shapes:
+            link.reshape(shape)
+            figures = publish_against(location, one, trees, args.runs, {"STORAGE_EMULATOR_HOST": url})
+            print_publish(f"fake-gcs-server across a link of {shape.describe()}", figures, trees, args)
+            print_traffic(figures, trees, shape)
+
+
+def wan_shape(args: argparse.Namespace, rtt: float) -> LinkShape:
+    jitter = rtt * DEFAULT_JITTER if args.gcs_jitter is None else args.gcs_jitter
+    down = args.gcs_rate if args.gcs_down_rate is None else args.gcs_down_rate
+    return LinkShape(rtt, jitter, args.gcs_rate, down)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 def reindex_figure(args: argparse.Namespace, wheels: Path, big: Path, work: Path, n_wheels: int) -> None:
