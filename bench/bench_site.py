@@ -17,6 +17,7 @@ cached (default bench/.cache-site, git-ignored). Usage:
     .venv/bin/python bench/bench_site.py --publish-only --against /tmp/old-pypapo   # before/after
     .venv/bin/python bench/bench_site.py --reindex-only --against /tmp/old-pypapo   # figure 2 alone
     .venv/bin/python bench/bench_site.py --publish-only --gcs                       # on fake-gcs too
+    .venv/bin/python bench/bench_site.py --publish-only --gcs-rtt 20 50 --gcs-rate 20   # as root: a WAN
 
 Figure 1 runs in worker processes, one per pypapo tree, publishing into a hard-linked copy of the
 cached repository (the cache itself is never written) in turns, each round in a random order.
@@ -26,6 +27,35 @@ figure 1 again on fake-gcs-server through the real google-cloud-storage client (
 one HTTP request per object, on loopback), into a bucket holding the copy's pages and site (every
 project's JSON and HTML, the site's list, aggregate and pages, and project 7's files; not the
 other 19,990 wheels, which a publish never reads).
+
+`--gcs-rtt MS [MS ...]` (root) models what the product does: publishing from a laptop or a CI
+runner into a GCS bucket, where every request is a round trip and the uplink is limited. After the
+directory and loopback figures it times figure 1 again, once per round trip asked for, on a
+fake-gcs-server started inside a network namespace this bench creates (bench/wan.py: nothing in it
+but loopback and a point-to-point link to this namespace; removed at the end, on Ctrl-C and SIGTERM
+too, and a killed run's leftovers by the next run). Each packet across the link waits half the
+round trip, +- `--gcs-jitter` / 2 (default 10 % of the round trip), order kept; with `--gcs-rate
+MBIT` each direction is serialized at that rate (`--gcs-down-rate` for server to client). The
+kernels' TCP at both ends sees the link, so connection set-up and slow start after idle pay it too.
+The bucket is filled from inside the namespace, past the link. Beside each GCS figure it prints
+what one publish sends, counted in the worker at the client: HTTP requests by method, the rounds
+they took (requests in flight side by side count once), new connections, and the bytes up and down
+(HTTP: request and status lines, headers, bodies; not TCP/IP headers, and no TLS, which fake-gcs
+does not speak), with the time those bytes take at the link's rate.
+
+The defaults' basis. No Google document gives a per-request latency for GCS; what is public:
+Google's Performance Atlas on Cloud Storage says the per-request overhead dominates uploads of
+small objects; one published `gsutil perfdiag` run from outside Google's network
+(gist.github.com/markvincze/6b652e5c2052a3fd9932b8df75d6cafe) took 35-75 ms for a metadata request,
+110-230 ms for a 1 kB download and 170-450 ms for an empty upload. `--gcs-rtt` with no value runs
+20 ms (a CI runner in or near the bucket's region, GCS's own time included) and 50 ms (a laptop
+over the internet). Rates: a laptop's uplink is 10-50 Mbit/s; the default is no limit (a CI runner
+in a region). Limits of the model: fake-gcs-server answers in about a millisecond, where GCS takes
+tens of ms itself (more for a write than for a read): here the round trip stands for both, so a
+new connection's handshake pays the whole of it, where on GCS it pays only the network's part
+(and real GCS adds TLS: one more round trip per new connection, counted in the figures' "new
+connections"). The forwarder is a userspace process (the kernel has no sch_netem): on a loaded
+machine the scheduler adds a millisecond or two per crossing.
 """
 
 from __future__ import annotations
@@ -97,6 +127,7 @@ See the [documentation](https://example.com/docs) for more.
 
 
 DEFAULT_JITTER = 0.1  # of the round trip: each one-way delay varies by +- 5 % of it
+DEFAULT_RTTS = (20.0, 50.0)  # ms: a CI runner near the bucket's region, a laptop (see the docstring)
 
 
 def project_name(i: int) -> str:
@@ -452,9 +483,9 @@ def main() -> int:
     ap.add_argument("--against", type=Path, help="another pypapo tree: figure 1 for both, in one run")
     ap.add_argument("--gcs", action="store_true", help="figure 1 on fake-gcs-server (loopback) too")
     ap.add_argument(
-        "--gcs-rtt", type=float, nargs="+", metavar="MS",
-        help="figure 1 also on fake-gcs-server behind a link of this round trip (several: one figure each;"
-        " implies --gcs; needs root)",
+        "--gcs-rtt", type=float, nargs="*", metavar="MS",
+        help="figure 1 also on fake-gcs-server behind a link of this round trip, one figure for each"
+        f" (no value: {' and '.join(f'{r:g}' for r in DEFAULT_RTTS)} ms; implies --gcs; needs root)",
     )  # fmt: skip
     ap.add_argument("--gcs-rate", type=float, metavar="MBIT", help="the link's rate (default: unlimited)")
     ap.add_argument(
@@ -462,9 +493,12 @@ def main() -> int:
     )
     ap.add_argument(
         "--gcs-jitter", type=float, metavar="MS",
-        help=f"jitter of each one-way delay, +- half of it (default: {DEFAULT_JITTER:.0%} of the round trip)",
+        help=f"jitter of each one-way delay, +- half of it (default: {DEFAULT_JITTER * 100:g} %% of the"
+        " round trip)",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.gcs_rtt == []:
+        args.gcs_rtt = list(DEFAULT_RTTS)
     if args.gcs_rtt:
         try:
             [wan_shape(args, rtt) for rtt in args.gcs_rtt]
