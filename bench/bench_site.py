@@ -41,7 +41,8 @@ The bucket is filled from inside the namespace, past the link. Beside each GCS f
 what one publish sends, counted in the worker at the client: HTTP requests by method, the rounds
 they took (requests in flight side by side count once), new connections, and the bytes up and down
 (HTTP: request and status lines, headers, bodies; not TCP/IP headers, and no TLS, which fake-gcs
-does not speak), with the time those bytes take at the link's rate.
+does not speak), with the time those bytes take at the link's rate; `--gcs-trace` prints one
+publish's requests too, when each started and ended.
 
 The defaults' basis. No Google document gives a per-request latency for GCS; what is public:
 Google's Performance Atlas on Cloud Storage says the per-request overhead dominates uploads of
@@ -64,6 +65,7 @@ import argparse
 import contextlib
 import gzip
 import itertools
+import json
 import os
 import random
 import shutil
@@ -285,7 +287,7 @@ def gcs_copy(src: Path, location: str, project: str) -> int:
 
 
 WORKER = """
-import importlib.util, sys, time
+import importlib.util, json, sys, time
 from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
 # This bench's counter (not the tree's: an older tree has none), loaded from its file.
@@ -297,14 +299,16 @@ from provisioner.repo.engine import Repository
 repo_dir, wheel_path, project, version = sys.argv[2:6]
 store = Repository.open(repo_dir).store  # one client (its connections) for every publish
 for line in sys.stdin:
-    repo = Repository(store, site=line.strip() == "site")
-    mark = counter.mark()
+    what = line.split()  # "site" or "index", then "trace" for the requests' timeline too
+    repo = Repository(store, site=what[0] == "site")
+    mark, origin = counter.mark(), time.monotonic()
     t0 = time.perf_counter()
     repo.publish([Path(wheel_path)])
     took = time.perf_counter() - t0
     traffic = counter.since(mark)
+    timeline = counter.timeline(mark, origin) if what[1:] == ["trace"] else []
     repo.remove(project, version)
-    print(took, traffic.encode(), flush=True)
+    print(took, traffic.encode(), json.dumps(timeline), sep="\t", flush=True)
 """
 
 
@@ -369,10 +373,18 @@ class PublishFigures:
 
     times: dict[tuple[str, bool], list[float]]
     traffic: dict[tuple[str, bool], list[Traffic]]
+    # With --gcs-trace: one more publish's requests, (start s, end s, what), not in the medians.
+    timeline: dict[tuple[str, bool], list[tuple[float, float, str]]]
 
 
 def publish_against(
-    location: str, one: Path, trees: dict[str, Path], runs: int, env: dict[str, str] | None = None
+    location: str,
+    one: Path,
+    trees: dict[str, Path],
+    runs: int,
+    env: dict[str, str] | None = None,
+    *,
+    trace: bool = False,
 ) -> PublishFigures:
     """Figure 1 for several pypapo trees in one run: a worker process per tree, in turns."""
     wan_py = str(Path(__file__).resolve().parent / "wan.py")
@@ -387,18 +399,18 @@ def publish_against(
         for label, tree in trees.items()
     }
     keys = [(label, site) for label in trees for site in (False, True)]
-    figures = PublishFigures({key: [] for key in keys}, {key: [] for key in keys})
+    figures = PublishFigures({key: [] for key in keys}, {key: [] for key in keys}, {})
 
-    def ask(label: str, site: bool) -> tuple[float, Traffic]:
+    def ask(label: str, site: bool, trace: bool = False) -> tuple[float, Traffic, list]:
         proc = workers[label]
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("site\n" if site else "index\n")
+        proc.stdin.write(f"{'site' if site else 'index'}{' trace' if trace else ''}\n")
         proc.stdin.flush()
         answer = proc.stdout.readline()
         if not answer:
             raise RuntimeError(f"the publish worker of {label} stopped (exit {proc.wait()})")
-        took, traffic = answer.split(" ", 1)
-        return float(took), Traffic.decode(traffic)
+        took, traffic, timeline = answer.split("\t")
+        return float(took), Traffic.decode(traffic), json.loads(timeline)
 
     order = list(keys)
     for key in order:
@@ -407,9 +419,12 @@ def publish_against(
     for _ in range(runs):
         rng.shuffle(order)
         for key in order:
-            took, traffic = ask(*key)
+            took, traffic, _ = ask(*key)
             figures.times[key].append(took)
             figures.traffic[key].append(traffic)
+    if trace:
+        for key in keys:
+            figures.timeline[key] = ask(*key, trace=True)[2]
     for proc in workers.values():
         assert proc.stdin is not None
         proc.stdin.close()
@@ -448,6 +463,15 @@ def print_traffic(figures: PublishFigures, trees: dict[str, Path], shape: LinkSh
                 down = t.received * 8 / (shape.down_mbit * 1e6) if shape.down_mbit else 0.0
                 line += f"  (at the link's rate: {up * 1e3:.0f} ms up, {down * 1e3:.0f} ms down)"
             print(line, flush=True)
+
+
+def print_timeline(figures: PublishFigures) -> None:
+    """One publish's requests in the order they started: where its rounds go."""
+    for (label, site), timeline in figures.timeline.items():
+        what = "index + site" if site else "index only"
+        print(f"  one publish's requests, {label}, {what} (ms from its start)")
+        for start, end, request in timeline:
+            print(f"    {start * 1e3:7.1f} - {end * 1e3:7.1f}  {request}")
 
 
 def median_traffic(runs: list[Traffic]) -> Traffic:
@@ -495,6 +519,10 @@ def main() -> int:
         "--gcs-jitter", type=float, metavar="MS",
         help=f"jitter of each one-way delay, +- half of it (default: {DEFAULT_JITTER * 100:g} %% of the"
         " round trip)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--gcs-trace", action="store_true",
+        help="at each GCS place, also print one publish's requests (when each started and ended)",
     )  # fmt: skip
     args = ap.parse_args()
     if args.gcs_rtt == []:
@@ -568,9 +596,11 @@ def publish_figure(args: argparse.Namespace, trees: dict[str, Path], copy: Path,
         proc, url = start_fake_gcs()
         stack.callback(stop, proc)
         seed_gcs(copy, location, url)
-        figures = publish_against(location, one, trees, args.runs, {"STORAGE_EMULATOR_HOST": url})
+        env = {"STORAGE_EMULATOR_HOST": url}
+        figures = publish_against(location, one, trees, args.runs, env, trace=args.gcs_trace)
         print_publish("fake-gcs-server on loopback, google-cloud-storage", figures, trees, args)
         print_traffic(figures, trees, None)
+        print_timeline(figures)
         if not args.gcs_rtt:
             return
         shapes = [wan_shape(args, rtt) for rtt in args.gcs_rtt]
@@ -579,9 +609,11 @@ def publish_figure(args: argparse.Namespace, trees: dict[str, Path], copy: Path,
         seed_gcs(copy, location, url, link)
         for shape in shapes:
             link.reshape(shape)
-            figures = publish_against(location, one, trees, args.runs, {"STORAGE_EMULATOR_HOST": url})
+            env = {"STORAGE_EMULATOR_HOST": url}
+            figures = publish_against(location, one, trees, args.runs, env, trace=args.gcs_trace)
             print_publish(f"fake-gcs-server across a link of {shape.describe()}", figures, trees, args)
             print_traffic(figures, trees, shape)
+            print_timeline(figures)
 
 
 def wan_shape(args: argparse.Namespace, rtt: float) -> LinkShape:

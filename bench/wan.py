@@ -44,6 +44,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import requests
 
 QUEUE_PACKETS = 1000  # a device's default txqueuelen: a laptop's uplink buffers that much and more
 NS_PREFIX = "pypapo-wan-"  # namespaces this module creates: pypapo-wan-<pid of their creator>
@@ -411,6 +415,7 @@ class RequestCounter:
         self._lock = threading.Lock()
         self._t = Traffic()
         self._spans: list[list[float]] = []  # [start, end] of each request, in the order started
+        self._labels: list[str] = []  # what each request was (gcs_label)
         self._undo: list[tuple[type, str, object]] = []
 
     def mark(self) -> Traffic:
@@ -423,7 +428,7 @@ class RequestCounter:
         now = time.monotonic()
         with self._lock:
             t = self._t
-            spans = [(a, b if b else now) for a, b in self._spans[mark.requests :]]
+            spans = [(a, b or now) for a, b in self._spans[mark.requests :]]
             methods = {m: n - mark.by_method.get(m, 0) for m, n in t.by_method.items()}
             return Traffic(
                 t.requests - mark.requests,
@@ -439,12 +444,20 @@ class RequestCounter:
             for k, n in kw.items():
                 setattr(self._t, k, getattr(self._t, k) + n)
 
-    def _started(self, method: str) -> list[float]:
+    def timeline(self, mark: Traffic, origin: float) -> list[tuple[float, float, str]]:
+        """Each request after `mark`: (start, end) in seconds after `origin` (time.monotonic), label."""
+        now = time.monotonic()
+        with self._lock:
+            pairs = zip(self._spans[mark.requests :], self._labels[mark.requests :], strict=True)
+            return [(a - origin, (b or now) - origin, label) for (a, b), label in pairs]
+
+    def _started(self, method: str, label: str) -> list[float]:
         span = [time.monotonic(), 0.0]
         with self._lock:
             self._t.requests += 1
             self._t.by_method[method] = self._t.by_method.get(method, 0) + 1
             self._spans.append(span)
+            self._labels.append(label)
         return span
 
     def install(self) -> RequestCounter:
@@ -454,7 +467,7 @@ class RequestCounter:
         send = requests.adapters.HTTPAdapter.send
 
         def counted_send(adapter: object, request: requests.PreparedRequest, *a: object, **kw: object):
-            span = counter._started(request.method or "?")
+            span = counter._started(request.method or "?", gcs_label(request))
             try:
                 response = send(adapter, request, *a, **kw)  # type: ignore[arg-type]
                 if kw.get("stream"):
@@ -482,6 +495,26 @@ class RequestCounter:
                 delattr(cls, name)  # it was inherited
             else:
                 setattr(cls, name, orig)
+
+
+def gcs_label(request: requests.PreparedRequest) -> str:
+    """`METHOD what object` of a GCS JSON API request (an upload's object name is in its body)."""
+    from urllib.parse import unquote, urlsplit
+
+    path = urlsplit(request.url or "").path
+    m = re.fullmatch(r"(/download|/upload)?/storage/v1/b/[^/]+/o(?:/(.+))?", path)
+    if not m:
+        return f"{request.method} {path}"
+    name = unquote(m[2] or "")
+    if m[1] == "/upload":
+        body = request.body if isinstance(request.body, bytes) else b""
+        found = re.search(rb'"name": ?"([^"]+)"', body[:4096])
+        name = found[1].decode() if found else "?"
+        return f"{request.method} upload {name}"
+    if not name:
+        return f"{request.method} list"  # objects.list (the store's check)
+    kind = "media" if m[1] == "/download" else "metadata"
+    return f"{request.method} {kind if request.method == 'GET' else 'object'} {name}"
 
 
 def _after(release: Callable[[], None], span: list[float]) -> Callable[[], None]:

@@ -13,7 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.wan import LinkShape, Pacer, RequestCounter, WanLink, WanUnavailable, rounds, unavailable
+from bench.wan import (
+    LinkShape,
+    Pacer,
+    RequestCounter,
+    WanLink,
+    WanUnavailable,
+    gcs_label,
+    rounds,
+    unavailable,
+)
 
 
 def test_rounds_counts_waits_not_requests() -> None:
@@ -114,6 +123,31 @@ def test_counter_counts_requests_connections_bytes_and_rounds(slow_server: str) 
     # Uninstalled: nothing is counted any more.
     requests.get(slow_server)
     assert counter.since(counter.mark()).requests == 0 and "sendall" not in vars(socket.socket)
+
+
+def test_gcs_label_names_the_object_of_each_kind_of_request() -> None:
+    import requests
+
+    base = "http://10.203.1.2:4443"
+
+    def label(method: str, url: str, body: bytes | None = None) -> str:
+        return gcs_label(requests.Request(method, base + url, data=body).prepare())
+
+    assert label("GET", "/download/storage/v1/b/bk/o/repo%2Fui%2Fprojects.json?alt=media") == (
+        "GET media repo/ui/projects.json"
+    )
+    assert (
+        label("GET", "/storage/v1/b/bk/o/repo%2Fsimple%2Findex.html") == "GET metadata repo/simple/index.html"
+    )
+    assert (
+        label("DELETE", "/storage/v1/b/bk/o/repo%2Fa.whl?ifGenerationMatch=3") == "DELETE object repo/a.whl"
+    )
+    assert label("GET", "/storage/v1/b/bk/o?prefix=repo%2F&maxResults=1") == "GET list"
+    multipart = b'--==0==\r\ncontent-type: application/json\r\n\r\n{"name": "repo/simple/x/index.json"}\r\n'
+    assert label("POST", "/upload/storage/v1/b/bk/o?uploadType=multipart", multipart) == (
+        "POST upload repo/simple/x/index.json"
+    )
+    assert label("GET", "/storage/v1/b/bk") == "GET /storage/v1/b/bk"
 
 
 needs_root = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
