@@ -609,9 +609,13 @@ def publish_figure(args: argparse.Namespace, trees: dict[str, Path], copy: Path,
         seed_gcs(copy, location, url, link)
         for shape in shapes:
             link.reshape(shape)
+            connect = link.connect_ms(GCS_PORT)
             env = {"STORAGE_EMULATOR_HOST": url}
             figures = publish_against(location, one, trees, args.runs, env, trace=args.gcs_trace)
             print_publish(f"fake-gcs-server across a link of {shape.describe()}", figures, trees, args)
+            print(
+                f"  the link: a TCP connect takes {connect:.1f} ms (median of 5); {link.stats().describe()}"
+            )
             print_traffic(figures, trees, shape)
             print_timeline(figures)
 

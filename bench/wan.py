@@ -156,7 +156,9 @@ def _enter_netns(name: str) -> None:
 
 def forward(up_fd: int, down_fd: int, shape: LinkShape, control: int | None = None) -> None:
     """Carry packets read from `up_fd` (the client's side) to `down_fd` and back, shaped, until
-    `control` (a pipe: one shape a line, `rtt jitter up down`, `-` for unlimited) ends."""
+    `control` ends: a pipe of requests, one a line, each answered on stdout: a new shape (`rtt
+    jitter up down`, `-` for unlimited; answer `ok`) or `stats` (packets, bytes, dropped, up then
+    down, since the shape was set)."""
     up, down = pacers(shape)
     queues: dict[int, collections.deque[tuple[float, bytes]]] = {
         up_fd: collections.deque(),
@@ -181,8 +183,11 @@ def forward(up_fd: int, down_fd: int, shape: LinkShape, control: int | None = No
                 line = lines.readline()
                 if not line:
                     return
-                up, down = pacers(parse_shape(line))  # packets in flight keep their times
-                print("ok", flush=True)
+                if line.strip() == "stats":
+                    print(*(n for p in (up, down) for n in (p.packets, p.bytes, p.dropped)), flush=True)
+                else:
+                    up, down = pacers(parse_shape(line))  # packets in flight keep their times
+                    print("ok", flush=True)
                 continue
             pacer = up if fd == up_fd else down
             while True:
@@ -282,6 +287,22 @@ def _free_subnet() -> int:
     raise WanUnavailable("no free 10.203.X.0/30 for the link")
 
 
+@dataclass(frozen=True)
+class LinkStats:
+    up_packets: int
+    up_bytes: int
+    up_dropped: int
+    down_packets: int
+    down_bytes: int
+    down_dropped: int
+
+    def describe(self) -> str:
+        return (
+            f"up {self.up_packets} packets, {self.up_bytes / 1e6:.1f} MB, {self.up_dropped} dropped;"
+            f" down {self.down_packets} packets, {self.down_bytes / 1e6:.1f} MB, {self.down_dropped} dropped"
+        )
+
+
 @dataclass
 class WanLink:
     """The namespace, its link and the forwarder; `close()` (or the context) removes all of it."""
@@ -340,6 +361,27 @@ class WanLink:
         if fw.stdout.readline().strip() != "ok":
             raise WanUnavailable(f"the link's forwarder stopped (exit {fw.wait()})")
         self.shape = shape
+
+    def stats(self) -> LinkStats:
+        """What crossed the link since the shape was set."""
+        fw = self._forwarder
+        assert fw is not None and fw.stdin is not None and fw.stdout is not None
+        fw.stdin.write("stats\n")
+        fw.stdin.flush()
+        up_packets, up_bytes, up_dropped, down_packets, down_bytes, down_dropped = map(
+            int, fw.stdout.readline().split()
+        )
+        return LinkStats(up_packets, up_bytes, up_dropped, down_packets, down_bytes, down_dropped)
+
+    def connect_ms(self, port: int, tries: int = 5) -> float:
+        """The median time of a TCP connect to the far end's `port`: one round trip as the link
+        really gives it (the forwarder's own delay on this machine included)."""
+        took = []
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            socket.create_connection((self.far_ip, port), timeout=10).close()
+            took.append(time.perf_counter() - t0)
+        return sorted(took)[len(took) // 2] * 1e3
 
     def spawn(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         """Start a process inside the namespace (stopped by close())."""

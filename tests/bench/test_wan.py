@@ -172,6 +172,12 @@ def test_the_link_reaches_only_its_namespace_and_is_gone_after() -> None:
                 assert time.monotonic() < deadline and server.poll() is None
                 time.sleep(0.1)
         assert time.monotonic() - t0 >= 0.09  # the handshake crossed the link: one round trip
+        assert link.connect_ms(8000) >= 90
+        stats = link.stats()
+        assert stats.up_packets >= 15 and stats.down_packets >= 10 and stats.up_dropped == 0
+        link.reshape(LinkShape(20))
+        assert link.stats().up_packets == 0  # counted per shape
+        assert link.connect_ms(8000) >= 18
         # From inside, nothing but the link: no route anywhere else, no way to this side's loopback.
         probe = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=2)"
         out = link.run([sys.executable, "-c", probe], capture_output=True, text=True)
