@@ -256,10 +256,11 @@ def _status(port: int, path: str, timeout: float) -> int:
 
 def healthy(port: int, timeout: float) -> bool:
     """This instance serves its mount: `/livez` answers 200 through gcloud's port (a new IAP connection
-    each time). Not `/healthz`: that also judges the pages, which live in the bucket every replica
-    shares, so an empty root page or a broken conda channel fails it everywhere at once and moving to
-    another instance cannot help; the tunnel would only drop its users' connections from one replica
-    to the next. An appliance from before `/livez` (404) is judged by its `/healthz`."""
+    each time). Not `/healthz`: that also judges the root pages, which live in the bucket every
+    replica shares, so an empty root page fails it everywhere at once and moving to another instance
+    cannot help; the tunnel would only drop its users' connections from one replica to the next. An
+    appliance from before `/livez` (404) is judged by its `/healthz` (which, on those, also judged the
+    conda channel; the channel's health is `/healthz/conda` now, for conda users only)."""
     code = _status(port, "/livez", timeout)
     if code == 404:
         code = _status(port, "/healthz", timeout)

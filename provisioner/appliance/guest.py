@@ -24,6 +24,9 @@ class Key(StrEnum):
     STATUS = "status"  # serve: STATUS_STARTING, then STATUS_READY, or "not ready: REASON"
     ERROR = "error"  # serve and bake: REASON of a failure (absent while none); wins over every other key
     DIGEST = "digest"  # serve: the config digest the running script carries
+    # serve, written before READY: CONTENT_OK, or what of the bucket's content is broken for an audience
+    # (the conda channel: /healthz/conda's answer). Never blocks readiness: a warning for the waiter.
+    CONTENT = "content"
     BAKE = "bake"  # bake: BAKE_DONE (after the versions) or BAKE_FAILED
     GCSFUSE_VERSION = "gcsfuse-version"  # bake: the installed package version (an image label)
     NGINX_VERSION = "nginx-version"  # bake: likewise
@@ -34,6 +37,7 @@ READY_FALSE = "false"
 STATUS_STARTING = "starting"
 STATUS_READY = "ready"
 NOT_READY = "not ready"  # status prefix of a final failure: "not ready: REASON"
+CONTENT_OK = "ok"
 BAKE_DONE = "done"
 BAKE_FAILED = "failed"
 VERSION_KEYS = (Key.GCSFUSE_VERSION, Key.NGINX_VERSION)
@@ -80,6 +84,14 @@ def serving(attrs: Mapping[str, str]) -> Report:
     return Report(State.STARTING, f"{NAMESPACE}/{Key.READY}={ready}" if ready is not None else "starting")
 
 
+def content_warning(attrs: Mapping[str, str]) -> str | None:
+    """What of the bucket's content a ready appliance found broken (the conda channel), to be printed as
+    a warning, never a failure: no new machine can fix a document of the shared bucket. None when fine
+    or not reported (an appliance from before the key, a bake)."""
+    value = attrs.get(Key.CONTENT, CONTENT_OK).strip()
+    return None if value in ("", CONTENT_OK) else value
+
+
 def baking(attrs: Mapping[str, str]) -> Report:
     """The image builder's state: `bake=done`, or a failure (`error`, or `bake=failed` alone)."""
     reason = _failure(attrs)
@@ -109,6 +121,7 @@ def template_context() -> dict[str, str]:
         "status_starting": STATUS_STARTING,
         "status_ready": STATUS_READY,
         "not_ready": NOT_READY,
+        "content_ok": CONTENT_OK,
         "bake_done": BAKE_DONE,
         "bake_failed": BAKE_FAILED,
     }

@@ -71,8 +71,8 @@ SENTINEL = layout.ROOT_HTML
 ROOT_PAGES = (layout.ROOT_HTML, layout.ROOT_JSON)
 NJS_PACKAGE = "libnginx-mod-http-js"
 NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
-# /healthz reads conda/channeldata.json for the subdirs it lists; one larger than this (about 200,000
-# names) is reported rather than read on every health check.
+# /healthz/conda reads conda/channeldata.json for the subdirs it lists; one larger than this (about
+# 200,000 names) is reported rather than read on every check.
 CHANNELDATA_CHECK_MAX_MIB = 64
 # What the appliance installs from Debian (the startup script, the image bake, the VM test's mirror).
 DEBIAN_PACKAGES = ("curl", "ca-certificates", "fuse3", "nginx", NJS_PACKAGE)

@@ -222,6 +222,7 @@ def wait_for_guest(
         elapsed = clock() - start
         if report.state is guest.State.READY:
             progress(f"  {what} is ready ({elapsed:.0f}s)")
+            warn_content(what, attrs, progress)
             return attrs
         if report.state is guest.State.FAILED:
             see = f"; see `{console}`" if console else ""
@@ -233,6 +234,14 @@ def wait_for_guest(
             check = f"; check `{console}`" if console else ""
             raise PypapoError(f"{what} did not {goal} within {_duration(timeout)}{check}{hint}")
         sleep(poll_interval)
+
+
+def warn_content(what: str, attrs: Mapping[str, str], progress: Progress) -> None:
+    """A ready appliance's report of broken content (the conda channel), as a warning: it never stops
+    `create` or `rollout` (no machine can fix a document of the bucket; the index serves pip users)."""
+    warning = guest.content_warning(attrs)
+    if warning:
+        progress(f"  warning: {what} serves, but its {warning}")
 
 
 def wait_ready(

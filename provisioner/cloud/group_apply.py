@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +107,20 @@ class RolloutFailed(PypapoError):
     """New instances did not turn healthy (or reported an error); the update was stopped."""
 
 
-def _guest_report(cloud: Any, s: Settings, mi: compute_v1.ManagedInstance) -> tuple[str, str, guest.Report]:
+def _guest_attributes(
+    cloud: Any, s: Settings, mi: compute_v1.ManagedInstance
+) -> tuple[str, str, Mapping[str, str]]:
     name = mi.name or mi.instance.rsplit("/", 1)[-1]
     zone = group._zone_of(mi.instance)
     request = compute_v1.GetGuestAttributesInstanceRequest(
         project=s.project, zone=zone, instance=name, query_path=guest.QUERY_PATH
     )
-    return name, zone, guest.serving(planlib.guest_values(cloud.compute.get_guest_attributes(request)))
+    return name, zone, planlib.guest_values(cloud.compute.get_guest_attributes(request))
+
+
+def _guest_report(cloud: Any, s: Settings, mi: compute_v1.ManagedInstance) -> tuple[str, str, guest.Report]:
+    name, zone, attrs = _guest_attributes(cloud, s, mi)
+    return name, zone, guest.serving(attrs)
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,7 @@ def wait_group(
         state = group.rollout_progress(instances, target_template=template, wanted=wanted, elapsed=elapsed)
         if state.phase is group.RolloutPhase.DONE:
             progress(f"  group {gn.group}: {state.detail} on {template} ({elapsed:.0f}s)")
+            _warn_content(cloud, s, instances, template, progress)
             return Waited(state, elapsed)
         new = [mi for mi in instances if group._last(mi.version.instance_template) == template]
         for mi in new:
@@ -199,6 +207,17 @@ def wait_group(
                 progress,
             )
         sleep(poll_interval)
+
+
+def _warn_content(cloud: Any, s: Settings, instances: list[Any], template: str, progress: Progress) -> None:
+    """The bucket's content as one new instance found it (every replica serves the same bucket): a
+    broken conda channel is a warning naming the file and the fix, never a failed rollout."""
+    from provisioner.cloud.apply import warn_content
+
+    new = [mi for mi in instances if group._last(mi.version.instance_template) == template]
+    if new:
+        name, _, attrs = _guest_attributes(cloud, s, new[0])
+        warn_content(name, attrs, progress)
 
 
 def _fail(

@@ -243,7 +243,9 @@ def test_strict_priority_keeps_a_private_name_from_the_public_channel(tmp_path: 
 # --- an index document with no bytes (startup/page-guard.js.j2) -------------------------------------
 # The publisher never writes one, but an object can become 0 bytes on the bucket (a hand upload, another
 # tool, a truncation): conda and pixi would fail to parse it, or take the subdir for empty. NGINX answers
-# 503 naming it, and /healthz fails while a subdir the channel lists is broken for every conda user.
+# 503 naming it, and /healthz/conda (the channel's health) fails while a subdir the channel lists is
+# broken for every conda user. /healthz (the machine's, for the balancer and readiness) does not: pip
+# users are served meanwhile, and no new machine could fix a document of the bucket.
 
 CHANNEL_INDEX = (
     "conda/noarch/repodata.json",
@@ -264,6 +266,12 @@ def _small_channel(base: Path) -> Path:
 
 
 def _healthz(index: LocalIndex) -> tuple[int, bytes]:
+    """The channel's health."""
+    r = index.get("/healthz/conda")
+    return r.status, r.body
+
+
+def _machine_health(index: LocalIndex) -> tuple[int, bytes]:
     r = index.get("/healthz")
     return r.status, r.body
 
@@ -290,8 +298,11 @@ def test_a_zero_byte_channel_index_is_503_and_unhealthy_until_rewritten(serve_re
             503,
             f"unavailable: {name} is empty (0 bytes) (run `provision reindex` on the repository)\n".encode(),
         ), name
-        assert index.get("/livez").status == 200  # the bucket's fault, shared by every replica
-        assert index.get("/simple/", {"Accept": "text/html"}).status == 200  # the Python index is fine
+        # The bucket's fault, shared by every replica, and conda's only: the machine stays healthy for
+        # the balancer, readiness and the tunnel, and the Python index is served.
+        assert _machine_health(index) == (200, b"ok\n"), name
+        assert index.get("/livez").status == 200
+        assert index.get("/simple/", {"Accept": "text/html"}).status == 200
         path.write_bytes(good)  # rewritten (reindex, the next publish): served again, no restart
         r = index.get(f"/{name}")
         assert (r.status, r.body) == (200, good), name
@@ -318,7 +329,7 @@ def test_a_zero_byte_shard_is_503_for_its_name_only(serve_repo, tmp_path: Path) 
 
 def test_a_missing_repodata_of_a_listed_subdir_fails_health(serve_repo, tmp_path: Path) -> None:
     """The empty document NGINX answers for a subdir nothing was published into would hide every package
-    of one channeldata.json lists (its repodata.json deleted by hand): /healthz says so. The request
+    of one channeldata.json lists (its repodata.json deleted by hand): /healthz/conda says so. The request
     itself still gets the empty document: judging it there would cost a read of channeldata.json on a
     request every client on a platform with no packages makes (measured: 0.13x the requests/s)."""
     repo = _small_channel(tmp_path)
@@ -327,6 +338,7 @@ def test_a_missing_repodata_of_a_listed_subdir_fails_health(serve_repo, tmp_path
     why = "conda/linux-64/repodata.json is missing (conda/channeldata.json lists linux-64)"
     unhealthy = f"unavailable: {why} (run `provision reindex` on the repository)\n"
     assert _healthz(index) == (503, unhealthy.encode())
+    assert _machine_health(index) == (200, b"ok\n")
     # Rewritten, healthy again; a subdir the channel does not list is a valid empty one.
     (repo / "conda/linux-64/repodata.json").write_bytes(rdata.dumps(rdata.Repodata("linux-64")))
     assert _healthz(index) == (200, b"ok\n")

@@ -60,7 +60,7 @@ def _written_keys(script: str) -> set[str]:
 
 def test_the_scripts_write_only_contract_keys() -> None:
     serve = render.render_startup_script(SERVE)
-    assert _written_keys(serve) == {Key.READY, Key.STATUS, Key.ERROR, Key.DIGEST}
+    assert _written_keys(serve) == {Key.READY, Key.STATUS, Key.ERROR, Key.DIGEST, Key.CONTENT}
     assert f"/guest-attributes/{guest.NAMESPACE}/$2" in serve
     bake = render.render_bake_script(serve)
     assert _written_keys(bake) - _written_keys(serve) == {Key.BAKE, Key.GCSFUSE_VERSION, Key.NGINX_VERSION}
@@ -158,3 +158,12 @@ def test_bake_wrapper_around_the_real_appliance_script_passes_shellcheck(tmp_pat
         ["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_content_warning_only_for_a_reported_problem() -> None:
+    assert guest.content_warning({"ready": "true", "content": "ok"}) is None
+    assert guest.content_warning({"ready": "true"}) is None  # an appliance from before the key
+    broken = "conda channel unavailable: conda/channeldata.json is not JSON (run `provision reindex` ...)"
+    assert guest.content_warning({"ready": "true", "content": broken}) == broken
+    # never a failure: the appliance is ready whatever its content says
+    assert guest.serving({"ready": "true", "content": broken}).state is guest.State.READY

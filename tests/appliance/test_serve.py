@@ -361,7 +361,14 @@ def test_healthz_ok_when_the_index_is_there(demo_index: LocalIndex) -> None:
 
 
 def _assert_unavailable(index: LocalIndex) -> None:
-    for path in ("/simple/", "/", "/simple/pypapo-chain-c/", "/pypapo-chain-c/", "/healthz"):
+    for path in (
+        "/simple/",
+        "/",
+        "/simple/pypapo-chain-c/",
+        "/pypapo-chain-c/",
+        "/healthz",
+        "/healthz/conda",
+    ):
         r = index.get(path, {"Accept": PIP_ACCEPT})
         assert r.status == 503, path
     r = index.get("/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0"))
@@ -443,6 +450,8 @@ def test_a_zero_byte_root_page_is_503_and_unhealthy_until_rewritten(
     )
     # ... yet the machine is live: the page is in the bucket all replicas share, recreating it is no fix
     assert (index.get("/livez").status, index.get("/livez").body) == (200, b"live\n")
+    # ... and the conda channel's audience is not pip's: its health is its own.
+    assert (index.get("/healthz/conda").status, index.get("/healthz/conda").body) == (200, b"ok\n")
     # One broken root is no reason to withhold the projects: their pages and files still serve.
     assert index.get("/simple/pypapo-chain-c/", {"Accept": PIP_ACCEPT}).status == 200
     assert index.get("/simple/pypapo-chain-c/" + wheel("pypapo-chain-c", "1.0")).status == 200

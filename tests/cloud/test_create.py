@@ -485,3 +485,26 @@ def test_cli_create_no_wait_still_waits_for_the_first_bake_and_says_so(
     assert "pypapo is up" not in result.stdout
     help_text = CliRunner().invoke(main, ["create", "--help"]).output
     assert "first bake is still waited for" in " ".join(help_text.split())
+
+
+BROKEN_CHANNEL = (
+    "conda channel unavailable: conda/noarch/repodata.json is empty (0 bytes) "
+    "(run `provision reindex` on the repository)"
+)
+
+
+def test_a_broken_conda_channel_is_a_warning_naming_the_file_never_a_failed_create(
+    cloud: deploy.Cloud,
+) -> None:
+    """The appliance is ready (its mount and the index's root pages serve) but reports a broken channel
+    document of the bucket: `create` finishes, and says what is broken and how to fix it."""
+    engine_of(cloud).guest["pypapo"] = lambda: {"ready": "true", "status": "ready", "content": BROKEN_CHANNEL}
+    messages: list[str] = []
+    run_create(cloud, settings(), messages)
+    warnings = [m for m in messages if "warning" in m]
+    assert warnings == [f"  warning: the appliance on pypapo serves, but its {BROKEN_CHANNEL}"], messages
+    # a healthy channel (or an appliance from before the report) is no warning
+    engine_of(cloud).guest["pypapo"] = lambda: {"ready": "true", "content": "ok"}
+    messages.clear()
+    deploy.wait_ready(cloud, settings(), progress=messages.append, sleep=lambda _s: None)
+    assert not [m for m in messages if "warning" in m], messages

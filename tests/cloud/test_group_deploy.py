@@ -254,6 +254,30 @@ def test_a_rollout_stops_at_once_when_a_new_instance_reports_an_error() -> None:
     assert serving(engine) == old
 
 
+def test_a_rollout_finishes_with_a_warning_when_the_new_instances_report_a_broken_conda_channel() -> None:
+    """A broken channel document is the bucket's, not the image's: the security-patched image still
+    rolls out (the new instances are healthy), and the broken file and its fix are printed."""
+    from tests.cloud.test_create import BROKEN_CHANNEL
+
+    cloud, engine = group_cloud()
+    create(cloud)
+    image = _new_image(engine)
+    new = group.instance_template(S, image=image, startup_script=SCRIPT).name
+    engine.group_guest = lambda template, _n: (
+        (lambda: {"ready": "true", "content": BROKEN_CHANNEL}) if template == new else None
+    )
+    messages: list[str] = []
+    clock = FakeClock()
+    rolled = group_apply.rollout(
+        cloud, S, image, script=SCRIPT, progress=messages.append, sleep=clock.sleep, clock=clock
+    )
+    assert rolled.changed and {m.template for m in engine.group_instances()} == {new}
+    (warning,) = [m for m in messages if "warning" in m]
+    assert warning.startswith("  warning: pypapo-r-") and warning.endswith(
+        f"serves, but its {BROKEN_CHANNEL}"
+    )
+
+
 def test_rollback_rolls_back_to_the_previous_template() -> None:
     cloud, engine = group_cloud()
     create(cloud)

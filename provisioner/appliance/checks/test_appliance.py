@@ -92,6 +92,13 @@ def test_healthz(host, appliance: Expectations) -> None:
     assert status == 200, f"/healthz answered {status}: {body[:200]!r}"
 
 
+def test_conda_channel_healthy(host, appliance: Expectations) -> None:
+    """The bucket's content for conda users (not the machine's health: /healthz stays 200 meanwhile, and
+    no new machine fixes it): a broken channel document is named, with its fix."""
+    status, body = _get(host, appliance, "/healthz/conda")
+    assert status == 200, f"/healthz/conda answered {status}: {body[:300].decode(errors='replace').strip()}"
+
+
 def test_nginx_workers_unprivileged(host, appliance: Expectations) -> None:
     workers = [
         line.split(None, 1)
