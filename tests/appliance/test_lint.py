@@ -28,8 +28,12 @@ CONFIGS = [
     ApplianceConfig(bucket="my-bucket"),
     ApplianceConfig(bucket="team.bucket-1", prefix="team/python", port=8080, mount_path="/srv/index"),
     ApplianceConfig(bucket="low-port", port=80, file_cache_max_size_mb=-1, metadata_cache_ttl_secs=0),
+    # as the cloud renders it: the kernel wall on the nginx unit (IAP, health checkers, a client range)
+    ApplianceConfig(
+        bucket="walled", allowed_sources=("35.235.240.0/20", "35.191.0.0/16", "130.211.0.0/22", "10.8.0.0/16")
+    ),
 ]
-IDS = ["default", "prefix", "low-port"]
+IDS = ["default", "prefix", "low-port", "walled"]
 
 
 @pytest.mark.parametrize(
@@ -163,6 +167,31 @@ def test_units_are_sandboxed(unit: str, threshold: float, tmp_path: Path) -> Non
     # --threshold takes 0..100 (exposure x10); a higher exposure exits non-zero.
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert f"Overall exposure level for {unit}" in proc.stdout
+
+
+def test_the_walled_unit_is_scored_with_an_ip_allow_list(tmp_path: Path) -> None:
+    """systemd's own reading of the kernel wall: an allow list (not none) on the nginx unit, and a lower
+    exposure than the same unit without it."""
+
+    def security(cfg: ApplianceConfig, name: str) -> str:
+        path = tmp_path / name / NGINX_UNIT
+        path.parent.mkdir()
+        path.write_text(render_units(cfg)[NGINX_UNIT])
+        proc = subprocess.run(
+            [need("systemd-analyze", "systemd"), "security", "--offline=yes", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        return proc.stdout
+
+    walled, bare = security(CONFIGS[3], "walled"), security(CONFIGS[0], "bare")
+    assert "Service defines IP address allow list with non-localhost entries" in walled, walled[-3000:]
+    assert "Service does not define an IP address allow list" in bare
+
+    def exposure(out: str) -> float:
+        return float(out.split(f"Overall exposure level for {NGINX_UNIT}: ")[1].split()[0])
+
+    assert exposure(walled) < exposure(bare)
 
 
 def test_gcsfuse_unit_has_no_mount_namespace(tmp_path: Path) -> None:

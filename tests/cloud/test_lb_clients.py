@@ -165,6 +165,39 @@ def test_the_wall_admits_exactly_the_clients_and_only_in_a_group() -> None:
     assert POOL not in deploy.startup_script(S)
 
 
+def _unit_allows(script: str) -> list[str]:
+    """The networks the nginx unit's kernel wall (IPAddressAllow=) admits, as the startup script ships it."""
+    allowed: list[str] = []
+    for line in script.splitlines():
+        if line.startswith("IPAddressAllow="):
+            allowed += line.removeprefix("IPAddressAllow=").split()
+    return allowed
+
+
+@pytest.mark.parametrize("replicas", [None, "3"])
+def test_the_units_kernel_wall_admits_exactly_what_the_firewall_rules_admit_to_the_port(
+    replicas: str | None,
+) -> None:
+    """One source of the ranges: the allow rules the plan makes for the serving port (IAP; for a group
+    the health checkers and the --lb-client ranges) are the unit's IPAddressAllow=, besides loopback."""
+    group_flags = ["--replicas", replicas, "--lb-client", POOL] if replicas else []
+    result = CliRunner().invoke(main, ["plan", "--offline", "--output", "json", *WHERE, *group_flags])
+    assert result.exit_code == 0, result.output
+    to_port = {
+        source
+        for r in json.loads(result.stdout)["resources"]
+        if r["kind"] == "firewall" and r["spec"].get("allowed")
+        if any("3333" in a.get("ports", []) for a in r["spec"]["allowed"])
+        for source in r["spec"]["sourceRanges"]
+    }
+    s = with_clients(POOL) if replicas else Settings(project="acme-prod", zone="us-central1-a")
+    script = deploy.startup_script(s)
+    allowed = _unit_allows(script)
+    assert allowed[0] == "localhost" and set(allowed[1:]) == to_port, (allowed, to_port)
+    assert "IPAddressDeny=any\n" in script
+    assert (POOL in to_port) is bool(replicas)
+
+
 # --- drift against the Compute double -----------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -111,15 +112,37 @@ SLOW_MOUNT = Variant("slow-mount", 64, 8443, "/srv/pypapo-bucket")  # the baked 
 NAMESPACE = guest.NAMESPACE
 
 
+# The configured client range of every guest here (as IAP's and --lb-client's are on Compute Engine): the
+# host ends of the veths, where the test's clients and the HA test's balancer connect from. A source
+# outside it (OUTSIDE) must get nothing from nginx: its unit's kernel wall drops it.
+CLIENT_RANGE = "10.213.0.0/16"
+
+
+def _outside(net: Net) -> str:
+    """A second address of the host end, outside CLIENT_RANGE: another VM of the VPC, say."""
+    return f"10.214.{net.index}.1"
+
+
 def _render(variant: Variant) -> str:
     from provisioner.appliance import render
 
     cfg = render.ApplianceConfig(
         bucket=BUCKET, prefix=PREFIX, port=variant.port, mount_path=variant.mount_path,
+        allowed_sources=(CLIENT_RANGE,),
         # the test's repository key signs "packages.cloud.google.com": the script must trust exactly it
         gcsfuse_key_fingerprints=(rootfs.signing_key().fingerprint(),),
     )  # fmt: skip
     return render.render_startup_script(cfg)
+
+
+def _handshake(source: str, address: str, port: int, timeout: float = 3) -> bool:
+    """A TCP handshake from SOURCE: True when the guest answered the SYN (whatever nginx does next, its
+    own allow list closing the connection included), False when nothing came back."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout, source_address=(source, 0)):
+            return True
+    except TimeoutError:
+        return False
 
 
 def _metadata_server(script: str) -> metadata.MetadataServer:
@@ -467,6 +490,21 @@ def test_appliance_boots_serves_recovers(variant: Variant, tmp_path: Path) -> No
             assert wrong.returncode != 0, wrong.stdout
             assert "nginx_listens_on_serving_port" in wrong.stderr + wrong.stdout
         step("provision verify")
+
+        # 3b. The kernel wall on the nginx unit (cgroup BPF): a source outside the configured ranges gets
+        #     no SYN-ACK from the serving port (nginx's own allow list would answer the handshake, then
+        #     close), while the guest does answer it elsewhere (sshd: no wall), and an allowed source is
+        #     served. Verify's check of the wall passed above (IPAccounting counters: programs attached).
+        outside = _outside(net)
+        subprocess.run(["ip", "addr", "add", f"{outside}/32", "dev", net.host_if], check=True)
+        vm.ssh(f"ip route replace {outside}/32 via {net.host_ip}")  # the guest can answer it
+        assert _handshake(outside, net.guest_ip, 22), "the guest does not answer the outside address at all"
+        assert not _handshake(outside, net.guest_ip, variant.port), (
+            "a source outside the allowed ranges got a TCP handshake from nginx's port"
+        )
+        assert _handshake(net.host_ip, net.guest_ip, variant.port)
+        assert _get(f"{guest_url}/healthz") == (200, b"ok\n")
+        step("kernel source wall: outside source dropped, allowed one served")
 
         # 4. pip on the host installs through the guest's serving port (dependency resolved via the index).
         index_html = _get(f"{guest_url}/simple/")[1]

@@ -148,6 +148,31 @@ def test_unit_sandbox_in_effect(host, appliance: Expectations, role: str) -> Non
         assert status["Uid"].split()[1] != "0", f"{unit} runs as root"
 
 
+def test_nginx_kernel_source_wall_in_force(host, appliance: Expectations) -> None:
+    """The unit's IPAddressDeny=/IPAddressAllow= as systemd loaded them, and in force: systemd attaches
+    them as cgroup BPF programs, and where it cannot (no BPF, or a container's seccomp filter) it starts
+    the unit unfiltered with only a warning in the journal. IPAccounting, attached with them, shows it."""
+    unit = shlex.quote(appliance.nginx_unit)
+    shown = dict(
+        line.split("=", 1)
+        for line in host.run(
+            f"systemctl show -p IPAddressDeny -p IPAddressAllow -p IPAccounting -p IPIngressBytes {unit}"
+        ).stdout.splitlines()
+        if "=" in line
+    )
+    deny = {ipaddress.ip_network(n) for n in shown.get("IPAddressDeny", "").split()}
+    assert {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")} <= deny, (
+        f"{appliance.nginx_unit} has no kernel source wall: IPAddressDeny={shown.get('IPAddressDeny')!r}"
+    )
+    allow = {ipaddress.ip_network(n) for n in shown.get("IPAddressAllow", "").split()}
+    assert ipaddress.ip_network("127.0.0.0/8") in allow, f"loopback is not allowed: {sorted(map(str, allow))}"
+    ingress = shown.get("IPIngressBytes", "")
+    assert shown.get("IPAccounting") == "yes" and ingress.isdigit() and int(ingress) < 2**64 - 1, (
+        f"{appliance.nginx_unit}: systemd did not attach its BPF programs (IPIngressBytes={ingress!r}): "
+        "the kernel wall is not in force (journalctl -b | grep 'BPF/cgroup firewalling')"
+    )
+
+
 def _normalize(value: str) -> str:
     low = value.strip().lower()
     if low in ("yes", "true", "on", "1"):
