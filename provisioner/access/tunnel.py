@@ -244,14 +244,30 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> int:
     return proc.returncode
 
 
-def _status(port: int, path: str, timeout: float) -> int:
+def _answer(port: int, path: str, timeout: float) -> tuple[int, str]:
+    """(status, body) of GET PATH through PORT; (0, '') when nothing answered."""
     try:
         with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=timeout) as resp:
-            return int(resp.status)
+            return int(resp.status), resp.read(1024).decode(errors="replace")
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, exc.read(1024).decode(errors="replace")
     except OSError:
-        return 0
+        return 0, ""
+
+
+def _status(port: int, path: str, timeout: float) -> int:
+    return _answer(port, path, timeout)[0]
+
+
+def channel_warning(port: int, timeout: float) -> str | None:
+    """The conda channel's health as the appliance judges it (`/healthz/conda`, asked once when the
+    tunnel opens): a line for conda users when it is broken, None when fine (or from before the check:
+    404). Never a reason to move or close the tunnel: pip users are served, and no replica can fix it."""
+    code, body = _answer(port, "/healthz/conda", timeout)
+    if code != 503:
+        return None
+    why = " ".join(body.split()) or "unavailable"
+    return f"warning: the conda channel is broken ({why}); pip users are served meanwhile"
 
 
 def healthy(port: int, timeout: float) -> bool:
@@ -523,6 +539,9 @@ def run(
             supervisor = Supervisor(s, pick, relay, say, timing, stop_event)
             supervisor.open_first()
             relay.start()
+            warning = channel_warning(local_port, timing.probe_timeout)
+            if warning:
+                say(warning)
             for line in how_to_use(local_port):
                 say(line)
             say(NUMPY_HINT)

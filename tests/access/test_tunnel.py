@@ -30,8 +30,9 @@ STAND_IN = f"""#!{sys.executable}
 # Stand-in for `gcloud compute start-iap-tunnel`: records argv and pid (one JSON line per run), listens
 # where gcloud would and answers HTTP as the appliance behind it would: 200, but /livez and /healthz 503
 # while the file down-INSTANCE exists in the control directory (its mount is gone), /healthz alone 503
-# while pages-broken exists (the shared bucket's pages: every instance at once), and /livez 404 on an
-# appliance from before it (old-INSTANCE); it exits when exit-INSTANCE exists.
+# while pages-broken exists (the shared bucket's pages: every instance at once), /healthz/conda 503
+# while channel-broken exists (the shared bucket's conda channel), and /livez 404 on an appliance from
+# before it (old-INSTANCE); it exits when exit-INSTANCE exists.
 import http.server, json, os, signal, sys, threading, time
 record = os.environ["GCLOUD_STAND_IN_RECORD"]
 control = os.environ.get("GCLOUD_STAND_IN_CONTROL", "/nonexistent")
@@ -63,6 +64,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/healthz" and flag("pages-broken"):
             code = 503
         body = f"{{instance}} {{self.path}}".encode()
+        if self.path == "/healthz/conda" and flag("channel-broken"):
+            code = 503
+            body = b"unavailable: conda/noarch/repodata.json is empty (0 bytes) (run `provision reindex`)\\n"
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -209,6 +213,40 @@ def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
             again.kill()
             again.wait()
     assert again.returncode == 0
+
+
+def test_a_broken_conda_channel_is_one_warning_when_the_tunnel_opens(
+    gcloud_dir: Path, tmp_path: Path
+) -> None:
+    """The channel's health is asked once through the new tunnel: broken, conda users read why and the
+    fix; the tunnel serves all the same (the Python index is fine) and says nothing when it is fine."""
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "channel-broken").touch()
+    record = tmp_path / "record.jsonl"
+    local = free_port()
+    for broken in (True, False):
+        if not broken:
+            (control / "channel-broken").unlink()
+        proc = _start_cli(gcloud_dir, record, local, GCLOUD_STAND_IN_CONTROL=str(control))
+        try:
+            lines = _read_until_ready(proc)
+            warnings = [line for line in lines if line.startswith("warning:")]
+            if broken:
+                assert warnings == [
+                    "warning: the conda channel is broken (unavailable: conda/noarch/repodata.json is empty"
+                    " (0 bytes) (run `provision reindex`)); pip users are served meanwhile"
+                ], lines
+            else:
+                assert warnings == [], lines
+            assert _get(local) == (200, "pypapo /simple/")
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0
 
 
 def test_gcloud_ignoring_sigterm_is_killed_and_reaped(gcloud_dir: Path, tmp_path: Path) -> None:
