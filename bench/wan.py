@@ -224,6 +224,7 @@ def _forward_main(args: argparse.Namespace) -> int:
     _enter_netns(args.netns)
     down_fd = _open_tun(args.far)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the bench, which stops us in order
     print("ready", flush=True)
     forward(up_fd, down_fd, parse_shape(args.shape), control=sys.stdin.fileno())
     return 0
