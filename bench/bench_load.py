@@ -193,7 +193,7 @@ def main() -> None:
             channel.append(f"/conda/{subdir}/repodata_shards.msgpack.zst")
         channel += [f"/{p.relative_to(repo).as_posix()}" for p in sorted(repo.glob("conda/*/shards/*"))]
         channel.append("/conda/osx-arm64/repodata.json")  # a subdir nothing was published into
-        site = ["/ui/", "/ui/projects.json", "/ui/site.css", "/ui/site.js"]
+        site = ["/ui/", "/ui/search-0.json", "/ui/site.css", "/ui/site.js"]
         site += [f"/ui/bench-{i}/" for i in range(20)]
         mixes = {"all": everything, "pages": pages, "conda": channel, "site": site, "healthz": ["/healthz"]}
         if args.mixes:

@@ -17,8 +17,11 @@ DIST_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
 # The browsable site (provisioner/repo/site): derived pages, never read back to compute state.
 UI = "ui"
-UI_LIST = f"{UI}/index.html"
-UI_DATA = f"{UI}/projects.json"  # the list's data and the search index
+UI_LIST = f"{UI}/index.html"  # the list's head: its newest rows (provisioner/repo/site/paging.py)
+UI_SHARDS = 16  # the search index (and the list's data) in this many shards, by name
+# What an older pypapo wrote instead of the shards (the whole list's data in one object): `reindex`
+# and the first publish of this version delete it.
+UI_OLD_DATA = f"{UI}/projects.json"
 UI_ASSETS = ("site.css", "site.js", "favicon.svg")
 # The site's one setting, and not derived: while this object exists, README images from https URLs are
 # shown (`provision reindex --site-remote-images`), and nginx's policy for /ui/ allows them.
@@ -92,6 +95,19 @@ def ui_project(project: str) -> str:
 def ui_release(project: str, filename: str) -> str:
     """The site's cache of what a release's page shows (its rendered README, ...), per metadata file."""
     return f"{UI}/{project}/{filename}.json"
+
+
+def ui_page(seq: int) -> str:
+    """The list's page `seq`: 0 the head, 1..M the older pages (1 the oldest)."""
+    return UI_LIST if seq == 0 else f"{UI}/older-{seq}.html"
+
+
+def ui_shard(k: int) -> str:
+    """Search shard `k` (0..UI_SHARDS-1): every project whose name hashes to k."""
+    return f"{UI}/search-{k:x}.json"
+
+
+UI_SHARD_NAMES = tuple(ui_shard(k) for k in range(UI_SHARDS))
 
 
 def ui_asset(name: str) -> str:

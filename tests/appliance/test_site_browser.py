@@ -119,11 +119,22 @@ def site_repo(tmp_path: Path, canary: tuple[str, list[str]]) -> Path:
 
 
 def _visible_projects(b: object) -> list[str]:
+    """The rows shown: the page's own (`id="p-NAME"`) or the search's, rendered from the shards."""
     return [
-        li.get_attribute("id")[2:]
-        for li in b.find_elements("css selector", "#projects > li")  # type: ignore[attr-defined]
+        li.get_attribute("data-name") or li.get_attribute("id")[2:]
+        for li in b.find_elements("css selector", "#projects > li, #results > li")  # type: ignore[attr-defined]
         if li.is_displayed()
     ]
+
+
+def _shown(b: object, want: list[str]) -> None:
+    """Wait (the search loads its shards on first use) until exactly `want` is shown."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(b, 10).until(lambda d: _visible_projects(d) == want)
+    except Exception:  # the assertion names what is shown instead
+        assert _visible_projects(b) == want
 
 
 def _no_trouble(b: object, root: str) -> None:
@@ -151,13 +162,13 @@ def test_the_list_and_search(site_repo: Path, serve_repo, browser) -> None:
     assert "acme-tools 1.1" in b.find_element("id", "p-acme-tools").text  # 1.2 is yanked
     search = b.find_element("id", "q")
     search.send_keys("acme")
-    assert _visible_projects(b) == ["acme-tools", "acme-core"]
+    _shown(b, ["acme-tools", "acme-core"])
     assert b.find_element("id", "count").text == "2 of 3 projects match"
     search.send_keys(" core")
-    assert _visible_projects(b) == ["acme-core"]
+    _shown(b, ["acme-core"])
     search.clear()
     search.send_keys("automation")  # a keyword, from the search index (not on the page)
-    assert _visible_projects(b) == ["acme-tools"]
+    _shown(b, ["acme-tools"])
     from selenium.webdriver.common.keys import Keys
 
     search.send_keys(Keys.ENTER)  # Enter opens the first match
@@ -165,7 +176,94 @@ def test_the_list_and_search(site_repo: Path, serve_repo, browser) -> None:
     b.back()
     b.find_element("tag name", "body").send_keys("/")  # "/" focuses the search box
     assert b.switch_to.active_element.get_attribute("id") == "q"
+    b.switch_to.active_element.send_keys(Keys.ESCAPE)  # Esc clears: the page's own rows again
+    _shown(b, ["hostile", "acme-tools", "acme-core"])
     _no_trouble(b, index.root_url)
+
+
+@pytest.fixture
+def paged_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Eleven projects in a list of pages of two (the head up to four rows): the head, and older
+    pages the engine sealed as they were published, one project republished from the oldest."""
+    from provisioner.repo.site import paging
+
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    repo, dists = tmp_path / "repo", tmp_path / "dists"
+    r = Repository.open(str(repo))
+    for i in range(11):
+        keywords = ["Keywords: needle"] if i == 0 else []
+        r.publish([_wheel(dists, f"proj-{i:02d}", "1.0", summary=f"Project number {i}", headers=keywords)])
+    r.publish([_wheel(dists, "proj-03", "2.0", summary="Project number 3, again")])
+    assert (repo / "ui" / "older-1.html").exists() and (repo / "ui" / "older-3.html").exists()
+    return repo
+
+
+def _newest_first() -> list[str]:
+    return ["proj-03"] + [f"proj-{i:02d}" for i in range(10, -1, -1) if i != 3]
+
+
+def test_search_finds_projects_on_every_page(paged_repo: Path, serve_repo, browser) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    index = serve_repo(paged_repo)
+    b = browser()
+    b.get(f"{index.root_url}/ui/")
+    head = _visible_projects(b)
+    assert head == _newest_first()[: len(head)] and "proj-00" not in head
+    search = b.find_element("id", "q")
+    search.send_keys("needle")  # a keyword of the oldest project, on the oldest page
+    _shown(b, ["proj-00"])
+    assert b.find_element("id", "count").text == "1 of 11 projects match"
+    assert not b.find_element("css selector", ".pp-pages").is_displayed()  # results span every page
+    b.screenshot("site-list-search-older")
+    search.clear()
+    search.send_keys("project number")
+    _shown(b, _newest_first())  # every project, newest upload first, from every page
+    search.send_keys(Keys.ENTER)
+    assert urlsplit(b.current_url).path == "/ui/proj-03/"
+    # The same from an older page: the shards are beside it, links relative.
+    b.get(f"{index.root_url}/ui/older-1.html")
+    if AXE.exists():  # an older page passes as the head does
+        b.execute_script(AXE.read_text())
+        result = b.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations));"
+        )
+        assert [(v["id"], [n["target"] for n in v["nodes"]][:3]) for v in result] == []
+    b.find_element("id", "q").send_keys("proj-10")
+    _shown(b, ["proj-10"])
+    b.find_element("css selector", "#results a").click()
+    assert urlsplit(b.current_url).path == "/ui/proj-10/"
+    _no_trouble(b, index.root_url)
+    paths = {path for _m, path, _s in index.requests()}
+    assert {f"/ui/search-{k:x}.json" for k in range(16)} <= paths
+
+
+def test_every_page_of_the_list_without_javascript(paged_repo: Path, serve_repo, browser) -> None:
+    """Older projects, reached by their links (rel=next) from the head to the oldest page and back
+    (rel=prev): every project once, newest upload first, with no script at all."""
+    index = serve_repo(paged_repo)
+    b = browser()
+    b.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    b.get(f"{index.root_url}/ui/")
+    seen: list[str] = []
+    pages = []
+    while True:
+        pages.append(urlsplit(b.current_url).path)
+        assert not b.find_element("css selector", ".pp-search").is_displayed()
+        seen += _visible_projects(b)
+        older = b.find_elements("css selector", ".pp-pages a[rel=next]")
+        if not older:
+            break
+        older[0].click()
+    assert seen == _newest_first()
+    assert pages[0] == "/ui/" and pages[-1] == "/ui/older-1.html" and len(pages) == len(set(pages))
+    b.screenshot("site-list-older-page-nojs")
+    back = []
+    while newer := b.find_elements("css selector", ".pp-pages a[rel=prev]"):
+        newer[0].click()
+        back.append(urlsplit(b.current_url).path)
+    assert back == pages[-2::-1]
 
 
 def test_a_project_page(site_repo: Path, serve_repo, browser) -> None:

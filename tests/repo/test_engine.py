@@ -16,6 +16,7 @@ from pypi_simple import DistributionPackage, IndexPage, ProjectPage, RepositoryP
 from provisioner.appliance import sample
 from provisioner.errors import ConflictError, InvalidDistribution, PypapoError
 from provisioner.repo.engine import Repository
+from provisioner.repo.site.paging import shard_of
 from provisioner.repo.store import open_store
 from tests.fixtures.gcs import RepoHandle
 
@@ -52,7 +53,7 @@ def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, 
         f"simple/foo-bar/{sdist.name}",
         # The browsable site (tests/repo/test_site.py)
         "ui/index.html",
-        "ui/projects.json",
+        *(f"ui/search-{k:x}.json" for k in range(16)),  # the search index, in shards by name
         "ui/site.css",
         "ui/site.js",
         "ui/favicon.svg",
@@ -335,8 +336,8 @@ def test_publish_cost_follows_the_project_not_the_repository(
     touched = {name for op, name in grown if name and not (op == "stat" and name.startswith("simple/index."))}
     site = {
         "ui/demo/index.html",
-        "ui/index.html",
-        "ui/projects.json",
+        "ui/index.html",  # the list's head (the row of a project already on it moves there)
+        f"ui/search-{shard_of('demo'):x}.json",  # its search shard: one of 16
         "ui/site.css",
         "ui/site.js",
         "ui/favicon.svg",
@@ -383,7 +384,8 @@ def test_initialize_gives_a_new_repository_an_empty_index_once(
     repository = Repository.open(repo.location)
     assert repository.initialize() is True
     snap = repo.snapshot()
-    site = {"ui/index.html", "ui/projects.json", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
+    site = {"ui/index.html", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
+    site |= {f"ui/search-{k:x}.json" for k in range(16)}
     assert set(snap) == {"simple/index.html", "simple/index.json"} | site  # /ui/ answers too
     assert _json(snap, "simple/index.json")["projects"] == []
     assert "Nothing published yet" in snap["ui/index.html"].decode()

@@ -4,7 +4,6 @@ in a real browser)."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from html.parser import HTMLParser
@@ -14,15 +13,8 @@ import pytest
 
 from provisioner.appliance import sample
 from provisioner.repo.engine import Repository
-from provisioner.repo.site import readme, render
-from provisioner.repo.site.render import (
-    ListEntry,
-    dumps_aggregate,
-    loads_aggregate,
-    render_list,
-    splice_aggregate,
-    splice_list,
-)
+from provisioner.repo.site import paging, readme, render
+from provisioner.repo.site.render import ListEntry, loads_aggregate
 from tests.fixtures.gcs import RepoHandle
 
 # Everything a README can try; none of it may survive as markup that runs, loads or submits.
@@ -128,6 +120,49 @@ def _site(repo: RepoHandle) -> dict[str, bytes]:
     return {k: v for k, v in repo.snapshot().items() if k.startswith("ui/")}
 
 
+def _entries(site: dict[str, bytes]) -> dict[str, ListEntry]:
+    """Every project's entry, from the search shards."""
+    out: dict[str, ListEntry] = {}
+    for k in range(paging.SHARDS):
+        shard = loads_aggregate(site[f"ui/search-{k:x}.json"])
+        assert all(paging.shard_of(n) == k for n in shard)
+        out |= shard
+    return out
+
+
+def _listed(site: dict[str, bytes]) -> list[tuple[str, str]]:
+    """The list's rows (key: upload time, name) through every page, head first, checking that each
+    page is in form and every row lies in its page's range."""
+    head = paging.parse_page(site["ui/index.html"], paging.HEAD)
+    assert head is not None
+    m = len(head.bounds)
+    assert sorted(n for n in site if n.startswith("ui/older-")) == sorted(
+        f"ui/older-{s}.html" for s in range(1, m + 1)
+    )
+    rows = []
+    for s in [paging.HEAD, *range(m, 0, -1)]:
+        page = paging.parse_page(site[f"ui/{'index' if s == 0 else f'older-{s}'}.html"], s)
+        assert page is not None, s
+        assert page.top == (s == m) or s == paging.HEAD
+        for row in page.rows:
+            k = paging.row_key(row)
+            assert k is not None and paging.locate(head.bounds, k) == s
+            rows.append(k)
+    return rows
+
+
+def _consistent(site: dict[str, bytes]) -> dict[str, ListEntry]:
+    """The list shows every project of the shards exactly once, newest upload first, each row as
+    its entry renders; the entries."""
+    entries = _entries(site)
+    assert _listed(site) == sorted((paging.key(e) for e in entries.values()), reverse=True)
+    pages = b"".join(v for n, v in site.items() if n == "ui/index.html" or n.startswith("ui/older-"))
+    for e in entries.values():
+        assert pages.count(render.list_row(e).encode()) == 1, e
+    assert "ui/projects.json" not in site
+    return entries
+
+
 def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_path: Path) -> None:
     r = Repository.open(repo.location)
     core = _wheel(tmp_path, "acme-core", "1.0", summary="The core", description="Core\n====\n")
@@ -155,10 +190,9 @@ def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_p
     assert '<a href="../acme-core/">acme-core</a>&gt;=1' in page  # a dependency pypapo holds: linked
     assert "<code>requests</code>" in page  # one it does not hold: not linked
     assert 'href="../../simple/acme-tools/acme_tools-1.0-py3-none-any.whl#sha256=' in page
-    agg = loads_aggregate(site["ui/projects.json"])
+    agg = _consistent(site)
     assert (agg["acme-tools"].version, agg["acme-tools"].summary) == ("1.2", "Tools 2")
     assert agg["acme-tools"].keywords == ("acme", "cli")
-    assert site["ui/index.html"] == render_list(agg.values())
 
     r.set_yanked("acme-tools", "1.2", "broke the CLI")
     site = _site(repo)
@@ -167,15 +201,15 @@ def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_p
     assert '<h1 id="readme-user-content-tools-1">Tools 1</h1>' in page  # now the latest non-yanked
     assert '<a href="../acme-core/">acme-core</a>&gt;=1' in page  # spliced: links looked up one by one
     assert "<code>requests</code>" in page
-    assert loads_aggregate(site["ui/projects.json"])["acme-tools"].version == "1.1"
+    assert _consistent(site)["acme-tools"].version == "1.1"
 
     r.set_yanked("acme-tools", "1.2", None, yanked=False)
-    assert loads_aggregate(_site(repo)["ui/projects.json"])["acme-tools"].version == "1.2"
+    assert _consistent(_site(repo))["acme-tools"].version == "1.2"
 
     r.remove("acme-core")
     site = _site(repo)
     assert "ui/acme-core/index.html" not in site
-    assert set(loads_aggregate(site["ui/projects.json"])) == {"acme-tools"}
+    assert set(_consistent(site)) == {"acme-tools"}
     assert "acme-core" not in site["ui/index.html"].decode()
 
 
@@ -188,7 +222,7 @@ def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHand
     from provisioner.repo.store import open_store
 
     store = open_store(repo.location)
-    for name in ("ui/index.html", "ui/projects.json", "ui/proj-0/index.html", "ui/site.js"):
+    for name in ("ui/index.html", "ui/search-3.json", "ui/proj-0/index.html", "ui/site.js"):
         store.delete(name)
     _data, gen = store.read("ui/proj-2/index.html")
     store.write("ui/proj-2/index.html", b"<p>stale</p>", if_generation_match=gen)
@@ -210,7 +244,7 @@ def test_a_site_from_before_the_site_existed_is_built_by_the_next_publish(
         if page.is_file():
             page.unlink()
     r.publish([_wheel(tmp_path, "new", "1.0")])
-    assert set(loads_aggregate(_site(dir_repo)["ui/projects.json"])) == {"old", "new"}
+    assert set(_consistent(_site(dir_repo))) == {"old", "new"}
 
 
 def _publish_at_once(repo: RepoHandle, wheels: list[Path]) -> None:
@@ -228,9 +262,7 @@ def test_concurrent_publishers_leave_every_project_on_the_list(dir_repo: RepoHan
     Repository.open(dir_repo.location).initialize()
     _publish_at_once(dir_repo, wheels)
     site = _site(dir_repo)
-    names = {p[0] for p in json.loads(site["ui/projects.json"])["projects"]}  # fields[0] is the name
-    assert names == {f"racer-{i}" for i in range(8)}
-    assert site["ui/index.html"] == render_list(loads_aggregate(site["ui/projects.json"]).values())
+    assert set(_consistent(site)) == {f"racer-{i}" for i in range(8)}
     assert all(f"ui/racer-{i}/index.html" in site for i in range(8))
 
 
@@ -274,48 +306,130 @@ def _random_entry(rng: random.Random, name: str) -> ListEntry:
     )
 
 
-def test_spliced_lines_are_the_bytes_of_a_full_render() -> None:
-    rng = random.Random(13)
-    entries = {n: _random_entry(rng, n) for n in (f"p-{i:02d}" for i in range(30))}
-    aggregate, listing = dumps_aggregate(entries), render_list(entries.values())
-    for _ in range(300):
-        entry = _random_entry(rng, rng.choice(sorted(entries)))
-        if rng.random() < 0.1:
-            entry = entry._replace(uploaded=entries[entry.name].uploaded)  # ties between rows' times
-        entries[entry.name] = entry
-        aggregate = splice_aggregate(aggregate, entry)  # type: ignore[arg-type]
-        listing = splice_list(listing, entry)  # type: ignore[arg-type]
-        assert aggregate == dumps_aggregate(entries)
-        assert listing == render_list(entries.values())
-    assert loads_aggregate(aggregate) == entries
-    # A new project, or a page not in this form (an older pypapo's one-line aggregate): the full path.
-    assert splice_aggregate(aggregate, _random_entry(rng, "new")) is None
-    assert splice_list(listing, _random_entry(rng, "new")) is None
-    one_line = json.dumps(json.loads(aggregate), separators=(",", ":")).encode()
-    assert splice_aggregate(one_line, entry) is None
+def _pages(store: dict[int, bytes]) -> list[tuple[str, str]]:
+    head = paging.parse_page(store[paging.HEAD], paging.HEAD)
+    assert head is not None
+    keys = []
+    for s in [paging.HEAD, *range(len(head.bounds), 0, -1)]:
+        page = paging.parse_page(store[s], s)
+        assert page is not None and (s == paging.HEAD or page.top == (s == len(head.bounds)))
+        keys += [paging.row_key(r) for r in page.rows]
+    return keys
 
 
-def test_publish_yank_and_unyank_splice_the_list_and_reindex_finds_it_current(
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_moves_and_seals_keep_every_row_once_in_order(rows: int) -> None:
+    """The pure logic of the paged list: each change rewrites the pages it reads (asked for by
+    `apply`), the head seals its oldest rows past 2N, and the list stays every project once, in
+    order, whatever the changes (publishes to the top, upload times back in time, new projects,
+    removals, ties)."""
+    rng = random.Random(rows)
+    entries = {n: _random_entry(rng, n) for n in (f"p-{i:02d}" for i in range(12))}
+    store = paging.paginate(entries.values(), rows=rows)
+    assert _pages(store) == sorted((paging.key(e) for e in entries.values()), reverse=True)
+    clock = 0
+    for step in range(400):
+        name = f"p-{rng.randrange(16):02d}"
+        old = entries.get(name)
+        roll = rng.random()
+        if roll < 0.5:
+            clock += 1
+            new: ListEntry | None = _random_entry(rng, name)._replace(uploaded=f"2027-{clock:06d}")
+        elif roll < 0.8:
+            new = _random_entry(rng, name)  # anywhere in the order (a remove, a mirror's old times)
+        elif roll < 0.9 and old is not None:
+            new = old._replace(version="", summary="yanked")  # a yank: the row stays where it is
+        else:
+            new = None
+        change = [paging.Change(name, old, new)]
+        read: dict[int, bytes] = {paging.HEAD: store[paging.HEAD]}
+        for _ in range(5):
+            plan = paging.apply(read, change, rows=rows)
+            if not isinstance(plan, set):
+                break
+            assert plan - read.keys() == plan  # never asks twice for one page
+            read |= {s: store.get(s, b"") for s in plan}
+        assert isinstance(plan, paging.Plan)
+        assert set(plan.pages) <= set(read)  # writes only what it read (generations before the state)
+        store |= plan.pages
+        if new is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = new
+        assert _pages(store) == sorted((paging.key(e) for e in entries.values()), reverse=True), step
+        head = paging.parse_page(store[paging.HEAD], paging.HEAD)
+        assert head is not None and len(head.rows) <= 2 * rows
+    # reindex cuts it anew: a head of N, pages of N, the very same rows.
+    again = paging.paginate(entries.values(), rows=rows)
+    assert _pages(again) == _pages(store)
+    assert all(len(paging.parse_page(p, s).rows) == rows for s, p in again.items() if s > 1)  # type: ignore[union-attr]
+
+
+def test_a_page_not_in_this_form_is_never_spliced() -> None:
+    rng = random.Random(5)
+    entries = [_random_entry(rng, f"p-{i}") for i in range(6)]
+    pages = paging.paginate(entries, rows=2)
+    change = [paging.Change("p-1", entries[1], entries[1]._replace(summary="new"))]
+    read = {s: pages[s] for s in pages}
+    assert isinstance(paging.apply(read, change, rows=2), paging.Plan)
+    old_list = b'<ul class="pp-list" id="projects">\n<li id="p-p-1">...</li>\n</ul>\n'  # an older pypapo's
+    for broken in (
+        pages[0].replace(b"Projects", b"Projekte"),
+        pages[0].replace(b"data-bounds", b"data-x"),
+        pages[0][: len(pages[0]) // 2],
+        old_list,
+        b"",
+    ):
+        assert paging.apply({**read, 0: broken}, change, rows=2) is None
+    # Rows out of order, a project twice, a row outside its page's range: not this form either.
+    page2 = paging.parse_page(pages[2], 2)
+    assert page2 is not None
+    for rows in (page2.rows[::-1], page2.rows[:1] * 2):
+        assert paging.parse_page(paging.render_page(2, rows, top=page2.top), 2) is None
+    page1 = paging.parse_page(pages[1], 1)
+    assert page1 is not None
+    stray = paging.render_page(1, page2.rows[:1] + page1.rows, top=page1.top)  # page 2's newest on page 1
+    on_1 = next(e for e in entries if e.name == paging.row_key(page1.rows[0])[1])  # type: ignore[index]
+    yank = [paging.Change(on_1.name, on_1, on_1._replace(version=""))]
+    assert isinstance(paging.apply(read, yank, rows=2), paging.Plan)
+    assert paging.apply({**read, 1: stray}, yank, rows=2) is None
+
+
+def test_publish_yank_and_unyank_write_a_few_kb_of_the_site_and_reindex_finds_it_current(
     repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With the head at 2N = 6 rows and 20 projects, every publish, yank and unyank writes the
+    head, one shard and at most one older page of the list (no full render: `paginate` is only
+    reindex's), and the list stays every project once, in order; reindex then cuts it anew."""
+    monkeypatch.setattr(paging, "PAGE_ROWS", 3)
     r = Repository.open(repo.location)
-    r.publish([_wheel(tmp_path, f"proj-{i}", "1.0", summary=f"P{i} <&>") for i in range(5)])
-    full = []  # full renders of the aggregate or the list: a publish into an existing project has none
-    monkeypatch.setattr(render, "render_list", lambda e, f=render.render_list: full.append(1) or f(e))
-    monkeypatch.setattr(render, "dumps_aggregate", lambda e, f=render.dumps_aggregate: full.append(1) or f(e))
+    r.publish([_wheel(tmp_path, f"proj-{i:02d}", "1.0", summary=f"P{i} <&>") for i in range(20)])
+    full = []
+    monkeypatch.setattr(paging, "paginate", lambda *a, f=paging.paginate, **k: full.append(1) or f(*a, **k))
     rng = random.Random(7)
     for step in range(12):
-        project = f"proj-{rng.randrange(5)}"
+        project = f"proj-{rng.randrange(20):02d}"
+        before = _site(repo)
         r.publish([_wheel(tmp_path / str(step), project, f"2.{step}", summary=f"step {step}")])
         if step % 3 == 0:
             r.set_yanked(project, f"2.{step}", f"bad {step}")
         if step % 4 == 0:
             r.set_yanked(project, "1.0", None)  # every version of it may be yanked now: version ''
         site = _site(repo)
-        assert site["ui/index.html"] == render_list(loads_aggregate(site["ui/projects.json"]).values())
+        changed = {n for n in site if site[n] != before.get(n) and not n.startswith(f"ui/{project}/")}
+        lists = {n for n in changed if n == "ui/index.html" or n.startswith(("ui/older-", "ui/search-"))}
+        assert changed == lists and len([n for n in lists if n.startswith("ui/search-")]) == 1, changed
+        # The page the row left; on a seal the new page and the one before it (its "newer" link).
+        assert len([n for n in lists if n.startswith("ui/older-")]) <= 3, changed
+        entries = _consistent(site)
+        if step % 3:  # (else the release just published is yanked: the summary is an older one's)
+            assert entries[project].summary == f"step {step}"
     assert not full
     monkeypatch.undo()
+    monkeypatch.setattr(paging, "PAGE_ROWS", 3)
+    r.reindex()
     before = _site(repo)
+    assert _consistent(before) == entries
     assert r.reindex().pages_written == 0  # a from-scratch render gives the very same bytes
     assert _site(repo) == before
 
@@ -327,10 +441,8 @@ def test_concurrent_publishers_into_existing_projects_lose_no_line(
     r.publish([_wheel(tmp_path, f"racer-{i}", "1.0") for i in range(8)])
     wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "2.0") for i in range(8)]
     _publish_at_once(dir_repo, wheels)
-    site = _site(dir_repo)
-    entries = loads_aggregate(site["ui/projects.json"])
+    entries = _consistent(_site(dir_repo))
     assert {e.version for e in entries.values()} == {"2.0"}
-    assert site["ui/index.html"] == render_list(entries.values())
     assert r.reindex().pages_written == 0
 
 
@@ -468,7 +580,7 @@ def test_a_forked_publisher_does_not_wait_for_its_parent_s_render_thread(
         child.join()
         pytest.fail("the forked publisher hung on a thread it does not have")
     assert child.exitcode == 0
-    assert loads_aggregate(_site(dir_repo)["ui/projects.json"])["forked"].version == "3.0"
+    assert _entries(_site(dir_repo))["forked"].version == "3.0"
 
 
 class _Recording:
@@ -525,7 +637,7 @@ def test_a_publish_writes_the_site_with_the_index_page_and_reads_nothing_between
         "simple/proj-1/index.html",
         "ui/proj-1/index.html",
         "ui/index.html",
-        "ui/projects.json",
+        f"ui/search-{paging.shard_of('proj-1'):x}.json",
     } <= set(batches[0])
     assert [op for op in after if op[0] in ("write", "write_many")] == [("write_many", batches[0])]
     assert r.reindex().pages_written == 0
@@ -548,10 +660,9 @@ def test_a_change_between_what_the_site_read_ahead_and_its_batch_is_not_lost(
     recorder.on_write["simple/proj-1/index.json"] = meanwhile
     Repository(recorder).publish([_wheel(tmp_path / "2", "proj-1", "2.0", summary="ours")])  # type: ignore[arg-type]
     site = _site(repo)
-    entries = loads_aggregate(site["ui/projects.json"])
+    entries = _consistent(site)
     assert (entries["proj-1"].version, entries["proj-1"].summary) == ("2.0", "ours")
     assert (entries["proj-2"].version, entries["proj-2"].summary) == ("3.0", "other")
-    assert site["ui/index.html"] == render_list(entries.values())
     page = site["ui/proj-1/index.html"].decode()
     assert "racing yank" in page and "proj_1-2.0-py3-none-any.whl" in page
     assert Repository.open(repo.location).reindex().pages_written == 0

@@ -1,9 +1,10 @@
 """Pure: the site's pages from a project's state (its JSON) and the core metadata of one release.
 
 - `release_info(metadata)`: what a page shows of a release's core metadata (summary, README, URLs...).
-- `list_entry(state, info)`: one project's line of the list, kept in the aggregate `ui/projects.json`
-  (which is also the search index the list page's script loads).
-- `render_project(...)`, `render_list(...)`: the two kinds of HTML page.
+- `list_entry(state, info)`: one project's row of the list, kept in the aggregate: the search shards
+  `ui/search-<k>.json` (which site.js loads to search every project).
+- `render_project(...)`, `list_page(...)`: the two kinds of HTML page (`paging` cuts the list into
+  pages and places rows on them).
 
 Every link is relative (`../`, `../../simple/...`), so the site works through a tunnel on any port and
 behind any path prefix. Pages carry no inline script or style: the Content-Security-Policy forbids both.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import html
 import importlib.metadata
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -245,7 +245,7 @@ def list_entry(state: ProjectState, info: ReleaseInfo) -> ListEntry:
     )
 
 
-# --- the aggregate (ui/projects.json): the list's data and the search index -----------------------
+# --- the aggregate (a search shard, ui/search-<k>.json): the list's data and the search index ----
 
 
 _FIELDS = list(ListEntry._fields)
@@ -264,32 +264,9 @@ def _aggregate_line(e: ListEntry) -> bytes:
 
 def dumps_aggregate(entries: Mapping[str, ListEntry]) -> bytes:
     """`{"version": 1, "fields": [...], "projects": [[name, summary, ...], ...]}`, sorted by name,
-    one project a line (JSON escapes every newline inside a string): a publish splices its line."""
+    one project a line (a shard of the search index, or the whole of an older pypapo's)."""
     lines = b",\n".join(_aggregate_line(entries[name]) for name in sorted(entries))
     return _AGG_HEAD + lines + _AGG_TAIL
-
-
-def _aggregate_key(name: str) -> bytes:
-    return b"\n[" + json.dumps(name).encode() + b","
-
-
-def splice_aggregate(data: bytes, entry: ListEntry) -> bytes | None:
-    """`data` with `entry`'s line replaced: the bytes `dumps_aggregate` would give for the same
-    entries. None when `data` is not in that form or has no line for the project (a new one)."""
-    if not (data.startswith(_AGG_HEAD) and data.endswith(_AGG_TAIL)):
-        return None
-    start = data.find(_aggregate_key(entry.name), len(_AGG_HEAD) - 1) + 1
-    if start == 0:
-        return None
-    end = data.index(b"\n", start)
-    comma = b"," if data[end - 1 : end] == b"," else b""
-    return data[:start] + _aggregate_line(entry) + comma + data[end:]
-
-
-def held_among(data: bytes, names: Iterable[str]) -> set[str]:
-    """Which of `names` (normalized) have a line in an aggregate in `dumps_aggregate`'s form: what
-    a page's dependency links need, without reading every project's line."""
-    return {n for n in names if _aggregate_key(n) in data}
 
 
 def dependency_names(info: ReleaseInfo) -> set[str]:
@@ -528,8 +505,10 @@ def render_project(
     return _page(f"{project} · pypapo", base, "".join(parts), description=info.summary)
 
 
-def _list_row(e: ListEntry) -> str:
-    # One escape per field. Names are PEP 503 normalized ([a-z0-9-]), so they are their own URL path.
+def list_row(e: ListEntry) -> str:
+    """One project's row of a list page: one line (every field escaped; JSON would escape a newline
+    too), so that a change replaces its line. Names are PEP 503 normalized ([a-z0-9-]): their own
+    URL path."""
     esc = html.escape
     name = esc(e.name)
     version = esc(e.version) if e.version else '<span class="pp-yanked">yanked</span>'
@@ -542,63 +521,41 @@ def _list_row(e: ListEntry) -> str:
     )
 
 
-def _list_key(e: ListEntry) -> tuple[str, str]:
-    return (e.uploaded, e.name)
+def older_page(seq: int) -> str:
+    """A list page's URL relative to ui/ (0: the head)."""
+    return "./" if seq == 0 else f"older-{seq}.html"
 
 
-_LIST_OPEN = b'<ul class="pp-list" id="projects">\n'
-_ROW_KEY = re.compile(rb'<li id="p-([^"]*)">.*? datetime="([^"]*)"')
-
-
-def render_list(entries: Iterable[ListEntry]) -> bytes:
-    """`ui/index.html`: every project, newest upload first; the search box filters it (site.js).
-    One project a line, so that a publish splices its row (`splice_list`)."""
-    rows = [_list_row(e) for e in sorted(entries, key=_list_key, reverse=True)]
-    count = f"{len(rows)} project" + ("" if len(rows) == 1 else "s")
+def list_page(seq: int, rows: str, count: int, *, older: int, top: bool, bounds: str) -> bytes:
+    """A page of the list (`paging`): the head (`seq` 0, carrying `bounds`, the keys its older
+    pages are cut at) or older page `seq`, with `count` rows (`list_row` lines). Every page has the
+    search box (site.js: it searches every project, on every page) and the links to the others."""
+    links = []
+    if seq:
+        links.append('<a href="./">Newest projects</a>')
+        links.append(f'<a rel="prev" href="{older_page(0 if top else seq + 1)}">\u2190 Newer</a>')
+    if (seq or older + 1) > 1:
+        links.append(
+            f'<a rel="next" href="{older_page(seq - 1 if seq else older)}">Older projects \u2192</a>'
+        )
+    data = f' data-bounds="{html.escape(bounds)}"' if not seq else ""
+    nav = f'<nav class="pp-pages" aria-label="Pages"{data}>{" ".join(links)}</nav>\n'
+    if count:
+        kind = "older project" if seq else "project"
+        text = f"{count} {kind}{'' if count == 1 else 's'} on this page, newest upload first."
+    else:
+        text = "Nothing published yet." if not (seq or older) else "No project on this page any more."
+    title = "Projects" if not seq else "Older projects"
     body = (
-        "<h1>Projects</h1>\n"
+        f"<h1>{title}</h1>\n"
         '<div class="pp-search" role="search" hidden>\n'
-        '<label for="q">Search projects</label>\n'
+        '<label for="q">Search every project</label>\n'
         '<input id="q" type="search" autocomplete="off" spellcheck="false" '
         'placeholder="name, summary or keyword" aria-describedby="count">\n'
         "</div>\n"
-        f'<p id="count" class="pp-muted" aria-live="polite">{count}, newest upload first.</p>\n'
-        f"{_LIST_OPEN.decode()}{''.join(rows)}</ul>\n"
-        + ('<p class="pp-muted">Nothing published yet.</p>\n' if not rows else "")
+        f'<p id="count" class="pp-muted" aria-live="polite">{text}</p>\n'
+        f"{nav}"
+        f'<ul class="pp-list" id="projects">\n{rows}</ul>\n'
+        + (f'<nav class="pp-pages" aria-label="More pages">{" ".join(links)}</nav>\n' if links else "")
     )
-    return _page("Projects · pypapo", "", body, description="Every project in this pypapo repository")
-
-
-def splice_list(page: bytes, entry: ListEntry) -> bytes | None:
-    """`page` (a list page from `render_list`) with `entry`'s row replaced and moved to its place:
-    the bytes `render_list` would give for the same entries. None when the page is not in that
-    form or has no row for the project (a new one: the count changes too)."""
-    row = _list_row(entry).encode()
-    if row.count(b"\n") != 1:
-        return None
-    top = page.find(_LIST_OPEN)
-    if top < 0:
-        return None
-    top += len(_LIST_OPEN)
-    bottom = page.rfind(b"</ul>\n", top)  # rows are escaped text: the list's own close is the last
-    old = page.find(b'\n<li id="p-' + html.escape(entry.name).encode() + b'">', top - 1, bottom) + 1
-    if bottom < 0 or old == 0:
-        return None
-    old_end = page.index(b"\n", old) + 1
-    # Rows are in descending key order (the old row too, at its old key): find the first row whose
-    # key is not above the entry's by bisecting byte offsets (each probe finds its row's start), so
-    # that no row is split or copied but once, in the join.
-    lo, hi, want = top, bottom, _list_key(entry)
-    while lo < hi:
-        start = page.rfind(b"\n", lo, (lo + hi) // 2) + 1 or lo
-        m = _ROW_KEY.match(page, start)
-        if m is None:
-            return None
-        if (html.unescape(m[2].decode()), html.unescape(m[1].decode())) > want:
-            lo = page.index(b"\n", start) + 1
-        else:
-            hi = start
-    v = memoryview(page)
-    if lo <= old:
-        return b"".join((v[:lo], row, v[lo:old], v[old_end:]))
-    return b"".join((v[:old], v[old_end:lo], row, v[lo:]))
+    return _page(f"{title} · pypapo", "", body, description="Every project in this pypapo repository")

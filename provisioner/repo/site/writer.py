@@ -2,26 +2,30 @@
 
 What is written (docs/architecture.md):
 
-    ui/index.html              the list: every project, newest upload first
-    ui/projects.json           the aggregate: one entry per project (the list's data, the search index)
+    ui/index.html              the list's head: its newest rows (and the keys its older pages are cut at)
+    ui/older-<s>.html          the list's older pages (paging.py), each linked to the next
+    ui/search-<k>.json         the aggregate in 16 shards by name: the list's data, the search index
     ui/<project>/index.html    a project page
     ui/site.css, ui/site.js    the static assets (shipped in provisioner/repo/site/static)
 
 Nothing here is a source of truth. A project page is rendered from the project JSON and the core
-metadata (`.metadata` file) of its latest release; the aggregate is a cache of one entry per project,
-so that a publish rewrites the list without reading every project. The protocol is the index's: read
-each page's generation, THEN the project JSON it is rendered from, and write conditional on that
-generation; the aggregate is read-modify-written conditional on its generation, and the list page,
-spliced with it, conditional on its own generation read before. A change of a project already listed
-is written in the same `write_many` as its index pages (`stage`, the engine's `Spanning` hook); an
-aggregate write that lost is redone, list and all. Whoever writes last therefore rendered the latest
-state. `rebuild` (reindex) renders everything from the states given.
+metadata (`.metadata` file) of its latest release; a shard is a cache of one entry per project, so
+that a publish places one row on the list without reading every project. The protocol is the
+index's: read each page's generation, THEN the project JSON it is rendered from, and write
+conditional on that generation; a shard is read-modify-written conditional on its generation, and
+the list pages its row leaves and joins conditional on theirs, read before. A change of a project
+is written in the same `write_many` as its index pages (`stage`, the engine's `Spanning` hook): its
+page, its shard, the head (and the older page its row left). A shard write that lost is redone
+(`update`); a list page that lost is placed again from the shard's entry (`_place`); a seal of the
+head, a project gone, a new shard layout take `update`. Whoever writes last therefore rendered the
+latest state. `rebuild` (reindex) renders everything from the states given and cuts the list anew.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,7 +38,7 @@ from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.pools import process_pool
 from provisioner.repo.reindex import cpu_count, worker_context
-from provisioner.repo.site import render
+from provisioner.repo.site import paging, render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
 from provisioner.repo.writer import Batch, backoff
@@ -67,13 +71,13 @@ def asset_bytes(name: str) -> bytes:
 @dataclass(frozen=True)
 class Staged:
     """What a change of one project rewrites of the site, read before the state it is rendered
-    from: the page's generation, the list and the aggregate (bytes and generation), the setting."""
+    from: the page's generation, the project's shard and the list pages its row is on or joins
+    (bytes and generation), the setting."""
 
     page_gen: int
-    list_now: bytes
-    list_gen: int
-    agg_now: bytes
-    agg_gen: int
+    shard_now: bytes
+    shard_gen: int
+    pages: dict[int, tuple[bytes, int]]  # list page number -> (bytes, generation)
     remote_images: bool
 
 
@@ -103,6 +107,8 @@ class Site:
         self._assets_checked: Future[int] | None = None
         # What a publish's change will be written against, read in that thread too (by project).
         self._staged: dict[str, Future[Staged]] = {}
+        # Whether a dependency is held (its project JSON exists), stat'ed ahead in that thread.
+        self._held_ahead: dict[str, bool] = {}
         self._pid = os.getpid()  # the process whose thread those futures run in
 
     # -- reading ------------------------------------------------------------------------------
@@ -157,17 +163,25 @@ class Site:
         self._pending.clear()
         return items
 
-    def _entries(self) -> tuple[dict[str, render.ListEntry], int, bool]:
-        data, gen = self.store.read(layout.UI_DATA)
-        entries, ok = self._parse_entries(data)
-        return entries, gen, ok
+    def _held(self, info: render.ReleaseInfo) -> set[str]:
+        """Which of a release's dependencies the repository holds (its page links them): a stat
+        of each one's project JSON (what the site is rendered from), not a read of the whole list."""
+        names = render.dependency_names(info)
+        cached = {n for n in names if n in self._held_ahead}
+        out = {n for n in cached if self._held_ahead[n]}
+        return out | {n for n in names - cached if self.store.stat(layout.project_json(n)) is not None}
+
+    def _shard(self, k: int) -> tuple[dict[str, render.ListEntry] | None, int]:
+        """Shard `k`'s entries (None: missing or not one: a rebuild makes it) and generation."""
+        data, gen = self.store.read(layout.ui_shard(k))
+        return (self._parse_shard(data) if gen else None), gen
 
     @staticmethod
-    def _parse_entries(data: bytes) -> tuple[dict[str, render.ListEntry], bool]:
+    def _parse_shard(data: bytes) -> dict[str, render.ListEntry] | None:
         try:
-            return render.loads_aggregate(data), True
+            return render.loads_aggregate(data) if data else None
         except (ValueError, KeyError, TypeError, AttributeError):
-            return {}, False
+            return None
 
     # -- the setting ----------------------------------------------------------------------------
     def read_setting(self) -> bool:
@@ -219,6 +233,7 @@ class Site:
         mostly waits on the disk or the network), and what the site's writes will be compared
         against is read there too, so that the site adds no round trip of its own after the index."""
         self._forget_other_process()
+        self._held_ahead.clear()
         ahead = _ahead_renderer()
         # The generations the change will be written against, and what it splices: read now, so
         # that no read is left between the index's JSON and the batch that writes the site with it.
@@ -229,7 +244,7 @@ class Site:
             sha = hashlib.sha256(data).hexdigest()
             self._ahead[(project, chosen)] = (
                 sha,
-                ahead.submit(_render_ahead, self.store, project, chosen, data, sha),
+                ahead.submit(_render_ahead, self.store, project, chosen, data, sha, self._held_ahead),
             )
         if self._assets_checked is None:
             self._assets_checked = ahead.submit(self.ensure_assets)
@@ -241,10 +256,18 @@ class Site:
 
     def _read_staged(self, project: str) -> Staged:
         page_gen = self._gen(layout.ui_project(project))
-        list_now, list_gen = self.store.read(layout.UI_LIST)
-        agg_now, agg_gen = self.store.read(layout.UI_DATA)
+        shard_now, shard_gen = self.store.read(layout.ui_shard(paging.shard_of(project)))
+        head = self.store.read(layout.UI_LIST)
+        pages = {paging.HEAD: head}
+        # The page the project's row is on now (a publish moves it to the head; a yank keeps it).
+        old = (self._parse_shard(shard_now) or {}).get(project)
+        bounds = paging.bounds_of(head[0]) if head[1] else None
+        if old is not None and bounds:
+            at = paging.locate(bounds, paging.key(old))
+            if at != paging.HEAD:
+                pages[at] = self.store.read(layout.ui_page(at))
         remote_images = self._gen(layout.UI_REMOTE_IMAGES) != 0  # after the generations, as the state
-        return Staged(page_gen, list_now, list_gen, agg_now, agg_gen, remote_images)
+        return Staged(page_gen, shard_now, shard_gen, pages, remote_images)
 
     def _check_assets(self) -> None:
         """A newer pypapo's stylesheet and script go with its pages."""
@@ -264,159 +287,147 @@ class Site:
         return lambda state, known: self._batch(staged, state, known)
 
     def _batch(self, staged: Staged, state: State, known: Mapping[str, bytes]) -> Batch | None:
-        """The page, the spliced aggregate and list (and release-info caches) of a project already
-        listed that still has files; None for anything else (`update` then takes it)."""
-        if not (staged.list_gen and staged.agg_gen and state.files):
+        """The page, the shard and the list pages (and release-info caches) of a project that still
+        has files, when its row moves without sealing the head; None for anything else (`update`
+        then takes it)."""
+        entries = self._parse_shard(staged.shard_now) if staged.shard_gen else None
+        if entries is None or not state.files:
             return None
         self.remote_images = staged.remote_images
         self._check_assets()
         info = self.info(state, known)
         entry = render.list_entry(state, info)
-        aggregate = render.splice_aggregate(staged.agg_now, entry)
-        listing = render.splice_list(staged.list_now, entry)
-        if aggregate is None or listing is None:
-            return None  # `update` takes it (and the release-info caches pending)
-        held = render.held_among(aggregate, render.dependency_names(info))
-        page = render.render_project(state, info, held, origin=origin(state))
+        old = entries.get(state.name)
+        plan = paging.apply(
+            {s: b for s, (b, _g) in staged.pages.items()}, [paging.Change(state.name, old, entry)]
+        )
+        if not isinstance(plan, paging.Plan) or plan.sealed:
+            return None  # a seal (a second write round), a page not read, a page not in form
+        entries[state.name] = entry
+        shard = layout.ui_shard(paging.shard_of(state.name))
+        written = sorted(plan.pages)
+        page = render.render_project(state, info, self._held(info), origin=origin(state))
         items = [
-            WriteItem(layout.UI_DATA, aggregate, staged.agg_gen),
-            WriteItem(layout.UI_LIST, listing, staged.list_gen),
+            WriteItem(shard, render.dumps_aggregate(entries), staged.shard_gen),
+            *(WriteItem(layout.ui_page(s), plan.pages[s], staged.pages[s][1]) for s in written),
             WriteItem(layout.ui_project(state.name), page, staged.page_gen),
             *self._take_pending(),
         ]
 
         def commit(results: list[int]) -> None:
             if not results[0]:
-                # Another writer changed the aggregate: redo from its version (the list too, which
-                # did not wait for the aggregate's write: on GCS that would be one more round trip).
-                self.update([state.name], known)
+                # Another writer changed the shard: redo from its version (the list pages too,
+                # which did not wait for the shard's write: on GCS that would be one more round trip).
+                self.update([state.name], known, olds={state.name: old})
                 return
-            if not results[1]:
-                self._converge_list()
-            if not results[2]:
+            if not all(results[1 : 1 + len(written)]):
+                self._place({state.name: old})  # another writer changed a list page: place the row again
+            if not results[1 + len(written)]:
                 self._converge_page(state.name, known)
 
         return Batch(items, [None] * len(items), commit)
 
-    def update(self, projects: Iterable[str], known: Mapping[str, bytes] | None = None) -> None:
-        """The pages of `projects` (whose JSON just changed), the aggregate and the list.
+    def update(
+        self,
+        projects: Iterable[str],
+        known: Mapping[str, bytes] | None = None,
+        *,
+        olds: Mapping[str, render.ListEntry | None] | None = None,
+    ) -> None:
+        """The pages of `projects` (whose JSON just changed), their shards and the list.
 
-        `known`: core metadata already in memory (a publish), by filename, to save reading it back."""
+        `known`: core metadata already in memory (a publish), by filename, to save reading it back.
+        `olds`: where their rows were before (an earlier attempt's read of the shards)."""
         projects = sorted(set(projects))
         if not projects:
             return
         self._forget_other_process()
+        self._held_ahead.clear()
+        before: dict[str, render.ListEntry | None] = dict(olds or {})
         for attempt in range(MAX_ATTEMPTS):
-            list_now, list_gen = self.store.read(layout.UI_LIST)
             page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
-            self.read_setting()  # after the pages' generations, as the state is
-            agg_now, agg_gen = self.store.read(layout.UI_DATA)
-            if list_gen and agg_gen:
-                spliced = self._splice(projects, list_now, agg_now, known, attempt)
-                if spliced is not None:
-                    states, infos, held, aggregate, listing = spliced
-                    items: list[WriteItem] = [
-                        (layout.UI_DATA, aggregate, agg_gen),
-                        (layout.UI_LIST, listing, list_gen),
-                    ]
-                    if self._write(items, projects, states, infos, held, page_gens, known):
-                        return
-                    backoff(attempt)  # another writer changed the aggregate: redo from its version
-                    continue
-            entries, ok = self._parse_entries(agg_now)
-            if not (ok and list_gen and agg_gen):
-                # No site yet (a repository from before it) or a broken aggregate: one full build.
+            ks = sorted({paging.shard_of(p) for p in projects})
+            shards = {k: self._shard(k) for k in ks}
+            self.read_setting()  # after the generations, as the state is
+            if not self._gen(layout.UI_LIST) or any(e is None for e, _g in shards.values()):
+                # No site yet (a repository from before it, or from before the shards): one full build.
                 self.rebuild()
                 return
+            if attempt == 0:
+                self._check_assets()
             states = {p: self._state(p) for p in projects}
             infos = {p: self.info(s, known) for p, s in states.items() if s.files}
             for p, s in states.items():
+                entries = shards[paging.shard_of(p)][0]
+                assert entries is not None
+                before.setdefault(p, entries.get(p))
                 if s.files:
                     entries[p] = render.list_entry(s, infos[p])
                 else:
                     entries.pop(p, None)
-            items = [
-                (layout.UI_DATA, render.dumps_aggregate(entries), agg_gen),
-                (layout.UI_LIST, render.render_list(entries.values()), list_gen),
+            items: list[WriteItem] = [
+                WriteItem(layout.ui_shard(k), render.dumps_aggregate(e or {}), gen)
+                for k, (e, gen) in shards.items()
             ]
-            if self._write(items, projects, states, infos, set(entries), page_gens, known):
-                return
-            backoff(attempt)  # another writer changed the aggregate: redo from its version
-        raise ConflictError(f"gave up updating {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
+            with_files = [p for p in projects if states[p].files]
+            for p in with_files:
+                page = render.render_project(
+                    states[p], infos[p], self._held(infos[p]), origin=origin(states[p])
+                )
+                items.append(WriteItem(layout.ui_project(p), page, page_gens[p]))
+            results = self.store.write_many(items + self._take_pending())
+            if not all(results[: len(ks)]):
+                backoff(attempt)  # another writer changed a shard: redo from its version
+                continue
+            for p, ok in zip(with_files, results[len(ks) :], strict=False):
+                if not ok:
+                    self._converge_page(p, known)
+            for p in projects:
+                if not states[p].files:
+                    self._converge_page(p, known)  # deletes it
+            self._place(before)
+            return
+        raise ConflictError(
+            f"gave up updating the site's search index after {MAX_ATTEMPTS} conflicting writes"
+        )
 
-    def _splice(
-        self,
-        projects: list[str],
-        list_now: bytes,
-        agg_now: bytes,
-        known: Mapping[str, bytes] | None,
-        attempt: int,
-    ) -> tuple[dict[str, State], dict[str, render.ReleaseInfo], set[str], bytes, bytes] | None:
-        """The common case without parsing or rendering every project: each changed project is
-        already on the list and still has files, so its line of the aggregate and its row of the
-        list are replaced in place (the same bytes as a full render). None: take the full path."""
-        if attempt == 0:
-            self._check_assets()
-        states = {p: self._state(p) for p in projects}
-        if not all(s.files for s in states.values()):
-            return None
-        infos = {p: self.info(s, known) for p, s in states.items()}
-        aggregate: bytes | None = agg_now
-        listing: bytes | None = list_now
-        for p, s in states.items():
-            entry = render.list_entry(s, infos[p])
-            aggregate = render.splice_aggregate(aggregate, entry) if aggregate is not None else None
-            listing = render.splice_list(listing, entry) if listing is not None else None
-        if aggregate is None or listing is None:
-            return None
-        # Only the dependencies' names are looked up: a page links the ones the repository holds.
-        wanted = set().union(*(render.dependency_names(i) for i in infos.values()))
-        return states, infos, render.held_among(aggregate, wanted), aggregate, listing
-
-    def _write(
-        self,
-        items: list[WriteItem],
-        projects: list[str],
-        states: Mapping[str, State],
-        infos: Mapping[str, render.ReleaseInfo],
-        held: set[str],
-        page_gens: Mapping[str, int],
-        known: Mapping[str, bytes] | None,
-    ) -> bool:
-        """Write the aggregate and list `items`, then the pages; False when the aggregate's write
-        lost (redo from its new version). A lost list or page converges from the current state."""
-        after: list[int | None] = [None, 0]
-        for p, s in states.items():
-            if s.files:
-                page = render.render_project(s, infos[p], held, origin=origin(s))
-                items.append((layout.ui_project(p), page, page_gens[p]))
-                after.append(None)
-        caches = self._take_pending()  # after the pages: their positions stay as computed
-        written = self.store.write_many(items + caches, after=after + [None] * len(caches))
-        if not written[0]:
-            return False
-        if not written[1]:
-            self._converge_list()
-        pending = [p for p in projects if not states[p].files or not written[2 + self._position(states, p)]]
-        for p in pending:
-            self._converge_page(p, known)
-        return True
-
-    @staticmethod
-    def _position(states: Mapping[str, State], project: str) -> int:
-        """Index of a project's page among the written pages (those with files, in order)."""
-        return [p for p, s in states.items() if s.files].index(project)
-
-    def _converge_list(self) -> None:
+    def _place(self, olds: Mapping[str, render.ListEntry | None]) -> None:
+        """Put each project's row where its shard's entry says, and take it off the page its row
+        was on (`olds`): every list page read (generation and bytes) before the shards, written
+        conditional on it. A seal writes the new older pages first (nothing links them yet), then
+        the head that links them."""
+        need: set[int] = {paging.HEAD}
         for attempt in range(MAX_ATTEMPTS):
-            gen = self._gen(layout.UI_LIST)
-            entries, _agg_gen, _ok = self._entries()
-            try:
-                page = render.render_list(entries.values())
-                self.store.write(layout.UI_LIST, page, if_generation_match=gen)
+            pages = {s: self.store.read(layout.ui_page(s)) for s in sorted(need)}
+            truth: dict[int, dict[str, render.ListEntry] | None] = {}
+            for k in sorted({paging.shard_of(p) for p in olds}):
+                truth[k] = self._shard(k)[0]
+            if any(e is None for e in truth.values()):
+                self.rebuild()
                 return
-            except PreconditionFailed:
+            changes = [paging.Change(p, old, truth[paging.shard_of(p)].get(p)) for p, old in olds.items()]  # type: ignore[union-attr]
+            plan = paging.apply({s: b for s, (b, g) in pages.items()}, changes)
+            if isinstance(plan, set):
+                need |= plan  # read those too (before the shards), then place again
+                continue
+            if plan is None:
+                self.rebuild()  # a page not in this version's form
+                return
+            if not plan.pages:
+                return
+            need |= set(plan.pages)
+            first = [WriteItem(layout.ui_page(s), plan.pages[s], pages[s][1]) for s in plan.sealed]
+            if first and not all(self.store.write_many(first)):
                 backoff(attempt)
+                continue
+            rest = [
+                WriteItem(layout.ui_page(s), d, pages[s][1])
+                for s, d in plan.pages.items()
+                if s not in plan.sealed
+            ]
+            if all(self.store.write_many(rest)):
+                return
+            backoff(attempt)  # another writer changed a page: place again on its version
         raise ConflictError(f"gave up writing {layout.UI_LIST} after {MAX_ATTEMPTS} conflicting writes")
 
     def _converge_page(self, project: str, known: Mapping[str, bytes] | None = None) -> None:
@@ -430,8 +441,8 @@ class Site:
                     if gen:
                         self.store.delete(name, if_generation_match=gen)
                     return
-                held = set(self._entries()[0])
-                page = render.render_project(state, self.info(state, known), held, origin=origin(state))
+                info = self.info(state, known)
+                page = render.render_project(state, info, self._held(info), origin=origin(state))
                 self.store.write(name, page, if_generation_match=gen)
                 if caches := self._take_pending():
                     self.store.write_many(caches)
@@ -449,13 +460,13 @@ class Site:
         self._infos.clear()  # a rebuild checks every stored release-info cache too
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
-            listing = [info.name for info in self.store.list(f"{layout.UI}/") if info.name.count("/") == 2]
+            everything = [info.name for info in self.store.list(f"{layout.UI}/")]
+            listing = [n for n in everything if n.count("/") == 2]
             existing = sorted(n.split("/")[1] for n in listing if n.endswith("/index.html"))
             cached = {n for n in listing if n.endswith(".json")}
             read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
             pages = dict(zip(existing, read, strict=True))
-            list_now, list_gen = self.store.read(layout.UI_LIST)
-            agg_now, agg_gen = self.store.read(layout.UI_DATA)
+            lists = self._read_lists(pool, everything)
             self.read_setting()
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
             states = self._read_states(pool)
@@ -496,25 +507,58 @@ class Site:
             redo += [p for p in existing if p not in states]
             written += len(redo)
             list(pool.map(self._converge_page, redo))
-            # 3. The aggregate and the list, conditional on the generations read in step 1.
+            # 3. The shards and the list, conditional on the generations read in step 1: the list
+            # cut anew (no page thinned by moves), the objects of an older layout deleted.
             for attempt in range(MAX_ATTEMPTS):
-                agg, listing = render.dumps_aggregate(entries), render.render_list(entries.values())
-                if agg == agg_now and listing == list_now:
-                    return written
-                out = self.store.write_many(
-                    [(layout.UI_DATA, agg, agg_gen), (layout.UI_LIST, listing, list_gen)], after=[None, 0]
-                )
-                if out[0]:
-                    written += 1 + (1 if out[1] else 0)
-                    if not out[1]:
-                        self._converge_list()
-                    return written
-                backoff(attempt)  # a publisher updated the aggregate: read everything again
-                list_now, list_gen = self.store.read(layout.UI_LIST)
-                agg_now, agg_gen = self.store.read(layout.UI_DATA)
+                out = self._write_lists(entries, lists)
+                if out is not None:
+                    return written + out
+                backoff(attempt)  # a publisher changed the list meanwhile: read everything again
+                everything = [info.name for info in self.store.list(f"{layout.UI}/")]
+                lists = self._read_lists(pool, everything)
                 states = self._read_states(pool)
                 entries = {p: render.list_entry(s, self.info(s)) for p, s in states.items()}
-        raise ConflictError(f"gave up writing {layout.UI_DATA} after {MAX_ATTEMPTS} conflicting writes")
+        raise ConflictError(f"gave up writing {layout.UI_LIST} after {MAX_ATTEMPTS} conflicting writes")
+
+    def _read_lists(self, pool: ThreadPoolExecutor, everything: list[str]) -> dict[str, tuple[bytes, int]]:
+        """The list's objects (bytes, generation) as they are: its pages, the shards, an older
+        pypapo's aggregate."""
+        names = {layout.UI_LIST, *layout.UI_SHARD_NAMES}
+        names |= {n for n in everything if _OLDER.fullmatch(n) or n == layout.UI_OLD_DATA}
+        ordered = sorted(names)
+        return dict(zip(ordered, pool.map(self.store.read, ordered), strict=True))
+
+    def _write_lists(
+        self, entries: Mapping[str, render.ListEntry], now: Mapping[str, tuple[bytes, int]]
+    ) -> int | None:
+        """Write what differs of the list from `entries`, each object conditional on its generation in
+        `now`: the older pages and shards first, then the head that links them, then delete the pages
+        beyond the new last one and the old aggregate. The number written; None if one lost."""
+        want: dict[str, bytes] = {layout.ui_page(s): d for s, d in paging.paginate(entries.values()).items()}
+        by_shard: list[dict[str, render.ListEntry]] = [{} for _ in range(layout.UI_SHARDS)]
+        for name, e in entries.items():
+            by_shard[paging.shard_of(name)][name] = e
+        want |= {layout.ui_shard(k): render.dumps_aggregate(e) for k, e in enumerate(by_shard)}
+        change = {n: d for n, d in want.items() if now.get(n, (b"", 0))[0] != d}
+        first = [WriteItem(n, d, now.get(n, (b"", 0))[1]) for n, d in change.items() if n != layout.UI_LIST]
+        if first and not all(self.store.write_many(first)):
+            return None
+        if layout.UI_LIST in change:
+            try:
+                self.store.write(
+                    layout.UI_LIST,
+                    change[layout.UI_LIST],
+                    if_generation_match=now.get(layout.UI_LIST, (b"", 0))[1],
+                )
+            except PreconditionFailed:
+                return None
+        gone = sorted(n for n, (_d, gen) in now.items() if gen and n not in want)
+        for name in gone:
+            try:
+                self.store.delete(name, if_generation_match=now[name][1])
+            except PreconditionFailed:
+                return None
+        return len(change) + len(gone)
 
     def _render_all(self, states: Mapping[str, State], pool: ThreadPoolExecutor) -> Iterator[_Rendered]:
         """Every project's list entry, page and release-info caches to store. Rendering holds the
@@ -551,13 +595,18 @@ class Site:
 _Ahead = tuple[render.ReleaseInfo, bool, int | None]
 
 
-def _render_ahead(store: Store, project: str, filename: str, data: bytes, sha: str) -> _Ahead:
+def _render_ahead(
+    store: Store, project: str, filename: str, data: bytes, sha: str, held: dict[str, bool]
+) -> _Ahead:
     """A release's info, the setting it was rendered by (read here: not a round trip of the
     publish's), and the generation of its cache to write it against (None: the cache already holds
     it). The cache goes in the batch of the page (one durable round): a write of its own here
-    would wait on the disk beside the index's and slow them down."""
+    would wait on the disk beside the index's and slow them down. Which of its dependencies the
+    repository holds goes into `held` (the page links them)."""
     remote_images = store.stat(layout.UI_REMOTE_IMAGES) is not None
     info = render.release_info(data, remote_images=remote_images)
+    for name in render.dependency_names(info):
+        held[name] = store.stat(layout.project_json(name)) is not None
     cached, gen = store.read(layout.ui_release(project, filename))
     if gen and render.loads_info(cached, sha, remote_images) == info:
         return info, remote_images, None
@@ -565,6 +614,7 @@ def _render_ahead(store: Store, project: str, filename: str, data: bytes, sha: s
 
 
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
+_OLDER = re.compile(rf"{layout.UI}/older-[1-9][0-9]*\.html")
 # Rebuild renders in worker processes from this many projects on (fewer: starting them costs more),
 # in chunks of RENDER_CHUNK projects.
 PROCESS_MIN = 300
