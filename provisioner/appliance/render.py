@@ -257,7 +257,7 @@ def render_nginx_conf(
         site_remote_images=layout.UI_REMOTE_IMAGES,
         # The site's files beside its pages that the page guard checks (a 0-byte one breaks every page).
         ui_files="|".join(
-            [r"older-[1-9][0-9]*\.html", r"search-[0-9a-f]\.json"]
+            [r"older-[1-9][0-9]*(?:-[0-9a-f]{6})?\.html", r"search-[0-9a-f]\.json"]
             + [re.escape(PurePosixPath(n).name) for n in (layout.UI_OLD_DATA, *layout.UI_ASSETS)]
         ),
         greater_q_patterns=_greater_q_patterns(),

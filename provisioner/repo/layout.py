@@ -97,9 +97,9 @@ def ui_release(project: str, filename: str) -> str:
     return f"{UI}/{project}/{filename}.json"
 
 
-def ui_page(seq: int) -> str:
-    """The list's page `seq`: 0 the head, 1..M the older pages (1 the oldest)."""
-    return UI_LIST if seq == 0 else f"{UI}/older-{seq}.html"
+def ui_page(page: str) -> str:
+    """A page of the list by its id ('' the head; provisioner/repo/site/paging.py)."""
+    return UI_LIST if not page else f"{UI}/older-{page}.html"
 
 
 def ui_shard(k: int) -> str:

@@ -130,25 +130,31 @@ def _entries(site: dict[str, bytes]) -> dict[str, ListEntry]:
     return out
 
 
-def _listed(site: dict[str, bytes]) -> list[tuple[str, str]]:
-    """The list's rows (key: upload time, name) through every page, head first, checking that each
-    page is in form and every row lies in its page's range."""
-    head = paging.parse_page(site["ui/index.html"], paging.HEAD)
-    assert head is not None
-    m = len(head.bounds)
-    assert sorted(n for n in site if n.startswith("ui/older-")) == sorted(
-        f"ui/older-{s}.html" for s in range(1, m + 1)
-    )
-    rows = []
-    for s in [paging.HEAD, *range(m, 0, -1)]:
-        page = paging.parse_page(site[f"ui/{'index' if s == 0 else f'older-{s}'}.html"], s)
-        assert page is not None, s
-        assert page.top == (s == m) or s == paging.HEAD
+def _walk(pages: dict[str, bytes]) -> list[tuple[str, str]]:
+    """The list's rows (key: upload time, name) through every page (by id), head first, checking
+    that each page is in form, links its neighbours, and holds only rows of its range."""
+    head = paging.parse_page(pages[paging.HEAD])
+    assert head is not None and head.layout is not None
+    cut = head.layout
+    keys = []
+    for page_id in [paging.HEAD, *reversed(cut.ids)]:
+        page = paging.parse_page(pages[page_id])
+        assert page is not None, page_id
+        assert (page.newer, page.older) == cut.neighbours(page_id), page_id
         for row in page.rows:
             k = paging.row_key(row)
-            assert k is not None and paging.locate(head.bounds, k) == s
-            rows.append(k)
-    return rows
+            assert k is not None and cut.locate(k) == page_id
+            keys.append(k)
+    return keys
+
+
+def _listed(site: dict[str, bytes]) -> list[tuple[str, str]]:
+    """`_walk` over a repository's site; every older page object is linked (none left over)."""
+    pages = {paging.HEAD: site["ui/index.html"]}
+    pages |= {n[len("ui/older-") : -len(".html")]: v for n, v in site.items() if n.startswith("ui/older-")}
+    cut = paging.head_layout(pages[paging.HEAD])
+    assert cut is not None and set(pages) == {paging.HEAD, *cut.ids}
+    return _walk(pages)
 
 
 def _consistent(site: dict[str, bytes]) -> dict[str, ListEntry]:
@@ -306,17 +312,6 @@ def _random_entry(rng: random.Random, name: str) -> ListEntry:
     )
 
 
-def _pages(store: dict[int, bytes]) -> list[tuple[str, str]]:
-    head = paging.parse_page(store[paging.HEAD], paging.HEAD)
-    assert head is not None
-    keys = []
-    for s in [paging.HEAD, *range(len(head.bounds), 0, -1)]:
-        page = paging.parse_page(store[s], s)
-        assert page is not None and (s == paging.HEAD or page.top == (s == len(head.bounds)))
-        keys += [paging.row_key(r) for r in page.rows]
-    return keys
-
-
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_moves_and_seals_keep_every_row_once_in_order(rows: int) -> None:
     """The pure logic of the paged list: each change rewrites the pages it reads (asked for by
@@ -326,7 +321,7 @@ def test_moves_and_seals_keep_every_row_once_in_order(rows: int) -> None:
     rng = random.Random(rows)
     entries = {n: _random_entry(rng, n) for n in (f"p-{i:02d}" for i in range(12))}
     store = paging.paginate(entries.values(), rows=rows)
-    assert _pages(store) == sorted((paging.key(e) for e in entries.values()), reverse=True)
+    assert _walk(store) == sorted((paging.key(e) for e in entries.values()), reverse=True)
     clock = 0
     for step in range(400):
         name = f"p-{rng.randrange(16):02d}"
@@ -342,7 +337,7 @@ def test_moves_and_seals_keep_every_row_once_in_order(rows: int) -> None:
         else:
             new = None
         change = [paging.Change(name, old, new)]
-        read: dict[int, bytes] = {paging.HEAD: store[paging.HEAD]}
+        read: dict[str, bytes] = {paging.HEAD: store[paging.HEAD]}
         for _ in range(5):
             plan = paging.apply(read, change, rows=rows)
             if not isinstance(plan, set):
@@ -350,49 +345,49 @@ def test_moves_and_seals_keep_every_row_once_in_order(rows: int) -> None:
             assert plan - read.keys() == plan  # never asks twice for one page
             read |= {s: store.get(s, b"") for s in plan}
         assert isinstance(plan, paging.Plan)
-        assert set(plan.pages) <= set(read)  # writes only what it read (generations before the state)
+        # Writes only what it read (generations before the state), and pages of fresh ids.
+        assert set(plan.pages) - set(plan.sealed) <= set(read)
+        assert not set(plan.sealed) & set(store)
         store |= plan.pages
         if new is None:
             entries.pop(name, None)
         else:
             entries[name] = new
-        assert _pages(store) == sorted((paging.key(e) for e in entries.values()), reverse=True), step
-        head = paging.parse_page(store[paging.HEAD], paging.HEAD)
+        assert _walk(store) == sorted((paging.key(e) for e in entries.values()), reverse=True), step
+        head = paging.parse_page(store[paging.HEAD])
         assert head is not None and len(head.rows) <= 2 * rows
     # reindex cuts it anew: a head of N, pages of N, the very same rows.
     again = paging.paginate(entries.values(), rows=rows)
-    assert _pages(again) == _pages(store)
-    assert all(len(paging.parse_page(p, s).rows) == rows for s, p in again.items() if s > 1)  # type: ignore[union-attr]
+    assert _walk(again) == _walk(store)
+    assert set(again) == {paging.HEAD, *(str(i) for i in range(1, len(again)))}
+    assert all(len(paging.parse_page(p).rows) == rows for s, p in again.items() if s not in ("", "1"))  # type: ignore[union-attr]
 
 
 def test_a_page_not_in_this_form_is_never_spliced() -> None:
     rng = random.Random(5)
     entries = [_random_entry(rng, f"p-{i}") for i in range(6)]
     pages = paging.paginate(entries, rows=2)
-    change = [paging.Change("p-1", entries[1], entries[1]._replace(summary="new"))]
-    read = {s: pages[s] for s in pages}
-    assert isinstance(paging.apply(read, change, rows=2), paging.Plan)
+    assert sorted(pages) == ["", "1", "2"]
+    on_1 = next(e for e in entries if e.name == paging.row_key(paging.parse_page(pages["1"]).rows[0])[1])  # type: ignore[union-attr,index]
+    yank = [paging.Change(on_1.name, on_1, on_1._replace(version=""))]
+    assert isinstance(paging.apply(pages, yank, rows=2), paging.Plan)
     old_list = b'<ul class="pp-list" id="projects">\n<li id="p-p-1">...</li>\n</ul>\n'  # an older pypapo's
     for broken in (
-        pages[0].replace(b"Projects", b"Projekte"),
-        pages[0].replace(b"data-bounds", b"data-x"),
-        pages[0][: len(pages[0]) // 2],
+        pages[""].replace(b"Projects", b"Projekte"),
+        pages[""].replace(b"data-pages", b"data-x"),
+        pages[""].replace(b"&quot;1&quot;", b"&quot;../x&quot;"),  # an id that is not one
+        pages[""][: len(pages[""]) // 2],
         old_list,
         b"",
     ):
-        assert paging.apply({**read, 0: broken}, change, rows=2) is None
+        assert paging.apply({**pages, "": broken}, yank, rows=2) is None
     # Rows out of order, a project twice, a row outside its page's range: not this form either.
-    page2 = paging.parse_page(pages[2], 2)
-    assert page2 is not None
+    page2, page1 = paging.parse_page(pages["2"]), paging.parse_page(pages["1"])
+    assert page2 is not None and page1 is not None
     for rows in (page2.rows[::-1], page2.rows[:1] * 2):
-        assert paging.parse_page(paging.render_page(2, rows, top=page2.top), 2) is None
-    page1 = paging.parse_page(pages[1], 1)
-    assert page1 is not None
-    stray = paging.render_page(1, page2.rows[:1] + page1.rows, top=page1.top)  # page 2's newest on page 1
-    on_1 = next(e for e in entries if e.name == paging.row_key(page1.rows[0])[1])  # type: ignore[index]
-    yank = [paging.Change(on_1.name, on_1, on_1._replace(version=""))]
-    assert isinstance(paging.apply(read, yank, rows=2), paging.Plan)
-    assert paging.apply({**read, 1: stray}, yank, rows=2) is None
+        assert paging.parse_page(paging.render_page(rows, newer=page2.newer, older=page2.older)) is None
+    stray = paging.render_page(page2.rows[:1] + page1.rows, newer="2", older=None)  # page 2's newest on 1
+    assert paging.apply({**pages, "1": stray}, yank, rows=2) is None
 
 
 def test_publish_yank_and_unyank_write_a_few_kb_of_the_site_and_reindex_finds_it_current(
@@ -666,3 +661,130 @@ def test_a_change_between_what_the_site_read_ahead_and_its_batch_is_not_lost(
     page = site["ui/proj-1/index.html"].decode()
     assert "racing yank" in page and "proj_1-2.0-py3-none-any.whl" in page
     assert Repository.open(repo.location).reindex().pages_written == 0
+
+
+def test_concurrent_publishers_into_a_paged_list_lose_no_row(
+    repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishers at once into projects on older pages, on the head and new ones, with the head
+    sealing under them (pages of two): every project is on the list once, in order, with its entry."""
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    r = Repository.open(repo.location)
+    for i in range(10):
+        r.publish([_wheel(tmp_path / "first", f"racer-{i}", "1.0")])
+    wheels = [_wheel(tmp_path / str(i), f"racer-{i}", "2.0") for i in range(0, 10, 2)]
+    wheels += [_wheel(tmp_path / "new", f"newcomer-{i}", "1.0") for i in range(3)]
+    _publish_at_once(repo, wheels)
+    entries = _consistent(_site(repo))
+    assert set(entries) == {f"racer-{i}" for i in range(10)} | {f"newcomer-{i}" for i in range(3)}
+    assert {entries[f"racer-{i}"].version for i in range(0, 10, 2)} == {"2.0"}
+    r.reindex()  # cuts the list anew; the same rows
+    assert _consistent(_site(repo)) == entries
+
+
+class _Killed(Exception):
+    """What a writer killed in the middle of its writes leaves: some of them done."""
+
+
+class _DiesAfter:
+    """A store that writes `budget` more objects (one by one, conditional as asked), then dies."""
+
+    def __init__(self, store: object, budget: int) -> None:
+        self._store, self.budget = store, budget
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def _spend(self) -> None:
+        if self.budget <= 0:
+            raise _Killed
+        self.budget -= 1
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
+        self._spend()
+        return self._store.write(name, data, if_generation_match=if_generation_match)  # type: ignore[attr-defined]
+
+    def write_many(self, items: list, *, after: list | tuple = ()) -> list[int]:
+        from provisioner.repo.store import PreconditionFailed
+
+        out = []
+        for name, data, gen in items:
+            self._spend()
+            try:
+                out.append(self._store.write(name, data, if_generation_match=gen))  # type: ignore[attr-defined]
+            except PreconditionFailed:
+                out.append(0)
+        return out
+
+
+@pytest.mark.parametrize("budget", range(1, 9))
+def test_a_publisher_killed_between_its_writes_is_repaired_by_a_reindex(
+    dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """Killed after each of its writes in turn (the project JSON, the index page, its shard, the
+    head, the page its row leaves, a sealed page...): the list may show the project's row twice or
+    not yet, until the next writer of that project or a reindex, which leaves every row once."""
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    r = Repository.open(dir_repo.location)
+    for i in range(8):
+        r.publish([_wheel(tmp_path / "a", f"proj-{i}", "1.0")])  # proj-0 is on the oldest page
+    from provisioner.repo.store import open_store
+
+    dying = Repository(_DiesAfter(open_store(dir_repo.location), budget))  # type: ignore[arg-type]
+    with pytest.raises(_Killed):
+        dying.publish([_wheel(tmp_path / "b", "proj-0", "2.0"), _wheel(tmp_path / "b", "proj-9", "1.0")])
+    r.reindex()
+    entries = _consistent(_site(dir_repo))
+    assert {e.name for e in entries.values()} >= {f"proj-{i}" for i in range(8)}
+    assert r.reindex().pages_written == 0
+
+
+def test_a_publisher_killed_after_its_pages_is_repaired_by_its_next_publish(
+    dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list pages written but not the shard (the kill between them): the shard still says where
+    the row was, so the project's next publish takes it off that page and every row is once."""
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    r = Repository.open(dir_repo.location)
+    for i in range(8):
+        r.publish([_wheel(tmp_path / "a", f"proj-{i}", "1.0")])
+    from provisioner.repo.store import open_store
+
+    store = open_store(dir_repo.location)
+    shard = f"ui/search-{paging.shard_of('proj-0'):x}.json"
+    before, _gen = store.read(shard)
+    r.publish([_wheel(tmp_path / "b", "proj-0", "2.0")])
+    _data, gen = store.read(shard)
+    store.write(shard, before, if_generation_match=gen)  # as if the shard's write never happened
+    r.publish([_wheel(tmp_path / "c", "proj-0", "3.0")])
+    assert _consistent(_site(dir_repo))["proj-0"].version == "3.0"
+
+
+def test_a_repository_of_the_one_page_layout_is_upgraded_by_the_first_publish(
+    repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older pypapo wrote the whole list in ui/index.html and its data in ui/projects.json: the
+    first publish of this version writes the pages and shards and deletes the old aggregate; an
+    older publisher writing its one-page list again meanwhile is rebuilt over by the next one."""
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    r = Repository.open(repo.location)
+    r.publish([_wheel(tmp_path / "a", f"proj-{i}", "1.0") for i in range(6)])
+    from provisioner.repo.store import open_store
+
+    store = open_store(repo.location)
+    entries = _entries(_site(repo))
+    old_list = b'<ul class="pp-list" id="projects">\n' + b"".join(
+        render.list_row(e).encode() for e in entries.values()
+    )
+    for name in [n for n in _site(repo) if n.startswith(("ui/search-", "ui/older-"))]:
+        store.delete(name)
+    _data, gen = store.read("ui/index.html")
+    store.write("ui/index.html", old_list + b"</ul>\n", if_generation_match=gen)
+    store.write("ui/projects.json", render.dumps_aggregate(entries), if_generation_match=0)
+    r.publish([_wheel(tmp_path / "b", "proj-0", "2.0")])
+    assert set(_consistent(_site(repo))) == set(entries)  # and ui/projects.json is gone
+    # An older publisher's one-page list over the head: the next publish of this version rebuilds.
+    _data, gen = store.read("ui/index.html")
+    store.write("ui/index.html", old_list + b"</ul>\n", if_generation_match=gen)
+    r.publish([_wheel(tmp_path / "c", "proj-1", "2.0")])
+    assert _consistent(_site(repo))["proj-1"].version == "2.0"

@@ -3,20 +3,22 @@
 A publish must write a few kB of the site, not the whole list: the list is cut into pages by the
 list's own order (newest upload first, `key`):
 
-    ui/index.html        the head: the newest rows, up to 2 x PAGE_ROWS
-    ui/older-<s>.html    sealed older pages, s = M (the newest of them) down to 1 (the oldest)
-    ui/search-<k>.json   the search index and the list's data: every project whose name hashes to k
+    ui/index.html          the head: the newest rows, up to 2 x PAGE_ROWS
+    ui/older-<id>.html     the older pages, each linked to the next older (rel=next) and newer (rel=prev)
+    ui/search-<k>.json     the search index and the list's data: every project whose name hashes to k
 
-Page s holds the rows whose key lies in [bounds[s-2], bounds[s-1]) (page 1: below bounds[0], the
-head: from bounds[M-1] up); `bounds` (M keys) is written in the head itself, so the rows of the head
-and the boundary they are cut at change in ONE compare-and-swap. A change of a project rewrites its
-shard, the page its row lands on (the head, for a publish) and, only if it was elsewhere, the page
-it leaves. When the head has more than 2 x PAGE_ROWS rows, its oldest PAGE_ROWS are sealed into a
-new older page (M + 1) and its boundary moves up. Rows never move otherwise, so a page that loses
-rows stays (emptier, still linked) until `reindex` cuts the list again (`paginate`).
+The head carries the layout (`Layout`): the ids of the older pages, oldest first, and the key each
+one ends below (the lowest key of the page above it), so the rows of the head and where the list is
+cut change in ONE compare-and-swap. A change of a project rewrites its shard, the page its row lands
+on (the head, for a publish) and, only if it was elsewhere, the page it leaves. When the head has
+more than 2 x PAGE_ROWS rows, its oldest PAGE_ROWS are sealed into a new older page: a new object
+under a fresh id (two writers sealing at once each write their own; the one whose head wins is
+linked, the other's is never linked), written before the head that links it. Rows never move
+otherwise, so a page that loses rows stays (emptier, still linked) until `reindex` cuts the list
+again (`paginate`, ids 1..M).
 
-Every page is a pure function of its rows (`render_page`); `parse_page` reads the rows back and
-accepts a page only if it renders to the very same bytes (anything else: `reindex` rebuilds).
+Every page is a pure function of its rows and its links (`render_page`); `parse_page` reads them
+back and accepts a page only if it renders to the very same bytes (anything else: rebuilt).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import html
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from provisioner.repo import layout
@@ -37,7 +40,7 @@ PAGE_ROWS = 100  # N: a sealed page holds N rows; the head up to 2N
 SHARDS = layout.UI_SHARDS
 
 Key = tuple[str, str]  # (uploaded, name): the list's order, newest first
-HEAD = 0  # the head's number among the pages (older pages are 1..M)
+HEAD = ""  # the head's id (older pages: "1".."M" from a reindex, "<n>-<hex>" sealed by a publish)
 
 
 def key(entry: ListEntry) -> Key:
@@ -49,18 +52,61 @@ def shard_of(name: str) -> int:
     return hashlib.sha256(name.encode()).digest()[0] % SHARDS
 
 
-def locate(bounds: Sequence[Key], k: Key) -> int:
-    """The page (HEAD or 1..M) whose range holds key `k`."""
-    i = bisect.bisect_right(bounds, k)
-    return HEAD if i == len(bounds) else i + 1
+@dataclass(frozen=True)
+class Layout:
+    """The older pages, oldest first: `ids[i]` holds the keys below `bounds[i]` (and from
+    `bounds[i-1]` on); the head holds the keys from `bounds[-1]` on."""
+
+    ids: tuple[str, ...] = ()
+    bounds: tuple[Key, ...] = ()
+
+    def locate(self, k: Key) -> str:
+        """The id of the page (HEAD or an older one) whose range holds key `k`."""
+        i = bisect.bisect_right(self.bounds, k)
+        return HEAD if i == len(self.bounds) else self.ids[i]
+
+    @property
+    def top(self) -> str | None:
+        """The newest older page (the head's "older" link), if any."""
+        return self.ids[-1] if self.ids else None
+
+    def neighbours(self, page: str) -> tuple[str | None, str | None]:
+        """(newer, older) of a page: ids, '' the head; None where there is none (or for the head's
+        newer)."""
+        if page == HEAD:
+            return None, self.top
+        i = self.ids.index(page)
+        return (self.ids[i + 1] if i + 1 < len(self.ids) else HEAD), (self.ids[i - 1] if i else None)
+
+    def dumps(self) -> str:
+        return json.dumps(
+            [[p, *b] for p, b in zip(self.ids, self.bounds, strict=True)], separators=(",", ":")
+        )
+
+    @staticmethod
+    def loads(text: str) -> Layout | None:
+        try:
+            doc = json.loads(text)
+            if not all(len(e) == 3 and all(isinstance(x, str) for x in e) for e in doc):
+                return None
+        except (ValueError, TypeError):
+            return None
+        ids = tuple(e[0] for e in doc)
+        bounds = tuple((e[1], e[2]) for e in doc)
+        if len(set(ids)) != len(ids) or not all(_ID.fullmatch(p) for p in ids):
+            return None
+        return Layout(ids, bounds) if all(a < b for a, b in itertools.pairwise(bounds)) else None
 
 
 # --- pages ---------------------------------------------------------------------------------------
 
+_ID = re.compile(r"[1-9][0-9]*(?:-[0-9a-f]{6})?")
 _ROW = re.compile(rb'<li id="p-([a-z0-9-]+)"><a class="pp-name".*? datetime="([^"]*)"')
 _LIST_OPEN = b'<ul class="pp-list" id="projects">\n'
 _LIST_CLOSE = b"</ul>\n"
-_BOUNDS = re.compile(rb'<nav class="pp-pages" aria-label="Pages" data-bounds="([^"]*)">')
+_NAV = re.compile(rb'<nav class="pp-pages" aria-label="Pages"(?: data-pages="([^"]*)")?>(.*)</nav>\n')
+_NEWER = re.compile(rb'rel="prev" href="(?:\./|older-([^"]+)\.html)"')
+_OLDER = re.compile(rb'rel="next" href="older-([^"]+)\.html"')
 
 
 def row_key(row: bytes) -> Key | None:
@@ -68,78 +114,62 @@ def row_key(row: bytes) -> Key | None:
     return (html.unescape(m[2].decode()), m[1].decode()) if m else None
 
 
-def render_page(seq: int, rows: Sequence[bytes], *, bounds: Sequence[Key] = (), top: bool = False) -> bytes:
-    """Page `seq` (HEAD: the head, which carries `bounds`; `top`: the newest older page, whose
-    "newer" link is the head) with these rows (`list_row` lines, in order)."""
-    return list_page(
-        seq,
-        b"".join(rows).decode(),
-        len(rows),
-        older=len(bounds),
-        top=top,
-        bounds=_dump_bounds(bounds) if seq == HEAD else "",
-    )
-
-
-def _dump_bounds(bounds: Sequence[Key]) -> str:
-    return json.dumps([list(b) for b in bounds], separators=(",", ":"))
-
-
-def _load_bounds(text: str) -> tuple[Key, ...] | None:
-    try:
-        doc = json.loads(text)
-        if not all(isinstance(u, str) and isinstance(n, str) for u, n in doc):
-            return None
-        out = tuple((u, n) for u, n in doc)
-    except (ValueError, TypeError):
-        return None
-    return out if all(a < b for a, b in itertools.pairwise(out)) else None
+def render_page(
+    rows: Sequence[bytes], *, newer: str | None, older: str | None, head: Layout | None = None
+) -> bytes:
+    """A page with these rows (`list_row` lines, in order) and links: the head (`newer` None; it
+    carries its `Layout`) or an older page."""
+    text = b"".join(rows).decode()
+    return list_page(text, len(rows), newer=newer, older=older, layout=head.dumps() if head else "")
 
 
 @dataclass(frozen=True)
 class Page:
-    """A list page read back: its rows and (the head) the bounds it carries, or which kind of top."""
+    """A list page read back: its rows, its links (ids), the layout the head carries."""
 
     rows: tuple[bytes, ...]
-    bounds: tuple[Key, ...] = ()
-    top: bool = False
+    newer: str | None = None
+    older: str | None = None
+    layout: Layout | None = None  # the head's
 
 
-def parse_page(data: bytes, seq: int) -> Page | None:
-    """The rows of page `seq` as `render_page` wrote them; None for anything else (another
+def parse_page(data: bytes) -> Page | None:
+    """The rows and links of a page as `render_page` wrote it; None for anything else (another
     version's page, a page edited by hand, a truncated one)."""
-    top_at = data.find(_LIST_OPEN)
-    if top_at < 0:
+    start = data.find(_LIST_OPEN)
+    nav = _NAV.search(data, 0, start) if start >= 0 else None
+    end = data.find(_LIST_CLOSE, start + len(_LIST_OPEN)) if nav else -1
+    if nav is None or end < 0:
         return None
-    start = top_at + len(_LIST_OPEN)
-    end = data.find(_LIST_CLOSE, start)
-    if end < 0:
-        return None
-    rows = tuple(data[start:end].splitlines(keepends=True))
+    rows = tuple(data[start + len(_LIST_OPEN) : end].splitlines(keepends=True))
     keys = [row_key(r) for r in rows]
     if any(k is None for k in keys) or not all(a > b for a, b in itertools.pairwise(keys)):  # type: ignore[operator]
         return None  # rows in the list's order, each project once
-    bounds: tuple[Key, ...] = ()
-    if seq == HEAD:
-        m = _BOUNDS.search(data, 0, top_at)
-        parsed = _load_bounds(html.unescape(m[1].decode())) if m else ()
-        if parsed is None:
+    older_m = _OLDER.search(nav[2])
+    older = older_m[1].decode() if older_m else None
+    if nav[1] is not None:  # the head
+        head = Layout.loads(html.unescape(nav[1].decode()))
+        if head is None:
             return None
-        bounds = parsed
-    for top in (False, True) if seq != HEAD else (False,):
-        if render_page(seq, rows, bounds=bounds, top=top) == data:
-            return Page(rows, bounds, top)
-    return None
+        page = Page(rows, None, older, head)
+        rendered = render_page(rows, newer=None, older=older, head=head)
+    else:
+        newer_m = _NEWER.search(nav[2])
+        if newer_m is None:
+            return None
+        newer = newer_m[1].decode() if newer_m[1] else HEAD
+        page = Page(rows, newer, older)
+        rendered = render_page(rows, newer=newer, older=older)
+    return page if rendered == data else None
 
 
 def _place(rows: Sequence[bytes], name: str, entry: ListEntry | None) -> list[bytes]:
     """`rows` without `name`'s row, and with `entry`'s (if any) at its place in the order."""
     out = [r for r in rows if (row_key(r) or ("", ""))[1] != name]
     if entry is not None:
-        keys = [row_key(r) for r in out]
         want = key(entry)
-        # Rows are in descending key order: the first row whose key is below the entry's.
-        at = next((i for i, k in enumerate(keys) if k is not None and k < want), len(out))
+        # Rows are in descending key order: before the first row whose key is below the entry's.
+        at = next((i for i, r in enumerate(out) if (row_key(r) or ("", "")) < want), len(out))
         out.insert(at, list_row(entry).encode())
     return out
 
@@ -155,115 +185,100 @@ class Change:
 
 @dataclass
 class Plan:
-    """What a change writes of the list: pages by number (bytes), and whether the head sealed."""
+    """What a change writes of the list: pages by id (bytes), the new older pages among them."""
 
-    pages: dict[int, bytes] = field(default_factory=dict)
-    bounds: tuple[Key, ...] = ()
-    sealed: tuple[int, ...] = ()  # the new older pages (written before the head that links them)
+    pages: dict[str, bytes] = field(default_factory=dict)
+    layout: Layout = field(default_factory=Layout)
+    sealed: tuple[str, ...] = ()  # written first (create-only): nothing links them before the head
 
 
-def needed(bounds: Sequence[Key], changes: Iterable[Change]) -> set[int]:
-    """The pages a change reads (before the state it renders): the head, and each row's page
-    before and after (a seal of the head asks for more: `apply`)."""
-    out = {HEAD}
+def needed(head: Layout, changes: Iterable[Change]) -> set[str]:
+    """The pages a change reads (before the state it renders): the head, the newest older page
+    (whose "newer" link a seal changes; any writer repairs it), and each row's page before and after."""
+    out = {HEAD} | ({head.top} if head.top else set())
     for c in changes:
         for e in (c.old, c.new):
             if e is not None:
-                out.add(locate(bounds, key(e)))
+                out.add(head.locate(key(e)))
     return out
 
 
+def fresh_id(seq: int) -> str:
+    """The id of a page sealed by a publish: its number and a random part, so that two writers
+    sealing at once never write the same object."""
+    return f"{seq}-{secrets.token_hex(3)}"
+
+
 def apply(
-    pages: Mapping[int, bytes], changes: Sequence[Change], *, rows: int | None = None
-) -> Plan | set[int] | None:
-    """The pages to write for `changes`, given the pages read (by number, b"" for one that does not
-    exist); the set of pages still to read when it needs more (then read them and call again); None
-    when a page read is not in `render_page`'s form (`reindex` rebuilds it)."""
+    pages: Mapping[str, bytes],
+    changes: Sequence[Change],
+    *,
+    rows: int | None = None,
+    new_id: Callable[[int], str] = fresh_id,
+) -> Plan | set[str] | None:
+    """The pages to write for `changes`, given the pages read (by id; b"" for one that does not
+    exist); the ids still to read when it needs more (then read them, and call again); None when
+    a page read is not in `render_page`'s form, or a row is outside its page's range (rebuild)."""
     rows = rows or PAGE_ROWS
-    head = parse_page(pages.get(HEAD, b""), HEAD) if pages.get(HEAD) else None
-    if head is None:
+    head_page = parse_page(pages.get(HEAD, b""))
+    if head_page is None or head_page.layout is None:
         return None
-    bounds = head.bounds
-    want = needed(bounds, changes)
-    if missing := want - pages.keys():
+    head = head_page.layout
+    if missing := needed(head, changes) - pages.keys():
         return missing
-    parsed: dict[int, Page] = {HEAD: head}
-    for s in want - {HEAD}:
-        page = parse_page(pages[s], s) if pages[s] else Page(())  # a page gone: empty
-        if page is None:
+    current: dict[str, list[bytes]] = {}
+    for page_id, data in pages.items():
+        if page_id != HEAD and page_id not in head.ids:
+            continue  # not linked (a seal that lost its race): nothing to do with the list
+        page = head_page if page_id == HEAD else (parse_page(data) if data else Page(()))
+        if page is None or (page.layout is not None and page_id != HEAD):
             return None
-        parsed[s] = page
-    for s, page in parsed.items():
-        if any(locate(bounds, row_key(r)) != s for r in page.rows):  # type: ignore[arg-type]
-            return None  # a row outside its page's range: not what this code writes
-    current = {s: list(p.rows) for s, p in parsed.items()}
+        if any(head.locate(row_key(r)) != page_id for r in page.rows):  # type: ignore[arg-type]
+            return None  # not what this code writes
+        current[page_id] = list(page.rows)
     for c in changes:
-        at_old = locate(bounds, key(c.old)) if c.old is not None else None
-        at_new = locate(bounds, key(c.new)) if c.new is not None else None
-        for s in {at_old, at_new} - {None}:
-            current[s] = _place(current[s], c.name, c.new if s == at_new else None)  # type: ignore[index]
+        at_old = head.locate(key(c.old)) if c.old is not None else None
+        at_new = head.locate(key(c.new)) if c.new is not None else None
+        for at in {at_old, at_new} - {None}:
+            current[at] = _place(current[at], c.name, c.new if at == at_new else None)  # type: ignore[index]
     # Seal: the head's oldest N rows become the newest older page, as often as it is over 2N.
-    new_bounds = list(bounds)
-    sealed: list[int] = []
-    if len(current[HEAD]) > 2 * rows:
-        # The newest older page's "newer" link changes; a page of a new number may have been left
-        # by a killed writer (its generation must be read).
-        more = ({len(bounds)} if bounds else set()) | {
-            len(bounds) + 1 + i for i in range((len(current[HEAD]) - rows - 1) // rows)
-        }
-        if missing := more - pages.keys():
-            return missing
-        if bounds and len(bounds) not in parsed:
-            page = parse_page(pages[len(bounds)], len(bounds)) if pages[len(bounds)] else Page(())
-            if page is None:
-                return None
-            current[len(bounds)] = list(page.rows)
+    ids, bounds, sealed = list(head.ids), list(head.bounds), []
     while len(current[HEAD]) > 2 * rows:
-        seq = len(new_bounds) + 1
-        current[seq] = current[HEAD][-rows:]
+        page_id = new_id(len(ids) + 1)
+        current[page_id] = current[HEAD][-rows:]
         current[HEAD] = current[HEAD][:-rows]
-        new_bounds.append(row_key(current[HEAD][-1]))  # type: ignore[arg-type]
-        sealed.append(seq)
-    top = len(new_bounds)
-    plan = Plan(bounds=tuple(new_bounds), sealed=tuple(sealed))
-    for s, r in current.items():
-        data = render_page(s, r, bounds=new_bounds, top=s == top)
-        if data != pages.get(s, b""):
-            plan.pages[s] = data
+        ids.append(page_id)
+        bounds.append(row_key(current[HEAD][-1]))  # type: ignore[arg-type]
+        sealed.append(page_id)
+    new = Layout(tuple(ids), tuple(bounds))
+    plan = Plan(layout=new, sealed=tuple(sealed))
+    for page_id, r in current.items():
+        newer, older = new.neighbours(page_id)
+        data = render_page(r, newer=newer, older=older, head=new if page_id == HEAD else None)
+        if data != pages.get(page_id, b""):
+            plan.pages[page_id] = data
     return plan
 
 
-def paginate(entries: Iterable[ListEntry], *, rows: int | None = None) -> dict[int, bytes]:
+def paginate(entries: Iterable[ListEntry], *, rows: int | None = None) -> dict[str, bytes]:
     """Every page of the list from scratch (reindex: the list cut again, no page thinned): the
-    newest N rows in the head, then pages of N, the oldest (1) last and possibly shorter."""
+    newest N rows in the head, then pages of N, ids M (the newest) down to 1 (the oldest, possibly
+    shorter)."""
     rows = rows or PAGE_ROWS
-    ordered = sorted(entries, key=key, reverse=True)
-    lines = [list_row(e).encode() for e in ordered]
+    lines = [list_row(e).encode() for e in sorted(entries, key=key, reverse=True)]
     head, rest = lines[:rows], lines[rows:]
-    chunks = [rest[i : i + rows] for i in range(0, len(rest), rows)]
-    m = len(chunks)
-    pages: dict[int, list[bytes]] = {HEAD: head}
-    for i, chunk in enumerate(chunks):
-        pages[m - i] = chunk  # the first chunk after the head is the newest older page, M
-    # bounds[s-1] is the lowest key of page s+1 (page M+1 being the head).
-    bounds = [row_key(pages[s + 1 if s < m else HEAD][-1]) for s in range(1, m + 1)]
-    return {
-        s: render_page(s, r, bounds=bounds, top=s == m)  # type: ignore[arg-type]
-        for s, r in pages.items()
-    }
+    chunks = [rest[i : i + rows] for i in range(0, len(rest), rows)][::-1]  # oldest first
+    ids = tuple(str(i + 1) for i in range(len(chunks)))
+    above = [*chunks[1:], head] if chunks else []  # the page above each one
+    new = Layout(ids, tuple(row_key(a[-1]) for a in above))  # type: ignore[misc]
+    out = {}
+    for page_id, r in [*zip(ids, chunks, strict=True), (HEAD, head)]:
+        newer, older = new.neighbours(page_id)
+        out[page_id] = render_page(r, newer=newer, older=older, head=new if page_id == HEAD else None)
+    return out
 
 
-def pages_of(head: bytes) -> int | None:
-    """How many older pages a head page links (None: not a head in this form)."""
-    page = parse_page(head, HEAD)
-    return None if page is None else len(page.bounds)
-
-
-def bounds_of(head: bytes) -> tuple[Key, ...] | None:
-    page = parse_page(head, HEAD)
-    return None if page is None else page.bounds
-
-
-def rows_in(data: bytes) -> int:
-    """Rows on a list page, counted without parsing it (whether a change may seal the head)."""
-    return data.count(b'\n<li id="p-')
+def head_layout(data: bytes) -> Layout | None:
+    """The layout a head page carries (None: not a head in this form)."""
+    page = parse_page(data)
+    return page.layout if page is not None else None

@@ -521,31 +521,31 @@ def list_row(e: ListEntry) -> str:
     )
 
 
-def older_page(seq: int) -> str:
-    """A list page's URL relative to ui/ (0: the head)."""
-    return "./" if seq == 0 else f"older-{seq}.html"
+def older_page(page: str) -> str:
+    """A list page's URL relative to ui/, by its id ('' the head)."""
+    return "./" if not page else f"older-{page}.html"
 
 
-def list_page(seq: int, rows: str, count: int, *, older: int, top: bool, bounds: str) -> bytes:
-    """A page of the list (`paging`): the head (`seq` 0, carrying `bounds`, the keys its older
-    pages are cut at) or older page `seq`, with `count` rows (`list_row` lines). Every page has the
-    search box (site.js: it searches every project, on every page) and the links to the others."""
+def list_page(rows: str, count: int, *, newer: str | None, older: str | None, layout: str = "") -> bytes:
+    """A page of the list (`paging`): the head (`newer` None; it carries `layout`, which older pages
+    there are and where the list is cut) or an older page (`newer` the id of the next newer page, ''
+    the head), with `count` rows (`list_row` lines). `older`: the id of the next older page, if any.
+    Every page has the search box (site.js searches every project, on every page) and the links."""
+    head = newer is None
     links = []
-    if seq:
+    if not head:
         links.append('<a href="./">Newest projects</a>')
-        links.append(f'<a rel="prev" href="{older_page(0 if top else seq + 1)}">\u2190 Newer</a>')
-    if (seq or older + 1) > 1:
-        links.append(
-            f'<a rel="next" href="{older_page(seq - 1 if seq else older)}">Older projects \u2192</a>'
-        )
-    data = f' data-bounds="{html.escape(bounds)}"' if not seq else ""
+        links.append(f'<a rel="prev" href="{older_page(newer or "")}">\u2190 Newer</a>')
+    if older is not None:
+        links.append(f'<a rel="next" href="{older_page(older)}">Older projects \u2192</a>')
+    data = f' data-pages="{html.escape(layout)}"' if head else ""
     nav = f'<nav class="pp-pages" aria-label="Pages"{data}>{" ".join(links)}</nav>\n'
     if count:
-        kind = "older project" if seq else "project"
+        kind = "project" if head else "older project"
         text = f"{count} {kind}{'' if count == 1 else 's'} on this page, newest upload first."
     else:
-        text = "Nothing published yet." if not (seq or older) else "No project on this page any more."
-    title = "Projects" if not seq else "Older projects"
+        text = "Nothing published yet." if head and older is None else "No project on this page any more."
+    title = "Projects" if head else "Older projects"
     body = (
         f"<h1>{title}</h1>\n"
         '<div class="pp-search" role="search" hidden>\n'

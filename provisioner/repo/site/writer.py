@@ -77,7 +77,7 @@ class Staged:
     page_gen: int
     shard_now: bytes
     shard_gen: int
-    pages: dict[int, tuple[bytes, int]]  # list page number -> (bytes, generation)
+    pages: dict[str, tuple[bytes, int]]  # list page id -> (bytes, generation)
     remote_images: bool
 
 
@@ -259,13 +259,13 @@ class Site:
         shard_now, shard_gen = self.store.read(layout.ui_shard(paging.shard_of(project)))
         head = self.store.read(layout.UI_LIST)
         pages = {paging.HEAD: head}
-        # The page the project's row is on now (a publish moves it to the head; a yank keeps it).
+        # The page the project's row is on now (a publish moves it to the head; a yank keeps it),
+        # and the newest older page (its link, which any writer repairs).
         old = (self._parse_shard(shard_now) or {}).get(project)
-        bounds = paging.bounds_of(head[0]) if head[1] else None
-        if old is not None and bounds:
-            at = paging.locate(bounds, paging.key(old))
-            if at != paging.HEAD:
-                pages[at] = self.store.read(layout.ui_page(at))
+        cut = paging.head_layout(head[0]) if head[1] else None
+        if cut is not None:
+            for page in paging.needed(cut, [paging.Change(project, old, None)]) - {paging.HEAD}:
+                pages[page] = self.store.read(layout.ui_page(page))
         remote_images = self._gen(layout.UI_REMOTE_IMAGES) != 0  # after the generations, as the state
         return Staged(page_gen, shard_now, shard_gen, pages, remote_images)
 
@@ -394,19 +394,21 @@ class Site:
     def _place(self, olds: Mapping[str, render.ListEntry | None]) -> None:
         """Put each project's row where its shard's entry says, and take it off the page its row
         was on (`olds`): every list page read (generation and bytes) before the shards, written
-        conditional on it. A seal writes the new older pages first (nothing links them yet), then
-        the head that links them."""
-        need: set[int] = {paging.HEAD}
+        conditional on it. A seal writes its new older page first (create-only: nothing links it
+        yet), then the head that links it."""
+        need: set[str] = {paging.HEAD}
         for attempt in range(MAX_ATTEMPTS):
-            pages = {s: self.store.read(layout.ui_page(s)) for s in sorted(need)}
+            pages = {p: self.store.read(layout.ui_page(p)) for p in sorted(need)}
             truth: dict[int, dict[str, render.ListEntry] | None] = {}
             for k in sorted({paging.shard_of(p) for p in olds}):
                 truth[k] = self._shard(k)[0]
             if any(e is None for e in truth.values()):
                 self.rebuild()
                 return
-            changes = [paging.Change(p, old, truth[paging.shard_of(p)].get(p)) for p, old in olds.items()]  # type: ignore[union-attr]
-            plan = paging.apply({s: b for s, (b, g) in pages.items()}, changes)
+            changes = [
+                paging.Change(p, old, (truth[paging.shard_of(p)] or {}).get(p)) for p, old in olds.items()
+            ]
+            plan = paging.apply({p: b for p, (b, _g) in pages.items()}, changes)
             if isinstance(plan, set):
                 need |= plan  # read those too (before the shards), then place again
                 continue
@@ -415,18 +417,24 @@ class Site:
                 return
             if not plan.pages:
                 return
-            need |= set(plan.pages)
-            first = [WriteItem(layout.ui_page(s), plan.pages[s], pages[s][1]) for s in plan.sealed]
-            if first and not all(self.store.write_many(first)):
-                backoff(attempt)
-                continue
-            rest = [
-                WriteItem(layout.ui_page(s), d, pages[s][1])
-                for s, d in plan.pages.items()
-                if s not in plan.sealed
-            ]
-            if all(self.store.write_many(rest)):
-                return
+            need |= set(plan.pages) - set(plan.sealed)
+            first = [WriteItem(layout.ui_page(p), plan.pages[p], 0) for p in plan.sealed]
+            created = self.store.write_many(first) if first else []
+            head_won = 0
+            if all(created):
+                rest = [(p, d) for p, d in plan.pages.items() if p not in plan.sealed]
+                results = self.store.write_many(
+                    [WriteItem(layout.ui_page(p), d, pages[p][1]) for p, d in rest]
+                )
+                if all(results):
+                    return
+                head_won = dict(zip([p for p, _d in rest], results, strict=True)).get(paging.HEAD, 1)
+            if not head_won:
+                # No head links the pages sealed here: take them away (a kill here leaves them to
+                # reindex, unlinked).
+                for p, gen in zip(plan.sealed, created, strict=True):
+                    if gen:
+                        self.store.delete(layout.ui_page(p), if_generation_match=gen)
             backoff(attempt)  # another writer changed a page: place again on its version
         raise ConflictError(f"gave up writing {layout.UI_LIST} after {MAX_ATTEMPTS} conflicting writes")
 
@@ -614,7 +622,7 @@ def _render_ahead(
 
 
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
-_OLDER = re.compile(rf"{layout.UI}/older-[1-9][0-9]*\.html")
+_OLDER = re.compile(rf"{layout.UI}/older-[1-9][0-9]*(?:-[0-9a-f]{{6}})?\.html")
 # Rebuild renders in worker processes from this many projects on (fewer: starting them costs more),
 # in chunks of RENDER_CHUNK projects.
 PROCESS_MIN = 300
