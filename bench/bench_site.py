@@ -249,7 +249,9 @@ sys.path[:0] = sys.argv[1:3]
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from bench_site import gcs_copy
-storage.Client(project="bench", credentials=AnonymousCredentials()).create_bucket(sys.argv[4].split("/")[2])
+client = storage.Client(project="bench", credentials=AnonymousCredentials())
+bucket = sys.argv[4].split("/")[2]
+client.lookup_bucket(bucket) or client.create_bucket(bucket)  # one bucket, a prefix per tree
 print(gcs_copy(__import__("pathlib").Path(sys.argv[3]), sys.argv[4], sys.argv[5]))
 """
 
@@ -378,7 +380,7 @@ class PublishFigures:
 
 
 def publish_against(
-    location: str,
+    locations: dict[str, str],
     one: Path,
     trees: dict[str, Path],
     runs: int,
@@ -386,11 +388,22 @@ def publish_against(
     *,
     trace: bool = False,
 ) -> PublishFigures:
-    """Figure 1 for several pypapo trees in one run: a worker process per tree, in turns."""
+    """Figure 1 for several pypapo trees in one run: a worker process per tree, in turns, each
+    into its own copy (`locations`: two versions may lay the site out differently)."""
     wan_py = str(Path(__file__).resolve().parent / "wan.py")
     workers = {
         label: subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tree), location, str(one), project_name(7), "99.0", wan_py],
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(tree),
+                locations[label],
+                str(one),
+                project_name(7),
+                "99.0",
+                wan_py,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -556,48 +569,123 @@ def main() -> int:
         trees = {"this tree": Path(__file__).resolve().parent.parent}
         if args.against:
             trees[str(args.against)] = args.against
-        copy = work / "publish"
-        publish_copy(big, copy)
-        Repository.open(str(copy)).reindex()  # the site is current before anything is timed
-        publish_figure(args, trees, copy, one)
-        shutil.rmtree(copy, ignore_errors=True)
+        copies = {}
+        for i, (label, tree) in enumerate(trees.items()):
+            copies[label] = work / f"publish-{i}"
+            publish_copy(big, copies[label])
+            reindex_with(tree, copies[label])  # its site current, as that tree lays it out
+        publish_figure(args, trees, copies, one)
+        for copy in copies.values():
+            shutil.rmtree(copy, ignore_errors=True)
         if args.publish_only:
             return 0
 
         reindex_figure(args, wheels, big, work, n_wheels)
 
-        # -- 3. page weight -----------------------------------------------------------------------
-        listing = (big / layout.UI_LIST).read_bytes()
-        data = (big / layout.UI_DATA).read_bytes()
-        r = Repository.open(str(work / "forty"))
-        r.publish([wheel(work / "forty-dists", "forty-releases", f"1.{v}") for v in range(40)])
-        r.set_yanked("forty-releases", "1.39", "broken on purpose")
-        page = (work / "forty" / layout.ui_project("forty-releases")).read_bytes()
-        css = sum((big / layout.ui_asset(a)).stat().st_size for a in layout.UI_ASSETS)
-        print("\npage weight (bytes; gzip level 6)")
-        print(f"  list page, {args.projects} projects          {len(listing):9,d}  gzip {gz(listing):8,d}")
-        print(f"  search index (projects.json)         {len(data):9,d}  gzip {gz(data):8,d}")
-        print(f"  project page, 40 releases            {len(page):9,d}  gzip {gz(page):8,d}")
-        print(f"  site.css + site.js + favicon.svg     {css:9,d}  (cached; revalidated with 304)")
+        # -- 3. page weight, and what a publish writes of the site ---------------------------------
+        weight_figure(args, big, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def publish_figure(args: argparse.Namespace, trees: dict[str, Path], copy: Path, one: Path) -> None:
+class _Written:
+    """A store that counts the bytes written under ui/ (what a publish writes of the site)."""
+
+    def __init__(self, store: object) -> None:
+        self._store, self.site = store, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def _count(self, name: str, data: bytes) -> None:
+        if name.startswith(f"{layout.UI}/"):
+            self.site += len(data)
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
+        self._count(name, data)
+        return self._store.write(name, data, if_generation_match=if_generation_match)  # type: ignore[attr-defined]
+
+    def write_many(self, items: list, *, after: list | tuple = ()) -> list[int]:
+        for name, data, _gen in items:
+            self._count(name, data)
+        return self._store.write_many(items, after=after)  # type: ignore[attr-defined]
+
+
+def weight_figure(args: argparse.Namespace, big: Path, work: Path) -> None:
+    """Figure 3: the gzip'd bytes of the list's head, an older page, a search shard and a project
+    page of 40 releases, and what one publish writes of the site (into a project on the head, and
+    into one whose row is on an older page), on a copy of the cache with this tree's site."""
+    from provisioner.repo.site import paging
+    from provisioner.repo.store import open_store
+
+    copy = work / "weight"
+    publish_copy(big, copy)
+    old_list, old_data = (big / layout.UI_LIST).read_bytes(), (big / layout.UI_OLD_DATA)
+    Repository.open(str(copy)).reindex()
+    head = (copy / layout.UI_LIST).read_bytes()
+    cut = paging.head_layout(head)
+    assert cut is not None and cut.ids
+    older = (copy / layout.ui_page(cut.ids[len(cut.ids) // 2])).read_bytes()
+    shards = [(copy / n).read_bytes() for n in layout.UI_SHARD_NAMES]
+    shard = sorted(shards, key=len)[len(shards) // 2]
+    r = Repository.open(str(work / "forty"))
+    r.publish([wheel(work / "forty-dists", "forty-releases", f"1.{v}") for v in range(40)])
+    r.set_yanked("forty-releases", "1.39", "broken on purpose")
+    page = (work / "forty" / layout.ui_project("forty-releases")).read_bytes()
+    css = sum((copy / layout.ui_asset(a)).stat().st_size for a in layout.UI_ASSETS)
+    print("\npage weight (bytes; gzip level 6)")
+    print(
+        f"  list head, newest {paging.PAGE_ROWS} of {args.projects}      {len(head):9,d}  gzip {gz(head):8,d}"
+    )
+    print(f"  an older page ({len(cut.ids)} of them)           {len(older):9,d}  gzip {gz(older):8,d}")
+    print(f"  a search shard (1 of {layout.UI_SHARDS}; median)       {len(shard):9,d}  gzip {gz(shard):8,d}")
+    total, total_gz = sum(map(len, shards)), sum(map(gz, shards))
+    print(f"  all {layout.UI_SHARDS} shards (search's first use)     {total:9,d}  gzip {total_gz:8,d}")
+    print(f"  project page, 40 releases            {len(page):9,d}  gzip {gz(page):8,d}")
+    print(f"  site.css + site.js + favicon.svg     {css:9,d}  (cached; revalidated with 304)")
+    print("what one publish writes of the site (bytes, as uploaded: every object under ui/)")
+    oldest = paging.parse_page((copy / layout.ui_page(cut.ids[0])).read_bytes())
+    assert oldest is not None and oldest.rows
+    on_older = paging.row_key(oldest.rows[0])[1]  # type: ignore[index]
+    for what, project, version in (
+        ("a project whose row is on an older page", on_older, "98.0"),
+        ("the same project again (its row on the head)", on_older, "98.1"),
+    ):
+        store = _Written(open_store(str(copy)))
+        Repository(store).publish([wheel(work / "written", project, version)])  # type: ignore[arg-type]
+        print(f"  {what:46s} {store.site:9,d}")
+    if old_data.exists():
+        n = len(old_list) + old_data.stat().st_size
+        print(f"  before: one list page + aggregate ({args.projects} projects) {n:9,d} + the project page")
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+def reindex_with(tree: Path, repo: Path) -> None:
+    """`provision reindex` of `repo` by the pypapo of `tree` (in a process of its own)."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from provisioner.repo.engine import Repository; "
+    code += "Repository.open(sys.argv[2]).reindex()"
+    subprocess.run([sys.executable, "-c", code, str(tree), str(repo)], check=True)
+
+
+def publish_figure(
+    args: argparse.Namespace, trees: dict[str, Path], copies: dict[str, Path], one: Path
+) -> None:
     """Figure 1 at each place in turn: the directory; with --gcs or --gcs-rtt fake-gcs-server on
-    loopback; with --gcs-rtt the same server behind the WAN link at each round trip asked for."""
-    figures = publish_against(str(copy), one, trees, args.runs)
+    loopback; with --gcs-rtt the same server behind the WAN link at each round trip asked for.
+    Each tree publishes into its own copy (on GCS its own prefix)."""
+    figures = publish_against({label: str(c) for label, c in copies.items()}, one, trees, args.runs)
     print_publish("directory, fsync on", figures, trees, args)
     if not (args.gcs or args.gcs_rtt):
         return
-    location = "gs://bench-site/repo"
+    locations = {label: f"gs://bench-site/tree-{i}" for i, label in enumerate(copies)}
     with contextlib.ExitStack() as stack:
         proc, url = start_fake_gcs()
         stack.callback(stop, proc)
-        seed_gcs(copy, location, url)
+        for label, location in locations.items():
+            seed_gcs(copies[label], location, url)
         env = {"STORAGE_EMULATOR_HOST": url}
-        figures = publish_against(location, one, trees, args.runs, env, trace=args.gcs_trace)
+        figures = publish_against(locations, one, trees, args.runs, env, trace=args.gcs_trace)
         print_publish("fake-gcs-server on loopback, google-cloud-storage", figures, trees, args)
         print_traffic(figures, trees, None)
         print_timeline(figures)
@@ -606,12 +694,13 @@ def publish_figure(args: argparse.Namespace, trees: dict[str, Path], copy: Path,
         shapes = [wan_shape(args, rtt) for rtt in args.gcs_rtt]
         link = stack.enter_context(WanLink(shapes[0]))
         proc, url = start_fake_gcs(link)
-        seed_gcs(copy, location, url, link)
+        for label, location in locations.items():
+            seed_gcs(copies[label], location, url, link)
         for shape in shapes:
             link.reshape(shape)
             connect = link.connect_ms(GCS_PORT)
             env = {"STORAGE_EMULATOR_HOST": url}
-            figures = publish_against(location, one, trees, args.runs, env, trace=args.gcs_trace)
+            figures = publish_against(locations, one, trees, args.runs, env, trace=args.gcs_trace)
             print_publish(f"fake-gcs-server across a link of {shape.describe()}", figures, trees, args)
             print(
                 f"  the link: a TCP connect takes {connect:.1f} ms (median of 5); {link.stats().describe()}"
