@@ -127,14 +127,19 @@ def _visible_projects(b: object) -> list[str]:
     ]
 
 
-def _shown(b: object, want: list[str]) -> None:
-    """Wait (the search loads its shards on first use) until exactly `want` is shown."""
+def _shown(b: object, want: list[str], count: str | None = None) -> None:
+    """Wait (the search loads its shards on first use; until then it filters the page's rows) until
+    exactly `want` is shown, and the count says `count`."""
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def now(d: object) -> tuple[list[str], str | None]:
+        text = d.find_element("id", "count").text if count is not None else None  # type: ignore[attr-defined]
+        return _visible_projects(d), text
+
     try:
-        WebDriverWait(b, 10).until(lambda d: _visible_projects(d) == want)
+        WebDriverWait(b, 10).until(lambda d: now(d) == (want, count))
     except Exception:  # the assertion names what is shown instead
-        assert _visible_projects(b) == want
+        assert now(b) == (want, count)
 
 
 def _no_trouble(b: object, root: str) -> None:
@@ -162,8 +167,7 @@ def test_the_list_and_search(site_repo: Path, serve_repo, browser) -> None:
     assert "acme-tools 1.1" in b.find_element("id", "p-acme-tools").text  # 1.2 is yanked
     search = b.find_element("id", "q")
     search.send_keys("acme")
-    _shown(b, ["acme-tools", "acme-core"])
-    assert b.find_element("id", "count").text == "2 of 3 projects match"
+    _shown(b, ["acme-tools", "acme-core"], "2 of 3 projects match")
     search.send_keys(" core")
     _shown(b, ["acme-core"])
     search.clear()
@@ -224,8 +228,7 @@ def test_search_finds_projects_on_every_page(paged_repo: Path, serve_repo, brows
     assert head == _newest_first()[: len(head)] and "proj-00" not in head
     search = b.find_element("id", "q")
     search.send_keys("needle")  # a keyword of the oldest project, on the oldest page
-    _shown(b, ["proj-00"])
-    assert b.find_element("id", "count").text == "1 of 11 projects match"
+    _shown(b, ["proj-00"], "1 of 11 projects match")
     assert not b.find_element("css selector", ".pp-pages").is_displayed()  # results span every page
     b.screenshot("site-list-search-older")
     search.clear()

@@ -22,6 +22,7 @@ from provisioner.repo.engine import Repository
 from provisioner.repo.store import open_store
 from tests.fixtures.gcs import RepoHandle
 from tests.repo.invariants import broken_links, listed_files, out_of_step, unlisted_pages
+from tests.repo.test_site import _consistent
 
 TRIALS = int(os.environ.get("PYPAPO_HARNESS_TRIALS", "5"))
 ROUNDS = int(os.environ.get("PYPAPO_HARNESS_ROUNDS", "3"))
@@ -83,6 +84,9 @@ def test_kill_9_at_random_points_loses_nothing(repo: RepoHandle, tmp_path: Path)
         Repository.open(repo.location).reindex()
         after = _check_consistent(repo, f"trial {trial}, after reindex")
         assert out_of_step(after) == [], f"trial {trial}: reindex left pages out of step"
+        # The site's list too: every project once, in order, as its shard says (test_site.py).
+        listed = {n.split("/")[1] for n in after if n.count("/") == 2 and n.endswith("/index.json")}
+        assert set(_consistent({k: v for k, v in after.items() if k.startswith("ui/")})) == listed
         for p, files in kept.items():  # reindex keeps what the pages listed (nothing lost)
             assert files <= set(listed_files(after, p)), f"trial {trial}: reindex lost files of {p}"
 
@@ -117,6 +121,8 @@ def test_mixed_rounds_lose_no_update(repo: RepoHandle, tmp_path: Path) -> None:
         assert not errors, errors
         snap = _check_consistent(repo, f"round {rnd}")
         files = listed_files(snap, "demo")
+        site = _consistent({k: v for k, v in snap.items() if k.startswith("ui/")})  # demo's row once
+        lost["site"] += site["demo"].releases != len({f["_version"] for f in files.values()})
         lost["publish"] += fresh.name not in files
         lost["yank"] += files["demo-1.0-py3-none-any.whl"]["yanked"] != "bad"
         lost["unyank"] += files["demo-1.1-py3-none-any.whl"]["yanked"] is not False
@@ -125,7 +131,7 @@ def test_mixed_rounds_lose_no_update(repo: RepoHandle, tmp_path: Path) -> None:
         )
         lost["reindex"] += by_hand.name not in files
     print(f"lost updates over {ROUNDS} rounds on {repo.backend}: {dict(lost)}")
-    assert set(lost) == {"publish", "yank", "unyank", "remove", "reindex"}
+    assert set(lost) == {"publish", "yank", "unyank", "remove", "reindex", "site"}
     assert all(n == 0 for n in lost.values()), lost
 
 

@@ -23,6 +23,7 @@ latest state. `rebuild` (reindex) renders everything from the states given and c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -434,7 +435,8 @@ class Site:
                 # reindex, unlinked).
                 for p, gen in zip(plan.sealed, created, strict=True):
                     if gen:
-                        self.store.delete(layout.ui_page(p), if_generation_match=gen)
+                        with contextlib.suppress(PreconditionFailed):  # a reindex took it first
+                            self.store.delete(layout.ui_page(p), if_generation_match=gen)
             backoff(attempt)  # another writer changed a page: place again on its version
         raise ConflictError(f"gave up writing {layout.UI_LIST} after {MAX_ATTEMPTS} conflicting writes")
 
@@ -551,22 +553,23 @@ class Site:
         first = [WriteItem(n, d, now.get(n, (b"", 0))[1]) for n, d in change.items() if n != layout.UI_LIST]
         if first and not all(self.store.write_many(first)):
             return None
-        if layout.UI_LIST in change:
+        gone = sorted(n for n, (_d, gen) in now.items() if gen and n not in want)
+        if layout.UI_LIST in change or gone:
+            # Written even unchanged before a delete: a publisher whose head (read before ours) would
+            # link a page deleted here then loses its write and seals again.
+            head = want[layout.UI_LIST]
             try:
                 self.store.write(
-                    layout.UI_LIST,
-                    change[layout.UI_LIST],
-                    if_generation_match=now.get(layout.UI_LIST, (b"", 0))[1],
+                    layout.UI_LIST, head, if_generation_match=now.get(layout.UI_LIST, (b"", 0))[1]
                 )
             except PreconditionFailed:
                 return None
-        gone = sorted(n for n, (_d, gen) in now.items() if gen and n not in want)
         for name in gone:
             try:
                 self.store.delete(name, if_generation_match=now[name][1])
             except PreconditionFailed:
                 return None
-        return len(change) + len(gone)
+        return len(change) + len(gone) + (layout.UI_LIST not in change and bool(gone))
 
     def _render_all(self, states: Mapping[str, State], pool: ThreadPoolExecutor) -> Iterator[_Rendered]:
         """Every project's list entry, page and release-info caches to store. Rendering holds the
