@@ -6,8 +6,8 @@
 2. A full `reindex` from scratch of those 20,000 wheels *including the site*, against dumb-pypi
    generating its own site for the same wheels (fed the same information: see bench_engine.py):
    goal >= 2x faster.
-3. The gzip'd bytes of the list page (2,000 projects), of its search index, and of a project page
-   with 40 releases.
+3. The gzip'd bytes of the list's head page, an older page, a search shard (and all 16), and of a
+   project page with 40 releases; and the bytes one publish writes of the site.
 
 Every wheel carries a realistic Markdown README (headings, a code block, a list, a table; ~2.5 kB),
 so the site renders what a real repository would make it render. The repository is built once and
@@ -17,6 +17,7 @@ cached (default bench/.cache-site, git-ignored). Usage:
     .venv/bin/python bench/bench_site.py --publish-only --against /tmp/old-pypapo   # before/after
     .venv/bin/python bench/bench_site.py --reindex-only --against /tmp/old-pypapo   # figure 2 alone
     .venv/bin/python bench/bench_site.py --publish-only --gcs                       # on fake-gcs too
+    .venv/bin/python bench/bench_site.py --weight-only                              # figure 3 alone
     .venv/bin/python bench/bench_site.py --publish-only --gcs-rtt 20 50 --gcs-rate 20   # as root: a WAN
 
 Figure 1 runs in worker processes, one per pypapo tree, publishing into a hard-linked copy of the
@@ -516,6 +517,7 @@ def main() -> int:
     ap.add_argument("--reindex-runs", type=int, default=3, help="runs per reindex/peer figure (median)")
     ap.add_argument("--publish-only", action="store_true", help="only figure 1 (the publish)")
     ap.add_argument("--reindex-only", action="store_true", help="only figure 2 (the reindex)")
+    ap.add_argument("--weight-only", action="store_true", help="only figure 3 (page weight, bytes written)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
     ap.add_argument("--against", type=Path, help="another pypapo tree: figure 1 for both, in one run")
     ap.add_argument("--gcs", action="store_true", help="figure 1 on fake-gcs-server (loopback) too")
@@ -564,6 +566,9 @@ def main() -> int:
         if args.reindex_only:
             reindex_figure(args, wheels, big, work, n_wheels)
             return 0
+        if args.weight_only:
+            weight_figure(args, big, work)
+            return 0
 
         # -- 1. publish one wheel, with and without the site, in turns -------------------------------
         trees = {"this tree": Path(__file__).resolve().parent.parent}
@@ -593,7 +598,7 @@ class _Written:
     """A store that counts the bytes written under ui/ (what a publish writes of the site)."""
 
     def __init__(self, store: object) -> None:
-        self._store, self.site = store, 0
+        self._store, self.site, self.lists = store, 0, 0
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
@@ -601,6 +606,8 @@ class _Written:
     def _count(self, name: str, data: bytes) -> None:
         if name.startswith(f"{layout.UI}/"):
             self.site += len(data)
+            if name.count("/") == 1 and name.endswith((".html", ".json")):  # the list and the shards
+                self.lists += len(data)
 
     def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
         self._count(name, data)
@@ -644,7 +651,8 @@ def weight_figure(args: argparse.Namespace, big: Path, work: Path) -> None:
     print(f"  all {layout.UI_SHARDS} shards (search's first use)     {total:9,d}  gzip {total_gz:8,d}")
     print(f"  project page, 40 releases            {len(page):9,d}  gzip {gz(page):8,d}")
     print(f"  site.css + site.js + favicon.svg     {css:9,d}  (cached; revalidated with 304)")
-    print("what one publish writes of the site (bytes, as uploaded: every object under ui/)")
+    print("what one publish writes of the site (bytes as uploaded: every object under ui/; of it, the")
+    print("list pages and the shard; the rest is the project's own page and its release-info cache)")
     oldest = paging.parse_page((copy / layout.ui_page(cut.ids[0])).read_bytes())
     assert oldest is not None and oldest.rows
     on_older = paging.row_key(oldest.rows[0])[1]  # type: ignore[index]
@@ -654,10 +662,10 @@ def weight_figure(args: argparse.Namespace, big: Path, work: Path) -> None:
     ):
         store = _Written(open_store(str(copy)))
         Repository(store).publish([wheel(work / "written", project, version)])  # type: ignore[arg-type]
-        print(f"  {what:46s} {store.site:9,d}")
+        print(f"  {what:46s} {store.site:9,d}   list + shard {store.lists:9,d}")
     if old_data.exists():
         n = len(old_list) + old_data.stat().st_size
-        print(f"  before: one list page + aggregate ({args.projects} projects) {n:9,d} + the project page")
+        print(f"  before (this cache's one-page layout)                   list + aggregate {n:9,d}")
     shutil.rmtree(copy, ignore_errors=True)
 
 
