@@ -327,6 +327,23 @@ def test_a_zero_byte_shard_is_503_for_its_name_only(serve_repo, tmp_path: Path) 
     assert index.get("/conda/noarch/shards/" + "0" * 64 + ".msgpack.zst").status == 404  # absent: 404
 
 
+def test_a_zero_byte_package_is_503_not_an_empty_file_cached_for_a_year(serve_repo, tmp_path: Path) -> None:
+    """A package is served immutable for a year, as a wheel is: one that became 0 bytes is a 503 naming
+    it, which no cache keeps; repaired, it serves again with its caching."""
+    repo = _small_channel(tmp_path)
+    index = serve_repo(repo)
+    package = next(p for p in (repo / "conda/noarch").iterdir() if p.name.endswith((".conda", ".tar.bz2")))
+    good = package.read_bytes()
+    package.write_bytes(b"")
+    name = package.relative_to(repo).as_posix()
+    r = index.get(f"/{name}")
+    assert (r.status, r.header("cache-control")) == (503, "no-store")
+    assert r.body == f"pypapo: {name} is empty (0 bytes): the repository needs `provision reindex`\n".encode()
+    package.write_bytes(good)
+    r = index.get(f"/{name}")
+    assert (r.status, r.body, r.header("cache-control")) == (200, good, "public, max-age=31536000, immutable")
+
+
 def test_a_missing_repodata_of_a_listed_subdir_fails_health(serve_repo, tmp_path: Path) -> None:
     """The empty document NGINX answers for a subdir nothing was published into would hide every package
     of one channeldata.json lists (its repodata.json deleted by hand): /healthz/conda says so. The request

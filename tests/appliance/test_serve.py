@@ -543,6 +543,33 @@ def test_pip_says_503_for_a_zero_byte_project_page(serve_repo, tmp_path: Path) -
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_a_zero_byte_file_is_503_not_an_empty_file_cached_for_a_year(serve_repo, tmp_path: Path) -> None:
+    """A distribution or .metadata file that became 0 bytes on the bucket is served, when it serves,
+    as immutable for a year: a browser or a proxy on the way would keep the empty file after the
+    repair. It is a 503 naming the file, which no cache keeps; repaired, it serves again."""
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    index = serve_repo(repo)
+    name = wheel("pypapo-chain-c", "1.0")
+    for broken in (
+        repo / "simple/pypapo-chain-c" / name,
+        repo / "simple/pypapo-chain-c" / f"{name}.metadata",
+    ):
+        kept = broken.read_bytes()
+        broken.write_bytes(b"")
+        r = index.get(f"/simple/pypapo-chain-c/{broken.name}")
+        assert (r.status, r.header("cache-control")) == (503, "no-store"), r.status
+        assert r.body == (
+            f"pypapo: simple/pypapo-chain-c/{broken.name} is empty (0 bytes): the repository needs "
+            "`provision reindex`\n".encode()
+        )
+        broken.write_bytes(kept)
+        r = index.get(f"/simple/pypapo-chain-c/{broken.name}")
+        assert (r.status, r.body) == (200, kept)
+        assert r.header("cache-control") == "public, max-age=31536000, immutable"
+    assert index.get("/simple/pypapo-chain-c/no-such-1.0-py3-none-any.whl").status == 404
+
+
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
