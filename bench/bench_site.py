@@ -573,6 +573,8 @@ def main() -> int:
         # -- 1. publish one wheel, with and without the site, in turns -------------------------------
         trees = {"this tree": Path(__file__).resolve().parent.parent}
         if args.against:
+            if not (args.against / "provisioner" / "__init__.py").is_file():
+                ap.error(f"--against {args.against}: not a pypapo checkout (no provisioner/__init__.py)")
             trees[str(args.against)] = args.against
         copies = {}
         for i, (label, tree) in enumerate(trees.items()):

@@ -260,12 +260,11 @@ class Site:
         shard_now, shard_gen = self.store.read(layout.ui_shard(paging.shard_of(project)))
         head = self.store.read(layout.UI_LIST)
         pages = {paging.HEAD: head}
-        # The page the project's row is on now (a publish moves it to the head; a yank keeps it),
-        # and the newest older page (its link, which any writer repairs).
+        # The page the project's row is on now (a publish moves it to the head; a yank keeps it).
         old = (self._parse_shard(shard_now) or {}).get(project)
         cut = paging.head_layout(head[0]) if head[1] else None
         if cut is not None:
-            for page in paging.needed(cut, [paging.Change(project, old, None)]) - {paging.HEAD}:
+            for page in paging.needed(cut, [paging.Change(project, old, None)], links=False) - {paging.HEAD}:
                 pages[page] = self.store.read(layout.ui_page(page))
         remote_images = self._gen(layout.UI_REMOTE_IMAGES) != 0  # after the generations, as the state
         return Staged(page_gen, shard_now, shard_gen, pages, remote_images)
@@ -300,7 +299,9 @@ class Site:
         entry = render.list_entry(state, info)
         old = entries.get(state.name)
         plan = paging.apply(
-            {s: b for s, (b, _g) in staged.pages.items()}, [paging.Change(state.name, old, entry)]
+            {s: b for s, (b, _g) in staged.pages.items()},
+            [paging.Change(state.name, old, entry)],
+            links=False,
         )
         if not isinstance(plan, paging.Plan) or plan.sealed:
             return None  # a seal (a second write round), a page not read, a page not in form
