@@ -300,12 +300,13 @@ spec.loader.exec_module(wan)
 counter = wan.RequestCounter().install()
 from provisioner.repo.engine import Repository
 repo_dir, wheel_path, project, version = sys.argv[2:6]
-store = Repository.open(repo_dir).store  # one client (its connections) for every publish
+cold = sys.argv[7] == "cold"  # a new client for each publish, as each `provision publish` has
+store = Repository.open(repo_dir).store  # warm: one client (its connections) for every publish
 for line in sys.stdin:
     what = line.split()  # "site" or "index", then "trace" for the requests' timeline too
-    repo = Repository(store, site=what[0] == "site")
     mark, origin = counter.mark(), time.monotonic()
     t0 = time.perf_counter()
+    repo = Repository(Repository.open(repo_dir).store if cold else store, site=what[0] == "site")
     repo.publish([Path(wheel_path)])
     took = time.perf_counter() - t0
     traffic = counter.since(mark)
@@ -388,23 +389,15 @@ def publish_against(
     env: dict[str, str] | None = None,
     *,
     trace: bool = False,
+    cold: bool = False,
 ) -> PublishFigures:
     """Figure 1 for several pypapo trees in one run: a worker process per tree, in turns, each
     into its own copy (`locations`: two versions may lay the site out differently)."""
     wan_py = str(Path(__file__).resolve().parent / "wan.py")
+    argv = [str(one), project_name(7), "99.0", wan_py, "cold" if cold else "warm"]
     workers = {
         label: subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WORKER,
-                str(tree),
-                locations[label],
-                str(one),
-                project_name(7),
-                "99.0",
-                wan_py,
-            ],
+            [sys.executable, "-c", WORKER, str(tree), locations[label], *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -538,6 +531,11 @@ def main() -> int:
     ap.add_argument(
         "--gcs-trace", action="store_true",
         help="at each GCS place, also print one publish's requests (when each started and ended)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--gcs-cold", action="store_true",
+        help="on GCS, each timed publish makes its own client (new connections), as one `provision"
+        " publish` does; by default one client serves every publish of a worker",
     )  # fmt: skip
     args = ap.parse_args()
     if args.gcs_rtt == []:
@@ -689,14 +687,17 @@ def publish_figure(
     if not (args.gcs or args.gcs_rtt):
         return
     locations = {label: f"gs://bench-site/tree-{i}" for i, label in enumerate(copies)}
+    cold = ", a new client each publish" if args.gcs_cold else ""
     with contextlib.ExitStack() as stack:
         proc, url = start_fake_gcs()
         stack.callback(stop, proc)
         for label, location in locations.items():
             seed_gcs(copies[label], location, url)
         env = {"STORAGE_EMULATOR_HOST": url}
-        figures = publish_against(locations, one, trees, args.runs, env, trace=args.gcs_trace)
-        print_publish("fake-gcs-server on loopback, google-cloud-storage", figures, trees, args)
+        figures = publish_against(
+            locations, one, trees, args.runs, env, trace=args.gcs_trace, cold=args.gcs_cold
+        )
+        print_publish(f"fake-gcs-server on loopback, google-cloud-storage{cold}", figures, trees, args)
         print_traffic(figures, trees, None)
         print_timeline(figures)
         if not args.gcs_rtt:
@@ -710,8 +711,10 @@ def publish_figure(
             link.reshape(shape)
             connect = link.connect_ms(GCS_PORT)
             env = {"STORAGE_EMULATOR_HOST": url}
-            figures = publish_against(locations, one, trees, args.runs, env, trace=args.gcs_trace)
-            print_publish(f"fake-gcs-server across a link of {shape.describe()}", figures, trees, args)
+            figures = publish_against(
+                locations, one, trees, args.runs, env, trace=args.gcs_trace, cold=args.gcs_cold
+            )
+            print_publish(f"fake-gcs-server across a link of {shape.describe()}{cold}", figures, trees, args)
             print(
                 f"  the link: a TCP connect takes {connect:.1f} ms (median of 5); {link.stats().describe()}"
             )
