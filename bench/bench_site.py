@@ -43,7 +43,9 @@ what one publish sends, counted in the worker at the client: HTTP requests by me
 they took (requests in flight side by side count once), new connections, and the bytes up and down
 (HTTP: request and status lines, headers, bodies; not TCP/IP headers, and no TLS, which fake-gcs
 does not speak), with the time those bytes take at the link's rate; `--gcs-trace` prints one
-publish's requests too, when each started and ended.
+publish's requests too, when each started and ended. The worker keeps one client for all its
+publishes (warm connections); `--gcs-cold` gives each timed publish a new one, as each `provision
+publish` process has.
 
 The defaults' basis. No Google document gives a per-request latency for GCS; what is public:
 Google's Performance Atlas on Cloud Storage says the per-request overhead dominates uploads of
