@@ -233,9 +233,13 @@ class Repository:
 
         `site_remote_images` (None: as stored) sets the site's one setting first: whether README
         images from https URLs are shown (and allowed by nginx's policy for /ui/)."""
-        result = reindexing.reindex(self.writer, verify=verify, workers=workers)
-        if self.site:
-            if site_remote_images is not None:
-                result.pages_written += self.site.set_remote_images(site_remote_images)
-            result.pages_written += self.site.rebuild(workers=workers)
-        return result
+        if self.site is None:
+            return reindexing.reindex(self.writer, verify=verify, workers=workers).result
+        changed = site_remote_images is not None and self.site.set_remote_images(site_remote_images)
+        # The site's pages are rendered in the index's own pass (its worker processes), from the
+        # states it reads and the core metadata it has in memory; what the site writes against is
+        # read before that pass reads any project JSON, as the protocol wants.
+        start = self.site.begin_rebuild(workers=workers)
+        done = reindexing.reindex(self.writer, verify=verify, workers=workers, beside=self.site.beside(start))
+        done.result.pages_written += changed + self.site.rebuild(workers=workers, start=start, done=done)
+        return done.result

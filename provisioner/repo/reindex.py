@@ -5,6 +5,9 @@ entries from its objects, merged into the project JSON read first, and the bytes
 derived outputs. Phase 2 (`_write_pages`): those pages in batches (`Store.write_many`), each still its
 own compare-and-swap with the publish protocol; anything that lost a race to a publisher is redone
 the one-by-one way (`IndexWriter.update_project` / `converge_project`).
+
+`Beside` (the site's pages) is rendered in phase 1 too, in the same worker, from the final state and
+the core metadata the worker has just read: nothing is read, parsed or sent to a process twice.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import datetime as dt
 import hashlib
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from provisioner.repo import layout
 from provisioner.repo.dist import DistError, summarize
@@ -73,6 +77,30 @@ class RebuildJob:
 
 
 @dataclass(frozen=True)
+class Beside:
+    """What is rendered of each project beside its own outputs, in phase 1 (the site's pages, which
+    need the core metadata a worker has in memory). `render(store, state, metadata, held, setting)`
+    is module-level (pickled by name); `metadata` holds the core metadata files of `state` read in
+    this pass, by filename; `held` is what reindex expects to be every project with files (set by
+    reindex: its listing's projects with a distribution)."""
+
+    render: Callable[[Store, ProjectState, Mapping[str, bytes], frozenset[str], Any], Any]
+    setting: Any = None
+    held: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Reindexed:
+    """What reindex did: its counts, every project's final state and, where it is rendered from
+    that very state, what `Beside` rendered of it (by project)."""
+
+    result: ReindexResult
+    states: dict[str, ProjectState]
+    beside: dict[str, Any]
+    held: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Rebuilt:
     """Phase 1's answer for one project."""
 
@@ -84,6 +112,7 @@ class Rebuilt:
     json: bytes  # new.to_json() (b"" when unchanged)
     outputs: tuple[bytes, ...]  # each project output as the final state renders it (() if no files)
     valid: bool = True  # False: a directory that is no project name (its objects are ignored)
+    beside: Any = None  # what `Beside` rendered of the final state (None: nothing, or no files)
 
     @property
     def final(self) -> ProjectState:
@@ -134,7 +163,9 @@ def _vouched(prev: FileEntry | None, info: ObjectInfo, have_meta: bool, verify: 
     )
 
 
-def rebuild(store: Store, outputs: Outputs, job: RebuildJob, verify: bool) -> Rebuilt:
+def rebuild(
+    store: Store, outputs: Outputs, job: RebuildJob, verify: bool, beside: Beside | None = None
+) -> Rebuilt:
     """A project's file entries as its stored objects give them (reusing recorded ones where
     allowed), the metadata files to (re)write, the counts, and its pages merged into `job.old`.
     Module-level, so that it can run in a worker process (all of this holds the GIL)."""
@@ -143,6 +174,7 @@ def rebuild(store: Store, outputs: Outputs, job: RebuildJob, verify: bool) -> Re
     old = job.old.by_filename()
     rebuilt: dict[str, FileEntry] = {}
     metadata: list[WriteItem] = []
+    known: dict[str, bytes] = {}  # core metadata read here, by filename
     for filename, info in objects.items():
         if not layout.is_dist_filename(filename) or filename in layout.PAGE_NAMES:
             continue
@@ -178,6 +210,7 @@ def rebuild(store: Store, outputs: Outputs, job: RebuildJob, verify: bool) -> Re
             continue
         res.parsed += 1
         if dist.metadata is not None:
+            known[filename] = dist.metadata
             meta_name = layout.metadata_object(project, filename)
             stored_meta, mgen = store.read(meta_name) if have_meta else (b"", 0)
             if stored_meta != dist.metadata:
@@ -192,22 +225,33 @@ def rebuild(store: Store, outputs: Outputs, job: RebuildJob, verify: bool) -> Re
     new = merge(store, job, rebuilt, job.old)
     final = job.old if new is None else new
     rendered = outputs.render_project(final) if final.files else ()
-    return Rebuilt(job, rebuilt, metadata, res, new, new.to_json() if new is not None else b"", rendered)
+    extra = None
+    if beside is not None and final.files:
+        # Only metadata of the entries the final state has (the same sha256: the file read here).
+        sha = {f.filename: f.metadata_sha256 for f in final.files}
+        mine = {f: m for f, m in known.items() if sha.get(f) == rebuilt[f].metadata_sha256}
+        extra = beside.render(store, final, mine, beside.held, beside.setting)
+    return Rebuilt(
+        job, rebuilt, metadata, res, new, new.to_json() if new is not None else b"", rendered, beside=extra
+    )
 
 
-def _rebuild_many(store: Store, outputs: Outputs, jobs: list[RebuildJob], verify: bool) -> list[Rebuilt]:
-    return [rebuild(store, outputs, job, verify) for job in jobs]
+def _rebuild_many(
+    store: Store, outputs: Outputs, jobs: list[RebuildJob], verify: bool, beside: Beside | None
+) -> list[Rebuilt]:
+    return [rebuild(store, outputs, job, verify, beside) for job in jobs]
 
 
 def _rebuild_in_processes(
-    store: Store, outputs: Outputs, jobs: list[RebuildJob], verify: bool
+    store: Store, outputs: Outputs, jobs: list[RebuildJob], verify: bool, beside: Beside | None
 ) -> Iterator[Rebuilt]:
     """`rebuild` across one worker process per CPU, results in order as they come."""
     chunks = [jobs[i : i + REBUILD_CHUNK] for i in range(0, len(jobs), REBUILD_CHUNK)]
     n = len(chunks)
     with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=worker_context()) as procs:
         # Every chunk is queued at once: the workers keep going while the caller writes pages.
-        for part in procs.map(_rebuild_many, [store] * n, [outputs] * n, chunks, [verify] * n):
+        args = ([store] * n, [outputs] * n, chunks, [verify] * n, [beside] * n)
+        for part in procs.map(_rebuild_many, *args):
             yield from part
 
 
@@ -226,7 +270,7 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult:
+def reindex(writer: IndexWriter, *, verify: bool, workers: int, beside: Beside | None = None) -> Reindexed:
     """See Repository.reindex."""
     store = writer.store
     store.check()
@@ -240,12 +284,21 @@ def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult
     root, _gen = writer.read_root(repair=True)
     listed = {p for p in root.projects if layout.is_normalized(p)}
     candidates = sorted(set(by_project) | listed)
+    if beside is not None:
+        held = frozenset(
+            p
+            for p, objects in by_project.items()
+            if layout.is_normalized(p)
+            and any(layout.is_dist_filename(n) and n not in layout.PAGE_NAMES for n in objects)
+        )
+        beside = replace(beside, held=held)
 
     states: dict[str, ProjectState] = {}
+    besides: dict[str, Any] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # Groups of projects come out of phase 1 as they are ready; writing a group's pages
         # overlaps rebuilding the next ones (in worker processes, when they run).
-        for group in _rebuild_groups(writer, candidates, by_project, verify, workers):
+        for group in _rebuild_groups(writer, candidates, by_project, verify, workers, beside):
             for rb in group:
                 result.hashed += rb.counts.hashed
                 result.parsed += rb.counts.parsed
@@ -256,7 +309,14 @@ def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult
             meta_items = [item for rb in todo for item in rb.metadata]
             result.metadata_written += sum(1 for g in store.write_many(meta_items) if g)
             # 2. Project pages: JSON, then its derived outputs.
-            states.update(_write_pages(writer, todo, pool, result))
+            now = _write_pages(writer, todo, pool, result)
+            states.update(now)
+            # What was rendered beside stands where the state it was rendered from is the final one.
+            besides.update(
+                (rb.job.project, rb.beside)
+                for rb in todo
+                if rb.beside is not None and _same(now.get(rb.job.project), rb.final)
+            )
     live = [project for project, state in states.items() if state.files]
     result.files = sum(len(states[p].files) for p in live)
     result.projects = len(live)
@@ -279,7 +339,11 @@ def reindex(writer: IndexWriter, *, verify: bool, workers: int) -> ReindexResult
         ]
         if stale:
             result.pages_written += writer.converge_root(stale)
-    return result
+    return Reindexed(result, states, besides, beside.held if beside is not None else frozenset())
+
+
+def _same(a: ProjectState | None, b: ProjectState) -> bool:
+    return a is b or a == b
 
 
 def _rebuild_groups(
@@ -288,6 +352,7 @@ def _rebuild_groups(
     by_project: dict[str, dict[str, ObjectInfo]],
     verify: bool,
     workers: int,
+    beside: Beside | None,
 ) -> Iterator[list[Rebuilt]]:
     """Phase 1 of reindex: every project's entries from its stored objects, in groups of
     WRITE_GROUP projects as they are ready."""
@@ -345,13 +410,13 @@ def _rebuild_groups(
         # directory store pickles as its path; a GCS client does not (and waits on the network).
         if unvouched >= PROCESS_POOL_MIN and cpu_count() > 1 and isinstance(store, DirectoryStore):
             try:
-                for out in _rebuild_in_processes(store, outputs, jobs, verify):
+                for out in _rebuild_in_processes(store, outputs, jobs, verify, beside):
                     if (full := add(out)) is not None:
                         yield full
             except (BrokenProcessPool, OSError, ValueError):
                 pass  # e.g. no /dev/shm in a sandbox: the rest in threads, from where it stopped
         rest = jobs[done:]
-        for out in pool.map(lambda job: rebuild(store, outputs, job, verify), rest):
+        for out in pool.map(lambda job: rebuild(store, outputs, job, verify, beside), rest):
             if (full := add(out)) is not None:
                 yield full
         yield group

@@ -419,8 +419,8 @@ def test_reindex_from_scratch_in_worker_processes_equals_the_in_process_rebuild(
     used: list[int] = []
     real = repository._rebuild_in_processes
 
-    def spy(store: object, outputs: object, jobs: list, verify: bool) -> Iterator[object]:
-        for out in real(store, outputs, jobs, verify):  # type: ignore[arg-type]
+    def spy(store: object, outputs: object, jobs: list, verify: bool, beside: object) -> Iterator[object]:
+        for out in real(store, outputs, jobs, verify, beside):  # type: ignore[arg-type]
             used.append(1)
             yield out
 

@@ -296,9 +296,74 @@ def test_the_site_rendered_in_worker_processes_equals_the_one_rendered_in_thread
     monkeypatch.setattr(writer, "PROCESS_MIN", 1)
     monkeypatch.setattr(writer, "cpu_count", lambda: 2)
     monkeypatch.setattr(writer, "RENDER_CHUNK", 2)
-    r.reindex()
+    assert r.site is not None
+    r.site.rebuild()  # the site's own rebuild (a reindex renders its pages in its own pass)
     procs = {str(p): p.read_bytes() for p in (tmp_path / "repo" / "ui").rglob("*") if p.is_file()}
     assert procs == threads
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_a_reindex_from_scratch_renders_the_site_publish_wrote_in_its_own_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    """Reindex renders the site's pages in its own pass (worker processes, or threads), from the
+    metadata it has just read: the same bytes as the site's own rebuild renders from the JSON. A
+    directory whose one file turns out invalid is no project: the page that depends on it is
+    rendered again, without its link."""
+    from provisioner.repo import reindex as reindexing
+    from provisioner.repo.site import writer
+
+    root = tmp_path / "repo"
+    r = Repository.open(str(root))
+    wheels = [
+        _wheel(tmp_path / "d", f"p-{i}", "1.0", description=f"# P {i}\n", requires_dist=["p-0", "requests"])
+        for i in range(5)
+    ]
+    wheels.append(_wheel(tmp_path / "d", "p-1", "2.0", description="# newer\n\n```python\nx = 1\n```\n"))
+    wheels.append(_wheel(tmp_path / "d", "needs-ghost", "1.0", requires_dist=["ghost>=1", "p-1"]))
+    r.publish(wheels)
+    # From scratch, as the benchmark does: no index page, no site; and a directory whose one file
+    # is no wheel (reindex ignores it).
+    for page in [*(root / "simple").rglob("index.*"), *(p for p in (root / "ui").rglob("*") if p.is_file())]:
+        page.unlink()
+    (root / "simple" / "ghost").mkdir()
+    (root / "simple" / "ghost" / "ghost-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    pooled: list[int] = []
+    if processes:
+        monkeypatch.setattr(reindexing, "PROCESS_POOL_MIN", 1)
+        monkeypatch.setattr(reindexing, "cpu_count", lambda: 2)
+        monkeypatch.setattr(reindexing, "REBUILD_CHUNK", 2)
+        in_processes = reindexing._rebuild_in_processes
+        monkeypatch.setattr(
+            reindexing, "_rebuild_in_processes", lambda *a: pooled.append(1) or in_processes(*a)
+        )
+    rendered: list[str] = []
+    real = writer._render_chunk
+
+    def render_chunk(*args: object) -> object:
+        rendered.extend(state.name for state in args[-1])  # type: ignore[attr-defined]
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer, "_render_chunk", render_chunk)
+    result = Repository.open(str(root)).reindex()
+    assert [i.split(":")[0] for i in result.ignored] == ["simple/ghost/ghost-1.0-py3-none-any.whl"]
+    assert pooled == ([1] if processes else [])
+    assert rendered == ["needs-ghost"]  # the site rendered only the page whose link changed
+    site = {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()}
+    assert '<a href="../p-0/">p-0</a>' in site["ui/p-3/index.html"].decode()
+    assert "ghost" in site["ui/needs-ghost/index.html"].decode()
+    assert 'href="../ghost/"' not in site["ui/needs-ghost/index.html"].decode()
+    # The site's own rebuild, every page rendered from the JSON the reindex wrote: the same bytes.
+    for page in (root / "ui").rglob("*"):
+        if page.is_file():
+            page.unlink()
+    rendered.clear()
+    assert r.site is not None
+    r.site.rebuild()
+    assert sorted(rendered) == sorted(
+        s.removeprefix("ui/").split("/")[0] for s in site if s.endswith("/index.html") and s.count("/") == 2
+    )
+    assert {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()} == site
 
 
 def _random_entry(rng: random.Random, name: str) -> ListEntry:

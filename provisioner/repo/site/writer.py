@@ -38,7 +38,7 @@ from provisioner.errors import ConflictError
 from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.pools import process_pool
-from provisioner.repo.reindex import cpu_count, worker_context
+from provisioner.repo.reindex import Beside, Reindexed, cpu_count, worker_context
 from provisioner.repo.site import paging, render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem
 from provisioner.repo.store.directory import DirectoryStore
@@ -67,6 +67,18 @@ def _ahead_renderer() -> ThreadPoolExecutor:
 @cache
 def asset_bytes(name: str) -> bytes:
     return resources.files("provisioner.repo.site").joinpath("static").joinpath(name).read_bytes()
+
+
+@dataclass(frozen=True)
+class RebuildStart:
+    """What a rebuild reads before any project JSON: the pages that exist (bytes, generation), the
+    release-info caches listed, the list's objects (`_read_lists`), then the setting."""
+
+    existing: list[str]
+    cached: set[str]
+    pages: dict[str, tuple[bytes, int]]
+    lists: dict[str, tuple[bytes, int]]
+    remote_images: bool
 
 
 @dataclass(frozen=True)
@@ -124,8 +136,12 @@ class Site:
         except (ValueError, KeyError, TypeError, AttributeError):
             return ProjectState(project)  # the engine refuses a corrupt page; reindex repairs it
 
-    def info(self, state: State, known: Mapping[str, bytes] | None = None) -> render.ReleaseInfo:
-        """The release info a project's page shows, from its chosen `.metadata` file (or `known`)."""
+    def info(
+        self, state: State, known: Mapping[str, bytes] | None = None, *, cache_first: bool = False
+    ) -> render.ReleaseInfo:
+        """The release info a project's page shows, from its chosen `.metadata` file (or `known`,
+        the bytes of that file in memory: a publish's new file, or with `cache_first` a reindex's,
+        whose cache may hold it already)."""
         entry = render.metadata_source(state)
         if entry is None or entry.metadata_sha256 is None:
             return render.ReleaseInfo()
@@ -142,17 +158,17 @@ class Site:
                 if cache_gen is not None:
                     self._pending[cache_name] = (render.dumps_info(info, sha, remote_images), cache_gen)
                 return info
-        if data is None:
+        if data is None or cache_first:
             cached, gen = self.store.read(cache_name)
             info = render.loads_info(cached, entry.metadata_sha256, self.remote_images) if gen else None
             if info is not None:
                 self._infos[key] = info
                 return info
-            data, _ = self.store.read(layout.metadata_object(state.name, entry.filename))
-            info = render.release_info(data, remote_images=self.remote_images)
+            if data is None:
+                data, _ = self.store.read(layout.metadata_object(state.name, entry.filename))
         else:
             gen = self._gen(cache_name)
-            info = render.release_info(data, remote_images=self.remote_images)
+        info = render.release_info(data, remote_images=self.remote_images)
         self._infos[key] = info
         self._pending[cache_name] = (render.dumps_info(info, entry.metadata_sha256, self.remote_images), gen)
         return info
@@ -463,24 +479,45 @@ class Site:
         raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
 
     # -- everything (reindex) -------------------------------------------------------------------
-    def rebuild(self, *, workers: int = 8) -> int:
+    def begin_rebuild(self, *, workers: int = 8) -> RebuildStart:
+        """Step 1 of `rebuild`, before any JSON it renders from is read (a reindex calls it before
+        its own pass): the generations, and bytes, of what exists, then the setting."""
+        everything = [info.name for info in self.store.list(f"{layout.UI}/")]
+        listing = [n for n in everything if n.count("/") == 2]
+        existing = sorted(n.split("/")[1] for n in listing if n.endswith("/index.html"))
+        cached = {n for n in listing if n.endswith(".json")}
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
+            pages = dict(zip(existing, read, strict=True))
+            lists = self._read_lists(pool, everything)
+        remote_images = self.read_setting()
+        return RebuildStart(existing, cached, pages, lists, remote_images)
+
+    def beside(self, start: RebuildStart) -> Beside:
+        """The pages a reindex renders in its own pass, by the setting `start` read (`rebuild` takes
+        them from its `Reindexed`)."""
+        return Beside(_render_beside, start.remote_images)
+
+    def rebuild(
+        self, *, workers: int = 8, start: RebuildStart | None = None, done: Reindexed | None = None
+    ) -> int:
         """Every page from every project's current JSON, pages that are gone deleted, unchanged
         pages left alone. Same protocol: every generation is read before the JSON it is rendered
-        from. Returns the number of objects written or deleted."""
+        from. Returns the number of objects written or deleted.
+
+        A reindex passes what `begin_rebuild` read before its pass (`start`) and what it did
+        (`done`): its final states stand for the JSON (read after `start`), and the pages it
+        rendered beside them are used as they are, unless a dependency link changed with the
+        projects that turned out to have files."""
         written = self.ensure_assets()
         self._infos.clear()  # a rebuild checks every stored release-info cache too
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
-            everything = [info.name for info in self.store.list(f"{layout.UI}/")]
-            listing = [n for n in everything if n.count("/") == 2]
-            existing = sorted(n.split("/")[1] for n in listing if n.endswith("/index.html"))
-            cached = {n for n in listing if n.endswith(".json")}
-            read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
-            pages = dict(zip(existing, read, strict=True))
-            lists = self._read_lists(pool, everything)
-            self.read_setting()
+            start = start or self.begin_rebuild(workers=workers)
+            existing, cached, pages, lists = start.existing, start.cached, start.pages, start.lists
+            self.remote_images = start.remote_images
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
-            states = self._read_states(pool)
+            states = self._read_states(pool, done.states if done is not None else None)
             # Written in batches as they are rendered: the disk (or the network) works while the
             # worker processes render the next projects.
             entries: dict[str, render.ListEntry] = {}
@@ -490,7 +527,7 @@ class Site:
             batch_caches: list[WriteItem] = []
             flushed: list[tuple[int, Future[list[int]]]] = []
             with ThreadPoolExecutor(max_workers=1) as background:
-                for project, entry, body, pending in self._render_all(states, pool):
+                for project, entry, body, pending in self._render_all(states, pool, done):
                     entries[project] = entry
                     batch_caches += pending
                     have, gen = pages.get(project, (b"", 0))
@@ -572,11 +609,24 @@ class Site:
                 return None
         return len(change) + len(gone) + (layout.UI_LIST not in change and bool(gone))
 
-    def _render_all(self, states: Mapping[str, State], pool: ThreadPoolExecutor) -> Iterator[_Rendered]:
-        """Every project's list entry, page and release-info caches to store. Rendering holds the
-        GIL (~1 ms a README): for many projects on a directory store, one worker process per CPU."""
+    def _render_all(
+        self, states: Mapping[str, State], pool: ThreadPoolExecutor, done: Reindexed | None = None
+    ) -> Iterator[_Rendered]:
+        """Every project's list entry, page and release-info caches to store: what a reindex
+        rendered of the same state, with the same dependency links, else rendered here. Rendering
+        holds the GIL (~1 ms a README): for many projects on a directory store, one worker process
+        per CPU."""
         held = frozenset(states)
         todo = [states[p] for p in sorted(states)]
+        if done is not None:
+            moved = held ^ done.held  # projects the pages took for held (or not), wrongly
+            ready = {
+                p: rendered
+                for p, (rendered, deps) in done.beside.items()
+                if p in states and states[p] is done.states.get(p) and not deps & moved
+            }
+            yield from ready.values()
+            todo = [s for s in todo if s.name not in ready]
         chunks = [todo[i : i + RENDER_CHUNK] for i in range(0, len(todo), RENDER_CHUNK)]
         args = (self.store, self.remote_images, held)
         if len(todo) >= PROCESS_MIN and cpu_count() > 1 and isinstance(self.store, DirectoryStore):
@@ -594,14 +644,19 @@ class Site:
         for part in pool.map(lambda c: _render_chunk(*args, c), chunks):
             yield from part
 
-    def _read_states(self, pool: ThreadPoolExecutor) -> dict[str, State]:
-        """Every listed project with files, from its JSON."""
+    def _read_states(
+        self, pool: ThreadPoolExecutor, known: Mapping[str, State] | None = None
+    ) -> dict[str, State]:
+        """Every listed project with files, from its JSON (or the state `known` has for it)."""
         data, _ = self.store.read(layout.ROOT_JSON)
         try:
             names = sorted(set(RootState.from_json(data).projects))
         except (ValueError, KeyError, TypeError, AttributeError):
             names = []
-        return {p: s for p, s in zip(names, pool.map(self._state, names), strict=True) if s.files}
+        known = known or {}
+        todo = [p for p in names if p not in known]
+        read = dict(zip(todo, pool.map(self._state, todo), strict=True))
+        return {p: s for p in names if (s := known[p] if p in known else read[p]).files}
 
 
 _Ahead = tuple[render.ReleaseInfo, bool, int | None]
@@ -641,9 +696,24 @@ def _render_chunk(
     """Module-level, so that it runs in a worker process: a Site of its own reads and renders."""
     site = Site(store)
     site.remote_images = remote_images  # what the rebuild read, after the generations
-    out = []
-    for state in states:
-        info = site.info(state)
-        page = render.render_project(state, info, held, origin=origin(state))
-        out.append((state.name, render.list_entry(state, info), page, site._take_pending()))
-    return out
+    return [_render_one(site, state, held)[0] for state in states]
+
+
+def _render_one(
+    site: Site, state: State, held: frozenset[str], known: Mapping[str, bytes] | None = None
+) -> tuple[_Rendered, frozenset[str]]:
+    """A project's list entry, page and release-info caches, and its dependencies' names."""
+    info = site.info(state, known, cache_first=True)
+    page = render.render_project(state, info, held, origin=origin(state))
+    rendered = (state.name, render.list_entry(state, info), page, site._take_pending())
+    return rendered, frozenset(render.dependency_names(info))
+
+
+def _render_beside(
+    store: Store, state: State, metadata: Mapping[str, bytes], held: frozenset[str], remote_images: bool
+) -> tuple[_Rendered, frozenset[str]]:
+    """`Beside.render`: a project's site page in reindex's own pass (its worker process), from
+    the core metadata it has just read where the page shows one of those files."""
+    site = Site(store)
+    site.remote_images = remote_images  # what `begin_rebuild` read, after the generations
+    return _render_one(site, state, held, metadata)
