@@ -235,6 +235,7 @@ class Repository:
         images from https URLs are shown (and allowed by nginx's policy for /ui/)."""
         if self.site is None:
             return reindexing.reindex(self.writer, verify=verify, workers=workers).result
+        self.store.check()  # an unreachable repository says so before the site's first read
         changed = site_remote_images is not None and self.site.set_remote_images(site_remote_images)
         # The site's pages are rendered in the index's own pass (its worker processes), from the
         # states it reads and the core metadata it has in memory; what the site writes against is
