@@ -336,8 +336,13 @@ def cpu():
     return total
 
 if __name__ == "__main__":
+    # This tree's engine, here and in the worker processes (forked from reindex's forkserver).
+    from concurrent.futures import ProcessPoolExecutor
     import provisioner.repo.reindex as reindexing
-    assert reindexing.__file__.startswith(sys.argv[1]), reindexing.__file__
+    with ProcessPoolExecutor(1, mp_context=reindexing.worker_context()) as procs:
+        where = procs.submit(eval, "__import__('provisioner.repo.reindex').repo.reindex.__file__")
+        for path in (reindexing.__file__, where.result()):
+            assert path.startswith(sys.argv[1] + "/"), (sys.argv[1], path)
     for line in sys.stdin:
         what, repo_dir = line.split()
         t0, c0 = time.perf_counter(), cpu()
@@ -353,7 +358,8 @@ class ReindexWorker:
     def __init__(self, tree: Path) -> None:
         # The tree first on the path of every process, the forkserver's included: Python 3.11's
         # forkserver ignores the sys.path it is given, and would import the engine its workers run
-        # from wherever the venv's editable install points (then both trees time the same code).
+        # from the current directory or wherever the venv's editable install points (then both
+        # trees time the same code). So: run in the tree, with the tree on PYTHONPATH.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", REINDEX_WORKER, str(tree)],
@@ -361,6 +367,7 @@ class ReindexWorker:
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=tree,
         )
 
     def reindex(self, scratch: Path, *, site: bool) -> tuple[float, float]:
