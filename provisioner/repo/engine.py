@@ -19,6 +19,7 @@ Concurrency model (the same on both backends, see store/):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -241,6 +242,12 @@ class Repository:
         # states it reads and the core metadata it has in memory; what the site writes against is
         # read before that pass reads any project JSON, as the protocol wants.
         start = self.site.begin_rebuild(workers=workers)
-        done = reindexing.reindex(self.writer, verify=verify, workers=workers, beside=self.site.beside(start))
+        done = reindexing.reindex(
+            self.writer,
+            verify=verify,
+            workers=workers,
+            beside=self.site.beside(start),
+            rendered=functools.partial(self.site.write_ahead, start),  # written while the pass goes on
+        )
         done.result.pages_written += changed + self.site.rebuild(workers=workers, start=start, done=done)
         return done.result

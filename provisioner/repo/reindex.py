@@ -277,8 +277,16 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def reindex(writer: IndexWriter, *, verify: bool, workers: int, beside: Beside | None = None) -> Reindexed:
-    """See Repository.reindex."""
+def reindex(
+    writer: IndexWriter,
+    *,
+    verify: bool,
+    workers: int,
+    beside: Beside | None = None,
+    rendered: Callable[[dict[str, Any]], None] | None = None,
+) -> Reindexed:
+    """See Repository.reindex. `rendered` hears what `beside` rendered of each group of projects
+    once their pages are written (and their final states known), while the pass goes on."""
     store = writer.store
     store.check()
     result = ReindexResult(temporaries_removed=store.remove_stale_temporaries())
@@ -319,11 +327,14 @@ def reindex(writer: IndexWriter, *, verify: bool, workers: int, beside: Beside |
             now = _write_pages(writer, todo, pool, result)
             states.update(now)
             # What was rendered beside stands where the state it was rendered from is the final one.
-            besides.update(
-                (rb.job.project, rb.beside)
+            mine = {
+                rb.job.project: rb.beside
                 for rb in todo
                 if rb.beside is not None and _same(now.get(rb.job.project), rb.final)
-            )
+            }
+            besides.update(mine)
+            if rendered is not None and mine:
+                rendered(mine)
     live = [project for project, state in states.items() if state.files]
     result.files = sum(len(states[p].files) for p in live)
     result.projects = len(live)

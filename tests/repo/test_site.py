@@ -366,6 +366,55 @@ def test_a_reindex_from_scratch_renders_the_site_publish_wrote_in_its_own_pass(
     assert {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()} == site
 
 
+def test_a_page_written_during_the_reindex_that_lost_to_a_publisher_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reindex writes the site's pages while its pass goes on; a publisher that rewrote one in
+    between wins it, and the page, the list and the aggregate end as the publisher's state says."""
+    from provisioner.repo.site import writer
+
+    root = tmp_path / "repo"
+    r = Repository.open(str(root))
+    r.publish([_wheel(tmp_path / "d", f"p-{i}", "1.0", description=f"# P {i}\n") for i in range(3)])
+    for page in (root / "simple").rglob("index.*"):
+        page.unlink()  # every entry anew (upload times from the files): every page is written again
+    real = writer._ahead_writer
+    lost: list[str] = []
+
+    class Racing:
+        """The site's writing thread, with a publish of p-1 2.0 before its first batch."""
+
+        def submit(self, fn: object, items: list) -> object:
+            if not lost:
+                lost.append("raced")
+                Repository.open(str(root)).publish(
+                    [_wheel(tmp_path / "e", "p-1", "2.0", description="# two\n")]
+                )
+
+            def write(items: list = items) -> list[int]:
+                out = fn(items)  # type: ignore[operator]
+                lost.extend(n for (n, _d, _g), gen in zip(items, out, strict=True) if not gen)
+                return out
+
+            return real().submit(write)
+
+    monkeypatch.setattr(writer, "_ahead_writer", Racing)
+    Repository.open(str(root)).reindex()
+    assert "ui/p-1/index.html" in lost  # the publisher's page won over the one written ahead
+    site = {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()}
+    assert '<span class="pp-version">2.0</span>' in site["ui/p-1/index.html"].decode()
+    assert loads_aggregate(site["ui/projects.json"])["p-1"].version == "2.0"
+    # What the site's own rebuild renders from the JSON: the same pages (the cache of p-1 1.0, a
+    # file that still exists, may stay: a rebuild renders only the latest release's).
+    for page in (root / "ui").rglob("*"):
+        if page.is_file():
+            page.unlink()
+    assert r.site is not None
+    r.site.rebuild()
+    again = {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()}
+    assert again == {k: v for k, v in site.items() if k != "ui/p-1/p_1-1.0-py3-none-any.whl.json"}
+
+
 def _random_entry(rng: random.Random, name: str) -> ListEntry:
     summary = rng.choice(["", "plain", 'quotes " & <tags> \u00e9\u4e2d', "back\\slash"])
     uploaded = (

@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -57,6 +57,11 @@ State = ProjectState
 AHEAD_THREADS = 3
 
 
+def _ahead_writer() -> ThreadPoolExecutor:
+    """The thread that writes a reindex's site pages while its pass goes on (per process)."""
+    return process_pool("pypapo-site-writes", 1)
+
+
 def _ahead_renderer() -> ThreadPoolExecutor:
     """The site's threads, per process, started on the first publish: what it reads ahead (round
     trips on GCS, side by side) and renders ahead. A forked child gets a fresh pool: the parent's
@@ -79,6 +84,8 @@ class RebuildStart:
     pages: dict[str, tuple[bytes, int]]
     lists: dict[str, tuple[bytes, int]]
     remote_images: bool
+    # Pages and caches a reindex's pass rendered, written while it goes on (`write_ahead`).
+    ahead: list[tuple[list[WriteItem], Future[list[int]]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -493,6 +500,22 @@ class Site:
         remote_images = self.read_setting()
         return RebuildStart(existing, cached, pages, lists, remote_images)
 
+    def write_ahead(
+        self, start: RebuildStart, rendered: Mapping[str, tuple[_Rendered, frozenset[str]]]
+    ) -> None:
+        """Write what a reindex's pass rendered (`Reindexed.beside`, a group at a time) while the
+        pass goes on, in the site's writing thread: each page conditional on the generation
+        `begin_rebuild` read (before the state it is rendered from), as `rebuild` would; `rebuild`
+        then takes the results, and rewrites a page whose dependency links turn out wrong."""
+        items: list[WriteItem] = []
+        for project, ((_p, _entry, body, pending), _deps) in rendered.items():
+            have, gen = start.pages.get(project, (b"", 0))
+            if have != body:
+                items.append(WriteItem(layout.ui_project(project), body, gen))
+            items += pending
+        if items:
+            start.ahead.append((items, _ahead_writer().submit(self.store.write_many, items)))
+
     def beside(self, start: RebuildStart) -> Beside:
         """The pages a reindex renders in its own pass, by the setting `start` read (`rebuild` takes
         them from its `Reindexed`)."""
@@ -514,7 +537,16 @@ class Site:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
             start = start or self.begin_rebuild(workers=workers)
-            existing, cached, pages, lists = start.existing, start.cached, start.pages, start.lists
+            existing, cached, lists = start.existing, start.cached, start.lists
+            pages = dict(start.pages)
+            # What was written while the reindex went on: those pages now have these bytes and
+            # generations. (A page that lost is written again below against the generation it lost
+            # on: it loses again, and converges.)
+            for ahead_items, job in start.ahead:
+                for (name, data, _gen), gen in zip(ahead_items, job.result(), strict=True):
+                    written += 1 if gen else 0
+                    if gen and name.endswith("/index.html"):
+                        pages[name.split("/")[1]] = (data, gen)
             self.remote_images = start.remote_images
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
             states = self._read_states(pool, done.states if done is not None else None)
@@ -527,7 +559,7 @@ class Site:
             batch_caches: list[WriteItem] = []
             flushed: list[tuple[int, Future[list[int]]]] = []
             with ThreadPoolExecutor(max_workers=1) as background:
-                for project, entry, body, pending in self._render_all(states, pool, done):
+                for project, entry, body, pending in self._render_all(states, pool, done, start.ahead):
                     entries[project] = entry
                     batch_caches += pending
                     have, gen = pages.get(project, (b"", 0))
@@ -552,7 +584,7 @@ class Site:
                 written += 1
             # Lost to a publisher (it rewrote the page meanwhile), or a project that is gone.
             redo = [name.split("/")[1] for (name, _b, _g), ok in zip(items, results, strict=True) if not ok]
-            redo += [p for p in existing if p not in states]
+            redo += sorted(p for p in {*existing, *pages} if p not in states)  # (also one written ahead)
             written += len(redo)
             list(pool.map(self._converge_page, redo))
             # 3. The shards and the list, conditional on the generations read in step 1: the list
@@ -610,7 +642,11 @@ class Site:
         return len(change) + len(gone) + (layout.UI_LIST not in change and bool(gone))
 
     def _render_all(
-        self, states: Mapping[str, State], pool: ThreadPoolExecutor, done: Reindexed | None = None
+        self,
+        states: Mapping[str, State],
+        pool: ThreadPoolExecutor,
+        done: Reindexed | None = None,
+        start_ahead: list[tuple[list[WriteItem], Future[list[int]]]] | None = None,
     ) -> Iterator[_Rendered]:
         """Every project's list entry, page and release-info caches to store: what a reindex
         rendered of the same state, with the same dependency links, else rendered here. Rendering
@@ -625,7 +661,12 @@ class Site:
                 for p, (rendered, deps) in done.beside.items()
                 if p in states and states[p] is done.states.get(p) and not deps & moved
             }
-            yield from ready.values()
+            # (Those written ahead: `pages` holds their bytes now, their caches are written.)
+            written_ahead = {
+                name.split("/")[1] for items, _job in start_ahead or () for name, _d, _g in items
+            }
+            for p, (name, entry, body, pending) in ready.items():
+                yield name, entry, body, [] if p in written_ahead else pending
             todo = [s for s in todo if s.name not in ready]
         chunks = [todo[i : i + RENDER_CHUNK] for i in range(0, len(todo), RENDER_CHUNK)]
         args = (self.store, self.remote_images, held)
