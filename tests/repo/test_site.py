@@ -241,6 +241,42 @@ def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHand
     assert _site(repo) == before
 
 
+@pytest.mark.parametrize("torn", ["empty", "truncated", "another release's", "garbage"])
+def test_a_release_info_cache_a_crash_left_torn_is_rendered_again(
+    dir_repo: RepoHandle, tmp_path: Path, torn: str
+) -> None:
+    """Release-info caches are written without fsync (`layout.is_self_verifying`): a crash can
+    leave one empty, cut short or holding other bytes. Every reader checks it against its stamps
+    (renderers, the metadata file's sha256, the setting) and renders the README again."""
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "demo", "1.0", description="# Demo\n\nthe real readme\n")])
+    r.publish([_wheel(tmp_path, "other", "1.0", description="# Other\n\nnot this one\n")])
+    before = _site(dir_repo)
+    cache = Path(dir_repo.location, "ui/demo/demo-1.0-py3-none-any.whl.json")
+    good = cache.read_bytes()
+    other = Path(dir_repo.location, "ui/other/other-1.0-py3-none-any.whl.json").read_bytes()
+    cache.write_bytes(
+        {
+            "empty": b"",
+            "truncated": good[: len(good) // 2],
+            "another release's": other,
+            "garbage": b"\0" * 512,
+        }[torn]
+    )
+    page = Path(dir_repo.location, "ui/demo/index.html")
+    page.unlink()
+    # A new process (nothing remembered): a yank renders the page, reading the cache.
+    Repository.open(dir_repo.location).set_yanked("demo", "1.0", "reads the cache")
+    assert "the real readme" in page.read_text() and "not this one" not in page.read_text()
+    assert cache.read_bytes() == good  # rendered anew and stored again
+    Repository.open(dir_repo.location).set_yanked("demo", "1.0", None, yanked=False)
+    assert _site(dir_repo) == before
+    cache.write_bytes(good[:-3])
+    page.unlink()
+    r.reindex()
+    assert _site(dir_repo) == before
+
+
 def test_a_site_from_before_the_site_existed_is_built_by_the_next_publish(
     dir_repo: RepoHandle, tmp_path: Path
 ) -> None:

@@ -272,3 +272,32 @@ def test_a_directory_removed_by_a_concurrent_delete_before_the_temporary_file_is
         store.write_many([("ui/shared/index.html", b"<p>page</p>", 0), ("ui/index.html", b"<p>list</p>", 0)])
     assert removed == [target]
     assert store.read("ui/shared/index.html")[0] == b"<p>page</p>"
+
+
+def test_the_directory_store_fsyncs_every_object_but_the_caches_that_verify_themselves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page, a metadata file and the site's list are fsynced before their rename (and their
+    directory after); a release-info cache, which every reader checks against its stamps, is not."""
+    store = open_store(str(tmp_path / "repo"))
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    cache = "ui/demo/demo-1.0-py3-none-any.whl.json"
+    durable = ["ui/demo/index.html", "simple/demo/demo-1.0-py3-none-any.whl.metadata", "ui/projects.json"]
+    assert all(store.write_many([(n, b"x", 0) for n in [*durable, cache]]))
+    files = [s for s in synced if not os.path.isdir(s)]  # the temporary files, before their rename
+    dirs = {os.path.relpath(s, tmp_path / "repo") for s in synced if os.path.isdir(s)}
+    assert len(files) == 3  # of the four objects, the cache is not fsynced
+    assert dirs == {"ui/demo", "simple/demo", "ui"}
+    synced.clear()
+    store.write("ui/other/other-1.0-py3-none-any.whl.json", b"x", if_generation_match=0)
+    assert synced == []  # nor in a write of its own (nor its directory)
+    synced.clear()
+    store.write("ui/other/index.html", b"x", if_generation_match=0)
+    assert len(synced) == 2  # the page and its directory

@@ -4,7 +4,8 @@ Every compare-and-swap runs under an fcntl lock on `.pypapo.lock` at the reposit
 dotfiles); data goes to a temporary file that is fsynced and atomically renamed over the object; the
 generation is the object's mtime in nanoseconds, set strictly above the previous one on every write.
 `write_many` pays the durability cost per batch: temporary files fsynced concurrently, one lock over
-every compare + rename, then each touched directory fsynced.
+every compare + rename, then each touched directory fsynced. Objects that verify themselves on read
+(`layout.is_self_verifying`: the site's release-info caches) are written the same way but not fsynced.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from provisioner.errors import PypapoError
+from provisioner.repo import layout
 from provisioner.repo.pools import finish_all, process_pool
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, waves
 
@@ -108,7 +110,8 @@ class DirectoryStore:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write and fsync outside the lock: only the compare and the rename are serialized.
-        tmp = _write_synced_tmp(path.parent, data)
+        durable = not layout.is_self_verifying(name)
+        tmp = _write_synced_tmp(path.parent, data, sync=durable)
         try:
             with self._locked():
                 current = _generation(path)
@@ -118,7 +121,8 @@ class DirectoryStore:
                 os.utime(tmp, ns=(new, new))
                 os.replace(tmp, path)
                 tmp = ""
-                _fsync_dir(path.parent)
+                if durable:
+                    _fsync_dir(path.parent)
             return new
         finally:
             if tmp:
@@ -130,6 +134,7 @@ class DirectoryStore:
         if len(set(paths)) != len(paths):
             raise ValueError("write_many: an object named twice in one batch")
         parents = [os.path.dirname(p) for p in paths]
+        durable = [not layout.is_self_verifying(name) for name, _data, _gen in items]
         for parent in set(parents):  # once per directory, not per object
             os.makedirs(parent, exist_ok=True)
         ordered = waves(len(items), after)
@@ -139,7 +144,7 @@ class DirectoryStore:
         # Each step runs across a thread pool: creating, syncing and renaming files mostly waits on
         # the filesystem journal, and concurrent waiters share one commit.
         def stage(i: int) -> None:
-            tmps[i] = _write_synced_tmp(parents[i], items[i][1])
+            tmps[i] = _write_synced_tmp(parents[i], items[i][1], sync=durable[i])
 
         def swap(i: int) -> None:
             j = after[i] if i < len(after) else None
@@ -163,7 +168,7 @@ class DirectoryStore:
                 for wave in ordered:
                     _each(swap, wave)
                 # Renames are durable before the lock is released (as in write()).
-                _each(_fsync_dir, {d for d, r in zip(parents, results, strict=True) if r})
+                _each(_fsync_dir, {d for d, r, f in zip(parents, results, durable, strict=True) if r and f})
             return results
         finally:
             for tmp in tmps:
@@ -247,8 +252,9 @@ def _generation(path: str | os.PathLike[str]) -> int:
         return 0
 
 
-def _write_synced_tmp(directory: str | os.PathLike[str], data: bytes) -> str:
-    """A new temporary file in `directory` holding `data`, fsynced, mode 0644; returns its path."""
+def _write_synced_tmp(directory: str | os.PathLike[str], data: bytes, *, sync: bool = True) -> str:
+    """A new temporary file in `directory` holding `data`, fsynced (unless not `sync`), mode 0644;
+    returns its path."""
     while True:
         tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
         try:
@@ -270,7 +276,8 @@ def _write_synced_tmp(directory: str | os.PathLike[str], data: bytes) -> str:
                 view = view[os.write(fd, view) :]
             if stat.S_IMODE(os.fstat(fd).st_mode) != 0o644:  # a umask took bits away
                 os.fchmod(fd, 0o644)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except BaseException:
