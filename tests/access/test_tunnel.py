@@ -4,6 +4,7 @@ appliance behind the tunnel would. `provision tunnel` owns the user's port and r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +130,22 @@ def _get(port: int, path: str = "/simple/") -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def _start_cli(gcloud_dir: Path, record: Path, local: int, **extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _cli(gcloud_dir: Path, record: Path, local: int, **extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`provision tunnel` running; killed and reaped on the way out if the test did not end it."""
+    proc = subprocess.Popen(
         [str(PROVISION), "tunnel", "--project", "acme-prod", "--zone", "us-central1-a", "--port", str(local)],
         env=_env(gcloud_dir, record, **extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _read_until_ready(proc: subprocess.Popen[str]) -> list[str]:
@@ -165,8 +174,7 @@ def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
 ) -> None:
     record = tmp_path / "record.jsonl"
     local = free_port()
-    proc = _start_cli(gcloud_dir, record, local)
-    try:
+    with _cli(gcloud_dir, record, local) as proc:
         lines = _read_until_ready(proc)
         assert f"index: http://localhost:{local}/simple/" in lines
         assert any(line.startswith(f"browse: http://localhost:{local}/ui/") for line in lines)
@@ -177,10 +185,6 @@ def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
         assert _alive(gcloud_pid)
         proc.send_signal(sig)  # Ctrl-C, or a script's `kill`, a CI step ending, systemctl stop
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "tunnel closed" in out
     start, *rest = _records(record)
@@ -203,15 +207,10 @@ def test_tunnel_runs_the_exact_gcloud_command_and_closes_everything_on_a_signal(
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     # ... so the next tunnel can take the same local port at once.
-    again = _start_cli(gcloud_dir, record, local)
-    try:
+    with _cli(gcloud_dir, record, local) as again:
         _read_until_ready(again)
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=20)
-    finally:
-        if again.poll() is None:
-            again.kill()
-            again.wait()
     assert again.returncode == 0
 
 
@@ -228,8 +227,7 @@ def test_a_broken_conda_channel_is_one_warning_when_the_tunnel_opens(
     for broken in (True, False):
         if not broken:
             (control / "channel-broken").unlink()
-        proc = _start_cli(gcloud_dir, record, local, GCLOUD_STAND_IN_CONTROL=str(control))
-        try:
+        with _cli(gcloud_dir, record, local, GCLOUD_STAND_IN_CONTROL=str(control)) as proc:
             lines = _read_until_ready(proc)
             warnings = [line for line in lines if line.startswith("warning:")]
             if broken:
@@ -242,26 +240,17 @@ def test_a_broken_conda_channel_is_one_warning_when_the_tunnel_opens(
             assert _get(local) == (200, "pypapo /simple/")
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert proc.returncode == 0
 
 
 def test_gcloud_ignoring_sigterm_is_killed_and_reaped(gcloud_dir: Path, tmp_path: Path) -> None:
     record = tmp_path / "record.jsonl"
     local = free_port()
-    proc = _start_cli(gcloud_dir, record, local, GCLOUD_STAND_IN_IGNORE_TERM="1")
-    try:
+    with _cli(gcloud_dir, record, local, GCLOUD_STAND_IN_IGNORE_TERM="1") as proc:
         _read_until_ready(proc)
         gcloud_pid = _records(record)[0]["pid"]
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0
     assert [r.get("signal") for r in _records(record)[1:]] == [signal.SIGTERM]  # asked first
     assert not _alive(gcloud_pid)  # then killed
