@@ -176,7 +176,11 @@ def test_the_link_reaches_only_its_namespace_and_is_gone_after() -> None:
         stats = link.stats()
         assert stats.up_packets >= 15 and stats.down_packets >= 10 and stats.up_dropped == 0
         link.reshape(LinkShape(20))
-        assert link.stats().up_packets == 0  # counted per shape
+        # Counted per shape: what crossed before is gone; only the last FIN/ACKs of the connections just
+        # closed may still be on their way (headers, no data), a 100 ms link's half round trip later.
+        after = link.stats()
+        assert after.up_packets + after.down_packets <= 2 * 5 < stats.up_packets + stats.down_packets
+        assert after.up_bytes <= 60 * after.up_packets and after.down_bytes <= 60 * after.down_packets
         assert link.connect_ms(8000) >= 18
         # From inside, nothing but the link: no route anywhere else, no way to this side's loopback.
         probe = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=2)"
