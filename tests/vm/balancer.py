@@ -212,8 +212,9 @@ class ClientLoop:
             n += 1
 
     def said(self, text: str, since: float = 0.0) -> int:
-        """Installs started after `since` whose client output contains `text` (its retry warnings)."""
-        return sum(1 for o in self.outcomes if o.started >= since and text in o.detail)
+        """Installs still running at `since` or later whose client output contains `text` (its retry
+        warnings). By their end, not their start: the download a loss cuts may have begun before it."""
+        return sum(1 for o in self.outcomes if o.ended >= since and text in o.detail)
 
     def installs_since(self, moment: float) -> int:
         return sum(1 for o in self.outcomes if o.ok and o.started >= moment)

@@ -320,11 +320,11 @@ def test_neither_a_rollout_nor_a_replica_lost_mid_download_fails_an_install(tmp_
             f" detected in {marked_down - lost_at:.1f}s, {len(caught)} install(s) caught in it,"
             f" {loop.installs_since(lost_at)} installs since, {len(loop.failures)} failed;"
             f" pip retried {loop.said('Retrying (', since=rollout_end)} and resumed"
-            f" {loop.said('Attempting to resume', since=rollout_end)} (the wheel's answers on {survivor.name}"
+            f" {loop.said('Attempting to resume', since=lost_at)} (the wheel's answers on {survivor.name}"
             f" since the loss, by status: {statuses}); longest stall {loop.longest_stall(since=lost_at):.1f}s"
         )
         assert not loop.failures, f"{len(loop.failures)} installs failed: {loop.figures()}"
-        assert loop.said("Attempting to resume", since=rollout_end) >= 1 and "206" in statuses, (
+        assert loop.said("Attempting to resume", since=lost_at) >= 1 and "206" in statuses, (
             "the loss never cut a download: the test did not test what it says"
         )
         assert loop.installs_since(loop.started) >= 10
