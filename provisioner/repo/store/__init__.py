@@ -8,6 +8,9 @@
 GCS uses object generations and request preconditions (store/gcs.py); the directory backend
 emulates them under a lock, with mtimes as generations that never repeat for a name (store/directory.py).
 
+`together(calls)` runs independent reads side by side where each is a round trip (GCS), in turn where
+they are cheap (a directory): a publish reads what it writes against in one round.
+
 `write_many(items, after=...)` is the same compare-and-swap for many objects at once (reindex):
 each item succeeds or fails on its own precondition, and an item can wait for another (a project's
 HTML is written only once its JSON is). The directory backend pays the durability cost per batch
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from provisioner.errors import PypapoError
 from provisioner.repo.location import parse_location as location_of
@@ -65,6 +68,16 @@ class Store(Protocol):
     def stat(self, name: str) -> ObjectInfo | None: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def written_fingerprint(self, data: bytes, generation: int) -> str:
+        """The fingerprint `stat` gives of the object this store just wrote with `data` at
+        `generation` (without asking again)."""
+        ...
+
+    def together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        """The results of independent `calls` (reads), in order; side by side where each is a round
+        trip. Every call finishes before the first error (in the calls' order) is raised."""
+        ...
 
     def remove_stale_temporaries(self) -> int:
         """Delete what killed writers left behind (the directory backend's `.pypapo-tmp-*` files

@@ -18,7 +18,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from provisioner.errors import PypapoError
 from provisioner.repo import layout
@@ -194,7 +194,13 @@ class DirectoryStore:
 
     def _info(self, name: str, st: os.stat_result) -> ObjectInfo:
         gen = st.st_mtime_ns or 1
-        return ObjectInfo(name, st.st_size, gen, f"dir:{st.st_size}:{gen}", gen)
+        return ObjectInfo(name, st.st_size, gen, _fingerprint(st.st_size, gen), gen)
+
+    def written_fingerprint(self, data: bytes, generation: int) -> str:
+        return _fingerprint(len(data), generation)
+
+    def together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        return [call() for call in calls]  # a local read costs less than a thread hop
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
@@ -243,6 +249,10 @@ class DirectoryStore:
             yield self._info(rel + entry.name, st)
         for entry in subdirs:
             yield from self._scan(entry.path, f"{rel}{entry.name}/")
+
+
+def _fingerprint(size: int, generation: int) -> str:
+    return f"dir:{size}:{generation}"
 
 
 def _generation(path: str | os.PathLike[str]) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import os
 import random
 import re
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from provisioner.errors import PypapoError
 from provisioner.repo import layout
@@ -32,6 +33,7 @@ from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, wa
 # google-cloud-storage sends uploads up to this size as one multipart request, larger ones resumable.
 MULTIPART_LIMIT = 8 * 1024 * 1024
 GCS_THREADS = 16
+READ_POOLS = ("pypapo-gcs-read1", "pypapo-gcs-read2")  # `together`'s, by depth (not write_many's)
 
 LIST_PAGE = 1000
 
@@ -139,6 +141,10 @@ def _reason(exc: BaseException) -> str:
     if "timed out" in text.lower():
         return "no answer (timed out)"
     return text[:200]
+
+
+def _fingerprint(size: int | None, digest: str) -> str:
+    return f"gcs:{size}:{digest}"
 
 
 def _credentials_error() -> PypapoError:
@@ -377,9 +383,24 @@ class GCSStore:
             name=self._rel(blob.name),
             size=int(blob.size or 0),
             generation=int(blob.generation),
-            fingerprint=f"gcs:{blob.size}:{digest}",
+            fingerprint=_fingerprint(blob.size, digest),
             updated_ns=updated_ns,
         )
+
+    def written_fingerprint(self, data: bytes, generation: int) -> str:
+        # GCS computes the md5 of what a single (non-composite) upload stored: these very bytes.
+        return _fingerprint(len(data), hashlib.md5(data).hexdigest())
+
+    def together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        # A call that calls `together` again (a project's JSON with its pages' generations, in a
+        # publish's first round) gets the next pool: a pool waiting on its own threads can deadlock.
+        me = threading.current_thread().name
+        level = next((i for i, pool in enumerate(READ_POOLS) if me.startswith(pool)), -1)
+        if len(calls) < 2 or level + 1 == len(READ_POOLS):
+            return [call() for call in calls]
+        futures = [process_pool(READ_POOLS[level + 1], GCS_THREADS).submit(call) for call in calls]
+        finish_all(futures)
+        return [f.result() for f in futures]
 
     def stat(self, name: str) -> ObjectInfo | None:
         bucket = self._get_bucket()
