@@ -104,11 +104,9 @@ class Repository:
     def publish_dists(
         self, dists: Sequence[DistFile], *, skip_existing: bool = False, into_mirrored: bool = False
     ) -> PublishResult:
-        result = publish_dists(
+        return publish_dists(
             self.writer, dists, skip_existing=skip_existing, into_mirrored=into_mirrored, echo=self.echo
         )
-        self.writer.repair_root()
-        return result
 
     # -- mirror -----------------------------------------------------------------------------------
     def ensure_listed(self, *projects: str) -> None:

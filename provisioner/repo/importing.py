@@ -96,7 +96,7 @@ def _write_objects(writer: IndexWriter, objects: Sequence[tuple[str, Path | byte
                 size += len(data)
             for item, gen in zip(batch, store.write_many(batch), strict=True):
                 # Not created: already there. The same bytes are fine; others raise ConflictError.
-                if gen or writer.create_object(item.name, item.data):
+                if gen or writer.create_object(item.name, item.data).new:
                     created.append(item.name)
     except ConflictError:
         _delete(writer, created)

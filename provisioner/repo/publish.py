@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from provisioner.errors import ConflictError, InvalidDistribution, quoted
 from provisioner.repo import layout
 from provisioner.repo.dist import DistError, DistFile, file_identity, parse_dist
 from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
-from provisioner.repo.writer import IndexWriter
+from provisioner.repo.writer import IndexWriter, Seen
 
 Echo = Callable[[str], None]
 
@@ -84,23 +85,31 @@ def publish_dists(
     """Same bytes again is a no-op; other bytes under an existing filename are refused (or skipped
     with skip_existing). A project mirrored from a public index takes no files of ours unless
     into_mirrored (they would mix with the upstream's). Every decision is taken before anything is
-    written: a refusal leaves the repository as it was."""
+    written: a refusal leaves the repository as it was. Ends with the root's pages in step."""
     store = writer.store
-    store.check()
     result = PublishResult()
-    states: dict[str, ProjectState] = {}
+    projects = list(dict.fromkeys(d.project for d in dists))
+    # One round: the check, every project's JSON with its outputs' generations, every file's object,
+    # whether the root's pages are in step (`repair_root`, which every writing command ends with).
+    # The check comes first in the list, so that its clear error wins (a missing bucket reads empty).
+    reads = [
+        store.check,
+        *(functools.partial(writer.see_project, p) for p in projects),
+        *(functools.partial(store.stat, layout.dist_object(d.project, d.filename)) for d in dists),
+        writer.root_stale,
+    ]
+    _checked, *got, root_stale = store.together(reads)
+    seen: dict[str, Seen] = dict(zip(projects, got[: len(projects)], strict=True))
+    stored = dict(zip((d.filename for d in dists), got[len(projects) :], strict=True))
+    states = {p: s.state for p, s in seen.items()}
     todo: list[DistFile] = []
-    new_projects = False
     for dist in dists:
-        if dist.project not in states:
-            states[dist.project], gen = writer.read_project(dist.project)
-            new_projects = new_projects or gen == 0
-            origin = states[dist.project].mirrored_from
-            if origin and not into_mirrored:
-                raise ConflictError(
-                    f"{dist.project} is mirrored from {origin}: publishing your own {dist.filename} would"
-                    " mix it with the upstream's files; pass --into-mirrored if you mean it"
-                )
+        origin = states[dist.project].mirrored_from
+        if origin and not into_mirrored:
+            raise ConflictError(
+                f"{dist.project} is mirrored from {origin}: publishing your own {dist.filename} would"
+                " mix it with the upstream's files; pass --into-mirrored if you mean it"
+            )
         state = states[dist.project]
         entry = state.by_filename().get(dist.filename)
         if entry is None:
@@ -112,7 +121,9 @@ def publish_dists(
                 raise ConflictError(clash)
         if entry is not None:
             recorded = entry.sha256
-        else:
+        elif stored[dist.filename] is None:
+            recorded = None
+        else:  # stored but not indexed: what a publisher killed before its page left
             existing, gen = store.read(layout.dist_object(dist.project, dist.filename))
             recorded = "(stored object)" if gen and existing != dist.data else None
         if recorded is None:
@@ -126,7 +137,7 @@ def publish_dists(
                 f"{dist.filename} already exists in {store.location} with different bytes; "
                 "files are immutable: publish a new version (or pass --skip-existing)"
             )
-    if new_projects and todo:
+    if todo and any(seen[d.project].gen == 0 for d in todo):
         root, _gen = writer.read_root()  # a corrupt root fails here, not midway
         created: set[str] = set()
         for dist in todo:
@@ -152,18 +163,22 @@ def publish_dists(
     for dist in todo:
         groups.setdefault(dist.project, []).append(dist)
     for project, group in groups.items():
-        if writer.store.stat(layout.project_json(project)) is None:
+        if seen[project].gen == 0:
             # A new project is listed before anything of it is stored: a confusable name that won a
             # race to the root index stops this one before it uploads a byte.
             ensure_listed(writer, project, filename=group[0].filename)
         writer.prepare(project, {d.filename: d.metadata for d in group if d.metadata is not None})
+        fingerprints: dict[str, str] = {}
         for dist in group:
-            writer.create_object(layout.dist_object(project, dist.filename), dist.data)
+            gen = writer.create_object(layout.dist_object(project, dist.filename), dist.data).generation
+            fingerprints[dist.filename] = store.written_fingerprint(dist.data, gen)
             if dist.metadata is not None:
                 writer.create_object(layout.metadata_object(project, dist.filename), dist.metadata)
             progress(f"uploaded {dist.filename} ({human_size(dist.size)})")
-        _index_new_files(writer, project, group)
+        _index_new_files(writer, project, group, seen[project], fingerprints)
         result.published += [d.filename for d in group]
+    if root_stale:
+        writer.repair_root()
     return result
 
 
@@ -233,10 +248,15 @@ def _clash(files: Iterable[FileEntry], dist: DistFile) -> str | None:
     return None
 
 
-def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile]) -> None:
-    _data, gen = writer.store.read(layout.project_json(project))
-    if gen == 0:
-        ensure_listed(writer, project)  # listed before the page exists (see engine.py)
+def _index_new_files(
+    writer: IndexWriter,
+    project: str,
+    dists: Sequence[DistFile],
+    seen: Seen,
+    fingerprints: Mapping[str, str],
+) -> None:
+    """Add the uploaded `dists` to the project JSON, first against what the publish read before its
+    uploads (`seen`; a new project was listed then): one round more only if it changed meanwhile."""
     uploaded = upload_time(dt.datetime.now(dt.UTC))
 
     def add(state: ProjectState) -> ProjectState | None:
@@ -249,18 +269,20 @@ def _index_new_files(writer: IndexWriter, project: str, dists: Sequence[DistFile
             if clash := _clash(state.files, d):  # another publisher got there first
                 raise ConflictError(clash)
         new = [
-            FileEntry.of(d, upload_time=uploaded, fingerprint=_fingerprint(writer, project, d.filename))
+            FileEntry.of(d, upload_time=uploaded, fingerprint=fingerprints[d.filename])
             for d in dists
             if d.filename not in files
         ]
         return state.with_files([*state.files, *new]) if new else None
 
     known = {d.filename: d.metadata for d in dists if d.metadata is not None}
-    if writer.update_project(project, add, known=known).created:
+    update = writer.update_project(
+        project,
+        add,
+        known=known,
+        seen=seen,
+        before_create=lambda: ensure_listed(writer, project),  # listed before the page exists (engine.py)
+    )
+    if update.created:
         # A concurrent `remove` of the project's last file may have unlisted it meanwhile.
         ensure_listed(writer, project)
-
-
-def _fingerprint(writer: IndexWriter, project: str, filename: str) -> str:
-    info = writer.store.stat(layout.dist_object(project, filename))
-    return info.fingerprint if info else ""

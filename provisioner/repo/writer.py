@@ -7,12 +7,13 @@ read-modify-write of the JSON conditional on the generation read, retried with j
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from provisioner.errors import ConflictError, PypapoError
 from provisioner.repo import layout
@@ -37,6 +38,21 @@ class ProjectUpdate:
 
 
 @dataclass(frozen=True)
+class Seen:
+    """A project JSON as read, with its outputs' generations read in the same round: what an update
+    can write against."""
+
+    state: ProjectState
+    gen: int
+    outputs: tuple[int, ...]
+
+
+class Created(NamedTuple):
+    generation: int
+    new: bool
+
+
+@dataclass(frozen=True)
 class Batch:
     """Writes of outputs that span projects, to go in the same `write_many` as a project's own
     outputs: `after` as in `write_many` (indices into `items`); `commit` hears each item's result."""
@@ -55,9 +71,10 @@ class Spanning(Protocol):
         start (render, read the generations to write against) while the index is written."""
 
     def stage(self, project: str) -> Callable[[ProjectState, Mapping[str, bytes]], Batch | None]:
-        """Read (or take the prefetched) generations of what a change of `project` rewrites; the
-        function returned renders from the state read AFTER them: its Batch, or None when it cannot
-        go in the project's batch (then `update` runs once the project's outputs are written)."""
+        """Read (or take the prefetched) generations of what a change of `project` rewrites, before
+        its JSON is written; the function returned renders from the state then written: its Batch,
+        or None when it cannot go in the project's batch (then `update` runs once the project's
+        outputs are written)."""
         ...
 
     def update(self, projects: Sequence[str], known: Mapping[str, bytes]) -> None:
@@ -124,6 +141,12 @@ class IndexWriter:
         if self.spanning is not None and known:
             self.spanning.prepare(project, known)
 
+    def see_project(self, project: str, *, repair: bool = False) -> Seen:
+        """The project JSON and, in the same round, its outputs' generations."""
+        gens = [functools.partial(self.generation, name) for name in self.outputs.project_names(project)]
+        read, *outputs = self.store.together([lambda: self.read_project(project, repair=repair), *gens])
+        return Seen(*read, tuple(outputs))
+
     def update_project(
         self,
         project: str,
@@ -131,30 +154,45 @@ class IndexWriter:
         *,
         repair: bool = False,
         known: Mapping[str, bytes] | None = None,
+        seen: Seen | None = None,
+        before_create: Callable[[], None] | None = None,
     ) -> ProjectUpdate:
         """Apply `change` to the project JSON under CAS. `change` returns the new state or None (no
         change). A state without files (and no removal under way) deletes the project. `known`:
-        core metadata in memory (a publish), by filename, for the spanning outputs."""
+        core metadata in memory (a publish), by filename, for the spanning outputs. `seen`: what the
+        first attempt writes against (read by the caller). `before_create` runs before a JSON this
+        call read as absent is created (a `seen` one is the caller's to prepare).
+
+        The outputs' generations are read before the JSON is written and the outputs rendered from
+        the JSON written: an output written since that read fails its compare-and-swap and converges,
+        so whoever writes an output last rendered the latest state."""
         for attempt in range(MAX_ATTEMPTS):
-            state, gen = self.read_project(project, repair=repair)
-            new = change(state)
+            now = seen if attempt == 0 and seen is not None else self.see_project(project, repair=repair)
+            new = change(now.state)
             if new is None:
-                return ProjectUpdate(state, changed=False, created=False)
+                return ProjectUpdate(now.state, changed=False, created=False)
+            if not new.exists and not now.gen:
+                return ProjectUpdate(new, changed=False, created=False)
+            spanning = None if repair else self.spanning
+            # What the spanning outputs write against: read (or prefetched) before the JSON is written too.
+            staged = spanning.stage(project) if spanning is not None and new.files else None
             try:
                 if new.exists:
-                    self.store.write(layout.project_json(project), new.to_json(), if_generation_match=gen)
-                elif gen:
-                    self.store.delete(layout.project_json(project), if_generation_match=gen)
+                    if not now.gen and before_create is not None and now is not seen:
+                        before_create()
+                    self.store.write(layout.project_json(project), new.to_json(), if_generation_match=now.gen)
                 else:
-                    return ProjectUpdate(new, changed=False, created=False)
+                    self.store.delete(layout.project_json(project), if_generation_match=now.gen)
             except PreconditionFailed:
                 backoff(attempt)
                 continue
-            if self.spanning is None or repair:
-                written = 1 + self.converge_project(project)
+            if new.exists:
+                written = 1 + self._write_outputs(project, new, now.outputs, staged, known or {})
             else:
-                written = 1 + self._converge_with_spanning(project, self.spanning, known or {})
-            return ProjectUpdate(new, changed=True, created=gen == 0, written=written)
+                written = 1 + self.converge_project(project)
+            if spanning is not None and staged is None:
+                spanning.update([project], known or {})
+            return ProjectUpdate(new, changed=True, created=now.gen == 0, written=written)
         raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
 
     def update_root(self, change: Callable[[RootState], RootState | None], *, repair: bool = False) -> bool:
@@ -286,28 +324,38 @@ class IndexWriter:
             lambda name: f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry",
         )
 
-    def _converge_with_spanning(self, project: str, spanning: Spanning, known: Mapping[str, bytes]) -> int:
-        """`converge_project` after a change, with the spanning outputs' writes in the same
-        `write_many`: every generation (the project's outputs', then theirs) read before the JSON is
-        read again, everything rendered from that JSON. A write that lost converges on its own."""
+    def _write_outputs(
+        self,
+        project: str,
+        state: ProjectState,
+        gens: Sequence[int],
+        staged: Callable[[ProjectState, Mapping[str, bytes]], Batch | None] | None,
+        known: Mapping[str, bytes],
+    ) -> int:
+        """The project's outputs rendered from `state` (the JSON just written), each against its
+        generation read before that write, with the spanning outputs' batch (`staged`) in the same
+        `write_many`. A write that lost converges on its own. Returns the objects written."""
         names = self.outputs.project_names(project)
-        gens = [self.generation(name) for name in names]
-        render_spanning = spanning.stage(project)
-        data, gen = self.store.read(layout.project_json(project))
-        state = self.parse_project(data, project, gen=gen) if gen else None
-        batch = render_spanning(state, known) if state is not None and state.files else None
-        if state is None or batch is None:
-            written = self.converge_project(project)
-            spanning.update([project], known)
-            return written
         items = [WriteItem(*out) for out in zip(names, self.outputs.render_project(state), gens, strict=True)]
+        batch = staged(state, known) if staged is not None else None
+        if staged is not None and batch is None:
+            assert self.spanning is not None
+            written = self._write_own(project, items)
+            self.spanning.update([project], known)  # it cannot go in this batch: on its own after
+            return written
+        if batch is None:
+            return self._write_own(project, items)
         n = len(items)
         after = [None] * n + [None if a is None else a + n for a in batch.after]
         results = self.store.write_many(items + batch.items, after=after)
         lost = [name for name, ok in zip(names, results, strict=False) if not ok]
-        written = n - len(lost) + (self.converge_project(project, only=lost) if lost else 0)
         batch.commit(results[n:])
-        return written
+        return n - len(lost) + (self.converge_project(project, only=lost) if lost else 0)
+
+    def _write_own(self, project: str, items: list[WriteItem]) -> int:
+        results = self.store.write_many(items)
+        lost = [item.name for item, ok in zip(items, results, strict=True) if not ok]
+        return len(items) - len(lost) + (self.converge_project(project, only=lost) if lost else 0)
 
     def converge_root(self, only: Collection[str] | None = None) -> int:
         """Make the root's derived outputs (or those named in `only`) match the root JSON."""
@@ -326,26 +374,25 @@ class IndexWriter:
     def repair_root(self) -> int:
         """Converge the root's outputs if they are out of step with the root JSON: missing (what a
         writer killed between the root JSON and its HTML leaves: every client gets 503) or older
-        than it. A few stats; every writing command ends with it, so any write repairs them."""
-        state = self.store.stat(layout.ROOT_JSON)
-        if state is None:
-            return 0
-        for out in self.outputs.root:
-            info = self.store.stat(out.object_name)
-            if info is None or info.updated_ns < state.updated_ns:
-                return self.converge_root()
-        return 0
+        than it. A few stats in one round; every writing command ends with it (a publish reads them
+        with its first round), so any write repairs them."""
+        return self.converge_root() if self.root_stale() else 0
+
+    def root_stale(self) -> bool:
+        names = [layout.ROOT_JSON, *(out.object_name for out in self.outputs.root)]
+        state, *infos = self.store.together([functools.partial(self.store.stat, n) for n in names])
+        return state is not None and any(i is None or i.updated_ns < state.updated_ns for i in infos)
 
     # -- objects ----------------------------------------------------------------------------------
-    def create_object(self, name: str, data: bytes) -> bool:
-        """Create-only upload. True if we created it, False if identical bytes were already there."""
+    def create_object(self, name: str, data: bytes) -> Created:
+        """Create-only upload: the generation now stored, and whether this call created it (not:
+        identical bytes were already there)."""
         try:
-            self.store.write(name, data, if_generation_match=0)
-            return True
+            return Created(self.store.write(name, data, if_generation_match=0), new=True)
         except PreconditionFailed:
             existing, gen = self.store.read(name)
             if gen and existing == data:
-                return False  # ours from a retried request, a re-run, or an identical racer
+                return Created(gen, new=False)  # ours from a retried request, a re-run, or an identical racer
             raise ConflictError(
                 f"{name.rsplit('/', 1)[-1]} already exists in {self.store.location} with different "
                 "bytes; files are immutable: publish a new version"
