@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from provisioner.errors import ConflictError
@@ -121,8 +122,8 @@ def import_many(
     (`yanks`: project -> filename -> upstream state) in line with the upstream's."""
     store = writer.store
     projects = sorted(set(groups) | set(yanks))
-    for project in projects:
-        _refuse_private(writer.read_project(project)[0], str(store.location))
+    for state, _gen in store.together([partial(writer.read_project, p) for p in projects]):
+        _refuse_private(state, str(store.location))
     objects: list[tuple[str, Path | bytes]] = []
     for project, files in groups.items():
         for f in files:
@@ -131,7 +132,11 @@ def import_many(
                 objects.append((layout.metadata_object(project, f.filename), f.metadata))
     created = _write_objects(writer, objects)
     now = upload_time(dt.datetime.now(dt.UTC))
-    fingerprints = {name: (info.fingerprint if (info := store.stat(name)) else "") for name, _src in objects}
+    dist_objects = [layout.dist_object(p, f.filename) for p, files in groups.items() for f in files]
+    infos = store.together([partial(store.stat, name) for name in dist_objects])  # side by side on GCS
+    fingerprints = {
+        name: (info.fingerprint if info else "") for name, info in zip(dist_objects, infos, strict=True)
+    }
     outcomes = {project: ImportOutcome() for project in projects}
 
     def change_for(project: str) -> Callable[[ProjectState], ProjectState | None]:
