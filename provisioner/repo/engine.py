@@ -9,9 +9,10 @@ Concurrency model (the same on both backends, see store/):
 - the project JSON is the source of truth; every change is a read-modify-write conditional on the
   generation read, retried with jittered backoff when another writer got there first.
 - every derived output (outputs.py: the project HTML, the root HTML, ...) is rendered from the JSON
-  and *converges*: after a JSON write, read the output's generation, THEN re-read the JSON, render,
-  and write conditional on that output generation. Whoever writes last therefore rendered the
-  latest JSON. The root index works the same way.
+  and *converges*: a writer reads the output's generation BEFORE it writes the JSON (with the JSON
+  read, in one round), renders from the JSON it wrote, and writes conditional on that generation;
+  one that lost (an output written since) reads the generation, THEN re-reads the JSON, renders and
+  writes again. Whoever writes last therefore rendered the latest JSON. The root works the same way.
 - a new project is added to the root index *before* its project page is created, so every project
   page that exists is listed (a crash in between leaves a listed project without page until the
   re-run or `reindex`).
