@@ -137,7 +137,8 @@ def publish_dists(
                 f"{dist.filename} already exists in {store.location} with different bytes; "
                 "files are immutable: publish a new version (or pass --skip-existing)"
             )
-    if todo and any(seen[d.project].gen == 0 for d in todo):
+    if len({d.project for d in todo}) > 1 and any(seen[d.project].gen == 0 for d in todo):
+        # Before any project of the batch is uploaded (one project alone: its listing checks, first).
         root, _gen = writer.read_root()  # a corrupt root fails here, not midway
         created: set[str] = set()
         for dist in todo:

@@ -196,9 +196,15 @@ class IndexWriter:
         raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
 
     def update_root(self, change: Callable[[RootState], RootState | None], *, repair: bool = False) -> bool:
-        """Apply `change` to the root JSON under CAS (None: no change); True if written."""
+        """Apply `change` to the root JSON under CAS (None: no change); True if written. Its pages
+        as a project's are (`update_project`): their generations read with the JSON, rendered from
+        the JSON written."""
+        names = [out.object_name for out in self.outputs.root]
         for attempt in range(MAX_ATTEMPTS):
-            data, gen = self.store.read(layout.ROOT_JSON)
+            gens = [functools.partial(self.generation, name) for name in names]
+            (data, gen), *outs = self.store.together(
+                [functools.partial(self.store.read, layout.ROOT_JSON), *gens]
+            )
             current = self.parse_root(data, gen=gen, repair=repair)
             new = change(current)
             if new is None or (new == current and gen):
@@ -208,7 +214,13 @@ class IndexWriter:
             except PreconditionFailed:
                 backoff(attempt)
                 continue
-            self.converge_root()
+            items = [
+                WriteItem(out.object_name, out.render(new), g)
+                for out, g in zip(self.outputs.root, outs, strict=True)
+            ]
+            lost = [item.name for item, ok in zip(items, self.store.write_many(items), strict=True) if not ok]
+            if lost:
+                self.converge_root(only=lost)
             return True
         raise ConflictError(f"gave up updating the root index after {MAX_ATTEMPTS} conflicting writes")
 
