@@ -298,7 +298,7 @@ class IndexWriter:
         pending = list(range(len(names)))
         written = 0
         for attempt in range(MAX_ATTEMPTS):
-            gens = [self.generation(names[i]) for i in pending]
+            gens = self.store.together([functools.partial(self.generation, names[i]) for i in pending])
             rendered = render()
             lost = []
             for i, gen in zip(pending, gens, strict=True):
