@@ -83,7 +83,6 @@ BATCH_BYTES = 256 * 1024 * 1024
 def _write_objects(writer: IndexWriter, objects: Sequence[tuple[str, Path | bytes]]) -> list[str]:
     """Create every object (create-only), in batches; the names this call created. An existing
     object with other bytes is a ConflictError (files are immutable), after which nothing of ours stays."""
-    store = writer.store
     created: list[str] = []
     pending: list[tuple[str, Path | bytes]] = list(objects)
     try:
@@ -95,10 +94,8 @@ def _write_objects(writer: IndexWriter, objects: Sequence[tuple[str, Path | byte
                 data = source.read_bytes() if isinstance(source, Path) else source
                 batch.append(WriteItem(name, data, 0))
                 size += len(data)
-            for item, gen in zip(batch, store.write_many(batch), strict=True):
-                # Not created: already there. The same bytes are fine; others raise ConflictError.
-                if gen or writer.create_object(item.name, item.data).new:
-                    created.append(item.name)
+            # Already there with the same bytes is fine; other bytes raise ConflictError.
+            writer.create_many([(item.name, item.data) for item in batch], created=created)
     except ConflictError:
         _delete(writer, created)
         raise

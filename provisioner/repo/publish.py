@@ -169,12 +169,19 @@ def publish_dists(
             # race to the root index stops this one before it uploads a byte.
             ensure_listed(writer, project, filename=group[0].filename)
         writer.prepare(project, {d.filename: d.metadata for d in group if d.metadata is not None})
-        fingerprints: dict[str, str] = {}
+        # Every file side by side, then the metadata files (each once its file is there: a racer
+        # with other bytes under the name must not get our metadata beside its file).
+        objects = [(layout.dist_object(project, d.filename), d.data) for d in group]
+        after: list[int | None] = [None] * len(group)
+        for k, d in enumerate(group):
+            if d.metadata is not None:
+                objects.append((layout.metadata_object(project, d.filename), d.metadata))
+                after.append(k)
+        made = writer.create_many(objects, after=after)
+        fingerprints = {
+            d.filename: store.written_fingerprint(d.data, made[k].generation) for k, d in enumerate(group)
+        }
         for dist in group:
-            gen = writer.create_object(layout.dist_object(project, dist.filename), dist.data).generation
-            fingerprints[dist.filename] = store.written_fingerprint(dist.data, gen)
-            if dist.metadata is not None:
-                writer.create_object(layout.metadata_object(project, dist.filename), dist.metadata)
             progress(f"uploaded {dist.filename} ({human_size(dist.size)})")
         _index_new_files(writer, project, group, seen[project], fingerprints)
         result.published += [d.filename for d in group]

@@ -396,6 +396,27 @@ class IndexWriter:
         return state is not None and any(i is None or i.updated_ns < state.updated_ns for i in infos)
 
     # -- objects ----------------------------------------------------------------------------------
+    def create_many(
+        self,
+        objects: Sequence[tuple[str, bytes]],
+        *,
+        after: Sequence[int | None] = (),
+        created: list[str] | None = None,
+    ) -> list[Created]:
+        """Create-only uploads side by side (one `write_many`, `after` as there), then each one not
+        created checked as `create_object` does: an object stored with other bytes is a
+        ConflictError. `created` (if given) hears the names this call created, before that raises."""
+        gens = self.store.write_many([WriteItem(name, data, 0) for name, data in objects], after=after)
+        if created is not None:
+            created += [name for (name, _data), gen in zip(objects, gens, strict=True) if gen]
+        done = []
+        for (name, data), gen in zip(objects, gens, strict=True):
+            made = Created(gen, new=True) if gen else self.create_object(name, data)
+            if created is not None and made.new and not gen:
+                created.append(name)
+            done.append(made)
+        return done
+
     def create_object(self, name: str, data: bytes) -> Created:
         """Create-only upload: the generation now stored, and whether this call created it (not:
         identical bytes were already there)."""

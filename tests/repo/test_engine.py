@@ -387,7 +387,7 @@ class _RoundTrips:
 def test_a_publish_waits_for_few_round_trips(repo: RepoHandle, make_wheel: MakeDist) -> None:
     """From a laptop every round trip to the bucket is tens of milliseconds: a publish reads all it
     decides on and writes against in one round, then uploads the wheel, its metadata file, the
-    project JSON and its page (15 round trips before; a new project 9, before 23)."""
+    project JSON and its page (before: 15, a new project 23, three files 23)."""
     Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
     store = _RoundTrips(open_store(repo.location))
     r = Repository(store, site=False)  # type: ignore[arg-type]
@@ -403,6 +403,12 @@ def test_a_publish_waits_for_few_round_trips(repo: RepoHandle, make_wheel: MakeD
     r.publish([make_wheel("other", "1.0")])
     assert store.clock == 9
     assert _root_html(repo.snapshot()) == ["demo", "other"]
+    # Many files of one project (a release's wheels for several platforms): still five, the files
+    # side by side, then their metadata files.
+    store.clock = 0
+    r.publish([make_wheel("demo", v) for v in ("3.0", "3.1", "3.2")])
+    assert store.clock == 5
+    assert _json(repo.snapshot(), "simple/demo/index.json")["versions"] == ["1.0", "2.0", "3.0", "3.1", "3.2"]
 
 
 def test_a_corrupt_project_page_is_reported_and_rebuilt_by_reindex(
