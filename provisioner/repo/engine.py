@@ -37,7 +37,7 @@ from provisioner.repo.publish import Echo, PublishResult, ensure_listed, human_s
 from provisioner.repo.reindex import ReindexResult
 from provisioner.repo.site.writer import Site
 from provisioner.repo.store import Store, open_store
-from provisioner.repo.writer import IndexWriter, finish_removals
+from provisioner.repo.writer import IndexWriter, Seen, finish_removals
 
 __all__ = ["PublishResult", "ReindexResult", "Repository", "human_size"]
 
@@ -74,12 +74,24 @@ class Repository:
 
     def project(self, name: str) -> ProjectState:
         """The project state; raises if the project does not exist."""
-        self.store.check()
         project = layout.normalize(name)
-        state, gen = self.writer.read_project(project)
+        _checked, (state, gen) = self.store.together(
+            [self.store.check, functools.partial(self.writer.read_project, project)]
+        )
         if gen == 0:
             raise PypapoError(f"no project {project} in {self.store.location}: see `provision list`")
         return state
+
+    def _before_change(self, name: str) -> tuple[str, Seen, bool]:
+        """What a change of an existing project reads, in one round: the check (its error first), the
+        project JSON with its pages' generations, and whether the root's pages are out of step."""
+        project = layout.normalize(name)
+        _checked, seen, root_stale = self.store.together(
+            [self.store.check, functools.partial(self.writer.see_project, project), self.writer.root_stale]
+        )
+        if seen.gen == 0:
+            raise PypapoError(f"no project {project} in {self.store.location}: see `provision list`")
+        return project, seen, root_stale
 
     def initialize(self) -> bool:
         """Write an empty root index where there is none; True if written.
@@ -156,8 +168,8 @@ class Repository:
 
     def set_yanked(self, name: str, version: str, reason: str | None, *, yanked: bool = True) -> int:
         """Yank (or unyank) every file of a version. Returns the number of files changed."""
-        project = layout.normalize(name)
-        match = self._version_matcher(self.project(name), version)
+        project, seen, root_stale = self._before_change(name)
+        match = self._version_matcher(seen.state, version)
         value: Yanked = (reason or True) if yanked else False
         count = 0
 
@@ -172,15 +184,15 @@ class Repository:
                 files.append(f)
             return state.with_files(files) if count else None
 
-        self.writer.update_project(project, change)
-        self.writer.repair_root()
+        self.writer.update_project(project, change, seen=seen)
+        if root_stale:
+            self.writer.repair_root()
         return count
 
     def remove(self, name: str, version: str | None = None) -> list[str]:
         """Remove a version (or the whole project). Returns the removed filenames."""
-        project = layout.normalize(name)
-        state = self.project(name)
-        match = self._version_matcher(state, version) if version else (lambda _f: True)
+        project, seen, root_stale = self._before_change(name)
+        match = self._version_matcher(seen.state, version) if version else (lambda _f: True)
         removed: list[str] = []
 
         def change(state: ProjectState) -> ProjectState | None:
@@ -194,7 +206,7 @@ class Repository:
             # listed them before, or a publisher of the same file, cannot put them back meanwhile.
             return state.with_files(keep).with_removing(state.removing | set(removed))
 
-        self.writer.update_project(project, change)
+        self.writer.update_project(project, change, seen=seen)
         # Pages first, objects after: a page never links a file that is gone.
         update = finish_removals(self.writer, project, removed)
         if not update.state.exists:
@@ -208,8 +220,8 @@ class Repository:
             # A publisher may have recreated the project meanwhile: it must stay listed.
             if self.store.read(layout.project_json(project))[1]:
                 ensure_listed(self.writer, project)
-
-        self.writer.repair_root()
+        if root_stale:
+            self.writer.repair_root()
         return sorted(removed)
 
     # -- reindex ----------------------------------------------------------------------------------

@@ -437,9 +437,8 @@ def finish_removals(writer: IndexWriter, project: str, filenames: Iterable[str])
     JSON, when nothing else is left). `remove` runs it; so does reindex, for a remove that was killed
     before it finished. Deleting twice is harmless: both may run at once."""
     names = set(filenames)
-    for filename in sorted(names):
-        writer.store.delete(layout.metadata_object(project, filename))
-        writer.store.delete(layout.dist_object(project, filename))
+    objects = [(layout.metadata_object(project, f), layout.dist_object(project, f)) for f in sorted(names)]
+    writer.store.together([functools.partial(writer.store.delete, name) for pair in objects for name in pair])
     return writer.update_project(
         project,
         lambda state: state.with_removing(state.removing - names) if state.removing & names else None,

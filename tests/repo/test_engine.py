@@ -387,7 +387,7 @@ class _RoundTrips:
 def test_a_publish_waits_for_few_round_trips(repo: RepoHandle, make_wheel: MakeDist) -> None:
     """From a laptop every round trip to the bucket is tens of milliseconds: a publish reads all it
     decides on and writes against in one round, then uploads the wheel, its metadata file, the
-    project JSON and its page (before: 15, a new project 23, three files 23)."""
+    project JSON and its page (before: 15, a new project 23, three files 23, a yank 9)."""
     Repository.open(repo.location).publish([make_wheel("demo", "1.0")])
     store = _RoundTrips(open_store(repo.location))
     r = Repository(store, site=False)  # type: ignore[arg-type]
@@ -409,6 +409,11 @@ def test_a_publish_waits_for_few_round_trips(repo: RepoHandle, make_wheel: MakeD
     r.publish([make_wheel("demo", v) for v in ("3.0", "3.1", "3.2")])
     assert store.clock == 5
     assert _json(repo.snapshot(), "simple/demo/index.json")["versions"] == ["1.0", "2.0", "3.0", "3.1", "3.2"]
+    # A yank: one round of reads, the JSON, the page.
+    store.clock = 0
+    r.set_yanked("demo", "3.0", "broken")
+    assert store.clock == 3
+    assert _html(repo.snapshot(), "demo")["demo-3.0-py3-none-any.whl"].yanked_reason == "broken"
 
 
 def test_a_corrupt_project_page_is_reported_and_rebuilt_by_reindex(

@@ -75,8 +75,9 @@ class Store(Protocol):
         ...
 
     def together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
-        """The results of independent `calls` (reads), in order; side by side where each is a round
-        trip. Every call finishes before the first error (in the calls' order) is raised."""
+        """The results of independent `calls` (reads; deletes that may go in any order), in order;
+        side by side where each is a round trip. Every call finishes before the first error (in the
+        calls' order) is raised."""
         ...
 
     def remove_stale_temporaries(self) -> int:
