@@ -186,11 +186,13 @@ class IndexWriter:
             except PreconditionFailed:
                 backoff(attempt)
                 continue
+            # The spanning outputs go in the batch of the project's own where they can; else after.
+            batch = staged(new, known or {}) if staged is not None else None
             if new.exists:
-                written = 1 + self._write_outputs(project, new, now.outputs, staged, known or {})
+                written = 1 + self._write_outputs(project, new, now.outputs, batch)
             else:
                 written = 1 + self.converge_project(project)
-            if spanning is not None and staged is None:
+            if spanning is not None and batch is None:
                 spanning.update([project], known or {})
             return ProjectUpdate(new, changed=True, created=now.gen == 0, written=written)
         raise ConflictError(f"gave up updating {project} after {MAX_ATTEMPTS} conflicting writes; retry")
@@ -337,37 +339,23 @@ class IndexWriter:
         )
 
     def _write_outputs(
-        self,
-        project: str,
-        state: ProjectState,
-        gens: Sequence[int],
-        staged: Callable[[ProjectState, Mapping[str, bytes]], Batch | None] | None,
-        known: Mapping[str, bytes],
+        self, project: str, state: ProjectState, gens: Sequence[int], batch: Batch | None
     ) -> int:
         """The project's outputs rendered from `state` (the JSON just written), each against its
-        generation read before that write, with the spanning outputs' batch (`staged`) in the same
-        `write_many`. A write that lost converges on its own. Returns the objects written."""
+        generation read before that write, in one `write_many` with the spanning outputs' `batch`.
+        A write that lost converges on its own. Returns the objects written."""
         names = self.outputs.project_names(project)
         items = [WriteItem(*out) for out in zip(names, self.outputs.render_project(state), gens, strict=True)]
-        batch = staged(state, known) if staged is not None else None
-        if staged is not None and batch is None:
-            assert self.spanning is not None
-            written = self._write_own(project, items)
-            self.spanning.update([project], known)  # it cannot go in this batch: on its own after
-            return written
-        if batch is None:
-            return self._write_own(project, items)
         n = len(items)
-        after = [None] * n + [None if a is None else a + n for a in batch.after]
-        results = self.store.write_many(items + batch.items, after=after)
+        after: list[int | None] = [None] * n
+        if batch is not None:
+            items += batch.items
+            after += [None if a is None else a + n for a in batch.after]
+        results = self.store.write_many(items, after=after)
         lost = [name for name, ok in zip(names, results, strict=False) if not ok]
-        batch.commit(results[n:])
+        if batch is not None:
+            batch.commit(results[n:])
         return n - len(lost) + (self.converge_project(project, only=lost) if lost else 0)
-
-    def _write_own(self, project: str, items: list[WriteItem]) -> int:
-        results = self.store.write_many(items)
-        lost = [item.name for item, ok in zip(items, results, strict=True) if not ok]
-        return len(items) - len(lost) + (self.converge_project(project, only=lost) if lost else 0)
 
     def converge_root(self, only: Collection[str] | None = None) -> int:
         """Make the root's derived outputs (or those named in `only`) match the root JSON."""
