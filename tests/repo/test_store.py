@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from google.auth.credentials import Credentials
 
 from provisioner.appliance import sample
 from provisioner.errors import PypapoError
+from provisioner.repo.engine import Repository
 from provisioner.repo.store import PreconditionFailed, open_store
-from provisioner.repo.store.gcs import MULTIPART_LIMIT
+from provisioner.repo.store.gcs import MULTIPART_LIMIT, GCSStore
 from tests.fixtures.gcs import FakeGCS, RepoHandle
 
 
@@ -301,3 +305,35 @@ def test_the_directory_store_fsyncs_every_object_but_the_caches_that_verify_them
     synced.clear()
     store.write("ui/other/index.html", b"x", if_generation_match=0)
     assert len(synced) == 2  # the page and its directory
+
+
+class _Tokens(Credentials):
+    """Credentials whose token must first be fetched (as a fresh `provision publish` process's),
+    counting the fetches; each takes a token endpoint's round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches = 0
+        self._count = threading.Lock()
+
+    def refresh(self, request: object) -> None:
+        with self._count:
+            self.fetches += 1
+        time.sleep(0.05)
+        self.token = "token"
+
+
+def test_a_fresh_process_fetches_one_token_for_its_requests_side_by_side(
+    gcs_repo: RepoHandle, tmp_path: Path
+) -> None:
+    """A publish's first round is several requests at once; google-auth refreshes without a lock,
+    so each would fetch a token of its own (with workload identity federation, an exchange each)."""
+    from google.cloud import storage
+
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    wheel.write_bytes(sample.wheel_bytes("demo", "1.0"))
+    creds = _Tokens()
+    client = storage.Client(project="pypapo-test", credentials=creds)
+    store = GCSStore(gcs_repo._bucket, gcs_repo._prefix, client=client)
+    assert Repository(store).publish([wheel]).published == [wheel.name]
+    assert creds.fetches == 1

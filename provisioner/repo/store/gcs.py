@@ -171,6 +171,7 @@ class GCSStore:
         self.location = gs_url(bucket, self.prefix)
         self._client = client
         self._bucket = None
+        self._refresh_lock = threading.Lock()
         self.timeout = gcs_timeout() if timeout is None else timeout
         self.endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "storage.googleapis.com"
         self._watch = _Watch(notify, self.location, self.endpoint, self.timeout) if notify else None
@@ -373,6 +374,21 @@ class GCSStore:
             finish_all([pool.submit(one, i) for i in wave])
         return results
 
+    def _refresh_once(self) -> None:
+        """A token fetched once before requests fan out: google-auth refreshes without a lock, so
+        every thread of a fresh process would fetch its own (N token requests, or N workload
+        identity exchanges, where one does)."""
+        creds = getattr(self._get_bucket().client, "_credentials", None)
+        if creds is None or creds.valid:
+            return
+        with self._refresh_lock:
+            if creds.valid:
+                return
+            from google.auth.transport.requests import Request
+
+            with contextlib.suppress(Exception):  # the requests refresh again and say what failed
+                creds.refresh(Request())
+
     def _info(self, blob) -> ObjectInfo:
         digest = blob.md5_hash or blob.crc32c or ""
         if digest:
@@ -398,6 +414,7 @@ class GCSStore:
         level = next((i for i, pool in enumerate(READ_POOLS) if me.startswith(pool)), -1)
         if len(calls) < 2 or level + 1 == len(READ_POOLS):
             return [call() for call in calls]
+        self._refresh_once()
         futures = [process_pool(READ_POOLS[level + 1], GCS_THREADS).submit(call) for call in calls]
         finish_all(futures)
         return [f.result() for f in futures]
