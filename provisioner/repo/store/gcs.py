@@ -369,6 +369,7 @@ class GCSStore:
 
         # Network-bound: requests in flight side by side, on threads kept for the process (a small
         # batch, a publish's, would otherwise wait for them to start).
+        self._refresh_once()  # (a token expires within a long mirror run or reindex)
         for wave in waves(len(items), after):
             pool = process_pool("pypapo-gcs", GCS_THREADS)
             finish_all([pool.submit(one, i) for i in wave])
