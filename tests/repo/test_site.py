@@ -938,3 +938,125 @@ def test_a_repository_of_the_one_page_layout_is_upgraded_by_the_first_publish(
     store.write("ui/index.html", old_list + b"</ul>\n", if_generation_match=gen)
     r.publish([_wheel(tmp_path / "c", "proj-1", "2.0")])
     assert _consistent(_site(repo))["proj-1"].version == "2.0"
+
+
+class _InTurn:
+    """A store whose `together` runs its calls one by one."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def together(self, calls: list) -> list:
+        return [call() for call in calls]
+
+
+class _Rounds:
+    """A store whose reads of each group wait until every read of that group is in flight: reads
+    that come one by one (each a round trip on GCS) break the group's barrier and fail. Each read
+    named waits once (its first time). It logs when each read starts and ends."""
+
+    def __init__(self, store: object, groups: list[set[tuple[str, str]]]) -> None:
+        self._store = store
+        self._barriers = {key: threading.Barrier(len(g), timeout=20) for g in groups for key in g}
+        for g in groups:  # one barrier per group
+            shared = self._barriers[next(iter(g))]
+            self._barriers.update(dict.fromkeys(g, shared))
+        self._lock = threading.Lock()
+        self.log: list[tuple[str, str, str]] = []  # ("start" | "end", op, name)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def _call(self, op: str, name: str) -> object:
+        with self._lock:
+            self.log.append(("start", op, name))
+            barrier = self._barriers.pop((op, name), None)
+        if barrier is not None:
+            barrier.wait()
+        try:
+            return getattr(self._store, op)(name)
+        finally:
+            with self._lock:
+                self.log.append(("end", op, name))
+
+    def read(self, name: str) -> tuple[bytes, int]:
+        return self._call("read", name)  # type: ignore[return-value]
+
+    def stat(self, name: str) -> object:
+        return self._call("stat", name)
+
+    def started_after_ended(self, later: tuple[str, str], *earlier: tuple[str, str]) -> bool:
+        start = self.log.index(("start", *later))
+        return all(self.log.index(("end", *e)) < start for e in earlier)
+
+
+def test_what_a_publish_reads_of_the_site_goes_in_few_rounds_across_a_network(
+    gcs_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across a network each read is a round trip, and the site's reads must be done by the time
+    the index's few upload rounds are: what a change is written against (the page's generation,
+    the shard, the head) is read side by side, then the older page its row is on beside the
+    setting (read after the generations); the assets in one round; the README's inputs (the
+    setting, its cache, whether each dependency is held) in one. Same results as one by one.
+    (On GCS, `Store.together`; a directory reads in turn, cheaper than a thread hop.)"""
+    repo = gcs_repo
+    from provisioner.repo import layout
+    from provisioner.repo.site.writer import Site, _render_ahead
+    from provisioner.repo.store import open_store
+
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    r = Repository.open(repo.location)
+    for i in range(8):
+        r.publish([_wheel(tmp_path / "a", f"proj-{i}", "1.0")])  # proj-0's row is on the oldest page
+    store = open_store(repo.location)
+    plain = Site(_InTurn(store))._read_staged("proj-0")  # type: ignore[arg-type]
+    older = [p for p in plain.pages if p != paging.HEAD]
+    assert len(older) == 1
+    first = {
+        ("stat", "ui/proj-0/index.html"),
+        ("read", f"ui/search-{paging.shard_of('proj-0'):x}.json"),
+        ("read", "ui/index.html"),
+    }
+    second = {("stat", "ui/remote-images"), ("read", layout.ui_page(older[0]))}
+    gated = _Rounds(store, [first, second])
+    assert Site(gated)._read_staged("proj-0") == plain  # type: ignore[arg-type]
+    assert all(gated.started_after_ended(later, *first) for later in second)
+
+    assets = {("read", f"ui/{name}") for name in ("site.css", "site.js", "favicon.svg")}
+    gated = _Rounds(store, [assets])
+    assert Site(gated).ensure_assets() == 0  # type: ignore[arg-type]
+
+    meta = sample.core_metadata("proj-0", "2.0", requires_dist=["proj-1>=1", "not-here; extra == 'x'"])
+    inputs = {
+        ("stat", "ui/remote-images"),
+        ("read", "ui/proj-0/proj_0-2.0-py3-none-any.whl.json"),
+        ("stat", "simple/proj-1/index.json"),
+        ("stat", "simple/not-here/index.json"),
+    }
+    held: dict[str, bool] = {}
+    gated = _Rounds(store, [inputs])
+    info, remote_images, cache_gen = _render_ahead(
+        gated, "proj-0", "proj_0-2.0-py3-none-any.whl", meta.encode(), "0" * 64, held
+    )  # type: ignore[arg-type]
+    assert held == {"proj-1": True, "not-here": False}
+    assert (remote_images, cache_gen, info.requires_dist) == (
+        False,
+        0,
+        ("proj-1>=1", "not-here; extra == 'x'"),
+    )
+
+    # A change its batch cannot take (a seal, a project gone): its reads go side by side too.
+    generations = {
+        ("stat", "ui/index.html"),
+        ("stat", "ui/proj-3/index.html"),
+        ("read", layout.ui_shard(paging.shard_of("proj-3"))),
+    }
+    after = {("stat", "ui/remote-images"), ("read", "simple/proj-3/index.json")}
+    gated = _Rounds(store, [generations, after])
+    listed = _consistent(_site(repo))
+    Site(gated).update(["proj-3"])  # type: ignore[arg-type]
+    assert all(gated.started_after_ended(later, *generations) for later in after)
+    assert _consistent(_site(repo)) == listed

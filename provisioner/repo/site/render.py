@@ -280,6 +280,15 @@ def dependency_names(info: ReleaseInfo) -> set[str]:
     return out
 
 
+def metadata_dependency_names(metadata: bytes | None) -> set[str]:
+    """`dependency_names` of the release info `release_info(metadata)` makes, without rendering its
+    README: what a publish asks `held` about while the README renders."""
+    if not metadata:
+        return set()
+    raw, _unparsed = parse_email(metadata)
+    return dependency_names(ReleaseInfo(requires_dist=tuple(raw.get("requires_dist", []))))
+
+
 def loads_aggregate(data: bytes) -> dict[str, ListEntry]:
     """The aggregate's entries; raises ValueError (KeyError, TypeError) when it is not one."""
     if not data:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 
 from provisioner.errors import ConflictError
@@ -193,7 +193,9 @@ class Site:
         names = render.dependency_names(info)
         cached = {n for n in names if n in self._held_ahead}
         out = {n for n in cached if self._held_ahead[n]}
-        return out | {n for n in names - cached if self.store.stat(layout.project_json(n)) is not None}
+        todo = sorted(names - cached)
+        stats = self.store.together([partial(self.store.stat, layout.project_json(n)) for n in todo])
+        return out | {n for n, st in zip(todo, stats, strict=True) if st is not None}
 
     def _shard(self, k: int) -> tuple[dict[str, render.ListEntry] | None, int]:
         """Shard `k`'s entries (None: missing or not one: a rebuild makes it) and generation."""
@@ -234,20 +236,25 @@ class Site:
 
     # -- the static assets ----------------------------------------------------------------------
     def ensure_assets(self) -> int:
-        """Write site.css and site.js where they differ from this version's; the number written."""
+        """Write the static assets where they differ from this version's; the number written.
+        Read side by side (one round on GCS), the stale ones written in one batch, each conditional
+        on what was read; one that lost to another writer is read again and compared."""
+        want = {layout.ui_asset(name): asset_bytes(name) for name in layout.UI_ASSETS}
+        todo = list(want)
         written = 0
-        for name in layout.UI_ASSETS:
-            want = asset_bytes(name)
-            for attempt in range(MAX_ATTEMPTS):
-                have, gen = self.store.read(layout.ui_asset(name))
-                if have == want:
-                    break
-                try:
-                    self.store.write(layout.ui_asset(name), want, if_generation_match=gen)
-                    written += 1
-                    break
-                except PreconditionFailed:
-                    backoff(attempt)
+        for attempt in range(MAX_ATTEMPTS):
+            have = self.store.together([partial(self.store.read, name) for name in todo])
+            stale = [
+                WriteItem(name, want[name], gen)
+                for name, (data, gen) in zip(todo, have, strict=True)
+                if data != want[name]
+            ]
+            results = self.store.write_many(stale) if stale else []
+            written += sum(1 for gen in results if gen)
+            todo = [item.name for item, gen in zip(stale, results, strict=True) if not gen]
+            if not todo:
+                break
+            backoff(attempt)
         return written
 
     # -- before and after a change ----------------------------------------------------------------
@@ -279,18 +286,32 @@ class Site:
             self._pid, self._ahead, self._assets_checked, self._staged = os.getpid(), {}, None, {}
 
     def _read_staged(self, project: str) -> Staged:
-        page_gen = self._gen(layout.ui_project(project))
-        shard_now, shard_gen = self.store.read(layout.ui_shard(paging.shard_of(project)))
-        head = self.store.read(layout.UI_LIST)
-        pages = {paging.HEAD: head}
+        """Two rounds of reads side by side: what is compared-and-swapped against (the page's
+        generation, the shard, the head), then what depends on them (the older page the row is on)
+        with the setting, read after the generations as the state is."""
+        page_gen, (shard_now, shard_gen), head = self.store.together(
+            [
+                partial(self._gen, layout.ui_project(project)),
+                partial(self.store.read, layout.ui_shard(paging.shard_of(project))),
+                partial(self.store.read, layout.UI_LIST),
+            ],
+        )
         # The page the project's row is on now (a publish moves it to the head; a yank keeps it).
         old = (self._parse_shard(shard_now) or {}).get(project)
         cut = paging.head_layout(head[0]) if head[1] else None
+        older: list[str] = []
         if cut is not None:
-            for page in paging.needed(cut, [paging.Change(project, old, None)], links=False) - {paging.HEAD}:
-                pages[page] = self.store.read(layout.ui_page(page))
-        remote_images = self._gen(layout.UI_REMOTE_IMAGES) != 0  # after the generations, as the state
-        return Staged(page_gen, shard_now, shard_gen, pages, remote_images)
+            older = sorted(
+                paging.needed(cut, [paging.Change(project, old, None)], links=False) - {paging.HEAD}
+            )
+        setting, *read = self.store.together(
+            [
+                partial(self._gen, layout.UI_REMOTE_IMAGES),
+                *(partial(self.store.read, layout.ui_page(p)) for p in older),
+            ],
+        )
+        pages = {paging.HEAD: head, **dict(zip(older, read, strict=True))}
+        return Staged(page_gen, shard_now, shard_gen, pages, setting != 0)
 
     def _check_assets(self) -> None:
         """A newer pypapo's stylesheet and script go with its pages."""
@@ -300,10 +321,10 @@ class Site:
             self._assets_checked.result()  # checked while the index was written (its errors here)
 
     def stage(self, project: str) -> Callable[[State, Mapping[str, bytes]], Batch | None]:
-        """The engine's hook (`IndexWriter`, `Spanning`): `project`'s JSON just changed. The
+        """The engine's hook (`IndexWriter`, `Spanning`): `project`'s JSON is about to change. The
         generations its page, the aggregate and the list are written against are read now (or were,
-        during a publish, in `prepare`); the function returned renders them from the state the
-        engine reads after, for the batch that writes the project's index pages."""
+        during a publish, in `prepare`), before that write; the function returned renders them from
+        the state the engine wrote, for the batch that writes the project's index pages."""
         self._forget_other_process()
         future = self._staged.pop(project, None)
         staged = future.result() if future is not None else self._read_staged(project)
@@ -370,17 +391,27 @@ class Site:
         self._held_ahead.clear()
         before: dict[str, render.ListEntry | None] = dict(olds or {})
         for attempt in range(MAX_ATTEMPTS):
-            page_gens = {p: self._gen(layout.ui_project(p)) for p in projects}
+            # The generations side by side (one round on GCS), then the setting and the states.
             ks = sorted({paging.shard_of(p) for p in projects})
-            shards = {k: self._shard(k) for k in ks}
-            self.read_setting()  # after the generations, as the state is
-            if not self._gen(layout.UI_LIST) or any(e is None for e, _g in shards.values()):
+            list_gen, *read = self.store.together(
+                [
+                    partial(self._gen, layout.UI_LIST),
+                    *(partial(self._gen, layout.ui_project(p)) for p in projects),
+                    *(partial(self._shard, k) for k in ks),
+                ],
+            )
+            page_gens = dict(zip(projects, read[: len(projects)], strict=True))
+            shards = dict(zip(ks, read[len(projects) :], strict=True))
+            if not list_gen or any(e is None for e, _g in shards.values()):
                 # No site yet (a repository from before it, or from before the shards): one full build.
                 self.rebuild()
                 return
+            _setting, *read = self.store.together(
+                [self.read_setting, *(partial(self._state, p) for p in projects)]
+            )
+            states = dict(zip(projects, read, strict=True))
             if attempt == 0:
                 self._check_assets()
-            states = {p: self._state(p) for p in projects}
             infos = {p: self.info(s, known) for p, s in states.items() if s.files}
             for p, s in states.items():
                 entries = shards[paging.shard_of(p)][0]
@@ -423,10 +454,11 @@ class Site:
         yet), then the head that links it."""
         need: set[str] = {paging.HEAD}
         for attempt in range(MAX_ATTEMPTS):
-            pages = {p: self.store.read(layout.ui_page(p)) for p in sorted(need)}
-            truth: dict[int, dict[str, render.ListEntry] | None] = {}
-            for k in sorted({paging.shard_of(p) for p in olds}):
-                truth[k] = self._shard(k)[0]
+            ids, ks = sorted(need), sorted({paging.shard_of(p) for p in olds})
+            read = self.store.together([partial(self.store.read, layout.ui_page(p)) for p in ids])
+            pages = dict(zip(ids, read, strict=True))
+            shards = self.store.together([partial(self._shard, k) for k in ks])  # after the pages
+            truth = {k: entries for k, (entries, _gen) in zip(ks, shards, strict=True)}
             if any(e is None for e in truth.values()):
                 self.rebuild()
                 return
@@ -468,8 +500,7 @@ class Site:
         name = layout.ui_project(project)
         for attempt in range(MAX_ATTEMPTS):
             gen = self._gen(name)
-            self.read_setting()
-            state = self._state(project)
+            _setting, state = self.store.together([self.read_setting, partial(self._state, project)])
             try:
                 if not state.files:
                     if gen:
@@ -710,12 +741,18 @@ def _render_ahead(
     publish's), and the generation of its cache to write it against (None: the cache already holds
     it). The cache goes in the batch of the page (one durable round): a write of its own here
     would wait on the disk beside the index's and slow them down. Which of its dependencies the
-    repository holds goes into `held` (the page links them)."""
-    remote_images = store.stat(layout.UI_REMOTE_IMAGES) is not None
+    repository holds goes into `held` (the page links them). All of it read in one round."""
+    deps = sorted(render.metadata_dependency_names(data))
+    setting, (cached, gen), *stats = store.together(
+        [
+            partial(store.stat, layout.UI_REMOTE_IMAGES),
+            partial(store.read, layout.ui_release(project, filename)),
+            *(partial(store.stat, layout.project_json(name)) for name in deps),
+        ],
+    )
+    remote_images = setting is not None
     info = render.release_info(data, remote_images=remote_images)
-    for name in render.dependency_names(info):
-        held[name] = store.stat(layout.project_json(name)) is not None
-    cached, gen = store.read(layout.ui_release(project, filename))
+    held.update({name: st is not None for name, st in zip(deps, stats, strict=True)})
     if gen and render.loads_info(cached, sha, remote_images) == info:
         return info, remote_images, None
     return info, remote_images, gen
