@@ -143,6 +143,21 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
+def _widen_pool(client: object) -> None:
+    """Room in the HTTP client's connection pool for every request this store has in flight: past
+    requests' default of 10, each request more opens a connection of its own (a TCP and a TLS
+    handshake: round trips) and closes it after. A pool configured otherwise (mutual TLS) stays."""
+    from requests.adapters import HTTPAdapter
+
+    session = getattr(client, "_http", None)
+    if session is None or not hasattr(session, "get_adapter"):
+        return
+    for prefix in ("https://", "http://"):  # (http: the emulator's)
+        if type(session.get_adapter(prefix)) is HTTPAdapter:
+            size = GCS_THREADS * (len(READ_POOLS) + 1)  # write_many's threads and together's, nested
+            session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=size))
+
+
 def _fingerprint(size: int | None, digest: str) -> str:
     return f"gcs:{size}:{digest}"
 
@@ -233,6 +248,7 @@ class GCSStore:
                         raise _credentials_error() from None
                     # The bucket names the data; object calls need no project.
                     self._client = storage.Client(project=None, credentials=creds)
+            _widen_pool(self._client)
             self._bucket = self._client.bucket(self.bucket_name)  # type: ignore[attr-defined]
         return self._bucket
 
