@@ -89,6 +89,78 @@ def publish_dists(
     store = writer.store
     result = PublishResult()
     projects = list(dict.fromkeys(d.project for d in dists))
+    for project in projects:
+        # The site's reads and README rendering start now, beside the index's first round (their
+        # generations are read before the project JSON is written, as the protocol wants).
+        known = {d.filename: d.metadata for d in dists if d.project == project and d.metadata is not None}
+        writer.prepare(project, known)
+    try:
+        todo, seen, root_stale = _decide(
+            writer, dists, projects, result, skip_existing=skip_existing, into_mirrored=into_mirrored
+        )
+    except BaseException:
+        for project in projects:
+            writer.forget(project)
+        raise
+    total = len(dists)
+    done = 0
+
+    def progress(message: str) -> None:
+        nonlocal done
+        done += 1
+        echo(f"[{done}/{total}] {message}" if total > 1 else message)
+
+    for dist in dists:
+        if dist.filename in result.already_present:
+            progress(f"{dist.filename} already present (same bytes), nothing to do")
+        elif dist.filename in result.skipped:
+            progress(f"{dist.filename} exists with different bytes, skipped (--skip-existing)")
+
+    # Per project: upload its files (create-only), then one index update for the group.
+    groups: dict[str, list[DistFile]] = {}
+    for dist in todo:
+        groups.setdefault(dist.project, []).append(dist)
+    for project in projects:
+        if project not in groups:
+            writer.forget(project)
+    for project, group in groups.items():
+        if seen[project].gen == 0:
+            # A new project is listed before anything of it is stored: a confusable name that won a
+            # race to the root index stops this one before it uploads a byte.
+            ensure_listed(writer, project, filename=group[0].filename)
+        # Every file side by side, then the metadata files (each once its file is there: a racer
+        # with other bytes under the name must not get our metadata beside its file).
+        objects = [(layout.dist_object(project, d.filename), d.data) for d in group]
+        after: list[int | None] = [None] * len(group)
+        for k, d in enumerate(group):
+            if d.metadata is not None:
+                objects.append((layout.metadata_object(project, d.filename), d.metadata))
+                after.append(k)
+        made = writer.create_many(objects, after=after)
+        fingerprints = {
+            d.filename: store.written_fingerprint(d.data, made[k].generation) for k, d in enumerate(group)
+        }
+        for dist in group:
+            progress(f"uploaded {dist.filename} ({human_size(dist.size)})")
+        _index_new_files(writer, project, group, seen[project], fingerprints)
+        result.published += [d.filename for d in group]
+    if root_stale:
+        writer.repair_root()
+    return result
+
+
+def _decide(
+    writer: IndexWriter,
+    dists: Sequence[DistFile],
+    projects: Sequence[str],
+    result: PublishResult,
+    *,
+    skip_existing: bool,
+    into_mirrored: bool,
+) -> tuple[list[DistFile], dict[str, Seen], bool]:
+    """What to upload (the rest noted in `result`), what each project was read at, and whether the
+    root's pages are out of step; raises before anything is written."""
+    store = writer.store
     # One round: the check, every project's JSON with its outputs' generations, every file's object,
     # whether the root's pages are in step (`repair_root`, which every writing command ends with).
     # The check comes first in the list, so that its clear error wins (a missing bucket reads empty).
@@ -145,49 +217,7 @@ def publish_dists(
             if dist.project not in root.projects and dist.project not in created:
                 _check_not_confusable(dist.project, [*root.projects, *created], dist.filename)
                 created.add(dist.project)
-    total = len(dists)
-    done = 0
-
-    def progress(message: str) -> None:
-        nonlocal done
-        done += 1
-        echo(f"[{done}/{total}] {message}" if total > 1 else message)
-
-    for dist in dists:
-        if dist.filename in result.already_present:
-            progress(f"{dist.filename} already present (same bytes), nothing to do")
-        elif dist.filename in result.skipped:
-            progress(f"{dist.filename} exists with different bytes, skipped (--skip-existing)")
-
-    # Per project: upload its files (create-only), then one index update for the group.
-    groups: dict[str, list[DistFile]] = {}
-    for dist in todo:
-        groups.setdefault(dist.project, []).append(dist)
-    for project, group in groups.items():
-        if seen[project].gen == 0:
-            # A new project is listed before anything of it is stored: a confusable name that won a
-            # race to the root index stops this one before it uploads a byte.
-            ensure_listed(writer, project, filename=group[0].filename)
-        writer.prepare(project, {d.filename: d.metadata for d in group if d.metadata is not None})
-        # Every file side by side, then the metadata files (each once its file is there: a racer
-        # with other bytes under the name must not get our metadata beside its file).
-        objects = [(layout.dist_object(project, d.filename), d.data) for d in group]
-        after: list[int | None] = [None] * len(group)
-        for k, d in enumerate(group):
-            if d.metadata is not None:
-                objects.append((layout.metadata_object(project, d.filename), d.metadata))
-                after.append(k)
-        made = writer.create_many(objects, after=after)
-        fingerprints = {
-            d.filename: store.written_fingerprint(d.data, made[k].generation) for k, d in enumerate(group)
-        }
-        for dist in group:
-            progress(f"uploaded {dist.filename} ({human_size(dist.size)})")
-        _index_new_files(writer, project, group, seen[project], fingerprints)
-        result.published += [d.filename for d in group]
-    if root_stale:
-        writer.repair_root()
-    return result
+    return todo, seen, root_stale
 
 
 def ensure_listed(writer: IndexWriter, *projects: str, filename: str = "") -> None:

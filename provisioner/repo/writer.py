@@ -70,6 +70,9 @@ class Spanning(Protocol):
         """A publish is about to upload files with this core metadata (by filename): start what can
         start (render, read the generations to write against) while the index is written."""
 
+    def forget(self, project: str) -> None:
+        """The publish `prepare` was told of adds nothing to `project` after all."""
+
     def stage(self, project: str) -> Callable[[ProjectState, Mapping[str, bytes]], Batch | None]:
         """Read (or take the prefetched) generations of what a change of `project` rewrites, before
         its JSON is written; the function returned renders from the state then written: its Batch,
@@ -137,9 +140,14 @@ class IndexWriter:
 
     # -- state ------------------------------------------------------------------------------------
     def prepare(self, project: str, known: Mapping[str, bytes]) -> None:
-        """A publish is about to add files with this core metadata (by filename) to `project`."""
+        """A publish may add files with this core metadata (by filename) to `project` (`forget`:
+        it will not after all)."""
         if self.spanning is not None and known:
             self.spanning.prepare(project, known)
+
+    def forget(self, project: str) -> None:
+        if self.spanning is not None:
+            self.spanning.forget(project)
 
     def see_project(self, project: str, *, repair: bool = False) -> Seen:
         """The project JSON and, in the same round, its outputs' generations."""

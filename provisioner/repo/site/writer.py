@@ -280,6 +280,14 @@ class Site:
         if self._assets_checked is None:
             self._assets_checked = ahead.submit(self.ensure_assets)
 
+    def forget(self, project: str) -> None:
+        """The engine's hook (`Spanning.forget`): the publish `prepare` was told of adds nothing to
+        `project` after all (its files were there): drop what was read ahead, which would go stale."""
+        self._forget_other_process()
+        self._staged.pop(project, None)
+        for key in [key for key in self._ahead if key[0] == project]:
+            del self._ahead[key]
+
     def _forget_other_process(self) -> None:
         """A Site inherited through fork: its futures run in the parent's thread, never here."""
         if self._pid != os.getpid():
