@@ -24,7 +24,7 @@ from provisioner.appliance import sample
 from provisioner.cli import main
 from provisioner.repo.engine import Repository
 from tests.appliance.test_clients import BIN, clean_env, make_venv, pdm_env, pipenv_env, poetry_env, run
-from tests.fixtures.nginx import LocalIndex, _start, _stop
+from tests.fixtures.nginx import LocalIndex, _start, stop_all
 
 pytestmark = pytest.mark.clients
 
@@ -57,9 +57,7 @@ def indexes(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> Iterato
     Repository.open(str(base / "full")).publish([*private, public_thing])
     started = [_start(base / name, base) for name in ("pypapo", "public", "full")]
     yield Indexes(*started)
-    for index in started:
-        code, err = _stop(index)
-        assert code == 0, err.decode(errors="replace")
+    stop_all(started)
 
 
 def client_config(tool: str, url: str, public: str) -> tuple[str, str]:
