@@ -79,8 +79,11 @@ class Repository:
             [self.store.check, functools.partial(self.writer.read_project, project)]
         )
         if gen == 0:
-            raise PypapoError(f"no project {project} in {self.store.location}: see `provision list`")
+            raise self._no_project(project)
         return state
+
+    def _no_project(self, project: str) -> PypapoError:
+        return PypapoError(f"no project {project} in {self.store.location}: see `provision list`")
 
     def _before_change(self, name: str) -> tuple[str, Seen, bool]:
         """What a change of an existing project reads, in one round: the check (its error first), the
@@ -90,7 +93,7 @@ class Repository:
             [self.store.check, functools.partial(self.writer.see_project, project), self.writer.root_stale]
         )
         if seen.gen == 0:
-            raise PypapoError(f"no project {project} in {self.store.location}: see `provision list`")
+            raise self._no_project(project)
         return project, seen, root_stale
 
     def initialize(self) -> bool:

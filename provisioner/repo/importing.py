@@ -122,14 +122,15 @@ def import_many(
     for state, _gen in store.together([partial(writer.read_project, p) for p in projects]):
         _refuse_private(state, str(store.location))
     objects: list[tuple[str, Path | bytes]] = []
+    dist_objects: list[str] = []
     for project, files in groups.items():
         for f in files:
-            objects.append((layout.dist_object(project, f.filename), f.path))
+            dist_objects.append(layout.dist_object(project, f.filename))
+            objects.append((dist_objects[-1], f.path))
             if f.metadata is not None:
                 objects.append((layout.metadata_object(project, f.filename), f.metadata))
     created = _write_objects(writer, objects)
     now = upload_time(dt.datetime.now(dt.UTC))
-    dist_objects = [layout.dist_object(p, f.filename) for p, files in groups.items() for f in files]
     infos = store.together([partial(store.stat, name) for name in dist_objects])  # side by side on GCS
     fingerprints = {
         name: (info.fingerprint if info else "") for name, info in zip(dist_objects, infos, strict=True)
