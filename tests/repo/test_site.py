@@ -690,17 +690,21 @@ def test_remote_images_are_shown_only_once_the_repository_opts_in(repo: RepoHand
     assert r.reindex().pages_written == 0
 
 
-def test_a_publish_brings_this_version_s_stylesheet_and_script(dir_repo: RepoHandle, tmp_path: Path) -> None:
+def test_a_publish_brings_this_version_s_stylesheet_and_script(repo: RepoHandle, tmp_path: Path) -> None:
+    """An older pypapo's stylesheet is replaced, and so is one of the very same size (on GCS the
+    assets are compared by md5, never by size alone)."""
     from provisioner.repo.site.writer import asset_bytes
+    from provisioner.repo.store import open_store
 
-    r = Repository.open(dir_repo.location)
+    r = Repository.open(repo.location)
     r.publish([_wheel(tmp_path / "1", "styled", "1.0")])
-    root = Path(dir_repo.location)
+    store = open_store(repo.location)
+    css = asset_bytes("site.css")
+    for name, older in (("site.css", css[:-2] + b"*/"), ("site.js", b"/* an older pypapo's */\n")):
+        store.write(f"ui/{name}", older, if_generation_match=store.read(f"ui/{name}")[1])
+    Repository.open(repo.location).publish([_wheel(tmp_path / "2", "styled", "2.0")])  # the splice path
     for name in ("site.css", "site.js"):
-        (root / "ui" / name).write_bytes(b"/* an older pypapo's */\n")
-    Repository.open(dir_repo.location).publish([_wheel(tmp_path / "2", "styled", "2.0")])  # the splice path
-    for name in ("site.css", "site.js"):
-        assert (root / "ui" / name).read_bytes() == asset_bytes(name)
+        assert repo.read(f"ui/{name}") == asset_bytes(name)
 
 
 def _publish_in_child(location: str, wheel: str) -> None:
@@ -999,7 +1003,8 @@ def test_what_a_publish_reads_of_the_site_goes_in_few_rounds_across_a_network(
     """Across a network each read is a round trip, and the site's reads must be done by the time
     the index's few upload rounds are: what a change is written against (the page's generation,
     the shard, the head) is read side by side, then the older page its row is on beside the
-    setting (read after the generations); the assets in one round; the README's inputs (the
+    setting (read after the generations); the assets in one round, by their md5 (not downloaded:
+    13 kB a publish); the README's inputs (the
     setting, its cache, whether each dependency is held) in one. Same results as one by one.
     (On GCS, `Store.together`; a directory reads in turn, cheaper than a thread hop.)"""
     repo = gcs_repo
@@ -1025,9 +1030,11 @@ def test_what_a_publish_reads_of_the_site_goes_in_few_rounds_across_a_network(
     assert Site(gated)._read_staged("proj-0") == plain  # type: ignore[arg-type]
     assert all(gated.started_after_ended(later, *first) for later in second)
 
-    assets = {("read", f"ui/{name}") for name in ("site.css", "site.js", "favicon.svg")}
+    # The assets: stated side by side, and none downloaded (GCS's md5 says they are this version's).
+    assets = {("stat", f"ui/{name}") for name in ("site.css", "site.js", "favicon.svg")}
     gated = _Rounds(store, [assets])
     assert Site(gated).ensure_assets() == 0  # type: ignore[arg-type]
+    assert not [e for e in gated.log if e[1] == "read"]
 
     meta = sample.core_metadata("proj-0", "2.0", requires_dist=["proj-1>=1", "not-here; extra == 'x'"])
     inputs = {

@@ -38,7 +38,7 @@ from provisioner.repo.conda import shards as sh
 from provisioner.repo.conda.package import CondaPackage, PackageError, parse_package
 from provisioner.repo.conda.repodata import Repodata
 from provisioner.repo.publish import read_offered
-from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store
+from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store, holds
 from provisioner.repo.writer import MAX_ATTEMPTS, IndexWriter, backoff
 
 # repodata.json.zst: level 16 takes seconds for a 10,000-record subdir; 9 is within 10% of its size.
@@ -485,14 +485,6 @@ class Channel:
         stamp = int(prev["timestamp"]) if prev and "timestamp" in prev else info.updated_ns // 1_000_000
         return filename, pkg.record(stamp)
 
-    def _holds(self, info: ObjectInfo, data: bytes) -> bool:
-        """Whether the stored object is `data`: its size, then GCS's md5 when it has one, else its bytes."""
-        if info.size != len(data):
-            return False
-        if info.fingerprint == f"gcs:{len(data)}:{hashlib.md5(data).hexdigest()}":
-            return True
-        return self.store.read(info.name)[0] == data
-
     def _update_full(self, subdir: str, change: Callable[[Repodata], bool]) -> None:
         """`_update` for reindex: every name's shard, and the derived objects even when unchanged. A
         stored shard that is not the bytes it is named after (0 bytes, truncated) is rewritten."""
@@ -523,7 +515,7 @@ class Channel:
             info = self.store.stat(name)
             if info is None:
                 missing = True
-            elif not self._holds(info, shard.data):
+            elif not holds(self.store, info, shard.data):
                 # Content-addressed: whoever rewrites it meanwhile writes these very bytes.
                 with contextlib.suppress(PreconditionFailed):
                     self.store.write(name, shard.data, if_generation_match=info.generation)

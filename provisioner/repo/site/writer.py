@@ -40,7 +40,7 @@ from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.pools import process_pool
 from provisioner.repo.reindex import Beside, Reindexed, cpu_count, worker_context
 from provisioner.repo.site import paging, render
-from provisioner.repo.store import PreconditionFailed, Store, WriteItem
+from provisioner.repo.store import PreconditionFailed, Store, WriteItem, holds
 from provisioner.repo.store.directory import DirectoryStore
 from provisioner.repo.writer import Batch, backoff
 
@@ -237,17 +237,18 @@ class Site:
     # -- the static assets ----------------------------------------------------------------------
     def ensure_assets(self) -> int:
         """Write the static assets where they differ from this version's; the number written.
-        Read side by side (one round on GCS), the stale ones written in one batch, each conditional
-        on what was read; one that lost to another writer is read again and compared."""
+        Stated side by side (one round on GCS; the md5 tells, so nothing is downloaded), the stale
+        ones written in one batch, each conditional on the generation stated; one that lost to
+        another writer is stated again and compared."""
         want = {layout.ui_asset(name): asset_bytes(name) for name in layout.UI_ASSETS}
         todo = list(want)
         written = 0
         for attempt in range(MAX_ATTEMPTS):
-            have = self.store.together([partial(self.store.read, name) for name in todo])
+            have = self.store.together([partial(self._holds_asset, name, want[name]) for name in todo])
             stale = [
                 WriteItem(name, want[name], gen)
-                for name, (data, gen) in zip(todo, have, strict=True)
-                if data != want[name]
+                for name, (same, gen) in zip(todo, have, strict=True)
+                if not same
             ]
             results = self.store.write_many(stale) if stale else []
             written += sum(1 for gen in results if gen)
@@ -256,6 +257,10 @@ class Site:
                 break
             backoff(attempt)
         return written
+
+    def _holds_asset(self, name: str, data: bytes) -> tuple[bool, int]:
+        info = self.store.stat(name)
+        return holds(self.store, info, data), info.generation if info else 0
 
     # -- before and after a change ----------------------------------------------------------------
     def prepare(self, project: str, known: Mapping[str, bytes]) -> None:

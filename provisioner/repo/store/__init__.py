@@ -74,6 +74,11 @@ class Store(Protocol):
         `generation` (without asking again)."""
         ...
 
+    def content_fingerprint(self, data: bytes) -> str | None:
+        """The fingerprint `stat` gives of any object holding exactly `data`, where it follows from
+        the bytes alone (GCS: size and md5); None where it does not (a directory's: size and mtime)."""
+        ...
+
     def together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """The results of independent `calls` (reads; deletes that may go in any order), in order;
         side by side where each is a round trip. Every call finishes before the first error (in the
@@ -90,6 +95,16 @@ class Store(Protocol):
         or 0 where its precondition failed (that object is left as it was). `after[i] = j`: item i
         is tried only once item j (itself unconditional) is written, else it counts as failed."""
         ...
+
+
+def holds(store: Store, info: ObjectInfo | None, data: bytes) -> bool:
+    """Whether the object `info` describes (None: absent) holds exactly `data`: by its fingerprint
+    where that follows from the bytes (GCS: no download), else by reading it back."""
+    if info is None or info.size != len(data):
+        return False
+    if info.fingerprint == store.content_fingerprint(data):
+        return True
+    return store.read(info.name)[0] == data
 
 
 def waves(n: int, after: Sequence[int | None]) -> list[list[int]]:

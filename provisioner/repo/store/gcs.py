@@ -422,6 +422,9 @@ class GCSStore:
 
     def written_fingerprint(self, data: bytes, generation: int) -> str:
         # GCS computes the md5 of what a single (non-composite) upload stored: these very bytes.
+        return self.content_fingerprint(data)
+
+    def content_fingerprint(self, data: bytes) -> str:
         return _fingerprint(len(data), hashlib.md5(data).hexdigest())
 
     def together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
