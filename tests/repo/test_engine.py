@@ -545,6 +545,33 @@ def test_the_metadata_fields_reindex_reads_are_the_ones_packaging_reads(
     assert fast is None or fast == ref
 
 
+def test_a_page_rewritten_between_a_publish_s_first_round_and_its_json_write_is_not_left_stale(
+    repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    # A reindex's converge renders the project's pages from the JSON it read (the old one) and
+    # writes them after this publish read their generations, just before this publish writes its
+    # JSON. This publish's page writes then lose their compare-and-swaps and converge: the pages
+    # list the new file (else pip, reading HTML, would not see 2.0 until the next reindex).
+    r = Repository.open(repo.location)
+    r.publish([make_wheel("demo", "1.0")])
+    store = open_store(repo.location)
+    real = type(r.store).write
+    raced: list[str] = []
+
+    def write(self: object, name: str, data: bytes, *, if_generation_match: int) -> int:
+        if name == "simple/demo/index.json" and not raced:
+            old, gen = store.read("simple/demo/index.html")
+            store.write("simple/demo/index.html", old, if_generation_match=gen)  # the old state, anew
+            raced.append(name)
+        return real(self, name, data, if_generation_match=if_generation_match)
+
+    r.store.write = write.__get__(r.store)  # type: ignore[method-assign]
+    r.publish([make_wheel("demo", "2.0")])
+    assert raced
+    assert list(_html(repo.snapshot(), "demo")) == ["demo-1.0-py3-none-any.whl", "demo-2.0-py3-none-any.whl"]
+    assert Repository.open(repo.location).reindex().pages_written == 0
+
+
 def test_reindex_batch_losing_a_race_to_a_publisher_merges_into_what_it_wrote(
     repo: RepoHandle, make_wheel: MakeDist
 ) -> None:
