@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from provisioner.repo import layout
 from provisioner.repo.site.render import ListEntry, list_page, list_row
 
-PAGE_ROWS = 100  # N: a sealed page holds N rows; the head up to 2N
+PAGE_ROWS = 40  # N: a sealed page holds N rows; the head up to 2N
 SHARDS = layout.UI_SHARDS
 
 Key = tuple[str, str]  # (uploaded, name): the list's order, newest first
