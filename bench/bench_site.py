@@ -630,7 +630,7 @@ class _Written:
         return self._store.write(name, data, if_generation_match=if_generation_match)  # type: ignore[attr-defined]
 
     def write_many(self, items: list, *, after: list | tuple = ()) -> list[int]:
-        for name, data, _gen in items:
+        for name, data, *_ in items:
             self._count(name, data)
         return self._store.write_many(items, after=after)  # type: ignore[attr-defined]
 

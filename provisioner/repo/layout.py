@@ -110,17 +110,6 @@ def ui_shard(k: int) -> str:
 UI_SHARD_NAMES = tuple(ui_shard(k) for k in range(UI_SHARDS))
 
 
-def is_self_verifying(name: str) -> bool:
-    """A site release-info cache (`ui_release`): stamped with the sha256 of the metadata file it was
-    rendered from and the renderers' versions, and checked against both on every read, so one that
-    a crash left torn, empty or missing is rendered again. The directory store writes these without
-    fsync (2,000 fewer in a reindex of 2,000 projects)."""
-    parts = name.split("/")
-    return (
-        len(parts) == 3 and parts[0] == UI and parts[2].endswith(".json") and is_dist_filename(parts[2][:-5])
-    )
-
-
 def ui_asset(name: str) -> str:
     return f"{UI}/{name}"
 

@@ -589,7 +589,7 @@ def test_reindex_batch_losing_a_race_to_a_publisher_merges_into_what_it_wrote(
     raced: list[bool] = []
 
     def write_many(self: object, items: list, *, after: list | tuple = ()) -> list[int]:
-        if any(name == "simple/demo/index.json" for name, _d, _g in items) and not raced:
+        if any(name == "simple/demo/index.json" for name, *_ in items) and not raced:
             raced.append(True)
             racer.publish([late])
         return real(self, items, after=after)

@@ -245,7 +245,7 @@ def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHand
 def test_a_release_info_cache_a_crash_left_torn_is_rendered_again(
     dir_repo: RepoHandle, tmp_path: Path, torn: str
 ) -> None:
-    """Release-info caches are written without fsync (`layout.is_self_verifying`): a crash can
+    """Release-info caches are written without fsync (`WriteItem(durable=False)`): a crash can
     leave one empty, cut short or holding other bytes. Every reader checks it against its stamps
     (renderers, the metadata file's sha256, the setting) and renders the README again."""
     r = Repository.open(dir_repo.location)
@@ -429,7 +429,7 @@ def test_a_page_written_during_the_reindex_that_lost_to_a_publisher_converges(
 
             def write(items: list = items) -> list[int]:
                 out = fn(items)  # type: ignore[operator]
-                lost.extend(n for (n, _d, _g), gen in zip(items, out, strict=True) if not gen)
+                lost.extend(item.name for item, gen in zip(items, out, strict=True) if not gen)
                 return out
 
             return real().submit(write)
@@ -862,7 +862,7 @@ class _DiesAfter:
         from provisioner.repo.store import PreconditionFailed
 
         out = []
-        for name, data, gen in items:
+        for name, data, gen, *_durable in items:
             self._spend()
             try:
                 out.append(self._store.write(name, data, if_generation_match=gen))  # type: ignore[attr-defined]

@@ -158,9 +158,9 @@ def test_write_many_is_one_compare_and_swap_per_object(repo: RepoHandle) -> None
     store.write("simple/b/index.json", b"b2", if_generation_match=g_b)  # someone else got there first
     results = store.write_many(
         [
-            ("simple/a/index.json", b"a2", g_a),  # current: replaced
-            ("simple/b/index.json", b"b3", g_b),  # stale: refused, left as it was
-            ("simple/c/index.json", b"c1", 0),  # create-only on an absent object
+            WriteItem("simple/a/index.json", b"a2", g_a),  # current: replaced
+            WriteItem("simple/b/index.json", b"b3", g_b),  # stale: refused, left as it was
+            WriteItem("simple/c/index.json", b"c1", 0),  # create-only on an absent object
         ]
     )
     assert results[1] == 0 and results[0] and results[2]
@@ -173,12 +173,14 @@ def test_write_many_is_one_compare_and_swap_per_object(repo: RepoHandle) -> None
 def test_directory_write_many_leaves_no_temporary_files(dir_repo: RepoHandle) -> None:
     store = open_store(dir_repo.location)
     g = store.write("simple/p/index.json", b"1", if_generation_match=0)
-    store.write_many([("simple/p/index.json", b"2", g + 1), ("simple/p/index.html", b"<html>", 0)])
+    store.write_many(
+        [WriteItem("simple/p/index.json", b"2", g + 1), WriteItem("simple/p/index.html", b"<html>", 0)]
+    )
     root = Path(dir_repo.location)
     assert sorted(p.name for p in (root / "simple/p").iterdir()) == ["index.html", "index.json"]
     assert (root / "simple/p/index.html").stat().st_mode & 0o777 == 0o644
     with pytest.raises(ValueError, match="named twice"):
-        store.write_many([("simple/p/x.json", b"1", 0), ("simple/p/x.json", b"2", 0)])
+        store.write_many([WriteItem("simple/p/x.json", b"1", 0), WriteItem("simple/p/x.json", b"2", 0)])
 
 
 def test_write_many_after_writes_an_item_only_once_the_one_it_waits_for_is_written(
@@ -189,10 +191,10 @@ def test_write_many_after_writes_an_item_only_once_the_one_it_waits_for_is_writt
     g = store.write("simple/a/index.json", b"a1", if_generation_match=0)
     results = store.write_many(
         [
-            ("simple/a/index.json", b"a2", g + 7),  # stale: refused ...
-            ("simple/b/index.json", b"b1", 0),
-            ("simple/a/index.html", b"<a2>", 0),  # ... so this one is not even tried
-            ("simple/b/index.html", b"<b1>", 0),
+            WriteItem("simple/a/index.json", b"a2", g + 7),  # stale: refused ...
+            WriteItem("simple/b/index.json", b"b1", 0),
+            WriteItem("simple/a/index.html", b"<a2>", 0),  # ... so this one is not even tried
+            WriteItem("simple/b/index.html", b"<b1>", 0),
         ],
         after=[None, None, 0, 1],
     )
@@ -200,7 +202,7 @@ def test_write_many_after_writes_an_item_only_once_the_one_it_waits_for_is_writt
     assert store.read("simple/a/index.html") == (b"", 0)
     assert store.read("simple/b/index.html")[0] == b"<b1>"
     with pytest.raises(ValueError, match="unconditional"):
-        store.write_many([("simple/c/x", b"", 0), ("simple/c/y", b"", 0)], after=[1, 0])
+        store.write_many([WriteItem("simple/c/x", b"", 0), WriteItem("simple/c/y", b"", 0)], after=[1, 0])
 
 
 def test_permission_denied_names_the_role_to_grant(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,16 +277,22 @@ def test_a_directory_removed_by_a_concurrent_delete_before_the_temporary_file_is
     if how == "write":
         store.write("ui/shared/index.html", b"<p>page</p>", if_generation_match=0)
     else:
-        store.write_many([("ui/shared/index.html", b"<p>page</p>", 0), ("ui/index.html", b"<p>list</p>", 0)])
+        store.write_many(
+            [
+                WriteItem("ui/shared/index.html", b"<p>page</p>", 0),
+                WriteItem("ui/index.html", b"<p>list</p>", 0),
+            ]
+        )
     assert removed == [target]
     assert store.read("ui/shared/index.html")[0] == b"<p>page</p>"
 
 
-def test_the_directory_store_fsyncs_every_object_but_the_caches_that_verify_themselves(
+def test_the_directory_store_fsyncs_every_object_but_those_marked_not_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A page, a metadata file and the site's list are fsynced before their rename (and their
-    directory after); a release-info cache, which every reader checks against its stamps, is not."""
+    directory after); an item marked not durable (a release-info cache, which every reader checks
+    against its stamps) is not, nor is its directory for it alone. A single write is always durable."""
     store = open_store(str(tmp_path / "repo"))
     synced: list[str] = []
     real = os.fsync
@@ -294,19 +302,40 @@ def test_the_directory_store_fsyncs_every_object_but_the_caches_that_verify_them
         real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    cache = "ui/demo/demo-1.0-py3-none-any.whl.json"
     durable = ["ui/demo/index.html", "simple/demo/demo-1.0-py3-none-any.whl.metadata", "ui/projects.json"]
-    assert all(store.write_many([(n, b"x", 0) for n in [*durable, cache]]))
+    cache = WriteItem("ui/other/other-1.0-py3-none-any.whl.json", b"x", 0, durable=False)
+    assert all(store.write_many([*(WriteItem(n, b"x", 0) for n in durable), cache]))
     files = [s for s in synced if not os.path.isdir(s)]  # the temporary files, before their rename
     dirs = {os.path.relpath(s, tmp_path / "repo") for s in synced if os.path.isdir(s)}
     assert len(files) == 3  # of the four objects, the cache is not fsynced
     assert dirs == {"ui/demo", "simple/demo", "ui"}
     synced.clear()
-    store.write("ui/other/other-1.0-py3-none-any.whl.json", b"x", if_generation_match=0)
-    assert synced == []  # nor in a write of its own (nor its directory)
-    synced.clear()
     store.write("ui/other/index.html", b"x", if_generation_match=0)
     assert len(synced) == 2  # the page and its directory
+
+
+def test_a_publish_hands_its_release_info_cache_to_the_store_as_not_durable(
+    dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the directory store skips is the caller's to say: the site's release-info cache goes
+    without fsync, its page with one (in the project's directory, one file fsynced of the two)."""
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    wheel.write_bytes(sample.wheel_bytes("demo", "1.0"))
+    other = tmp_path / "other-1.0-py3-none-any.whl"
+    other.write_bytes(sample.wheel_bytes("other", "1.0"))
+    Repository.open(dir_repo.location).publish([other])  # the site exists: this publish splices it
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    Repository.open(dir_repo.location).publish([wheel])
+    ui_demo = os.path.join(dir_repo.location, "ui", "demo")
+    assert os.path.isfile(os.path.join(ui_demo, "demo-1.0-py3-none-any.whl.json"))
+    assert len([s for s in synced if os.path.dirname(s) == ui_demo]) == 1  # the page's temporary file
 
 
 class _Tokens(Credentials):

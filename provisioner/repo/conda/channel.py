@@ -38,7 +38,7 @@ from provisioner.repo.conda import shards as sh
 from provisioner.repo.conda.package import CondaPackage, PackageError, parse_package
 from provisioner.repo.conda.repodata import Repodata
 from provisioner.repo.publish import read_offered
-from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store, holds
+from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store, WriteItem, holds
 from provisioner.repo.writer import MAX_ATTEMPTS, IndexWriter, backoff
 
 # repodata.json.zst: level 16 takes seconds for a 10,000-record subdir; 9 is within 10% of its size.
@@ -320,7 +320,7 @@ class Channel:
     def _shards_for(self, rd: Repodata, names: Iterable[str]) -> dict[str, sh.Shard]:
         """Each name's shard (written create-only: content-addressed, so an existing one is the same)."""
         out = {name: sh.encode_shard(rd.for_name(name)) for name in names}
-        items = [(layout.shard_object(rd.subdir, s.sha256), s.data, 0) for s in out.values()]
+        items = [WriteItem(layout.shard_object(rd.subdir, s.sha256), s.data, 0) for s in out.values()]
         self.store.write_many(items)
         return out
 

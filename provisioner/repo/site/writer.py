@@ -182,8 +182,10 @@ class Site:
 
     def _take_pending(self) -> list[WriteItem]:
         """The release-info caches to store (each conditional on the generation it was read at;
-        losing that race only means another writer stored the same cache)."""
-        items = [(name, data, gen) for name, (data, gen) in self._pending.items()]
+        losing that race only means another writer stored the same cache). Not `durable`: every
+        reader checks one against its stamps and renders the README again when it is torn, so a
+        directory writes them without fsync (2,000 fewer in a reindex of 2,000 projects)."""
+        items = [WriteItem(name, data, gen, durable=False) for name, (data, gen) in self._pending.items()]
         self._pending.clear()
         return items
 
@@ -587,7 +589,7 @@ class Site:
             # generations. (A page that lost is written again below against the generation it lost
             # on: it loses again, and converges.)
             for ahead_items, job in start.ahead:
-                for (name, data, _gen), gen in zip(ahead_items, job.result(), strict=True):
+                for (name, data, *_), gen in zip(ahead_items, job.result(), strict=True):
                     written += 1 if gen else 0
                     if gen and name.endswith("/index.html"):
                         pages[name.split("/")[1]] = (data, gen)
@@ -608,7 +610,7 @@ class Site:
                     batch_caches += pending
                     have, gen = pages.get(project, (b"", 0))
                     if have != body:
-                        items.append((layout.ui_project(project), body, gen))
+                        items.append(WriteItem(layout.ui_project(project), body, gen))
                         batch_pages.append(items[-1])
                     if len(batch_pages) + len(batch_caches) >= WRITE_BATCH:
                         job = background.submit(self.store.write_many, batch_pages + batch_caches)
@@ -627,7 +629,7 @@ class Site:
                 self.store.delete(name)
                 written += 1
             # Lost to a publisher (it rewrote the page meanwhile), or a project that is gone.
-            redo = [name.split("/")[1] for (name, _b, _g), ok in zip(items, results, strict=True) if not ok]
+            redo = [item.name.split("/")[1] for item, ok in zip(items, results, strict=True) if not ok]
             redo += sorted(p for p in {*existing, *pages} if p not in states)  # (also one written ahead)
             written += len(redo)
             list(pool.map(self._converge_page, redo))
@@ -706,9 +708,7 @@ class Site:
                 if p in states and states[p] is done.states.get(p) and not deps & moved
             }
             # (Those written ahead: `pages` holds their bytes now, their caches are written.)
-            written_ahead = {
-                name.split("/")[1] for items, _job in start_ahead or () for name, _d, _g in items
-            }
+            written_ahead = {name.split("/")[1] for items, _job in start_ahead or () for name, *_ in items}
             for p, (name, entry, body, pending) in ready.items():
                 yield name, entry, body, [] if p in written_ahead else pending
             todo = [s for s in todo if s.name not in ready]

@@ -46,11 +46,14 @@ class ObjectInfo:
 
 
 class WriteItem(NamedTuple):
-    """One compare-and-swap of `write_many`."""
+    """One compare-and-swap of `write_many`. `durable=False`: an object whose every reader checks
+    it and remakes it when torn (the site's release-info caches), which the directory backend
+    then writes without fsync; GCS has nothing cheaper, every upload is durable."""
 
     name: str
     data: bytes
     if_generation_match: int
+    durable: bool = True
 
 
 class Store(Protocol):

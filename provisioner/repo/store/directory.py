@@ -4,8 +4,9 @@ Every compare-and-swap runs under an fcntl lock on `.pypapo.lock` at the reposit
 dotfiles); data goes to a temporary file that is fsynced and atomically renamed over the object; the
 generation is the object's mtime in nanoseconds, set strictly above the previous one on every write.
 `write_many` pays the durability cost per batch: temporary files fsynced concurrently, one lock over
-every compare + rename, then each touched directory fsynced. Objects that verify themselves on read
-(`layout.is_self_verifying`: the site's release-info caches) are written the same way but not fsynced.
+every compare + rename, then each touched directory fsynced. An item marked not `durable` (one every
+reader checks and remakes when torn: the site's release-info caches) is written the same way but not
+fsynced.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from provisioner.errors import PypapoError
-from provisioner.repo import layout
 from provisioner.repo.pools import finish_all, process_pool
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, WriteItem, waves
 
@@ -110,8 +110,7 @@ class DirectoryStore:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write and fsync outside the lock: only the compare and the rename are serialized.
-        durable = not layout.is_self_verifying(name)
-        tmp = _write_synced_tmp(path.parent, data, sync=durable)
+        tmp = _write_synced_tmp(path.parent, data, sync=True)
         try:
             with self._locked():
                 current = _generation(path)
@@ -121,8 +120,7 @@ class DirectoryStore:
                 os.utime(tmp, ns=(new, new))
                 os.replace(tmp, path)
                 tmp = ""
-                if durable:
-                    _fsync_dir(path.parent)
+                _fsync_dir(path.parent)
             return new
         finally:
             if tmp:
@@ -130,11 +128,11 @@ class DirectoryStore:
                     os.unlink(tmp)
 
     def write_many(self, items: Sequence[WriteItem], *, after: Sequence[int | None] = ()) -> list[int]:
-        paths = [self._fspath(name) for name, _data, _gen in items]  # strings: thousands per batch
+        paths = [self._fspath(item.name) for item in items]  # strings: thousands per batch
         if len(set(paths)) != len(paths):
             raise ValueError("write_many: an object named twice in one batch")
         parents = [os.path.dirname(p) for p in paths]
-        durable = [not layout.is_self_verifying(name) for name, _data, _gen in items]
+        durable = [item.durable for item in items]
         for parent in set(parents):  # once per directory, not per object
             os.makedirs(parent, exist_ok=True)
         ordered = waves(len(items), after)
@@ -144,14 +142,14 @@ class DirectoryStore:
         # Each step runs across a thread pool: creating, syncing and renaming files mostly waits on
         # the filesystem journal, and concurrent waiters share one commit.
         def stage(i: int) -> None:
-            tmps[i] = _write_synced_tmp(parents[i], items[i][1], sync=durable[i])
+            tmps[i] = _write_synced_tmp(parents[i], items[i].data, sync=durable[i])
 
         def swap(i: int) -> None:
             j = after[i] if i < len(after) else None
             if j is not None and not results[j]:
                 return
             current = _generation(paths[i])
-            if current != items[i][2]:
+            if current != items[i].if_generation_match:
                 return
             new = max(time.time_ns(), current + 1)
             os.utime(tmps[i], ns=(new, new))

@@ -379,9 +379,9 @@ class GCSStore:
             j = after[i] if i < len(after) else None
             if j is not None and not results[j]:
                 return
-            name, data, expected = items[i]
+            item = items[i]
             with contextlib.suppress(PreconditionFailed):
-                results[i] = self.write(name, data, if_generation_match=expected)
+                results[i] = self.write(item.name, item.data, if_generation_match=item.if_generation_match)
 
         # Network-bound: requests in flight side by side, on threads kept for the process (a small
         # batch, a publish's, would otherwise wait for them to start).
