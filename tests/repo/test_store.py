@@ -287,13 +287,8 @@ def test_a_directory_removed_by_a_concurrent_delete_before_the_temporary_file_is
     assert store.read("ui/shared/index.html")[0] == b"<p>page</p>"
 
 
-def test_the_directory_store_fsyncs_every_object_but_those_marked_not_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A page, a metadata file and the site's list are fsynced before their rename (and their
-    directory after); an item marked not durable (a release-info cache, which every reader checks
-    against its stamps) is not, nor is its directory for it alone. A single write is always durable."""
-    store = open_store(str(tmp_path / "repo"))
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fsynced from now on (files and directories), in order."""
     synced: list[str] = []
     real = os.fsync
 
@@ -302,6 +297,17 @@ def test_the_directory_store_fsyncs_every_object_but_those_marked_not_durable(
         real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_the_directory_store_fsyncs_every_object_but_those_marked_not_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page, a metadata file and the site's list are fsynced before their rename (and their
+    directory after); an item marked not durable (a release-info cache, which every reader checks
+    against its stamps) is not, nor is its directory for it alone. A single write is always durable."""
+    store = open_store(str(tmp_path / "repo"))
+    synced = _record_fsyncs(monkeypatch)
     durable = ["ui/demo/index.html", "simple/demo/demo-1.0-py3-none-any.whl.metadata", "ui/projects.json"]
     cache = WriteItem("ui/other/other-1.0-py3-none-any.whl.json", b"x", 0, durable=False)
     assert all(store.write_many([*(WriteItem(n, b"x", 0) for n in durable), cache]))
@@ -324,14 +330,7 @@ def test_a_publish_hands_its_release_info_cache_to_the_store_as_not_durable(
     other = tmp_path / "other-1.0-py3-none-any.whl"
     other.write_bytes(sample.wheel_bytes("other", "1.0"))
     Repository.open(dir_repo.location).publish([other])  # the site exists: this publish splices it
-    synced: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = _record_fsyncs(monkeypatch)
     Repository.open(dir_repo.location).publish([wheel])
     ui_demo = os.path.join(dir_repo.location, "ui", "demo")
     assert os.path.isfile(os.path.join(ui_demo, "demo-1.0-py3-none-any.whl.json"))
