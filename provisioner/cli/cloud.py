@@ -93,6 +93,8 @@ def status_command(output: str, **kwargs: Any) -> None:
             f"  instance {inst['name']}: {inst['status']}, {inst['internal_ip']},"
             f" appliance {inst['appliance']} ({inst['appliance_detail']})"
         )
+        if inst.get("content_warning"):
+            click.echo(deploy.content_message(f"the appliance on {inst['name']}", inst["content_warning"]))
     else:
         click.echo(f"  instance {settings.instance}: does not exist")
     click.echo("\n".join(_shared_status_lines(report, report["firewall"] or "does not exist")))
@@ -115,6 +117,8 @@ def _shared_status_lines(report: dict[str, Any], firewall: str) -> list[str]:
 
 
 def _group_status_text(report: dict[str, Any], name: str) -> str:
+    from provisioner.cloud import apply as deploy
+
     lines = [f"project {report['project']}, region {report['region']}"]
     g = report["group"]
     if g is None:
@@ -130,6 +134,8 @@ def _group_status_text(report: dict[str, Any], name: str) -> str:
                 f"    {i['name']:24} {i['zone']:16} {i['image']:32} {i['status']:10}"
                 f" {i['health']:10} {i['action']}"
             )
+        if g.get("content_warning"):
+            lines.append(deploy.content_message(f"group {g['name']}", g["content_warning"]))
     lb = report["load_balancer"]
     lines.append(
         f"  load balancer: {lb['url']} (forwarding rule {lb['forwarding_rule']})"

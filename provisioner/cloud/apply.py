@@ -236,12 +236,17 @@ def wait_for_guest(
         sleep(poll_interval)
 
 
+def content_message(what: str, warning: str) -> str:
+    """How `create`, `rollout` and `status` say that an appliance reports broken content."""
+    return f"  warning: {what} serves, but its {warning}"
+
+
 def warn_content(what: str, attrs: Mapping[str, str], progress: Progress) -> None:
     """A ready appliance's report of broken content (the conda channel), as a warning: it never stops
     `create` or `rollout` (no machine can fix a document of the bucket; the index serves pip users)."""
     warning = guest.content_warning(attrs)
     if warning:
-        progress(f"  warning: {what} serves, but its {warning}")
+        progress(content_message(what, warning))
 
 
 def wait_ready(
@@ -429,13 +434,12 @@ def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
     actual = observe(cloud, s)
     plan = planlib.plan_create(s, actual, startup_script=startup_script(s))
     inst = actual.instance
-    ready = (
-        guest.serving(
-            planlib.guest_values(cloud.compute.get_guest_attributes(planlib.guest_attributes_request(s)))
-        )
+    attrs = (
+        planlib.guest_values(cloud.compute.get_guest_attributes(planlib.guest_attributes_request(s)))
         if inst
         else None
     )
+    ready = guest.serving(attrs) if attrs is not None else None
     return {
         "schema_version": planlib.SCHEMA_VERSION,
         "project": s.project,
@@ -449,6 +453,8 @@ def status(cloud: Cloud, s: Settings) -> dict[str, Any]:
             "boot_image": inst.disks[0].source if inst.disks else None,
             "appliance": ready.state.value if ready else None,
             "appliance_detail": ready.detail if ready else None,
+            # What of the bucket's content the appliance reports broken (the conda channel), or None.
+            "content_warning": guest.content_warning(attrs) if attrs is not None else None,
         },
         "bucket": None if actual.bucket is None else f"gs://{s.bucket}",
         "service_account": None if actual.service_account is None else s.service_account_email,

@@ -467,6 +467,9 @@ def status(cloud: Any, s: Settings) -> dict[str, Any]:
     gn = group.group_names(s)
     manager = actual.manager
     ip = actual.lb_ip
+    # The bucket's content as one running replica reports it (they all serve the same bucket).
+    running = [mi for mi in actual.instances if mi.instance_status == "RUNNING"]
+    content = guest.content_warning(_guest_attributes(cloud, s, running[0])[2]) if running else None
     return {
         "schema_version": planlib.SCHEMA_VERSION,
         "project": s.project,
@@ -482,6 +485,7 @@ def status(cloud: Any, s: Settings) -> dict[str, Any]:
             "zones": group_plan.zones_of(s, actual),
             "healthy": sum(1 for r in rows if r.health == group.HEALTHY),
             "instances": [r.to_dict() for r in rows],
+            "content_warning": content,
         },
         "load_balancer": {
             "forwarding_rule": gn.forwarding_rule if actual.forwarding_rule is not None else None,

@@ -508,3 +508,23 @@ def test_a_broken_conda_channel_is_a_warning_naming_the_file_never_a_failed_crea
     messages.clear()
     deploy.wait_ready(cloud, settings(), progress=messages.append, sleep=lambda _s: None)
     assert not [m for m in messages if "warning" in m], messages
+
+
+def test_status_says_what_content_the_appliance_reports_broken(
+    cloud: deploy.Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`provision status` is where an admin looks later: the broken channel `create` warned about
+    is there too (text and JSON), and gone once the appliance reports it healthy."""
+    monkeypatch.setattr(deploy, "startup_script", lambda _s: SCRIPT)
+    monkeypatch.setattr(deploy.Cloud, "connect", classmethod(lambda cls, s, progress=None: cloud))
+    run_create(cloud, settings())
+    engine_of(cloud).guest["pypapo"] = lambda: {"ready": "true", "status": "ready", "content": BROKEN_CHANNEL}
+    args = ["status", "--project", "acme-prod", "--zone", "us-central1-a"]
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0, text.output
+    assert f"warning: the appliance on pypapo serves, but its {BROKEN_CHANNEL}" in text.stdout
+    doc = json.loads(CliRunner().invoke(main, [*args, "--output", "json"]).stdout)
+    assert doc["instance"]["content_warning"] == BROKEN_CHANNEL
+    engine_of(cloud).guest["pypapo"] = lambda: {"ready": "true", "status": "ready", "content": "ok"}
+    assert "warning" not in CliRunner().invoke(main, args).stdout
+    assert deploy.status(cloud, settings())["instance"]["content_warning"] is None

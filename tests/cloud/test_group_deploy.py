@@ -178,6 +178,15 @@ def test_status_shows_each_instance_its_zone_image_health_and_the_lb_url(monkeyp
     assert "3 of 3 healthy" in text.output
     for i in g["instances"]:
         assert i["name"] in text.output and i["zone"] in text.output
+    assert g["content_warning"] is None and "warning" not in text.output
+    # Every replica serves the one bucket: a broken channel document shows once, for the group.
+    broken = "conda channel unavailable: conda/noarch/repodata.json is empty (0 bytes)"
+    for m in engine.group_instances():
+        engine.guest[m.name] = lambda: {"ready": "true", "status": "ready", "content": broken}
+    text = CliRunner().invoke(
+        main, ["status", "--project", "acme-prod", "--zone", "us-central1-a", "--replicas", "3"]
+    )
+    assert f"warning: group pypapo serves, but its {broken}" in text.output
 
 
 # --- rollout and rollback ------------------------------------------------------------------------------
