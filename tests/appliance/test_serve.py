@@ -7,9 +7,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -18,6 +21,8 @@ import pytest
 from packaging.version import Version
 from pypi_simple import DistributionPackage, IndexPage, ProjectPage, RepositoryPage
 
+from provisioner.appliance import sample
+from provisioner.repo.engine import Repository
 from tests.fixtures.nginx import LocalIndex, http_request, publish_demo_set
 
 PIP_ACCEPT = (
@@ -761,3 +766,26 @@ def _ppid(proc: Path) -> int:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+def test_ctrl_c_with_a_stalled_download_stops_within_nginx_s_own_shutdown_timeout(
+    serve_repo, tmp_path: Path
+) -> None:
+    """A client that stopped reading mid-download (a laptop gone to sleep through the tunnel) must not
+    hold a graceful stop until send_timeout: NGINX closes it after worker_shutdown_timeout (5 s),
+    before `provision serve` falls back to SIGTERM (at 10 s). The same config stops the VM's unit."""
+    wheel = tmp_path / "big-1.0-py3-none-any.whl"
+    wheel.write_bytes(sample.wheel_bytes("big", "1.0", extra_files={"big/blob.bin": os.urandom(16_000_000)}))
+    repo = tmp_path / "repo"
+    Repository.open(str(repo)).publish([wheel])
+    index = serve_repo(repo)
+    with socket.create_connection(("127.0.0.1", index.port), timeout=10) as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(f"GET /simple/big/{wheel.name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert stalled.recv(64).startswith(b"HTTP/1.1 200")  # then it reads no more
+        started = time.monotonic()
+        index.process.send_signal(signal.SIGINT)
+        index.process.wait(30)
+        took = time.monotonic() - started
+    assert index.process.returncode == 0
+    assert took < 9, f"provision serve took {took:.1f} s to stop with a stalled download"
