@@ -80,7 +80,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -293,7 +293,7 @@ def gcs_copy(src: Path, location: str, project: str) -> int:
 
 WORKER = """
 import importlib.util, json, sys, time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
 # This bench's counter (not the tree's: an older tree has none), loaded from its file.
 spec = importlib.util.spec_from_file_location("pypapo_bench_wan", sys.argv[6])
@@ -514,10 +514,6 @@ def median_traffic(runs: list[Traffic]) -> Traffic:
     )
 
 
-def gz(data: bytes) -> int:
-    return len(gzip.compress(data, compresslevel=6))  # nginx's gzip_comp_level is 1; 6 is what a CDN does
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--projects", type=int, default=2000)
@@ -622,7 +618,7 @@ class _Written:
     def _count(self, name: str, data: bytes) -> None:
         if name.startswith(f"{layout.UI}/"):
             self.site += len(data)
-            if name.count("/") == 1 and name.endswith((".html", ".json")):  # the list and the shards
+            if name.count("/") == 1 and layout.is_packed(name):  # the list and the shards
                 self.lists += len(data)
 
     def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
@@ -644,28 +640,36 @@ def weight_figure(args: argparse.Namespace, big: Path, work: Path) -> None:
 
     copy = work / "weight"
     publish_copy(big, copy)
-    old_list, old_data = (big / layout.UI_LIST).read_bytes(), (big / layout.UI_OLD_DATA)
+    # The cache's one-page list (an older pypapo's, stored plain), if it is of that layout.
+    old_list = big / layout.UI_LIST.removesuffix(layout.PACKED)
+    old_data = big / layout.UI_OLD_DATA
+    n_old = old_list.stat().st_size + old_data.stat().st_size if old_data.exists() else 0
     Repository.open(str(copy)).reindex()
-    head = (copy / layout.UI_LIST).read_bytes()
+
+    def stored(path: Path) -> tuple[bytes, int]:
+        """A page as served plain, and its size as stored (gzip'd)."""
+        data = path.read_bytes()
+        return gzip.decompress(data), len(data)
+
+    head, head_gz = stored(copy / layout.UI_LIST)
     cut = paging.head_layout(head)
     assert cut is not None and cut.ids
-    older = (copy / layout.ui_page(cut.ids[len(cut.ids) // 2])).read_bytes()
-    shards = [(copy / n).read_bytes() for n in layout.UI_SHARD_NAMES]
-    shard = sorted(shards, key=len)[len(shards) // 2]
+    older, older_gz = stored(copy / layout.ui_page(cut.ids[len(cut.ids) // 2]))
+    shards = [stored(copy / n) for n in layout.UI_SHARD_NAMES]
+    shard, shard_gz = sorted(shards, key=lambda s: len(s[0]))[len(shards) // 2]
     r = Repository.open(str(work / "forty"))
     r.publish([wheel(work / "forty-dists", "forty-releases", f"1.{v}") for v in range(40)])
     r.set_yanked("forty-releases", "1.39", "broken on purpose")
-    page = (work / "forty" / layout.ui_project("forty-releases")).read_bytes()
+    page, page_gz = stored(work / "forty" / layout.ui_project("forty-releases"))
     css = sum((copy / layout.ui_asset(a)).stat().st_size for a in layout.UI_ASSETS)
-    print("\npage weight (bytes; gzip level 6)")
-    print(
-        f"  list head, newest {paging.PAGE_ROWS} of {args.projects}      {len(head):9,d}  gzip {gz(head):8,d}"
-    )
-    print(f"  an older page ({len(cut.ids)} of them)           {len(older):9,d}  gzip {gz(older):8,d}")
-    print(f"  a search shard (1 of {layout.UI_SHARDS}; median)       {len(shard):9,d}  gzip {gz(shard):8,d}")
-    total, total_gz = sum(map(len, shards)), sum(map(gz, shards))
+    print("\npage weight (bytes: served plain; stored, and sent to a browser, gzip'd)")
+    newest = f"newest {paging.PAGE_ROWS} of {args.projects}"
+    print(f"  list head, {newest}      {len(head):9,d}  gzip {head_gz:8,d}")
+    print(f"  an older page ({len(cut.ids)} of them)           {len(older):9,d}  gzip {older_gz:8,d}")
+    print(f"  a search shard (1 of {layout.UI_SHARDS}; median)       {len(shard):9,d}  gzip {shard_gz:8,d}")
+    total, total_gz = sum(len(s) for s, _n in shards), sum(n for _s, n in shards)
     print(f"  all {layout.UI_SHARDS} shards (search's first use)     {total:9,d}  gzip {total_gz:8,d}")
-    print(f"  project page, 40 releases            {len(page):9,d}  gzip {gz(page):8,d}")
+    print(f"  project page, 40 releases            {len(page):9,d}  gzip {page_gz:8,d}")
     print(f"  site.css + site.js + favicon.svg     {css:9,d}  (cached; revalidated with 304)")
     print("what one publish writes of the site (bytes as uploaded: every object under ui/; of it, the")
     print("list pages and the shard; the rest is the project's own page and its release-info cache)")
@@ -679,9 +683,8 @@ def weight_figure(args: argparse.Namespace, big: Path, work: Path) -> None:
         store = _Written(open_store(str(copy)))
         Repository(store).publish([wheel(work / "written", project, version)])  # type: ignore[arg-type]
         print(f"  {what:46s} {store.site:9,d}   list + shard {store.lists:9,d}")
-    if old_data.exists():
-        n = len(old_list) + old_data.stat().st_size
-        print(f"  before (this cache's one-page layout)                   list + aggregate {n:9,d}")
+    if n_old:
+        print(f"  before (this cache's one-page layout)                   list + aggregate {n_old:9,d}")
     shutil.rmtree(copy, ignore_errors=True)
 
 
@@ -774,7 +777,8 @@ def reindex_figure(args: argparse.Namespace, wheels: Path, big: Path, work: Path
                 scratch_copy(big, scratch)
                 got.append(workers[label].reindex(scratch, site=site))
                 if site:
-                    site_pages = sum(1 for _ in (scratch / layout.UI).rglob("index.html"))
+                    page_name = PurePosixPath(layout.ui_project("p")).name
+                    site_pages = sum(1 for _ in (scratch / layout.UI).rglob(page_name))
                     assert site_pages == args.projects + 1, site_pages
             t_preps.append(_timed_cpu(lambda: peer_package_list(wheels, pkg_list)))
             t_dumbs.append(_timed_cpu(lambda run=run: run_dumb_pypi(pkg_list, work / f"dumb-out-{run}")))

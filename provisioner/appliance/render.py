@@ -255,11 +255,10 @@ def render_nginx_conf(
         site_csp=site_render.content_security_policy(),
         site_csp_remote_images=site_render.content_security_policy(remote_images=True),
         site_remote_images=layout.UI_REMOTE_IMAGES,
-        # The site's files beside its pages that the page guard checks (a 0-byte one breaks every page).
-        ui_files="|".join(
-            [r"older-[1-9][0-9]*(?:-[0-9a-f]{6})?\.html", r"search-[0-9a-f]\.json"]
-            + [re.escape(PurePosixPath(n).name) for n in (layout.UI_OLD_DATA, *layout.UI_ASSETS)]
-        ),
+        # The site's pages beside the list's head and the project pages (stored gzip'd), and its
+        # files beside them that the page guard checks (a 0-byte one breaks every page).
+        ui_pages=r"older-[1-9][0-9]*(?:-[0-9a-f]{6})?\.html|search-[0-9a-f]\.json",
+        ui_files="|".join(re.escape(PurePosixPath(n).name) for n in (layout.UI_OLD_DATA, *layout.UI_ASSETS)),
         greater_q_patterns=_greater_q_patterns(),
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.
         max_upper=48,
@@ -287,6 +286,7 @@ def render_page_guard() -> str:
         repodata=conda_layout.REPODATA,
         repodata_variants=(conda_layout.REPODATA_ZST, conda_layout.SHARD_INDEX),
         channeldata_max_mib=CHANNELDATA_CHECK_MAX_MIB,
+        packed=layout.PACKED,
     )
 
 

@@ -12,6 +12,7 @@ and a project page, light and dark, land in tests/artifacts/.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import http.server
 import ipaddress
@@ -209,7 +210,7 @@ def _older_pages(repo: Path) -> list[str]:
     `older-<n>-<random>.html`)."""
     from provisioner.repo.site import paging
 
-    cut = paging.head_layout((repo / "ui" / "index.html").read_bytes())
+    cut = paging.head_layout(gzip.decompress((repo / "ui" / "index.html.gz").read_bytes()))
     assert cut is not None
     return [f"/ui/older-{page}.html" for page in reversed(cut.ids)]
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import subprocess
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_site_headers_and_content_types(demo_index: LocalIndex) -> None:
         assert r.header("content-security-policy") == csp and r.header("x-content-type-options") == "nosniff"
     gz = demo_index.get("/ui/", headers={"Accept-Encoding": "gzip"})
     assert gz.header("content-encoding") == "gzip"
+    assert gzip.decompress(gz.body) == page.body
     # The site is beside the index, which is unchanged (pip and poetry see no difference).
     assert demo_index.get("/simple/pypapo-yank-me/").header("content-security-policy") is None
     r = demo_index.get("/ui")
@@ -73,11 +75,12 @@ def test_site_answers_503_when_the_mount_is_gone(serve_repo, tmp_path: Path) -> 
 
 # The engine never writes one, but a site file can become 0 bytes on the bucket (a hand upload, another
 # tool, a truncation): a browser would show a blank page (or an unstyled one, a search that finds nothing).
+# The pages are served from their NAME.gz (what the 503 names: the object to look at).
 SITE_FILES = {
-    "/ui/": "ui/index.html",
-    "/ui/search-0.json": "ui/search-0.json",
-    "/ui/older-1.html": "ui/older-1.html",
-    "/ui/pypapo-yank-me/": "ui/pypapo-yank-me/index.html",
+    "/ui/": "ui/index.html.gz",
+    "/ui/search-0.json": "ui/search-0.json.gz",
+    "/ui/older-1.html": "ui/older-1.html.gz",
+    "/ui/pypapo-yank-me/": "ui/pypapo-yank-me/index.html.gz",
     "/ui/site.css": "ui/site.css",
     "/ui/site.js": "ui/site.js",
 }
@@ -96,7 +99,7 @@ def test_a_zero_byte_site_file_is_503_until_rewritten(
         good = path.read_bytes()
         with open(path, "r+b") as fh:
             fh.truncate(0)
-        for request in {url, f"/{name}"}:
+        for request in {url, f"/{name.removesuffix('.gz')}"}:
             r = index.get(request)
             assert (r.status, r.body) == (
                 503,
@@ -108,12 +111,74 @@ def test_a_zero_byte_site_file_is_503_until_rewritten(
         other = "/ui/pypapo-chain-c/"
         assert index.get(other).status == 200
         path.write_bytes(good)
-        r = index.get(url)
-        assert (r.status, r.body) == (200, good), url
+        r = index.get(url, headers={"Accept-Encoding": "gzip"} if name.endswith(".gz") else None)
+        assert (r.status, r.body) == (200, good), url  # (the stored bytes, gzip'd or not)
         assert r.header("content-security-policy") == content_security_policy()
     # What is not there is still a 404, not a 503.
     for url in ("/ui/no-such-project/index.html", "/ui/no-such-project/"):
         assert index.get(url).status == 404, url
+
+
+# The site's pages are stored gzip'd (NAME.gz): nginx's gzip_static and gunzip serve each client its form.
+SITE_PAGES = {
+    "/ui/": ("ui/index.html.gz", "text/html; charset=utf-8"),
+    "/ui/index.html": ("ui/index.html.gz", "text/html; charset=utf-8"),
+    "/ui/older-1.html": ("ui/older-1.html.gz", "text/html; charset=utf-8"),
+    "/ui/search-0.json": ("ui/search-0.json.gz", "application/json; charset=utf-8"),
+    "/ui/pypapo-yank-me/": ("ui/pypapo-yank-me/index.html.gz", "text/html; charset=utf-8"),
+    "/ui/pypapo-yank-me/index.html": ("ui/pypapo-yank-me/index.html.gz", "text/html; charset=utf-8"),
+}
+
+
+def test_the_gzipd_pages_are_served_gzipd_to_a_browser_and_plain_to_a_client_without_gzip(
+    serve_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
+    Repository.open(str(repo)).reindex()  # the list in pages of two: older pages too
+    assert not (repo / "ui" / "index.html").exists() and not (repo / "ui" / "search-0.json").exists()
+    index = serve_repo(repo)
+    browser = {"Accept-Encoding": "gzip, deflate, br"}
+    for url, (name, ctype) in SITE_PAGES.items():
+        stored = (repo / name).read_bytes()
+        gz = index.get(url, headers=browser)
+        assert (gz.status, gz.header("content-encoding"), gz.body) == (200, "gzip", stored), url
+        plain = index.get(url)  # no Accept-Encoding: curl, a script, a proxy that strips it
+        want = (200, None, gzip.decompress(stored))
+        assert (plain.status, plain.header("content-encoding"), plain.body) == want, url
+        for r in (gz, plain):
+            assert r.header("content-type") == ctype, url
+            assert r.header("content-security-policy") == content_security_policy(), url
+            assert r.header("vary") == "Accept-Encoding", url  # a cache keeps the two apart
+            assert (r.header("x-content-type-options"), r.header("x-frame-options")) == ("nosniff", "DENY")
+            assert r.header("cache-control") == "max-age=0, must-revalidate", url
+        # A browser revalidates (ETag): 304 while the page is unchanged.
+        etag = gz.header("etag")
+        assert etag
+        again = index.get(url, headers={**browser, "If-None-Match": etag})
+        assert (again.status, again.body) == (304, b""), url
+    # No listing of ui/, no way to the stored name's own type, nothing for a project that is not there.
+    for url in ("/ui/no-such-project/", "/ui/no-such-project/index.html", "/ui/older-99.html"):
+        assert index.get(url, headers=browser).status == 404, url
+
+
+def test_a_site_an_older_pypapo_stored_plain_is_served_until_rewritten(serve_repo, tmp_path: Path) -> None:
+    """After a rollout of this version's appliance, a bucket whose site an older pypapo wrote (plain
+    pages, until the first publish or reindex of this version) keeps being served as it is."""
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    for packed in [p for p in (repo / "ui").rglob("*.gz")]:
+        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+        packed.unlink()
+    index = serve_repo(repo)
+    for url in ("/ui/", "/ui/pypapo-yank-me/", "/ui/search-0.json"):
+        r = index.get(url)
+        assert r.status == 200 and r.body, url
+    (repo / "ui" / "index.html").write_bytes(b"")
+    r = index.get("/ui/")
+    reason = b"pypapo: ui/index.html is empty (0 bytes): the repository needs `provision reindex`\n"
+    assert (r.status, r.body) == (503, reason)
 
 
 def test_the_policy_allows_https_images_exactly_while_the_repository_shows_them(

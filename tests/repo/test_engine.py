@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -52,12 +53,12 @@ def test_publish_writes_the_full_layout(repo: RepoHandle, make_wheel: MakeDist, 
         f"simple/foo-bar/{wheel.name}.metadata",
         f"simple/foo-bar/{sdist.name}",
         # The browsable site (tests/repo/test_site.py)
-        "ui/index.html",
-        *(f"ui/search-{k:x}.json" for k in range(16)),  # the search index, in shards by name
+        "ui/index.html.gz",  # the site's pages, stored gzip'd (nginx's gzip_static serves them)
+        *(f"ui/search-{k:x}.json.gz" for k in range(16)),  # the search index, in shards by name
         "ui/site.css",
         "ui/site.js",
         "ui/favicon.svg",
-        "ui/foo-bar/index.html",
+        "ui/foo-bar/index.html.gz",
         f"ui/foo-bar/{wheel.name}.json",  # what its page shows of the wheel's metadata (README, ...)
     }
     assert snap[f"simple/foo-bar/{wheel.name}"] == wheel.read_bytes()
@@ -337,9 +338,9 @@ def test_publish_cost_follows_the_project_not_the_repository(
     }
     touched = {name for op, name in grown if name and not (op == "stat" and name.startswith("simple/index."))}
     site = {
-        "ui/demo/index.html",
-        "ui/index.html",  # the list's head (the row of a project already on it moves there)
-        f"ui/search-{shard_of('demo'):x}.json",  # its search shard: one of 16
+        "ui/demo/index.html.gz",
+        "ui/index.html.gz",  # the list's head (the row of a project already on it moves there)
+        f"ui/search-{shard_of('demo'):x}.json.gz",  # its search shard: one of 16
         "ui/site.css",
         "ui/site.js",
         "ui/favicon.svg",
@@ -452,11 +453,11 @@ def test_initialize_gives_a_new_repository_an_empty_index_once(
     repository = Repository.open(repo.location)
     assert repository.initialize() is True
     snap = repo.snapshot()
-    site = {"ui/index.html", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
-    site |= {f"ui/search-{k:x}.json" for k in range(16)}
+    site = {"ui/index.html.gz", "ui/site.css", "ui/site.js", "ui/favicon.svg"}
+    site |= {f"ui/search-{k:x}.json.gz" for k in range(16)}
     assert set(snap) == {"simple/index.html", "simple/index.json"} | site  # /ui/ answers too
     assert _json(snap, "simple/index.json")["projects"] == []
-    assert "Nothing published yet" in snap["ui/index.html"].decode()
+    assert "Nothing published yet" in gzip.decompress(snap["ui/index.html.gz"]).decode()
     assert RepositoryPage.from_html(snap["simple/index.html"]).links == []
 
     repository.publish([make_wheel("demo", "1.0")])

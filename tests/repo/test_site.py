@@ -4,16 +4,20 @@ in a real browser)."""
 
 from __future__ import annotations
 
+import gzip
 import random
 import threading
+from collections.abc import Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from provisioner.appliance import sample
+from provisioner.repo import layout
 from provisioner.repo.engine import Repository
 from provisioner.repo.site import paging, readme, render
+from provisioner.repo.site.packed import pack
 from provisioner.repo.site.render import ListEntry, loads_aggregate
 from tests.fixtures.gcs import RepoHandle
 
@@ -116,8 +120,24 @@ def _wheel(dest: Path, name: str, version: str, **meta: object) -> Path:
     return path
 
 
+def _served(objects: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The site's objects as nginx serves them: each page under its URL's name, uncompressed (it
+    must be a whole gzip file), and none left plain (the version before's are deleted)."""
+    ui = {k: v for k, v in objects.items() if k.startswith("ui/")}
+    assert not [k for k in ui if layout.is_unpacked_page(k)], sorted(ui)
+    packed = {k for k in ui if layout.is_packed(k)}
+    plain = {k: v for k, v in ui.items() if k not in packed}
+    return plain | {k.removesuffix(layout.PACKED): gzip.decompress(ui[k]) for k in packed}
+
+
 def _site(repo: RepoHandle) -> dict[str, bytes]:
-    return {k: v for k, v in repo.snapshot().items() if k.startswith("ui/")}
+    return _served(repo.snapshot())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """`_site` of a directory repository, read from its files."""
+    files = [p for p in (root / "ui").rglob("*") if p.is_file()]
+    return _served({str(p.relative_to(root)): p.read_bytes() for p in files})
 
 
 def _entries(site: dict[str, bytes]) -> dict[str, ListEntry]:
@@ -228,11 +248,12 @@ def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHand
     from provisioner.repo.store import open_store
 
     store = open_store(repo.location)
-    for name in ("ui/index.html", "ui/search-3.json", "ui/proj-0/index.html", "ui/site.js"):
+    for name in (layout.UI_LIST, layout.ui_shard(3), layout.ui_project("proj-0"), "ui/site.js"):
         store.delete(name)
-    _data, gen = store.read("ui/proj-2/index.html")
-    store.write("ui/proj-2/index.html", b"<p>stale</p>", if_generation_match=gen)
-    store.write("ui/gone/index.html", b"<p>a project that no longer exists</p>", if_generation_match=0)
+    _data, gen = store.read(layout.ui_project("proj-2"))
+    store.write(layout.ui_project("proj-2"), pack(b"<p>stale</p>"), if_generation_match=gen)
+    gone = pack(b"<p>a project that no longer exists</p>")
+    store.write(layout.ui_project("gone"), gone, if_generation_match=0)
     # The release-info caches: a corrupt one is rendered anew, one of a file that is gone deleted.
     _data, gen = store.read("ui/proj-1/proj_1-1.0-py3-none-any.whl.json")
     store.write("ui/proj-1/proj_1-1.0-py3-none-any.whl.json", b"{", if_generation_match=gen)
@@ -263,11 +284,12 @@ def test_a_release_info_cache_a_crash_left_torn_is_rendered_again(
             "garbage": b"\0" * 512,
         }[torn]
     )
-    page = Path(dir_repo.location, "ui/demo/index.html")
+    page = Path(dir_repo.location, layout.ui_project("demo"))
     page.unlink()
     # A new process (nothing remembered): a yank renders the page, reading the cache.
     Repository.open(dir_repo.location).set_yanked("demo", "1.0", "reads the cache")
-    assert "the real readme" in page.read_text() and "not this one" not in page.read_text()
+    text = gzip.decompress(page.read_bytes()).decode()
+    assert "the real readme" in text and "not this one" not in text
     assert cache.read_bytes() == good  # rendered anew and stored again
     Repository.open(dir_repo.location).set_yanked("demo", "1.0", None, yanked=False)
     assert _site(dir_repo) == before
@@ -385,7 +407,7 @@ def test_a_reindex_from_scratch_renders_the_site_publish_wrote_in_its_own_pass(
     assert [i.split(":")[0] for i in result.ignored] == ["simple/ghost/ghost-1.0-py3-none-any.whl"]
     assert pooled == ([1] if processes else [])
     assert rendered == ["needs-ghost"]  # the site rendered only the page whose link changed
-    site = {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()}
+    site = _tree(root)
     assert '<a href="../p-0/">p-0</a>' in site["ui/p-3/index.html"].decode()
     assert "ghost" in site["ui/needs-ghost/index.html"].decode()
     assert 'href="../ghost/"' not in site["ui/needs-ghost/index.html"].decode()
@@ -399,7 +421,7 @@ def test_a_reindex_from_scratch_renders_the_site_publish_wrote_in_its_own_pass(
     assert sorted(rendered) == sorted(
         s.removeprefix("ui/").split("/")[0] for s in site if s.endswith("/index.html") and s.count("/") == 2
     )
-    assert {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()} == site
+    assert _tree(root) == site
 
 
 def test_a_page_written_during_the_reindex_that_lost_to_a_publisher_converges(
@@ -436,8 +458,8 @@ def test_a_page_written_during_the_reindex_that_lost_to_a_publisher_converges(
 
     monkeypatch.setattr(writer, "_ahead_writer", Racing)
     Repository.open(str(root)).reindex()
-    assert "ui/p-1/index.html" in lost  # the publisher's page won over the one written ahead
-    site = {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()}
+    assert layout.ui_project("p-1") in lost  # the publisher's page won over the one written ahead
+    site = _tree(root)
     assert '<span class="pp-version">2.0</span>' in site["ui/p-1/index.html"].decode()
     assert loads_aggregate(site[f"ui/search-{paging.shard_of('p-1'):x}.json"])["p-1"].version == "2.0"
     # What the site's own rebuild renders from the JSON: the same pages (the cache of p-1 1.0, a
@@ -447,7 +469,7 @@ def test_a_page_written_during_the_reindex_that_lost_to_a_publisher_converges(
             page.unlink()
     assert r.site is not None
     r.site.rebuild()
-    again = {str(p.relative_to(root)): p.read_bytes() for p in (root / "ui").rglob("*") if p.is_file()}
+    again = _tree(root)
     assert again == {k: v for k, v in site.items() if k != "ui/p-1/p_1-1.0-py3-none-any.whl.json"}
 
 
@@ -784,9 +806,9 @@ def test_a_publish_writes_the_site_with_the_index_page_and_reads_nothing_between
     batches = [names for op, names in after if op == "write_many"]
     assert batches and {
         "simple/proj-1/index.html",
-        "ui/proj-1/index.html",
-        "ui/index.html",
-        f"ui/search-{paging.shard_of('proj-1'):x}.json",
+        layout.ui_project("proj-1"),
+        layout.UI_LIST,
+        layout.ui_shard(paging.shard_of("proj-1")),
     } <= set(batches[0])
     assert [op for op in after if op[0] in ("write", "write_many")] == [("write_many", batches[0])]
     assert r.reindex().pages_written == 0
@@ -905,7 +927,7 @@ def test_a_publisher_killed_after_its_pages_is_repaired_by_its_next_publish(
     from provisioner.repo.store import open_store
 
     store = open_store(dir_repo.location)
-    shard = f"ui/search-{paging.shard_of('proj-0'):x}.json"
+    shard = layout.ui_shard(paging.shard_of("proj-0"))
     before, _gen = store.read(shard)
     r.publish([_wheel(tmp_path / "b", "proj-0", "2.0")])
     _data, gen = store.read(shard)
@@ -930,18 +952,114 @@ def test_a_repository_of_the_one_page_layout_is_upgraded_by_the_first_publish(
     old_list = b'<ul class="pp-list" id="projects">\n' + b"".join(
         render.list_row(e).encode() for e in entries.values()
     )
-    for name in [n for n in _site(repo) if n.startswith(("ui/search-", "ui/older-"))]:
-        store.delete(name)
-    _data, gen = store.read("ui/index.html")
-    store.write("ui/index.html", old_list + b"</ul>\n", if_generation_match=gen)
+    for name in [n for n in repo.snapshot() if layout.is_packed(n) and "/" not in n[len("ui/") :]]:
+        store.delete(name)  # the list's pages and shards (that layout stored them plain)
+    store.write("ui/index.html", old_list + b"</ul>\n", if_generation_match=0)
     store.write("ui/projects.json", render.dumps_aggregate(entries), if_generation_match=0)
     r.publish([_wheel(tmp_path / "b", "proj-0", "2.0")])
-    assert set(_consistent(_site(repo))) == set(entries)  # and ui/projects.json is gone
+    assert set(_consistent(_site(repo))) == set(entries)  # and ui/projects.json, ui/index.html are gone
     # An older publisher's one-page list over the head: the next publish of this version rebuilds.
-    _data, gen = store.read("ui/index.html")
-    store.write("ui/index.html", old_list + b"</ul>\n", if_generation_match=gen)
+    _data, gen = store.read(layout.UI_LIST)
+    store.write(layout.UI_LIST, pack(old_list + b"</ul>\n"), if_generation_match=gen)
     r.publish([_wheel(tmp_path / "c", "proj-1", "2.0")])
     assert _consistent(_site(repo))["proj-1"].version == "2.0"
+
+
+@pytest.mark.parametrize("how", ["publish", "reindex"])
+def test_a_site_the_version_before_stored_plain_is_stored_gzipd_and_the_plain_pages_deleted(
+    repo: RepoHandle, tmp_path: Path, how: str
+) -> None:
+    """The version before stored the site's pages plain (`ui/index.html`, `ui/older-*.html`,
+    `ui/search-*.json`, `ui/P/index.html`): the first publish of this version (no gzip'd head: the
+    site's one full rebuild) or a reindex stores them as NAME.gz and deletes every plain one."""
+    from provisioner.repo.store import open_store
+
+    r = Repository.open(repo.location)
+    r.publish([_wheel(tmp_path / "a", f"proj-{i}", "1.0", description=f"# P{i}\n") for i in range(6)])
+    served = _site(repo)
+    store = open_store(repo.location)
+    plain = {n.removesuffix(layout.PACKED) for n in repo.snapshot() if layout.is_packed(n)}
+    assert {"ui/index.html", "ui/proj-3/index.html", layout.ui_shard(0).removesuffix(".gz")} <= plain
+    for name in plain:
+        store.write(name, served[name], if_generation_match=0)
+        store.delete(name + layout.PACKED)
+    if how == "publish":
+        r.publish([_wheel(tmp_path / "b", "proj-0", "2.0", description="# Two\n")])
+        after = _site(repo)  # (asserts that no plain page is left)
+        assert '<span class="pp-version">2.0</span>' in after["ui/proj-0/index.html"].decode()
+        assert _consistent(after)["proj-0"].version == "2.0"
+        assert plain <= set(after)  # each page now gzip'd under NAME.gz
+    else:
+        Repository.open(repo.location).reindex()
+        assert _site(repo) == served
+
+
+@pytest.mark.parametrize("torn", ["empty", "truncated", "garbage", "plain"])
+@pytest.mark.parametrize("which", ["head", "shard", "page"])
+def test_a_gzipd_page_that_does_not_decompress_is_rebuilt(
+    dir_repo: RepoHandle, tmp_path: Path, torn: str, which: str
+) -> None:
+    """A stored page that is no whole gzip file (0 bytes, cut short, garbage, the plain page under the
+    .gz name) is a page not in form: the next publish (or reindex) writes it anew, nothing fails."""
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path / "a", f"proj-{i}", "1.0", description=f"# P{i}\n") for i in range(4)])
+    name = {
+        "head": layout.UI_LIST,
+        "shard": layout.ui_shard(paging.shard_of("proj-1")),
+        "page": layout.ui_project("proj-2"),
+    }[which]
+    path = Path(dir_repo.location, name)
+    good = path.read_bytes()
+    garbage = b"\x1f\x8b" + b"\0" * 64
+    bad = {"empty": b"", "truncated": good[:-9], "garbage": garbage, "plain": gzip.decompress(good)}
+    path.write_bytes(bad[torn])
+    r.publish([_wheel(tmp_path / "b", "proj-1", "2.0")])
+    r.publish([_wheel(tmp_path / "b", "proj-2", "2.0")])
+    site = _site(dir_repo)  # every page decompresses
+    assert _consistent(site)["proj-1"].version == "2.0"
+    assert '<span class="pp-version">2.0</span>' in site["ui/proj-2/index.html"].decode()
+    path.write_bytes(b"")
+    Repository.open(dir_repo.location).reindex()
+    assert _site(dir_repo) == site
+
+
+class _Counting:
+    """A store that counts the bytes written under ui/."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.site_bytes = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int) -> int:
+        self.site_bytes += len(data) if name.startswith("ui/") else 0
+        return self._store.write(name, data, if_generation_match=if_generation_match)  # type: ignore[attr-defined]
+
+    def write_many(self, items: list, *, after: list | tuple = ()) -> list[int]:
+        self.site_bytes += sum(len(item.data) for item in items if item.name.startswith("ui/"))
+        return self._store.write_many(items, after=after)  # type: ignore[attr-defined]
+
+
+def test_what_a_publish_uploads_of_the_site_is_small(repo: RepoHandle, tmp_path: Path) -> None:
+    """The site's pages go to the bucket gzip'd: a publish into a project with a few releases, among
+    a hundred projects (the head, an older page, a shard, the project's page and its release-info
+    cache), uploads a few kB of the site (~50-65 kB plain), so each upload fits a TCP connection's
+    first flight (14.6 kB)."""
+    r = Repository.open(repo.location)
+    readme_text = "# Tool\n\n" + "".join(f"## Part {i}\n\nText about `part_{i}()`.\n\n" for i in range(30))
+    wheels = [_wheel(tmp_path / "a", f"proj-{i}", "1.0", summary=f"project {i}") for i in range(100)]
+    r.publish(wheels)
+    for v in ("1.0", "1.1", "1.2"):
+        r.publish([_wheel(tmp_path / v, "tool", v, description=readme_text)])
+    r.publish([_wheel(tmp_path / "b", f"proj-{i}", "2.0", summary=f"project {i}") for i in range(50, 100)])
+    counting = _Counting(Repository.open(repo.location).store)
+    Repository(counting).publish([_wheel(tmp_path / "c", "tool", "2.0", description=readme_text)])  # type: ignore[arg-type]
+    assert 0 < counting.site_bytes < 20_000, counting.site_bytes
+    site = _site(repo)
+    assert '<span class="pp-version">2.0</span>' in site["ui/tool/index.html"].decode()
+    assert _consistent(site)["tool"].version == "2.0"
 
 
 class _InTurn:
@@ -1021,9 +1139,9 @@ def test_what_a_publish_reads_of_the_site_goes_in_few_rounds_across_a_network(
     older = [p for p in plain.pages if p != paging.HEAD]
     assert len(older) == 1
     first = {
-        ("stat", "ui/proj-0/index.html"),
-        ("read", f"ui/search-{paging.shard_of('proj-0'):x}.json"),
-        ("read", "ui/index.html"),
+        ("stat", layout.ui_project("proj-0")),
+        ("read", layout.ui_shard(paging.shard_of("proj-0"))),
+        ("read", layout.UI_LIST),
     }
     second = {("stat", "ui/remote-images"), ("read", layout.ui_page(older[0]))}
     gated = _Rounds(store, [first, second])
@@ -1057,8 +1175,8 @@ def test_what_a_publish_reads_of_the_site_goes_in_few_rounds_across_a_network(
 
     # A change its batch cannot take (a seal, a project gone): its reads go side by side too.
     generations = {
-        ("stat", "ui/index.html"),
-        ("stat", "ui/proj-3/index.html"),
+        ("stat", layout.UI_LIST),
+        ("stat", layout.ui_project("proj-3")),
         ("read", layout.ui_shard(paging.shard_of("proj-3"))),
     }
     after = {("stat", "ui/remote-images"), ("read", "simple/proj-3/index.json")}

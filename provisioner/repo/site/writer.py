@@ -2,11 +2,15 @@
 
 What is written (docs/architecture.md):
 
-    ui/index.html              the list's head: its newest rows (and the keys its older pages are cut at)
-    ui/older-<s>.html          the list's older pages (paging.py), each linked to the next
-    ui/search-<k>.json         the aggregate in 16 shards by name: the list's data, the search index
-    ui/<project>/index.html    a project page
+    ui/index.html.gz           the list's head: its newest rows (and the keys its older pages are cut at)
+    ui/older-<s>.html.gz       the list's older pages (paging.py), each linked to the next
+    ui/search-<k>.json.gz      the aggregate in 16 shards by name: the list's data, the search index
+    ui/<project>/index.html.gz a project page
     ui/site.css, ui/site.js    the static assets (shipped in provisioner/repo/site/static)
+
+The pages are stored gzip'd; the Site reads and writes them through `packed.PackedStore`, so that
+everything here is the plain bytes served (the one exception: the batch handed to the engine,
+which writes to the store underneath, goes through `packed.stored`).
 
 Nothing here is a source of truth. A project page is rendered from the project JSON and the core
 metadata (`.metadata` file) of its latest release; a shard is a cache of one entry per project, so
@@ -39,7 +43,7 @@ from provisioner.repo import layout
 from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.pools import process_pool
 from provisioner.repo.reindex import Beside, Reindexed, cpu_count, worker_context
-from provisioner.repo.site import paging, render
+from provisioner.repo.site import packed, paging, render
 from provisioner.repo.store import PreconditionFailed, Store, WriteItem, holds
 from provisioner.repo.store.directory import DirectoryStore
 from provisioner.repo.writer import Batch, backoff
@@ -84,6 +88,8 @@ class RebuildStart:
     pages: dict[str, tuple[bytes, int]]
     lists: dict[str, tuple[bytes, int]]
     remote_images: bool
+    # The plain pages of the version before (`layout.is_unpacked_page`): deleted once the list is written.
+    unpacked: list[str]
     # Pages and caches a reindex's pass rendered, written while it goes on (`write_ahead`).
     ahead: list[tuple[list[WriteItem], Future[list[int]]]] = field(default_factory=list)
 
@@ -110,7 +116,7 @@ class Site:
     """The site of one repository."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self.store = packed.packed(store)
         # The repository's setting (`layout.UI_REMOTE_IMAGES`), read before each render: every
         # writer renders what the stored setting says, whatever its own flags.
         self.remote_images = False
@@ -386,7 +392,7 @@ class Site:
             if not results[1 + len(written)]:
                 self._converge_page(state.name, known)
 
-        return Batch(items, [None] * len(items), commit)
+        return Batch([packed.stored(item) for item in items], [None] * len(items), commit)
 
     def update(
         self,
@@ -537,14 +543,15 @@ class Site:
         its own pass): the generations, and bytes, of what exists, then the setting."""
         everything = [info.name for info in self.store.list(f"{layout.UI}/")]
         listing = [n for n in everything if n.count("/") == 2]
-        existing = sorted(n.split("/")[1] for n in listing if n.endswith("/index.html"))
+        existing = sorted(p for n in listing if n == layout.ui_project(p := n.split("/")[1]))
         cached = {n for n in listing if n.endswith(".json")}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
             pages = dict(zip(existing, read, strict=True))
             lists = self._read_lists(pool, everything)
         remote_images = self.read_setting()
-        return RebuildStart(existing, cached, pages, lists, remote_images)
+        unpacked = [n for n in everything if layout.is_unpacked_page(n)]
+        return RebuildStart(existing, cached, pages, lists, remote_images, unpacked)
 
     def write_ahead(
         self, start: RebuildStart, rendered: Mapping[str, tuple[_Rendered, frozenset[str]]]
@@ -591,7 +598,7 @@ class Site:
             for ahead_items, job in start.ahead:
                 for (name, data, *_), gen in zip(ahead_items, job.result(), strict=True):
                     written += 1 if gen else 0
-                    if gen and name.endswith("/index.html"):
+                    if gen and name == layout.ui_project(name.split("/")[1]):
                         pages[name.split("/")[1]] = (data, gen)
             self.remote_images = start.remote_images
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
@@ -638,7 +645,11 @@ class Site:
             for attempt in range(MAX_ATTEMPTS):
                 out = self._write_lists(entries, lists)
                 if out is not None:
-                    return written + out
+                    # The version before's plain pages, now that every page has its gzip'd one:
+                    # never served again (nginx serves NAME.gz where it exists), never left behind.
+                    for name in start.unpacked:
+                        self.store.delete(name)
+                    return written + out + len(start.unpacked)
                 backoff(attempt)  # a publisher changed the list meanwhile: read everything again
                 everything = [info.name for info in self.store.list(f"{layout.UI}/")]
                 lists = self._read_lists(pool, everything)
@@ -714,7 +725,8 @@ class Site:
             todo = [s for s in todo if s.name not in ready]
         chunks = [todo[i : i + RENDER_CHUNK] for i in range(0, len(todo), RENDER_CHUNK)]
         args = (self.store, self.remote_images, held)
-        if len(todo) >= PROCESS_MIN and cpu_count() > 1 and isinstance(self.store, DirectoryStore):
+        directory = isinstance(self.store.inner, DirectoryStore)
+        if len(todo) >= PROCESS_MIN and cpu_count() > 1 and directory:
             try:
                 # Reindex's forkserver (the engine imported once), or started here with that preload.
                 with ProcessPoolExecutor(max_workers=cpu_count(), mp_context=worker_context()) as procs:
@@ -772,7 +784,7 @@ def _render_ahead(
 
 
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
-_OLDER = re.compile(rf"{layout.UI}/older-[1-9][0-9]*(?:-[0-9a-f]{{6}})?\.html")
+_OLDER = re.compile(rf"{layout.UI}/older-[1-9][0-9]*(?:-[0-9a-f]{{6}})?\.html{layout.PACKED}")
 # Rebuild renders in worker processes from this many projects on (fewer: starting them costs more),
 # in chunks of RENDER_CHUNK projects.
 PROCESS_MIN = 300
