@@ -257,7 +257,7 @@ def render_nginx_conf(
         site_remote_images=layout.UI_REMOTE_IMAGES,
         # The site's pages beside the list's head and the project pages (stored gzip'd), and its
         # files beside them that the page guard checks (a 0-byte one breaks every page).
-        ui_pages=r"older-[1-9][0-9]*(?:-[0-9a-f]{6})?\.html|search-[0-9a-f]\.json",
+        ui_pages=layout.UI_LIST_FILES,
         ui_files="|".join(re.escape(PurePosixPath(n).name) for n in (layout.UI_OLD_DATA, *layout.UI_ASSETS)),
         greater_q_patterns=_greater_q_patterns(),
         # Bounded unrolled loops: NGINX has no lowercase; names with more are answered 404.

@@ -114,7 +114,11 @@ def ui_shard(k: int) -> str:
 
 
 UI_SHARD_NAMES = tuple(ui_shard(k) for k in range(UI_SHARDS))
-_UI_PAGE = re.compile(rf"{UI}/(?:index\.html|older-[^/]+\.html|search-[0-9a-f]\.json|[^/]+/index\.html)")
+# An older page's id (site/paging.py): 1..M from a reindex, N-HEX sealed by a publish.
+UI_PAGE_ID = r"[1-9][0-9]*(?:-[0-9a-f]{6})?"
+# The served names (under ui/) of the list's older pages and of the shards, as a regular expression.
+UI_LIST_FILES = rf"older-{UI_PAGE_ID}\.html|search-[0-9a-f]\.json"
+_UI_PAGE = re.compile(rf"{UI}/(?:(?:[^/]+/)?index\.html|{UI_LIST_FILES})")
 
 
 def is_packed(name: str) -> bool:

@@ -86,13 +86,19 @@ SITE_FILES = {
 }
 
 
-def test_a_zero_byte_site_file_is_503_until_rewritten(
-    serve_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _paged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The demo set's repository, its list in pages of two (older pages too)."""
     repo = tmp_path / "repo"
     publish_demo_set(repo, tmp_path / "dists")
     monkeypatch.setattr(paging, "PAGE_ROWS", 2)
-    Repository.open(str(repo)).reindex()  # the list in pages of two: older pages too
+    Repository.open(str(repo)).reindex()
+    return repo
+
+
+def test_a_zero_byte_site_file_is_503_until_rewritten(
+    serve_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _paged(tmp_path, monkeypatch)
     index = serve_repo(repo)
     for url, name in SITE_FILES.items():
         path = repo / name
@@ -133,10 +139,7 @@ SITE_PAGES = {
 def test_the_gzipd_pages_are_served_gzipd_to_a_browser_and_plain_to_a_client_without_gzip(
     serve_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = tmp_path / "repo"
-    publish_demo_set(repo, tmp_path / "dists")
-    monkeypatch.setattr(paging, "PAGE_ROWS", 2)
-    Repository.open(str(repo)).reindex()  # the list in pages of two: older pages too
+    repo = _paged(tmp_path, monkeypatch)
     assert not (repo / "ui" / "index.html").exists() and not (repo / "ui" / "search-0.json").exists()
     index = serve_repo(repo)
     browser = {"Accept-Encoding": "gzip, deflate, br"}

@@ -784,7 +784,7 @@ def _render_ahead(
 
 
 _Rendered = tuple[str, render.ListEntry, bytes, list[WriteItem]]
-_OLDER = re.compile(rf"{layout.UI}/older-[1-9][0-9]*(?:-[0-9a-f]{{6}})?\.html{layout.PACKED}")
+_OLDER = re.compile(rf"{layout.UI}/older-{layout.UI_PAGE_ID}\.html{re.escape(layout.PACKED)}")
 # Rebuild renders in worker processes from this many projects on (fewer: starting them costs more),
 # in chunks of RENDER_CHUNK projects.
 PROCESS_MIN = 300
