@@ -6,8 +6,9 @@
 2. A full `reindex` from scratch of those 20,000 wheels *including the site*, against dumb-pypi
    generating its own site for the same wheels (fed the same information: see bench_engine.py):
    goal >= 2x faster.
-3. The gzip'd bytes of the list's head page, an older page, a search shard (and all 16), and of a
-   project page with 40 releases; and the bytes one publish writes of the site.
+3. The bytes of the list's head page, an older page, a search shard (and all 16), and of a project
+   page with 40 releases, served plain and as stored (gzip'd: what a browser gets); and the bytes
+   one publish writes of the site.
 
 Every wheel carries a realistic Markdown README (headings, a code block, a list, a table; ~2.5 kB),
 so the site renders what a real repository would make it render. The repository is built once and
