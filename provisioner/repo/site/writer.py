@@ -647,8 +647,7 @@ class Site:
                 if out is not None:
                     # The version before's plain pages, now that every page has its gzip'd one:
                     # never served again (nginx serves NAME.gz where it exists), never left behind.
-                    for name in start.unpacked:
-                        self.store.delete(name)
+                    self.store.together([partial(self.store.delete, name) for name in start.unpacked])
                     return written + out + len(start.unpacked)
                 backoff(attempt)  # a publisher changed the list meanwhile: read everything again
                 everything = [info.name for info in self.store.list(f"{layout.UI}/")]
