@@ -674,7 +674,7 @@ def weight_figure(args: argparse.Namespace, big: Path, work: Path) -> None:
     print(f"  site.css + site.js + favicon.svg     {css:9,d}  (cached; revalidated with 304)")
     print("what one publish writes of the site (bytes as uploaded: every object under ui/; of it, the")
     print("list pages and the shard; the rest is the project's own page and its release-info cache)")
-    oldest = paging.parse_page((copy / layout.ui_page(cut.ids[0])).read_bytes())
+    oldest = paging.parse_page(stored(copy / layout.ui_page(cut.ids[0]))[0])
     assert oldest is not None and oldest.rows
     on_older = paging.row_key(oldest.rows[0])[1]  # type: ignore[index]
     for what, project, version in (

@@ -22,7 +22,7 @@ from provisioner.repo.engine import Repository
 from provisioner.repo.store import open_store
 from tests.fixtures.gcs import RepoHandle
 from tests.repo.invariants import broken_links, listed_files, out_of_step, unlisted_pages
-from tests.repo.test_site import _consistent
+from tests.repo.test_site import _consistent, _served
 
 TRIALS = int(os.environ.get("PYPAPO_HARNESS_TRIALS", "5"))
 ROUNDS = int(os.environ.get("PYPAPO_HARNESS_ROUNDS", "3"))
@@ -86,7 +86,7 @@ def test_kill_9_at_random_points_loses_nothing(repo: RepoHandle, tmp_path: Path)
         assert out_of_step(after) == [], f"trial {trial}: reindex left pages out of step"
         # The site's list too: every project once, in order, as its shard says (test_site.py).
         listed = {n.split("/")[1] for n in after if n.count("/") == 2 and n.endswith("/index.json")}
-        assert set(_consistent({k: v for k, v in after.items() if k.startswith("ui/")})) == listed
+        assert set(_consistent(_served(after))) == listed
         for p, files in kept.items():  # reindex keeps what the pages listed (nothing lost)
             assert files <= set(listed_files(after, p)), f"trial {trial}: reindex lost files of {p}"
 
@@ -121,7 +121,7 @@ def test_mixed_rounds_lose_no_update(repo: RepoHandle, tmp_path: Path) -> None:
         assert not errors, errors
         snap = _check_consistent(repo, f"round {rnd}")
         files = listed_files(snap, "demo")
-        site = _consistent({k: v for k, v in snap.items() if k.startswith("ui/")})  # demo's row once
+        site = _consistent(_served(snap))  # demo's row once
         lost["site"] += site["demo"].releases != len({f["_version"] for f in files.values()})
         lost["publish"] += fresh.name not in files
         lost["yank"] += files["demo-1.0-py3-none-any.whl"]["yanked"] != "bad"
