@@ -81,7 +81,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -294,7 +294,7 @@ def gcs_copy(src: Path, location: str, project: str) -> int:
 
 WORKER = """
 import importlib.util, json, sys, time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
 # This bench's counter (not the tree's: an older tree has none), loaded from its file.
 spec = importlib.util.spec_from_file_location("pypapo_bench_wan", sys.argv[6])
@@ -778,8 +778,8 @@ def reindex_figure(args: argparse.Namespace, wheels: Path, big: Path, work: Path
                 scratch_copy(big, scratch)
                 got.append(workers[label].reindex(scratch, site=site))
                 if site:
-                    page_name = PurePosixPath(layout.ui_project("p")).name
-                    site_pages = sum(1 for _ in (scratch / layout.UI).rglob(page_name))
+                    # index.html, or index.html.gz from the version that stores the pages gzip'd
+                    site_pages = sum(1 for _ in (scratch / layout.UI).rglob("index.html*"))
                     assert site_pages == args.projects + 1, site_pages
             t_preps.append(_timed_cpu(lambda: peer_package_list(wheels, pkg_list)))
             t_dumbs.append(_timed_cpu(lambda run=run: run_dumb_pypi(pkg_list, work / f"dumb-out-{run}")))
