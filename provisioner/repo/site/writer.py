@@ -572,7 +572,7 @@ class Site:
     def beside(self, start: RebuildStart) -> Beside:
         """The pages a reindex renders in its own pass, by the setting `start` read (`rebuild` takes
         them from its `Reindexed`)."""
-        return Beside(_render_beside, start.remote_images)
+        return Beside(_render_beside, start.remote_images, stored=frozenset(start.existing))
 
     def rebuild(
         self, *, workers: int = 8, start: RebuildStart | None = None, done: Reindexed | None = None
