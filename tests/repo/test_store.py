@@ -320,6 +320,104 @@ def test_the_directory_store_fsyncs_every_object_but_those_marked_not_durable(
     assert len(synced) == 2  # the page and its directory
 
 
+def _record_durability(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The directory store's durability steps from now on, in order: "fsync" (a file or a
+    directory), "syncfs", "rename"."""
+    from provisioner.repo.store import directory
+
+    events: list[str] = []
+    real_fsync, real_syncfs, real_replace = os.fsync, directory._syncfs, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def syncfs(fd: int, path: str) -> None:
+        events.append("syncfs")
+        real_syncfs(fd, path)
+
+    def replace(src: str, dst: str) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(directory, "_syncfs", syncfs)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _batch(n: int, tag: bytes) -> list[WriteItem]:
+    return [WriteItem(f"simple/p-{i}/index.html", tag + b"%d" % i, 0) for i in range(n)]
+
+
+def test_a_reindex_sized_batch_is_made_durable_by_syncfs_before_its_first_rename_and_after_its_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two syncfs calls instead of an fsync per file and per directory: every byte is on disk
+    before any rename shows it, every rename before the batch returns (a reindex from scratch of
+    20,000 wheels with the site: ~4.5 CPU s less). A publish's handful still fsyncs each file."""
+    from provisioner.repo.store import directory
+
+    store = open_store(str(tmp_path / "repo"))
+    events = _record_durability(monkeypatch)
+    n = directory.SYNCFS_MIN
+    assert all(store.write_many(_batch(n, b"page ")))
+    assert events == ["syncfs", *["rename"] * n, "syncfs"]
+    assert store.read(f"simple/p-{n - 1}/index.html")[0] == b"page %d" % (n - 1)
+    events.clear()
+    assert all(store.write_many([WriteItem("simple/q/index.html", b"q", 0)]))
+    assert events == ["fsync", "rename", "fsync"]  # the file, then its directory
+
+
+def test_the_store_reads_the_filesystem_type_statfs_gives(tmp_path: Path) -> None:
+    """What decides on syncfs is the kernel's own word for the filesystem (coreutils' stat -f)."""
+    from provisioner.repo.store import directory
+
+    out = subprocess.run(["stat", "-f", "-c", "%t", str(tmp_path)], capture_output=True, text=True)
+    assert directory._filesystem_type(str(tmp_path)) == int(out.stdout, 16)
+
+
+def test_on_a_fuse_mount_a_large_batch_still_fsyncs_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs on FUSE (an sshfs, an rclone or gcsfuse mount written through) reaches no server:
+    only an fsync per file does."""
+    from provisioner.repo.store import directory
+
+    monkeypatch.setattr(directory, "_filesystem_type", lambda path: 0x65735546)  # FUSE_SUPER_MAGIC
+    store = open_store(str(tmp_path / "repo"))
+    events = _record_durability(monkeypatch)
+    n = directory.SYNCFS_MIN
+    assert all(store.write_many(_batch(n, b"page ")))
+    assert "syncfs" not in events
+    assert events[:n] == ["fsync"] * n and events[n : 2 * n] == ["rename"] * n  # files, renames
+    assert events[2 * n :] == ["fsync"] * n  # each project's directory
+
+
+def test_a_syncfs_that_fails_leaves_every_object_as_it_was_and_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that reports a write-back error (EIO) before the renames: the batch raises, and no
+    object was replaced by bytes that may not be on disk."""
+    import errno
+
+    from provisioner.repo.store import directory
+
+    store = open_store(str(tmp_path / "repo"))
+    n = directory.SYNCFS_MIN
+    assert all(store.write_many(_batch(n, b"old ")))
+
+    def failing(fd: int, path: str) -> None:
+        raise OSError(errno.EIO, "syncfs: Input/output error", path)
+
+    monkeypatch.setattr(directory, "_syncfs", failing)
+    batch = [WriteItem(i.name, b"new", store.read(i.name)[1]) for i in _batch(n, b"")]
+    with pytest.raises(OSError, match="Input/output error"):
+        store.write_many(batch)
+    assert [store.read(i.name)[0] for i in batch] == [b"old %d" % k for k in range(n)]
+    assert not [p for p in (tmp_path / "repo").rglob(".pypapo-tmp-*")]
+
+
 def test_a_publish_hands_its_release_info_cache_to_the_store_as_not_durable(
     dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

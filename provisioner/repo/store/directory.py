@@ -4,18 +4,25 @@ Every compare-and-swap runs under an fcntl lock on `.pypapo.lock` at the reposit
 dotfiles); data goes to a temporary file that is fsynced and atomically renamed over the object; the
 generation is the object's mtime in nanoseconds, set strictly above the previous one on every write.
 `write_many` pays the durability cost per batch: temporary files fsynced concurrently, one lock over
-every compare + rename, then each touched directory fsynced. An item marked not `durable` (one every
-reader checks and remakes when torn: the site's release-info caches) is written the same way but not
+every compare + rename, then each touched directory fsynced. A batch of SYNCFS_MIN durable items or
+more (a reindex's) on a local filesystem whose syncfs(2) writes everything back (ext4, xfs, btrfs, ...:
+not FUSE, whose syncfs reaches no server) is made durable by two syncfs calls instead, one before the
+first rename and one after the last: an fsync of a file just created writes its inode and, on ext4
+without a journal, its directory, each on its own (a reindex from scratch of 20,000 wheels with the
+site spent ~4.5 of its ~20 CPU seconds in them). An item marked not `durable` (one every reader
+checks and remakes when torn: the site's release-info caches) is written the same way but not
 fsynced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import secrets
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +38,13 @@ LOCK_NAME = ".pypapo.lock"
 # Concurrent fsyncs in write_many: enough for the journal to batch them into few commits.
 SYNC_THREADS = 32
 TMP_PREFIX = ".pypapo-tmp-"
+# Durable items in one write_many from which two syncfs calls replace an fsync per file and directory
+# (fewer: a publish's handful, where syncfs would also wait for every other writer's dirty data).
+SYNCFS_MIN = 64
+# statfs f_type of the filesystems whose syncfs writes back every file's data and metadata and
+# waits for it: ext2/3/4, xfs, btrfs, f2fs, tmpfs (nothing to write), overlayfs (syncs its upper
+# filesystem: a container's), zfs.
+SYNCFS_FILESYSTEMS = {0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x01021994, 0x794C7630, 0x2FC12FC1}
 # A writer's temporary file lives from its first byte to its rename: the write and fsync, then the
 # wait for the lock (held by others for a compare and a rename, or a reindex batch's renames). One
 # untouched for this long belongs to a writer that was killed.
@@ -60,6 +74,7 @@ class DirectoryStore:
         self.root = Path(path)
         self.location = str(path)
         self._root = os.fspath(self.root)
+        self._syncfs: bool | None = None
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -142,7 +157,7 @@ class DirectoryStore:
         # Each step runs across a thread pool: creating, syncing and renaming files mostly waits on
         # the filesystem journal, and concurrent waiters share one commit.
         def stage(i: int) -> None:
-            tmps[i] = _write_synced_tmp(parents[i], items[i].data, sync=durable[i])
+            tmps[i] = _write_synced_tmp(parents[i], items[i].data, sync=durable[i] and syncfs_fd < 0)
 
         def swap(i: int) -> None:
             j = after[i] if i < len(after) else None
@@ -157,22 +172,42 @@ class DirectoryStore:
             tmps[i] = ""
             results[i] = new
 
+        # A large batch is made durable by two syncfs calls instead of an fsync per file and per
+        # directory. The descriptor is opened before the first byte is written: syncfs reports the
+        # filesystem's write-back errors since its descriptor was opened, no earlier.
+        syncfs_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY) if self._syncfs_flushes(durable) else -1
         try:
             # Every byte is on disk before any rename makes it visible (as in write()).
             _each(stage, range(len(items)))
+            if syncfs_fd >= 0:
+                _syncfs(syncfs_fd, self._root)
             with self._locked():
                 # Names are distinct, so the swaps are independent compare-and-swaps; the lock
                 # keeps other processes out of all of them.
                 for wave in ordered:
                     _each(swap, wave)
                 # Renames are durable before the lock is released (as in write()).
-                _each(_fsync_dir, {d for d, r, f in zip(parents, results, durable, strict=True) if r and f})
+                if syncfs_fd >= 0:
+                    _syncfs(syncfs_fd, self._root)
+                else:
+                    synced = zip(parents, results, durable, strict=True)
+                    _each(_fsync_dir, {d for d, r, f in synced if r and f})
             return results
         finally:
+            if syncfs_fd >= 0:
+                os.close(syncfs_fd)
             for tmp in tmps:
                 if tmp:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
+
+    def _syncfs_flushes(self, durable: list[bool]) -> bool:
+        """Whether a batch of these items is made durable by syncfs (see the module's docstring)."""
+        if sum(durable) < SYNCFS_MIN:
+            return False
+        if self._syncfs is None:
+            self._syncfs = _filesystem_type(self._root) in SYNCFS_FILESYSTEMS
+        return self._syncfs
 
     def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
         path = self._path(name)
@@ -304,6 +339,24 @@ def _read_fd(fd: int, size: int) -> bytes:
     while chunks[-1]:
         chunks.append(os.read(fd, max(size + 1, 1 << 16)))
     return b"".join(chunks)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _filesystem_type(path: str) -> int:
+    """statfs(2)'s f_type of the filesystem holding `path` (0: not Linux, or it cannot be read)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs (120 bytes), f_type first: a long
+    if _LIBC is None or _LIBC.statfs(os.fsencode(path), buf) != 0:
+        return 0
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _syncfs(fd: int, path: str) -> None:
+    assert _LIBC is not None
+    if _LIBC.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}", path)
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
