@@ -631,7 +631,9 @@ class Site:
                 written += sum(1 for r in out if r)
                 results += out[:n_pages]
             # Release-info caches of files (or projects) that are gone.
-            live = {layout.ui_release(p, f.filename) for p, s in states.items() for f in s.files}
+            # (Named for the projects that have one: not every file's in a reindex from scratch.)
+            with_cache = {name.split("/")[1] for name in cached} & states.keys()
+            live = {layout.ui_release(p, f.filename) for p in with_cache for f in states[p].files}
             for name in sorted(cached - live):
                 self.store.delete(name)
                 written += 1
