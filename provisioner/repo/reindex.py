@@ -26,7 +26,7 @@ from provisioner.repo import layout
 from provisioner.repo.dist import DistError, summarize
 from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
 from provisioner.repo.outputs import Outputs
-from provisioner.repo.store import ObjectInfo, Store, WriteItem
+from provisioner.repo.store import ObjectInfo, Store, WriteItem, holds
 from provisioner.repo.store.directory import DirectoryStore
 from provisioner.repo.writer import IndexWriter, finish_removals
 
@@ -454,16 +454,24 @@ def _write_pages(
 ) -> dict[str, ProjectState]:
     """Write the project pages that changed, in two batches, and return every final state.
 
-    The publish protocol, batched: each output's generation is read *after* the project JSON was
-    read (phase 1) and *before* the JSON is written; the JSON is written conditional on the
-    generation read, then each output rendered from that very JSON, conditional on the output
-    generation read. Whoever writes an output last therefore rendered the latest JSON (a publisher
-    writing in between makes our write fail). Anything that lost a race is redone through the
-    one-by-one retry path."""
+    The publish protocol, batched: each output's generation is known *before* the JSON is written
+    (from the listing, which came before the project JSON was read); the JSON is written
+    conditional on the generation read, then each output rendered from that very JSON, conditional
+    on the output's generation. Whoever writes an output last therefore rendered the latest JSON (a
+    writer in between, since the listing, makes our write fail). Anything that lost a race is redone
+    through the one-by-one retry path.
+
+    An unchanged project's outputs are compared with what the listing says of them: on GCS by the
+    md5 it lists (no download: half of a warm reindex's requests); a directory reads them back.
+    Equal at the listing, under a JSON read after it: what changes them later is a later writer's."""
     store = writer.store
 
-    def prepare(rb: Rebuilt) -> tuple[Rebuilt, list[tuple[bytes, int]]]:
-        return rb, [store.read(name) for name in writer.outputs.project_names(rb.job.project)]
+    def listed(rb: Rebuilt, name: str) -> ObjectInfo | None:
+        folder, _, base = name.rpartition("/")
+        return rb.job.objects.get(base) if folder == f"{layout.SIMPLE}/{rb.job.project}" else store.stat(name)
+
+    def prepare(rb: Rebuilt) -> tuple[Rebuilt, list[ObjectInfo | None]]:
+        return rb, [listed(rb, name) for name in writer.outputs.project_names(rb.job.project)]
 
     states: dict[str, ProjectState] = {}
     json_items: list[WriteItem] = []
@@ -478,16 +486,20 @@ def _write_pages(
         if new is None or (not new.files and not rb.job.old_gen):
             states[project] = rb.final
             expected = rb.outputs or (b"",) * len(now)
-            stale = [n for n, (data, _gen), want in zip(names, now, expected, strict=True) if data != want]
+            stale = [
+                n
+                for n, info, want in zip(names, now, expected, strict=True)
+                if not (holds(store, info, want) if info is not None else not want)
+            ]
             if stale:
                 converge.append((project, stale))
         elif not new.files:
             retry.append(rb)  # every file gone: a delete, done one by one
         else:
             mine = []
-            for name, data, (_old, gen) in zip(names, rb.outputs, now, strict=True):
+            for name, data, info in zip(names, rb.outputs, now, strict=True):
                 mine.append(len(output_items))
-                output_items.append(WriteItem(name, data, gen))
+                output_items.append(WriteItem(name, data, info.generation if info is not None else 0))
                 output_after.append(len(json_items))
             batch.append((rb, new, mine))
             json_items.append(WriteItem(layout.project_json(project), rb.json, rb.job.old_gen))

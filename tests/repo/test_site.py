@@ -262,6 +262,48 @@ def test_reindex_rebuilds_the_site_and_leaves_a_current_one_alone(repo: RepoHand
     assert _site(repo) == before
 
 
+class _Reads:
+    """A store that records the names it reads."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.read_names: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def read(self, name: str) -> tuple[bytes, int]:
+        self.read_names.append(name)
+        return self._store.read(name)  # type: ignore[attr-defined]
+
+
+def test_a_warm_reindex_of_a_bucket_downloads_no_page_its_listing_vouches_for(
+    gcs_repo: RepoHandle, tmp_path: Path
+) -> None:
+    """GCS lists each object's md5: a reindex compares the pages it renders (the index's and the
+    site's, gzip'd the same way each time) with that, instead of downloading them, half of its
+    requests. A page changed behind its back, even to other bytes of the same size, is rewritten."""
+    from provisioner.repo.store import open_store
+
+    r = Repository.open(gcs_repo.location)
+    r.publish([_wheel(tmp_path, f"proj-{i}", "1.0", description=f"# P{i}\n") for i in range(3)])
+    before = gcs_repo.snapshot()
+    reads = _Reads(open_store(gcs_repo.location))
+    assert Repository(reads).reindex().pages_written == 0  # type: ignore[arg-type]
+    pages = {layout.project_html(f"proj-{i}") for i in range(3)} | {
+        layout.ui_project(f"proj-{i}") for i in range(3)
+    }
+    assert not pages & set(reads.read_names)
+    assert {layout.project_json(f"proj-{i}") for i in range(3)} <= set(reads.read_names)  # the state is read
+    store = open_store(gcs_repo.location)
+    html, gen = store.read(layout.project_html("proj-1"))
+    store.write(layout.project_html("proj-1"), html.replace(b"proj", b"PROJ"), if_generation_match=gen)
+    _page, gen = store.read(layout.ui_project("proj-2"))
+    store.write(layout.ui_project("proj-2"), pack(b"<p>stale</p>"), if_generation_match=gen)
+    assert Repository.open(gcs_repo.location).reindex().pages_written == 2
+    assert gcs_repo.snapshot() == before
+
+
 @pytest.mark.parametrize("torn", ["empty", "truncated", "another release's", "garbage"])
 def test_a_release_info_cache_a_crash_left_torn_is_rendered_again(
     dir_repo: RepoHandle, tmp_path: Path, torn: str

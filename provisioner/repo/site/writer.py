@@ -44,7 +44,7 @@ from provisioner.repo.model import ProjectState, RootState
 from provisioner.repo.pools import process_pool
 from provisioner.repo.reindex import Beside, Reindexed, cpu_count, worker_context
 from provisioner.repo.site import packed, paging, render
-from provisioner.repo.store import PreconditionFailed, Store, WriteItem, holds
+from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store, WriteItem, holds
 from provisioner.repo.store.directory import DirectoryStore
 from provisioner.repo.writer import Batch, backoff
 
@@ -79,13 +79,34 @@ def asset_bytes(name: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class StoredPage:
+    """A project page as a rebuild found it, to compare a rendered page with: its generation, and
+    its bytes as read or, on a store whose listing gives each object's md5 (GCS), the listing's word
+    (a warm reindex of 2,000 projects: 2,000 downloads fewer)."""
+
+    generation: int
+    data: bytes | None = None  # None: not read; `listed` decides
+    listed: ObjectInfo | None = None
+
+    def shows(self, view: packed.PackedStore, body: bytes) -> bool:
+        """Whether the page stored is `body` (`view`: the site's, which packs pages)."""
+        if self.listed is None:
+            return self.data == body
+        # The gzip is deterministic: the same page is the same object bytes, and the same md5.
+        return holds(view.inner, self.listed, packed.pack(body))
+
+
+_ABSENT = StoredPage(0, b"")
+
+
+@dataclass(frozen=True)
 class RebuildStart:
-    """What a rebuild reads before any project JSON: the pages that exist (bytes, generation), the
+    """What a rebuild reads before any project JSON: the pages that exist (`StoredPage`), the
     release-info caches listed, the list's objects (`_read_lists`), then the setting."""
 
     existing: list[str]
     cached: set[str]
-    pages: dict[str, tuple[bytes, int]]
+    pages: dict[str, StoredPage]
     lists: dict[str, tuple[bytes, int]]
     remote_images: bool
     # The plain pages of the version before (`layout.is_unpacked_page`): deleted once the list is written.
@@ -541,13 +562,18 @@ class Site:
     def begin_rebuild(self, *, workers: int = 8) -> RebuildStart:
         """Step 1 of `rebuild`, before any JSON it renders from is read (a reindex calls it before
         its own pass): the generations, and bytes, of what exists, then the setting."""
-        everything = [info.name for info in self.store.list(f"{layout.UI}/")]
+        infos = {info.name: info for info in self.store.list(f"{layout.UI}/")}
+        everything = list(infos)
         listing = [n for n in everything if n.count("/") == 2]
         existing = sorted(p for n in listing if n == layout.ui_project(p := n.split("/")[1]))
         cached = {n for n in listing if n.endswith(".json")}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
-            pages = dict(zip(existing, read, strict=True))
+            if self.store.content_fingerprint(b"") is not None:  # the listing vouches for the bytes
+                listed = [infos[layout.ui_project(p)] for p in existing]
+                pages = {p: StoredPage(i.generation, listed=i) for p, i in zip(existing, listed, strict=True)}
+            else:
+                read = pool.map(lambda p: self.store.read(layout.ui_project(p)), existing)
+                pages = {p: StoredPage(gen, data) for p, (data, gen) in zip(existing, read, strict=True)}
             lists = self._read_lists(pool, everything)
         remote_images = self.read_setting()
         unpacked = [n for n in everything if layout.is_unpacked_page(n)]
@@ -562,9 +588,9 @@ class Site:
         then takes the results, and rewrites a page whose dependency links turn out wrong."""
         items: list[WriteItem] = []
         for project, ((_p, _entry, body, pending), _deps) in rendered.items():
-            have, gen = start.pages.get(project, (b"", 0))
-            if have != body:
-                items.append(WriteItem(layout.ui_project(project), body, gen))
+            have = start.pages.get(project, _ABSENT)
+            if not have.shows(self.store, body):
+                items.append(WriteItem(layout.ui_project(project), body, have.generation))
             items += pending
         if items:
             start.ahead.append((items, _ahead_writer().submit(self.store.write_many, items)))
@@ -599,7 +625,7 @@ class Site:
                 for (name, data, *_), gen in zip(ahead_items, job.result(), strict=True):
                     written += 1 if gen else 0
                     if gen and name == layout.ui_project(name.split("/")[1]):
-                        pages[name.split("/")[1]] = (data, gen)
+                        pages[name.split("/")[1]] = StoredPage(gen, data)
             self.remote_images = start.remote_images
             # 2. The states, then what the pages show (READMEs rendered where no cache has them).
             states = self._read_states(pool, done.states if done is not None else None)
@@ -615,9 +641,9 @@ class Site:
                 for project, entry, body, pending in self._render_all(states, pool, done, start.ahead):
                     entries[project] = entry
                     batch_caches += pending
-                    have, gen = pages.get(project, (b"", 0))
-                    if have != body:
-                        items.append(WriteItem(layout.ui_project(project), body, gen))
+                    have = pages.get(project, _ABSENT)
+                    if not have.shows(self.store, body):
+                        items.append(WriteItem(layout.ui_project(project), body, have.generation))
                         batch_pages.append(items[-1])
                     if len(batch_pages) + len(batch_caches) >= WRITE_BATCH:
                         job = background.submit(self.store.write_many, batch_pages + batch_caches)
