@@ -274,6 +274,54 @@ def seed_gcs(src: Path, location: str, url: str, link: WanLink | None = None) ->
     print(f"fake-gcs-server {url}: {done.stdout.strip()} objects uploaded ({time.perf_counter() - t0:.0f} s)")
 
 
+# Figure 4's bucket: every object of the repository's first N projects (fake-gcs-server's memory
+# backend slows down with each object: all 2,000 projects' 46,000 took over ten minutes), then one
+# reindex (by this tree) that drops the other projects from the root and the site and records GCS's
+# fingerprints (md5) in place of the directory's (mtimes), so that the timed ones change nothing.
+SEED_ALL = """
+import sys
+sys.path[:0] = sys.argv[1:3]
+from pathlib import Path
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from provisioner.repo.engine import Repository
+from provisioner.repo.store import WriteItem, open_store
+client = storage.Client(project="bench", credentials=AnonymousCredentials())
+src, location, n = Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+bucket = location.split("/")[2]
+client.lookup_bucket(bucket) or client.create_bucket(bucket)
+keep = {f"bench-project-{i:04d}" for i in range(n)}
+names = [
+    name
+    for p in sorted(src.rglob("*"))
+    if p.is_file() and p.name[0] != "."
+    and ((name := p.relative_to(src).as_posix()).count("/") == 1 or name.split("/")[1] in keep)
+]
+store = open_store(location)
+for i in range(0, len(names), 400):
+    store.write_many([WriteItem(n, (src / n).read_bytes(), 0) for n in names[i : i + 400]])
+Repository.open(location).reindex()
+print(len(names))
+"""
+
+GCS_REINDEX_WORKER = """
+import importlib.util, sys, time
+sys.path[:0] = [sys.argv[1]]
+spec = importlib.util.spec_from_file_location("pypapo_bench_wan", sys.argv[3])
+wan = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wan)
+counter = wan.RequestCounter().install()
+from provisioner.repo.engine import Repository
+for line in sys.stdin:
+    mark = counter.mark()
+    t0 = time.perf_counter()
+    result = Repository.open(sys.argv[2]).reindex()  # a new client each time, as `provision reindex`
+    took = time.perf_counter() - t0
+    assert result.pages_written == 0 and result.hashed == 0, result.summary()
+    print(took, counter.since(mark).encode(), sep="\t", flush=True)
+"""
+
+
 def gcs_copy(src: Path, location: str, project: str) -> int:
     """Upload what a publish into `project` can touch: every page and the site, the project's files."""
     from provisioner.repo.store import WriteItem, open_store
@@ -524,6 +572,13 @@ def main() -> int:
     ap.add_argument("--publish-only", action="store_true", help="only figure 1 (the publish)")
     ap.add_argument("--reindex-only", action="store_true", help="only figure 2 (the reindex)")
     ap.add_argument("--weight-only", action="store_true", help="only figure 3 (page weight, bytes written)")
+    ap.add_argument(
+        "--gcs-reindex-only", action="store_true",
+        help="only figure 4 (a reindex that changes nothing, on fake-gcs-server; --gcs-rtt: across the link)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--gcs-projects", type=int, default=500, help="figure 4: the first N projects of the repository"
+    )
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache-site")
     ap.add_argument("--against", type=Path, help="another pypapo tree: figure 1 for both, in one run")
     ap.add_argument("--gcs", action="store_true", help="figure 1 on fake-gcs-server (loopback) too")
@@ -579,6 +634,9 @@ def main() -> int:
             return 0
         if args.weight_only:
             weight_figure(args, big, work)
+            return 0
+        if args.gcs_reindex_only:
+            gcs_reindex_figure(args, big)
             return 0
 
         # -- 1. publish one wheel, with and without the site, in turns -------------------------------
@@ -740,6 +798,91 @@ def publish_figure(
             )
             print_traffic(figures, trees, shape)
             print_timeline(figures)
+
+
+def gcs_reindex_figure(args: argparse.Namespace, big: Path) -> None:
+    """Figure 4: a reindex of the whole repository in a bucket where nothing needs changing (what
+    `provision reindex` meets after a check, an upgrade, or a `gsutil cp` of a few files), on
+    fake-gcs-server through the real client: on loopback, and with --gcs-rtt across the WAN link
+    at each round trip. This tree and --against's, in turns, a process each; medians, with what
+    one reindex sends (requests, rounds, bytes)."""
+    trees = {"this tree": Path(__file__).resolve().parent.parent}
+    if args.against:
+        trees[str(args.against)] = args.against
+    location = "gs://bench-site/reindex"
+    n = min(args.gcs_projects, args.projects)
+    wan_py = str(Path(__file__).resolve().parent / "wan.py")
+    bench = Path(__file__).resolve().parent
+
+    def seed(url: str, link: WanLink | None) -> None:
+        t0 = time.perf_counter()
+        argv = [sys.executable, "-c", SEED_ALL, str(bench.parent), str(bench), str(big), location, str(n)]
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{GCS_PORT}" if link else url}
+        done = (link.run if link else subprocess.run)(
+            argv, env=env, check=True, stdout=subprocess.PIPE, text=True
+        )
+        print(
+            f"fake-gcs-server {url}: {done.stdout.strip()} objects, reindexed once"
+            f" ({time.perf_counter() - t0:.0f} s)"
+        )
+
+    def timed(url: str, place: str, shape: LinkShape | None) -> None:
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": url}
+        workers = {
+            label: subprocess.Popen(
+                [sys.executable, "-c", GCS_REINDEX_WORKER, str(tree), location, wan_py],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for label, tree in trees.items()
+        }
+        got: dict[str, list[tuple[float, Traffic]]] = {label: [] for label in trees}
+        try:
+            for _ in range(args.reindex_runs):
+                for label, proc in workers.items():
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write("reindex\n")
+                    proc.stdin.flush()
+                    answer = proc.stdout.readline()
+                    if not answer:
+                        raise RuntimeError(f"the reindex worker of {label} stopped (exit {proc.wait()})")
+                    took, traffic = answer.split("\t")
+                    got[label].append((float(took), Traffic.decode(traffic)))
+        finally:
+            for proc in workers.values():
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.wait()
+        print(
+            f"reindex of {n} projects / {n * args.per_project} wheels with the site,"
+            f" nothing to change, {place} (median of {args.reindex_runs}, in turns)"
+        )
+        for label, runs in got.items():
+            t = median_traffic([traffic for _took, traffic in runs])
+            took = statistics.median(took for took, _traffic in runs)
+            methods = ", ".join(f"{m} {n}" for m, n in sorted(t.by_method.items()))
+            print(
+                f"  {label:32s} {took:7.2f} s   {t.requests:5d} requests ({methods}) in {t.rounds} rounds,"
+                f" down {t.received / 1e6:6.2f} MB",
+                flush=True,
+            )
+
+    with contextlib.ExitStack() as stack:
+        proc, url = start_fake_gcs()
+        stack.callback(stop, proc)
+        seed(url, None)
+        timed(url, "fake-gcs-server on loopback", None)
+        if not args.gcs_rtt:
+            return
+        shapes = [wan_shape(args, rtt) for rtt in args.gcs_rtt]
+        link = stack.enter_context(WanLink(shapes[0]))
+        proc, url = start_fake_gcs(link)
+        seed(url, link)
+        for shape in shapes:
+            link.reshape(shape)
+            timed(url, f"fake-gcs-server across a link of {shape.describe()}", shape)
 
 
 def wan_shape(args: argparse.Namespace, rtt: float) -> LinkShape:
