@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +36,36 @@ channel_option = click.option(
 
 def _open(location: str) -> Repository:
     return Repository.open(location, echo=click.echo, notify=lambda line: click.echo(line, err=True))
+
+
+# A reindex shorter than this says nothing before its summary; a longer one shows its progress.
+PROGRESS_AFTER = 2.0
+
+
+def _reindex_progress() -> Callable[[int, int], None]:
+    """`Repository.reindex`'s progress on stderr once it has run PROGRESS_AFTER seconds: a bar on a
+    terminal, otherwise (CI logs) a line each tenth of the projects."""
+    start = time.monotonic()
+    bar: Any = None
+    tenths = -1
+
+    def tell(done: int, total: int) -> None:
+        nonlocal bar, tenths
+        if tenths < 0 and (done >= total or time.monotonic() - start < PROGRESS_AFTER):
+            return  # nothing shown yet, and nothing worth showing
+        if sys.stderr.isatty():
+            if bar is None:
+                bar = click.progressbar(length=total, label=f"reindexing {total:,} projects", file=sys.stderr)
+                bar.__enter__()
+            bar.update(done - bar.pos)
+            if done >= total:
+                bar.__exit__(None, None, None)
+        if done * 10 // total > tenths:
+            tenths = done * 10 // total
+            if not sys.stderr.isatty():
+                click.echo(f"reindex: {done:,} of {total:,} projects", err=True)
+
+    return tell
 
 
 def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
@@ -199,7 +231,7 @@ def reindex(location: str, verify: bool, site_remote_images: bool | None) -> Non
     """Rebuild every page from the stored files (after manual edits), keeping yanks and upload times;
     and the conda channel's repodata, shards and channeldata from its packages, keeping `removed`."""
     repo = _open(location)
-    result = repo.reindex(verify=verify, site_remote_images=site_remote_images)
+    result = repo.reindex(verify=verify, site_remote_images=site_remote_images, progress=_reindex_progress())
     conda = Channel(repo.store).reindex(verify=verify)
     for line in result.ignored + conda.ignored:
         click.echo(f"warning: ignored {one_line(line)}", err=True)

@@ -229,7 +229,12 @@ class Repository:
 
     # -- reindex ----------------------------------------------------------------------------------
     def reindex(
-        self, *, verify: bool = False, workers: int = 8, site_remote_images: bool | None = None
+        self,
+        *,
+        verify: bool = False,
+        workers: int = 8,
+        site_remote_images: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ReindexResult:
         """Rebuild every page from the stored objects, keeping yanks and upload times.
 
@@ -247,9 +252,12 @@ class Repository:
         `__main__` guard).
 
         `site_remote_images` (None: as stored) sets the site's one setting first: whether README
-        images from https URLs are shown (and allowed by nginx's policy for /ui/)."""
+        images from https URLs are shown (and allowed by nginx's policy for /ui/).
+
+        `progress(done, total)` hears how many of the projects listed have their pages written: once
+        they are listed, then after each group of `reindex.WRITE_GROUP` (a long reindex's progress)."""
         if self.site is None:
-            return reindexing.reindex(self.writer, verify=verify, workers=workers).result
+            return reindexing.reindex(self.writer, verify=verify, workers=workers, progress=progress).result
         self.store.check()  # an unreachable repository says so before the site's first read
         changed = site_remote_images is not None and self.site.set_remote_images(site_remote_images)
         # The site's pages are rendered in the index's own pass (its worker processes), from the
@@ -262,6 +270,7 @@ class Repository:
             workers=workers,
             beside=self.site.beside(start),
             rendered=functools.partial(self.site.write_ahead, start),  # written while the pass goes on
+            progress=progress,
         )
         done.result.pages_written += changed + self.site.rebuild(workers=workers, start=start, done=done)
         return done.result

@@ -290,9 +290,11 @@ def reindex(
     workers: int,
     beside: Beside | None = None,
     rendered: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Reindexed:
     """See Repository.reindex. `rendered` hears what `beside` rendered of each group of projects
-    once their pages are written (and their final states known), while the pass goes on."""
+    once their pages are written (and their final states known), while the pass goes on;
+    `progress(done, total)` how many of the projects listed are done, once listed and after each group."""
     store = writer.store
     store.check()
     result = ReindexResult(temporaries_removed=store.remove_stale_temporaries())
@@ -316,6 +318,9 @@ def reindex(
 
     states: dict[str, ProjectState] = {}
     besides: dict[str, Any] = {}
+    tell = progress or (lambda _done, _total: None)
+    tell(0, len(candidates))
+    done = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # Groups of projects come out of phase 1 as they are ready; writing a group's pages
         # overlaps rebuilding the next ones (in worker processes, when they run).
@@ -341,6 +346,9 @@ def reindex(
             besides.update(mine)
             if rendered is not None and mine:
                 rendered(mine)
+            done += len(group)
+            if group:
+                tell(done, len(candidates))
     live = [project for project, state in states.items() if state.files]
     result.files = sum(len(states[p].files) for p in live)
     result.projects = len(live)

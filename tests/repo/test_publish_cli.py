@@ -98,6 +98,26 @@ def test_reindex_command_prints_what_it_did(repo: RepoHandle, make_wheel: MakeDi
     )
 
 
+def test_a_long_reindex_shows_its_progress_and_a_short_one_only_its_summary(
+    repo: RepoHandle, make_wheel: MakeDist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reindex of a large bucket reads for minutes: once it has run a while (PROGRESS_AFTER), it
+    says on stderr how many projects are done, a line a tenth (a bar on a terminal)."""
+    import provisioner.cli.repo as cli_repo
+    import provisioner.repo.reindex as reindexing
+
+    names = [f"proj-{i}" for i in range(5)]
+    run("publish", "--repo", repo.location, *(str(make_wheel(n, "1.0")) for n in names))
+    short = run("reindex", "--repo", repo.location)
+    assert short.exit_code == 0 and short.stderr == ""
+    monkeypatch.setattr(cli_repo, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(reindexing, "WRITE_GROUP", 2)
+    long = run("reindex", "--repo", repo.location, "--verify")
+    assert long.exit_code == 0
+    assert long.stderr.splitlines() == [f"reindex: {n} of 5 projects" for n in (0, 2, 4, 5)]
+    assert long.stdout.startswith("reindexed 5 projects, 5 files")
+
+
 def test_missing_bucket_via_cli(fake_gcs, make_wheel: MakeDist) -> None:
     result = run("publish", "--repo", "gs://pypapo-missing-bucket", str(make_wheel("demo", "1.0")))
     assert result.exit_code == 1
