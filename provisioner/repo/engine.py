@@ -37,6 +37,8 @@ from provisioner.repo.publish import Echo, PublishResult, ensure_listed, human_s
 from provisioner.repo.reindex import ReindexResult
 from provisioner.repo.site.writer import Site
 from provisioner.repo.store import Store, open_store
+from provisioner.repo.store.directory import DirectoryStore
+from provisioner.repo.store.gcs import GCS_THREADS
 from provisioner.repo.writer import IndexWriter, Seen, finish_removals
 
 __all__ = ["PublishResult", "ReindexResult", "Repository", "human_size"]
@@ -232,7 +234,7 @@ class Repository:
         self,
         *,
         verify: bool = False,
-        workers: int = 8,
+        workers: int | None = None,
         site_remote_images: bool | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> ReindexResult:
@@ -255,7 +257,13 @@ class Repository:
         images from https URLs are shown (and allowed by nginx's policy for /ui/).
 
         `progress(done, total)` hears how many of the projects listed have their pages written: once
-        they are listed, then after each group of `reindex.WRITE_GROUP` (a long reindex's progress)."""
+        they are listed, then after each group of `reindex.WRITE_GROUP` (a long reindex's progress).
+        `workers`: the threads that read (default: 8 on a directory, where a read takes microseconds
+        and more threads only contend for the GIL; on GCS, where each read is a round trip, as many
+        as the store keeps requests in flight: across a 50 ms link a reindex of 500 projects that
+        changes nothing took 11.3 s with 8, 7.7 s with 16)."""
+        if workers is None:
+            workers = 8 if isinstance(self.store, DirectoryStore) else GCS_THREADS
         if self.site is None:
             return reindexing.reindex(self.writer, verify=verify, workers=workers, progress=progress).result
         self.store.check()  # an unreachable repository says so before the site's first read
