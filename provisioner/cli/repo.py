@@ -53,6 +53,7 @@ def _reindex_progress() -> Callable[[int, int], None]:
         nonlocal bar, tenths
         if tenths < 0 and (done >= total or time.monotonic() - start < PROGRESS_AFTER):
             return  # nothing shown yet, and nothing worth showing
+        tenth = done * 10 // total
         if sys.stderr.isatty():
             if bar is None:
                 bar = click.progressbar(length=total, label=f"reindexing {total:,} projects", file=sys.stderr)
@@ -60,10 +61,9 @@ def _reindex_progress() -> Callable[[int, int], None]:
             bar.update(done - bar.pos)
             if done >= total:
                 bar.__exit__(None, None, None)
-        if done * 10 // total > tenths:
-            tenths = done * 10 // total
-            if not sys.stderr.isatty():
-                click.echo(f"reindex: {done:,} of {total:,} projects", err=True)
+        elif tenth > tenths:
+            click.echo(f"reindex: {done:,} of {total:,} projects", err=True)
+        tenths = max(tenths, tenth)
 
     return tell
 
