@@ -164,6 +164,19 @@ def test_the_gzipd_pages_are_served_gzipd_to_a_browser_and_plain_to_a_client_wit
     # No listing of ui/, no way to the stored name's own type, nothing for a project that is not there.
     for url in ("/ui/no-such-project/", "/ui/no-such-project/index.html", "/ui/older-99.html"):
         assert index.get(url, headers=browser).status == 404, url
+    # Nor the engine's own objects under ui/: a page by its stored name (served that way it is
+    # untyped, and its 0-byte guard is bypassed), a release-info cache, the remote-images setting.
+    (repo / "ui" / "remote-images").write_bytes(b"on\n")
+    internal = [
+        p
+        for p in (repo / "ui").rglob("*")
+        if p.is_file() and p.name not in ("site.css", "site.js", "favicon.svg")
+    ]
+    caches = [p for p in internal if p.name.endswith(".whl.json")]
+    assert caches and any(p.name.endswith(".gz") for p in internal)
+    for path in internal:
+        url = "/ui/" + path.relative_to(repo / "ui").as_posix()
+        assert index.get(url, headers=browser).status == 404, url
 
 
 def test_a_site_an_older_pypapo_stored_plain_is_served_until_rewritten(serve_repo, tmp_path: Path) -> None:
