@@ -126,3 +126,8 @@ def one_line(message: str) -> str:
     if message.isprintable():
         return message
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+
+
+def counted(n: int, noun: str) -> str:
+    """`n` things as a summary line says it: "1 project", "2,000 projects"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from provisioner.errors import PypapoError, one_line
+from provisioner.errors import PypapoError, counted, one_line
 from provisioner.repo import channels
 from provisioner.repo.conda.channel import Channel
 from provisioner.repo.engine import Repository, human_size
@@ -118,7 +118,11 @@ def publish(location: str, skip_existing: bool, into_mirrored: bool, files: tupl
 def yank(location: str, reason: str | None, name: str, version: str) -> None:
     """Yank every file of NAME VERSION (pip skips it unless pinned exactly)."""
     count = _open(location).set_yanked(name, version, reason, yanked=True)
-    click.echo(f"yanked {count} files of {name} {version}" if count else f"{name} {version} already yanked")
+    click.echo(
+        f"yanked {counted(count, 'file')} of {name} {version}"
+        if count
+        else f"{name} {version} already yanked"
+    )
 
 
 @click.command()
@@ -129,7 +133,11 @@ def yank(location: str, reason: str | None, name: str, version: str) -> None:
 def unyank(location: str, name: str, version: str) -> None:
     """Undo a yank of NAME VERSION."""
     count = _open(location).set_yanked(name, version, None, yanked=False)
-    click.echo(f"unyanked {count} files of {name} {version}" if count else f"{name} {version} is not yanked")
+    click.echo(
+        f"unyanked {counted(count, 'file')} of {name} {version}"
+        if count
+        else f"{name} {version} is not yanked"
+    )
 
 
 @click.command()
@@ -149,13 +157,15 @@ def remove(
         _remove_conda(Channel(repo.store), yes, name, version)
         return
     state = repo.project(name)
-    what = f"{state.name} {version}" if version else f"all {len(state.files)} files of {state.name}"
+    what = (
+        f"{state.name} {version}" if version else f"all {counted(len(state.files), 'file')} of {state.name}"
+    )
     if not yes and not click.confirm(f"remove {what} from {repo.store.location}?", default=False):
         raise PypapoError("nothing removed (pass --yes to skip this question)")
     removed = repo.remove(name, version)
     for filename in removed:
         click.echo(f"removed {one_line(filename)}")
-    click.echo(f"removed {len(removed)} files")
+    click.echo(f"removed {counted(len(removed), 'file')}")
 
 
 def _remove_conda(channel: Channel, yes: bool, name: str, version: str | None) -> None:

@@ -36,7 +36,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from provisioner.errors import PypapoError
+from provisioner.errors import PypapoError, counted
 from provisioner.repo import locks, narrow
 from provisioner.repo.dist import DistError, parse_dist
 from provisioner.repo.engine import Repository, human_size
@@ -91,19 +91,20 @@ class MirrorResult:
     def summary(self) -> str:
         projects = len({p.project for p in self.plan.new})
         if not self.plan.new:
-            text = f"nothing new from {self.plan.source}: {len(self.plan.present)} files already present"
+            present = counted(len(self.plan.present), "file")
+            text = f"nothing new from {self.plan.source}: {present} already present"
         else:
             verb = "would add" if self.dry_run else "added"
             size = human_size(self.plan.new_bytes if self.dry_run else self.downloaded_bytes)
             text = (
-                f"{verb} {len(self.plan.new)} files ({size}) of {projects} projects from"
-                f" {self.plan.source}; {len(self.plan.present)} already present"
+                f"{verb} {counted(len(self.plan.new), 'file')} ({size}) of {counted(projects, 'project')}"
+                f" from {self.plan.source}; {len(self.plan.present):,} already present"
             )
         if self.plan.narrowed_out:
-            text += f"; {self.plan.narrowed_out} left out by --python-version/--platform/--no-sdist"
+            text += f"; {self.plan.narrowed_out:,} left out by --python-version/--platform/--no-sdist"
         if self.yanks_updated:
-            text += f"; yank state of {self.yanks_updated} files updated from upstream"
-        return text + f" ({len(self.plan.pins)} versions, {self.seconds:.1f} s)"
+            text += f"; yank state of {counted(self.yanks_updated, 'file')} updated from upstream"
+        return text + f" ({counted(len(self.plan.pins), 'version')}, {self.seconds:.1f} s)"
 
 
 # --- 1. what to mirror -------------------------------------------------------------------------------------

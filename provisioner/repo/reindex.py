@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from provisioner.errors import counted
 from provisioner.repo import layout
 from provisioner.repo.dist import DistError, summarize
 from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
@@ -57,13 +58,14 @@ class ReindexResult:
 
     def summary(self) -> str:
         return (
-            f"reindexed {self.projects} projects, {self.files} files "
-            f"({self.reused} unchanged by fingerprint, {self.hashed} read and hashed, "
-            f"{self.parsed} of those validated and parsed anew); "
-            f"{self.pages_written} pages and {self.metadata_written} metadata files written"
-            + (f"; ignored {len(self.ignored)} invalid objects" if self.ignored else "")
+            f"reindexed {counted(self.projects, 'project')}, {counted(self.files, 'file')} "
+            f"({self.reused:,} unchanged by fingerprint, {self.hashed:,} read and hashed, "
+            f"{self.parsed:,} of those validated and parsed anew); "
+            f"{counted(self.pages_written, 'page')} and "
+            f"{counted(self.metadata_written, 'metadata file')} written"
+            + (f"; ignored {counted(len(self.ignored), 'invalid object')}" if self.ignored else "")
             + (
-                f"; removed {self.temporaries_removed} temporary files of killed writers"
+                f"; removed {counted(self.temporaries_removed, 'temporary file')} of killed writers"
                 if self.temporaries_removed
                 else ""
             )

@@ -256,7 +256,7 @@ def test_reindex_removes_stale_temporary_files(dir_repo: RepoHandle, make_wheel:
     result = r.reindex()
     assert not stale.exists() and live.exists()
     assert result.temporaries_removed == 1
-    assert result.summary().endswith("; removed 1 temporary files of killed writers")
+    assert result.summary().endswith("; removed 1 temporary file of killed writers")
 
 
 # -- item 8: confusable names -------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_new_versions_and_yanks_follow_the_upstream(own_upstream: LocalIndex, tm
     up.publish([sample.build_wheel(tmp_path / "later", "pub-b", "1.5")])
     mark = own_upstream.log_mark()
     out = ok(mirror(repo, own_upstream.url, "pub-b<2"))
-    assert "added 1 files" in out and "yank state of 1 files updated from upstream" in out
+    assert "added 1 file (" in out and "yank state of 1 file updated from upstream" in out
     assert dist_downloads(own_upstream, mark) == ["/simple/pub-b/pub_b-1.5-py3-none-any.whl"]
     files = {f["filename"]: f["yanked"] for f in state(repo, "pub-b")["files"]}
     assert files == {"pub_b-1.0-py3-none-any.whl": "security", "pub_b-1.5-py3-none-any.whl": False}

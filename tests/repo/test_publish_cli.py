@@ -80,7 +80,7 @@ def test_yank_list_remove_flow(dir_repo: RepoHandle, make_wheel: MakeDist) -> No
     page = ProjectPage.from_html("demo", dir_repo.snapshot()["simple/demo/index.html"])
     assert "demo-1.0-py3-none-any.whl" in [p.filename for p in page.packages]
     confirmed = run("remove", "--repo", loc, "demo", "1.0", input="y\n")
-    assert confirmed.exit_code == 0 and "removed 1 files" in confirmed.stdout
+    assert confirmed.exit_code == 0 and "removed 1 file\n" in confirmed.stdout
     assert run("remove", "--repo", loc, "--yes", "demo").exit_code == 0
     emptied = run("list", "--repo", loc)
     assert emptied.stdout == ""
@@ -94,7 +94,7 @@ def test_reindex_command_prints_what_it_did(repo: RepoHandle, make_wheel: MakeDi
     result = run("reindex", "--repo", repo.location, "--verify")
     assert result.exit_code == 0
     assert result.stdout.startswith(
-        "reindexed 1 projects, 1 files (0 unchanged by fingerprint, 1 read and hashed"
+        "reindexed 1 project, 1 file (0 unchanged by fingerprint, 1 read and hashed"
     )
 
 

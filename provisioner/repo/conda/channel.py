@@ -31,7 +31,7 @@ from typing import Any
 
 import zstandard
 
-from provisioner.errors import ConflictError, InvalidDistribution, PypapoError, quoted
+from provisioner.errors import ConflictError, InvalidDistribution, PypapoError, counted, quoted
 from provisioner.repo.conda import layout
 from provisioner.repo.conda import repodata as rdata
 from provisioner.repo.conda import shards as sh
@@ -103,9 +103,9 @@ class CondaReindexResult:
 
     def summary(self) -> str:
         return (
-            f"conda channel: {self.packages} packages in {self.subdirs} subdirs "
-            f"({self.reused} unchanged by md5, {self.parsed} read and validated)"
-            + (f"; ignored {len(self.ignored)} invalid objects" if self.ignored else "")
+            f"conda channel: {counted(self.packages, 'package')} in {counted(self.subdirs, 'subdir')} "
+            f"({self.reused:,} unchanged by md5, {self.parsed:,} read and validated)"
+            + (f"; ignored {counted(len(self.ignored), 'invalid object')}" if self.ignored else "")
         )
 
 
