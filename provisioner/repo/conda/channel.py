@@ -391,7 +391,7 @@ class Channel:
         raise ConflictError(f"gave up writing {layout.CHANNELDATA} after {MAX_ATTEMPTS} conflicting writes")
 
     # -- reindex ----------------------------------------------------------------------------------
-    def reindex(self, *, verify: bool = False, workers: int = 8) -> CondaReindexResult:
+    def reindex(self, *, verify: bool = False, workers: int | None = None) -> CondaReindexResult:
         """Rebuild every subdir's repodata, zst, shards and channeldata from the stored packages.
 
         Filenames in a subdir's `removed` list stay out. A package whose stored md5 (GCS object
@@ -406,7 +406,7 @@ class Channel:
             elif len(parts) == 3 and parts[2] == layout.REPODATA and parts[1] in layout.SUBDIRS:
                 by_subdir.setdefault(parts[1], {})
         all_names: set[str] = set()
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, workers or self.store.reads_in_flight)) as pool:
             for subdir, objects in sorted(by_subdir.items()):
                 try:
                     old, _gen = self.read_repodata(subdir)

@@ -47,6 +47,7 @@ class PackedStore:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.location = inner.location
+        self.reads_in_flight = inner.reads_in_flight
 
     def read(self, name: str) -> tuple[bytes, int]:
         data, gen = self.inner.read(name)

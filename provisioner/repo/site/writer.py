@@ -559,7 +559,7 @@ class Site:
         raise ConflictError(f"gave up writing {name} after {MAX_ATTEMPTS} conflicting writes; retry")
 
     # -- everything (reindex) -------------------------------------------------------------------
-    def begin_rebuild(self, *, workers: int = 8) -> RebuildStart:
+    def begin_rebuild(self, *, workers: int | None = None) -> RebuildStart:
         """Step 1 of `rebuild`, before any JSON it renders from is read (a reindex calls it before
         its own pass): the generations, and bytes, of what exists, then the setting."""
         infos = {info.name: info for info in self.store.list(f"{layout.UI}/")}
@@ -567,7 +567,7 @@ class Site:
         listing = [n for n in everything if n.count("/") == 2]
         existing = sorted(p for n in listing if n == layout.ui_project(p := n.split("/")[1]))
         cached = {n for n in listing if n.endswith(".json")}
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, workers or self.store.reads_in_flight)) as pool:
             if self.store.content_fingerprint(b"") is not None:  # the listing vouches for the bytes
                 listed = [infos[layout.ui_project(p)] for p in existing]
                 pages = {p: StoredPage(i.generation, listed=i) for p, i in zip(existing, listed, strict=True)}
@@ -601,7 +601,7 @@ class Site:
         return Beside(_render_beside, start.remote_images, stored=frozenset(start.existing))
 
     def rebuild(
-        self, *, workers: int = 8, start: RebuildStart | None = None, done: Reindexed | None = None
+        self, *, workers: int | None = None, start: RebuildStart | None = None, done: Reindexed | None = None
     ) -> int:
         """Every page from every project's current JSON, pages that are gone deleted, unchanged
         pages left alone. Same protocol: every generation is read before the JSON it is rendered
@@ -613,6 +613,7 @@ class Site:
         projects that turned out to have files."""
         written = self.ensure_assets()
         self._infos.clear()  # a rebuild checks every stored release-info cache too
+        workers = workers or self.store.reads_in_flight
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             # 1. Generations (and bytes, to skip unchanged pages) of what exists, before any JSON.
             start = start or self.begin_rebuild(workers=workers)

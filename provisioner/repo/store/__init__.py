@@ -58,6 +58,8 @@ class WriteItem(NamedTuple):
 
 class Store(Protocol):
     location: str
+    # How many reads a pass over many objects (reindex, the site's rebuild) keeps in flight.
+    reads_in_flight: int
 
     def check(self) -> None:
         """Fail with a clear PypapoError if the repository cannot be reached (missing bucket, no auth)."""

@@ -70,6 +70,9 @@ def _each(fn: Callable[[T], object], args: Iterable[T]) -> None:
 class DirectoryStore:
     """Objects as files under a directory (what gcsfuse shows of a bucket)."""
 
+    # A read takes microseconds: more threads than this only contend for the GIL.
+    reads_in_flight = 8
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.root = Path(path)
         self.location = str(path)

@@ -172,6 +172,9 @@ def _credentials_error() -> PypapoError:
 class GCSStore:
     """Objects in a GCS bucket under an optional prefix, via google-cloud-storage."""
 
+    # Each read is a round trip: as many in flight as the client's connection pool keeps.
+    reads_in_flight = GCS_THREADS
+
     def __init__(
         self,
         bucket: str,
