@@ -15,6 +15,7 @@ from provisioner.errors import PypapoError, counted, one_line
 from provisioner.repo import channels
 from provisioner.repo.conda.channel import Channel
 from provisioner.repo.engine import Repository, human_size
+from provisioner.repo.reindex import Progress
 
 repo_option = click.option(
     "--repo",
@@ -40,21 +41,42 @@ def _open(location: str) -> Repository:
 
 # A reindex shorter than this says nothing before its summary; a longer one shows its progress.
 PROGRESS_AFTER = 2.0
+# In a log, a listing still going on says so this often (it has no total to count tenths of).
+LISTING_EVERY = 10.0
 
 
-def _reindex_progress() -> Callable[[int, int], None]:
-    """`Repository.reindex`'s progress on stderr once it has run PROGRESS_AFTER seconds: a bar on a
-    terminal, otherwise (CI logs) a line each tenth of the projects."""
+def _reindex_progress() -> Callable[[Progress], None]:
+    """`Repository.reindex`'s progress on stderr once it has run PROGRESS_AFTER seconds. While it
+    lists: on a terminal a count rewritten in place, in a log (CI) a line every LISTING_EVERY
+    seconds. Then a bar of the projects on a terminal, in a log a line each tenth of them."""
     start = time.monotonic()
     bar: Any = None
     tenths = -1
+    counting = False  # a listing count is on the terminal's last line
+    last_line = 0.0
 
-    def tell(done: int, total: int) -> None:
-        nonlocal bar, tenths
-        if tenths < 0 and (done >= total or time.monotonic() - start < PROGRESS_AFTER):
+    def tell(p: Progress) -> None:
+        nonlocal bar, tenths, counting, last_line
+        now = time.monotonic()
+        tty = sys.stderr.isatty()
+        if p.total is None:
+            if now - start < PROGRESS_AFTER:
+                return
+            if tty:
+                click.echo(f"\rreindex: listing the repository, {p.listed:,} objects", nl=False, err=True)
+                counting = True
+            elif now - last_line >= LISTING_EVERY:
+                click.echo(f"reindex: listing the repository, {p.listed:,} objects so far", err=True)
+                last_line = now
+            return
+        if counting:  # the listing's count ends its line; the bar starts below it
+            click.echo(f"\rreindex: listed {p.listed:,} objects", err=True)
+            counting = False
+        total, done = p.total, p.done
+        if tenths < 0 and (done >= total or now - start < PROGRESS_AFTER):
             return  # nothing shown yet, and nothing worth showing
         tenth = done * 10 // total
-        if sys.stderr.isatty():
+        if tty:
             if bar is None:
                 bar = click.progressbar(length=total, label=f"reindexing {total:,} projects", file=sys.stderr)
                 bar.__enter__()

@@ -42,6 +42,17 @@ REBUILD_CHUNK = 16
 BESIDE_WORK = 10
 # Reindex writes pages for this many projects at a time, while the next ones are being rebuilt.
 WRITE_GROUP = 400
+# While listing, reindex tells its progress every this many objects (a page of a GCS listing).
+LIST_TELL = 1000
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a reindex is: the objects listed so far; once listed, the projects done of those."""
+
+    listed: int
+    done: int = 0
+    total: int | None = None  # None: still listing
 
 
 @dataclass
@@ -292,16 +303,20 @@ def reindex(
     workers: int,
     beside: Beside | None = None,
     rendered: Callable[[dict[str, Any]], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Reindexed:
     """See Repository.reindex. `rendered` hears what `beside` rendered of each group of projects
     once their pages are written (and their final states known), while the pass goes on;
-    `progress(done, total)` how many of the projects listed are done, once listed and after each group."""
+    `progress` where the pass is: every LIST_TELL objects listed, then once listed and after each group."""
     store = writer.store
     store.check()
     result = ReindexResult(temporaries_removed=store.remove_stale_temporaries())
+    tell = progress or (lambda _progress: None)
     by_project: dict[str, dict[str, ObjectInfo]] = {}
-    for info in store.list(layout.SIMPLE + "/"):
+    listed_objects = 0
+    for listed_objects, info in enumerate(store.list(layout.SIMPLE + "/"), 1):
+        if listed_objects % LIST_TELL == 0:
+            tell(Progress(listed_objects))  # a large bucket's listing alone takes minutes
         parts = info.name.split("/")
         if len(parts) != 3:
             continue
@@ -320,8 +335,7 @@ def reindex(
 
     states: dict[str, ProjectState] = {}
     besides: dict[str, Any] = {}
-    tell = progress or (lambda _done, _total: None)
-    tell(0, len(candidates))
+    tell(Progress(listed_objects, 0, len(candidates)))
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # Groups of projects come out of phase 1 as they are ready; writing a group's pages
@@ -350,7 +364,7 @@ def reindex(
                 rendered(mine)
             done += len(group)
             if group:
-                tell(done, len(candidates))
+                tell(Progress(listed_objects, done, len(candidates)))
     live = [project for project, state in states.items() if state.files]
     result.files = sum(len(states[p].files) for p in live)
     result.projects = len(live)

@@ -101,8 +101,9 @@ def test_reindex_command_prints_what_it_did(repo: RepoHandle, make_wheel: MakeDi
 def test_a_long_reindex_shows_its_progress_and_a_short_one_only_its_summary(
     repo: RepoHandle, make_wheel: MakeDist, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reindex of a large bucket reads for minutes: once it has run a while (PROGRESS_AFTER), it
-    says on stderr how many projects are done, a line a tenth (a bar on a terminal)."""
+    """A reindex of a large bucket lists and reads for minutes: once it has run a while
+    (PROGRESS_AFTER), it says on stderr how many objects it has listed (in a log, a line every
+    LISTING_EVERY seconds), then how many projects are done, a line a tenth (a bar on a terminal)."""
     import provisioner.cli.repo as cli_repo
     import provisioner.repo.reindex as reindexing
 
@@ -111,11 +112,61 @@ def test_a_long_reindex_shows_its_progress_and_a_short_one_only_its_summary(
     short = run("reindex", "--repo", repo.location)
     assert short.exit_code == 0 and short.stderr == ""
     monkeypatch.setattr(cli_repo, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(cli_repo, "LISTING_EVERY", 0.0)
     monkeypatch.setattr(reindexing, "WRITE_GROUP", 2)
+    monkeypatch.setattr(reindexing, "LIST_TELL", 3)
+    objects = sum(1 for name in repo.snapshot() if name.startswith("simple/"))
+    assert objects >= 20  # per project a wheel, its metadata, two pages; the root's pages
     long = run("reindex", "--repo", repo.location, "--verify")
     assert long.exit_code == 0
-    assert long.stderr.splitlines() == [f"reindex: {n} of 5 projects" for n in (0, 2, 4, 5)]
+    listing = [f"reindex: listing the repository, {n} objects so far" for n in range(3, objects + 1, 3)]
+    assert long.stderr.splitlines() == listing + [f"reindex: {n} of 5 projects" for n in (0, 2, 4, 5)]
     assert long.stdout.startswith("reindexed 5 projects, 5 files")
+
+
+_ON_A_TERMINAL = """
+import sys
+import provisioner.cli.repo as cli_repo
+import provisioner.repo.reindex as reindexing
+from provisioner.cli import main
+cli_repo.PROGRESS_AFTER, reindexing.LIST_TELL, reindexing.WRITE_GROUP = 0.0, 3, 2
+main(["reindex", "--repo", sys.argv[1], "--verify"])
+"""
+
+
+def test_a_long_reindex_on_a_terminal_counts_its_listing_in_place_then_shows_a_bar(
+    dir_repo: RepoHandle, make_wheel: MakeDist
+) -> None:
+    """On a terminal the listing's count is one line rewritten in place (no scroll of lines), which
+    ends with the total listed; the projects' bar comes below it."""
+    import os
+    import pty
+
+    names = [f"proj-{i}" for i in range(5)]
+    run("publish", "--repo", dir_repo.location, *(str(make_wheel(n, "1.0")) for n in names))
+    objects = sum(1 for name in dir_repo.snapshot() if name.startswith("simple/"))
+    leader, follower = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-c", _ON_A_TERMINAL, dir_repo.location],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, timeout=120,
+    )  # fmt: skip
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0 and proc.stdout.startswith(b"reindexed 5 projects")
+    text = shown.decode()
+    counts = [f"\rreindex: listing the repository, {n} objects" for n in range(3, objects + 1, 3)]
+    listing, _, rest = text.partition(f"\rreindex: listed {objects} objects\r\n")
+    assert listing == "".join(counts), text  # one line, rewritten: no newline until it ends
+    assert "reindexing 5 projects" in rest and "100%" in rest, text
 
 
 def test_missing_bucket_via_cli(fake_gcs, make_wheel: MakeDist) -> None:
