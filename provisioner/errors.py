@@ -1,5 +1,6 @@
 """Typed failures a user can act on. Plain exceptions: only `provisioner.cli` turns them into an
-`error: ...` line and an exit code, so the engine and the pure modules never depend on click."""
+`error: ...` line and an exit code, so the engine and the pure modules never depend on click.
+And how a message (or a page) shows a value: input quoted, a count, a size."""
 
 from __future__ import annotations
 
@@ -131,3 +132,13 @@ def one_line(message: str) -> str:
 def counted(n: int, noun: str) -> str:
     """`n` things as a summary line says it: "1 project", "2,000 projects"."""
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def human_size(n: int) -> str:
+    """A size in bytes as a person reads it: "893 B", "1.2 kB", "14.0 MB" (SI units, as pip shows them)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"

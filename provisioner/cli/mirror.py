@@ -15,7 +15,7 @@ from provisioner.errors import PypapoError
 
 def _progress(total: int) -> Callable[[int], None]:
     """A byte progress bar on stderr when it is a terminal; one line otherwise (CI logs)."""
-    from provisioner.repo.engine import human_size
+    from provisioner.errors import human_size
 
     if not sys.stderr.isatty():
         click.echo(f"downloading {human_size(total)}", err=True)

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from provisioner.errors import PypapoError, counted, one_line
+from provisioner.errors import PypapoError, counted, human_size, one_line
 from provisioner.repo import channels
 from provisioner.repo.conda.channel import Channel
-from provisioner.repo.engine import Repository, human_size
+from provisioner.repo.engine import Repository
 from provisioner.repo.reindex import Progress
 
 repo_option = click.option(

@@ -33,13 +33,13 @@ from provisioner.repo import reindex as reindexing
 from provisioner.repo.dist import DistFile
 from provisioner.repo.model import FileEntry, ProjectState, RootState, Yanked
 from provisioner.repo.outputs import DEFAULT, Outputs
-from provisioner.repo.publish import Echo, PublishResult, ensure_listed, human_size, load_files, publish_dists
+from provisioner.repo.publish import Echo, PublishResult, ensure_listed, load_files, publish_dists
 from provisioner.repo.reindex import Progress, ReindexResult
 from provisioner.repo.site.writer import Site
 from provisioner.repo.store import Store, open_store
 from provisioner.repo.writer import IndexWriter, Seen, finish_removals
 
-__all__ = ["PublishResult", "ReindexResult", "Repository", "human_size"]
+__all__ = ["PublishResult", "ReindexResult", "Repository"]
 
 
 def _quiet(_msg: str) -> None:

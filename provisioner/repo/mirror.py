@@ -36,10 +36,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from provisioner.errors import PypapoError, counted
+from provisioner.errors import PypapoError, counted, human_size
 from provisioner.repo import locks, narrow
 from provisioner.repo.dist import DistError, parse_dist
-from provisioner.repo.engine import Repository, human_size
+from provisioner.repo.engine import Repository
 from provisioner.repo.importing import MirroredFile
 from provisioner.repo.model import Yanked
 from provisioner.repo.store import open_store

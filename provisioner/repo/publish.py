@@ -10,22 +10,13 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from provisioner.errors import ConflictError, InvalidDistribution, quoted
+from provisioner.errors import ConflictError, InvalidDistribution, human_size, quoted
 from provisioner.repo import layout
 from provisioner.repo.dist import DistError, DistFile, file_identity, parse_dist
 from provisioner.repo.model import FileEntry, ProjectState, RootState, upload_time
 from provisioner.repo.writer import IndexWriter, Seen
 
 Echo = Callable[[str], None]
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 @dataclass

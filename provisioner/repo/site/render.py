@@ -30,6 +30,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from provisioner.errors import human_size
 from provisioner.repo import clientconfig
 from provisioner.repo.model import FileEntry, ProjectState
 from provisioner.repo.site import readme
@@ -347,15 +348,6 @@ def _time(ts: str) -> str:
     return f'<time datetime="{_e(ts)}" title="{_e(shown)}">{_e(day)}</time>'
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
 def _tags(filename: str) -> str:
     """Python, ABI and platform tags of a wheel ('source' for an sdist)."""
     try:
@@ -479,7 +471,7 @@ def render_project(
             link = f'<a href="{files_url}{_e(quote(f.filename))}#sha256={_e(sha)}">{_e(f.filename)}</a>'
             parts.append(
                 f"<tr><td>{link}{mark}</td>"
-                f"<td>{_e(_tags(f.filename))}</td><td>{_size(f.size)}</td>"
+                f"<td>{_e(_tags(f.filename))}</td><td>{human_size(f.size)}</td>"
                 f'<td>{_time(f.upload_time)}</td><td><code class="pp-sha">{_e(sha)}</code></td></tr>\n'
             )
         parts.append("</tbody></table></div>\n</details>\n")
