@@ -45,10 +45,11 @@ PROGRESS_AFTER = 2.0
 LISTING_EVERY = 10.0
 
 
-def _reindex_progress() -> Callable[[Progress], None]:
-    """`Repository.reindex`'s progress on stderr once it has run PROGRESS_AFTER seconds. While it
-    lists: on a terminal a count rewritten in place, in a log (CI) a line every LISTING_EVERY
-    seconds. Then a bar of the projects on a terminal, in a log a line each tenth of them."""
+def _reindex_progress(what: str = "reindex", units: str = "projects") -> Callable[[Progress], None]:
+    """A reindex's progress (`what`: the index's, the conda channel's) on stderr once it has run
+    PROGRESS_AFTER seconds. While it lists: on a terminal a count rewritten in place, in a log (CI)
+    a line every LISTING_EVERY seconds. Then a bar of the `units` done on a terminal, in a log a
+    line each tenth of them."""
     start = time.monotonic()
     bar: Any = None
     tenths = -1
@@ -63,14 +64,14 @@ def _reindex_progress() -> Callable[[Progress], None]:
             if now - start < PROGRESS_AFTER:
                 return
             if tty:
-                click.echo(f"\rreindex: listing the repository, {p.listed:,} objects", nl=False, err=True)
+                click.echo(f"\r{what}: listing the repository, {p.listed:,} objects", nl=False, err=True)
                 counting = True
             elif now - last_line >= LISTING_EVERY:
-                click.echo(f"reindex: listing the repository, {p.listed:,} objects so far", err=True)
+                click.echo(f"{what}: listing the repository, {p.listed:,} objects so far", err=True)
                 last_line = now
             return
         if counting:  # the listing's count ends its line; the bar starts below it
-            click.echo(f"\rreindex: listed {p.listed:,} objects", err=True)
+            click.echo(f"\r{what}: listed {p.listed:,} objects", err=True)
             counting = False
         total, done = p.total, p.done
         if tenths < 0 and (done >= total or now - start < PROGRESS_AFTER):
@@ -78,13 +79,13 @@ def _reindex_progress() -> Callable[[Progress], None]:
         tenth = done * 10 // total
         if tty:
             if bar is None:
-                bar = click.progressbar(length=total, label=f"reindexing {total:,} projects", file=sys.stderr)
+                bar = click.progressbar(length=total, label=f"{what}: {total:,} {units}", file=sys.stderr)
                 bar.__enter__()
             bar.update(done - bar.pos)
             if done >= total:
                 bar.__exit__(None, None, None)
         elif tenth > tenths:
-            click.echo(f"reindex: {done:,} of {total:,} projects", err=True)
+            click.echo(f"{what}: {done:,} of {total:,} {units}", err=True)
         tenths = max(tenths, tenth)
 
     return tell
@@ -264,7 +265,9 @@ def reindex(location: str, verify: bool, site_remote_images: bool | None) -> Non
     and the conda channel's repodata, shards and channeldata from its packages, keeping `removed`."""
     repo = _open(location)
     result = repo.reindex(verify=verify, site_remote_images=site_remote_images, progress=_reindex_progress())
-    conda = Channel(repo.store).reindex(verify=verify)
+    conda = Channel(repo.store).reindex(
+        verify=verify, progress=_reindex_progress("conda reindex", "packages")
+    )
     for line in result.ignored + conda.ignored:
         click.echo(f"warning: ignored {one_line(line)}", err=True)
     click.echo(result.summary())

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import zstandard
 from click.testing import CliRunner
 
@@ -179,6 +180,22 @@ def test_reindex_ignores_an_invalid_object_with_a_warning(dir_repo: RepoHandle, 
     assert result.exit_code == 0
     assert "warning: ignored conda/noarch/junk-1.0-0.conda: not a valid .conda" in result.stderr
     assert set(assert_consistent(dir_repo.snapshot(), "noarch").conda) == {"a-1.0-0.conda"}
+
+
+def test_a_long_conda_reindex_shows_its_progress(
+    repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel's reindex (`--verify` reads every package again) says how far it is, as the
+    index's does: the packages done of those listed, a line a tenth in a log."""
+    import provisioner.cli.repo as cli_repo
+
+    publish(repo, *(cs.build_package(tmp_path, f"p{i}", "1.0") for i in range(4)))
+    monkeypatch.setattr(cli_repo, "PROGRESS_AFTER", 0.0)
+    result = run("reindex", "--repo", repo.location, "--verify")
+    assert result.exit_code == 0, result.output
+    conda = [line for line in result.stderr.splitlines() if line.startswith("conda reindex:")]
+    assert conda == [f"conda reindex: {n} of 4 packages" for n in range(5)]
+    assert "conda channel: 4 packages in 1 subdir" in result.stdout
 
 
 def test_list_and_a_name_in_both_channels(repo: RepoHandle, tmp_path: Path) -> None:

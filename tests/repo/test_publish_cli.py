@@ -166,7 +166,7 @@ def test_a_long_reindex_on_a_terminal_counts_its_listing_in_place_then_shows_a_b
     counts = [f"\rreindex: listing the repository, {n} objects" for n in range(3, objects + 1, 3)]
     listing, _, rest = text.partition(f"\rreindex: listed {objects} objects\r\n")
     assert listing == "".join(counts), text  # one line, rewritten: no newline until it ends
-    assert "reindexing 5 projects" in rest and "100%" in rest, text
+    assert "reindex: 5 projects" in rest and "100%" in rest, text
 
 
 def test_missing_bucket_via_cli(fake_gcs, make_wheel: MakeDist) -> None:

@@ -32,12 +32,14 @@ from typing import Any
 import zstandard
 
 from provisioner.errors import ConflictError, InvalidDistribution, PypapoError, counted, quoted
+from provisioner.repo import reindex as reindexing
 from provisioner.repo.conda import layout
 from provisioner.repo.conda import repodata as rdata
 from provisioner.repo.conda import shards as sh
 from provisioner.repo.conda.package import CondaPackage, PackageError, parse_package
 from provisioner.repo.conda.repodata import Repodata
 from provisioner.repo.publish import read_offered
+from provisioner.repo.reindex import Progress
 from provisioner.repo.store import ObjectInfo, PreconditionFailed, Store, WriteItem, holds
 from provisioner.repo.writer import MAX_ATTEMPTS, IndexWriter, backoff
 
@@ -391,36 +393,50 @@ class Channel:
         raise ConflictError(f"gave up writing {layout.CHANNELDATA} after {MAX_ATTEMPTS} conflicting writes")
 
     # -- reindex ----------------------------------------------------------------------------------
-    def reindex(self, *, verify: bool = False, workers: int | None = None) -> CondaReindexResult:
+    def reindex(
+        self,
+        *,
+        verify: bool = False,
+        workers: int | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> CondaReindexResult:
         """Rebuild every subdir's repodata, zst, shards and channeldata from the stored packages.
 
         Filenames in a subdir's `removed` list stay out. A package whose stored md5 (GCS object
         metadata) and size match its record keeps the record; every other package is read and
-        validated again (`verify`: all of them)."""
+        validated again (`verify`: all of them). `progress` hears where it is, as the index's
+        reindex tells it: the objects listed, then the packages done of those listed."""
         result = CondaReindexResult()
+        tell = progress or (lambda _progress: None)
         by_subdir: dict[str, dict[str, ObjectInfo]] = {}
-        for info in self.store.list(f"{layout.CONDA}/"):
+        listed = 0
+        for listed, info in enumerate(self.store.list(f"{layout.CONDA}/"), 1):
+            if listed % reindexing.LIST_TELL == 0:
+                tell(Progress(listed))
             parts = info.name.split("/")
             if len(parts) == 3 and parts[1] in layout.SUBDIRS and layout.is_package_filename(parts[2]):
                 by_subdir.setdefault(parts[1], {})[parts[2]] = info
             elif len(parts) == 3 and parts[2] == layout.REPODATA and parts[1] in layout.SUBDIRS:
                 by_subdir.setdefault(parts[1], {})
         all_names: set[str] = set()
+        total, done = sum(len(objects) for objects in by_subdir.values()), 0
+        tell(Progress(listed, 0, total))
         with ThreadPoolExecutor(max_workers=max(1, workers or self.store.reads_in_flight)) as pool:
             for subdir, objects in sorted(by_subdir.items()):
                 try:
                     old, _gen = self.read_repodata(subdir)
                 except PypapoError:
                     old = Repodata(subdir)  # corrupt: rebuilt from the packages
-                rebuilt = dict(
-                    r
-                    for r in pool.map(
-                        functools.partial(self._rebuild_one, subdir, old, verify=verify, result=result),
-                        list(objects),
-                        list(objects.values()),
-                    )
-                    if r
-                )
+                rebuilt: dict[str, rdata.Record] = {}
+                for r in pool.map(
+                    functools.partial(self._rebuild_one, subdir, old, verify=verify, result=result),
+                    list(objects),
+                    list(objects.values()),
+                ):
+                    if r:
+                        rebuilt[r[0]] = r[1]
+                    done += 1
+                    tell(Progress(listed, done, total))  # a --verify reads every package: minutes
 
                 def merge(rd: Repodata, rebuilt: dict[str, rdata.Record] = rebuilt, objects=objects) -> bool:
                     before = rdata.dumps(rd)
