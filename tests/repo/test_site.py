@@ -190,6 +190,31 @@ def _consistent(site: dict[str, bytes]) -> dict[str, ListEntry]:
     return entries
 
 
+def test_a_readme_of_megabytes_is_shown_as_the_beginning_of_its_text_not_rendered(
+    dir_repo: RepoHandle, tmp_path: Path
+) -> None:
+    """Metadata may hold 4 MB of README. Rendered, 4 MB of Python in a code block took 17 s of the
+    publish and made a 39 MB page (a span per token); past `readme.README_MAX` characters the page
+    shows the beginning as plain text and says why, and stays a page a tunnel carries."""
+    code = "".join(
+        f"def f{i}(x):\n    return [x * n for n in range({i})]  # <script>\n" for i in range(60_000)
+    )
+    text = f"# Big\n\n```python\n{code}```\n\nTHE-END-MARKER\n"
+    assert 3_000_000 < len(text.encode()) < 4 * 1024 * 1024  # within what metadata may hold
+    big = _wheel(tmp_path, "big", "1.0", description=text, description_content_type="text/markdown")
+    Repository.open(dir_repo.location).publish([big])
+    page = _site(dir_repo)["ui/big/index.html"].decode()
+    assert f"This README is {len(text):,} characters long" in page
+    assert "def f0(x):" in page and "THE-END-MARKER" not in page
+    assert len(page) < 2 * readme.README_MAX  # the text escaped, and the page around it
+    assert inert_problems(page.split('<article class="pp-readme">', 1)[1].split("</article>", 1)[0]) == []
+    # Just under the limit, a README is rendered as usual.
+    small = f"# Small\n\n{'word ' * ((readme.README_MAX - 20) // 5)}"
+    assert "<h1" in readme.render(small, "text/markdown") and "characters long" not in readme.render(
+        small, None
+    )
+
+
 def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_path: Path) -> None:
     r = Repository.open(repo.location)
     core = _wheel(tmp_path, "acme-core", "1.0", summary="The core", description="Core\n====\n")

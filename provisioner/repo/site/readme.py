@@ -223,10 +223,26 @@ def _markdown() -> Callable[..., str | None]:
     return _markdown_steps if same else md.render
 
 
+# A README longer than this (characters) is not rendered: its beginning is shown as plain text,
+# with a note. Metadata may hold 4 MB: highlighting 4 MB of Python took 17 s of a publish (and of
+# every reindex that renders it) and made a 39 MB page; the longest real READMEs (a changelog
+# included) are a few hundred kB at most.
+README_MAX = 256_000
+# What `render` gives for the same input changed (the release-info caches are keyed by it).
+VERSION = 2
+
+
 def render(description: str | None, content_type: str | None, *, remote_images: bool = False) -> str:
     """Safe HTML for a README; '' when there is none."""
     if not description or not description.strip():
         return ""
+    if len(description) > README_MAX:
+        note = (
+            f"<p><strong>This README is {len(description):,} characters long, more than the "
+            f"{README_MAX:,} this site renders: its beginning is shown as plain text.</strong> "
+            "The whole text is in the release's metadata file (its core metadata, as pip reads it).</p>"
+        )
+        return sanitize(f"{note}<pre>{readme_renderer.txt.render(description[:README_MAX])}</pre>")
     kind, variant_param = _content_type(content_type)
     renderer = _RENDERERS.get(kind, readme_renderer.txt)
     variant = {"variant": variant_param} if kind == "text/markdown" and variant_param is not None else {}

@@ -91,7 +91,7 @@ def _version(dist: str) -> str:
 # What a cached ReleaseInfo was rendered with: a different renderer or sanitizer renders anew.
 # readme_renderer's Markdown backend is cmarkgfm up to 45 and comrak from 46: whichever is installed.
 RENDERER = "|".join(
-    [f"pypapo-site-{AGGREGATE_VERSION}"]
+    [f"pypapo-site-{AGGREGATE_VERSION}", f"readme-{readme.VERSION}"]
     + [f"{d}-{_version(d)}" for d in ("readme_renderer", "nh3", "cmarkgfm", "comrak", "docutils", "pygments")]
 )
 
