@@ -215,6 +215,32 @@ def test_a_readme_of_megabytes_is_shown_as_the_beginning_of_its_text_not_rendere
     )
 
 
+def test_a_summary_or_keywords_of_megabytes_do_not_weigh_on_every_visitor(
+    dir_repo: RepoHandle, tmp_path: Path
+) -> None:
+    """The list and the search shards are what every visitor loads: a release's summary (PyPI
+    refuses one over 512 characters) and keywords are kept to `render.SUMMARY_MAX` and
+    `render.KEYWORDS_MAX` there and on its page; the other projects' rows are as they were."""
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "plain", "1.0", summary="A plain project")])
+    before = _site(dir_repo)
+    huge = _wheel(
+        tmp_path, "huge", "1.0", summary="S" * 1_000_000, headers=["Keywords: " + ",".join(["kw"] * 200_000)]
+    )
+    r.publish([huge])
+    site = _site(dir_repo)
+    for name in ("ui/index.html", layout.ui_shard(paging.shard_of("huge")).removesuffix(layout.PACKED)):
+        assert len(site[name]) < len(before.get(name, b"")) + 3 * (
+            render.SUMMARY_MAX + render.KEYWORDS_MAX
+        ), name
+    entries = _consistent(site)
+    assert entries["huge"].summary == "S" * (render.SUMMARY_MAX - 1) + "\u2026"
+    assert 0 < len(", ".join(entries["huge"].keywords)) <= render.KEYWORDS_MAX
+    assert entries["plain"].summary == "A plain project"
+    page = site["ui/huge/index.html"].decode()
+    assert "S" * (render.SUMMARY_MAX - 1) + "\u2026" in page and "S" * render.SUMMARY_MAX not in page
+
+
 def test_the_site_follows_publish_yank_unyank_and_remove(repo: RepoHandle, tmp_path: Path) -> None:
     r = Repository.open(repo.location)
     core = _wheel(tmp_path, "acme-core", "1.0", summary="The core", description="Core\n====\n")

@@ -228,8 +228,6 @@ def _markdown() -> Callable[..., str | None]:
 # every reindex that renders it) and made a 39 MB page; the longest real READMEs (a changelog
 # included) are a few hundred kB at most.
 README_MAX = 256_000
-# What `render` gives for the same input changed (the release-info caches are keyed by it).
-VERSION = 2
 
 
 def render(description: str | None, content_type: str | None, *, remote_images: bool = False) -> str:

@@ -42,6 +42,12 @@ SNIPPET_TOOLS = ("pip", "uv", "poetry", "pdm")
 AGGREGATE_VERSION = 1
 # A license field longer than this is the license text itself: the page links the metadata instead.
 LICENSE_MAX = 80
+# What the list and the search index (loaded by every visitor) keep of a release's summary and its
+# keywords: PyPI refuses a summary over 512 characters; one of megabytes would weigh on every page.
+SUMMARY_MAX = 512
+KEYWORDS_MAX = 512
+# What release_info (the README included) gives for the same metadata changed: cached ones are stale.
+INFO_VERSION = 2
 
 
 def content_security_policy(*, remote_images: bool = False) -> str:
@@ -91,7 +97,7 @@ def _version(dist: str) -> str:
 # What a cached ReleaseInfo was rendered with: a different renderer or sanitizer renders anew.
 # readme_renderer's Markdown backend is cmarkgfm up to 45 and comrak from 46: whichever is installed.
 RENDERER = "|".join(
-    [f"pypapo-site-{AGGREGATE_VERSION}", f"readme-{readme.VERSION}"]
+    [f"pypapo-site-{AGGREGATE_VERSION}", f"info-{INFO_VERSION}"]
     + [f"{d}-{_version(d)}" for d in ("readme_renderer", "nh3", "cmarkgfm", "comrak", "docutils", "pygments")]
 )
 
@@ -137,6 +143,26 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
 
 
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def _keywords(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keywords, as many whole ones as KEYWORDS_MAX characters hold (one alone: cut to fit)."""
+    kept: list[str] = []
+    room = KEYWORDS_MAX
+    for k in (k.strip() for k in raw.get("keywords", [])):
+        if not k:
+            continue
+        if len(k) > room:
+            if not kept:
+                kept.append(_bounded(k, KEYWORDS_MAX))
+            break
+        kept.append(k)
+        room -= len(k) + 2  # ", " between them on the page
+    return tuple(kept)
+
+
 def _license(raw: Mapping[str, Any]) -> str:
     if raw.get("license_expression"):
         return str(raw["license_expression"])
@@ -169,7 +195,7 @@ def release_info(metadata: bytes | None, *, remote_images: bool = False) -> Rele
         return ReleaseInfo()
     raw, _unparsed = parse_email(metadata)
     return ReleaseInfo(
-        summary=_first_line(raw.get("summary")),
+        summary=_bounded(_first_line(raw.get("summary")), SUMMARY_MAX),
         readme_html=readme.render(
             raw.get("description"), raw.get("description_content_type"), remote_images=remote_images
         ),
@@ -177,7 +203,7 @@ def release_info(metadata: bytes | None, *, remote_images: bool = False) -> Rele
         license=_license(raw),
         project_urls=_urls(raw),
         requires_dist=tuple(raw.get("requires_dist", [])),
-        keywords=tuple(k.strip() for k in raw.get("keywords", []) if k.strip()),
+        keywords=_keywords(raw),
         author=_first_line(raw.get("author") or raw.get("author_email") or raw.get("maintainer")),
     )
 
