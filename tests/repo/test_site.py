@@ -113,6 +113,51 @@ def test_a_hostile_readme_renders_inert(text: str, kind: str) -> None:
     assert inert_problems('<a href="javascript:x" onclick="y">') != []  # the check itself can fail
 
 
+# READMEs whose rendering costs time quadratic in their size (measured at 250 kB, the most a
+# README is rendered at: minutes, 9 s, 5 s, 3.5 s), or fails: each is shown as plain text, with why.
+INTRICATE = {
+    "blockquotes on one line": (">" * 100 + " deep", "text/markdown", "nests more than 32 levels"),
+    "raw HTML nested": ("<div>" * 100 + "deep", "text/markdown", "nests more than 32 levels"),
+    "inline HTML nested": ("a <b>" * 100, "text/markdown", "nests more than 32 levels"),
+    "lines of raw HTML": ("<p>\n" * 2500, "text/markdown", "has more than 2,000 lines of HTML in a row"),
+    "a table of columns": (
+        "|" + "a|" * 1500 + "\n|" + "-|" * 1500 + "\n",
+        "text/markdown",
+        "has a table row of more than 1,000 cells",
+    ),
+    # docutils recurses once per level: RecursionError, and PyPI shows a README that fails as text.
+    "reStructuredText indented": ("".join("  " * i + "- a\n\n" for i in range(250)), "text/x-rst", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INTRICATE))
+def test_a_readme_whose_rendering_would_take_minutes_or_fail_is_shown_as_text(case: str) -> None:
+    text, kind, why = INTRICATE[case]
+    out = readme.render(text, kind)
+    assert out.count("<pre") == 1 and "</pre>" in out and inert_problems(out) == []
+    if why:
+        assert f"This README {why}" in out.split("<pre", 1)[0], out[:300]
+    # Within the bounds the same constructs render as usual (no real README is refused).
+    assert readme.render(">" * 30 + " fine", "text/markdown").count("<blockquote>") == 30
+    assert readme.render("<div>" * 30 + "fine", "text/markdown").count("<div") == 30
+    assert "<pre" not in readme.render("Run `prog <command>` " * 100, "text/markdown")
+
+
+def test_a_readme_that_does_not_render_fails_neither_the_publish_nor_the_reindex(
+    dir_repo: RepoHandle, tmp_path: Path
+) -> None:
+    """reStructuredText nested 250 levels made docutils raise RecursionError: the publish failed
+    with a traceback after the index was written (a project the site did not show), and so did
+    every reindex of the repository after it."""
+    text, kind, _why = INTRICATE["reStructuredText indented"]
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "deep", "1.0", description=text, description_content_type=kind)])
+    page = _site(dir_repo)["ui/deep/index.html"].decode()
+    assert "<pre" in page and "- a" in page
+    assert r.reindex().projects == 1
+    assert "deep" in _consistent(_site(dir_repo))
+
+
 def _wheel(dest: Path, name: str, version: str, **meta: object) -> Path:
     text = sample.core_metadata(name, version, **meta)  # type: ignore[arg-type]
     path = dest / sample.wheel_filename(name, version)

@@ -167,6 +167,68 @@ def _highlight_block(match: re.Match[str]) -> str:
     return f'<pre lang="{lang}">{pygments.highlight(code, _lexer(lang), _formatter())}</pre>'
 
 
+# A README longer than this (characters) is not rendered: its beginning is shown as plain text,
+# with a note. Metadata may hold 4 MB: highlighting 4 MB of Python took 17 s of a publish (and of
+# every reindex that renders it) and made a 39 MB page; the longest real READMEs (a changelog
+# included) are a few hundred kB at most.
+README_MAX = 256_000
+# Nor a Markdown one nested deeper than this (blockquotes and lists opened on one line; elements
+# inside each other, raw HTML included): the renderer's blockquotes and html5ever's (nh3's) scope checks
+# take time quadratic in the depth (64,000 `>` took 16 s, 40,000 nested <div> 9 s). A real README
+# nests a handful of levels. (reStructuredText nests by indentation, and docutils stops at
+# Python's recursion limit, ~200 levels: that README does not render, and is shown as plain text.)
+README_DEPTH = 32
+# Nor one with a table row of more cells than this, or more lines of raw HTML in a row: the
+# renderer's (comrak's) tables take time quadratic in their columns (60,000 took 3.5 s), and its
+# HTML blocks in their tag lines (62,500 lines of `<p>` took 5.3 s). Real ones have tens.
+README_COLUMNS = 1000
+README_HTML_LINES = 2000
+_CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^<>]*?(/?)>")
+# Elements that never hold others, or that the next of their kind closes (they do not nest deeper).
+_FLAT = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track"}
+    | {"wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option"}
+)
+_TOO_DEEP = f"This README nests more than {README_DEPTH} levels deep"
+
+
+class _Intricate(Exception):
+    """A README not rendered, and why (the note above its plain text)."""
+
+
+def _check_markdown(text: str) -> None:
+    """Refuse (`_Intricate`) Markdown that opens more than README_DEPTH containers on one line, has
+    a table row of more than README_COLUMNS cells or more than README_HTML_LINES lines of raw HTML
+    in a row, before the renderer reads it. Linear."""
+    html_lines = 0
+    for line in text.splitlines():
+        if line.count("|") > README_COLUMNS:
+            raise _Intricate(f"This README has a table row of more than {README_COLUMNS:,} cells")
+        html_lines = (
+            html_lines + 1 if line.lstrip(" ").startswith("<") else 0 if not line.strip() else html_lines
+        )
+        if html_lines > README_HTML_LINES:
+            raise _Intricate(f"This README has more than {README_HTML_LINES:,} lines of HTML in a row")
+        depth, at = 0, 0
+        while (m := _CONTAINER.match(line, at)) and m.end() > at:
+            depth, at = depth + 1, m.end()
+            if depth > README_DEPTH:
+                raise _Intricate(_TOO_DEEP)
+
+
+def _check_html(html: str) -> None:
+    """Refuse (`_Intricate`) HTML whose elements nest deeper than README_DEPTH, before html5ever
+    (nh3) parses it. Linear: the tags as they come (code is escaped by then: `&lt;name&gt;`)."""
+    depth = 0
+    for m in _HTML_TAG.finditer(html):
+        if m.group(3) or m.group(2).lower() in _FLAT:
+            continue
+        depth = max(0, depth - 1) if m.group(1) else depth + 1
+        if depth > README_DEPTH:
+            raise _Intricate(_TOO_DEEP)
+
+
 def _markdown_steps(raw: str, variant: str = "GFM") -> str | None:
     """`readme_renderer.markdown.render(raw, variant)` done with its own steps."""
     md = readme_renderer.markdown
@@ -176,6 +238,7 @@ def _markdown_steps(raw: str, variant: str = "GFM") -> str | None:
     rendered = renderer(raw)
     if not rendered:
         return None
+    _check_html(rendered)
     prefix_links = getattr(md, "_prefix_relative_links", None)  # readme_renderer >= 46 (comrak)
     if variant == "GFM" and prefix_links is not None:
         rendered = prefix_links(rendered, md._HEADER_ID_PREFIX)
@@ -223,31 +286,37 @@ def _markdown() -> Callable[..., str | None]:
     return _markdown_steps if same else md.render
 
 
-# A README longer than this (characters) is not rendered: its beginning is shown as plain text,
-# with a note. Metadata may hold 4 MB: highlighting 4 MB of Python took 17 s of a publish (and of
-# every reindex that renders it) and made a 39 MB page; the longest real READMEs (a changelog
-# included) are a few hundred kB at most.
-README_MAX = 256_000
+def _as_text(description: str, why: str) -> str:
+    """A README shown as its plain text (its beginning: README_MAX characters), after a note why."""
+    note = f"<p><strong>{why}: it is shown as plain text.</strong></p>"
+    return sanitize(f"{note}<pre>{readme_renderer.txt.render(description[:README_MAX])}</pre>")
 
 
 def render(description: str | None, content_type: str | None, *, remote_images: bool = False) -> str:
-    """Safe HTML for a README; '' when there is none."""
+    """Safe HTML for a README; '' when there is none. Never raises, whatever the README holds."""
     if not description or not description.strip():
         return ""
     if len(description) > README_MAX:
-        note = (
-            f"<p><strong>This README is {len(description):,} characters long, more than the "
-            f"{README_MAX:,} this site renders: its beginning is shown as plain text.</strong> "
-            "The whole text is in the release's metadata file (its core metadata, as pip reads it).</p>"
+        return _as_text(
+            description,
+            f"This README is {len(description):,} characters long, more than the {README_MAX:,} "
+            "this site renders (the whole text is in the release's metadata file); its beginning",
         )
-        return sanitize(f"{note}<pre>{readme_renderer.txt.render(description[:README_MAX])}</pre>")
     kind, variant_param = _content_type(content_type)
     renderer = _RENDERERS.get(kind, readme_renderer.txt)
     variant = {"variant": variant_param} if kind == "text/markdown" and variant_param is not None else {}
-    if renderer is readme_renderer.markdown:
-        rendered = _markdown()(description, **variant)
-    else:
-        rendered = renderer.render(description, **variant)
+    try:
+        if renderer is readme_renderer.markdown:
+            _check_markdown(description)
+            rendered = _markdown()(description, **variant)
+        else:
+            rendered = renderer.render(description, **variant)
+    except _Intricate as why:
+        return _as_text(description, str(why))
+    except (RecursionError, MemoryError, ValueError, TypeError, LookupError, AttributeError):
+        # A renderer failing on hostile input (docutils recursing past Python's limit...) must
+        # not fail the publish or the reindex: PyPI shows what does not render as plain text.
+        rendered = None
     if rendered is not None and renderer is readme_renderer.txt:
         rendered = f"<pre>{rendered}</pre>"
     if rendered is None:  # what PyPI does with a README that does not render
