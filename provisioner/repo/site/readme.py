@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import html as html_module
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from email.message import EmailMessage
 
 import nh3
@@ -178,17 +178,56 @@ README_MAX = 256_000
 # nests a handful of levels. (reStructuredText nests by indentation, and docutils stops at
 # Python's recursion limit, ~200 levels: that README does not render, and is shown as plain text.)
 README_DEPTH = 32
-# Nor one with a table row of more cells than this, or more lines of raw HTML in a row: the
-# renderer's (comrak's) tables take time quadratic in their columns (60,000 took 3.5 s), and its
-# HTML blocks in their tag lines (62,500 lines of `<p>` took 5.3 s). Real ones have tens.
+# Nor one with a table row of more cells than this, or more lines of raw HTML in a row, or more
+# tags in one block of it: the renderer's (comrak's) tables take time quadratic in their columns
+# (60,000 took 3.5 s), and its HTML blocks in their lines and in the `<` they hold (62,500 lines
+# of `<p>` took 5.3 s; one line of 160,000 `<` 7 s). Real ones have tens, or hundreds.
 README_COLUMNS = 1000
 README_HTML_LINES = 2000
+README_HTML_TAGS = 10_000
 _CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^<>]*?(/?)>")
-# Elements that never hold others, or that the next of their kind closes (they do not nest deeper).
-_FLAT = frozenset(
-    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track"}
-    | {"wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option"}
+# How deep html5ever nests elements, modelled closely enough never to count less: the tag names
+# of the HTML parsing spec's "void", "special" and scope-boundary elements, and which open
+# elements a start tag closes (li closes li, td closes th, a block closes p).
+_VOID = frozenset(
+    {"area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input"}
+    | {"keygen", "link", "meta", "param", "source", "track", "wbr"}
+)
+_SPECIAL = _VOID | frozenset(
+    {"address", "applet", "article", "aside", "blockquote", "body", "button", "caption", "center"}
+    | {"colgroup", "dd", "details", "dir", "div", "dl", "dt", "fieldset", "figcaption", "figure"}
+    | {"footer", "form", "frameset", "h1", "h2", "h3", "h4", "h5", "h6", "head", "header", "hgroup"}
+    | {"html", "iframe", "li", "listing", "main", "marquee", "menu", "nav", "noembed", "noframes"}
+    | {"noscript", "object", "ol", "p", "plaintext", "pre", "script", "search", "section", "select"}
+    | {"style", "summary", "table", "tbody", "td", "template", "textarea", "tfoot", "th", "thead"}
+    | {"title", "tr", "ul", "xmp", "svg", "math"}
+)
+# Every scope's boundaries at once: stopping at more of them only ever counts deeper.
+_BOUNDARY = frozenset(
+    {"applet", "button", "caption", "html", "marquee", "object", "ol", "table", "td", "template"}
+    | {"th", "ul", "svg", "math"}
+)
+# A start tag: the open elements of these names it closes, with what is inside them, unless one of
+# those others comes first (a list item closes the one before it, not an outer list's).
+_LIST_ITEM = _SPECIAL - {"address", "div", "p"}
+_IN_TABLE = frozenset({"html", "table", "template"})
+_CLOSED_BY: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "li": (frozenset({"li"}), _LIST_ITEM),
+    "dt": (frozenset({"dt", "dd"}), _LIST_ITEM),
+    "dd": (frozenset({"dt", "dd"}), _LIST_ITEM),
+    "option": (frozenset({"option"}), _SPECIAL),
+    "td": (frozenset({"td", "th"}), _IN_TABLE),
+    "th": (frozenset({"td", "th"}), _IN_TABLE),
+    "tr": (frozenset({"tr"}), _IN_TABLE),
+    **dict.fromkeys(("tbody", "thead", "tfoot"), (frozenset({"tbody", "thead", "tfoot"}), _IN_TABLE)),
+}
+_CLOSES_P = frozenset(
+    {"address", "article", "aside", "blockquote", "center", "details", "dialog", "dir", "div"}
+    | {"dd", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3"}
+    | {"h4", "h5", "h6", "header", "hgroup", "hr", "li", "listing", "main", "menu", "nav", "ol"}
+    | {"p", "pre"}
+    | {"search", "section", "summary", "table", "ul", "xmp"}
 )
 _TOO_DEEP = f"This README nests more than {README_DEPTH} levels deep"
 
@@ -199,33 +238,63 @@ class _Intricate(Exception):
 
 def _check_markdown(text: str) -> None:
     """Refuse (`_Intricate`) Markdown that opens more than README_DEPTH containers on one line, has
-    a table row of more than README_COLUMNS cells or more than README_HTML_LINES lines of raw HTML
-    in a row, before the renderer reads it. Linear."""
-    html_lines = 0
+    a table row of more than README_COLUMNS cells, or a block of raw HTML (from a line that starts
+    with a tag to the next blank line) of more than README_HTML_LINES tag lines or README_HTML_TAGS
+    `<`, before the renderer reads it. Linear."""
+    html_lines = html_tags = 0
     for line in text.splitlines():
         if line.count("|") > README_COLUMNS:
             raise _Intricate(f"This README has a table row of more than {README_COLUMNS:,} cells")
-        html_lines = (
-            html_lines + 1 if line.lstrip(" ").startswith("<") else 0 if not line.strip() else html_lines
-        )
-        if html_lines > README_HTML_LINES:
-            raise _Intricate(f"This README has more than {README_HTML_LINES:,} lines of HTML in a row")
         depth, at = 0, 0
         while (m := _CONTAINER.match(line, at)) and m.end() > at:
             depth, at = depth + 1, m.end()
             if depth > README_DEPTH:
                 raise _Intricate(_TOO_DEEP)
+        if not line.strip():
+            html_lines = html_tags = 0
+        elif line.startswith("<", at) or line.lstrip(" ").startswith("<"):
+            html_lines += 1
+            html_tags += line.count("<")
+        elif html_lines:
+            html_tags += line.count("<")  # within the block: the lines that follow its first tag
+        if html_lines > README_HTML_LINES:
+            raise _Intricate(f"This README has more than {README_HTML_LINES:,} lines of HTML in a row")
+        if html_tags > README_HTML_TAGS:
+            raise _Intricate(f"This README has more than {README_HTML_TAGS:,} tags in one block of HTML")
 
 
 def _check_html(html: str) -> None:
     """Refuse (`_Intricate`) HTML whose elements nest deeper than README_DEPTH, before html5ever
-    (nh3) parses it. Linear: the tags as they come (code is escaped by then: `&lt;name&gt;`)."""
-    depth = 0
+    (nh3) parses it. The tags as they come (code is escaped by then: `&lt;name&gt;`), on a stack
+    that closes what the parser closes, and never more: an end tag closes its element and what
+    is open inside it (`</p>` a `<placeholder>` left open in the paragraph); `<div/>` opens a
+    div, as it does in HTML. Linear: the stack is never deeper than README_DEPTH + 1."""
+    stack: list[str] = []
+
+    def close(names: Container[str], stop: Container[str]) -> None:
+        # The innermost open element named `names`, and everything inside it, unless `stop` comes first.
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] in names:
+                del stack[i:]
+                return
+            if stack[i] in stop:
+                return
+
     for m in _HTML_TAG.finditer(html):
-        if m.group(3) or m.group(2).lower() in _FLAT:
+        name = m.group(2).lower()
+        if name in _VOID:
             continue
-        depth = max(0, depth - 1) if m.group(1) else depth + 1
-        if depth > README_DEPTH:
+        if m.group(1):  # an end tag: a special element's closes through the others within its scope
+            close({name}, _BOUNDARY if name in _SPECIAL else _SPECIAL)
+            continue
+        if m.group(3) and ("svg" in stack or "math" in stack):
+            continue  # `<path/>` is closed in SVG and MathML only
+        if name in _CLOSES_P:
+            close({"p"}, _BOUNDARY)
+        if name in _CLOSED_BY:
+            close(*_CLOSED_BY[name])
+        stack.append(name)
+        if len(stack) > README_DEPTH:
             raise _Intricate(_TOO_DEEP)
 
 
