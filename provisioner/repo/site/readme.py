@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import html as html_module
+import itertools
 import re
 from collections.abc import Callable, Container
 from email.message import EmailMessage
@@ -185,6 +186,10 @@ README_DEPTH = 32
 README_COLUMNS = 1000
 README_HTML_LINES = 2000
 README_HTML_TAGS = 10_000
+# Nor a reStructuredText one with more footnotes and citations than this: docutils resolves them
+# in time worse than linear (8,000 took 4.6 s; 12,800 fit in README_MAX). Real ones have tens.
+README_NOTES = 1000
+_RST_NOTE = re.compile(r"^[ \t]*\.\.[ \t]+\[[^\]\n]*\]", re.MULTILINE)
 _CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^<>]*?(/?)>")
 # How deep html5ever nests elements, modelled closely enough never to count less: the tag names
@@ -261,6 +266,12 @@ def _check_markdown(text: str) -> None:
             raise _Intricate(f"This README has more than {README_HTML_LINES:,} lines of HTML in a row")
         if html_tags > README_HTML_TAGS:
             raise _Intricate(f"This README has more than {README_HTML_TAGS:,} tags in one block of HTML")
+
+
+def _check_rst(text: str) -> None:
+    """Refuse (`_Intricate`) reStructuredText with more than README_NOTES footnotes and citations."""
+    if sum(1 for _ in itertools.islice(_RST_NOTE.finditer(text), README_NOTES + 1)) > README_NOTES:
+        raise _Intricate(f"This README has more than {README_NOTES:,} footnotes and citations")
 
 
 def _check_html(html: str) -> None:
@@ -379,6 +390,8 @@ def render(description: str | None, content_type: str | None, *, remote_images: 
             _check_markdown(description)
             rendered = _markdown()(description, **variant)
         else:
+            if renderer is readme_renderer.rst:
+                _check_rst(description)
             rendered = renderer.render(description, **variant)
     except _Intricate as why:
         return _as_text(description, str(why))
