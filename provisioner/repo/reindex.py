@@ -55,6 +55,22 @@ class Progress:
     total: int | None = None  # None: still listing
 
 
+class Listing:
+    """A store's objects under `prefix`, as listed, telling `tell` every LIST_TELL of them (a large
+    bucket's listing alone takes minutes); `count`: how many it has listed."""
+
+    def __init__(self, store: Store, prefix: str, tell: Callable[[Progress], None]) -> None:
+        self._store, self._prefix, self._tell = store, prefix, tell
+        self.count = 0
+
+    def __iter__(self) -> Iterator[ObjectInfo]:
+        for info in self._store.list(self._prefix):
+            self.count += 1
+            if self.count % LIST_TELL == 0:
+                self._tell(Progress(self.count))
+            yield info
+
+
 @dataclass
 class ReindexResult:
     projects: int = 0
@@ -313,10 +329,8 @@ def reindex(
     result = ReindexResult(temporaries_removed=store.remove_stale_temporaries())
     tell = progress or (lambda _progress: None)
     by_project: dict[str, dict[str, ObjectInfo]] = {}
-    listed_objects = 0
-    for listed_objects, info in enumerate(store.list(layout.SIMPLE + "/"), 1):
-        if listed_objects % LIST_TELL == 0:
-            tell(Progress(listed_objects))  # a large bucket's listing alone takes minutes
+    listing = Listing(store, layout.SIMPLE + "/", tell)
+    for info in listing:
         parts = info.name.split("/")
         if len(parts) != 3:
             continue
@@ -335,7 +349,7 @@ def reindex(
 
     states: dict[str, ProjectState] = {}
     besides: dict[str, Any] = {}
-    tell(Progress(listed_objects, 0, len(candidates)))
+    tell(Progress(listing.count, 0, len(candidates)))
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # Groups of projects come out of phase 1 as they are ready; writing a group's pages
@@ -364,7 +378,7 @@ def reindex(
                 rendered(mine)
             done += len(group)
             if group:
-                tell(Progress(listed_objects, done, len(candidates)))
+                tell(Progress(listing.count, done, len(candidates)))
     live = [project for project, state in states.items() if state.files]
     result.files = sum(len(states[p].files) for p in live)
     result.projects = len(live)

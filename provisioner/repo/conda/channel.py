@@ -409,10 +409,8 @@ class Channel:
         result = CondaReindexResult()
         tell = progress or (lambda _progress: None)
         by_subdir: dict[str, dict[str, ObjectInfo]] = {}
-        listed = 0
-        for listed, info in enumerate(self.store.list(f"{layout.CONDA}/"), 1):
-            if listed % reindexing.LIST_TELL == 0:
-                tell(Progress(listed))
+        listing = reindexing.Listing(self.store, f"{layout.CONDA}/", tell)
+        for info in listing:
             parts = info.name.split("/")
             if len(parts) == 3 and parts[1] in layout.SUBDIRS and layout.is_package_filename(parts[2]):
                 by_subdir.setdefault(parts[1], {})[parts[2]] = info
@@ -420,7 +418,7 @@ class Channel:
                 by_subdir.setdefault(parts[1], {})
         all_names: set[str] = set()
         total, done = sum(len(objects) for objects in by_subdir.values()), 0
-        tell(Progress(listed, 0, total))
+        tell(Progress(listing.count, 0, total))
         with ThreadPoolExecutor(max_workers=max(1, workers or self.store.reads_in_flight)) as pool:
             for subdir, objects in sorted(by_subdir.items()):
                 try:
@@ -436,7 +434,7 @@ class Channel:
                     if r:
                         rebuilt[r[0]] = r[1]
                     done += 1
-                    tell(Progress(listed, done, total))  # a --verify reads every package: minutes
+                    tell(Progress(listing.count, done, total))  # a --verify reads every package: minutes
 
                 def merge(rd: Repodata, rebuilt: dict[str, rdata.Record] = rebuilt, objects=objects) -> bool:
                     before = rdata.dumps(rd)
