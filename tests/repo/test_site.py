@@ -130,6 +130,13 @@ INTRICATE = {
         "text/markdown",
         "has a table row of more than 1,000 cells",
     ),
+    # The renderer numbers the ids of headings alike by trying each number in turn: 64,000 took minutes.
+    "headings of one name": ("## Usage\n" * 4000, "text/markdown", "has too many headings of the same name"),
+    "headings alike": (
+        "".join(f"# {v}\n" for v in ("a", "A", "a 1", "[a](x)", "&#97;", "*a*", "a-2") * 600),
+        "text/markdown",
+        "has too many headings of the same name",
+    ),
     "footnotes by the thousand": (
         "a [#]_\n\n" * 1500 + ".. [#] a note\n" * 1500,
         "text/x-rst",
@@ -163,6 +170,8 @@ def test_a_readme_whose_rendering_would_take_minutes_or_fail_is_shown_as_text(ca
     assert readme.render("<div>" * 30 + "fine", "text/markdown").count("<div") == 30
     assert "<pre" not in readme.render("Run `prog <command>` " * 100, "text/markdown")
     assert readme.render("a [#]_\n\n" * 50 + ".. [#] a note\n" * 50, "text/x-rst").count("a note") == 50
+    changelog = "".join(f"## 1.{i}.0\n\n### Bug fixes\n\n- x\n\n### Features\n\n- y\n\n" for i in range(1500))
+    assert readme.render(changelog, "text/markdown").count("<h3") == 3000
 
 
 # READMEs as people write them, whose raw HTML is left open where HTML closes it: each renders.

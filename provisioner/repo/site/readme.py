@@ -190,6 +190,18 @@ README_HTML_TAGS = 10_000
 # in time worse than linear (8,000 took 4.6 s; 12,800 fit in README_MAX). Real ones have tens.
 README_NOTES = 1000
 _RST_NOTE = re.compile(r"^[ \t]*\.\.[ \t]+\[[^\]\n]*\]", re.MULTILINE)
+# Nor a Markdown one whose headings are this many of one name, or as costly: the renderer gives
+# the n-th heading of a name its id by trying `name`, `name-1`, `name-2`... in turn (64,000 `# a`
+# fit in README_MAX and take minutes; 10,000 took 2.3 s). Every id a heading tries has its root (its
+# id less any `-1` suffixes), so a heading tries no more ids than the headings before it of that
+# root. Roots are counted coarser than the renderer's ids, never finer: `A`, `a 1`, `[a](x)`,
+# `&#97;`, `*a*` are all `a`. Real READMEs repeat a "Bug fixes" once per release.
+README_ALIKE = 3000
+_ATX = re.compile(r" {0,3}#{1,6}(?=[ \t]|$)")
+_SETEXT = re.compile(r" {0,3}(?:=+|-+)[ \t]*$")
+_NOT_TEXT = re.compile(r"\]\([^)]*\)|\]\[[^\]]*\]|\[\^[^\]]*\]|<[^>]*>")  # link targets, notes, tags
+_SEPARATORS = re.compile(r"[ -]+")
+_ID_SUFFIX = re.compile(r"(?:-[0-9]+)+$")
 _CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^<>]*?(/?)>")
 # How deep html5ever nests elements, modelled closely enough never to count less: the tag names
@@ -241,12 +253,24 @@ class _Intricate(Exception):
     """A README not rendered, and why (the note above its plain text)."""
 
 
+def _heading_root(text: str) -> str:
+    """The root of the id a heading's text is given (as the renderer makes ids: lower-cased,
+    letters, digits and hyphens, a space a hyphen), less its markup and any `-1` suffixes."""
+    plain = html_module.unescape(_NOT_TEXT.sub("", text)).lower()
+    slug = _SEPARATORS.sub("-", "".join(c for c in plain if c.isalnum() or c in " -")).strip("-")
+    return _ID_SUFFIX.sub("", slug)
+
+
 def _check_markdown(text: str) -> None:
     """Refuse (`_Intricate`) Markdown that opens more than README_DEPTH containers on one line, has
-    a table row of more than README_COLUMNS cells, or a block of raw HTML (from a line that starts
+    a table row of more than README_COLUMNS cells, a block of raw HTML (from a line that starts
     with a tag to the next blank line) of more than README_HTML_LINES tag lines or README_HTML_TAGS
-    `<`, before the renderer reads it. Linear."""
+    `<`, or headings that may cost their ids more than README_ALIKE of one name would, before the
+    renderer reads it. Linear."""
     html_lines = html_tags = 0
+    alike: dict[str, int] = {}
+    tries, budget = 0, README_ALIKE * (README_ALIKE - 1) // 2
+    before = ""  # the line before, its containers left out (a setext heading's text)
     for line in text.splitlines():
         if line.count("|") > README_COLUMNS:
             raise _Intricate(f"This README has a table row of more than {README_COLUMNS:,} cells")
@@ -266,6 +290,16 @@ def _check_markdown(text: str) -> None:
             raise _Intricate(f"This README has more than {README_HTML_LINES:,} lines of HTML in a row")
         if html_tags > README_HTML_TAGS:
             raise _Intricate(f"This README has more than {README_HTML_TAGS:,} tags in one block of HTML")
+        heading = m.end() if (m := _ATX.match(line, at)) else None
+        if heading is not None or (before.strip() and _SETEXT.match(line, at)):
+            key = _heading_root(line[heading:] if heading is not None else before)
+            tries += alike.get(key, 0)  # at most the ids this one tries before its own
+            alike[key] = alike.get(key, 0) + 1
+            if tries > budget:
+                raise _Intricate(
+                    f"This README has too many headings of the same name ({max(alike.values()):,})"
+                )
+        before = line[at:]
 
 
 def _check_rst(text: str) -> None:
