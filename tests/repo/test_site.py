@@ -123,6 +123,11 @@ INTRICATE = {
     # `<div/>` opens a div in HTML (self-closing is SVG's and MathML's); `</span>` closes no div.
     "raw HTML self-closed": ("<div/>" * 5000, "text/markdown", "nests more than 32 levels"),
     "raw HTML misclosed": ("<span><div></span>" * 100, "text/markdown", "nests more than 32 levels"),
+    # What the tokenizer reads as one tag: `<` and `>` in quoted values, a name that starts with `=`.
+    "raw HTML quoting '<'": ("a " + '<div title="<">' * 100, "text/markdown", "nests more than 32 levels"),
+    "raw HTML quoting '>'": ("a " + "<div title='>'>" * 100, "text/markdown", "nests more than 32 levels"),
+    "raw HTML named '='": ('<div ="">' * 100, "text/markdown", "nests more than 32 levels"),
+    "SVG of unquoted values": ("<svg>" + "<g a=b/>" * 100, "text/markdown", "nests more than 32 levels"),
     "tags in a block of HTML": ("<div>" + "<" * 15000, "text/markdown", "has more than 10,000 tags"),
     "lines of raw HTML": ("<p>\n" * 2500, "text/markdown", "has more than 2,000 lines of HTML in a row"),
     "a table of columns": (

@@ -203,7 +203,19 @@ _NOT_TEXT = re.compile(r"\]\([^)]*\)|\]\[[^\]]*\]|\[\^[^\]]*\]|<[^>]*>")  # link
 _SEPARATORS = re.compile(r"[ -]+")
 _ID_SUFFIX = re.compile(r"(?:-[0-9]+)+$")
 _CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
-_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^<>]*?(/?)>")
+# A start or end tag as the HTML tokenizer reads one: `<`, a letter, the name up to a space, `/` or
+# `>`; attributes whose quoted values may hold `<` and `>`; `>`. A tag left open runs to the end
+# (the tokenizer reads the rest as its attributes). Possessive, and never failing after `<` and a
+# letter: linear on any input.
+_WS = "\t\n\f\r "
+_HTML_TAG = re.compile(
+    rf"<(/?)([A-Za-z][^{_WS}/>]*+)"
+    rf"(?:[{_WS}/]*+[^{_WS}/>][^{_WS}/>=]*+"
+    rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^{_WS}\"'>][^{_WS}>]*+)?+)?+)*+"
+    rf"[{_WS}/]*+(?:>|\Z)"
+)
+# A tag closed by `/>` is closed (in SVG and MathML) unless that `/` ends an unquoted value.
+_UNQUOTED_END = re.compile(rf"=[{_WS}]*+[^{_WS}\"'>][^{_WS}>]*+>$")
 # How deep html5ever nests elements, modelled closely enough never to count less: the tag names
 # of the HTML parsing spec's "void", "special" and scope-boundary elements, and which open
 # elements a start tag closes (li closes li, td closes th, a block closes p).
@@ -332,7 +344,9 @@ def _check_html(html: str) -> None:
         if m.group(1):  # an end tag: a special element's closes through the others within its scope
             close({name}, _BOUNDARY if name in _SPECIAL else _SPECIAL)
             continue
-        if m.group(3) and ("svg" in stack or "math" in stack):
+        tag = m.group(0)
+        closed = tag.endswith("/>") and not _UNQUOTED_END.search(tag)
+        if closed and ("svg" in stack or "math" in stack):
             continue  # `<path/>` is closed in SVG and MathML only
         if name in _CLOSES_P:
             close({"p"}, _BOUNDARY)
