@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -128,6 +129,7 @@ INTRICATE = {
     "raw HTML quoting '>'": ("a " + "<div title='>'>" * 100, "text/markdown", "nests more than 32 levels"),
     "raw HTML named '='": ('<div ="">' * 100, "text/markdown", "nests more than 32 levels"),
     "SVG of unquoted values": ("<svg>" + "<g a=b/>" * 100, "text/markdown", "nests more than 32 levels"),
+    "e-mail addresses on one line": ("a@b.c " * 2000, "text/markdown", "has more than 1,000 '@' on one line"),
     "tags in a block of HTML": ("<div>" + "<" * 15000, "text/markdown", "has more than 10,000 tags"),
     "lines of raw HTML": ("<p>\n" * 2500, "text/markdown", "has more than 2,000 lines of HTML in a row"),
     "a table of columns": (
@@ -217,6 +219,25 @@ def test_a_readme_that_does_not_render_fails_neither_the_publish_nor_the_reindex
     assert "<pre" in page and "- a" in page
     assert r.reindex().projects == 1
     assert "deep" in _consistent(_site(dir_repo))
+
+
+def test_a_readme_that_overflowed_the_renderer_s_stack_fails_neither_the_publish_nor_the_reindex(
+    tmp_path: Path,
+) -> None:
+    """40,000 e-mail addresses on one line: comrak links each one a recursion deeper, its stack
+    overflowed and `provision publish` died of SIGSEGV after the index was written; so did every
+    `provision reindex` after it. (In a process of its own: that death would be the suite's.)"""
+    repo = tmp_path / "repo"
+    text = "# Contacts\n\n" + "a@b.c " * 40000
+    wheel = _wheel(tmp_path, "mails", "1.0", description=text, description_content_type="text/markdown")
+    for args in (["publish", "--repo", str(repo), str(wheel)], ["reindex", "--repo", str(repo)]):
+        proc = subprocess.run(
+            [sys.executable, "-c", "from provisioner.cli import main; main()", *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, (args[0], proc.returncode, proc.stderr[-2000:])
+    page = _tree(repo)["ui/mails/index.html"].decode()
+    assert "more than 1,000 &#x27;@&#x27; on one line" in page or "more than 1,000 '@' on one line" in page
 
 
 def _wheel(dest: Path, name: str, version: str, **meta: object) -> Path:
