@@ -130,6 +130,12 @@ INTRICATE = {
     "raw HTML named '='": ('<div ="">' * 100, "text/markdown", "nests more than 32 levels"),
     "SVG of unquoted values": ("<svg>" + "<g a=b/>" * 100, "text/markdown", "nests more than 32 levels"),
     "e-mail addresses on one line": ("a@b.c " * 2000, "text/markdown", "has more than 1,000 '@' on one line"),
+    # A comment, `<script>`, `<?`... is one block to its end, blank lines and all.
+    "an HTML comment left open": (
+        "<!--\n\n" + "<a\n\n" * 3000,
+        "text/markdown",
+        "has more than 2,000 lines of HTML",
+    ),
     "tags in a block of HTML": ("<div>" + "<" * 15000, "text/markdown", "has more than 10,000 tags"),
     "lines of raw HTML": ("<p>\n" * 2500, "text/markdown", "has more than 2,000 lines of HTML in a row"),
     "a table of columns": (
@@ -192,6 +198,8 @@ LOOSE = {
     "questions and answers": "\n\n".join(
         "<details><summary>Q</summary>\n\n*A*\n\n</details>" for _ in range(60)
     ),
+    "comments, then blocks of HTML": "<!-- one -->\n\n<!--\ntwo\n-->\n\n"
+    + "<p align=center>x</p>\n\n" * 2500,
     "an SVG drawing": "<svg>" + '<path d="M0 0"/>' * 200 + "</svg>",
 }
 

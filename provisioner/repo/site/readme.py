@@ -190,6 +190,14 @@ README_HTML_TAGS = 10_000
 # in time worse than linear (8,000 took 4.6 s; 12,800 fit in README_MAX). Real ones have tens.
 README_NOTES = 1000
 _RST_NOTE = re.compile(r"^[ \t]*\.\.[ \t]+\[[^\]\n]*\]", re.MULTILINE)
+# The raw HTML blocks that a blank line does not end, and what ends each (CommonMark's kinds 1-5:
+# the rest of a README after an unclosed `<!--` is one block).
+_SPANNING = re.compile(
+    r" {0,3}<(?:(script|pre|style|textarea)(?=[ \t>]|$)|(!--)|(\?)|(!\[CDATA\[)|(![A-Za-z]))", re.I
+)
+_SPAN_ENDS = tuple(
+    re.compile(end, re.I) for end in (r"</(?:script|pre|style|textarea)>", "-->", r"\?>", r"\]\]>", ">")
+)
 # Nor one with more `@` on one line than this: the renderer links each e-mail address in a line
 # with a recursion one deeper and a scan of the line (20,000 took 0.7 s; from ~27,000 its stack
 # overflowed and the process died, a publish and every reindex after it). Real lines have a few.
@@ -280,13 +288,15 @@ def _heading_root(text: str) -> str:
 def _check_markdown(text: str) -> None:
     """Refuse (`_Intricate`) Markdown that opens more than README_DEPTH containers on one line, has
     a table row of more than README_COLUMNS cells or a line of more than README_LINE_MAILS `@`, a
-    block of raw HTML (from a line that starts with a tag to the next blank line) of more than
+    block of raw HTML (from a line that starts with a tag to the next blank line, or to the end of
+    its comment, `<script>`...) of more than
     README_HTML_LINES tag lines or README_HTML_TAGS `<`, or headings that may cost their ids more
     than README_ALIKE of one name would, before the renderer reads it. Linear."""
     html_lines = html_tags = 0
     alike: dict[str, int] = {}
     tries, budget = 0, README_ALIKE * (README_ALIKE - 1) // 2
     before = ""  # the line before, its containers left out (a setext heading's text)
+    spanning: re.Pattern[str] | None = None  # what ends the raw HTML block the line is in, if kind 1-5
     for line in text.splitlines():
         if line.count("|") > README_COLUMNS:
             raise _Intricate(f"This README has a table row of more than {README_COLUMNS:,} cells")
@@ -297,8 +307,14 @@ def _check_markdown(text: str) -> None:
             depth, at = depth + 1, m.end()
             if depth > README_DEPTH:
                 raise _Intricate(_TOO_DEEP)
+        if spanning is None and (opened := _SPANNING.match(line, at)):
+            end = _SPAN_ENDS[opened.lastindex - 1]  # type: ignore[operator]
+            spanning = None if end.search(line, opened.end()) else end
+        elif spanning is not None and spanning.search(line):
+            spanning = None  # the block ends with this line (its count, with the next blank one)
         if not line.strip():
-            html_lines = html_tags = 0
+            if spanning is None:
+                html_lines = html_tags = 0
         elif line.startswith("<", at) or line.lstrip(" ").startswith("<"):
             html_lines += 1
             html_tags += line.count("<")
