@@ -136,6 +136,8 @@ INTRICATE = {
         "text/markdown",
         "has more than 2,000 lines of HTML",
     ),
+    # The parser opens a formatting element again in whatever follows what closed it (`</p>`).
+    "a <b> left open per paragraph": ("a <b>x\n\n" * 40, "text/markdown", "nests more than 32 levels"),
     "tags in a block of HTML": ("<div>" + "<" * 15000, "text/markdown", "has more than 10,000 tags"),
     "lines of raw HTML": ("<p>\n" * 2500, "text/markdown", "has more than 2,000 lines of HTML in a row"),
     "a table of columns": (
@@ -200,6 +202,8 @@ LOOSE = {
     ),
     "comments, then blocks of HTML": "<!-- one -->\n\n<!--\ntwo\n-->\n\n"
     + "<p align=center>x</p>\n\n" * 2500,
+    "anchors left open": "\n\n".join(f'<a name="s{i}"/>\n\n## Section {i}' for i in range(60)),
+    "bold closed in each paragraph": "\n\n".join("a <b>bold</b> and <i>it</i>" for _ in range(100)),
     "an SVG drawing": "<svg>" + '<path d="M0 0"/>' * 200 + "</svg>",
 }
 

@@ -249,6 +249,9 @@ _BOUNDARY = frozenset(
     {"applet", "button", "caption", "html", "marquee", "object", "ol", "table", "td", "template"}
     | {"th", "ul", "svg", "math"}
 )
+_FORMATTING = frozenset(
+    {"a", "b", "big", "code", "em", "font", "i", "nobr", "s", "small", "strike", "strong", "tt", "u"}
+)
 # A start tag: the open elements of these names it closes, with what is inside them, unless one of
 # those others comes first (a list item closes the one before it, not an outer list's).
 _LIST_ITEM = _SPECIAL - {"address", "div", "p"}
@@ -347,13 +350,26 @@ def _check_html(html: str) -> None:
     (nh3) parses it. The tags as they come (code is escaped by then: `&lt;name&gt;`), on a stack
     that closes what the parser closes, and never more: an end tag closes its element and what
     is open inside it (`</p>` a `<placeholder>` left open in the paragraph); `<div/>` opens a
-    div, as it does in HTML. Linear: the stack is never deeper than README_DEPTH + 1."""
+    div, as it does in HTML. A formatting element (`<b>`...) is open until its own end tag: the
+    parser opens it again inside whatever comes after what closed it (a `<b>` in each paragraph
+    nests every paragraph after it one deeper). Linear: the stack is never deeper than
+    README_DEPTH + 1."""
     stack: list[str] = []
+    formatting: dict[str, int] = {}  # the formatting elements open, by name
+    depth = 0  # the stack's and those
+
+    def formats(name: str, by: int) -> None:
+        nonlocal depth
+        now = max(0, formatting.get(name, 0) + by)
+        depth += now - formatting.get(name, 0)
+        formatting[name] = now
 
     def close(names: Container[str], stop: Container[str]) -> None:
         # The innermost open element named `names`, and everything inside it, unless `stop` comes first.
+        nonlocal depth
         for i in range(len(stack) - 1, -1, -1):
             if stack[i] in names:
+                depth -= len(stack) - i
                 del stack[i:]
                 return
             if stack[i] in stop:
@@ -363,19 +379,25 @@ def _check_html(html: str) -> None:
         name = m.group(2).lower()
         if name in _VOID:
             continue
-        if m.group(1):  # an end tag: a special element's closes through the others within its scope
+        if name in _FORMATTING:
+            # An end tag closes the latest of its name; an `<a>` (`<nobr>`) closes the one open.
+            formats(name, -1 if m.group(1) or name in ("a", "nobr") else 0)
+            if not m.group(1):
+                formats(name, 1)
+        elif m.group(1):  # an end tag: a special element's closes through the others within its scope
             close({name}, _BOUNDARY if name in _SPECIAL else _SPECIAL)
-            continue
-        tag = m.group(0)
-        closed = tag.endswith("/>") and not _UNQUOTED_END.search(tag)
-        if closed and ("svg" in stack or "math" in stack):
-            continue  # `<path/>` is closed in SVG and MathML only
-        if name in _CLOSES_P:
-            close({"p"}, _BOUNDARY)
-        if name in _CLOSED_BY:
-            close(*_CLOSED_BY[name])
-        stack.append(name)
-        if len(stack) > README_DEPTH:
+        else:
+            tag = m.group(0)
+            closed = tag.endswith("/>") and not _UNQUOTED_END.search(tag)
+            if closed and ("svg" in stack or "math" in stack):
+                continue  # `<path/>` is closed in SVG and MathML only
+            if name in _CLOSES_P:
+                close({"p"}, _BOUNDARY)
+            if name in _CLOSED_BY:
+                close(*_CLOSED_BY[name])
+            stack.append(name)
+            depth += 1
+        if depth > README_DEPTH:
             raise _Intricate(_TOO_DEEP)
 
 
