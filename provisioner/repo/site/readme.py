@@ -198,10 +198,11 @@ _SPANNING = re.compile(
 _SPAN_ENDS = tuple(
     re.compile(end, re.I) for end in (r"</(?:script|pre|style|textarea)>", "-->", r"\?>", r"\]\]>", ">")
 )
-# Nor one with more `@` on one line than this: the renderer links each e-mail address in a line
-# with a recursion one deeper and a scan of the line (20,000 took 0.7 s; from ~27,000 its stack
-# overflowed and the process died, a publish and every reindex after it). Real lines have a few.
-README_LINE_MAILS = 1000
+# Nor one with more links (`@`, `://`) on one line than this: the renderer links each e-mail
+# address in a line with a recursion one deeper and a scan of the line (20,000 took 0.7 s; from
+# ~27,000 its stack overflowed and the process died, a publish and every reindex after it), and
+# each `https://a.b<` with a scan too (25,000: 1.4 s). Real lines have a few.
+README_LINE_LINKS = 1000
 # Nor a Markdown one whose headings are this many of one name, or as costly: the renderer gives
 # the n-th heading of a name its id by trying `name`, `name-1`, `name-2`... in turn (64,000 `# a`
 # fit in README_MAX and take minutes; 10,000 took 2.3 s). Every id a heading tries has its root (its
@@ -290,7 +291,7 @@ def _heading_root(text: str) -> str:
 
 def _check_markdown(text: str) -> None:
     """Refuse (`_Intricate`) Markdown that opens more than README_DEPTH containers on one line, has
-    a table row of more than README_COLUMNS cells or a line of more than README_LINE_MAILS `@`, a
+    a table row of more than README_COLUMNS cells or a line of more than README_LINE_LINKS links, a
     block of raw HTML (from a line that starts with a tag to the next blank line, or to the end of
     its comment, `<script>`...) of more than
     README_HTML_LINES tag lines or README_HTML_TAGS `<`, or headings that may cost their ids more
@@ -303,8 +304,8 @@ def _check_markdown(text: str) -> None:
     for line in text.splitlines():
         if line.count("|") > README_COLUMNS:
             raise _Intricate(f"This README has a table row of more than {README_COLUMNS:,} cells")
-        if line.count("@") > README_LINE_MAILS:
-            raise _Intricate(f"This README has more than {README_LINE_MAILS:,} '@' on one line")
+        if line.count("@") + line.count("://") > README_LINE_LINKS:
+            raise _Intricate(f"This README has more than {README_LINE_LINKS:,} links on one line")
         depth, at = 0, 0
         while (m := _CONTAINER.match(line, at)) and m.end() > at:
             depth, at = depth + 1, m.end()
