@@ -162,6 +162,21 @@ INTRICATE = {
         "text/x-rst",
         "has more than 1,000 footnotes and citations",
     ),
+    # A billion laughs: substitutions of substitutions (five levels of ten took 37 s, eight hang).
+    "substitutions within substitutions": (
+        "|s0|\n\n"
+        + "".join(f".. |s{i}| replace:: " + " ".join([f"|s{i + 1}|"] * 10) + "\n" for i in range(4))
+        + ".. |s4| replace:: laugh\n",
+        "text/x-rst",
+        "has substitutions that expand more than 2,000 times",
+    ),
+    "a long substitution used often": (
+        ".. |a| replace:: " + "x" * 9000 + "\n\n" + "|a|\n" * 1000,
+        "text/x-rst",
+        "has substitutions that expand more than 2,000 times or to more than 2,000,000 characters",
+    ),
+    # Each reference to a footnote is a link, and each a link back: 256 kB made a 10 MB page.
+    "footnote references": ("[^1]: " + "[^1]" * 62000, "text/markdown", "renders to more than 2,000,000"),
     # docutils recurses once per level: RecursionError, and PyPI shows a README that fails as text.
     "reStructuredText indented": ("".join("  " * i + "- a\n\n" for i in range(250)), "text/x-rst", ""),
 }
@@ -190,6 +205,8 @@ def test_a_readme_whose_rendering_would_take_minutes_or_fail_is_shown_as_text(ca
     assert readme.render("<div>" * 30 + "fine", "text/markdown").count("<div") == 30
     assert "<pre" not in readme.render("Run `prog <command>` " * 100, "text/markdown")
     assert readme.render("a [#]_\n\n" * 50 + ".. [#] a note\n" * 50, "text/x-rst").count("a note") == 50
+    named = ".. |name| replace:: pypapo\n\n" + "Use |name|.\n\n" * 500
+    assert readme.render(named, "text/x-rst").count("Use pypapo.") == 500
     changelog = "".join(f"## 1.{i}.0\n\n### Bug fixes\n\n- x\n\n### Features\n\n- y\n\n" for i in range(1500))
     assert readme.render(changelog, "text/markdown").count("<h3") == 3000
 

@@ -190,6 +190,17 @@ README_HTML_TAGS = 10_000
 # in time worse than linear (8,000 took 4.6 s; 12,800 fit in README_MAX). Real ones have tens.
 README_NOTES = 1000
 _RST_NOTE = re.compile(r"^[ \t]*\.\.[ \t]+\[[^\]\n]*\]", re.MULTILINE)
+# Nor one whose substitutions expand more than this many times, or to more than README_HTML_MAX
+# characters: a substitution may hold others, each expansion costs docutils ~0.4 ms, and the
+# text is copied each time (375 bytes of five levels of ten took 37 s; 89 kB of 20,000 references
+# to 9 kB made a 180 MB page and 2.4 GB of memory). Real ones: badges, a name, tens of uses.
+README_SUBSTITUTIONS = 2000
+# A definition (`.. |name| replace:: text`, its indented lines) and a reference (`|name|`).
+_RST_SUBSTITUTION = re.compile(
+    r"^([ \t]*+)\.\.[ \t]++\|([^|\n]++)\|[ \t]++[^\n:]*+::(.*+(?:\n(?:\1[ \t]++\S.*+|[ \t]*+(?=\n)))*+)",
+    re.MULTILINE,
+)
+_RST_REFERENCE = re.compile(r"\|(?![ \t])([^|\n]+?)(?<![ \t])\|")
 # The raw HTML blocks that a blank line does not end, and what ends each (CommonMark's kinds 1-5:
 # the rest of a README after an unclosed `<!--` is one block).
 _SPANNING = re.compile(
@@ -215,6 +226,9 @@ _SETEXT = re.compile(r" {0,3}(?:=+|-+)[ \t]*$")
 _NOT_TEXT = re.compile(r"\]\([^)]*\)|\]\[[^\]]*\]|\[\^[^\]]*\]|<[^>]*>")  # link targets, notes, tags
 _SEPARATORS = re.compile(r"[ -]+")
 _ID_SUFFIX = re.compile(r"(?:-[0-9]+)+$")
+# Nor one that renders to more HTML than this (characters), before it is highlighted and cleaned:
+# 256 kB of footnote references rendered to 15 MB (a 10 MB page), of links to 2 MB.
+README_HTML_MAX = 2_000_000
 _CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
 # A start or end tag as the HTML tokenizer reads one: `<`, a letter, the name up to a space, `/` or
 # `>`; attributes whose quoted values may hold `<` and `>`; `>`. A tag left open runs to the end
@@ -341,9 +355,73 @@ def _check_markdown(text: str) -> None:
 
 
 def _check_rst(text: str) -> None:
-    """Refuse (`_Intricate`) reStructuredText with more than README_NOTES footnotes and citations."""
+    """Refuse (`_Intricate`) reStructuredText with more than README_NOTES footnotes and citations,
+    or whose substitutions expand more than README_SUBSTITUTIONS times or to more than
+    README_HTML_MAX characters (counted before docutils expands any). Linear."""
     if sum(1 for _ in itertools.islice(_RST_NOTE.finditer(text), README_NOTES + 1)) > README_NOTES:
         raise _Intricate(f"This README has more than {README_NOTES:,} footnotes and citations")
+    uses, size = _substitutions(text)
+    if uses > README_SUBSTITUTIONS or size > README_HTML_MAX:
+        raise _Intricate(
+            f"This README has substitutions that expand more than {README_SUBSTITUTIONS:,} times or to "
+            f"more than {README_HTML_MAX:,} characters"
+        )
+
+
+def _substitution_key(name: str) -> str:
+    return " ".join(name.split()).lower()  # docutils falls back to the name case-insensitively
+
+
+def _substitutions(text: str) -> tuple[int, int]:
+    """How many times a README's substitution references expand, counting those inside others,
+    and to how many characters: at least as many as docutils would (a circle it refuses counts
+    once). Each count is capped just past its bound, so that numbers stay small."""
+    cap = max(README_SUBSTITUTIONS, README_HTML_MAX) + 1
+    holds: dict[str, list[str]] = {}  # a definition: the references in it
+    length: dict[str, int] = {}
+    body: list[str] = []
+    at = 0
+    for m in _RST_SUBSTITUTION.finditer(text):
+        body.append(text[at : m.start()])
+        at = m.end()
+        key = _substitution_key(m.group(2))
+        refs = [_substitution_key(r) for r in _RST_REFERENCE.findall(m.group(3))]
+        if len(refs) >= len(holds.get(key, ())):  # a name defined twice: the larger
+            holds[key], length[key] = refs, max(len(m.group(3)), length.get(key, 0))
+    body.append(text[at:])
+    expanded: dict[str, tuple[int, int]] = {}  # a definition: its uses, its characters, expanded
+    for root in holds:
+        if root in expanded:
+            continue
+        # Depth first without recursion (a chain of 10,000 definitions fits in README_MAX).
+        sums = {root: [1, length[root]]}
+        stack = [(root, iter(holds[root]))]
+        while stack:
+            name, refs = stack[-1]
+            ref = next(refs, None)
+            if ref is None:
+                stack.pop()
+                expanded[name] = (min(cap, sums[name][0]), min(cap, sums[name][1]))
+                if stack:
+                    parent = sums[stack[-1][0]]
+                    parent[0], parent[1] = parent[0] + expanded[name][0], parent[1] + expanded[name][1]
+            elif ref in expanded:
+                sums[name][0] += expanded[ref][0]
+                sums[name][1] += expanded[ref][1]
+            elif ref in holds and ref not in sums:  # not one being expanded: a circle
+                sums[ref] = [1, length[ref]]
+                stack.append((ref, iter(holds[ref])))
+    uses = size = 0
+    for ref in _RST_REFERENCE.findall("".join(body)):
+        one = expanded.get(_substitution_key(ref), (0, 0))
+        uses, size = min(cap, uses + one[0]), min(cap, size + one[1])
+    return uses, size
+
+
+def _check_size(html: str | None) -> None:
+    """Refuse (`_Intricate`) a README that renders to more than README_HTML_MAX characters."""
+    if html is not None and len(html) > README_HTML_MAX:
+        raise _Intricate(f"This README renders to more than {README_HTML_MAX:,} characters of HTML")
 
 
 def _check_html(html: str) -> None:
@@ -411,6 +489,7 @@ def _markdown_steps(raw: str, variant: str = "GFM") -> str | None:
     rendered = renderer(raw)
     if not rendered:
         return None
+    _check_size(rendered)
     _check_html(rendered)
     prefix_links = getattr(md, "_prefix_relative_links", None)  # readme_renderer >= 46 (comrak)
     if variant == "GFM" and prefix_links is not None:
@@ -486,6 +565,7 @@ def render(description: str | None, content_type: str | None, *, remote_images: 
             if renderer is readme_renderer.rst:
                 _check_rst(description)
             rendered = renderer.render(description, **variant)
+            _check_size(rendered)
     except _Intricate as why:
         return _as_text(description, str(why))
     except (RecursionError, MemoryError, ValueError, TypeError, LookupError, AttributeError):
