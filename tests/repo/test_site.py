@@ -175,6 +175,11 @@ INTRICATE = {
         "text/x-rst",
         "has substitutions that expand more than 2,000 times or to more than 2,000,000 characters",
     ),
+    "a long link used often": (
+        ".. _a: https://example.com/" + "x" * 9000 + "\n\n" + "a_\n" * 1000,
+        "text/x-rst",
+        "has hyperlink references that may expand to more than 2,000,000 characters",
+    ),
     # Each reference to a footnote is a link, and each a link back: 256 kB made a 10 MB page.
     "footnote references": ("[^1]: " + "[^1]" * 62000, "text/markdown", "renders to more than 2,000,000"),
     # docutils recurses once per level: RecursionError, and PyPI shows a README that fails as text.
@@ -205,6 +210,8 @@ def test_a_readme_whose_rendering_would_take_minutes_or_fail_is_shown_as_text(ca
     assert readme.render("<div>" * 30 + "fine", "text/markdown").count("<div") == 30
     assert "<pre" not in readme.render("Run `prog <command>` " * 100, "text/markdown")
     assert readme.render("a [#]_\n\n" * 50 + ".. [#] a note\n" * 50, "text/x-rst").count("a note") == 50
+    linked = ".. _pypapo: https://example.com/pypapo\n\n" + "Use pypapo_.\n\n" * 500
+    assert readme.render(linked, "text/x-rst").count('href="https://example.com/pypapo"') == 500
     named = ".. |name| replace:: pypapo\n\n" + "Use |name|.\n\n" * 500
     assert readme.render(named, "text/x-rst").count("Use pypapo.") == 500
     changelog = "".join(f"## 1.{i}.0\n\n### Bug fixes\n\n- x\n\n### Features\n\n- y\n\n" for i in range(1500))

@@ -200,6 +200,11 @@ _RST_SUBSTITUTION = re.compile(
     r"^([ \t]*+)\.\.[ \t]++\|([^|\n]++)\|[ \t]++[^\n:]*+::(.*+(?:\n(?:\1[ \t]++\S.*+|[ \t]*+(?=\n)))*+)",
     re.MULTILINE,
 )
+# A hyperlink target (`.. _name: URL`, its indented lines; `name <URL>`_), and what may use one
+# (`name_`, `` `a name`_ ``): each use is a link holding the whole URL.
+_RST_TARGET = re.compile(r"^[ \t]*+\.\.[ \t]++_[^\n:]*+:(.*+(?:\n[ \t]++\S.*+)*+)", re.MULTILINE)
+_RST_EMBEDDED = re.compile(r"<([^<>\n]*+)>`__?")
+_RST_LINK_USE = re.compile(r"[\w`]__?+(?!\w)")
 _RST_REFERENCE = re.compile(r"\|(?![ \t])([^|\n]+?)(?<![ \t])\|")
 # The raw HTML blocks that a blank line does not end, and what ends each (CommonMark's kinds 1-5:
 # the rest of a README after an unclosed `<!--` is one block).
@@ -357,9 +362,19 @@ def _check_markdown(text: str) -> None:
 def _check_rst(text: str) -> None:
     """Refuse (`_Intricate`) reStructuredText with more than README_NOTES footnotes and citations,
     or whose substitutions expand more than README_SUBSTITUTIONS times or to more than
-    README_HTML_MAX characters (counted before docutils expands any). Linear."""
+    README_HTML_MAX characters, or whose links may (each use of a target copies its URL: 5,000
+    uses of a 9 kB one took 557 MB), counted before docutils expands any. Linear."""
     if sum(1 for _ in itertools.islice(_RST_NOTE.finditer(text), README_NOTES + 1)) > README_NOTES:
         raise _Intricate(f"This README has more than {README_NOTES:,} footnotes and citations")
+    longest = max(
+        (len(m.group(1)) for m in itertools.chain(_RST_TARGET.finditer(text), _RST_EMBEDDED.finditer(text))),
+        default=0,
+    )
+    if longest * len(_RST_LINK_USE.findall(text)) > README_HTML_MAX:
+        raise _Intricate(
+            "This README has hyperlink references that may expand to more than "
+            f"{README_HTML_MAX:,} characters"
+        )
     uses, size = _substitutions(text)
     if uses > README_SUBSTITUTIONS or size > README_HTML_MAX:
         raise _Intricate(
