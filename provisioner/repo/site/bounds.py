@@ -77,6 +77,7 @@ _ID_SUFFIX = re.compile(r"(?:-[0-9]+)+$")
 # Nor one that renders to more HTML than this (characters), before it is highlighted and cleaned:
 # 256 kB of footnote references rendered to 15 MB (a 10 MB page), of links to 2 MB.
 README_HTML_MAX = 2_000_000
+_CONTAINER_STARTS = frozenset(" \t>-+*0123456789")
 _CONTAINER = re.compile(r"[ \t]{0,3}(?:>|[-+*](?=[ \t])|[0-9]{1,9}[.)](?=[ \t]))[ \t]?")
 # A start or end tag as the HTML tokenizer reads one: `<`, a letter, the name up to a space, `/` or
 # `>`; attributes whose quoted values may hold `<` and `>`; `>`. A tag left open runs to the end
@@ -155,13 +156,13 @@ def check_markdown(text: str) -> None:
     """Refuse (`Intricate`) Markdown that opens more than README_DEPTH containers on one line, has
     a table row of more than README_COLUMNS cells or a line of more than README_LINE_LINKS links, a
     block of raw HTML (from a line that starts with a tag to the next blank line, or to the end of
-    its comment, `<script>`...) of more than
-    README_HTML_LINES tag lines or README_HTML_TAGS `<`, or headings that may cost their ids more
-    than README_ALIKE of one name would, before the renderer reads it. Linear."""
+    its comment, `<script>`...) of more than README_HTML_LINES tag lines or README_HTML_TAGS `<`,
+    or headings that may cost their ids more than README_ALIKE of one name would, before the
+    renderer reads it. Linear (each regex only on the lines that hold what it looks for)."""
     html_lines = html_tags = 0
     alike: dict[str, int] = {}
     tries, budget = 0, README_ALIKE * (README_ALIKE - 1) // 2
-    before = ""  # the line before, its containers left out (a setext heading's text)
+    before, before_at = "", 0  # the line before, and where its containers end (a setext heading's text)
     spanning: re.Pattern[str] | None = None  # what ends the raw HTML block the line is in, if kind 1-5
     for line in text.splitlines():
         if line.count("|") > README_COLUMNS:
@@ -169,37 +170,42 @@ def check_markdown(text: str) -> None:
         if line.count("@") + line.count("://") > README_LINE_LINKS:
             raise Intricate(f"This README has more than {README_LINE_LINKS:,} links on one line")
         depth, at = 0, 0
-        while (m := _CONTAINER.match(line, at)) and m.end() > at:
-            depth, at = depth + 1, m.end()
-            if depth > README_DEPTH:
-                raise Intricate(_TOO_DEEP)
-        if spanning is None and (opened := _SPANNING.match(line, at)):
-            end = _SPAN_ENDS[opened.lastindex - 1]  # type: ignore[operator]
-            spanning = None if end.search(line, opened.end()) else end
-        elif spanning is not None and spanning.search(line):
+        if line[:1] in _CONTAINER_STARTS:
+            while (m := _CONTAINER.match(line, at)) and m.end() > at:
+                depth, at = depth + 1, m.end()
+                if depth > README_DEPTH:
+                    raise Intricate(_TOO_DEEP)
+        tags = line.count("<")
+        if spanning is None:
+            if tags and (opened := _SPANNING.match(line, at)):
+                end = _SPAN_ENDS[opened.lastindex - 1]  # type: ignore[operator]
+                spanning = None if end.search(line, opened.end()) else end
+        elif spanning.search(line):
             spanning = None  # the block ends with this line (its count, with the next blank one)
-        if not line.strip():
+        if not line or line.isspace():
             if spanning is None:
                 html_lines = html_tags = 0
-        elif line.startswith("<", at) or line.lstrip(" ").startswith("<"):
+        elif tags and (line.startswith("<", at) or line.lstrip(" ").startswith("<")):
             html_lines += 1
-            html_tags += line.count("<")
+            html_tags += tags
         elif html_lines:
-            html_tags += line.count("<")  # within the block: the lines that follow its first tag
+            html_tags += tags  # within the block: the lines that follow its first tag
         if html_lines > README_HTML_LINES:
             raise Intricate(f"This README has more than {README_HTML_LINES:,} lines of HTML in a row")
         if html_tags > README_HTML_TAGS:
             raise Intricate(f"This README has more than {README_HTML_TAGS:,} tags in one block of HTML")
-        heading = m.end() if (m := _ATX.match(line, at)) else None
-        if heading is not None or (before.strip() and _SETEXT.match(line, at)):
-            key = _heading_root(line[heading:] if heading is not None else before)
+        heading = m.end() if "#" in line and (m := _ATX.match(line, at)) else None
+        if heading is not None or (
+            ("=" in line or "-" in line) and before and not before.isspace() and _SETEXT.match(line, at)
+        ):
+            key = _heading_root(line[heading:] if heading is not None else before[before_at:])
             tries += alike.get(key, 0)  # at most the ids this one tries before its own
             alike[key] = alike.get(key, 0) + 1
             if tries > budget:
                 raise Intricate(
                     f"This README has too many headings of the same name ({max(alike.values()):,})"
                 )
-        before = line[at:]
+        before, before_at = line, at
 
 
 def check_rst(text: str) -> None:
@@ -295,12 +301,6 @@ def check_html(html: str) -> None:
     formatting: dict[str, int] = {}  # the formatting elements open, by name
     depth = 0  # the stack's and those
 
-    def formats(name: str, by: int) -> None:
-        nonlocal depth
-        now = max(0, formatting.get(name, 0) + by)
-        depth += now - formatting.get(name, 0)
-        formatting[name] = now
-
     def close(names: Container[str], stop: Container[str]) -> None:
         # The innermost open element named `names`, and everything inside it, unless `stop` comes first.
         nonlocal depth
@@ -313,22 +313,24 @@ def check_html(html: str) -> None:
                 return
 
     for m in _HTML_TAG.finditer(html):
-        name = m.group(2).lower()
+        end, name = m.group(1, 2)
+        name = name.lower()
         if name in _VOID:
             continue
         if name in _FORMATTING:
             # An end tag closes the latest of its name; an `<a>` (`<nobr>`) closes the one open.
-            formats(name, -1 if m.group(1) or name in ("a", "nobr") else 0)
-            if not m.group(1):
-                formats(name, 1)
-        elif m.group(1):  # an end tag: a special element's closes through the others within its scope
-            close({name}, _BOUNDARY if name in _SPECIAL else _SPECIAL)
+            was = formatting.get(name, 0)
+            now = max(0, was - 1) if end else (was or 1) if name in ("a", "nobr") else was + 1
+            depth += now - was
+            formatting[name] = now
+        elif end:  # an end tag: a special element's closes through the others within its scope
+            if name in stack:
+                close({name}, _BOUNDARY if name in _SPECIAL else _SPECIAL)
         else:
-            tag = m.group(0)
-            closed = tag.endswith("/>") and not _UNQUOTED_END.search(tag)
-            if closed and ("svg" in stack or "math" in stack):
+            foreign = "svg" in stack or "math" in stack
+            if foreign and (tag := m.group(0)).endswith("/>") and not _UNQUOTED_END.search(tag):
                 continue  # `<path/>` is closed in SVG and MathML only
-            if name in _CLOSES_P:
+            if name in _CLOSES_P and "p" in stack:
                 close({"p"}, _BOUNDARY)
             if name in _CLOSED_BY:
                 close(*_CLOSED_BY[name])
