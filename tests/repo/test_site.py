@@ -152,6 +152,16 @@ INTRICATE = {
     ),
     # The renderer numbers the ids of headings alike by trying each number in turn: 64,000 took minutes.
     "headings of one name": ("## Usage\n" * 4000, "text/markdown", "has too many headings of the same name"),
+    "headings after a tab": (
+        "- \t# Usage\n" * 4000,
+        "text/markdown",
+        "has too many headings of the same name",
+    ),
+    "headings underlined by '- '": (
+        "Usage\n- \n" * 4000,
+        "text/markdown",
+        "has too many headings of the same name",
+    ),
     "headings alike": (
         "".join(f"# {v}\n" for v in ("a", "A", "a 1", "[a](x)", "&#97;", "*a*", "a-2") * 600),
         "text/markdown",

@@ -69,8 +69,9 @@ README_LINE_LINKS = 1000
 # root. Roots are counted coarser than the renderer's ids, never finer: `A`, `a 1`, `[a](x)`,
 # `&#97;`, `*a*` are all `a`. Real READMEs repeat a "Bug fixes" once per release.
 README_ALIKE = 3000
-_ATX = re.compile(r" {0,3}#{1,6}(?=[ \t]|$)")
-_SETEXT = re.compile(r" {0,3}(?:=+|-+)[ \t]*$")
+# Headings, however indented (a tab after a list marker is its content's indent: never fewer).
+_ATX = re.compile(r"[ \t]*+#{1,6}(?=[ \t]|$)")
+_SETEXT = re.compile(r"[ \t]*+(?:=++|-++)[ \t]*+$")
 _NOT_TEXT = re.compile(r"\]\([^)]*\)|\]\[[^\]]*\]|\[\^[^\]]*\]|<[^>]*>")  # link targets, notes, tags
 _SEPARATORS = re.compile(r"[ -]+")
 _ID_SUFFIX = re.compile(r"(?:-[0-9]+)+$")
@@ -196,7 +197,10 @@ def check_markdown(text: str) -> None:
             raise Intricate(f"This README has more than {README_HTML_TAGS:,} tags in one block of HTML")
         heading = m.end() if "#" in line and (m := _ATX.match(line, at)) else None
         if heading is not None or (
-            ("=" in line or "-" in line) and before and not before.isspace() and _SETEXT.match(line, at)
+            ("=" in line or "-" in line)
+            and before
+            and not before.isspace()
+            and (_SETEXT.match(line, at) or _SETEXT.match(line))  # `- ` after a paragraph underlines it
         ):
             key = _heading_root(line[heading:] if heading is not None else before[before_at:])
             tries += alike.get(key, 0)  # at most the ids this one tries before its own
