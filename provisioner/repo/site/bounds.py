@@ -72,7 +72,9 @@ README_ALIKE = 3000
 # Headings, however indented (a tab after a list marker is its content's indent: never fewer).
 _ATX = re.compile(r"[ \t]*+#{1,6}(?=[ \t]|$)")
 _SETEXT = re.compile(r"[ \t]*+(?:=++|-++)[ \t]*+$")
-_NOT_TEXT = re.compile(r"\]\([^)]*\)|\]\[[^\]]*\]|\[\^[^\]]*\]|<[^>]*>")  # link targets, notes, tags
+# Link targets, notes, tags; each part stops at the next bracket or `<` (linear: a heading of
+# 100 kB of `<!--` took 0.8 s when a part ran to the end of the line and failed there).
+_NOT_TEXT = re.compile(r"\]\([^()\[\]]*+\)|\]\[[^\[\]]*+\]|\[\^[^\[\]]*+\]|<[^<>]*+>")
 _SEPARATORS = re.compile(r"[ -]+")
 _ID_SUFFIX = re.compile(r"(?:-[0-9]+)+$")
 # Nor one that renders to more HTML than this (characters), before it is highlighted and cleaned:
@@ -91,8 +93,6 @@ _HTML_TAG = re.compile(
     rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^{_WS}\"'>][^{_WS}>]*+)?+)?+)*+"
     rf"[{_WS}/]*+(?:>|\Z)"
 )
-# A tag closed by `/>` is closed (in SVG and MathML) unless that `/` ends an unquoted value.
-_UNQUOTED_END = re.compile(rf"=[{_WS}]*+[^{_WS}\"'>][^{_WS}>]*+>$")
 # How deep html5ever nests elements, modelled closely enough never to count less: the tag names
 # of the HTML parsing spec's "void", "special" and scope-boundary elements, and which open
 # elements a start tag closes (li closes li, td closes th, a block closes p).
@@ -121,6 +121,7 @@ _FORMATTING = frozenset(
 # those others comes first (a list item closes the one before it, not an outer list's).
 _LIST_ITEM = _SPECIAL - {"address", "div", "p"}
 _IN_TABLE = frozenset({"html", "table", "template"})
+_TABLE_PARTS = frozenset({"caption", "col", "colgroup", "tbody", "td", "tfoot", "th", "thead", "tr"})
 _CLOSED_BY: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "li": (frozenset({"li"}), _LIST_ITEM),
     "dt": (frozenset({"dt", "dd"}), _LIST_ITEM),
@@ -292,6 +293,35 @@ def check_size(html: str | None) -> None:
         raise Intricate(f"This README renders to more than {README_HTML_MAX:,} characters of HTML")
 
 
+def _closed(tag: str) -> bool:
+    """Whether the HTML tokenizer reads a start tag (as _HTML_TAG matched it) as closed by `/>`:
+    not when that `/` ends an unquoted value (`<g a=b/>`). Its states, one character at a time."""
+    i = 1
+    while i < len(tag) and tag[i] not in _WS and tag[i] not in "/>":
+        i += 1  # the name
+    state = "before"  # before a name; "name", "after", "value", "unquoted", a quote, "slash"
+    for c in tag[i:]:
+        if state == "unquoted":
+            state = "before" if c in _WS else "unquoted"
+            if c == ">":
+                return False
+        elif state in ('"', "'"):
+            state = "after" if c == state else state
+        elif c == ">":
+            return state == "slash"
+        elif state == "value":
+            state = c if c in "\"'" else state if c in _WS else "unquoted"
+        elif c == "/":
+            state = "slash"
+        elif c == "=" and state in ("name", "after"):
+            state = "value"
+        elif c in _WS:
+            state = "after" if state == "name" else "before" if state == "slash" else state
+        else:
+            state = "name"
+    return False
+
+
 def check_html(html: str) -> None:
     """Refuse (`Intricate`) HTML whose elements nest deeper than README_DEPTH, before html5ever
     (nh3) parses it. The tags as they come (code is escaped by then: `&lt;name&gt;`), on a stack
@@ -332,10 +362,12 @@ def check_html(html: str) -> None:
                 close({name}, _BOUNDARY if name in _SPECIAL else _SPECIAL)
         else:
             foreign = "svg" in stack or "math" in stack
-            if foreign and (tag := m.group(0)).endswith("/>") and not _UNQUOTED_END.search(tag):
+            if foreign and (tag := m.group(0)).endswith("/>") and _closed(tag):
                 continue  # `<path/>` is closed in SVG and MathML only
             if name in _CLOSES_P and "p" in stack:
                 close({"p"}, _BOUNDARY)
+            if name in _TABLE_PARTS and "table" not in stack:
+                continue  # outside a table the parser ignores them
             if name in _CLOSED_BY:
                 close(*_CLOSED_BY[name])
             stack.append(name)
