@@ -15,7 +15,7 @@ import readme_renderer.markdown
 import readme_renderer.rst
 import readme_renderer.txt
 
-from provisioner.repo.site import readme
+from provisioner.repo.site import apart, readme
 from tests.repo.test_site import HOSTILE_MARKDOWN, HOSTILE_RST
 
 MARKDOWN = [
@@ -148,6 +148,18 @@ CASES = (
 @pytest.mark.parametrize(("text", "content_type"), CASES)
 def test_a_readme_renders_as_readme_renderer_renders_it(text: str, content_type: str | None) -> None:
     assert readme.render(text, content_type) == reference(text, content_type)
+
+
+def test_a_long_restructuredtext_readme_renders_apart_as_readme_renderer_renders_it() -> None:
+    # Past RST_APART characters docutils runs in a child process: the same bytes as in this one.
+    text = RST[1] + "".join(
+        f"\n\n1.{i}.0\n{'-' * len(f'1.{i}.0')}\n\n- Fixed *this* (``code``), see `docs <https://e.x/{i}>`_.\n"
+        "- Added ``--flag``; caf\u00e9 \u2713.\n"
+        for i in range(400)
+    )
+    assert len(text) > apart.RST_APART
+    out = readme.render(text, "text/x-rst")
+    assert out == reference(text, "text/x-rst") and out.count(">1.") == 400 and not out.startswith("<pre")
 
 
 def test_the_installed_distributions_readmes_render_as_readme_renderer_renders_them() -> None:

@@ -19,7 +19,7 @@ import pytest
 from provisioner.appliance import sample
 from provisioner.repo import layout
 from provisioner.repo.engine import Repository
-from provisioner.repo.site import paging, readme, render
+from provisioner.repo.site import apart, paging, readme, render
 from provisioner.repo.site.packed import pack
 from provisioner.repo.site.render import ListEntry, loads_aggregate
 from tests.fixtures.gcs import RepoHandle
@@ -291,6 +291,38 @@ def test_a_readme_that_overflowed_the_renderer_s_stack_fails_neither_the_publish
         assert proc.returncode == 0, (args[0], proc.returncode, proc.stderr[-2000:])
     page = _tree(repo)["ui/mails/index.html"].decode()
     assert "This README has more than 1,000 links on one line" in page
+
+
+# 200 kB of one-line definitions: docutils takes 3-8 s over them, and nothing refuses them.
+SLOW_RST = "Terms\n=====\n\n" + "a\n b\n" * 40_000
+
+
+def test_a_readme_docutils_renders_too_slowly_is_stopped_and_shown_as_text(
+    dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docutils is pure Python and slow, and fuzzing found 200 kB READMEs that took it 31 s, in
+    the publish and in every reindex: nothing in the process could stop it. A long one renders in a
+    child that the deadline (here 0.5 s) kills."""
+    monkeypatch.setattr(apart, "RST_SECONDS", 0.5)
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "slow", "1.0", description=SLOW_RST, description_content_type="text/x-rst")])
+    note = "This README took docutils more than 0.5 s to render: it is shown as plain text."
+    page = _site(dir_repo)["ui/slow/index.html"].decode()
+    assert note in page and "<dt>a</dt>" not in page and "<pre" in page
+    assert r.reindex().projects == 1
+    assert note in _site(dir_repo)["ui/slow/index.html"].decode()
+
+
+def test_a_readme_that_exhausts_the_renderer_s_memory_is_shown_as_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docutils copies a README many times over; the child that renders a long one has an address
+    space of its own (here 16 MB, too little even to import it): the README is shown as text."""
+    text = "Title\n=====\n\n" + "A paragraph of *prose*.\n\n" * 2000
+    assert len(text) > apart.RST_APART and "<h1" in readme.render(text, "text/x-rst")
+    monkeypatch.setattr(apart, "RST_MEMORY", 16 << 20)
+    out = readme.render(text, "text/x-rst")
+    assert out.startswith("<pre") and "A paragraph of *prose*." in out and "<em>" not in out
 
 
 def _wheel(dest: Path, name: str, version: str, **meta: object) -> Path:

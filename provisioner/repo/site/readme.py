@@ -1,4 +1,4 @@
-"""Pure: a project's README (core metadata `Description`) rendered as PyPI renders it, then made inert.
+"""A project's README (core metadata `Description`) rendered as PyPI renders it, then made inert.
 
 The choice of renderer is warehouse's (`warehouse/utils/readme.py`): no content type or `text/x-rst`
 is reStructuredText, `text/markdown` is Markdown (its `variant` parameter: GFM or CommonMark),
@@ -16,6 +16,9 @@ second, stricter allowlist of our own:
   tree that the repository does not hold (a broken image and a 404). The alt text stays;
 - self-links without text (the heading anchors) are dropped: a link needs a name for a screen reader;
   code blocks get `tabindex="0"` so that one that scrolls sideways can be scrolled from the keyboard.
+
+A reStructuredText README longer than `apart.RST_APART` renders in a child process that a deadline
+stops (docutils is slow, and nothing in a process can stop it); everything else is pure.
 
 Markdown is rendered by `readme_renderer.markdown`'s own steps (its renderer of the variant, its
 clean), with the code blocks highlighted as its `_highlight` does but with one Pygments formatter per
@@ -44,7 +47,7 @@ import readme_renderer.txt
 from pygments.lexer import Lexer
 from pygments.token import STANDARD_TYPES
 
-from provisioner.repo.site import bounds
+from provisioner.repo.site import apart, bounds
 
 ID_PREFIX = "readme-"
 SITE_CLASS_PREFIX = "pp-"
@@ -257,6 +260,8 @@ def render(description: str | None, content_type: str | None, *, remote_images: 
         if renderer is readme_renderer.markdown:
             bounds.check_markdown(description)
             rendered = _markdown()(description, **variant)
+        elif renderer is readme_renderer.rst and len(description) > apart.RST_APART:
+            rendered = apart.render_rst(description)
         else:
             if renderer is readme_renderer.rst:
                 bounds.check_rst(description)
@@ -264,9 +269,7 @@ def render(description: str | None, content_type: str | None, *, remote_images: 
             bounds.check_size(rendered)
     except bounds.Intricate as why:
         return _as_text(description, str(why))
-    except (RecursionError, MemoryError, ValueError, TypeError, LookupError, AttributeError):
-        # A renderer failing on hostile input (docutils recursing past Python's limit...) must
-        # not fail the publish or the reindex: PyPI shows what does not render as plain text.
+    except apart.FAILURES:  # must not fail the publish or the reindex
         rendered = None
     if rendered is not None and renderer is readme_renderer.txt:
         rendered = f"<pre>{rendered}</pre>"
