@@ -6,11 +6,13 @@ Debian's nginx with the VM's own config, and installed by pip into a throwaway v
 
 from __future__ import annotations
 
+import html
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,40 @@ Echo = Callable[[str], None]
 
 LIBRARY = "pypapo-demo-greeting"
 APP = "pypapo-demo-app"
+
+
+# What the site shows of them: a Markdown README, a reStructuredText one, and a yanked release.
+GREETING_README = """# pypapo-demo-greeting
+
+A greeting from a private index: `greet(name)` returns one line.
+
+## Use it
+
+```python
+from pypapo_demo_greeting import greet
+
+print(greet("team"))
+```
+
+## Changes
+
+- **1.1.0**: the greeting names the version that made it.
+- **1.0.0**: the first release (yanked, see its reason).
+"""
+APP_README = """pypapo-demo-app
+===============
+
+Prints a greeting from ``pypapo-demo-greeting``, a dependency that only the private index holds.
+
+Run it
+------
+
+::
+
+    python -c 'import pypapo_demo_app; pypapo_demo_app.main()'
+"""
+YANKED = "1.0.0"
+YANK_REASON = "Superseded by 1.1.0 (the demo yanks it to show what a yank looks like)"
 
 
 def build_demo_dists(dest: Path) -> list[Path]:
@@ -42,11 +78,30 @@ def build_demo_dists(dest: Path) -> list[Path]:
     def greeting(v: str) -> dict[str, str]:
         return {path: text.format(v=v) for path, text in greeting_mod.items()}
 
+    def meta(name: str, v: str, summary: str, readme: str, kind: str, needs: list[str] | None = None) -> str:
+        return sample.core_metadata(
+            name, v, summary=summary, description=readme, description_content_type=kind,
+            requires_python=">=3.9", requires_dist=needs or [], headers=["License-Expression: MIT"],
+        )  # fmt: skip
+
+    def greeting_meta(v: str) -> str:
+        return meta(LIBRARY, v, "A greeting from a private index", GREETING_README, "text/markdown")
+
+    app_meta = meta(
+        APP,
+        "1.0.0",
+        "Prints a greeting from a private dependency",
+        APP_README,
+        "text/x-rst",
+        [f"{LIBRARY}>=1.0"],
+    )
     return [
-        sample.build_wheel(dest, LIBRARY, "1.0.0", modules=greeting("1.0.0")),
-        sample.build_sdist(dest, LIBRARY, "1.0.0", modules=greeting("1.0.0")),
-        sample.build_wheel(dest, LIBRARY, "1.1.0", modules=greeting("1.1.0")),
-        sample.build_wheel(dest, APP, "1.0.0", requires_dist=[f"{LIBRARY}>=1.0"], modules=app_mod),
+        sample.build_wheel(dest, LIBRARY, YANKED, modules=greeting(YANKED), metadata=greeting_meta(YANKED)),
+        sample.build_sdist(dest, LIBRARY, YANKED, modules=greeting(YANKED), pkg_info=greeting_meta(YANKED)),
+        sample.build_wheel(
+            dest, LIBRARY, "1.1.0", modules=greeting("1.1.0"), metadata=greeting_meta("1.1.0")
+        ),
+        sample.build_wheel(dest, APP, "1.0.0", modules=app_mod, metadata=app_meta),
     ]
 
 
@@ -91,8 +146,14 @@ def _run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo) -> None:
         dists = build_demo_dists(work / "dists")
         echo(f"==> publishing into {repo_dir} (what `provision publish --repo {repo} FILE...` does)")
         # Built reproducibly: on a re-run the same bytes are already present, which is a no-op.
-        result = Repository.open(str(repo_dir)).publish(dists, skip_existing=True)
+        repository = Repository.open(str(repo_dir))
+        result = repository.publish(dists, skip_existing=True)
         echo(f"    {result.summary()}")
+        if result.skipped:
+            echo(f"    ({repo} holds the examples as an older pypapo built them; remove it for these)")
+        echo(f"==> yanking {LIBRARY} {YANKED} (what `provision yank --reason ...` does)")
+        changed = repository.set_yanked(LIBRARY, YANKED, YANK_REASON)
+        echo(f"    {changed} files yanked" if changed else "    already yanked")
 
         access_log = work / "access.log"
         access_log.unlink(missing_ok=True)
@@ -134,6 +195,7 @@ def _run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo) -> None:
                 if len(parts) > 3 and "/healthz" not in parts[1]:
                     status = parts[2].split()[0]
                     echo(f"    {parts[1]} -> {status} {parts[3]}")
+            echo(show_site(server.browse_url, repo, readme=not result.skipped))
             echo(usage_text(server.root_url))
             echo(f"    Serve it again later: provision serve --repo {repo}")
             if keep_serving:
@@ -142,6 +204,30 @@ def _run_demo(*, repo: Path, port: int, keep_serving: bool, echo: Echo) -> None:
                     server.wait()
                 except KeyboardInterrupt:
                     echo("stopping nginx")
+
+
+def show_site(browse_url: str, repo: Path, *, readme: bool = True) -> str:
+    """What the browsable site shows of the demo, checked as nginx serves it (a demo that claims a
+    page it does not serve would mislead); `readme`: the READMEs are this version's."""
+
+    def get(url: str) -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.read().decode("utf-8")
+        except OSError as exc:  # (HTTPError and URLError are OSErrors)
+            raise PypapoError(f"the site does not answer at {url}: {exc}") from None
+
+    listing, page = get(browse_url), get(f"{browse_url}{LIBRARY}/")
+    wanted = {listing: (LIBRARY, APP), page: ("Use it", html.escape(YANK_REASON, quote=False))}
+    for body, needles in wanted.items():
+        missing = [n for n in needles if n not in body]
+        if missing:
+            raise PypapoError(
+                f"the site does not show {missing[0]!r}: run provision reindex --repo <this repo>"
+            )
+    return f"""==> the browsable site (open it in a browser; through the tunnel it is http://localhost:PORT/ui/):
+    {browse_url}  every project, newest first; typing in its search box filters them
+    {browse_url}{LIBRARY}/  its README, every release with its files, and why {YANKED} was yanked"""
 
 
 def usage_text(root_url: str) -> str:

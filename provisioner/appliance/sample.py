@@ -119,10 +119,17 @@ def build_wheel(
     requires_python: str | None = None,
     requires_dist: Iterable[str] = (),
     modules: Mapping[str, str] | None = None,
+    metadata: str | None = None,
 ) -> Path:
-    """Write a pip-installable py3-none-any wheel into dest_dir and return its path."""
+    """Write a pip-installable py3-none-any wheel into dest_dir and return its path (`metadata`:
+    its METADATA, as `core_metadata` writes it)."""
     data = wheel_bytes(
-        name, version, requires_python=requires_python, requires_dist=requires_dist, modules=modules
+        name,
+        version,
+        requires_python=requires_python,
+        requires_dist=requires_dist,
+        modules=modules,
+        metadata=metadata,
     )
     return _write(dest_dir, wheel_filename(name, version), data)
 
@@ -194,9 +201,15 @@ def build_sdist(
     requires_python: str | None = None,
     requires_dist: Iterable[str] = (),
     modules: Mapping[str, str] | None = None,
+    pkg_info: str | None = None,
 ) -> Path:
     """Write a .tar.gz sdist (PKG-INFO + setup.py + modules) into dest_dir and return its path."""
     data = sdist_bytes(
-        name, version, requires_python=requires_python, requires_dist=requires_dist, modules=modules
+        name,
+        version,
+        requires_python=requires_python,
+        requires_dist=requires_dist,
+        modules=modules,
+        pkg_info=pkg_info,
     )
     return _write(dest_dir, sdist_filename(name, version), data)

@@ -1,0 +1,53 @@
+"""`provision demo` (what `bash bootstrap demo` runs, the README's first command): published, yanked,
+served by nginx, installed by pip, and the browsable site it points a newcomer at, twice over the same
+directory (a second run changes nothing)."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+from pathlib import Path
+
+from provisioner.appliance import demo
+from provisioner.appliance.serve import free_port
+from provisioner.repo import layout
+from tests.fixtures.nginx import PROVISION
+
+
+def _demo(repo: Path) -> str:
+    port = free_port()
+    proc = subprocess.run(
+        [PROVISION, "demo", "--repo", str(repo), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _page(repo: Path, project: str | None = None) -> str:
+    path = repo / (layout.ui_project(project) if project else layout.UI_LIST)
+    return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+
+
+def test_the_demo_installs_and_shows_its_site_twice(nginx_bin: str, tmp_path: Path) -> None:
+    repo = tmp_path / "demo-repo"
+    first = _demo(repo)
+    assert "hello pypapo, from a private index (greeting 1.1.0)" in first
+    assert "published 4, already present 0" in first and "2 files yanked" in first
+    browse = re.search(r"^    (http://127\.0\.0\.1:\d+/ui/)  every project", first, re.M)
+    assert browse is not None, first
+    assert f"{browse[1]}{demo.LIBRARY}/  its README" in first
+
+    # What the demo said it showed is in the site it wrote: READMEs of both kinds, the yank's reason.
+    greeting, app = _page(repo, demo.LIBRARY), _page(repo, demo.APP)
+    assert ">Use it</h2>" in greeting and '<span class="kn">from</span>' in greeting  # highlighted
+    assert demo.YANK_REASON in greeting
+    assert ">Run it</h2>" in app
+    assert demo.LIBRARY in _page(repo) and demo.APP in _page(repo)
+
+    again = _demo(repo)
+    assert "published 0, already present 4, skipped 0" in again and "already yanked" in again
+    assert "hello pypapo" in again and "/ui/  every project" in again
