@@ -381,12 +381,36 @@ def test_accessible_in_light_and_dark(site_repo: Path, serve_repo, browser, dark
             )
             assert [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in result] == []
         b.screenshot(f"site-{shot}-{scheme}")
-    b.set_window_size(390, 844)
+    b.set_viewport(390, 844)
     b.get(index.root_url + "/ui/acme-tools/")
     assert b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
     b.screenshot(f"site-project-phone-{scheme}", full_page=False)
     if not AXE.exists():
         pytest.skip(f"axe-core is not installed ({AXE}); `bash bootstrap` installs it from npm")
+
+
+def test_long_unbroken_metadata_never_scrolls_the_page_sideways(tmp_path: Path, serve_repo, browser) -> None:
+    """What real projects carry (sqlalchemy's `mariadb!=1.1.10,!=1.1.2,!=1.1.5,>=1.0.1; extra ==
+    "mariadb-connector"`): a line with no break in it, in the sidebar's narrow column."""
+    repo = tmp_path / "repo"
+    long_req = 'mariadb!=1.1.10,!=1.1.2,!=1.1.5,>=1.0.1; extra == "mariadb-connector"'
+    other = 'psycopg[binary]!=3.1.15,>=3.0.7; extra == "postgresql-psycopgbinary"'
+    Repository.open(str(repo)).publish([
+        _wheel(tmp_path / "d", "acme-db", "2.0", summary="A database toolkit", requires_python=">=3.11",
+               requires_dist=[long_req, other],
+               headers=["Project-URL: Changelog-for-every-release-since-the-first, https://example.com/"
+                        "docs/changelog/every/release/since/the/first/one/ever/made.html",
+                        "Keywords: postgresql-psycopgbinary-asyncio-aiosqlite-sqlcipher-pymysql"]),
+    ])  # fmt: skip
+    index = serve_repo(repo)
+    b = browser()
+    for width in (390, 820, 1024, 1280):
+        b.set_viewport(width)
+        b.get(f"{index.root_url}/ui/acme-db/")
+        assert long_req in b.find_element("css selector", ".pp-deps").text
+        wide = b.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= width, f"at {width} px the page is {wide} px wide"
+    b.screenshot("site-project-long-metadata-1280", full_page=False)
 
 
 def test_readable_without_javascript(site_repo: Path, serve_repo, browser) -> None:
