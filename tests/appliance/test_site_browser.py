@@ -51,6 +51,9 @@ Use the snippets on this page.
 import acme_tools
 acme_tools.run()
 ```
+
+> [!WARNING]
+> Run it on a copy of your data first.
 """
 
 
@@ -292,6 +295,13 @@ def test_a_project_page(site_repo: Path, serve_repo, browser) -> None:
     assert b.find_element("tag name", "h1").text == "acme-tools 1.1"
     headings = [h.text for h in b.find_elements("css selector", ".pp-readme h1, .pp-readme h2")]
     assert headings == ["Acme tools", "Installation", "Usage"]
+    # An admonition (GitHub's `> [!WARNING]`, reST's `.. warning::`) is a box with its title, as on PyPI.
+    warning = b.find_element("css selector", ".pp-readme .admonition.warning")
+    assert warning.text == "Warning\nRun it on a copy of your data first."
+    assert (
+        warning.get_attribute("role") == "note"
+        and warning.value_of_css_property("border-left-width") == "4px"
+    )
     yanked = b.find_element("id", "v-1.2")
     assert "yanked" in yanked.text and "Yanked: broke the --json output" in yanked.text
     # The install snippet names the URL the page was reached at (the script fills it in).

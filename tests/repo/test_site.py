@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -52,6 +54,9 @@ HOSTILE_MARKDOWN = """# Totally normal
 <template><script>alert(19)</script></template>
 <p class="pp-yanked pp-warn">a fake warning styled like the page</p>
 <div id="q">an id that would clobber the search box</div>
+<abbr title="<aside onclick=alert(22) x">t</abbr>
+<abbr title='<pre onfocus=alert(23) autofocus '>p</abbr>
+<aside class="admonition note pp-top" role="alert" onclick="alert(24)">a note dressed as the bar</aside>
 
 [markdown js](javascript:alert(20)) ![remote](https://tracker.invalid/md.png)
 [ref js][r]
@@ -85,7 +90,7 @@ class _Markup(HTMLParser):
 
 ALLOWED_TAGS = set(readme._TAGS)
 ALLOWED_ATTRS = {"id", "href", "title", "rel", "alt", "width", "height", "align", "class", "colspan",
-                 "rowspan", "start", "src", "open", "tabindex"}  # fmt: skip
+                 "rowspan", "start", "src", "open", "tabindex", "role"}  # fmt: skip
 
 
 def inert_problems(fragment: str) -> list[str]:
@@ -104,6 +109,8 @@ def inert_problems(fragment: str) -> list[str]:
                 problems.append(f"<{tag} id={value!r}>")
             if name == "class" and "pp-" in value:
                 problems.append(f"<{tag} class={value!r}>")
+            if name == "role" and value != "note":  # ours, on a README's admonitions
+                problems.append(f"<{tag} role={value!r}>")
     return problems
 
 
@@ -603,6 +610,27 @@ def test_a_release_info_cache_a_crash_left_torn_is_rendered_again(
     page.unlink()
     r.reindex()
     assert _site(dir_repo) == before
+
+
+def test_a_release_info_cache_from_other_rendering_code_is_not_used(tmp_path: Path) -> None:
+    """The caches are stamped with the source of the code that renders a README: a pypapo that
+    renders one differently (this session's admonition boxes did, and nothing was bumped) finds
+    every cache of the one before stale, and its reindex renders them anew."""
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(readme.__file__).parents[3] / "provisioner", tree / "provisioner",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    code = "from provisioner.repo.site import render; print(render.RENDERER)"
+
+    def stamp() -> str:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        done = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert stamp() == render.RENDERER  # the same code: the same stamp (caches stand)
+    changed = tree / "provisioner/repo/site/readme.py"
+    changed.write_text(changed.read_text().replace('ID_PREFIX = "readme-"', 'ID_PREFIX = "r-"'))
+    assert stamp() != render.RENDERER
 
 
 def test_a_site_from_before_the_site_existed_is_built_by_the_next_publish(

@@ -14,6 +14,8 @@ second, stricter allowlist of our own:
 - no images unless `remote_images` (then https ones): a remote image is a request to a third party
   each time someone opens the page, and a relative one points at a file of the project's source
   tree that the repository does not hold (a broken image and a 404). The alt text stays;
+- admonitions (`.. note::`, a Markdown `> [!WARNING]`) keep their box and title, as an element
+  with `role="note"` (readme_renderer's `<aside>` would be a second sidebar landmark of the page);
 - self-links without text (the heading anchors) are dropped: a link needs a name for a screen reader;
   code blocks get `tabindex="0"` so that one that scrolls sideways can be scrolled from the keyboard.
 
@@ -53,7 +55,7 @@ ID_PREFIX = "readme-"
 SITE_CLASS_PREFIX = "pp-"
 
 _TAGS = {
-    "a", "abbr", "acronym", "b", "blockquote", "br", "caption", "cite", "code", "col", "colgroup",
+    "a", "abbr", "acronym", "aside", "b", "blockquote", "br", "caption", "cite", "code", "col", "colgroup",
     "dd", "del", "details", "div", "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4",
     "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "picture", "pre", "section", "span",
     "strong", "sub", "summary", "sup", "table", "tbody", "td", "th", "thead", "tr", "tt", "ul", "var",
@@ -75,11 +77,21 @@ _ATTRIBUTES = {
 # ones. Never the site's own (`pp-...`), so a README cannot dress up as the page.
 _CLASSES = frozenset(STANDARD_TYPES.values()) | {"highlight", "code", "literal-block", "notranslate"}
 _ALLOWED_CLASSES = {tag: set(_CLASSES) for tag in ("span", "code", "pre", "div")}
+# Admonitions (`.. note::`, `.. warning::`, a Markdown `> [!NOTE]`...): readme_renderer writes them as
+# <aside class="admonition KIND"><p class="admonition-title">; docutils' topics and sidebars alike.
+_ASIDE_KINDS = {
+    "attention", "caution", "danger", "error", "hint", "important", "note", "tip", "warning",
+}  # fmt: skip
+_ALLOWED_CLASSES["aside"] = {"admonition", "topic", "sidebar", *_ASIDE_KINDS}
+_ALLOWED_CLASSES["p"] = {"admonition-title", "topic-title", "sidebar-title"}
 # Removed together with their content (the others are unwrapped and keep their text).
 _DROP_WITH_CONTENT = {"script", "style", "template", "iframe", "object", "embed", "noscript", "svg", "math"}
 _SCHEMES = {"http", "https", "mailto"}
 _EMPTY_LINK = re.compile(r"<a [^>]*></a>")
 _PRE = re.compile(r"<pre(?=[\s>])")
+# An <aside> in the page's <main> would be a second complementary landmark (beside the page's own
+# sidebar: screen readers list it, axe flags it); a README's is a note within the text.
+_ASIDE = re.compile(r"<(/?)aside(?=[\s>])")
 _FRAGMENT = re.compile(r'href="#')
 
 _RENDERERS = {
@@ -117,6 +129,7 @@ def sanitize(html: str, *, remote_images: bool = False) -> str:
     # In-page links follow the prefixed ids; a code block that scrolls sideways must be reachable
     # from the keyboard. (nh3's output is canonical: every attribute is quoted with ".)
     cleaned = _FRAGMENT.sub(f'href="#{ID_PREFIX}', cleaned)
+    cleaned = _ASIDE.sub(lambda m: "</div" if m[1] else '<div role="note"', cleaned)
     return _PRE.sub('<pre tabindex="0"', _EMPTY_LINK.sub("", cleaned))
 
 

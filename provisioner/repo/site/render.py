@@ -12,11 +12,13 @@ behind any path prefix. Pages carry no inline script or style: the Content-Secur
 
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib.metadata
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -33,7 +35,7 @@ from packaging.utils import (
 from provisioner.errors import human_size
 from provisioner.repo import clientconfig
 from provisioner.repo.model import FileEntry, ProjectState
-from provisioner.repo.site import readme
+from provisioner.repo.site import apart, bounds, readme
 
 # The index URL printed in snippets when the page is read without JavaScript; the script replaces it
 # with the URL the page was actually reached at (tunnel port, path prefix).
@@ -46,8 +48,6 @@ LICENSE_MAX = 80
 # keywords: PyPI refuses a summary over 512 characters; one of megabytes would weigh on every page.
 SUMMARY_MAX = 512
 KEYWORDS_MAX = 512
-# What release_info (the README included) gives for the same metadata changed: cached ones are stale.
-INFO_VERSION = 2
 
 
 def content_security_policy(*, remote_images: bool = False) -> str:
@@ -94,11 +94,22 @@ def _version(dist: str) -> str:
         return "none"
 
 
-# What a cached ReleaseInfo was rendered with: a different renderer or sanitizer renders anew.
-# readme_renderer's Markdown backend is cmarkgfm up to 45 and comrak from 46: whichever is installed.
+def source_digest(paths: Iterable[Path]) -> str:
+    """A short digest of these files' bytes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# What a cached ReleaseInfo was rendered with: a different renderer or sanitizer renders anew. Ours
+# by the source of the modules that make a ReleaseInfo (an upgrade that changes how a README renders
+# re-renders every cached one: no version number to forget to bump); readme_renderer's Markdown
+# backend is cmarkgfm up to 45 and comrak from 46: whichever is installed.
 RENDERER = "|".join(
-    [f"pypapo-site-{AGGREGATE_VERSION}", f"info-{INFO_VERSION}"]
+    [f"pypapo-site-{AGGREGATE_VERSION}"]
     + [f"{d}-{_version(d)}" for d in ("readme_renderer", "nh3", "cmarkgfm", "comrak", "docutils", "pygments")]
+    + [source_digest(Path(f) for f in (__file__, readme.__file__, bounds.__file__, apart.__file__))]
 )
 
 
