@@ -95,7 +95,8 @@ def site_repo(tmp_path: Path, canary: tuple[str, list[str]]) -> Path:
         "https://evil.invalid", outside
     )
     files = [
-        _wheel(dists, "acme-core", "1.0", summary="The acme core library", description="Core\n====\n"),
+        _wheel(dists, "acme-core", "1.0", summary="The acme core library",
+               description="Core\n====\n\nRun ``acme-core --check`` first.\n"),
         *[
             _wheel(
                 dists,
@@ -307,6 +308,10 @@ def test_a_project_page(site_repo: Path, serve_repo, browser) -> None:
     # The install snippet names the URL the page was reached at (the script fills it in).
     assert f"--index-url {index.url} acme-tools" in b.find_element("css selector", ".pp-quick code").text
     _no_trouble(b, index.root_url)
+    # reStructuredText's ``inline literal`` is code, as on PyPI (not prose).
+    b.get(f"{index.root_url}/ui/acme-core/")
+    literal = b.find_element("css selector", ".pp-readme p .literal")
+    assert literal.text == "acme-core --check" and "monospace" in literal.value_of_css_property("font-family")
 
 
 def test_every_link_resolves(site_repo: Path, serve_repo, browser) -> None:

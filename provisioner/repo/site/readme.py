@@ -77,6 +77,9 @@ _ATTRIBUTES = {
 # ones. Never the site's own (`pp-...`), so a README cannot dress up as the page.
 _CLASSES = frozenset(STANDARD_TYPES.values()) | {"highlight", "code", "literal-block", "notranslate"}
 _ALLOWED_CLASSES = {tag: set(_CLASSES) for tag in ("span", "code", "pre", "div")}
+# reStructuredText's inline literals (``code``) are <span class="docutils literal">: without the
+# class they read as prose.
+_ALLOWED_CLASSES["span"] |= {"docutils", "literal"}
 # Admonitions (`.. note::`, `.. warning::`, a Markdown `> [!NOTE]`...): readme_renderer writes them as
 # <aside class="admonition KIND"><p class="admonition-title">; docutils' topics and sidebars alike.
 _ASIDE_KINDS = {
