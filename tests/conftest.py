@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.dists",
     "tests.fixtures.nginx",
     "tests.fixtures.browser",
+    "tests.fixtures.proxy",
 ]

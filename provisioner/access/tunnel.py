@@ -23,12 +23,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner import loopback
 from provisioner.cloud import group
 from provisioner.cloud.settings import Settings
 from provisioner.errors import PypapoError
@@ -247,12 +246,10 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> int:
 def _answer(port: int, path: str, timeout: float) -> tuple[int, str]:
     """(status, body) of GET PATH through PORT; (0, '') when nothing answered."""
     try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=timeout) as resp:
-            return int(resp.status), resp.read(1024).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(1024).decode(errors="replace")
+        code, body = loopback.get(f"http://{LOOPBACK}:{port}{path}", timeout=timeout, limit=1024)
     except OSError:
         return 0, ""
+    return code, body.decode(errors="replace")
 
 
 def _status(port: int, path: str, timeout: float) -> int:

@@ -12,10 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from provisioner import loopback
 from provisioner.appliance import sample
 from provisioner.appliance import serve as serving
 from provisioner.errors import PypapoError
@@ -116,7 +116,7 @@ def clean_env(home: Path) -> dict[str, str]:
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PIP_NO_INPUT="1",
     )
-    return env
+    return loopback.without_proxy_for_loopback(env)  # pip asks the demo's own nginx, never a proxy
 
 
 def _pick_port(port: int, echo: Echo) -> int:
@@ -212,10 +212,12 @@ def show_site(browse_url: str, repo: Path, *, readme: bool = True) -> str:
 
     def get(url: str) -> str:
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                return resp.read().decode("utf-8")
-        except OSError as exc:  # (HTTPError and URLError are OSErrors)
+            code, body = loopback.get(url, timeout=10)
+        except OSError as exc:
             raise PypapoError(f"the site does not answer at {url}: {exc}") from None
+        if code != 200:
+            raise PypapoError(f"the site answers {code} at {url}: run provision reindex --repo {repo}")
+        return body.decode("utf-8")
 
     listing, page = get(browse_url), get(f"{browse_url}{LIBRARY}/")
     wanted = {listing: (LIBRARY, APP), page: ("Use it", html.escape(YANK_REASON, quote=False))}

@@ -18,12 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner import loopback
 from provisioner.appliance.render import (
     NJS_MODULE_PATH,
     NJS_PACKAGE,
@@ -196,10 +195,8 @@ def _wait_until_up(proc: subprocess.Popen[bytes], host: str, port: int, err_path
                 raise PypapoError(f"port {port} on {host} is in use: pick another with --port")
             raise PypapoError(f"nginx failed to start: {last}")
         try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # 503 from /healthz still means NGINX is up (the repository may be empty)
+            loopback.get(url, timeout=2, limit=0)  # any status: a 503 from /healthz is NGINX up (the
+            return  # repository may be empty)
         except OSError:
             time.sleep(0.05)
     raise PypapoError(f"nginx did not answer on {host}:{port} within 15 s")

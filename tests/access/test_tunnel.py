@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from provisioner.cli import main
+from tests.fixtures.proxy import Proxy
 
 PROVISION = Path(sys.executable).parent / "provision"
 
@@ -241,6 +242,35 @@ def test_a_broken_conda_channel_is_one_warning_when_the_tunnel_opens(
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=20)
         assert proc.returncode == 0
+
+
+def test_a_proxy_in_the_environment_is_never_asked_for_the_tunnel_s_own_ports(
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: Proxy
+) -> None:
+    """Behind a corporate proxy (http_proxy set, localhost not in no_proxy), the tunnel's checks of
+    gcloud's port went to the proxy, which cannot reach this machine: its 502 made every probe fail,
+    and the tunnel dropped its users' connections to "move" off a healthy instance every 20 s."""
+    from provisioner.access import tunnel
+
+    _record, control = _controlled(gcloud_dir, tmp_path, monkeypatch)
+    (control / "channel-broken").touch()  # asked once as the tunnel opens: its warning must come
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
+    local = free_port()
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # (the test's own requests)
+    seen: list[bytes] = []
+
+    def drive(said: list[str]) -> None:
+        time.sleep(1.5)  # several probes
+        with direct.open(f"http://127.0.0.1:{local}/simple/", timeout=10) as resp:
+            seen.append(resp.read())
+
+    fast = tunnel.Timing(probe_interval=0.2, probe_timeout=2, failures_to_switch=2, reconnect_timeout=20)
+    said = _supervised(local, lambda: [tunnel.Target("pypapo-a1b2", "us-central1-a")], drive, fast)
+    assert seen == [b"pypapo-a1b2 /simple/"]
+    assert not [line for line in said if "stopped answering" in line or "reconnect" in line], said
+    assert any(line.startswith("warning: the conda channel is broken") for line in said), said
+    assert proxy.asked == []
 
 
 def test_gcloud_ignoring_sigterm_is_killed_and_reaped(gcloud_dir: Path, tmp_path: Path) -> None:

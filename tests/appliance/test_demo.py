@@ -5,6 +5,7 @@ directory (a second run changes nothing)."""
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -13,15 +14,17 @@ from provisioner.appliance import demo
 from provisioner.appliance.serve import free_port
 from provisioner.repo import layout
 from tests.fixtures.nginx import PROVISION
+from tests.fixtures.proxy import Proxy
 
 
-def _demo(repo: Path) -> str:
+def _demo(repo: Path, env: dict[str, str] | None = None) -> str:
     port = free_port()
     proc = subprocess.run(
         [PROVISION, "demo", "--repo", str(repo), "--port", str(port)],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -32,9 +35,12 @@ def _page(repo: Path, project: str | None = None) -> str:
     return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
 
 
-def test_the_demo_installs_and_shows_its_site_twice(nginx_bin: str, tmp_path: Path) -> None:
+def test_the_demo_installs_and_shows_its_site_twice(nginx_bin: str, tmp_path: Path, proxy: Proxy) -> None:
     repo = tmp_path / "demo-repo"
-    first = _demo(repo)
+    # Behind a corporate proxy (http_proxy set, localhost not in no_proxy): pip and the site's check
+    # ask the demo's own nginx, never the proxy.
+    first = _demo(repo, proxy.env())
+    assert proxy.asked == []
     assert "hello pypapo, from a private index (greeting 1.1.0)" in first
     assert "published 4, already present 0" in first and "2 files yanked" in first
     browse = re.search(r"^    (http://127\.0\.0\.1:\d+/ui/)  every project", first, re.M)

@@ -24,6 +24,7 @@ from pypi_simple import DistributionPackage, IndexPage, ProjectPage, RepositoryP
 from provisioner.appliance import sample
 from provisioner.repo.engine import Repository
 from tests.fixtures.nginx import LocalIndex, http_request, publish_demo_set
+from tests.fixtures.proxy import Proxy
 
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
@@ -637,6 +638,36 @@ def test_port_in_use_is_one_clear_line(demo_index: LocalIndex, tmp_path: Path) -
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot listen on 127.0.0.1:{demo_index.port}")
     assert "--port" in proc.stderr
+
+
+def test_a_proxy_in_the_environment_is_never_asked_for_nginx_s_health(
+    nginx_bin: str, tmp_path: Path, proxy: Proxy
+) -> None:
+    """Behind a corporate proxy (http_proxy set, localhost not in no_proxy), `provision serve`
+    asked the proxy whether its own nginx was up: any answer of the proxy's passed for nginx's (and
+    one that cannot be reached failed the serve after 15 s)."""
+    from provisioner.appliance.serve import free_port
+    from tests.fixtures.nginx import PROVISION
+
+    repo = tmp_path / "repo"
+    publish_demo_set(repo, tmp_path / "dists")
+    port = free_port()
+    proc = subprocess.Popen(
+        [PROVISION, "serve", "--repo", str(repo), "--port", str(port)],
+        env={**os.environ, **proxy.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(f"serving {repo} at http://127.0.0.1:{port}/simple/")
+        assert http_request(port, "/simple/pypapo-chain-c/").status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert proxy.asked == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")

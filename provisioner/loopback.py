@@ -1,0 +1,36 @@
+"""HTTP to this machine's own ports (the nginx of `provision serve` and the demo, gcloud's end of the
+IAP tunnel), never through a proxy.
+
+urllib takes `http_proxy` from the environment and, unless `no_proxy` names the loopback address,
+sends even `http://127.0.0.1:PORT/` to that proxy: behind a corporate proxy every health check would
+ask a machine that cannot reach this one's loopback (a tunnel judged broken, a server that never came
+up).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Addresses that name this machine, for the environment of a tool pointed at a local URL.
+NO_PROXY = "127.0.0.1,localhost,::1"
+
+
+def get(url: str, *, timeout: float, limit: int = 1 << 20) -> tuple[int, bytes]:
+    """The status and (up to `limit` bytes of) body of GET `url`; an HTTP error is its status.
+    Raises OSError when nothing answers."""
+    try:
+        with _OPENER.open(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read(limit)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read(limit)
+
+
+def without_proxy_for_loopback(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the loopback addresses added to no_proxy (both spellings: tools read either)."""
+    current = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    value = f"{current},{NO_PROXY}" if current else NO_PROXY
+    return {**env, "no_proxy": value, "NO_PROXY": value}
