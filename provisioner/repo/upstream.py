@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,8 +207,43 @@ def parse_project_page(project: str, page_url: str, content_type: str, body: byt
     return UpstreamProject(project, page_url, tuple(files))
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """A forward proxy the environment names (`https_proxy`, `http_proxy`), as pip and uv take it."""
+
+    host: str
+    port: int
+    authorization: str | None  # Proxy-Authorization, from user:password in its URL
+
+    @property
+    def shown(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def proxy_for(scheme: str, host: str) -> Proxy | None:
+    """The proxy for `scheme`://`host`/ as the environment says (None: `no_proxy` names the host, or
+    no proxy is set). Raises UpstreamError for one that cannot be used (an https:// proxy)."""
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise UpstreamError(
+            f"{scheme}_proxy {display(url)} is not an http:// proxy address: pypapo connects to its "
+            "proxy in plain HTTP (a CONNECT tunnel for https), as the proxy's http:// address"
+        )
+    auth = None
+    if parts.username is not None:
+        user, pw = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+    return Proxy(parts.hostname, parts.port or 80, auth)
+
+
 class Upstream:
-    """An index at `url`; thread-safe (each thread keeps its own connections)."""
+    """An index at `url`; thread-safe (each thread keeps its own connections). Through the proxy the
+    environment names, if any (a company network's egress): https by a CONNECT tunnel, http by
+    asking the proxy for the absolute URL."""
 
     def __init__(self, url: str, *, timeout: float = TIMEOUT) -> None:
         self.url = index_url(url)
@@ -234,8 +270,27 @@ class Upstream:
         conn = pool.get(key)
         if conn is None:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            conn = pool[key] = cls(host, port, timeout=self.timeout)
+            proxy = proxy_for(scheme, host)
+            if proxy is None:
+                conn = cls(host, port, timeout=self.timeout)
+            else:
+                conn = cls(proxy.host, proxy.port, timeout=self.timeout)
+                if scheme == "https":  # TLS to the index itself, inside the proxy's tunnel
+                    tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                    conn.set_tunnel(host, port, headers=tunnel)
+            pool[key] = conn
         return conn
+
+    def _target(self, parts: urllib.parse.SplitResult) -> tuple[str, dict[str, str]]:
+        """What GET asks for `parts`, and the headers that go with it: the path, or through a proxy
+        for plain http the absolute URL (with the proxy's credentials)."""
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        proxy = proxy_for(parts.scheme, parts.hostname or "") if parts.scheme == "http" else None
+        if proxy is None:
+            return path, {}
+        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        absolute = f"http://{netloc}{path}"  # (credentials of the index go in Authorization)
+        return absolute, {"Proxy-Authorization": proxy.authorization} if proxy.authorization else {}
 
     def _drop(self, scheme: str, host: str, port: int | None) -> None:
         conn = self._local.__dict__.get("pool", {}).pop((scheme, host, port), None)
@@ -255,8 +310,13 @@ class Upstream:
                             f"{display(url)} leads to {display(current)!r}, not an http(s) URL"
                         )
                     conn = self._connection(parts.scheme, parts.hostname, parts.port)
-                    path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-                    headers = {"Accept": accept, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+                    path, via = self._target(parts)
+                    headers = {
+                        "Accept": accept,
+                        "User-Agent": USER_AGENT,
+                        "Accept-Encoding": "identity",
+                        **via,
+                    }
                     if self._auth and parts.hostname == self._auth_host:
                         headers["Authorization"] = self._auth
                     try:
@@ -291,9 +351,11 @@ class Upstream:
                 self._drop_all()
                 if attempt + 1 == ATTEMPTS:
                     reason = str(exc) if isinstance(exc, _Transient) else f"{type(exc).__name__}: {exc}"
-                    raise UpstreamError(
-                        f"cannot reach {self.shown} ({reason}); check --from and the network"
-                    ) from None
+                    parts = urllib.parse.urlsplit(current)
+                    proxy = proxy_for(parts.scheme, parts.hostname or "")
+                    via = f" through the proxy {proxy.shown} ({parts.scheme}_proxy)" if proxy else ""
+                    check = "--from, the network and the proxy" if proxy else "--from and the network"
+                    raise UpstreamError(f"cannot reach {self.shown}{via} ({reason}); check {check}") from None
                 time.sleep(random.uniform(0.1, 0.5) * 2**attempt)
         raise AssertionError("unreachable")
 

@@ -22,7 +22,9 @@ from provisioner.appliance import sample
 from provisioner.appliance.serve import free_port
 from provisioner.cli import main
 from provisioner.repo.engine import Repository
+from provisioner.repo.upstream import Upstream, UpstreamError
 from tests.fixtures.nginx import LocalIndex, _start, _stop
+from tests.fixtures.proxy import Servers, forward_proxy, tls_front
 
 BIN = Path(sys.executable).parent
 NATIVE = [
@@ -383,6 +385,55 @@ def test_lock_files_are_taken_as_they_are(upstream: LocalIndex, tmp_path: Path, 
         "/simple/pub-a/pub_a-1.0.tar.gz",
         "/simple/pub-b/pub_b-1.0-py3-none-any.whl",
     ]
+
+
+# --- behind a company proxy ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_behind_a_company_proxy_the_mirror_goes_through_it(
+    upstream: LocalIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers, scheme: str
+) -> None:
+    """A company network: the index is reachable only through the proxy `https_proxy`/`http_proxy`
+    name (pypi.invalid resolves nowhere; the proxy knows it). uv resolved through it, and then every
+    download went straight to the index and failed (`cannot reach`), as no admin behind one could mirror."""
+    nginx = ("127.0.0.1", upstream.port)
+    if scheme == "https":
+        port, ca = tls_front(servers, tmp_path, "pypi.invalid", nginx)
+        proxy = forward_proxy(servers, {("pypi.invalid", 443): ("127.0.0.1", port)})
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # (uv and Python both trust it)
+    else:
+        proxy = forward_proxy(servers, {("pypi.invalid", 80): nginx})
+    for key in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
+        monkeypatch.setenv(key, proxy.url)
+    for key in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(key, "")
+    repo = tmp_path / "r"
+    out = ok(mirror(repo, f"{scheme}://pypi.invalid/simple/", "pub-a"))
+    assert "added" in out, out
+    assert {f["filename"] for f in state(repo, "pub-b")["files"]} >= {"pub_b-1.0-py3-none-any.whl"}
+    ours = [a for a in proxy.asked if a.startswith("CONNECT") or ".whl" in a or ".tar.gz" in a]
+    if scheme == "https":
+        assert ours and set(ours) == {"CONNECT pypi.invalid:443"}
+    else:
+        assert "GET http://pypi.invalid/simple/pub-a/pub_a-1.0-py3-none-any.whl" in ours, proxy.asked
+
+
+def test_a_proxy_that_cannot_reach_the_index_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> None:
+    proxy = forward_proxy(servers, {})  # it reaches nothing: 502 to every CONNECT
+    monkeypatch.setenv("https_proxy", proxy.url)
+    monkeypatch.setenv("no_proxy", "")
+    with pytest.raises(UpstreamError) as err:
+        Upstream("https://pypi.invalid/simple/").project("pub-a")
+    assert str(err.value).startswith(
+        f"cannot reach https://pypi.invalid/simple/ through the proxy {proxy.url} (https_proxy) ("
+    )
+    assert str(err.value).endswith("check --from, the network and the proxy")
+    monkeypatch.setenv("https_proxy", "https://proxy.example:3128")
+    with pytest.raises(UpstreamError, match="not an http:// proxy address"):
+        Upstream("https://pypi.invalid/simple/").project("pub-a")
 
 
 # --- both backends ------------------------------------------------------------------------------------
