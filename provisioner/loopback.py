@@ -34,3 +34,20 @@ def without_proxy_for_loopback(env: dict[str, str]) -> dict[str, str]:
     current = env.get("no_proxy") or env.get("NO_PROXY") or ""
     value = f"{current},{NO_PROXY}" if current else NO_PROXY
     return {**env, "no_proxy": value, "NO_PROXY": value}
+
+
+def proxy_warning(host: str) -> str | None:
+    """A line for the user when this environment would send `http://HOST/` to a proxy (`http_proxy`
+    set, `no_proxy` not naming HOST): pip, uv and the others run from this shell would ask the proxy
+    for the local index, which it cannot reach. None when they would not."""
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get("http") or proxies.get("all")) or urllib.request.proxy_bypass_environment(
+        host, proxies
+    ):
+        return None
+    hosts = NO_PROXY if host in NO_PROXY.split(",") else f"{host},{NO_PROXY}"
+    value = f'"$no_proxy,{hosts}"' if proxies.get("no") else hosts
+    return (
+        f"warning: http_proxy is set and no_proxy does not name {host}: pip, uv and the other tools "
+        f"would ask the proxy for this index; export no_proxy={value}"
+    )

@@ -541,6 +541,8 @@ def run(
                 say(warning)
             for line in how_to_use(local_port):
                 say(line)
+            if proxied := loopback.proxy_warning("localhost"):
+                say(proxied)
             say(NUMPY_HINT)
             supervisor.watch()
         except Stopped:

@@ -299,6 +299,8 @@ def serve_forever(repo: str | Path, *, host: str, port: int, access_log: str | N
         with sigterm_as_interrupt(), running(repo, host=host, port=port, access_log=access_log) as server:
             print(f"serving {server.repo} at {server.url} (and {server.root_url}/); Ctrl-C stops", flush=True)
             print(f"browse: {server.browse_url}", flush=True)
+            if proxied := loopback.proxy_warning(host):
+                print(proxied, file=sys.stderr, flush=True)
             code = server.wait()
             err = (server.runtime_dir / "error.log").read_text(errors="replace").strip().splitlines()
             raise PypapoError(f"nginx exited (status {code}): {err[-1] if err else 'no message'}")

@@ -271,6 +271,11 @@ def test_a_proxy_in_the_environment_is_never_asked_for_the_tunnel_s_own_ports(
     assert not [line for line in said if "stopped answering" in line or "reconnect" in line], said
     assert any(line.startswith("warning: the conda channel is broken") for line in said), said
     assert proxy.asked == []
+    # ... and the user's own tools would ask it: the tunnel says how to keep them off it.
+    assert (
+        "warning: http_proxy is set and no_proxy does not name localhost: pip, uv and the other tools "
+        "would ask the proxy for this index; export no_proxy=127.0.0.1,localhost,::1"
+    ) in said
 
 
 def test_gcloud_ignoring_sigterm_is_killed_and_reaped(gcloud_dir: Path, tmp_path: Path) -> None:

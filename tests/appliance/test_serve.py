@@ -665,9 +665,11 @@ def test_a_proxy_in_the_environment_is_never_asked_for_nginx_s_health(
         assert http_request(port, "/simple/pypapo-chain-c/").status == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert proxy.asked == []
+    # The user's own pip would ask the proxy: serve says how to keep it off.
+    assert "no_proxy does not name 127.0.0.1" in err and "export no_proxy=127.0.0.1,localhost,::1" in err
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
