@@ -220,13 +220,12 @@ def show_site(browse_url: str, repo: Path, *, readme: bool = True) -> str:
         return body.decode("utf-8")
 
     listing, page = get(browse_url), get(f"{browse_url}{LIBRARY}/")
-    wanted = {listing: (LIBRARY, APP), page: ("Use it", html.escape(YANK_REASON, quote=False))}
+    reason = html.escape(YANK_REASON, quote=False)
+    wanted = {listing: (LIBRARY, APP), page: (reason, "Use it") if readme else (reason,)}
     for body, needles in wanted.items():
         missing = [n for n in needles if n not in body]
         if missing:
-            raise PypapoError(
-                f"the site does not show {missing[0]!r}: run provision reindex --repo <this repo>"
-            )
+            raise PypapoError(f"the site does not show {missing[0]!r}: run provision reindex --repo {repo}")
     return f"""==> the browsable site (open it in a browser; through the tunnel it is http://localhost:PORT/ui/):
     {browse_url}  every project, newest first; typing in its search box filters them
     {browse_url}{LIBRARY}/  its README, every release with its files, and why {YANKED} was yanked"""

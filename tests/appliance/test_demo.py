@@ -10,9 +10,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from provisioner.appliance import demo
+from provisioner.appliance import demo, sample
 from provisioner.appliance.serve import free_port
 from provisioner.repo import layout
+from provisioner.repo.engine import Repository
 from tests.fixtures.nginx import PROVISION
 from tests.fixtures.proxy import Proxy
 
@@ -57,3 +58,30 @@ def test_the_demo_installs_and_shows_its_site_twice(nginx_bin: str, tmp_path: Pa
     again = _demo(repo)
     assert "published 0, already present 4, skipped 0" in again and "already yanked" in again
     assert "hello pypapo" in again and "/ui/  every project" in again
+
+
+def test_the_demo_over_a_repository_an_older_pypapo_demo_filled(nginx_bin: str, tmp_path: Path) -> None:
+    """Its examples were built without READMEs then: the same filenames with other bytes are skipped,
+    the demo says so and checks the site for what those show (the yank), and succeeds."""
+    repo, old = tmp_path / "demo-repo", tmp_path / "old"
+
+    def greeting(v: str) -> dict[str, str]:  # (the code the older demo built: the same)
+        return {"pypapo_demo_greeting/__init__.py": f'def greet(name):\n    return f"hello {{name}} ({v})"\n'}
+
+    app = {
+        "pypapo_demo_app/__init__.py": (
+            "from pypapo_demo_greeting import greet\ndef main():\n    print(greet('x'))\n"
+        )
+    }
+    files = [
+        sample.build_wheel(old, demo.LIBRARY, "1.0.0", modules=greeting("1.0.0")),
+        sample.build_sdist(old, demo.LIBRARY, "1.0.0", modules=greeting("1.0.0")),
+        sample.build_wheel(old, demo.LIBRARY, "1.1.0", modules=greeting("1.1.0")),
+        sample.build_wheel(old, demo.APP, "1.0.0", requires_dist=[f"{demo.LIBRARY}>=1.0"], modules=app),
+    ]
+    Repository.open(str(repo)).publish(files)
+    out = _demo(repo)
+    assert "published 0, already present 0, skipped 4" in out
+    assert "holds the examples as an older pypapo built them" in out
+    assert "2 files yanked" in out and "/ui/  every project" in out
+    assert demo.YANK_REASON in _page(repo, demo.LIBRARY)
