@@ -36,17 +36,23 @@ def without_proxy_for_loopback(env: dict[str, str]) -> dict[str, str]:
     return {**env, "no_proxy": value, "NO_PROXY": value}
 
 
+def environment_proxy(scheme: str, host: str) -> str | None:
+    """The proxy URL this environment names for `scheme`://`host`/ (`https_proxy`, `http_proxy`,
+    `all_proxy`, either case), as pip and uv read them; None when there is none or `no_proxy` names
+    the host."""
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme) or proxies.get("all")
+    return None if not url or urllib.request.proxy_bypass_environment(host, proxies) else url
+
+
 def proxy_warning(host: str) -> str | None:
     """A line for the user when this environment would send `http://HOST/` to a proxy (`http_proxy`
     set, `no_proxy` not naming HOST): pip, uv and the others run from this shell would ask the proxy
     for the local index, which it cannot reach. None when they would not."""
-    proxies = urllib.request.getproxies_environment()
-    if not (proxies.get("http") or proxies.get("all")) or urllib.request.proxy_bypass_environment(
-        host, proxies
-    ):
+    if environment_proxy("http", host) is None:
         return None
     hosts = NO_PROXY if host in NO_PROXY.split(",") else f"{host},{NO_PROXY}"
-    value = f'"$no_proxy,{hosts}"' if proxies.get("no") else hosts
+    value = f'"$no_proxy,{hosts}"' if urllib.request.getproxies_environment().get("no") else hosts
     return (
         f"warning: http_proxy is set and no_proxy does not name {host}: pip, uv and the other tools "
         f"would ask the proxy for this index; export no_proxy={value}"

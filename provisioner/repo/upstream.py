@@ -18,7 +18,6 @@ import random
 import threading
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from provisioner import loopback
 from provisioner.errors import PypapoError
 from provisioner.repo import layout
 
@@ -220,12 +220,19 @@ class Proxy:
         return f"http://{self.host}:{self.port}"
 
 
+def _basic(parts: urllib.parse.SplitResult) -> str | None:
+    """The Basic credentials `user:password@` in a URL give (None without them)."""
+    if parts.username is None:
+        return None
+    user, pw = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+
 def proxy_for(scheme: str, host: str) -> Proxy | None:
     """The proxy for `scheme`://`host`/ as the environment says (None: `no_proxy` names the host, or
     no proxy is set). Raises UpstreamError for one that cannot be used (an https:// proxy)."""
-    proxies = urllib.request.getproxies_environment()
-    url = proxies.get(scheme) or proxies.get("all")
-    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+    url = loopback.environment_proxy(scheme, host)
+    if url is None:
         return None
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname:
@@ -233,11 +240,7 @@ def proxy_for(scheme: str, host: str) -> Proxy | None:
             f"{scheme}_proxy {display(url)} is not an http:// proxy address: pypapo connects to its "
             "proxy in plain HTTP (a CONNECT tunnel for https), as the proxy's http:// address"
         )
-    auth = None
-    if parts.username is not None:
-        user, pw = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
-        auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
-    return Proxy(parts.hostname, parts.port or 80, auth)
+    return Proxy(parts.hostname, parts.port or 80, _basic(parts))
 
 
 class Upstream:
@@ -250,18 +253,21 @@ class Upstream:
         self.timeout = timeout
         self._local = threading.local()
         parts = urllib.parse.urlsplit(self.url)
-        self._auth: str | None = None
-        if parts.username is not None:
-            user = urllib.parse.unquote(parts.username)
-            pw = urllib.parse.unquote(parts.password or "")
-            self._auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+        self._auth = _basic(parts)
         self._auth_host = parts.hostname
+        self._proxies: dict[tuple[str, str], Proxy | None] = {}  # by (scheme, host), read once
 
     @property
     def shown(self) -> str:
         return display(self.url)
 
     # -- HTTP -------------------------------------------------------------------------------------------
+    def _proxy(self, scheme: str, host: str) -> Proxy | None:
+        key = (scheme, host)
+        if key not in self._proxies:
+            self._proxies[key] = proxy_for(scheme, host)  # (two threads may both look: the same answer)
+        return self._proxies[key]
+
     def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
         pool: dict[tuple[str, str, int | None], http.client.HTTPConnection] = self._local.__dict__.setdefault(
             "pool", {}
@@ -270,7 +276,7 @@ class Upstream:
         conn = pool.get(key)
         if conn is None:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            proxy = proxy_for(scheme, host)
+            proxy = self._proxy(scheme, host)
             if proxy is None:
                 conn = cls(host, port, timeout=self.timeout)
             else:
@@ -285,7 +291,7 @@ class Upstream:
         """What GET asks for `parts`, and the headers that go with it: the path, or through a proxy
         for plain http the absolute URL (with the proxy's credentials)."""
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        proxy = proxy_for(parts.scheme, parts.hostname or "") if parts.scheme == "http" else None
+        proxy = self._proxy(parts.scheme, parts.hostname or "") if parts.scheme == "http" else None
         if proxy is None:
             return path, {}
         netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
@@ -352,7 +358,7 @@ class Upstream:
                 if attempt + 1 == ATTEMPTS:
                     reason = str(exc) if isinstance(exc, _Transient) else f"{type(exc).__name__}: {exc}"
                     parts = urllib.parse.urlsplit(current)
-                    proxy = proxy_for(parts.scheme, parts.hostname or "")
+                    proxy = self._proxy(parts.scheme, parts.hostname or "")
                     via = f" through the proxy {proxy.shown} ({parts.scheme}_proxy)" if proxy else ""
                     check = "--from, the network and the proxy" if proxy else "--from and the network"
                     raise UpstreamError(f"cannot reach {self.shown}{via} ({reason}); check {check}") from None
