@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from provisioner.cli import main
-from tests.fixtures.proxy import Proxy
+from tests.fixtures.proxy import ForwardProxy
 
 PROVISION = Path(sys.executable).parent / "provision"
 
@@ -245,7 +245,7 @@ def test_a_broken_conda_channel_is_one_warning_when_the_tunnel_opens(
 
 
 def test_a_proxy_in_the_environment_is_never_asked_for_the_tunnel_s_own_ports(
-    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: Proxy
+    gcloud_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: ForwardProxy
 ) -> None:
     """Behind a corporate proxy (http_proxy set, localhost not in no_proxy), the tunnel's checks of
     gcloud's port went to the proxy, which cannot reach this machine: its 502 made every probe fail,

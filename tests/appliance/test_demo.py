@@ -15,7 +15,7 @@ from provisioner.appliance.serve import free_port
 from provisioner.repo import layout
 from provisioner.repo.engine import Repository
 from tests.fixtures.nginx import PROVISION
-from tests.fixtures.proxy import Proxy
+from tests.fixtures.proxy import ForwardProxy
 
 
 def _demo(repo: Path, env: dict[str, str] | None = None) -> str:
@@ -36,7 +36,9 @@ def _page(repo: Path, project: str | None = None) -> str:
     return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
 
 
-def test_the_demo_installs_and_shows_its_site_twice(nginx_bin: str, tmp_path: Path, proxy: Proxy) -> None:
+def test_the_demo_installs_and_shows_its_site_twice(
+    nginx_bin: str, tmp_path: Path, proxy: ForwardProxy
+) -> None:
     repo = tmp_path / "demo-repo"
     # Behind a corporate proxy (http_proxy set, localhost not in no_proxy): pip and the site's check
     # ask the demo's own nginx, never the proxy.

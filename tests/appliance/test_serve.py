@@ -24,7 +24,7 @@ from pypi_simple import DistributionPackage, IndexPage, ProjectPage, RepositoryP
 from provisioner.appliance import sample
 from provisioner.repo.engine import Repository
 from tests.fixtures.nginx import LocalIndex, http_request, publish_demo_set
-from tests.fixtures.proxy import Proxy
+from tests.fixtures.proxy import ForwardProxy
 
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
@@ -641,7 +641,7 @@ def test_port_in_use_is_one_clear_line(demo_index: LocalIndex, tmp_path: Path) -
 
 
 def test_a_proxy_in_the_environment_is_never_asked_for_nginx_s_health(
-    nginx_bin: str, tmp_path: Path, proxy: Proxy
+    nginx_bin: str, tmp_path: Path, proxy: ForwardProxy
 ) -> None:
     """Behind a corporate proxy (http_proxy set, localhost not in no_proxy), `provision serve`
     asked the proxy whether its own nginx was up: any answer of the proxy's passed for nginx's (and

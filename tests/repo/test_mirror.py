@@ -404,10 +404,8 @@ def test_behind_a_company_proxy_the_mirror_goes_through_it(
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # (uv and Python both trust it)
     else:
         proxy = forward_proxy(servers, {("pypi.invalid", 80): nginx})
-    for key in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        monkeypatch.setenv(key, proxy.url)
-    for key in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(key, "")
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
     repo = tmp_path / "r"
     out = ok(mirror(repo, f"{scheme}://pypi.invalid/simple/", "pub-a"))
     assert "added" in out, out
@@ -423,8 +421,8 @@ def test_a_proxy_that_cannot_reach_the_index_is_named_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers
 ) -> None:
     proxy = forward_proxy(servers, {})  # it reaches nothing: 502 to every CONNECT
-    monkeypatch.setenv("https_proxy", proxy.url)
-    monkeypatch.setenv("no_proxy", "")
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
     with pytest.raises(UpstreamError) as err:
         Upstream("https://pypi.invalid/simple/").project("pub-a")
     assert str(err.value).startswith(
