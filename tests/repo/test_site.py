@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,7 @@ HOSTILE_MARKDOWN = """# Totally normal
 <abbr title="<aside onclick=alert(22) x">t</abbr>
 <abbr title='<pre onfocus=alert(23) autofocus '>p</abbr>
 <aside class="admonition note pp-top" role="alert" onclick="alert(24)">a note dressed as the bar</aside>
+<img alt="<script>alert(25)</script>" onerror="alert(25)"> <img alt='a" onmouseover="alert(26)' src="x">
 
 [markdown js](javascript:alert(20)) ![remote](https://tracker.invalid/md.png)
 [ref js][r]
@@ -98,6 +100,10 @@ def inert_problems(fragment: str) -> list[str]:
     parser.feed(fragment)
     problems = []
     for tag, attrs in parser.tags:
+        if tag == "span" and attrs.keys() == {"class", "role", "aria-label"} and attrs["class"] == "pp-noimg":
+            if attrs["role"] != "img":
+                problems.append(f"<span role={attrs['role']!r}>")
+            continue  # ours (no README class, role or aria-label passes): an image not shown, as its alt
         if tag not in ALLOWED_TAGS:
             problems.append(f"<{tag}>")
         for name, value in attrs.items():
@@ -1028,6 +1034,45 @@ def test_a_readme_rendered_ahead_is_used_only_for_the_bytes_that_were_stored(
     loser.publish([mine])
     assert len(calls) == 1
     assert "Three</h1>" in _site(dir_repo)["ui/raced/index.html"].decode()
+
+
+BADGES_MD = """[![PyPI version](https://img.shields.io/pypi/v/x.svg)](https://example.com/pypi/x/)
+[![](https://codecov.io/gh/acme/x/graph/badge.svg)](https://example.com/codecov/x)
+
+![architecture diagram](docs/arch.png) and ![](docs/spacer.png)
+<img src="docs/logo.png" width="400" height="200" alt="x &amp; y">
+"""
+BADGES_RST = """.. image:: https://img.shields.io/pypi/v/x.svg
+   :target: https://example.com/pypi/x/
+
+.. image:: https://img.shields.io/badge/coverage-97%25-green.svg
+   :alt: Coverage 97%
+"""
+
+
+@pytest.mark.parametrize(("text", "kind"), [(BADGES_MD, "text/markdown"), (BADGES_RST, "text/x-rst")])
+def test_an_image_not_shown_is_its_alt_text_and_a_link_left_without_a_name_goes(text: str, kind: str) -> None:
+    """An <img> without src is a broken-image icon (of its width and height), and a badge with no
+    alt text a link with no name, which a screen reader reads as its URL."""
+    out = readme.render(text, kind)
+    assert "<img" not in out
+    shown = re.findall(r'<span class="pp-noimg" role="img" aria-label="([^"]*)">([^<]*)</span>', out)
+    if kind == "text/markdown":
+        assert shown == [("PyPI version", "PyPI version"), ("architecture diagram",) * 2, ("x &amp; y",) * 2]
+        assert '<a href="https://example.com/pypi/x/" rel="nofollow noopener noreferrer ugc"><span' in out
+        assert "example.com/codecov" not in out  # its only content was an image without alt text
+    else:
+        # docutils' alt for an image without :alt: is its URI: that badge, and its link, are gone.
+        assert shown == [("Coverage 97%", "Coverage 97%")]
+        assert "example.com/pypi" not in out and "shields.io" not in out
+    assert inert_problems(out) == []
+    # Opted in, an https image is shown; one over http, or a file of the source tree, is not.
+    plain_http = text.replace("docs/arch.png", "http://example.com/arch.png")
+    opted = readme.render(plain_http, kind, remote_images=True)
+    assert re.search(r'<img [^>]*src="https://img.shields.io/', opted)
+    assert "http://example.com" not in opted and "docs/" not in opted
+    if kind == "text/markdown":
+        assert '<span class="pp-noimg" role="img" aria-label="architecture diagram">' in opted
 
 
 def test_remote_images_are_shown_only_once_the_repository_opts_in(repo: RepoHandle, tmp_path: Path) -> None:

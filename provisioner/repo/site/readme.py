@@ -13,7 +13,8 @@ second, stricter allowlist of our own:
 - class names of the site's own styles (`pp-...`) are removed, so a README cannot dress up as the page;
 - no images unless `remote_images` (then https ones): a remote image is a request to a third party
   each time someone opens the page, and a relative one points at a file of the project's source
-  tree that the repository does not hold (a broken image and a 404). The alt text stays;
+  tree that the repository does not hold (a broken image and a 404). An image not shown is its
+  alt text (no broken-image icon), and one without alt text is gone, so a badge's link keeps a name;
 - admonitions (`.. note::`, a Markdown `> [!WARNING]`) keep their box and title, as an element
   with `role="note"` (readme_renderer's `<aside>` would be a second sidebar landmark of the page);
 - self-links without text (the heading anchors) are dropped: a link needs a name for a screen reader;
@@ -90,7 +91,15 @@ _ALLOWED_CLASSES["p"] = {"admonition-title", "topic-title", "sidebar-title"}
 # Removed together with their content (the others are unwrapped and keep their text).
 _DROP_WITH_CONTENT = {"script", "style", "template", "iframe", "object", "embed", "noscript", "svg", "math"}
 _SCHEMES = {"http", "https", "mailto"}
-_EMPTY_LINK = re.compile(r"<a [^>]*></a>")
+# nh3's output is canonical: every attribute is quoted with " (a " within is &quot;), so this reads
+# a start tag's attributes exactly, even where a value holds "<" or ">".
+_ATTRS = r'(?: [a-z][a-z0-9-]*="[^"]*")*'
+_EMPTY_LINK = re.compile(rf"<a{_ATTRS}>\s*</a>")
+_IMG = re.compile(rf"<img({_ATTRS})>")
+_SRC = re.compile(r' src="')
+_ALT = re.compile(r' alt="([^"]*)"')
+# docutils' alt text for an `.. image::` without `:alt:` is its URI: no description (a badge's URL).
+_URL_ONLY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
 _PRE = re.compile(r"<pre(?=[\s>])")
 # An <aside> in the page's <main> would be a second complementary landmark (beside the page's own
 # sidebar: screen readers list it, axe flags it); a README's is a note within the text.
@@ -133,7 +142,25 @@ def sanitize(html: str, *, remote_images: bool = False) -> str:
     # from the keyboard. (nh3's output is canonical: every attribute is quoted with ".)
     cleaned = _FRAGMENT.sub(f'href="#{ID_PREFIX}', cleaned)
     cleaned = _ASIDE.sub(lambda m: "</div" if m[1] else '<div role="note"', cleaned)
+    if "<img" in cleaned:
+        cleaned = _IMG.sub(_unshown_image, cleaned)
     return _PRE.sub('<pre tabindex="0"', _EMPTY_LINK.sub("", cleaned))
+
+
+def _unshown_image(m: re.Match[str]) -> str:
+    """An image left without a source (not shown) as its alt text: an <img> without src is a
+    broken-image icon, and a linked badge with an empty alt a link with no name. No alt, or only
+    a URL: nothing to say, dropped (an emptied link then goes too)."""
+    if _SRC.search(m[1]):
+        return m[0]
+    alt = _ALT.search(m[1])
+    text = html_module.unescape(alt[1]).strip() if alt else ""
+    if not text or _URL_ONLY.fullmatch(text):
+        return ""
+    return (
+        f'<span class="{SITE_CLASS_PREFIX}noimg" role="img" aria-label="{html_module.escape(text)}">'
+        f"{html_module.escape(text, quote=False)}</span>"
+    )
 
 
 @functools.lru_cache(maxsize=256)  # a repository has few distinct values; parsing one costs 40 us
