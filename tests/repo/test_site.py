@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import readme_renderer.markdown
 
 from provisioner.appliance import sample
 from provisioner.repo import layout
@@ -304,6 +305,38 @@ def test_a_readme_that_overflowed_the_renderer_s_stack_fails_neither_the_publish
         assert proc.returncode == 0, (args[0], proc.returncode, proc.stderr[-2000:])
     page = _tree(repo)["ui/mails/index.html"].decode()
     assert "This README has more than 1,000 links on one line" in page
+
+
+class PanicException(BaseException):  # pyo3's name: what is recognized
+    """What pyo3 raises for a panic in Rust code (pyo3_runtime.PanicException): no Exception."""
+
+
+def test_a_panic_in_a_rust_renderer_fails_neither_the_publish_nor_the_reindex(
+    dir_repo: RepoHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """comrak and nh3 are Rust: a panic there (comrak has fixed several) is a BaseException, which
+    no renderer's fallback catches; the publish failed after the index was written."""
+
+    def panics(_text: str) -> str:
+        raise PanicException("index out of bounds: the len is 0 but the index is 0")
+
+    monkeypatch.setitem(readme_renderer.markdown.variants, "GFM", panics)
+    text = "# Boom\n\n<b>bold</b> & co\n"
+    r = Repository.open(dir_repo.location)
+    r.publish([_wheel(tmp_path, "boom", "1.0", description=text, description_content_type="text/markdown")])
+    page = _site(dir_repo)["ui/boom/index.html"].decode()
+    assert "This README made its renderer fail: it is shown as plain text." in page
+    assert "<pre># Boom\n\n&lt;b&gt;bold&lt;/b&gt; &amp; co\n</pre>" in page
+    shutil.rmtree(Path(dir_repo.location) / "ui" / "boom")  # the page and its release-info cache
+    assert r.reindex().projects == 1
+    assert "shown as plain text" in _site(dir_repo)["ui/boom/index.html"].decode()
+    with pytest.raises(KeyboardInterrupt):  # anything else still goes through
+        monkeypatch.setitem(readme_renderer.markdown.variants, "GFM", _interrupt)
+        readme.render("# Other", "text/markdown")
+
+
+def _interrupt(_text: str) -> str:
+    raise KeyboardInterrupt
 
 
 # 200 kB of one-line definitions: docutils takes 3-8 s over them, and nothing refuses them.

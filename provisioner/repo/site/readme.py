@@ -290,6 +290,19 @@ def render(description: str | None, content_type: str | None, *, remote_images: 
     """Safe HTML for a README; '' when there is none. Never raises, whatever the README holds."""
     if not description or not description.strip():
         return ""
+    try:
+        return _render(description, content_type, remote_images)
+    except BaseException as exc:
+        # A Rust renderer's panic (comrak, nh3) reaches Python as pyo3's PanicException, a
+        # BaseException (past every `except Exception`): it would fail the publish after the index
+        # was written, and every reindex after it. Escaped text needs no sanitizer (nh3 is Rust too).
+        if type(exc).__name__ != "PanicException":
+            raise
+        note = "<p><strong>This README made its renderer fail: it is shown as plain text.</strong></p>"
+        return f"{note}<pre>{html_module.escape(description[:README_MAX], quote=False)}</pre>"
+
+
+def _render(description: str, content_type: str | None, remote_images: bool) -> str:
     if len(description) > README_MAX:
         return _as_text(
             description,
