@@ -1108,6 +1108,19 @@ def test_an_image_not_shown_is_its_alt_text_and_a_link_left_without_a_name_goes(
         assert '<span class="pp-noimg" role="img" aria-label="architecture diagram">' in opted
 
 
+def test_white_space_at_a_link_s_inner_edges_moves_out_of_it() -> None:
+    """httpx's README (raw HTML, `<a href=...>\n<img ...>\n</a>`) and docutils' image targets left an
+    underlined blank beside each badge; moved out, the words stay apart."""
+    text = 'a <a href="https://example.com/1">\n<img alt="Test suite" src="x.svg">\n</a>'
+    text += ' b<a href="https://example.com/2"> c </a>d'
+    out = readme.render(text, "text/markdown")
+    assert re.findall(r"<a [^>]*>(.*?)</a>", out) == [
+        '<span class="pp-noimg" role="img" aria-label="Test suite">Test suite</span>',
+        "c",
+    ]
+    assert re.sub(r"<[^>]+>", "", out).split() == ["a", "Test", "suite", "b", "c", "d"]
+
+
 def test_remote_images_are_shown_only_once_the_repository_opts_in(repo: RepoHandle, tmp_path: Path) -> None:
     image = "![diagram](https://img.example.com/diagram.png) ![local](docs/local.png)"
     readme_md = f"# Pictures\n\n{image}\n"

@@ -96,6 +96,10 @@ _SCHEMES = {"http", "https", "mailto"}
 _ATTRS = r'(?: [a-z][a-z0-9-]*="[^"]*")*'
 _EMPTY_LINK = re.compile(rf"<a{_ATTRS}>\s*</a>")
 _IMG = re.compile(rf"<img({_ATTRS})>")
+# White space at a link's inner edges (`<a href=...>\n<img ...>\n</a>` in raw HTML and from docutils)
+# is an underlined blank beside the link's text: it moves out of the link, the text unchanged.
+_LINK_LEAD = re.compile(rf"(<a{_ATTRS}>)(\s+)")
+_LINK_TAIL = re.compile(r"(\s+)</a>")
 _SRC = re.compile(r' src="')
 _ALT = re.compile(r' alt="([^"]*)"')
 # docutils' alt text for an `.. image::` without `:alt:` is its URI: no description (a badge's URL).
@@ -144,6 +148,7 @@ def sanitize(html: str, *, remote_images: bool = False) -> str:
     cleaned = _ASIDE.sub(lambda m: "</div" if m[1] else '<div role="note"', cleaned)
     if "<img" in cleaned:
         cleaned = _IMG.sub(_unshown_image, cleaned)
+    cleaned = _LINK_TAIL.sub(r"</a>\1", _LINK_LEAD.sub(r"\2\1", cleaned))
     return _PRE.sub('<pre tabindex="0"', _EMPTY_LINK.sub("", cleaned))
 
 
