@@ -308,9 +308,9 @@ def test_reindex_verify_rehashes_what_the_fingerprint_cannot_see(
 
 
 def test_distributions_above_the_multipart_limit(gcs_repo: RepoHandle, tmp_path: Path) -> None:
-    # > 8 MiB goes through google-cloud-storage's resumable upload. fake-gcs-server does not enforce
-    # the create-only precondition there (GCS does), so the refusal below comes from publish's own
-    # check of the stored object before uploading.
+    # > 8 MiB goes through google-cloud-storage's resumable upload, create-only as a multipart one
+    # (GCS enforces it when the upload completes; so does the front of fake-gcs-server); publish's
+    # own comparison with the stored object tells "the same bytes" from a conflict.
     big = tmp_path / "big-1.0-py3-none-any.whl"
     payload = os.urandom(9 * 1024 * 1024)
     big.write_bytes(sample.wheel_bytes("big", "1.0", extra_files={"big/blob.bin": payload}))

@@ -36,11 +36,8 @@ def test_cas_semantics(repo: RepoHandle) -> None:
     assert g2 != g1
     with pytest.raises(PreconditionFailed):  # a stale generation loses
         store.write("simple/a/index.json", b"three", if_generation_match=g1)
-    if repo.backend == "dir":
-        # fake-gcs-server ignores ifGenerationMatch on DELETE (real GCS honours it), so the stale
-        # delete is only checked on the directory backend.
-        with pytest.raises(PreconditionFailed):
-            store.delete("simple/a/index.json", if_generation_match=g1)
+    with pytest.raises(PreconditionFailed):  # a stale delete loses (on GCS: the front, as GCS does)
+        store.delete("simple/a/index.json", if_generation_match=g1)
     assert store.read("simple/a/index.json") == (b"two", g2)
     store.write("simple/b/x.whl", b"wheel", if_generation_match=0)
     listed = {i.name: i for i in store.list("simple/")}
@@ -81,13 +78,16 @@ def test_gcs_objects_get_content_type_and_cache_control(gcs_repo: RepoHandle, fa
     }
 
 
-def test_gcs_large_object_goes_resumable_and_round_trips(gcs_repo: RepoHandle) -> None:
-    # Above 8 MiB google-cloud-storage switches to a resumable upload. Real GCS enforces
-    # if_generation_match there; fake-gcs-server does not, so only the round trip is checked here and
-    # publish() re-reads on conflict instead of trusting the precondition alone.
+def test_gcs_large_object_goes_resumable_round_trips_and_keeps_its_precondition(gcs_repo: RepoHandle) -> None:
+    # Above 8 MiB google-cloud-storage switches to a resumable upload, where GCS enforces
+    # if_generation_match when the upload completes (fake-gcs-server does not: its front does).
     store = open_store(gcs_repo.location)
     data = os.urandom(MULTIPART_LIMIT + 1024)
     gen = store.write("simple/big/big-1.0.tar.gz", data, if_generation_match=0)
+    assert store.read("simple/big/big-1.0.tar.gz") == (data, gen)
+    for stale in (0, gen + 1):
+        with pytest.raises(PreconditionFailed):
+            store.write("simple/big/big-1.0.tar.gz", data[::-1], if_generation_match=stale)
     assert store.read("simple/big/big-1.0.tar.gz") == (data, gen)
 
 
