@@ -13,13 +13,18 @@ import base64
 import hashlib
 import html.parser
 import http.client
+import io
 import json
 import random
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -40,6 +45,7 @@ ATTEMPTS = 4
 MAX_PAGE_BYTES = 64 * 1024 * 1024  # PyPI's largest project pages are a few MB
 CHUNK = 1024 * 1024
 USER_AGENT = "pypapo-mirror"
+_T = TypeVar("_T")
 
 
 class UpstreamError(PypapoError):
@@ -209,15 +215,108 @@ def parse_project_page(project: str, page_url: str, content_type: str, body: byt
 
 @dataclass(frozen=True)
 class Proxy:
-    """A forward proxy the environment names (`https_proxy`, `http_proxy`), as pip and uv take it."""
+    """A forward proxy the environment names (`https_proxy`, `http_proxy`), as pip and uv take it:
+    spoken to in plain HTTP (`http://`) or over TLS (`https://`, the proxy's certificate checked)."""
 
     host: str
     port: int
     authorization: str | None  # Proxy-Authorization, from user:password in its URL
+    scheme: str = "http"
 
     @property
     def shown(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+class _Inner:
+    """TLS to the index inside the TLS to an https:// proxy: Python's ssl cannot wrap an SSLSocket
+    (it would write the index's records past the proxy's TLS), so this runs the index's TLS over
+    memory buffers and carries its records through the outer socket. What http.client uses of a
+    socket: sendall, makefile("rb") (a response's reader: closing it leaves the connection open,
+    as a socket's does, for the next request), close."""
+
+    def __init__(self, outer: ssl.SSLSocket, context: ssl.SSLContext, host: str) -> None:
+        self._outer = outer
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
+        self._run(self._tls.do_handshake)
+
+    def _run(self, step: Callable[..., _T], *args: object) -> _T:
+        while True:
+            try:
+                result = step(*args)
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self._outer.recv(CHUNK)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+                continue
+            self._flush()
+            return result
+
+    def _flush(self) -> None:
+        if data := self._outgoing.read():
+            self._outer.sendall(data)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._run(self._tls.write, view) :]
+
+    def recv_into(self, buffer: memoryview) -> int:
+        try:
+            data = self._run(self._tls.read, len(buffer))
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
+
+    def makefile(self, mode: str = "rb") -> io.BufferedReader:
+        return io.BufferedReader(_Reader(self))
+
+    def close(self) -> None:
+        self._outer.close()
+
+
+class _Reader(io.RawIOBase):
+    def __init__(self, inner: _Inner) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._inner.recv_into(buffer)
+
+
+class _TunnelOverTLS(http.client.HTTPSConnection):
+    """https://`host` through an https:// proxy: TLS to the proxy, CONNECT, then TLS to `host`."""
+
+    def __init__(self, proxy: Proxy, host: str, port: int | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._via = proxy
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._via.host, self._via.port), self.timeout)
+        outer = self._context.wrap_socket(raw, server_hostname=self._via.host)
+        target = f"{self.host}:{self.port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if self._via.authorization:
+            lines.append(f"Proxy-Authorization: {self._via.authorization}")
+        outer.sendall(("\r\n".join([*lines, "", ""])).encode("latin-1"))
+        # The proxy's answer, read as http.client reads its own tunnel's: nothing follows it until
+        # the TLS below speaks first.
+        answer = self.response_class(outer, method="CONNECT")  # type: ignore[arg-type]
+        _version, status, reason = answer._read_status()  # type: ignore[attr-defined]
+        while answer.fp.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass  # its headers
+        if status != 200:
+            outer.close()
+            raise OSError(f"Tunnel connection failed: {status} {reason.strip()}")
+        self.sock = _Inner(outer, self._context, self.host)  # type: ignore[assignment]
 
 
 def _basic(parts: urllib.parse.SplitResult) -> str | None:
@@ -230,17 +329,18 @@ def _basic(parts: urllib.parse.SplitResult) -> str | None:
 
 def proxy_for(scheme: str, host: str) -> Proxy | None:
     """The proxy for `scheme`://`host`/ as the environment says (None: `no_proxy` names the host, or
-    no proxy is set). Raises UpstreamError for one that cannot be used (an https:// proxy)."""
+    no proxy is set). Raises UpstreamError for one that cannot be used (a socks5:// proxy...)."""
     url = loopback.environment_proxy(scheme, host)
     if url is None:
         return None
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(
-            f"{scheme}_proxy {display(url)} is not an http:// proxy address: pypapo connects to its "
-            "proxy in plain HTTP (a CONNECT tunnel for https), as the proxy's http:// address"
+            f"{scheme}_proxy {display(url)} is not an http:// or https:// proxy address: pypapo speaks "
+            "HTTP to its proxy (a CONNECT tunnel for https), as pip and uv do"
         )
-    return Proxy(parts.hostname, parts.port or 80, _basic(parts))
+    default = 443 if parts.scheme == "https" else 80
+    return Proxy(parts.hostname, parts.port or default, _basic(parts), parts.scheme)
 
 
 class Upstream:
@@ -279,11 +379,15 @@ class Upstream:
             proxy = self._proxy(scheme, host)
             if proxy is None:
                 conn = cls(host, port, timeout=self.timeout)
-            else:
+            elif scheme == "https" and proxy.scheme == "https":
+                conn = _TunnelOverTLS(proxy, host, port, self.timeout)
+            elif scheme == "https":  # TLS to the index itself, inside the proxy's tunnel
                 conn = cls(proxy.host, proxy.port, timeout=self.timeout)
-                if scheme == "https":  # TLS to the index itself, inside the proxy's tunnel
-                    tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
-                    conn.set_tunnel(host, port, headers=tunnel)
+                tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                conn.set_tunnel(host, port, headers=tunnel)
+            else:  # plain http: the absolute URL asked of the proxy, over TLS to an https:// one
+                via = http.client.HTTPSConnection if proxy.scheme == "https" else http.client.HTTPConnection
+                conn = via(proxy.host, proxy.port, timeout=self.timeout)
             pool[key] = conn
         return conn
 

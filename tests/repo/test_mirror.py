@@ -7,6 +7,7 @@ with the target repository byte-for-byte as it was.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import subprocess
@@ -24,7 +25,7 @@ from provisioner.cli import main
 from provisioner.repo.engine import Repository
 from provisioner.repo.upstream import Upstream, UpstreamError
 from tests.fixtures.nginx import LocalIndex, _start, _stop
-from tests.fixtures.proxy import Servers, forward_proxy, tls_front
+from tests.fixtures.proxy import Servers, certificate, forward_proxy, tls_front
 
 BIN = Path(sys.executable).parent
 NATIVE = [
@@ -390,20 +391,37 @@ def test_lock_files_are_taken_as_they_are(upstream: LocalIndex, tmp_path: Path, 
 # --- behind a company proxy ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("proxy_scheme", ["http", "https"])
 @pytest.mark.parametrize("scheme", ["https", "http"])
 def test_behind_a_company_proxy_the_mirror_goes_through_it(
-    upstream: LocalIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers, scheme: str
+    upstream: LocalIndex,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    servers: Servers,
+    scheme: str,
+    proxy_scheme: str,
 ) -> None:
     """A company network: the index is reachable only through the proxy `https_proxy`/`http_proxy`
     name (pypi.invalid resolves nowhere; the proxy knows it). uv resolved through it, and then every
-    download went straight to the index and failed (`cannot reach`), as no admin behind one could mirror."""
+    download went straight to the index and failed (`cannot reach`), as no admin behind one could mirror.
+    A proxy spoken to over TLS (`https://`, as pip and uv take it) was refused with one line."""
     nginx = ("127.0.0.1", upstream.port)
+    cas: list[Path] = []
+    tls = None
+    if proxy_scheme == "https":
+        tls, proxy_ca = certificate(tmp_path, "localhost")
+        cas.append(proxy_ca)
     if scheme == "https":
         port, ca = tls_front(servers, tmp_path, "pypi.invalid", nginx)
-        proxy = forward_proxy(servers, {("pypi.invalid", 443): ("127.0.0.1", port)})
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # (uv and Python both trust it)
+        cas.append(ca)
+        proxy = forward_proxy(servers, {("pypi.invalid", 443): ("127.0.0.1", port)}, tls)
     else:
-        proxy = forward_proxy(servers, {("pypi.invalid", 80): nginx})
+        proxy = forward_proxy(servers, {("pypi.invalid", 80): nginx}, tls)
+    if cas:
+        bundle = tmp_path / "trusted.pem"
+        bundle.write_text("".join(ca.read_text() for ca in cas))
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # (uv and Python both trust them)
+    assert proxy.url.startswith(f"{proxy_scheme}://")
     for key, value in proxy.env().items():
         monkeypatch.setenv(key, value)
     repo = tmp_path / "r"
@@ -415,6 +433,32 @@ def test_behind_a_company_proxy_the_mirror_goes_through_it(
         assert ours and set(ours) == {"CONNECT pypi.invalid:443"}
     else:
         assert "GET http://pypi.invalid/simple/pub-a/pub_a-1.0-py3-none-any.whl" in ours, proxy.asked
+
+
+def test_through_an_https_proxy_one_tunnel_serves_every_request(
+    upstream: LocalIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> None:
+    """TLS inside TLS: the index's TLS runs over the proxy's, and a response read to its end leaves
+    the tunnel open for the next request, as a socket would (closing it cost a new tunnel and a
+    retry's back-off per request)."""
+    tls, proxy_ca = certificate(tmp_path, "localhost")
+    port, ca = tls_front(servers, tmp_path, "pypi.invalid", ("127.0.0.1", upstream.port))
+    proxy = forward_proxy(servers, {("pypi.invalid", 443): ("127.0.0.1", port)}, tls)
+    bundle = tmp_path / "trusted.pem"
+    bundle.write_text(proxy_ca.read_text() + ca.read_text())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
+    index = Upstream("https://pypi.invalid/simple/")
+    page = index.project("pub-a")
+    for f in page.files:
+        assert hashlib.sha256(index.fetch(f.url)).hexdigest() == f.sha256
+    assert index.project("pub-b").files
+    assert proxy.asked == ["CONNECT pypi.invalid:443"]
+    # Its certificate is checked as any server's: one this machine does not trust is refused.
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
+        Upstream("https://pypi.invalid/simple/").project("pub-a")
 
 
 def test_a_proxy_that_cannot_reach_the_index_is_named_in_one_line(
@@ -429,8 +473,8 @@ def test_a_proxy_that_cannot_reach_the_index_is_named_in_one_line(
         f"cannot reach https://pypi.invalid/simple/ through the proxy {proxy.url} (https_proxy) ("
     )
     assert str(err.value).endswith("check --from, the network and the proxy")
-    monkeypatch.setenv("https_proxy", "https://proxy.example:3128")
-    with pytest.raises(UpstreamError, match="not an http:// proxy address"):
+    monkeypatch.setenv("https_proxy", "socks5://proxy.example:1080")
+    with pytest.raises(UpstreamError, match="not an http:// or https:// proxy address"):
         Upstream("https://pypi.invalid/simple/").project("pub-a")
 
 
