@@ -302,7 +302,7 @@ class _TunnelOverTLS(http.client.HTTPSConnection):
     def connect(self) -> None:
         raw = socket.create_connection((self._via.host, self._via.port), self.timeout)
         outer = self._context.wrap_socket(raw, server_hostname=self._via.host)
-        target = f"{self.host}:{self.port}"
+        target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
         if self._via.authorization:
             lines.append(f"Proxy-Authorization: {self._via.authorization}")
