@@ -355,6 +355,7 @@ class Upstream:
         parts = urllib.parse.urlsplit(self.url)
         self._auth = _basic(parts)
         self._auth_host = parts.hostname
+        self._auth_tls = parts.scheme == "https"
         self._proxies: dict[tuple[str, str], Proxy | None] = {}  # by (scheme, host), read once
 
     @property
@@ -427,7 +428,13 @@ class Upstream:
                         "Accept-Encoding": "identity",
                         **via,
                     }
-                    if self._auth and parts.hostname == self._auth_host:
+                    # The index's credentials go to its host only, and never in clear when it is
+                    # an https index that redirects to http:// (as requests strips them then).
+                    if (
+                        self._auth
+                        and parts.hostname == self._auth_host
+                        and not (self._auth_tls and parts.scheme == "http")
+                    ):
                         headers["Authorization"] = self._auth
                     try:
                         conn.request("GET", path, headers=headers)

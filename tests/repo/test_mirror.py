@@ -7,6 +7,7 @@ with the target repository byte-for-byte as it was.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import json
@@ -459,6 +460,64 @@ def test_through_an_https_proxy_one_tunnel_serves_every_request(
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
         Upstream("https://pypi.invalid/simple/").project("pub-a")
+
+
+class _Recording(http.server.BaseHTTPRequestHandler):
+    """Records each request's Authorization; `redirect`: answer with a redirect to it, else a page."""
+
+    redirect = ""
+    seen: list[tuple[str, str | None]]
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        if self.redirect:
+            self.send_response(302)
+            self.send_header("Location", self.redirect + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = json.dumps({"meta": {"api-version": "1.0"}, "name": "pub-a", "files": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_https_index_s_credentials_never_follow_a_redirect_to_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> None:
+    """`--from https://user:token@host/simple/` whose page redirects to http:// on the same host: the
+    token went along in clear to whoever is on the path (requests strips it on such a downgrade)."""
+    secure_seen: list[tuple[str, str | None]] = []
+    plain_seen: list[tuple[str, str | None]] = []
+    secure = type("Secure", (_Recording,), {"redirect": "http://pypi.invalid", "seen": secure_seen})
+    plain = type("Plain", (_Recording,), {"seen": plain_seen})
+    backends = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (secure, plain)]
+    for b in backends:
+        threading.Thread(target=b.serve_forever, daemon=True).start()
+    try:
+        port, ca = tls_front(servers, tmp_path, "pypi.invalid", ("127.0.0.1", backends[0].server_port))
+        proxy = forward_proxy(
+            servers,
+            {
+                ("pypi.invalid", 443): ("127.0.0.1", port),
+                ("pypi.invalid", 80): ("127.0.0.1", backends[1].server_port),
+            },
+        )
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        for key, value in proxy.env().items():
+            monkeypatch.setenv(key, value)
+        assert Upstream("https://team:s3cret@pypi.invalid/simple/").project("pub-a").files == ()
+    finally:
+        for b in backends:
+            b.shutdown()
+    basic = "Basic " + base64.b64encode(b"team:s3cret").decode()
+    assert secure_seen == [("/simple/pub-a/", basic)]
+    assert plain_seen == [("/simple/pub-a/", None)]
 
 
 def test_a_proxy_that_cannot_reach_the_index_is_named_in_one_line(
