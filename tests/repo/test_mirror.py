@@ -449,13 +449,15 @@ def test_through_an_https_proxy_one_tunnel_serves_every_request(
     bundle.write_text(proxy_ca.read_text() + ca.read_text())
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     for key, value in proxy.env().items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value.replace("https://", "https://team:pr%40xy@"))
     index = Upstream("https://pypi.invalid/simple/")
     page = index.project("pub-a")
     for f in page.files:
         assert hashlib.sha256(index.fetch(f.url)).hexdigest() == f.sha256
     assert index.project("pub-b").files
     assert proxy.asked == ["CONNECT pypi.invalid:443"]
+    # The proxy's credentials (in its URL, percent-decoded) go to it, inside its TLS.
+    assert proxy.authorizations == ["Basic " + base64.b64encode(b"team:pr@xy").decode()]
     # Its certificate is checked as any server's: one this machine does not trust is refused.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
