@@ -26,7 +26,7 @@ from provisioner.cli import main
 from provisioner.repo.engine import Repository
 from provisioner.repo.upstream import Upstream, UpstreamError
 from tests.fixtures.nginx import LocalIndex, _start, _stop
-from tests.fixtures.proxy import Servers, certificate, forward_proxy, tls_front
+from tests.fixtures.proxy import ForwardProxy, Servers, certificate, forward_proxy, tls_front
 
 BIN = Path(sys.executable).parent
 NATIVE = [
@@ -247,9 +247,14 @@ def test_a_lock_whose_hash_differs_from_the_index_refuses_everything(
 # --- bad input: one line, nothing written -----------------------------------------------------------------
 
 
-class _Garbage(http.server.BaseHTTPRequestHandler):
+class _Index(http.server.BaseHTTPRequestHandler):
+    """An index that answers every GET with `page()` as PEP 691 JSON."""
+
+    def page(self) -> bytes:
+        raise NotImplementedError
+
     def do_GET(self) -> None:
-        body = b"<<< definitely not an index >>>"
+        body = self.page()
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
         self.send_header("Content-Length", str(len(body)))
@@ -258,6 +263,11 @@ class _Garbage(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class _Garbage(_Index):
+    def page(self) -> bytes:
+        return b"<<< definitely not an index >>>"
 
 
 @pytest.fixture
@@ -392,6 +402,19 @@ def test_lock_files_are_taken_as_they_are(upstream: LocalIndex, tmp_path: Path, 
 # --- behind a company proxy ---------------------------------------------------------------------------
 
 
+def _behind(
+    monkeypatch: pytest.MonkeyPatch, proxy: ForwardProxy, tmp_path: Path, *cas: Path, url: str | None = None
+) -> None:
+    """This process (and what it runs) behind `proxy` (at `url`, if another spelling of it), trusting
+    `cas` alone (uv and Python both read SSL_CERT_FILE)."""
+    if cas:
+        bundle = tmp_path / "trusted.pem"
+        bundle.write_text("".join(ca.read_text() for ca in cas))
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, url if url and value == proxy.url else value)
+
+
 @pytest.mark.parametrize("proxy_scheme", ["http", "https"])
 @pytest.mark.parametrize("scheme", ["https", "http"])
 def test_behind_a_company_proxy_the_mirror_goes_through_it(
@@ -418,13 +441,8 @@ def test_behind_a_company_proxy_the_mirror_goes_through_it(
         proxy = forward_proxy(servers, {("pypi.invalid", 443): ("127.0.0.1", port)}, tls)
     else:
         proxy = forward_proxy(servers, {("pypi.invalid", 80): nginx}, tls)
-    if cas:
-        bundle = tmp_path / "trusted.pem"
-        bundle.write_text("".join(ca.read_text() for ca in cas))
-        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # (uv and Python both trust them)
     assert proxy.url.startswith(f"{proxy_scheme}://")
-    for key, value in proxy.env().items():
-        monkeypatch.setenv(key, value)
+    _behind(monkeypatch, proxy, tmp_path, *cas)
     repo = tmp_path / "r"
     out = ok(mirror(repo, f"{scheme}://pypi.invalid/simple/", "pub-a"))
     assert "added" in out, out
@@ -445,11 +463,9 @@ def test_through_an_https_proxy_one_tunnel_serves_every_request(
     tls, proxy_ca = certificate(tmp_path, "localhost")
     port, ca = tls_front(servers, tmp_path, "pypi.invalid", ("127.0.0.1", upstream.port))
     proxy = forward_proxy(servers, {("pypi.invalid", 443): ("127.0.0.1", port)}, tls)
-    bundle = tmp_path / "trusted.pem"
-    bundle.write_text(proxy_ca.read_text() + ca.read_text())
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
-    for key, value in proxy.env().items():
-        monkeypatch.setenv(key, value.replace("https://", "https://team:pr%40xy@"))
+    _behind(
+        monkeypatch, proxy, tmp_path, proxy_ca, ca, url=proxy.url.replace("https://", "https://team:pr%40xy@")
+    )
     index = Upstream("https://pypi.invalid/simple/")
     page = index.project("pub-a")
     for f in page.files:
@@ -464,29 +480,24 @@ def test_through_an_https_proxy_one_tunnel_serves_every_request(
         Upstream("https://pypi.invalid/simple/").project("pub-a")
 
 
-class _Recording(http.server.BaseHTTPRequestHandler):
+class _Recording(_Index):
     """Records each request's Authorization; `redirect`: answer with a redirect to it, else a page."""
 
     redirect = ""
     seen: list[tuple[str, str | None]]
 
+    def page(self) -> bytes:
+        return json.dumps({"meta": {"api-version": "1.0"}, "name": "pub-a", "files": []}).encode()
+
     def do_GET(self) -> None:
         self.seen.append((self.path, self.headers.get("Authorization")))
-        if self.redirect:
-            self.send_response(302)
-            self.send_header("Location", self.redirect + self.path)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        if not self.redirect:
+            super().do_GET()
             return
-        body = json.dumps({"meta": {"api-version": "1.0"}, "name": "pub-a", "files": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_response(302)
+        self.send_header("Location", self.redirect + self.path)
+        self.send_header("Content-Length", "0")
         self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_an_https_index_s_credentials_never_follow_a_redirect_to_http(
@@ -510,9 +521,7 @@ def test_an_https_index_s_credentials_never_follow_a_redirect_to_http(
                 ("pypi.invalid", 80): ("127.0.0.1", backends[1].server_port),
             },
         )
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
-        for key, value in proxy.env().items():
-            monkeypatch.setenv(key, value)
+        _behind(monkeypatch, proxy, tmp_path, ca)
         assert Upstream("https://team:s3cret@pypi.invalid/simple/").project("pub-a").files == ()
     finally:
         for b in backends:
@@ -526,8 +535,7 @@ def test_a_proxy_that_cannot_reach_the_index_is_named_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Servers
 ) -> None:
     proxy = forward_proxy(servers, {})  # it reaches nothing: 502 to every CONNECT
-    for key, value in proxy.env().items():
-        monkeypatch.setenv(key, value)
+    _behind(monkeypatch, proxy, tmp_path)
     with pytest.raises(UpstreamError) as err:
         Upstream("https://pypi.invalid/simple/").project("pub-a")
     assert str(err.value).startswith(
