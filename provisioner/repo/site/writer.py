@@ -118,11 +118,12 @@ class RebuildStart:
 @dataclass(frozen=True)
 class Staged:
     """What a change of one project rewrites of the site, read before the state it is rendered
-    from: the page's generation, the project's shard and the list pages its row is on or joins
-    (bytes and generation), the setting."""
+    from: the page's generation, the project's shard (parsed in the read-ahead thread: None when
+    missing or not one) and the list pages its row is on or joins (bytes and generation), the
+    setting."""
 
     page_gen: int
-    shard_now: bytes
+    shard: dict[str, render.ListEntry] | None
     shard_gen: int
     pages: dict[str, tuple[bytes, int]]  # list page id -> (bytes, generation)
     remote_images: bool
@@ -339,7 +340,8 @@ class Site:
             ],
         )
         # The page the project's row is on now (a publish moves it to the head; a yank keeps it).
-        old = (self._parse_shard(shard_now) or {}).get(project)
+        shard = self._parse_shard(shard_now) if shard_gen else None
+        old = (shard or {}).get(project)
         cut = paging.head_layout(head[0]) if head[1] else None
         older: list[str] = []
         if cut is not None:
@@ -353,7 +355,7 @@ class Site:
             ],
         )
         pages = {paging.HEAD: head, **dict(zip(older, read, strict=True))}
-        return Staged(page_gen, shard_now, shard_gen, pages, setting != 0)
+        return Staged(page_gen, shard, shard_gen, pages, setting != 0)
 
     def _check_assets(self) -> None:
         """A newer pypapo's stylesheet and script go with its pages."""
@@ -376,7 +378,7 @@ class Site:
         """The page, the shard and the list pages (and release-info caches) of a project that still
         has files, when its row moves without sealing the head; None for anything else (`update`
         then takes it)."""
-        entries = self._parse_shard(staged.shard_now) if staged.shard_gen else None
+        entries = dict(staged.shard) if staged.shard is not None else None
         if entries is None or not state.files:
             return None
         self.remote_images = staged.remote_images
