@@ -51,7 +51,7 @@ from provisioner.appliance import conda_sample, guest, sample
 from provisioner.appliance.demo import clean_env
 from provisioner.appliance.verify import Expectations
 from tests.fixtures import metadata
-from tests.fixtures.gcs import BINARY as FAKE_GCS_BINARY
+from tests.fixtures.gcs import start_fake_gcs, stop_fake_gcs
 from tests.vm import aptrepo, guestagent, rootfs, standin
 from tests.vm.machine import REBOOT_EXIT, Guest, Net, keypair, network, prepare_root
 
@@ -171,23 +171,13 @@ def _paced(md: metadata.MetadataServer) -> None:
 
 
 class FakeGCSOnVeth:
-    """fake-gcs-server on the host end of the veth only, with the bucket the appliance serves."""
+    """fake-gcs-server with the bucket the appliance serves, behind the strict front
+    (tests/fixtures/gcs_front.py) on the host end of the veth only: the guest's rclone and the
+    host's `provision publish` both reach the server through it, the server itself on loopback."""
 
     def __init__(self, address: str, port: int, log: Path) -> None:
-        self.url = f"http://{address}:{port}"
-        args = [str(FAKE_GCS_BINARY), "-backend", "memory", "-scheme", "http", "-host", address]
-        args += ["-port", str(port), "-external-url", self.url, "-public-host", f"{address}:{port}"]
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).read()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"fake-gcs-server did not start on {self.url}") from None
-                time.sleep(0.1)
+        self.url, self.procs = start_fake_gcs(address, port, self.log)
         req = urllib.request.Request(
             f"{self.url}/storage/v1/b?project=pypapo-vm",
             data=json.dumps({"name": BUCKET}).encode(),
@@ -210,12 +200,7 @@ class FakeGCSOnVeth:
         urllib.request.urlopen(req, timeout=10).read()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_fake_gcs(self.procs)
         self.log.close()
 
 
